@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+# One image for all three services; the command picks the service:
+#   docker run IMAGE                                    -> gateway (the default CMD)
+#   docker run IMAGE python -m services.session
+#   docker run IMAGE python -m services.query
+
+# --- builder: wheels for every dependency, then a venv installed from them only ---------------
+FROM python:3.12-slim AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+
+# Dependencies before the code, so editing a service does not rebuild them. Every dependency
+# ships manylinux wheels for CPython 3.12, so the builder needs no compiler.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+    && pip wheel --wheel-dir /wheels -r requirements.txt \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-index --find-links /wheels -r requirements.txt
+
+COPY shared ./shared
+COPY services ./services
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-index --no-deps --find-links /wheels dbgenie-services
+
+# --- runtime: slim Python, the venv, the source tree, a non-root user --------------------------
+FROM python:3.12-slim AS runtime
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    QUERY_SAMPLE_PATH=/tmp/dbgenie/sample.db
+
+# A fixed numeric UID so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
+
+COPY --from=builder /opt/venv /opt/venv
+
+# The services run as `python -m services.<name>` from the repository root, as in development;
+# the tree is owned by root and read-only to the app user, so the root filesystem can be
+# mounted read-only (the query sample database goes to /tmp, see QUERY_SAMPLE_PATH above).
+WORKDIR /app
+COPY pyproject.toml ./
+COPY shared ./shared
+COPY services ./services
+RUN python -m compileall -q shared services
+
+USER 10001:10001
+
+# Gateway HTTP, then the ops ports (/healthz /readyz /metrics) of the session and query services.
+EXPOSE 8080 8091 8092
+
+# No HEALTHCHECK: the port and path depend on which service the container runs, so
+# docker-compose.yml and the Kubernetes probes declare the check per service.
+CMD ["python", "-m", "services.gateway"]

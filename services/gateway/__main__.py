@@ -1,0 +1,6 @@
+"""Entry point: `python -m services.gateway`."""
+
+from services.gateway.app import main
+from shared.runtime import run
+
+run(main())

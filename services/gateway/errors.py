@@ -1,0 +1,33 @@
+"""The one place where service error codes become HTTP statuses and JSON bodies."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shared import errors as e
+
+STATUS = {
+    e.BAD_REQUEST: 400,
+    e.UNAUTHORIZED: 401,
+    "forbidden": 403,
+    e.NOT_FOUND: 404,
+    e.QUERY_REFUSED: 422,
+    e.UNKNOWN_SOURCE: 422,
+    e.QUERY_FAILED: 422,
+    e.QUERY_TIMEOUT: 504,
+    e.UNAVAILABLE: 503,
+    e.TIMEOUT: 504,
+    e.INTERNAL: 500,
+}
+
+RETRY_AFTER_S = "1"
+
+
+def error_response(code: str, message: str, status: int | None = None) -> web.Response:
+    status = status or STATUS.get(code, 500)
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def from_service_error(exc: e.ServiceError) -> web.Response:
+    return error_response(exc.code, exc.message)

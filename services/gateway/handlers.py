@@ -1,0 +1,166 @@
+"""HTTP handlers: dev login, logout, the current user, and the execute_query stream."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from services.gateway import keys, metrics
+from services.gateway.errors import error_response
+from services.gateway.sse import HEADERS, ToolStream
+from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
+from shared.stream import StreamConsumer
+from shared.users import user_id
+
+log = structlog.get_logger(__name__)
+
+MAX_FIELD_CHARS = 512
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 naming what is wrong."""
+    body = await request.read()
+    if not body:
+        raise ServiceError(BAD_REQUEST, "the request body must be a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(BAD_REQUEST, f"the request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise ServiceError(BAD_REQUEST, "the request body must be a JSON object")
+    return value
+
+
+def text_field(body: dict[str, Any], name: str, *, required: bool, max_chars: int = MAX_FIELD_CHARS) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise ServiceError(BAD_REQUEST, f"'{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise ServiceError(BAD_REQUEST, f"'{name}' must be a string")
+    if len(value) > max_chars:
+        raise ServiceError(BAD_REQUEST, f"'{name}' is longer than {max_chars} characters")
+    return value
+
+
+async def current_session(request: web.Request) -> tuple[str, dict[str, Any]]:
+    """The caller's sid and session map; 401 when there is none."""
+    sid = request.app[keys.COOKIE].sid(request)
+    session = await request.app[keys.SESSIONS].get(sid) if sid else None
+    if sid is None or session is None or not session.get("user"):
+        raise ServiceError(UNAUTHORIZED, "not logged in")
+    structlog.contextvars.bind_contextvars(uid=user_id(session))
+    return sid, session
+
+
+def public_view(session: dict[str, Any]) -> dict[str, Any]:
+    user = session.get("user")
+    if isinstance(user, str):  # a legacy session whose user is a plain id
+        user = {"uid": user, "email": None, "name": None, "picture": None, "verified": False}
+    return {"user": user, "conversation_id": session.get("conversation_id")}
+
+
+async def login(request: web.Request) -> web.Response:
+    config = request.app[keys.CONFIG]
+    if config.auth_mode != "dev":
+        return error_response("forbidden", "password-less dev login is disabled (AUTH_MODE is not 'dev')")
+    body = await json_object(request)
+    email = text_field(body, "email", required=True)
+    assert email is not None
+    if "@" not in email:
+        raise ServiceError(BAD_REQUEST, "'email' must be an email address")
+    name = text_field(body, "name", required=True)
+    uid = text_field(body, "uid", required=False) or "dev-" + hashlib.sha256(email.lower().encode()).hexdigest()[:24]
+    picture = text_field(body, "picture", required=False, max_chars=2048)
+    user = {"uid": uid, "email": email, "name": name, "picture": picture, "verified": True}
+    data = {"_permanent": True, "user": user, "conversation_id": str(uuid.uuid4())}
+    cookie = request.app[keys.COOKIE]
+    # A login always issues a new sid and drops the old one (no session fixation).
+    sid = await request.app[keys.SESSIONS].create(data, replace_sid=cookie.sid(request))
+    response = web.json_response(public_view(data))
+    cookie.set(response, sid)
+    log.info("login", uid=uid)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    cookie = request.app[keys.COOKIE]
+    sid = cookie.sid(request)
+    if sid is not None:
+        await request.app[keys.SESSIONS].delete(sid)
+    response = web.json_response({"ok": True})
+    cookie.expire(response)
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    _, session = await current_session(request)
+    return web.json_response(public_view(session))
+
+
+async def new_conversation(request: web.Request) -> web.Response:
+    """Start a new conversation: one atomic field patch, so concurrent requests lose nothing."""
+    sid, _ = await current_session(request)
+    conversation_id = str(uuid.uuid4())
+    session = await request.app[keys.SESSIONS].patch(sid, {"conversation_id": conversation_id})
+    if session is None:
+        raise ServiceError(UNAUTHORIZED, "not logged in")
+    return web.json_response({"conversation_id": conversation_id})
+
+
+async def query(request: web.Request) -> web.StreamResponse:
+    """Run execute_query and stream the result as an AI SDK UI message stream."""
+    await current_session(request)
+    body = await json_object(request)
+    sql = text_field(body, "sql", required=True, max_chars=100_000)
+    assert sql is not None
+    if not sql.strip():
+        raise ServiceError(BAD_REQUEST, "'sql' is empty")
+    source = text_field(body, "source", required=False, max_chars=128)
+
+    config = request.app[keys.CONFIG]
+    response = web.StreamResponse(headers=HEADERS)
+    await response.prepare(request)
+    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}")
+    consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
+    started = time.monotonic()
+    outcome, row_count = "ok", 0
+    metrics.STREAMS_IN_FLIGHT.inc()
+    try:
+        await stream.begin(sql)
+        try:
+            await consumer.start(sql, source)
+            columns: list[Any] = []
+            preview: list[Any] = []
+            async for message in consumer.messages():
+                kind = message["t"]
+                if kind == "rows":
+                    await stream.rows(message["offset"], message["rows"])
+                    row_count += message["count"]
+                    metrics.QUERY_ROWS.inc(message["count"])
+                elif kind == "meta":
+                    columns, preview = message["columns"], message["preview"]
+                    await stream.output({"columns": columns, "preview": preview}, preliminary=True)
+                elif kind == "end":
+                    output = {"columns": columns, "preview": preview, "row_count": message["row_count"], "truncated": message["truncated"]}
+                    await stream.output(output, preliminary=False)
+                elif kind == "error":
+                    raise ServiceError.from_dict(message["error"])
+        except ServiceError as exc:
+            outcome = exc.code
+            await stream.error(exc.message)
+        await stream.end()
+    except ConnectionResetError:
+        outcome = "client_gone"
+    finally:
+        await consumer.close()
+        metrics.STREAMS_IN_FLIGHT.dec()
+        log.info("query_stream", outcome=outcome, rows=row_count, source=source, duration_ms=round((time.monotonic() - started) * 1000, 1))
+    return response

@@ -1,0 +1,6 @@
+"""Entry point: `python -m services.query`."""
+
+from services.query.service import main
+from shared.runtime import run
+
+run(main())

@@ -1,0 +1,150 @@
+"""The query service's settings, read once from the environment; a bad value fails start-up naming the variable."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import orjson
+
+from shared.config import common_nats, env_float, env_int, env_port, env_str, environ
+from shared.errors import ConfigError
+
+DEFAULT_SOURCE = "default"
+PREVIEW_ROWS = 5
+SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Everything the query service reads from its environment (see docs/query.md)."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    subject_prefix: str = "dbgenie"
+    # Source name -> database URL; always holds DEFAULT_SOURCE.
+    sources: Mapping[str, str] = field(default_factory=dict)
+    # Where the sample SQLite database lives; it is created there when the default source is the sample.
+    sample_path: Path = Path("var/sample.db")
+    uses_sample: bool = True
+    # Bounds one query from its start to its last row, database work and streaming together.
+    timeout_s: float = 30.0
+    # Rows beyond this many are not read; the stream ends with truncated=True.
+    max_rows: int = 1_000_000
+    # Preview cells longer than this many characters are cut (strings, and arrays/objects as JSON text).
+    preview_cell_chars: int = 200
+    # Target size of one rows message; every message stays under NATS's max_payload.
+    chunk_bytes: int = 192 * 1024
+    # A stream whose consumer acknowledges nothing for this long is dropped.
+    ack_timeout_s: float = 15.0
+    # Connections per PostgreSQL/MySQL source, and concurrent queries per SQLite source.
+    pool_size: int = 5
+    ops_port: int = 8092
+    log_level: str = "INFO"
+    # On SIGTERM, streams in flight get this long to finish before they are cut off.
+    shutdown_grace_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if DEFAULT_SOURCE not in self.sources:
+            raise ConfigError(f"no {DEFAULT_SOURCE!r} source: set QUERY_DATABASE_URL")
+        for name, url in self.sources.items():
+            check_url(url, "QUERY_DATABASE_URL" if name == DEFAULT_SOURCE else f"QUERY_SOURCES ({name})")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> QueryConfig:
+        env = environ() if env is None else env
+        nats_url, prefix = common_nats(env)
+        sample_path = Path(env_str(env, "QUERY_SAMPLE_PATH", "var/sample.db"))
+        database_url = env.get("QUERY_DATABASE_URL", "").strip()
+        sources = parse_sources(env.get("QUERY_SOURCES", ""))
+        if database_url and DEFAULT_SOURCE in sources:
+            raise ConfigError(f"QUERY_SOURCES names a {DEFAULT_SOURCE!r} source and QUERY_DATABASE_URL is set too; keep one")
+        uses_sample = not database_url and DEFAULT_SOURCE not in sources
+        if database_url:
+            sources[DEFAULT_SOURCE] = database_url
+        elif uses_sample:
+            sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
+        chunk_bytes = env_int(env, "QUERY_CHUNK_BYTES", 192 * 1024, minimum=1024)
+        if chunk_bytes > 768 * 1024:
+            raise ConfigError(f"QUERY_CHUNK_BYTES must be at most {768 * 1024} (NATS messages are capped at 1 MB), got {chunk_bytes}")
+        timeout_s = env_float(env, "QUERY_TIMEOUT_S", 30.0, minimum=0.001)
+        return cls(
+            nats_url=nats_url,
+            subject_prefix=prefix,
+            sources=MappingProxyType(sources),
+            sample_path=sample_path,
+            uses_sample=uses_sample,
+            timeout_s=timeout_s,
+            max_rows=env_int(env, "QUERY_MAX_ROWS", 1_000_000, minimum=1),
+            preview_cell_chars=env_int(env, "QUERY_PREVIEW_CELL_CHARS", 200, minimum=10),
+            chunk_bytes=chunk_bytes,
+            ack_timeout_s=env_float(env, "QUERY_ACK_TIMEOUT_S", 15.0, minimum=0.1),
+            pool_size=env_int(env, "QUERY_POOL_SIZE", 5, minimum=1),
+            ops_port=env_port(env, "OPS_PORT", 8092),
+            log_level=env_str(env, "LOG_LEVEL", "INFO"),
+            shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
+        )
+
+
+def parse_sources(raw: str) -> dict[str, str]:
+    """QUERY_SOURCES: `name=url,name2=url2`, or a JSON object `{"name": "url"}`."""
+    raw = raw.strip()
+    if not raw:
+        return {}
+    if raw.startswith("{"):
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"QUERY_SOURCES is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise ConfigError("QUERY_SOURCES as JSON must be an object of name -> URL strings")
+        pairs = list(parsed.items())
+    else:
+        pairs = []
+        for item in raw.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, url = item.partition("=")
+            if not sep:
+                raise ConfigError(f"QUERY_SOURCES entries must look like name=url, got {item!r}")
+            pairs.append((name.strip(), url.strip()))
+    sources: dict[str, str] = {}
+    for name, url in pairs:
+        if not _SOURCE_NAME.match(name):
+            raise ConfigError(f"QUERY_SOURCES: source names are 1-64 letters, digits, '_' or '-', got {name!r}")
+        if name in sources:
+            raise ConfigError(f"QUERY_SOURCES names {name!r} twice")
+        if not url:
+            raise ConfigError(f"QUERY_SOURCES: source {name!r} has no URL")
+        sources[name] = url
+    return sources
+
+
+def url_scheme(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""
+
+
+def check_url(url: str, variable: str) -> None:
+    scheme = url_scheme(url)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{variable} must be a sqlite:///, postgresql:// or mysql:// URL, got scheme {scheme or 'none'!r}")
+    if scheme == "sqlite" and not sqlite_path(url):
+        raise ConfigError(f"{variable}: a SQLite URL needs a file path (sqlite:///relative.db or sqlite:////absolute.db)")
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of `sqlite:///relative` or `sqlite:////absolute` (query string dropped)."""
+    rest = url.split("://", 1)[1]
+    if not rest.startswith("/"):
+        return ""
+    return rest[1:].split("?", 1)[0]

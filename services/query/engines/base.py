@@ -1,0 +1,70 @@
+"""What every database engine offers the query runner: a read-only cursor over one query."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from services.query.values import Column
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The parts of QueryConfig an engine needs."""
+
+    pool_size: int = 5
+    # Upper bound on waiting for a connection, connecting, and on clean-up steps.
+    connect_timeout_s: float = 10.0
+
+
+def timeout_message(timeout_s: float) -> str:
+    return f"the query ran longer than the {timeout_s:g}s time limit (QUERY_TIMEOUT_S) and was stopped"
+
+
+class Cursor(ABC):
+    """The rows of one running query, read in batches; `columns` is known after the first fetch."""
+
+    columns: list[Column]
+
+    @abstractmethod
+    async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
+        """Up to `n` more rows; an empty batch means the result is exhausted."""
+
+
+class Engine(ABC):
+    """One configured source. Connections are opened lazily and closed by `close()`.
+
+    `query(sql, timeout_s)` runs `sql` in the database's read-only mode with a server-side
+    time limit of `timeout_s`, and yields a Cursor. Leaving the block early (an exception,
+    a cancelled task, enough rows read) stops the query on the server and frees the cursor.
+    Failures are raised as ServiceError with a clear message.
+    """
+
+    dialect: ClassVar[str]  # the sqlglot dialect the guard parses with
+
+    def __init__(self, name: str, url: str, settings: EngineSettings) -> None:
+        self.name = name
+        self.url = url
+        self.settings = settings
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Prepare to serve queries (create the pool); cheap to call once."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close every connection; queries still running are cut off."""
+
+    @abstractmethod
+    def query(self, sql: str, timeout_s: float) -> AbstractAsyncContextManager[Cursor]:
+        """Run `sql` read-only and yield its cursor (see the class docstring)."""
+
+    async def iterate(self, sql: str, timeout_s: float, batch: int = 10_000) -> AsyncIterator[Sequence[Any]]:
+        """Every row of `sql`, for tests and tools."""
+        async with self.query(sql, timeout_s) as cursor:
+            while rows := await cursor.fetch(batch):
+                for row in rows:
+                    yield row

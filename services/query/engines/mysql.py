@@ -1,0 +1,241 @@
+"""MySQL and MariaDB through an asyncmy pool, read with an unbuffered (streaming) cursor.
+
+Per query: multi-statements are switched off on the server (COM_SET_OPTION; the drivers
+always ask for them at connect), the session is made READ ONLY (which, unlike a read-only
+transaction alone, also stops DDL and its implicit commit), the server's statement time
+limit is set, and a READ ONLY transaction is started. A query left early is stopped with
+KILL QUERY from a second connection and its connection is discarded, not reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncmy
+import asyncmy.errors
+import structlog
+from asyncmy.cursors import SSCursor
+
+from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.values import Column
+from shared.bus import redact_url
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+
+log = structlog.get_logger(__name__)
+
+_COM_SET_OPTION = 0x1B
+_MULTI_STATEMENTS_OFF = b"\x01\x00"
+
+# Server error codes.
+_READ_ONLY_TRANSACTION = 1792  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+_STATEMENT_TIMEOUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
+_QUERY_INTERRUPTED = 1317
+
+# Column type codes (the protocol's MYSQL_TYPE_*) -> SQL type names.
+_TYPE_NAMES = {
+    0: "DECIMAL", 1: "TINYINT", 2: "SMALLINT", 3: "INT", 4: "FLOAT", 5: "DOUBLE", 6: "NULL",
+    7: "TIMESTAMP", 8: "BIGINT", 9: "MEDIUMINT", 10: "DATE", 11: "TIME", 12: "DATETIME", 13: "YEAR",
+    14: "DATE", 15: "VARCHAR", 16: "BIT", 245: "JSON", 246: "DECIMAL", 247: "ENUM", 248: "SET",
+    249: "TINYBLOB", 250: "MEDIUMBLOB", 251: "LONGBLOB", 252: "BLOB", 253: "VARCHAR", 254: "CHAR", 255: "GEOMETRY",
+}
+_TEXT_NAMES = {"TINYBLOB": "TINYTEXT", "MEDIUMBLOB": "MEDIUMTEXT", "LONGBLOB": "LONGTEXT", "BLOB": "TEXT"}
+_BINARY_NAMES = {"VARCHAR": "VARBINARY", "CHAR": "BINARY"}
+_BINARY_CHARSET = 63
+
+
+def mysql_time(value: Any) -> Any:
+    """A TIME value (a timedelta from the driver) as MySQL writes it: [-]HH:MM:SS[.ffffff]."""
+    if not isinstance(value, dt.timedelta):
+        return value
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    seconds, micros = divmod(abs(micros), 1_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    text = f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{text}.{micros:06d}" if micros else text
+
+
+def bit_value(value: Any) -> Any:
+    """A BIT(n) value (big-endian bytes from the driver) as an integer."""
+    return int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else value
+
+
+def _column(field: Any, description: Sequence[Any]) -> Column:
+    name, type_code = description[0], description[1]
+    type_name = _TYPE_NAMES.get(type_code, f"TYPE{type_code}")
+    charset = getattr(field, "charsetnr", None)
+    if charset is not None:
+        if charset != _BINARY_CHARSET:
+            type_name = _TEXT_NAMES.get(type_name, type_name)
+        elif type_name in _BINARY_NAMES:
+            type_name = _BINARY_NAMES[type_name]
+    if type_name == "TIME":
+        return Column(name, type_name, convert=mysql_time)
+    if type_name == "BIT":
+        return Column(name, type_name, convert=bit_value)
+    return Column(name, type_name, json=type_name == "JSON")
+
+
+class MysqlCursor(Cursor):
+    def __init__(self, engine: MysqlEngine, cursor: SSCursor, timeout_s: float) -> None:
+        self._engine = engine
+        self._cursor = cursor
+        self._timeout_s = timeout_s
+        self.exhausted = False
+        fields = getattr(getattr(cursor, "_result", None), "fields", None) or [None] * len(cursor.description or ())
+        self.columns = [_column(f, d) for f, d in zip(fields, cursor.description or (), strict=True)]
+
+    async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
+        if self.exhausted:
+            return []
+        try:
+            rows = await self._cursor.fetchmany(n)
+        except (asyncmy.errors.MySQLError, OSError) as exc:
+            raise self._engine.error(exc, self._timeout_s) from None
+        if len(rows) < n:
+            self.exhausted = True
+        return rows
+
+
+class MysqlEngine(Engine):
+    """A MySQL or MariaDB source (mysql:// or mariadb:// URL)."""
+
+    dialect = "mysql"
+
+    def __init__(self, name: str, url: str, settings: EngineSettings) -> None:
+        super().__init__(name, url, settings)
+        self._params = _connect_params(url)
+        self._pool: Any = None
+        self._mariadb: bool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncmy.create_pool(
+            minsize=0,
+            maxsize=self.settings.pool_size,
+            pool_recycle=300,
+            autocommit=True,
+            connect_timeout=self.settings.connect_timeout_s,
+            **self._params,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            try:
+                await asyncio.wait_for(self._pool.wait_closed(), self.settings.connect_timeout_s)
+            except TimeoutError:
+                self._pool.terminate()
+            self._pool = None
+
+    @asynccontextmanager
+    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        try:
+            conn = await asyncio.wait_for(self._pool.acquire(), min(timeout_s, self.settings.connect_timeout_s))
+        except TimeoutError:
+            raise ServiceError(UNAVAILABLE, f"no connection to source {self.name!r} came free in time") from None
+        except (asyncmy.errors.MySQLError, OSError) as exc:
+            raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
+        finished = False
+        cursor: MysqlCursor | None = None
+        try:
+            try:
+                await self._prepare_session(conn, timeout_s)
+                raw = conn.cursor(SSCursor)
+                await raw.execute(sql)
+            except (asyncmy.errors.MySQLError, OSError) as exc:
+                finished = True  # the server answered (an error): nothing is left running
+                raise self.error(exc, timeout_s) from None
+            cursor = MysqlCursor(self, raw, timeout_s)
+            yield cursor
+            finished = cursor.exhausted
+        finally:
+            if cursor is not None and cursor.exhausted:
+                finished = True
+            await asyncio.shield(self._release(conn, finished))
+
+    async def _prepare_session(self, conn: Any, timeout_s: float) -> None:
+        await conn._execute_command(_COM_SET_OPTION, _MULTI_STATEMENTS_OFF)
+        await conn.read_packet()
+        if self._mariadb is None:
+            self._mariadb = "mariadb" in conn.get_server_info().lower()
+        limit = (
+            f"SET SESSION max_statement_time = {timeout_s:.3f}"
+            if self._mariadb
+            else f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}"
+        )
+        async with conn.cursor() as cur:
+            await cur.execute("SET SESSION TRANSACTION READ ONLY")
+            await cur.execute(limit)
+            await cur.execute("START TRANSACTION READ ONLY")
+
+    async def _release(self, conn: Any, finished: bool) -> None:
+        """Back to the pool after ROLLBACK when the result was read to the end; else KILL QUERY and drop it."""
+        if finished and conn.connected:
+            try:
+                await asyncio.wait_for(conn.rollback(), self.settings.connect_timeout_s)
+            except Exception as exc:
+                log.warning("mysql_rollback_failed", source=self.name, error=_text(exc))
+                conn.close()
+        else:
+            await self._kill_query(conn)
+            conn.close()
+        self._pool.release(conn)
+
+    async def _kill_query(self, conn: Any) -> None:
+        try:
+            thread_id = conn.thread_id()
+            killer = await asyncio.wait_for(
+                asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s
+            )
+            try:
+                async with killer.cursor() as cur:
+                    await asyncio.wait_for(cur.execute(f"KILL QUERY {int(thread_id)}"), self.settings.connect_timeout_s)
+            finally:
+                killer.close()
+        except Exception as exc:  # closing the connection below still ends the query once the server writes to it
+            log.warning("mysql_kill_query_failed", source=self.name, error=_text(exc))
+
+    def error(self, exc: BaseException, timeout_s: float) -> ServiceError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in _STATEMENT_TIMEOUT:
+            return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
+        if code == _READ_ONLY_TRANSACTION:
+            return ServiceError(QUERY_REFUSED, f"the database refused the statement (read-only session): {_text(exc)}")
+        if code == _QUERY_INTERRUPTED:
+            return ServiceError(QUERY_FAILED, "the query was interrupted on the server")
+        if isinstance(exc, asyncmy.errors.OperationalError) and code is not None and code >= 2000:
+            return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+        if isinstance(exc, OSError):
+            return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+        return ServiceError(QUERY_FAILED, _text(exc))
+
+
+def _text(exc: BaseException) -> str:
+    if len(exc.args) >= 2 and isinstance(exc.args[1], str):
+        return exc.args[1]
+    return str(exc) or type(exc).__name__
+
+
+def _connect_params(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    params: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username) if parts.username else "root",
+        "password": unquote(parts.password) if parts.password else "",
+        "db": unquote(parts.path.lstrip("/")) or None,
+        "charset": query.get("charset", "utf8mb4"),
+    }
+    if query.get("ssl", "").lower() in ("1", "true", "yes", "required"):
+        params["ssl"] = ssl.create_default_context()
+    return params

@@ -1,0 +1,182 @@
+"""SQLite through the stdlib driver in worker threads, on a handle that cannot write.
+
+Read-only is enforced three times over: the file is opened with `mode=ro`, the handle has
+`PRAGMA query_only=ON`, and an authorizer allows only reading (no ATTACH, no pragma that
+sets a value, no write of any kind). A timer interrupts a query that runs past its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from services.query.config import sqlite_path
+from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.values import Column
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+
+_ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
+_DENIED_FUNCTIONS = frozenset({"load_extension", "writefile", "readfile", "edit", "fts3_tokenizer"})
+_STORAGE_CLASS = {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
+    if action in _ALLOWED_ACTIONS:
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is None:
+        return sqlite3.SQLITE_OK  # reading a pragma (e.g. pragma_table_info) is fine; setting one is not
+    return sqlite3.SQLITE_DENY
+
+
+class _Handle:
+    """One read-only connection and its cursor, used from one worker thread at a time."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self.conn: sqlite3.Connection | None = None
+        self.cursor: sqlite3.Cursor | None = None
+        self.expired = False
+        self.pending: concurrent.futures.Future[Any] | None = None
+
+    def open(self) -> None:
+        if not self.path.is_file():
+            raise ServiceError(UNAVAILABLE, f"the SQLite database file {self.path} does not exist")
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA query_only = ON")
+        self.conn.set_authorizer(_authorize)
+
+    def execute(self, sql: str) -> list[str]:
+        assert self.conn is not None
+        self.cursor = self.conn.execute(sql)
+        return [d[0] for d in self.cursor.description or ()]
+
+    def fetch(self, n: int) -> list[Any]:
+        assert self.cursor is not None
+        return self.cursor.fetchmany(n)
+
+    def interrupt(self) -> None:
+        if self.conn is not None:
+            self.conn.interrupt()
+
+    def expire(self) -> None:
+        self.expired = True
+        self.interrupt()
+
+    def close(self) -> None:
+        if self.cursor is not None:
+            self.cursor.close()
+        if self.conn is not None:
+            self.conn.close()
+
+
+class SqliteCursor(Cursor):
+    def __init__(self, engine: SqliteEngine, handle: _Handle, names: list[str]) -> None:
+        self._engine = engine
+        self._handle = handle
+        self._names = names
+        self.columns = [Column(name, "NULL") for name in names]
+        self._typed = False
+
+    async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
+        rows = await self._engine._run(self._handle, self._handle.fetch, n)
+        if not self._typed and rows:
+            self.columns = [Column(name, _infer_type(rows, i)) for i, name in enumerate(self._names)]
+            self._typed = True
+        return rows
+
+
+def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:
+    # Python's sqlite3 does not expose declared types; report the storage class of the
+    # first non-NULL value in the first batch.
+    for row in rows:
+        value = row[index]
+        if value is not None:
+            return _STORAGE_CLASS.get(type(value), "TEXT")
+    return "NULL"
+
+
+class SqliteEngine(Engine):
+    """A SQLite file, read through stdlib sqlite3 in a pool of worker threads."""
+
+    dialect = "sqlite"
+
+    def __init__(self, name: str, url: str, settings: EngineSettings) -> None:
+        super().__init__(name, url, settings)
+        self.path = Path(sqlite_path(url)).resolve()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slots = asyncio.Semaphore(settings.pool_size)
+        self._handles: set[_Handle] = set()
+
+    async def open(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.pool_size, thread_name_prefix=f"sqlite-{self.name}")
+
+    async def close(self) -> None:
+        for handle in list(self._handles):
+            handle.interrupt()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _run(self, handle: _Handle, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` in a worker; if this task is cancelled meanwhile, interrupt SQLite."""
+        if self._executor is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        future = self._executor.submit(fn, *args)
+        handle.pending = future
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            handle.interrupt()
+            raise
+        except sqlite3.Error as exc:
+            raise _error(exc, handle) from None
+
+    async def _finish(self, handle: _Handle) -> None:
+        """Wait for the worker to let go of the handle, then close it there."""
+        pending = handle.pending
+        if pending is not None and not pending.done():
+            handle.interrupt()
+            await asyncio.wait([asyncio.wrap_future(pending)])
+        if self._executor is not None:
+            await asyncio.wait([asyncio.wrap_future(self._executor.submit(handle.close))])
+        else:
+            handle.close()
+
+    @asynccontextmanager
+    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+        loop = asyncio.get_running_loop()
+        async with self._slots:
+            handle = _Handle(self.path, timeout_s)
+            self._handles.add(handle)
+            timer = loop.call_later(timeout_s, handle.expire)
+            try:
+                await self._run(handle, handle.open)
+                names = await self._run(handle, handle.execute, sql)
+                yield SqliteCursor(self, handle, names)
+            finally:
+                timer.cancel()
+                self._handles.discard(handle)
+                await asyncio.shield(self._finish(handle))
+
+
+def _error(exc: sqlite3.Error, handle: _Handle) -> ServiceError:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError) and message == "interrupted":
+        if handle.expired:
+            return ServiceError(QUERY_TIMEOUT, timeout_message(handle.timeout_s))
+        return ServiceError(QUERY_FAILED, "the query was interrupted")
+    if "not authorized" in message or "readonly" in message or "read-only" in message:
+        return ServiceError(QUERY_REFUSED, f"SQLite refused the statement (read-only source): {message}")
+    if isinstance(exc, sqlite3.OperationalError) and "unable to open" in message:
+        return ServiceError(UNAVAILABLE, f"cannot open the SQLite database {handle.path}: {message}")
+    return ServiceError(QUERY_FAILED, message)

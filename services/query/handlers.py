@@ -1,0 +1,241 @@
+"""The query.execute and query.ping handlers, and the task that streams one query's rows.
+
+query.execute checks the request, the source and the SQL, then replies `{"accepted": True}`
+at once; a background task runs the query and publishes meta, rows chunks, then end or error
+through a StreamProducer (shared/stream.py), which waits for the consumer's credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from services.query import metrics
+from services.query.config import PREVIEW_ROWS, QueryConfig
+from services.query.engines import Engine, Sources
+from services.query.engines.base import timeout_message
+from services.query.guard import check_read_only
+from services.query.values import RowEncoder
+from shared.contracts import Subjects
+from shared.errors import BAD_REQUEST, INTERNAL, QUERY_FAILED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.stream import StreamCancelled, StreamProducer
+
+log = structlog.get_logger(__name__)
+
+MAX_SQL_CHARS = 100_000
+LOGGED_SQL_CHARS = 200
+# The first fetch is small so that the preview goes out at once, whatever the result size.
+FIRST_FETCH_ROWS = 64
+MAX_FETCH_ROWS = 50_000
+# Room left in a NATS message for the stream envelope and headers.
+ENVELOPE_BYTES = 4096
+
+
+@dataclass
+class _Progress:
+    source: str
+    sql: str
+    started: float
+    dialect: str | None = None
+    row_count: int = 0
+    truncated: bool = False
+    chunks: int = 0
+    bytes: int = 0
+    first_rows_ms: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "dialect": self.dialect,
+            "row_count": self.row_count,
+            "truncated": self.truncated,
+            "chunks": self.chunks,
+            "bytes": self.bytes,
+            "first_rows_ms": self.first_rows_ms,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+            "sql": loggable_sql(self.sql),
+        }
+
+
+def loggable_sql(sql: str) -> str:
+    """The SQL on one line, cut to LOGGED_SQL_CHARS, so logs stay small and literals mostly out."""
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= LOGGED_SQL_CHARS else flat[:LOGGED_SQL_CHARS] + "…"
+
+
+def parse_request(req: dict[str, Any]) -> tuple[str, str | None]:
+    sql = req.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        raise ServiceError(BAD_REQUEST, "sql must be a non-empty string")
+    if len(sql) > MAX_SQL_CHARS:
+        raise ServiceError(BAD_REQUEST, f"sql is longer than {MAX_SQL_CHARS} characters")
+    source = req.get("source")
+    if source is not None and not isinstance(source, str):
+        raise ServiceError(BAD_REQUEST, "source must be a string or null")
+    return sql, source or None
+
+
+class QueryHandlers:
+    """Serves query.execute and query.ping, and keeps track of the streams it started."""
+
+    def __init__(self, config: QueryConfig, nc: NATS, sources: Sources, subjects: Subjects) -> None:
+        self._config = config
+        self._nc = nc
+        self._sources = sources
+        self._subjects = subjects
+        self._streams: set[asyncio.Task[None]] = set()
+        self.accepting = True
+
+    @property
+    def streams_in_flight(self) -> int:
+        return len(self._streams)
+
+    async def ping(self, _req: dict[str, Any], _msg: Msg) -> dict[str, Any]:
+        return {"ok": True, "sources": self._sources.names, "default": self._sources.default}
+
+    async def execute(self, req: dict[str, Any], _msg: Msg) -> dict[str, Any]:
+        started = time.monotonic()
+        raw_source = req.get("source")
+        progress = _Progress(str(raw_source or self._sources.default), str(req.get("sql", "")), started)
+        try:
+            if not self.accepting:
+                raise ServiceError(UNAVAILABLE, "the query service is shutting down; try again")
+            sql, source = parse_request(req)
+            engine = self._sources.resolve(source)
+            progress.source = engine.name
+            progress.dialect = engine.dialect
+            # sqlglot is pure Python; a long statement would hold up the loop.
+            await asyncio.to_thread(check_read_only, sql, engine.dialect)
+            producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
+            await producer.open()
+        except ServiceError as exc:
+            self._record_failure(progress, exc)
+            raise
+        task = asyncio.create_task(self._stream(engine, sql, producer, progress))
+        self._streams.add(task)
+        metrics.STREAMS_IN_FLIGHT.inc()
+        task.add_done_callback(self._stream_done)
+        return {"accepted": True}
+
+    def _stream_done(self, task: asyncio.Task[None]) -> None:
+        self._streams.discard(task)
+        metrics.STREAMS_IN_FLIGHT.dec()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Take no more queries; give running streams `grace_s` to finish, then cut them off."""
+        self.accepting = False
+        if not self._streams:
+            return
+        log.info("streams_draining", streams=len(self._streams), grace_s=grace_s)
+        _, pending = await asyncio.wait(set(self._streams), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+    async def _stream(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        client_gone = False
+
+        async def stop_when_cancelled() -> None:
+            # A cancel can come while the database works (no send to notice it): stop the task.
+            nonlocal client_gone
+            await producer.cancelled.wait()
+            client_gone = True
+            task.cancel()
+
+        watcher = asyncio.create_task(stop_when_cancelled())
+        try:
+            try:
+                async with asyncio.timeout(self._config.timeout_s):
+                    await self._run(engine, sql, producer, progress)
+            except TimeoutError:
+                raise ServiceError(QUERY_TIMEOUT, timeout_message(self._config.timeout_s)) from None
+        except ServiceError as exc:
+            await producer.fail(exc)
+            self._record_failure(progress, exc)
+        except StreamCancelled as exc:
+            self._record_cancel(progress, str(exc))
+        except asyncio.CancelledError:
+            if client_gone and task.uncancel() == 0:
+                self._record_cancel(progress, "the client cancelled the stream")
+                return
+            error = ServiceError(UNAVAILABLE, "the query service is shutting down; run the query again")
+            await producer.fail(error)
+            self._record_failure(progress, error)
+            raise
+        except Exception:
+            log.exception("query_failed", code=INTERNAL, **progress.fields())
+            metrics.QUERIES.labels(progress.source, INTERNAL).inc()
+            await producer.fail(ServiceError(INTERNAL, "internal error in the query service; see its log"))
+        finally:
+            watcher.cancel()
+            await producer.close()
+
+    async def _run(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+        config = self._config
+        await self._sources.open(engine)
+        async with engine.query(sql, config.timeout_s) as cursor:
+            rows = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
+            encoder = RowEncoder(cursor.columns)
+            await producer.send_meta([c.describe() for c in cursor.columns], encoder.preview(rows[:PREVIEW_ROWS], config.preview_cell_chars))
+            progress.first_rows_ms = round((time.monotonic() - progress.started) * 1000, 1)
+            metrics.FIRST_ROWS.labels(progress.source).observe(progress.first_rows_ms / 1000)
+            limit = max(1024, min(config.chunk_bytes * 4, self._nc.max_payload - ENVELOPE_BYTES))
+            while rows:
+                bytes_per_row = await self._send(producer, encoder, rows, progress, limit)
+                room = config.max_rows - progress.row_count
+                if room <= 0:
+                    progress.truncated = bool(await cursor.fetch(1))
+                    break
+                n = max(1, min(MAX_FETCH_ROWS, room, int(config.chunk_bytes / max(bytes_per_row, 1.0))))
+                rows = await cursor.fetch(n)
+        await producer.end(progress.row_count, progress.truncated)
+        self._record_done(progress)
+
+    async def _send(self, producer: StreamProducer, encoder: RowEncoder, rows: Sequence[Sequence[Any]], progress: _Progress, limit: int) -> float:
+        """Publish `rows` as one chunk, or several when their JSON is over `limit` bytes; returns bytes per row."""
+        payload = encoder.encode(rows)
+        if len(payload) > limit:
+            if len(rows) == 1:
+                raise ServiceError(
+                    QUERY_FAILED,
+                    f"row {progress.row_count + 1} is {len(payload)} bytes as JSON, more than one message can carry ({limit} bytes)",
+                )
+            half = len(rows) // 2
+            await self._send(producer, encoder, rows[:half], progress, limit)
+            await self._send(producer, encoder, rows[half:], progress, limit)
+            return len(payload) / len(rows)
+        await producer.send_rows(payload, progress.row_count, len(rows))
+        progress.row_count += len(rows)
+        progress.chunks += 1
+        progress.bytes += len(payload)
+        return len(payload) / len(rows)
+
+    def _record_done(self, progress: _Progress) -> None:
+        fields = progress.fields()
+        log.info("query_done", **fields)
+        metrics.QUERIES.labels(progress.source, "done").inc()
+        metrics.DURATION.labels(progress.source).observe(fields["duration_ms"] / 1000)
+        metrics.ROWS.labels(progress.source).inc(progress.row_count)
+        metrics.BYTES.labels(progress.source).inc(progress.bytes)
+
+    def _record_failure(self, progress: _Progress, exc: ServiceError) -> None:
+        log.info("query_failed", code=exc.code, message=exc.message, **progress.fields())
+        # Only configured names become label values; a request's own string must not.
+        source = progress.source if progress.source in self._sources.names else "unknown"
+        metrics.QUERIES.labels(source, exc.code).inc()
+        if progress.row_count:
+            metrics.ROWS.labels(source).inc(progress.row_count)
+
+    def _record_cancel(self, progress: _Progress, reason: str) -> None:
+        log.info("query_cancelled", reason=reason, **progress.fields())
+        metrics.QUERIES.labels(progress.source, "cancelled").inc()

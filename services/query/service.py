@@ -1,0 +1,72 @@
+"""The query service process: NATS handlers, lazily opened sources, ops endpoints, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from services.query.config import QueryConfig
+from services.query.engines import EngineSettings, Sources
+from services.query.handlers import QueryHandlers
+from services.query.sample import ensure_sample
+from shared.bus import Server, connect, redact_url
+from shared.config import env_str, environ
+from shared.contracts import QUERY_QUEUE, Subjects
+from shared.errors import ConfigError
+from shared.logging import setup_logging
+from shared.ops import serve_ops
+from shared.runtime import stop_event
+
+log = structlog.get_logger(__name__)
+
+
+async def main() -> None:
+    try:
+        config = QueryConfig.from_env()
+    except ConfigError as exc:
+        setup_logging("query", env_str(environ(), "LOG_LEVEL", "INFO"))
+        log.error("config_invalid", error=str(exc))
+        raise SystemExit(2) from None
+    setup_logging("query", config.log_level)
+    stop = stop_event()
+    if config.uses_sample:
+        await asyncio.to_thread(ensure_sample, config.sample_path)
+    subjects = Subjects(config.subject_prefix)
+    async with AsyncExitStack() as stack:
+        nc = await connect(config.nats_url, "query")
+        stack.push_async_callback(_drain, nc)
+        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size))
+        stack.push_async_callback(sources.close)
+        handlers = QueryHandlers(config, nc, sources, subjects)
+        server = Server(nc)
+        await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
+        await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
+
+        async def readiness() -> dict[str, bool]:
+            return {"accepting": handlers.accepting, "nats": nc.is_connected}
+
+        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, readiness))
+        log.info(
+            "service_ready",
+            subject_prefix=config.subject_prefix,
+            sources={name: redact_url(url) for name, url in config.sources.items()},
+            ops_port=config.ops_port,
+        )
+        await stop.wait()
+        deadline = time.monotonic() + config.shutdown_grace_s
+        log.info("shutting_down", streams=handlers.streams_in_flight, grace_s=config.shutdown_grace_s)
+        handlers.accepting = False
+        await server.drain(config.shutdown_grace_s)
+        await handlers.shutdown(max(0.0, deadline - time.monotonic()))
+    log.info("stopped")
+
+
+async def _drain(nc: NATS) -> None:
+    try:
+        await nc.drain()
+    except Exception as exc:  # already closed or NATS gone: nothing left to flush
+        log.warning("nats_drain_failed", error=str(exc) or type(exc).__name__)

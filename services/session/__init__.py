@@ -1,0 +1,1 @@
+"""The session service: Flask-Session-compatible sessions in Redis, served over NATS."""

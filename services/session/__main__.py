@@ -1,0 +1,6 @@
+"""Entry point: `python -m services.session`."""
+
+from services.session.service import main
+from shared.runtime import run
+
+run(main())

@@ -1,0 +1,185 @@
+"""Operator CLI for the sessions in Redis: list, count, show and delete, with SCAN (never KEYS).
+
+    python -m services.session.admin list --limit 20
+    python -m services.session.admin count
+    python -m services.session.admin show SID
+    python -m services.session.admin delete SID
+    python -m services.session.admin delete --prefix P
+
+Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service.
+Session ids are masked unless --show-sids is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import msgpack
+from redis import Redis
+from redis.exceptions import RedisError
+
+from services.session.config import key_prefix, redis_target
+from services.session.redis_store import WRITEBACK_GUARD_PREFIX
+from shared.config import environ
+from shared.errors import ConfigError
+from shared.logging import mask
+from shared.users import user_id
+
+SCAN_COUNT = 500
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+class Admin:
+    def __init__(self, client: Redis, prefix: str, *, show_sids: bool, out: Any = sys.stdout) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._show_sids = show_sids
+        self._out = out
+
+    def _print(self, text: str) -> None:
+        print(text, file=self._out)
+
+    def _label(self, sid: str) -> str:
+        return sid if self._show_sids else mask(sid)
+
+    def keys(self, sid_prefix: str = "") -> Iterator[bytes]:
+        pattern = glob_escape(self._prefix + sid_prefix) + "*"
+        for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
+            if not key.startswith(WRITEBACK_GUARD_PREFIX.encode()):
+                yield key
+
+    def _sid(self, key: bytes) -> str:
+        return key.decode(errors="replace")[len(self._prefix) :]
+
+    def list(self, limit: int) -> int:
+        self._print(f"{'SID':<46} {'TTL_S':>9} {'BYTES':>7}  USER")
+        keys = [*islice(self.keys(), limit)]
+        for start in range(0, len(keys), 100):
+            self._list_batch(keys[start : start + 100])
+        return 0
+
+    def _list_batch(self, keys: list[bytes]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        results = pipe.execute()
+        for i, key in enumerate(keys):
+            raw, ttl = results[2 * i], results[2 * i + 1]
+            if raw is None:
+                continue  # expired between SCAN and GET
+            session = _decode(raw)
+            user = (user_id(session) or "-") if isinstance(session, dict) else "<undecodable>"
+            self._print(f"{self._label(self._sid(key)):<46} {ttl:>9} {len(raw):>7}  {user}")
+
+    def count(self) -> int:
+        self._print(str(sum(1 for _ in self.keys())))
+        return 0
+
+    def show(self, sid: str) -> int:
+        key = self._prefix + sid
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.ttl(key)
+        raw, ttl = pipe.execute()
+        if raw is None:
+            print(f"no session {self._label(sid)}", file=sys.stderr)
+            return 1
+        session = _decode(raw)
+        body = {"sid": self._label(sid), "ttl_s": ttl, "bytes": len(raw), "user_id": user_id(session) if isinstance(session, dict) else None}
+        body["session"] = session if isinstance(session, dict) else "<not a MessagePack map>"
+        self._print(json.dumps(body, indent=2, default=_json_default, ensure_ascii=False))
+        return 0
+
+    def delete(self, sid: str | None, sid_prefix: str | None) -> int:
+        if sid is not None:
+            deleted = self._client.delete(self._prefix + sid)
+            self._print(f"deleted {deleted}")
+            return 0 if deleted else 1
+        assert sid_prefix is not None
+        total = 0
+        batch: list[bytes] = []
+        for key in self.keys(sid_prefix):
+            batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                total += self._client.unlink(*batch)
+                batch = []
+        if batch:
+            total += self._client.unlink(*batch)
+        self._print(f"deleted {total}")
+        return 0
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    return repr(value)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.session.admin", description="Inspect and delete sessions in Redis (uses SCAN, never KEYS).")
+    p.add_argument("--show-sids", action="store_true", help="print session ids in full (they are credentials: handle with care)")
+    p.add_argument("--redis-url", help="override UPSTASH_REDIS_URL / REDIS_URL")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list sessions with TTL, size and user id")
+    ls.add_argument("--limit", type=int, default=20)
+    sub.add_parser("count", help="count sessions")
+    show = sub.add_parser("show", help="print one session as JSON")
+    show.add_argument("sid")
+    delete = sub.add_parser("delete", help="delete one session, or every session whose sid starts with a prefix")
+    group = delete.add_mutually_exclusive_group(required=True)
+    group.add_argument("sid", nargs="?")
+    group.add_argument("--prefix", dest="sid_prefix", help="sid prefix ('' deletes every session)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    env = dict(environ())
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+        env.pop("UPSTASH_REDIS_URL", None)
+    try:
+        target = redis_target(env)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if target is None:
+        print("error: set REDIS_URL or UPSTASH_REDIS_URL (or pass --redis-url)", file=sys.stderr)
+        return 2
+    client = Redis.from_url(target.url, socket_connect_timeout=5, socket_timeout=10)
+    admin = Admin(client, key_prefix(env), show_sids=args.show_sids)
+    try:
+        if args.command == "list":
+            return admin.list(max(args.limit, 0))
+        if args.command == "count":
+            return admin.count()
+        if args.command == "show":
+            return admin.show(args.sid)
+        return admin.delete(args.sid, args.sid_prefix)
+    except RedisError as exc:
+        print(f"error: Redis at {target.display}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the session service, served at /metrics on the ops port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REDIS_COMMANDS = Counter(
+    "session_redis_commands_total",
+    "Redis commands sent by the session service, by command name.",
+    ["command"],
+)
+STORE_FALLBACK = Counter(
+    "session_store_fallback_total",
+    "Times the service switched from Redis to its fallback store.",
+)
+STORE_DEGRADED = Gauge(
+    "session_store_degraded",
+    "1 while sessions are served from the fallback store (or written back from it) instead of Redis.",
+)
+WRITEBACK = Counter(
+    "session_writeback_total",
+    "Sessions written back from the fallback store to Redis after an outage, by outcome.",
+    ["outcome"],  # set, delete, superseded
+)
+CORRUPT = Counter(
+    "session_corrupt_total",
+    "Stored session values that could not be decoded and were treated as no session.",
+)
+MEMORY_EVICTIONS = Counter(
+    "session_memory_evictions_total",
+    "Sessions dropped from the bounded in-memory store to respect SESSION_MEMORY_MAX_ENTRIES.",
+)
+CALLS = Histogram(
+    "session_call_seconds",
+    "Session calls served, by operation and outcome.",
+    ["op", "outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)

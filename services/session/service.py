@@ -1,0 +1,95 @@
+"""Builds the session service from its config and runs it until SIGTERM."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import nats.errors
+import nats.js.errors as jse
+import structlog
+from nats.aio.client import Client as NATS
+
+from services.session.config import SessionConfig
+from services.session.fallback import Fallback, KvFallback, MemoryFallback
+from services.session.handlers import SessionHandlers
+from services.session.redis_store import RedisStore, create_client
+from services.session.store import SessionStore
+from shared.bus import Server, connect
+from shared.contracts import SESSION_QUEUE, Subjects
+from shared.logging import setup_logging
+from shared.ops import serve_ops
+from shared.runtime import stop_event
+
+log = structlog.get_logger(__name__)
+
+
+async def open_fallback(nc: NATS, config: SessionConfig) -> Fallback:
+    """The JetStream KV bucket when the NATS server has JetStream, else the bounded memory store."""
+    js = nc.jetstream(timeout=2.0)
+    try:
+        await js.account_info()
+        return await KvFallback.open(js, config.kv_bucket, config.lifetime_s)
+    except (jse.Error, nats.errors.Error, TimeoutError) as exc:
+        log.warning(
+            "jetstream_unavailable",
+            fallback="memory",
+            max_entries=config.memory_max_entries,
+            error=f"{type(exc).__name__}: {exc}",
+            consequence="while Redis is down each replica keeps its own sessions",
+        )
+        return MemoryFallback(config.memory_max_entries, config.lifetime_s)
+
+
+async def _drain(nc: NATS) -> None:
+    try:
+        await nc.drain()
+    except (nats.errors.Error, TimeoutError) as exc:  # NATS already gone: nothing left to flush
+        log.warning("nats_drain_failed", error=f"{type(exc).__name__}: {exc}")
+        await nc.close()
+
+
+def build_store(config: SessionConfig, fallback: Fallback) -> SessionStore:
+    redis = None
+    if config.redis is not None:
+        redis = RedisStore(create_client(config.redis), key_prefix=config.key_prefix, lifetime_s=config.lifetime_s)
+        log.info("session_store", store="redis", target=config.redis.display, tls=config.redis.tls, source=config.redis.source, key_prefix=config.key_prefix, lifetime_s=config.lifetime_s, fallback=fallback.name)
+    return SessionStore(redis, fallback)
+
+
+async def main() -> None:
+    config = SessionConfig.from_env()
+    setup_logging("session", config.log_level)
+    stop = stop_event()
+    subjects = Subjects(config.subject_prefix)
+    accepting = True
+
+    async with AsyncExitStack() as stack:
+        nc = await connect(config.nats_url, "session")
+        stack.push_async_callback(_drain, nc)
+        fallback = await open_fallback(nc, config)
+        store = build_store(config, fallback)
+        stack.push_async_callback(store.close)
+        await store.start()
+
+        handlers = SessionHandlers(store)
+        server = Server(nc)
+        for subject, handler in (
+            (subjects.session_get, handlers.get),
+            (subjects.session_set, handlers.set),
+            (subjects.session_patch, handlers.patch),
+            (subjects.session_delete, handlers.delete),
+            (subjects.session_ping, handlers.ping),
+        ):
+            await server.add(subject, SESSION_QUEUE, handler)
+
+        async def readiness() -> dict[str, bool]:
+            return {"accepting": accepting, "nats": nc.is_connected}
+
+        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, readiness))
+        log.info("service_ready", store=store.name, degraded=store.degraded, subject_prefix=config.subject_prefix, ops_port=config.ops_port)
+
+        await stop.wait()
+        accepting = False
+        log.info("shutting_down", grace_s=config.shutdown_grace_s, in_flight=server.in_flight)
+        await server.drain(config.shutdown_grace_s)
+    log.info("stopped")

@@ -1,0 +1,380 @@
+"""The session store the handlers use: Redis while it answers, the fallback while it does not.
+
+Modes (see docs/session.md, "Outages"):
+
+* `redis`: every call is one Redis command.
+* `fallback`: Redis failed; calls go to the fallback (JetStream KV shared by all replicas, or
+  memory). A probe pings Redis every 0.5 s, and a call that finds nothing in the fallback
+  pings it at once, since a peer may already have moved that session back to Redis.
+* `recovering`: Redis answers again. A background pass writes every fallback entry back
+  (newest version wins, deletions too) and removes it; a call first moves its own sid's
+  entry, if any, so it never reads or overwrites an older Redis value. The replica stays
+  in this mode for a few seconds after the fallback is empty, to pick up changes from
+  peers that noticed the recovery a probe later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgpack
+import structlog
+
+from services.session.fallback import Fallback, FallbackUnavailable
+from services.session.metrics import CORRUPT, STORE_DEGRADED, STORE_FALLBACK, WRITEBACK
+from services.session.redis_store import CorruptSession, RedisStore, RedisUnavailable
+from shared.codec import encode
+from shared.errors import UNAVAILABLE, ServiceError
+from shared.logging import mask
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+PROBE_INTERVAL_S = 0.5
+SETTLE_S = 5.0
+"""How long a recovered replica keeps checking the shared fallback before each call."""
+_MIGRATE_ATTEMPTS = 5
+
+
+class Mode(enum.Enum):
+    REDIS = "redis"
+    FALLBACK = "fallback"
+    RECOVERING = "recovering"
+
+
+def decode_session(sid: str, raw: bytes | None, store: str) -> dict[str, Any] | None:
+    """Stored bytes to a session map; undecodable bytes count as no session (and are logged)."""
+    if raw is None:
+        return None
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types, and UnicodeDecodeError for bad str
+        return _corrupt(sid, store, f"{type(exc).__name__}", len(raw))
+    if not isinstance(value, dict):
+        return _corrupt(sid, store, f"a {type(value).__name__}, not a map", len(raw))
+    return value
+
+
+def _corrupt(sid: str, store: str, error: str, size: int) -> None:
+    CORRUPT.inc()
+    log.warning("session_corrupt", sid=mask(sid), store=store, error=error, bytes=size)
+    return None
+
+
+def apply_patch(raw: bytes, changes: dict[str, Any], unset: list[str]) -> bytes | None:
+    """The fallback's version of the Redis patch script, on decoded maps."""
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if not isinstance(value, dict):
+        return None
+    for name in unset:
+        value.pop(name, None)
+    value.update(changes)
+    return encode(value)
+
+
+class SessionStore:
+    """Serves session calls from Redis or the fallback, and writes an outage back to Redis."""
+
+    def __init__(
+        self,
+        redis: RedisStore | None,
+        fallback: Fallback,
+        *,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        settle_s: float | None = None,
+    ) -> None:
+        self._redis = redis
+        self._fallback = fallback
+        self._mode = Mode.REDIS if redis is not None else Mode.FALLBACK
+        self._probe_interval_s = probe_interval_s
+        self._settle_s = (SETTLE_S if fallback.shared else 0.0) if settle_s is None else settle_s
+        self._locks = [asyncio.Lock() for _ in range(64)]
+        self._probe_task: asyncio.Task[None] | None = None
+        self._recovery_task: asyncio.Task[None] | None = None
+        self._probe_future: asyncio.Future[bool] | None = None
+        self._degraded_since: float | None = None
+        self._outage_changes = 0
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def name(self) -> str:
+        """The store serving calls now: redis, jetstream or memory."""
+        return "redis" if self._redis is not None and self._mode is not Mode.FALLBACK else self._fallback.name
+
+    @property
+    def degraded(self) -> bool:
+        """True when Redis is configured but calls do not (yet) go to it alone."""
+        return self._redis is not None and self._degraded_since is not None
+
+    async def start(self) -> None:
+        """Check Redis once; without it, serve from the fallback and keep probing."""
+        if self._redis is None:
+            log.warning(
+                "session_store_fallback",
+                store=self._fallback.name,
+                reason="neither UPSTASH_REDIS_URL nor REDIS_URL is set",
+                shared=self._fallback.shared,
+            )
+            return
+        try:
+            await self._redis.ping()
+            await self._redis.load_scripts()
+        except RedisUnavailable as exc:
+            self._degrade(str(exc), reason="Redis unreachable at start")
+            return
+        try:
+            leftovers = await self._fallback.pending()
+        except FallbackUnavailable as exc:
+            log.warning("fallback_check_failed", store=self._fallback.name, error=str(exc))
+            leftovers = []
+        if leftovers:
+            # An earlier outage ended with no replica alive to write it back: do it now.
+            self._degraded_since = time.monotonic()
+            STORE_DEGRADED.set(1)
+            self._enter_recovery(pending=len(leftovers))
+
+    async def close(self) -> None:
+        for task in (self._probe_task, self._recovery_task):
+            if task is not None:
+                task.cancel()
+        for task in (self._probe_task, self._recovery_task):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        if self._redis is not None and not self._fallback.shared and self._outage_changes and self._mode is not Mode.REDIS:
+            log.warning("outage_changes_dropped", store=self._fallback.name, changes=self._outage_changes, reason="stopping before Redis came back")
+        await self._fallback.close()
+        if self._redis is not None:
+            await self._redis.close()
+
+    def _degrade(self, error: str, *, reason: str = "Redis call failed") -> None:
+        if self._mode is Mode.FALLBACK:
+            return
+        self._mode = Mode.FALLBACK
+        if self._degraded_since is None:
+            self._degraded_since = time.monotonic()
+            self._outage_changes = 0
+        STORE_FALLBACK.inc()
+        STORE_DEGRADED.set(1)
+        log.warning("store_degraded", store=self._fallback.name, shared=self._fallback.shared, reason=reason, error=error)
+        current = asyncio.current_task()
+        if self._recovery_task is not None and self._recovery_task is not current:
+            self._recovery_task.cancel()
+        self._recovery_task = None
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.create_task(self._probe_loop(), name="session-redis-probe")
+
+    def _enter_recovery(self, *, pending: int | None = None) -> None:
+        self._mode = Mode.RECOVERING
+        log.info("store_recovering", store="redis", pending=pending)
+        self._recovery_task = asyncio.create_task(self._recover(), name="session-writeback")
+
+    # --- probing ----------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while self._mode is Mode.FALLBACK:
+            await asyncio.sleep(self._probe_interval_s)
+            await self._probe()
+
+    async def _probe(self) -> bool:
+        """Ping Redis (one ping at a time however many callers ask); on success start recovery."""
+        if self._probe_future is None:
+            self._probe_future = asyncio.ensure_future(self._ping())
+            self._probe_future.add_done_callback(self._probe_done)
+        return await asyncio.shield(self._probe_future)
+
+    def _probe_done(self, _: asyncio.Future[bool]) -> None:
+        self._probe_future = None
+
+    async def _ping(self) -> bool:
+        assert self._redis is not None
+        try:
+            await self._redis.ping()
+            await self._redis.load_scripts()
+        except RedisUnavailable:
+            return False
+        if self._mode is Mode.FALLBACK:
+            self._enter_recovery()
+        return True
+
+    async def _redis_is_back(self) -> bool:
+        """For a call that found nothing in the fallback: might Redis have it now?
+
+        A peer that noticed the recovery first may have moved the session back already.
+        Concurrent callers share one ping, so a dead Redis costs one failed connect per round.
+        """
+        if self._redis is None:
+            return False
+        if self._mode is not Mode.FALLBACK:
+            return True
+        return await self._probe()
+
+    # --- write-back -------------------------------------------------------------------
+
+    def _lock(self, sid: str) -> asyncio.Lock:
+        return self._locks[hash(sid) % len(self._locks)]
+
+    async def _migrate(self, sid: str) -> str | None:
+        """Move sid's fallback entry, if any, to Redis; the outcome, or None if there was none."""
+        assert self._redis is not None
+        async with self._lock(sid):
+            for _ in range(_MIGRATE_ATTEMPTS):
+                entry = await self._fallback.get(sid, touch=False)
+                if entry is None:
+                    return None
+                applied = await self._redis.write_back(sid, entry.value, entry.version)
+                if await self._fallback.remove(sid, entry.version):
+                    outcome = ("set" if entry.value is not None else "delete") if applied else "superseded"
+                    WRITEBACK.labels(outcome=outcome).inc()
+                    return outcome
+                # Changed in the fallback meanwhile (a peer is still on it): write the newer version.
+        return None
+
+    async def _migrate_first(self, *sids: str | None) -> None:
+        if self._mode is not Mode.RECOVERING:
+            return
+        for sid in sids:
+            if sid:
+                try:
+                    await self._migrate(sid)
+                except FallbackUnavailable as exc:
+                    log.warning("writeback_lookup_failed", sid=mask(sid), error=str(exc))
+
+    async def _recover(self) -> None:
+        started = time.monotonic()
+        counts = {"set": 0, "delete": 0, "superseded": 0}
+        drained = False
+        while self._mode is Mode.RECOVERING:
+            try:
+                sids = await self._fallback.pending()
+                outcomes = [await self._migrate(sid) for sid in sids]
+            except RedisUnavailable as exc:
+                self._degrade(str(exc), reason="Redis failed during write-back")
+                return
+            except FallbackUnavailable as exc:
+                log.warning("writeback_retry", store=self._fallback.name, error=str(exc))
+                await asyncio.sleep(self._probe_interval_s)
+                continue
+            for outcome in outcomes:
+                if outcome is not None:
+                    counts[outcome] += 1
+            if sids and any(outcomes):
+                continue  # more may have arrived meanwhile: look again at once
+            if not sids:
+                if not drained:
+                    drained = True
+                    outage_s = time.monotonic() - self._degraded_since if self._degraded_since is not None else 0.0
+                    self._degraded_since = None
+                    STORE_DEGRADED.set(0)
+                    log.info("store_recovered", store="redis", written=counts["set"], deleted=counts["delete"], superseded=counts["superseded"], outage_s=round(outage_s, 3))
+                if time.monotonic() - started >= self._settle_s:
+                    self._mode = Mode.REDIS
+                    log.info("store_settled", store="redis")
+                    return
+            await asyncio.sleep(self._probe_interval_s)
+
+    # --- calls ------------------------------------------------------------------------
+
+    def _on_redis(self) -> bool:
+        return self._redis is not None and self._mode is not Mode.FALLBACK
+
+    async def _fallback_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except FallbackUnavailable as exc:
+            log.error("fallback_failed", store=self._fallback.name, error=str(exc))
+            raise ServiceError(UNAVAILABLE, "the session store is unavailable (Redis and its fallback both failed)") from None
+
+    def _changed_in_outage(self) -> None:
+        if self._redis is not None:
+            self._outage_changes += 1
+
+    async def _drop(self, sid: str) -> bool:
+        """Remove sid from the fallback when it is the only store; True if a session was there."""
+        for _ in range(_MIGRATE_ATTEMPTS):
+            entry = await self._fallback.get(sid, touch=False)
+            if entry is None:
+                return False
+            if await self._fallback.remove(sid, entry.version):
+                return entry.value is not None
+        raise FallbackUnavailable(f"session {mask(sid)} kept changing while being deleted")
+
+    async def get(self, sid: str, *, recheck: bool = True) -> dict[str, Any] | None:
+        if self._on_redis():
+            assert self._redis is not None
+            try:
+                await self._migrate_first(sid)
+                return decode_session(sid, await self._redis.get(sid), "redis")
+            except RedisUnavailable as exc:
+                self._degrade(str(exc))
+        entry = await self._fallback_call(lambda: self._fallback.get(sid))
+        if entry is None and recheck and await self._redis_is_back():
+            return await self.get(sid, recheck=False)
+        return decode_session(sid, entry.value if entry else None, self._fallback.name)
+
+    async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
+        if self._on_redis():
+            assert self._redis is not None
+            try:
+                await self._migrate_first(sid, replace_sid)
+                await self._redis.set(sid, value, replace_sid)
+                return
+            except RedisUnavailable as exc:
+                self._degrade(str(exc))
+        await self._fallback_call(lambda: self._fallback.put(sid, value))
+        if replace_sid and replace_sid != sid:
+            if self._redis is None:
+                await self._fallback_call(lambda: self._drop(replace_sid))
+            else:
+                # Recorded even when unknown here: the old sid may exist in Redis and must go there too.
+                await self._fallback_call(lambda: self._fallback.put(replace_sid, None))
+        self._changed_in_outage()
+
+    async def patch(self, sid: str, changes: dict[str, Any], unset: list[str], *, recheck: bool = True) -> dict[str, Any] | None:
+        if self._on_redis():
+            assert self._redis is not None
+            pairs = [(name, encode(name) + encode(value)) for name, value in changes.items()]
+            try:
+                await self._migrate_first(sid)
+                return decode_session(sid, await self._redis.patch(sid, pairs, unset), "redis")
+            except CorruptSession:
+                return _corrupt(sid, "redis", "not a MessagePack map", -1)
+            except RedisUnavailable as exc:
+                self._degrade(str(exc))
+        new = await self._fallback_call(lambda: self._fallback.update(sid, lambda raw: apply_patch(raw, changes, unset)))
+        if new is None and recheck and await self._redis_is_back():
+            return await self.patch(sid, changes, unset, recheck=False)
+        if new is not None:
+            self._changed_in_outage()
+        return decode_session(sid, new, self._fallback.name)
+
+    async def delete(self, sid: str) -> bool:
+        if self._on_redis():
+            assert self._redis is not None
+            try:
+                await self._migrate_first(sid)
+                return await self._redis.delete(sid)
+            except RedisUnavailable as exc:
+                self._degrade(str(exc))
+        if self._redis is None:
+            return await self._fallback_call(lambda: self._drop(sid))
+        entry = await self._fallback_call(lambda: self._fallback.get(sid, touch=False))
+        # Recorded even when unknown here: the session may exist in Redis and must go there too.
+        await self._fallback_call(lambda: self._fallback.put(sid, None))
+        self._changed_in_outage()
+        return entry is not None and entry.value is not None

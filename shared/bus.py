@@ -1,0 +1,162 @@
+"""NATS helpers: a connection with reconnect settings, request/reply with clear errors, and serving."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.codec import decode_map, encode
+from shared.errors import INTERNAL, TIMEOUT, UNAVAILABLE, ServiceError
+from shared.logging import REQUEST_ID_HEADER, bind_request, current_request_id
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[dict[str, Any], Msg], Awaitable[dict[str, Any]]]
+
+
+async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> NATS:
+    """Connect to NATS, retrying the first connection until `connect_deadline_s`.
+
+    After that, nats-py reconnects forever every half second, so a NATS restart costs
+    at most a moment once the server is back.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected")
+
+    deadline = time.monotonic() + connect_deadline_s
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=2,
+                reconnect_time_wait=0.5,
+                max_reconnect_attempts=-1,
+                ping_interval=10,
+                max_outstanding_pings=3,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                drain_timeout=30,
+            )
+        except (OSError, nats.errors.NoServersError, TimeoutError, asyncio.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
+            log.warning("nats_connect_retry", url=redact_url(url), error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a URL for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def request_headers() -> dict[str, str]:
+    rid = current_request_id()
+    return {REQUEST_ID_HEADER: rid} if rid else {}
+
+
+async def request(nc: NATS, subject: str, payload: dict[str, Any], *, timeout: float = 2.0) -> dict[str, Any]:
+    """Send one request and return the decoded reply; every failure is a ServiceError.
+
+    Fails fast (no waiting for the timeout) while NATS is disconnected.
+    """
+    if not nc.is_connected:
+        raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly")
+    try:
+        msg = await nc.request(subject, encode(payload), timeout=timeout, headers=request_headers())
+    except nats.errors.NoRespondersError:
+        raise ServiceError(UNAVAILABLE, f"no service is answering on {subject}") from None
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        raise ServiceError(TIMEOUT, f"no reply on {subject} within {timeout:g}s") from None
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError):
+        raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly") from None
+    reply = decode_map(msg.data)
+    if "error" in reply:
+        raise ServiceError.from_dict(reply["error"])
+    return reply
+
+
+class Server:
+    """Serves request/reply handlers in queue groups, many messages at once, and drains on stop."""
+
+    def __init__(self, nc: NATS, *, max_in_flight: int = 512) -> None:
+        self._nc = nc
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    async def add(self, subject: str, queue: str, handler: Handler) -> None:
+        async def on_message(msg: Msg) -> None:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._handle(msg, handler))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+        self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=on_message))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, msg: Msg, handler: Handler) -> None:
+        headers = msg.headers or {}
+        bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
+        try:
+            reply = await handler(decode_map(msg.data), msg)
+        except ServiceError as exc:
+            reply = {"error": exc.to_dict()}
+        except Exception:
+            log.exception("handler_failed")
+            reply = {"error": ServiceError(INTERNAL, "internal error; see the service log").to_dict()}
+        if msg.reply:
+            try:
+                await self._nc.publish(msg.reply, encode(reply))
+            except Exception as exc:  # the caller is gone or NATS is down: nothing more to do
+                log.warning("reply_failed", error=str(exc) or type(exc).__name__)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace_s: float = 20.0) -> None:
+        """Stop taking messages, then wait (up to `grace_s`) for those in hand to finish."""
+        for sub in self._subs:
+            try:
+                await sub.drain()
+            except Exception as exc:
+                log.warning("drain_failed", error=str(exc) or type(exc).__name__)
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()

@@ -1,0 +1,42 @@
+"""The one error type that crosses service boundaries, with a stable code and a human message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Stable codes. The gateway maps them to HTTP statuses in one place (services/gateway/errors.py).
+BAD_REQUEST = "bad_request"
+UNAUTHORIZED = "unauthorized"
+NOT_FOUND = "not_found"
+QUERY_REFUSED = "query_refused"
+QUERY_FAILED = "query_failed"
+QUERY_TIMEOUT = "query_timeout"
+UNKNOWN_SOURCE = "unknown_source"
+UNAVAILABLE = "unavailable"
+TIMEOUT = "timeout"
+INTERNAL = "internal"
+
+
+class ServiceError(Exception):
+    """Raised for any failure that a caller should see as a code and a clear message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ServiceError:
+        if not isinstance(data, dict):
+            return cls(INTERNAL, "malformed error from a service")
+        return cls(str(data.get("code", INTERNAL)), str(data.get("message", "unknown error")))
+
+    def __repr__(self) -> str:
+        return f"ServiceError({self.code!r}, {self.message!r})"
+
+
+class ConfigError(ValueError):
+    """Raised at start-up when an environment variable is missing or malformed."""

@@ -1,0 +1,212 @@
+"""Flow-controlled streaming of a query result over NATS, both ends.
+
+The producer (query service) never has more than `window` rows messages unacknowledged;
+the consumer (gateway) acknowledges a rows message only after it has written it to its
+HTTP client. So memory stays bounded on both sides whatever the result size, and a slow
+browser slows the database read instead of filling a buffer. See shared/contracts.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared import contracts as c
+from shared.bus import request, request_headers
+from shared.codec import decode_map, encode
+from shared.errors import BAD_REQUEST, INTERNAL, UNAVAILABLE, ServiceError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_WINDOW = 8
+
+
+class StreamCancelled(Exception):
+    """Raised in the producer when the consumer cancelled or stopped acknowledging."""
+
+
+class StreamProducer:
+    """Publishes one query's stream to the gateway's inbox under the consumer's credit."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: c.Subjects,
+        req: dict[str, Any],
+        *,
+        ack_timeout_s: float = 60.0,
+        heartbeat_s: float = 1.0,
+    ) -> None:
+        try:
+            self.stream_id = str(req["stream_id"])
+            self.inbox = str(req["inbox"])
+            self.window = max(1, min(int(req.get("window") or DEFAULT_WINDOW), 64))
+        except (KeyError, TypeError, ValueError):
+            raise ServiceError(BAD_REQUEST, "query.execute needs stream_id, inbox and window") from None
+        self._nc = nc
+        self._control_subject = subjects.query_control(self.stream_id)
+        self._ack_timeout_s = ack_timeout_s
+        self._heartbeat_s = heartbeat_s
+        self._sent_seq = 0
+        self._acked_seq = 0
+        self._credit = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self._sub: Subscription | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._last_publish = time.monotonic()
+        self._headers = request_headers()
+
+    async def open(self) -> None:
+        """Listen for acks and cancels; call before replying `accepted`."""
+        self._sub = await self._nc.subscribe(self._control_subject, cb=self._on_control)
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            data = decode_map(msg.data)
+        except ServiceError:
+            return
+        if data.get("t") == c.CONTROL_ACK:
+            seq = int(data.get("seq", 0))
+            if seq > self._acked_seq:
+                self._acked_seq = seq
+                self._credit.set()
+        elif data.get("t") == c.CONTROL_CANCEL:
+            self.cancelled.set()
+            self._credit.set()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            if time.monotonic() - self._last_publish >= self._heartbeat_s:
+                await self._publish({"t": c.STREAM_HEARTBEAT})
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        self._last_publish = time.monotonic()
+        await self._nc.publish(self.inbox, encode(message), headers=self._headers or None)
+
+    def _check(self) -> None:
+        if self.cancelled.is_set():
+            raise StreamCancelled("the client cancelled the stream")
+
+    async def send_meta(self, columns: list[dict[str, str]], preview: list[list[Any]]) -> None:
+        self._check()
+        await self._publish({"t": c.STREAM_META, "columns": columns, "preview": preview})
+
+    async def send_rows(self, rows_json: bytes, offset: int, count: int) -> None:
+        """Publish one chunk, first waiting for credit; raises StreamCancelled."""
+        deadline = time.monotonic() + self._ack_timeout_s
+        while self._sent_seq - self._acked_seq >= self.window:
+            self._check()
+            self._credit.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StreamCancelled(f"no acknowledgement for {self._ack_timeout_s:g}s; the consumer is gone")
+            try:
+                await asyncio.wait_for(self._credit.wait(), remaining)
+            except TimeoutError:
+                pass
+        self._check()
+        self._sent_seq += 1
+        await self._publish({"t": c.STREAM_ROWS, "seq": self._sent_seq, "offset": offset, "count": count, "rows": rows_json})
+
+    async def end(self, row_count: int, truncated: bool) -> None:
+        await self._publish({"t": c.STREAM_END, "row_count": row_count, "truncated": truncated})
+
+    async def fail(self, error: ServiceError) -> None:
+        try:
+            await self._publish({"t": c.STREAM_ERROR, "error": error.to_dict()})
+        except Exception as exc:
+            log.warning("stream_error_publish_failed", error=str(exc) or type(exc).__name__)
+
+
+class StreamConsumer:
+    """The gateway's end: start a query and iterate over its stream messages."""
+
+    def __init__(self, nc: NATS, subjects: c.Subjects, *, window: int = DEFAULT_WINDOW, idle_timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._window = window
+        self._idle_timeout_s = idle_timeout_s
+        self.stream_id = uuid.uuid4().hex
+        self._sub: Subscription | None = None
+        self._finished = False
+
+    async def start(self, sql: str, source: str | None, *, timeout: float = 5.0) -> None:
+        """Subscribe to the inbox and ask a query replica to run `sql`; raises ServiceError."""
+        inbox = self._nc.new_inbox()
+        # No callback: messages wait in the subscription until read; the window bounds them.
+        self._sub = await self._nc.subscribe(inbox)
+        req: c.QueryExecute = {"sql": sql, "source": source, "stream_id": self.stream_id, "inbox": inbox, "window": self._window}
+        try:
+            await request(self._nc, self._subjects.query_execute, dict(req), timeout=timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield meta, rows, then end or error; acknowledges each rows message once the caller is done with it."""
+        assert self._sub is not None, "start() first"
+        pending_ack: int | None = None
+        while True:
+            if pending_ack is not None:
+                await self._control({"t": c.CONTROL_ACK, "seq": pending_ack})
+                pending_ack = None
+            try:
+                msg = await self._sub.next_msg(timeout=self._idle_timeout_s)
+            except TimeoutError:
+                raise ServiceError(UNAVAILABLE, f"the query service stopped answering for {self._idle_timeout_s:g}s") from None
+            except Exception as exc:  # connection closed or subscription gone
+                raise ServiceError(UNAVAILABLE, f"the query stream broke: {type(exc).__name__}") from None
+            data = decode_map(msg.data)
+            kind = data.get("t")
+            if kind == c.STREAM_HEARTBEAT:
+                continue
+            if kind == c.STREAM_ROWS:
+                yield data
+                pending_ack = int(data["seq"])
+                continue
+            if kind in (c.STREAM_END, c.STREAM_ERROR):
+                self._finished = True
+                yield data
+                return
+            if kind == c.STREAM_META:
+                yield data
+                continue
+            raise ServiceError(INTERNAL, f"unexpected stream message {kind!r}")
+
+    async def _control(self, message: dict[str, Any]) -> None:
+        if self._nc.is_connected:
+            await self._nc.publish(self._subjects.query_control(self.stream_id), encode(message))
+
+    async def close(self) -> None:
+        """Release the inbox; if the stream did not finish, tell the producer to stop."""
+        if not self._finished:
+            try:
+                await self._control({"t": c.CONTROL_CANCEL})
+            except Exception:
+                pass
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass
+            self._sub = None
+

@@ -1,0 +1,166 @@
+"""Test fixtures: the one place that chooses testcontainers or local servers, and whole systems."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+INFRA = "testcontainers" if _docker_engine_answers() else "local"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if INFRA == "testcontainers":
+        return "servers: testcontainers (a Docker engine answered) for NATS and Redis"
+    return "servers: local nats-server and redis-server binaries on free ports (no Docker engine answered)"
+
+
+@dataclass
+class Infra:
+    """The NATS and Redis every system in this test session shares."""
+
+    kind: str
+    nats_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    if INFRA == "testcontainers":
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7-alpine") as redis, DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222) as nats:
+            from testcontainers.core.waiting_utils import wait_for_logs
+
+            wait_for_logs(nats, "Server is ready")
+            nats_url = f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}"
+            redis_url = f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0"
+            print(f"\n[infra] testcontainers: NATS {nats_url}, Redis {redis_url}")
+            yield Infra("testcontainers", nats_url, redis_url)
+        return
+    nats = NatsServer().start()
+    redis = RedisServer().start()
+    print(f"\n[infra] local servers: nats-server {nats.url}, redis-server {redis.url}")
+    try:
+        yield Infra("local", nats.url, redis.url)
+    finally:
+        nats.cleanup()
+        redis.stop()
+
+
+@dataclass
+class System:
+    """A gateway, a session and a query service on one NATS, under a subject prefix of their own."""
+
+    nats_url: str
+    redis_url: str | None
+    prefix: str
+    gateway_port: int
+    env: dict[str, str]
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def service_env(self, name: str, **extra: str) -> dict[str, str]:
+        env = dict(self.env)
+        env["OPS_PORT"] = str(free_port())
+        if name == "gateway":
+            env["GATEWAY_PORT"] = str(self.gateway_port)
+        env.update(extra)
+        return service_env(**env)
+
+    def start(self, name: str, **extra: str) -> Service:
+        svc = Service(name, self.service_env(name, **extra)).start()
+        self.services[name] = svc
+        return svc
+
+    def restart(self, name: str) -> Service:
+        old = self.services[name]
+        assert old.stop() == 0, f"{name} did not exit cleanly on SIGTERM:\n" + "\n".join(old.lines[-30:])
+        svc = Service(name, old.env or {}).start()
+        self.services[name] = svc
+        return svc
+
+    def stop(self) -> dict[str, int]:
+        return {name: svc.stop() for name, svc in reversed(list(self.services.items()))}
+
+
+SystemFactory = Callable[..., System]
+
+
+@pytest.fixture
+def make_system(infra: Infra) -> Iterator[SystemFactory]:
+    """Build systems for one test; every one is stopped with SIGTERM afterwards and must exit 0."""
+    built: list[System] = []
+
+    def build(*, nats_url: str | None = None, redis_url: str | None = "default", start: tuple[str, ...] = ("session", "query", "gateway"), **env: str) -> System:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        redis = infra.redis_url if redis_url == "default" else redis_url
+        base = {"NATS_URL": nats_url or infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "SESSION_KV_BUCKET": f"sessions_{prefix}"}
+        if redis:
+            base["REDIS_URL"] = redis
+        base.update(env)
+        system = System(base["NATS_URL"], redis, prefix, free_port(), base)
+        built.append(system)
+        for name in start:
+            system.start(name)
+        return system
+
+    yield build
+    failures = []
+    for system in built:
+        for name, code in system.stop().items():
+            if code != 0:
+                failures.append(f"{name} exited {code}")
+    assert not failures, f"services did not stop cleanly: {failures}"
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra) -> Iterator[System]:
+    """One running system shared by the tests of a module that do not break anything."""
+    prefix = f"m{uuid.uuid4().hex[:10]}"
+    env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
+    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
+    try:
+        for name in ("session", "query", "gateway"):
+            system.start(name)
+        yield system
+    finally:
+        codes = system.stop()
+    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for a test that kills it or counts its commands."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A private nats-server (JetStream on) for a test that restarts it."""
+    server = NatsServer().start()
+    yield server
+    server.cleanup()

