@@ -83,7 +83,12 @@ def main() -> int:
         if not env.get("NATS_URL"):
             port = free_port()
             store = tempfile.mkdtemp(prefix="dbgenie-nats-")
-            nats = subprocess.Popen([nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store], stdin=subprocess.DEVNULL)
+            # Its own session: Ctrl-C reaches the services first, and NATS stays up while they drain.
+            nats = subprocess.Popen(
+                [nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             wait_for_port(port, nats)
             env["NATS_URL"] = f"nats://127.0.0.1:{port}"
             print(f"run: started a private nats-server (JetStream) on {env['NATS_URL']}", flush=True)

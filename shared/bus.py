@@ -33,8 +33,12 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> N
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc) or type(exc).__name__)
 
+    client: list[NATS] = []
+
     async def on_disconnected() -> None:
         log.warning("nats_disconnected")
+        if client:
+            _fail_pending_requests(client[0])
 
     async def on_reconnected() -> None:
         log.info("nats_reconnected")
@@ -43,7 +47,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> N
     delay = 0.2
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=[url],
                 name=name,
                 connect_timeout=2,
@@ -57,12 +61,25 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> N
                 reconnected_cb=on_reconnected,
                 drain_timeout=30,
             )
+            client.append(nc)
+            return nc
         except (OSError, nats.errors.NoServersError, TimeoutError, asyncio.TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
             log.warning("nats_connect_retry", url=redact_url(url), error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _fail_pending_requests(nc: NATS) -> None:
+    """Fail at once the requests whose replies the dropped connection can no longer bring.
+
+    nats-py leaves them waiting for their timeout, so a NATS restart would surface as 504s
+    seconds later instead of fail-fast 503s. `_resp_map` holds nats-py's reply futures.
+    """
+    for future in list(getattr(nc, "_resp_map", {}).values()):
+        if not future.done():
+            future.set_exception(nats.errors.ConnectionReconnectingError())
 
 
 def redact_url(url: str) -> str:
@@ -160,3 +177,18 @@ class Server:
             done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in pending:
                 task.cancel()
+
+
+async def close(nc: NATS, timeout_s: float = 10.0) -> None:
+    """Drain the connection if NATS is reachable, else just close it; never raises."""
+    try:
+        if nc.is_connected:
+            await asyncio.wait_for(nc.drain(), timeout_s)
+            return
+    except Exception as exc:
+        log.warning("nats_drain_failed", error=str(exc) or type(exc).__name__)
+    try:
+        if not nc.is_closed:
+            await nc.close()
+    except Exception as exc:  # the transport is already gone: nothing is left to flush
+        log.info("nats_close_incomplete", error=str(exc) or type(exc).__name__)

@@ -113,7 +113,7 @@ STREAM_META = "meta"    # {"t", "columns": [{"name", "type"}], "preview": [[...]
 STREAM_ROWS = "rows"    # {"t", "seq": int >= 1, "offset": int, "count": int, "rows": bytes (a JSON array of rows)}
 STREAM_END = "end"      # {"t", "row_count": int, "truncated": bool}
 STREAM_ERROR = "error"  # {"t", "error": {"code", "message"}}
-STREAM_HEARTBEAT = "hb"  # {"t"}: the producer is alive while the database works
+STREAM_HEARTBEAT = "hb"  # {"t", "seq": last rows seq sent}: the producer is alive while the database works
 
 # Control messages, published by the gateway to `query_control(stream_id)`.
 CONTROL_ACK = "ack"        # {"t", "seq": int}: every rows message up to seq is delivered

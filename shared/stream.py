@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -96,7 +96,7 @@ class StreamProducer:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             if time.monotonic() - self._last_publish >= self._heartbeat_s:
-                await self._publish({"t": c.STREAM_HEARTBEAT})
+                await self._publish({"t": c.STREAM_HEARTBEAT, "seq": self._sent_seq})
 
     async def _publish(self, message: dict[str, Any]) -> None:
         self._last_publish = time.monotonic()
@@ -137,6 +137,10 @@ class StreamProducer:
             log.warning("stream_error_publish_failed", error=str(exc) or type(exc).__name__)
 
 
+def _lost() -> ServiceError:
+    return ServiceError(UNAVAILABLE, "part of the query result was lost while the message bus reconnected; run the query again")
+
+
 class StreamConsumer:
     """The gateway's end: start a query and iterate over its stream messages."""
 
@@ -161,33 +165,58 @@ class StreamConsumer:
             await self.close()
             raise
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield meta, rows, then end or error; acknowledges each rows message once the caller is done with it."""
+    async def messages(self, alive: Callable[[], bool] = lambda: True) -> AsyncIterator[dict[str, Any]]:
+        """Yield meta, rows, then end or error; acknowledges each rows message once the caller is done with it.
+
+        `alive` is asked at every message, heartbeats included: once it says False (the HTTP
+        client went away while the database was still working) ConnectionResetError is raised.
+        """
         assert self._sub is not None, "start() first"
         pending_ack: int | None = None
+        acked = 0
+        meta_seen = False
+        next_seq = 1
+        rows_seen = 0
         while True:
             if pending_ack is not None:
                 await self._control({"t": c.CONTROL_ACK, "seq": pending_ack})
-                pending_ack = None
+                acked, pending_ack = pending_ack, None
             try:
                 msg = await self._sub.next_msg(timeout=self._idle_timeout_s)
             except TimeoutError:
+                if not self._nc.is_connected:
+                    raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; run the query again") from None
                 raise ServiceError(UNAVAILABLE, f"the query service stopped answering for {self._idle_timeout_s:g}s") from None
             except Exception as exc:  # connection closed or subscription gone
                 raise ServiceError(UNAVAILABLE, f"the query stream broke: {type(exc).__name__}") from None
+            if not alive():
+                raise ConnectionResetError("the client went away")
             data = decode_map(msg.data)
             kind = data.get("t")
+            # NATS delivers at most once: across a reconnect messages can be lost, never reordered.
+            # So every loss is caught here rather than shown to the user as a complete result.
             if kind == c.STREAM_HEARTBEAT:
+                if int(data.get("seq", 0)) >= next_seq:  # rows were sent that never came
+                    raise _lost()
+                if acked:  # the last ack may have been lost the same way; acks are cumulative
+                    await self._control({"t": c.CONTROL_ACK, "seq": acked})
                 continue
             if kind == c.STREAM_ROWS:
+                if not meta_seen or int(data["seq"]) != next_seq:
+                    raise _lost()
+                next_seq += 1
+                rows_seen += int(data["count"])
                 yield data
                 pending_ack = int(data["seq"])
                 continue
+            if kind == c.STREAM_END and (not meta_seen or data.get("row_count") != rows_seen):
+                raise _lost()
             if kind in (c.STREAM_END, c.STREAM_ERROR):
                 self._finished = True
                 yield data
                 return
             if kind == c.STREAM_META:
+                meta_seen = True
                 yield data
                 continue
             raise ServiceError(INTERNAL, f"unexpected stream message {kind!r}")

@@ -154,8 +154,8 @@ async def test_two_of_everything_survive_replica_sigterm_and_a_nats_restart(
         # 1. Steady load, then SIGTERM one session and one query replica while it runs.
         await load.more(200, 30)
         marks["sigterm"] = time.monotonic()
-        session_a.signal(signal.SIGTERM)
-        query_a.signal(signal.SIGTERM)
+        session_a.send_signal(signal.SIGTERM)
+        query_a.send_signal(signal.SIGTERM)
         codes = await asyncio.gather(asyncio.to_thread(session_a.proc.wait, 60), asyncio.to_thread(query_a.proc.wait, 60))
         marks["drained"] = time.monotonic()
         assert codes == [0, 0], f"replicas exited {codes}"
@@ -186,7 +186,9 @@ async def test_two_of_everything_survive_replica_sigterm_and_a_nats_restart(
     print(f"[proof] drain of one session and one query replica took {(marks['drained'] - marks['sigterm']) * 1000:.0f} ms")
     print(f"[proof] NATS gap (stop to ready again, {(marks['healed'] - marks['nats_down']) * 1000:.0f} ms, {len(gap)} calls): {load.summary(gap)}")
     print(f"[proof] after healing ({len(after)} calls): {load.summary(after)}")
-    print(f"[proof] latency ok calls: {latency([c for c in load.calls if c.outcome == 'ok'])}; 503s: {latency([c for c in load.calls if c.outcome == '503'])}")
+    for outcome in sorted(load.outcomes):
+        print(f"[proof] latency of {outcome!r} calls ({load.outcomes[outcome]}): {latency([c for c in load.calls if c.outcome == outcome])}")
+    print(f"[proof] max latency of any call: {max(c.ended - c.started for c in load.calls) * 1000:.0f} ms (a hang would be {CALL_TIMEOUT_S:g} s)")
     if load.tool_errors:
         print(f"[proof] tool-output-error texts: {dict(load.tool_errors)}")
 

@@ -77,13 +77,15 @@ async def test_sigterm_to_a_gateway_finishes_its_in_flight_stream_and_turns_read
         await login(client)
         response, parts, stream = await open_big_stream(client, BIG)
         # The client reads nothing while the gateway is told to stop: the stream is held in flight.
-        gateway.signal(signal.SIGTERM)
+        gateway.send_signal(signal.SIGTERM)
         await asyncio.to_thread(wait_until, lambda: http_status(f"{system.url}/readyz") == 503, 15, "/readyz to answer 503")
         async for part in stream:
             parts.append(part)
         response.release()
     assert_complete(parts, BIG)
     assert await exit_code(gateway) == 0, "\n".join(gateway.lines[-30:])
+    # The process is gone; its last lines may still be in the pipe, so poll them rather than wait_for_line.
+    await asyncio.to_thread(wait_until, lambda: any('"stopped"' in line for line in list(gateway.lines)), 10, "the gateway's last log line")
     names = event_names(gateway)
     streams = [e for e in gateway.events("query_stream")]
     assert len(streams) == 1 and streams[0]["outcome"] == "ok" and streams[0]["rows"] == BIG
@@ -100,7 +102,7 @@ async def test_sigterm_to_a_query_replica_finishes_its_in_flight_stream(make_sys
         response, parts, stream = await open_big_stream(client, BIG)
         # Only `first` existed when the stream started, so it is the one producing it.
         start_replica(system, "query", "query-2")
-        first.signal(signal.SIGTERM)
+        first.send_signal(signal.SIGTERM)
         async with browser(system.url) as other:
             await login(other, "bob@example.com", "Bob")
             async with other.post("/api/query", json={"sql": counting_sql(50)}) as fresh:
@@ -120,21 +122,25 @@ async def test_sigterm_to_a_session_replica_under_load_fails_no_call(make_system
     start_replica(system, "session", "session-2")
     outcomes: Counter[str] = Counter()
     calls = [0]  # read from the wait_until thread, so a plain int rather than the Counter
+    during_drain = 0
+    draining = False
     done = asyncio.Event()
     stopped = asyncio.Event()
     calls_after_stop = 0
 
     async def client_loop(index: int) -> None:
-        nonlocal calls_after_stop
+        nonlocal calls_after_stop, during_drain
         async with browser(system.url) as client:
             await login(client, f"load{index}@example.com", f"Load {index}")
             for _ in range(5000):  # bounded; the test ends the loop long before
                 if done.is_set():
                     return
+                overlaps = draining
                 async with client.get("/api/me") as response:
                     body = await response.read()
                     outcomes["ok" if response.status == 200 else f"{response.status} {body[:120]!r}"] += 1
                 calls[0] += 1
+                during_drain += overlaps or draining
                 if stopped.is_set():
                     calls_after_stop += 1
                     if calls_after_stop >= 300:
@@ -143,17 +149,20 @@ async def test_sigterm_to_a_session_replica_under_load_fails_no_call(make_system
     clients = [asyncio.create_task(client_loop(i)) for i in range(6)]
     try:
         await asyncio.to_thread(wait_until, lambda: calls[0] >= 300, 30, "300 calls before the SIGTERM")
-        first.signal(signal.SIGTERM)
+        draining = True
+        first.send_signal(signal.SIGTERM)
         code = await exit_code(first)
+        draining = False
         stopped.set()
         await asyncio.wait_for(asyncio.gather(*clients), 60)
     finally:
         done.set()
         for task in clients:
             task.cancel()
-    print(f"\n[session drain] calls: {dict(outcomes)}")
+    print(f"\n[session drain] calls: {dict(outcomes)}, {during_drain} of them between the SIGTERM and the replica's exit")
     assert code == 0, "\n".join(first.lines[-30:])
     assert calls_after_stop >= 300 and set(outcomes) == {"ok"}, dict(outcomes)
+    assert during_drain > 0, "no call overlapped the drain, so it proved nothing"
 
 
 async def test_every_service_exits_0_on_sigterm(make_system: SystemFactory) -> None:

@@ -14,7 +14,7 @@ from services.gateway import handlers, keys, metrics
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.sessions import SessionClient, SessionCookie
-from shared.bus import connect, request
+from shared.bus import close, connect, request
 from shared.contracts import Subjects
 from shared.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServiceError
 from shared.logging import bind_request, setup_logging
@@ -24,6 +24,7 @@ from shared.runtime import stop_event
 log = structlog.get_logger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _HTTP_CODES = {400: BAD_REQUEST, 404: NOT_FOUND, 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -34,6 +35,10 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
     rid = bind_request(given if _REQUEST_ID.match(given) else None, method=request.method, path=request.path)
     started = time.monotonic()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    lifecycle = request.app[keys.LIFECYCLE]
+    probe = route in _PROBES
+    if not probe:
+        lifecycle.enter()
     try:
         response = await handler(request)
     except ServiceError as exc:
@@ -45,6 +50,9 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
     except Exception:
         log.exception("request_failed")
         response = error_response(INTERNAL, "internal error; see the gateway log")
+    finally:
+        if not probe:
+            lifecycle.leave()
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     elapsed = time.monotonic() - started
@@ -107,7 +115,7 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     app[keys.NATS_CLIENT] = nc
     app[keys.SESSIONS] = SessionClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     yield
-    await nc.drain()
+    await close(nc)
 
 
 async def main() -> None:
@@ -121,8 +129,15 @@ async def main() -> None:
     await site.start()
     log.info("service_ready", host=config.host, port=config.port, auth_mode=config.auth_mode, subject_prefix=config.subject_prefix)
     await stop.wait()
-    app[keys.LIFECYCLE].accepting = False
-    log.info("shutting_down", grace_s=config.shutdown_grace_s)
-    # Stops listening, lets in-flight requests and streams finish (up to the grace), then drains NATS.
+    lifecycle = app[keys.LIFECYCLE]
+    lifecycle.accepting = False
+    log.info("shutting_down", grace_s=config.shutdown_grace_s, in_flight=lifecycle.in_flight)
+    # Keep listening while requests are in flight, so /readyz can answer 503 and a load balancer
+    # moves new traffic elsewhere before the port closes; new requests are still served meanwhile.
+    try:
+        await asyncio.wait_for(lifecycle.idle.wait(), config.shutdown_grace_s)
+    except TimeoutError:
+        log.warning("shutdown_grace_elapsed", in_flight=lifecycle.in_flight)
+    # Stops listening, lets the requests that are left finish (up to the grace), then drains NATS.
     await runner.cleanup()
     log.info("stopped")

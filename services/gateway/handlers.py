@@ -139,7 +139,7 @@ async def query(request: web.Request) -> web.StreamResponse:
             await consumer.start(sql, source)
             columns: list[Any] = []
             preview: list[Any] = []
-            async for message in consumer.messages():
+            async for message in consumer.messages(alive=lambda: not (request.transport is None or request.transport.is_closing())):
                 kind = message["t"]
                 if kind == "rows":
                     await stream.rows(message["offset"], message["rows"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -14,9 +15,23 @@ from shared.contracts import Subjects
 
 @dataclass
 class Lifecycle:
-    """Whether the gateway should receive traffic (false once SIGTERM arrived)."""
+    """Whether the gateway should receive traffic (false once SIGTERM arrived), and the requests it holds."""
 
     accepting: bool = True
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
 
 
 CONFIG = web.AppKey("config", GatewayConfig)

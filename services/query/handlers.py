@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from services.query import metrics
 from services.query.config import PREVIEW_ROWS, QueryConfig
-from services.query.engines import Engine, Sources
+from services.query.engines import Cursor, Engine, Sources
 from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
@@ -184,41 +184,52 @@ class QueryHandlers:
         config = self._config
         await self._sources.open(engine)
         async with engine.query(sql, config.timeout_s) as cursor:
-            rows = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
+            first = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
             encoder = RowEncoder(cursor.columns)
-            await producer.send_meta([c.describe() for c in cursor.columns], encoder.preview(rows[:PREVIEW_ROWS], config.preview_cell_chars))
+            await producer.send_meta([c.describe() for c in cursor.columns], encoder.preview(first[:PREVIEW_ROWS], config.preview_cell_chars))
             progress.first_rows_ms = round((time.monotonic() - progress.started) * 1000, 1)
             metrics.FIRST_ROWS.labels(progress.source).observe(progress.first_rows_ms / 1000)
-            limit = max(1024, min(config.chunk_bytes * 4, self._nc.max_payload - ENVELOPE_BYTES))
-            while rows:
-                bytes_per_row = await self._send(producer, encoder, rows, progress, limit)
-                room = config.max_rows - progress.row_count
-                if room <= 0:
-                    progress.truncated = bool(await cursor.fetch(1))
-                    break
-                n = max(1, min(MAX_FETCH_ROWS, room, int(config.chunk_bytes / max(bytes_per_row, 1.0))))
-                rows = await cursor.fetch(n)
+            await self._stream_rows(cursor, encoder, first, producer, progress)
         await producer.end(progress.row_count, progress.truncated)
         self._record_done(progress)
 
-    async def _send(self, producer: StreamProducer, encoder: RowEncoder, rows: Sequence[Sequence[Any]], progress: _Progress, limit: int) -> float:
-        """Publish `rows` as one chunk, or several when their JSON is over `limit` bytes; returns bytes per row."""
-        payload = encoder.encode(rows)
-        if len(payload) > limit:
-            if len(rows) == 1:
-                raise ServiceError(
-                    QUERY_FAILED,
-                    f"row {progress.row_count + 1} is {len(payload)} bytes as JSON, more than one message can carry ({limit} bytes)",
-                )
-            half = len(rows) // 2
-            await self._send(producer, encoder, rows[:half], progress, limit)
-            await self._send(producer, encoder, rows[half:], progress, limit)
-            return len(payload) / len(rows)
-        await producer.send_rows(payload, progress.row_count, len(rows))
-        progress.row_count += len(rows)
-        progress.chunks += 1
-        progress.bytes += len(payload)
-        return len(payload) / len(rows)
+    async def _stream_rows(self, cursor: Cursor, encoder: RowEncoder, first: Sequence[Sequence[Any]], producer: StreamProducer, progress: _Progress) -> None:
+        """Publish `first`, then the rest of the result up to QUERY_MAX_ROWS.
+
+        The next batch is read (and encoded) while the last one is being published, and
+        batches are sized to come to about QUERY_CHUNK_BYTES of JSON each.
+        """
+        config = self._config
+        limit = max(1024, min(config.chunk_bytes * 4, self._nc.max_payload - ENVELOPE_BYTES))
+        chunks = encoder.chunks(first, limit)
+        asked, got, fetched = min(FIRST_FETCH_ROWS, config.max_rows), len(first), len(first)
+        pending: asyncio.Task[tuple[int, list[tuple[int, bytes]]]] | None = None
+        try:
+            while True:
+                probing = fetched >= config.max_rows  # only to learn whether rows were left out
+                if got == asked:  # fewer than asked would mean the result is exhausted
+                    size = sum(len(payload) for _, payload in chunks) / max(got, 1)
+                    asked = 1 if probing else max(1, min(MAX_FETCH_ROWS, config.max_rows - fetched, int(config.chunk_bytes / max(size, 1.0))))
+                    pending = asyncio.create_task(cursor.fetch_chunks(asked, encoder, limit, fetched))
+                for count, payload in chunks:
+                    await producer.send_rows(payload, progress.row_count, count)
+                    progress.row_count += count
+                    progress.chunks += 1
+                    progress.bytes += len(payload)
+                if pending is None:
+                    return
+                got, chunks = await pending
+                pending = None
+                if probing:
+                    progress.truncated = got > 0
+                    return
+                fetched += got
+        finally:
+            if pending is not None:  # leaving early: stop the read before the engine frees the cursor
+                pending.cancel()
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: the error that matters is the one propagating
 
     def _record_done(self, progress: _Progress) -> None:
         fields = progress.fields()

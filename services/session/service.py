@@ -14,7 +14,7 @@ from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import SessionStore
-from shared.bus import Server, connect
+from shared.bus import Server, close, connect
 from shared.contracts import SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
@@ -40,19 +40,20 @@ async def open_fallback(nc: NATS, config: SessionConfig) -> Fallback:
         return MemoryFallback(config.memory_max_entries, config.lifetime_s)
 
 
-async def _drain(nc: NATS) -> None:
-    try:
-        await nc.drain()
-    except (nats.errors.Error, TimeoutError) as exc:  # NATS already gone: nothing left to flush
-        log.warning("nats_drain_failed", error=f"{type(exc).__name__}: {exc}")
-        await nc.close()
-
-
 def build_store(config: SessionConfig, fallback: Fallback) -> SessionStore:
     redis = None
     if config.redis is not None:
         redis = RedisStore(create_client(config.redis), key_prefix=config.key_prefix, lifetime_s=config.lifetime_s)
-        log.info("session_store", store="redis", target=config.redis.display, tls=config.redis.tls, source=config.redis.source, key_prefix=config.key_prefix, lifetime_s=config.lifetime_s, fallback=fallback.name)
+        log.info(
+            "session_store",
+            store="redis",
+            target=config.redis.display,
+            tls=config.redis.tls,
+            source=config.redis.source,
+            key_prefix=config.key_prefix,
+            lifetime_s=config.lifetime_s,
+            fallback=fallback.name,
+        )
     return SessionStore(redis, fallback)
 
 
@@ -65,7 +66,7 @@ async def main() -> None:
 
     async with AsyncExitStack() as stack:
         nc = await connect(config.nats_url, "session")
-        stack.push_async_callback(_drain, nc)
+        stack.push_async_callback(close, nc)
         fallback = await open_fallback(nc, config)
         store = build_store(config, fallback)
         stack.push_async_callback(store.close)

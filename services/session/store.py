@@ -16,6 +16,7 @@ Modes (see docs/session.md, "Outages"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable
@@ -152,10 +153,8 @@ class SessionStore:
                 task.cancel()
         for task in (self._probe_task, self._recovery_task):
             if task is not None:
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-                except (asyncio.CancelledError, Exception):
-                    pass
         if self._redis is not None and not self._fallback.shared and self._outage_changes and self._mode is not Mode.REDIS:
             log.warning("outage_changes_dropped", store=self._fallback.name, changes=self._outage_changes, reason="stopping before Redis came back")
         await self._fallback.close()

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from services.query.values import Column
+from services.query.values import Column, RowEncoder
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,15 @@ class Cursor(ABC):
 
     @abstractmethod
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
-        """Up to `n` more rows; an empty batch means the result is exhausted."""
+        """Up to `n` more rows; fewer than `n` means the result is exhausted."""
+
+    async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
+        """Up to `n` more rows, already encoded as JSON chunks of at most `limit` bytes: (rows, chunks).
+
+        An engine that reads in a worker thread overrides this to encode there too.
+        """
+        rows = await self.fetch(n)
+        return len(rows), encoder.chunks(rows, limit, offset)
 
 
 class Engine(ABC):

@@ -47,6 +47,8 @@ _TYPE_NAMES = {
 _TEXT_NAMES = {"TINYBLOB": "TINYTEXT", "MEDIUMBLOB": "MEDIUMTEXT", "LONGBLOB": "LONGTEXT", "BLOB": "TEXT"}
 _BINARY_NAMES = {"VARCHAR": "VARBINARY", "CHAR": "BINARY"}
 _BINARY_CHARSET = 63
+_ENUM_FLAG = 256
+_SET_FLAG = 2048
 
 
 def mysql_time(value: Any) -> Any:
@@ -71,16 +73,21 @@ def _column(field: Any, description: Sequence[Any]) -> Column:
     name, type_code = description[0], description[1]
     type_name = _TYPE_NAMES.get(type_code, f"TYPE{type_code}")
     charset = getattr(field, "charsetnr", None)
-    if charset is not None:
+    flags = getattr(field, "flags", 0) or 0
+    if flags & _ENUM_FLAG:
+        type_name = "ENUM"
+    elif flags & _SET_FLAG:
+        type_name = "SET"
+    elif charset is not None:
         if charset != _BINARY_CHARSET:
             type_name = _TEXT_NAMES.get(type_name, type_name)
         elif type_name in _BINARY_NAMES:
             type_name = _BINARY_NAMES[type_name]
     if type_name == "TIME":
-        return Column(name, type_name, convert=mysql_time)
+        return Column(name, type_name, convert=mysql_time, floats=False)
     if type_name == "BIT":
-        return Column(name, type_name, convert=bit_value)
-    return Column(name, type_name, json=type_name == "JSON")
+        return Column(name, type_name, convert=bit_value, floats=False)
+    return Column(name, type_name, json=type_name == "JSON", floats=type_name in ("FLOAT", "DOUBLE", "NULL"))
 
 
 class MysqlCursor(Cursor):

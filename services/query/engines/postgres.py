@@ -25,6 +25,14 @@ log = structlog.get_logger(__name__)
 
 APPLICATION_NAME = "dbgenie-query"
 _JSON_TYPES = frozenset({"json", "jsonb"})
+# Types whose values are never floats (so never NaN or infinity): the encoder skips that check.
+_NO_FLOAT_TYPES = frozenset(
+    {
+        "int2", "int4", "int8", "oid", "numeric", "money", "bool", "text", "varchar", "bpchar", "char", "name",
+        "date", "time", "timetz", "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb", "bytea",
+        "inet", "cidr", "macaddr", "xml", "bit", "varbit", "tsvector",
+    }
+)
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
@@ -40,7 +48,8 @@ class PostgresCursor(Cursor):
         self._cursor = cursor
         self._timeout_s = timeout_s
         self.columns = [
-            Column(a.name, a.type.name, json=a.type.name in _JSON_TYPES) for a in statement.get_attributes()
+            Column(a.name, a.type.name, json=a.type.name in _JSON_TYPES, floats=a.type.name not in _NO_FLOAT_TYPES)
+            for a in statement.get_attributes()
         ]
 
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
@@ -102,6 +111,9 @@ class PostgresEngine(Engine):
                     f" SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
                 )
                 statement = await conn.prepare(sql)
+                if not statement.get_attributes():
+                    # COPY, SET, COMMIT, DO, CALL...: refused before they run, whatever the guard said.
+                    raise ServiceError(QUERY_REFUSED, "only a query that returns rows can run; this statement returns none")
                 cursor = await statement.cursor()
             except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
                 raise self.error(exc, timeout_s) from None

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from services.query.config import sqlite_path
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
-from services.query.values import Column
+from services.query.values import Column, RowEncoder
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
@@ -93,6 +93,14 @@ class SqliteCursor(Cursor):
             self.columns = [Column(name, _infer_type(rows, i)) for i, name in enumerate(self._names)]
             self._typed = True
         return rows
+
+    async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
+        # Encoding in the worker too leaves the event loop nothing to do but publish.
+        def fetch_and_encode() -> tuple[int, list[tuple[int, bytes]]]:
+            rows = self._handle.fetch(n)
+            return len(rows), encoder.chunks(rows, limit, offset)
+
+        return await self._engine._run(self._handle, fetch_and_encode)
 
 
 def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:

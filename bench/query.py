@@ -1,0 +1,346 @@
+"""`python -m bench.query`: streaming a 1,000,000-row x 5-column result, raw driver vs. end to end through the gateway.
+
+For SQLite (a file this bench builds) and PostgreSQL (the local server, a table in a schema
+of its own, dropped at the end), in the same run:
+
+- raw driver fetch rate: rows/s of a fetchmany / cursor loop in this process, no conversion;
+- end to end: rows/s that a client reads from POST /api/query (gateway SSE) with nats-server,
+  session, query and gateway processes running here, and the ratio to the raw rate (target >= 0.5);
+- time to preview: from sending the request to the first `tool-output-available` part with
+  `preliminary: true` (target < 100 ms);
+- peak RSS growth of the gateway and query processes during the stream, sampled from
+  /proc/<pid>/status every few milliseconds (target < 64 MB each).
+
+Each figure is the best (rates, preview) or the worst (memory) of --runs runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+
+from tests.harness import NatsServer, RedisServer, Service, free_port, service_env, wait_until
+
+COLUMNS = "id, qty, price, name, created"
+TARGET_RATIO = 0.5
+TARGET_PREVIEW_MS = 100.0
+TARGET_RSS_MB = 64.0
+RAW_BATCH = 10_000
+
+
+@dataclass
+class EndToEnd:
+    rows: int
+    seconds: float
+    preview_ms: float
+    rss_growth_mb: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+@dataclass
+class Figures:
+    engine: str
+    raw_rates: list[float] = field(default_factory=list)
+    runs: list[EndToEnd] = field(default_factory=list)
+
+    @property
+    def raw(self) -> float:
+        return max(self.raw_rates)
+
+    @property
+    def e2e(self) -> float:
+        return max(r.rate for r in self.runs)
+
+    @property
+    def preview_ms(self) -> float:
+        return min(r.preview_ms for r in self.runs)
+
+    def rss_mb(self, name: str) -> float:
+        return max(r.rss_growth_mb[name] for r in self.runs)
+
+
+# --- data ------------------------------------------------------------------------------
+
+def build_sqlite(path: Path, rows: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, qty INTEGER, price REAL, name TEXT, created TEXT)")
+    conn.execute(
+        "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+        "SELECT i, i % 100, (i % 1000) / 10.0, 'item ' || i, datetime(1700000000 + i, 'unixepoch') FROM n",
+        (rows,),
+    )
+    conn.commit()
+    conn.close()
+
+
+async def build_postgres(url: str, schema: str, rows: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(
+            f"CREATE TABLE {schema}.t AS SELECT g::int8 AS id, (g % 100)::int4 AS qty, (g % 1000) / 10.0::float8 AS price, "
+            f"'item ' || g AS name, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second' AS created "
+            f"FROM generate_series(1, {int(rows)}) g"
+        )
+        await conn.execute(f"ANALYZE {schema}.t")
+    finally:
+        await conn.close()
+
+
+async def drop_postgres(url: str, schema: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+# --- raw driver ------------------------------------------------------------------------
+
+def raw_sqlite(path: Path) -> float:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    started = time.perf_counter()
+    cursor = conn.execute(f"SELECT {COLUMNS} FROM t")
+    count = 0
+    while batch := cursor.fetchmany(RAW_BATCH):
+        count += len(batch)
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return count / elapsed
+
+
+async def raw_postgres(url: str, schema: str) -> float:
+    conn = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        count = 0
+        async with conn.transaction(readonly=True):
+            cursor = await conn.cursor(f"SELECT {COLUMNS} FROM {schema}.t")
+            while batch := await cursor.fetch(RAW_BATCH):
+                count += len(batch)
+        return count / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+# --- end to end ------------------------------------------------------------------------
+
+class RssSampler:
+    """Samples VmRSS of some processes every `interval_s` in a thread; reports growth over the start."""
+
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.005) -> None:
+        self._pids = pids
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.baseline = {name: rss_kb(pid) for name, pid in pids.items()}
+        self.peak = dict(self.baseline)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            for name, pid in self._pids.items():
+                self.peak[name] = max(self.peak[name], rss_kb(pid))
+
+    def growth_mb(self) -> dict[str, float]:
+        return {name: (self.peak[name] - self.baseline[name]) / 1024 for name in self._pids}
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def login(http: aiohttp.ClientSession, base_url: str) -> None:
+    async with http.post(f"{base_url}/auth/login", json={"email": "bench@example.com", "name": "Bench"}) as response:
+        if response.status != 200:
+            raise RuntimeError(f"login failed: {response.status} {await response.text()}")
+
+
+async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, source: str, expected_rows: int) -> tuple[int, float, float]:
+    """POST /api/query and read the SSE stream to [DONE]: (rows, seconds, ms to the preview)."""
+    started = time.perf_counter()
+    preview_ms = float("nan")
+    rows = 0
+    final = None
+    async with http.post(f"{base_url}/api/query", json={"sql": sql, "source": source}) as response:
+        if response.status != 200:
+            raise RuntimeError(f"/api/query answered {response.status}: {await response.text()}")
+        buffer = b""
+        done = False
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            events = buffer.split(b"\n\n")
+            buffer = events.pop()
+            for raw in events:
+                payload = raw.removeprefix(b"data: ")
+                if payload == b"[DONE]":
+                    done = True
+                    continue
+                part = orjson.loads(payload)
+                kind = part["type"]
+                if kind == "data-query-rows":
+                    rows += len(part["data"]["rows"])
+                elif kind == "tool-output-available":
+                    if part.get("preliminary"):
+                        preview_ms = (time.perf_counter() - started) * 1000
+                    else:
+                        final = part["output"]
+                elif kind == "tool-output-error":
+                    raise RuntimeError(f"the query failed: {part['errorText']}")
+        seconds = time.perf_counter() - started
+    if not done or rows != expected_rows or final is None or final.get("row_count") != expected_rows:
+        raise RuntimeError(f"incomplete stream: done={done} rows={rows} final={final}")
+    return rows, seconds, preview_ms
+
+
+async def end_to_end(base_url: str, pids: dict[str, int], sql: str, source: str, rows: int, runs: int) -> list[EndToEnd]:
+    results = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await login(http, base_url)
+        await stream_query(http, base_url, f"{sql} LIMIT 1000", source, 1000)  # warm up: open the pool, touch the code
+        for _ in range(runs):
+            with RssSampler(pids) as sampler:
+                count, seconds, preview_ms = await stream_query(http, base_url, sql, source, rows)
+            results.append(EndToEnd(count, seconds, preview_ms, sampler.growth_mb()))
+            print(f"    {source}: {count:,} rows in {seconds:.2f}s = {count / seconds:,.0f} rows/s, preview {preview_ms:.1f} ms, rss growth {fmt_mb(sampler.growth_mb())}", flush=True)
+    return results
+
+
+def fmt_mb(values: dict[str, float]) -> str:
+    return ", ".join(f"{name} {mb:.1f} MB" for name, mb in values.items())
+
+
+# --- report ----------------------------------------------------------------------------
+
+def report(figures: list[Figures]) -> tuple[str, bool]:
+    ok = True
+    width = 34
+    lines = [f"{'1M rows x 5 columns':<{width}}" + "".join(f"{f.engine:>16}" for f in figures) + "   target"]
+
+    def row(label: str, values: list[str], target: str) -> None:
+        lines.append(f"{label:<{width}}" + "".join(f"{v:>16}" for v in values) + f"   {target}")
+
+    row("raw driver fetch (rows/s)", [f"{f.raw:,.0f}" for f in figures], "")
+    row("end to end via gateway (rows/s)", [f"{f.e2e:,.0f}" for f in figures], "")
+    row("ratio end to end / raw", [f"{f.e2e / f.raw:.2f}" for f in figures], f">= {TARGET_RATIO}")
+    row("time to preview (ms)", [f"{f.preview_ms:.1f}" for f in figures], f"< {TARGET_PREVIEW_MS:g}")
+    row("gateway peak RSS growth (MB)", [f"{f.rss_mb('gateway'):.1f}" for f in figures], f"< {TARGET_RSS_MB:g}")
+    row("query peak RSS growth (MB)", [f"{f.rss_mb('query'):.1f}" for f in figures], f"< {TARGET_RSS_MB:g}")
+    for f in figures:
+        if f.e2e / f.raw < TARGET_RATIO or f.preview_ms >= TARGET_PREVIEW_MS or max(f.rss_mb("gateway"), f.rss_mb("query")) >= TARGET_RSS_MB:
+            ok = False
+    return "\n".join(lines), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.query", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_QUERY_ROWS", "1000000")), help="rows in the result (BENCH_QUERY_ROWS)")
+    p.add_argument("--runs", type=int, default=2, help="end-to-end runs per engine")
+    p.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL to build the table in (BENCH_POSTGRES_URL); '' skips PostgreSQL",
+    )
+    args = p.parse_args(argv or [])
+
+    print(f"query bench: {args.rows:,} rows x 5 columns, {args.runs} run(s) per engine, {os.cpu_count()} CPUs shared by everything", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    sqlite_path = workdir / "bench.db"
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    build_sqlite(sqlite_path, args.rows)
+    sources = {"bench_sqlite": f"sqlite:///{sqlite_path}"}
+    engines = [("sqlite", "bench_sqlite", "SELECT id, qty, price, name, created FROM t")]
+    if args.postgres_url:
+        asyncio.run(build_postgres(args.postgres_url, schema, args.rows))
+        sources["bench_pg"] = args.postgres_url
+        engines.append(("postgresql", "bench_pg", f"SELECT id, qty, price, name, created FROM {schema}.t"))
+    print(f"  data built in {time.perf_counter() - started:.1f}s", flush=True)
+
+    figures = {name: Figures(name) for name, _, _ in engines}
+    nats_server = NatsServer().start()
+    redis_server = RedisServer().start()
+    services: list[Service] = []
+    try:
+        for _ in range(args.runs):
+            figures["sqlite"].raw_rates.append(raw_sqlite(sqlite_path))
+            if args.postgres_url:
+                figures["postgresql"].raw_rates.append(asyncio.run(raw_postgres(args.postgres_url, schema)))
+        for f in figures.values():
+            print(f"  raw {f.engine}: {f.raw:,.0f} rows/s", flush=True)
+
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
+        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
+        query = Service(
+            "query",
+            service_env(**common, QUERY_SOURCES=",".join(f"{k}={v}" for k, v in sources.items()), QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300"),
+        ).start()
+        services.append(query)
+        gateway_port = free_port()
+        gateway = Service("gateway", service_env(**common, GATEWAY_PORT=str(gateway_port), AUTH_MODE="dev")).start()
+        services.append(gateway)
+        base_url = f"http://127.0.0.1:{gateway_port}"
+        wait_until(lambda: _http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
+        assert query.proc is not None and gateway.proc is not None
+        pids = {"gateway": gateway.proc.pid, "query": query.proc.pid}
+        for name, source, sql in engines:
+            figures[name].runs = asyncio.run(end_to_end(base_url, pids, sql, source, args.rows, args.runs))
+    finally:
+        for service in reversed(services):
+            service.stop()
+        redis_server.stop()
+        nats_server.cleanup()
+        if args.postgres_url:
+            asyncio.run(drop_postgres(args.postgres_url, schema))
+        for path in workdir.iterdir():
+            path.unlink()
+        workdir.rmdir()
+
+    table, ok = report(list(figures.values()))
+    print()
+    print(table)
+    if not ok:
+        print("\nsome figures miss their target (see the table)", flush=True)
+    return 0
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
