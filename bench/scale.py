@@ -1,49 +1,44 @@
 """`python -m bench.scale`: GET /api/me throughput with 1 versus 2 session replicas and 1 versus 2 gateways.
 
-Every configuration runs on one private nats-server and redis-server (127.0.0.1, free ports),
-with its own subject prefix, under the same bounded closed-loop load: CONCURRENCY logged-in
-clients, each sending its next request when the last one answered, for DURATION_S after a
-WARMUP_S warm-up. Beside req/s, p50 and p99 it prints the CPU each role used, because on a
-small machine the figures say more about where the cores went than about scaling.
+Every configuration runs on one private nats-server and redis-server (127.0.0.1, free
+ports) under its own subject prefix, and gets the same bounded load from bench/loadgen.py
+(its own processes; with two gateways the connections are split between them). Beside
+req/s, p50 and p99 it prints the CPU each role used and the CPU each request cost, because
+on a small machine the figures say more about where the cores went than about scaling.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
+import json
 import os
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-import aiohttp
-
-from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+from bench.loadgen import LoadResult, run_load
+from tests.harness import ROOT, NatsServer, Process, RedisServer, Service, free_port, service_env, wait_until
 
 CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2))  # (gateways, session replicas)
-ROUNDS = 2  # every configuration runs once per round, so slow drift of the machine hits all alike
-CONCURRENCY = 32
-WARMUP_S = 1.0
-DURATION_S = 5.0
-MAX_REQUESTS = 500_000  # per configuration, whatever the speed
+ROLES = ("gateway", "session", "nats", "redis", "loadgen")
+SHOWN = (*ROLES, "other")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
-class Result:
+class Run:
     gateways: int
     sessions: int
-    requests: int
-    errors: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    cpu: dict[str, float]  # role -> percent of one core over the run
-    latencies: list[float] = field(default_factory=list, repr=False)
-    round_rps: list[int] = field(default_factory=list)
+    result: LoadResult
+    cpu_s: dict[str, float]  # role (and "other") -> CPU seconds used during the measured load
 
     @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
+    def label(self) -> str:
+        return f"{self.gateways} gateway{'s' if self.gateways > 1 else ''}, {self.sessions} session"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,126 +48,144 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def own_cpu_seconds() -> float:
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy (not idle or waiting for I/O), from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU of this process's finished children: the load generator's worker processes."""
     t = os.times()
-    return t.user + t.system
+    return t.children_user + t.children_system
 
 
-async def closed_loop(urls: list[str], concurrency: int, warmup_s: float, duration_s: float) -> tuple[list[float], int, float]:
-    """Logged-in clients spread over `urls` loop GET /api/me; latencies recorded after the warm-up only."""
-    latencies: list[float] = []
-    errors = 0
-    clients = [aiohttp.ClientSession(urls[i % len(urls)], cookie_jar=aiohttp.CookieJar(unsafe=True)) for i in range(concurrency)]
+def me_status(base_url: str, cookie: str | None = None) -> int | None:
+    req = urllib.request.Request(f"{base_url}/api/me", headers={"Cookie": f"session={cookie}"} if cookie else {})
     try:
-        for i, client in enumerate(clients):
-            async with client.post("/auth/login", json={"email": f"bench{i}@example.com", "name": f"Bench {i}"}) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"login failed with {response.status}: {await response.text()}")
-        start = time.monotonic()
-        measure_from = start + warmup_s
-        stop_at = measure_from + duration_s
-
-        async def worker(client: aiohttp.ClientSession) -> None:
-            nonlocal errors
-            while len(latencies) < MAX_REQUESTS:
-                sent = time.monotonic()
-                if sent >= stop_at:
-                    return
-                async with client.get("/api/me") as response:
-                    await response.read()
-                    ok = response.status == 200
-                done = time.monotonic()
-                if sent >= measure_from:
-                    if ok:
-                        latencies.append(done - sent)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(worker(c) for c in clients))
-        return latencies, errors, min(time.monotonic(), stop_at) - measure_from
-    finally:
-        await asyncio.gather(*(c.close() for c in clients))
+        with urllib.request.urlopen(req, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+def login(base_url: str) -> str:
+    body = json.dumps({"email": "scale@example.com", "name": "Scale"}).encode()
+    req = urllib.request.Request(f"{base_url}/auth/login", data=body, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as response:
+        for header in response.headers.get_all("Set-Cookie") or []:
+            name, _, rest = header.partition("=")
+            if name.strip() == "session":
+                return rest.split(";", 1)[0]
+    raise RuntimeError(f"{base_url}/auth/login set no session cookie")
 
 
-async def run_config(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int) -> Result:
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    base = {"NATS_URL": nats.url, "REDIS_URL": redis.url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "SESSION_KV_BUCKET": f"sessions_{prefix}"}
-    ports = [free_port() for _ in range(gateways)]
-    services: list[Service] = [Service("session", service_env(**base, OPS_PORT="0")) for _ in range(sessions)]
-    services += [Service("gateway", service_env(**base, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port))) for port in ports]
-    try:
-        # Sessions first: a gateway is useful once a session replica listens on NATS.
-        await asyncio.gather(*(asyncio.to_thread(svc.start) for svc in services if svc.name == "session"))
-        await asyncio.gather(*(asyncio.to_thread(svc.start) for svc in services if svc.name == "gateway"))
-        roles = {"gateway": [s for s in services if s.name == "gateway"], "session": [s for s in services if s.name == "session"], "nats": [nats], "redis": [redis]}
-        before = {role: sum(cpu_seconds(p.proc.pid) for p in procs if p.proc) for role, procs in roles.items()}
-        own_before = own_cpu_seconds()
-        latencies, errors, seconds = await closed_loop([f"http://127.0.0.1:{port}" for port in ports], CONCURRENCY, WARMUP_S, DURATION_S)
-        # CPU over the whole run (warm-up included), so divide by the whole wall time.
-        wall = WARMUP_S + seconds
-        cpu = {role: 100 * (sum(cpu_seconds(p.proc.pid) for p in procs if p.proc) - before[role]) / wall for role, procs in roles.items()}
-        cpu["loadgen"] = 100 * (own_cpu_seconds() - own_before) / wall
-    finally:
-        for svc in reversed(services):
-            code = svc.stop()
-            if code != 0:
-                print(f"warning: {svc.name} exited {code}:\n" + "\n".join(svc.lines[-10:]))
-    latencies.sort()
-    return Result(gateways, sessions, len(latencies), errors, seconds, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, cpu, latencies)
-
-
-def report(results: list[Result]) -> None:
-    print(
-        f"GET /api/me, closed loop: {CONCURRENCY} clients, {DURATION_S:g} s measured after {WARMUP_S:g} s warm-up, "
-        f"{ROUNDS} rounds, {os.cpu_count()} CPU cores; the load generator runs on the same cores"
-    )
-    print(f"{'configuration':<24}{'req/s':>8}{'(rounds)':>14}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}   CPU % of one core: gateway / session / nats / redis / loadgen")
-    for r in results:
-        label = f"{r.gateways} gateway{'s' if r.gateways > 1 else ''}, {r.sessions} session"
-        cpu = " / ".join(f"{r.cpu[k]:.0f}" for k in ("gateway", "session", "nats", "redis", "loadgen"))
-        rounds = "(" + ", ".join(str(x) for x in r.round_rps) + ")"
-        print(f"{label:<24}{r.rps:>8.0f}{rounds:>14}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>8}   {cpu}")
-    by = {(r.gateways, r.sessions): r for r in results}
-    base = by[(1, 1)].rps
-    print(
-        f"relative to 1 gateway + 1 session: 2 sessions x{by[(1, 2)].rps / base:.2f}, "
-        f"2 gateways x{by[(2, 1)].rps / base:.2f}, 2 + 2 x{by[(2, 2)].rps / base:.2f}"
-    )
-
-
-async def run() -> int:
-    nats = NatsServer().start()
-    redis = RedisServer().start()
-    try:
-        rounds = [[await run_config(nats, redis, g, s) for g, s in CONFIGS] for _ in range(ROUNDS)]
-    finally:
-        nats.cleanup()
-        redis.stop()
-    results = [merge(runs) for runs in zip(*rounds)]
-    report(results)
-    return 1 if any(r.errors for r in results) else 0
-
-
-def merge(runs: tuple[Result, ...]) -> Result:
-    """One configuration over all rounds: requests and seconds add up; percentiles over every latency."""
-    latencies = sorted(x for r in runs for x in r.latencies)
-    first = runs[0]
-    cpu = {role: sum(r.cpu[role] for r in runs) / len(runs) for role in first.cpu}
-    merged = Result(first.gateways, first.sessions, sum(r.requests for r in runs), sum(r.errors for r in runs), sum(r.seconds for r in runs), 0, 0, cpu, latencies)
-    merged.p50_ms, merged.p99_ms = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
-    merged.round_rps = [round(r.rps) for r in runs]
+def load(urls: list[str], cookie: str, concurrency: int, seconds: float) -> LoadResult:
+    """Split `concurrency` connections over `urls`, all loaded at once."""
+    shares = [concurrency // len(urls) + (1 if i < concurrency % len(urls) else 0) for i in range(len(urls))]
+    headers = {"Cookie": f"session={cookie}"}
+    with ThreadPoolExecutor(len(urls)) as pool:
+        futures = [pool.submit(run_load, f"{url}/api/me", concurrency=share, duration_s=seconds, headers=headers) for url, share in zip(urls, shares, strict=True)]
+        results = [f.result() for f in futures]
+    merged = results[0]
+    for other in results[1:]:
+        merged = merged.merge(other)
     return merged
 
 
-def main() -> int:
-    return asyncio.run(run())
+def measure(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int, *, concurrency: int, seconds: float, warmup_s: float) -> Run:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    common = {"NATS_URL": nats.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
+    session_env = service_env(**common, REDIS_URL=redis.url, SESSION_KV_BUCKET=f"sessions_{prefix}")
+    ports = [free_port() for _ in range(gateways)]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    processes: list[Process] = []
+    try:
+        for _ in range(sessions):
+            processes.append(Service("session", dict(session_env)).start())
+        for port in ports:
+            # No per-request log line, as in bench.session, so the figures compare with its own.
+            env = service_env(**common, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), AUTH_MODE="dev", LOG_LEVEL="WARNING")
+            processes.append(Process("gateway", [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT).start())
+        for url in urls:  # 401 without a cookie: the gateway listens and a session replica answers it
+            wait_until(lambda url=url: me_status(url) == 401, timeout=30, what=f"{url} to reach a session replica")
+        cookie = login(urls[0])
+        load(urls, cookie, concurrency, warmup_s)
+
+        roles: dict[str, list[Process]] = {"gateway": [p for p in processes if p.name == "gateway"], "session": [p for p in processes if p.name == "session"], "nats": [nats], "redis": [redis]}
+
+        def snapshot() -> dict[str, float]:
+            cpu = {role: sum(cpu_seconds(p.proc.pid) for p in procs if p.proc) for role, procs in roles.items()}
+            cpu["loadgen"] = children_cpu_seconds()
+            cpu["machine"] = machine_busy_seconds()
+            return cpu
+
+        before = snapshot()
+        result = load(urls, cookie, concurrency, seconds)
+        after = snapshot()
+    finally:
+        for process in reversed(processes):
+            code = process.stop()
+            if code != 0:
+                print(f"  warning: {process.name} exited {code}", file=sys.stderr)
+    used = {role: after[role] - before[role] for role in (*ROLES, "machine")}
+    # Whatever else ran on the machine meanwhile (another job, the benchmark driver itself).
+    used["other"] = max(0.0, used.pop("machine") - sum(used[role] for role in ROLES))
+    run = Run(gateways, sessions, result, used)
+    print(f"  {run.label}: {json.dumps(result.summary())}, CPU s {json.dumps({k: round(v, 2) for k, v in used.items()})}", flush=True)
+    return run
+
+
+def table(runs: list[Run]) -> str:
+    """One line per configuration: its median round by req/s, so one disturbed round does not move it."""
+    width = 24
+    lines = [
+        f"{'GET /api/me':<{width}}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'failed':>8}   CPU % of one core (CPU ms per request)",
+        f"{'':<{width}}{'':>32}   " + " / ".join(SHOWN) + "          req/s of every round",
+    ]
+    by_config: dict[tuple[int, int], list[Run]] = {}
+    for run in runs:
+        by_config.setdefault((run.gateways, run.sessions), []).append(run)
+    rps: dict[tuple[int, int], float] = {}
+    for config, same in by_config.items():
+        median = sorted(same, key=lambda r: r.result.rps)[len(same) // 2]
+        r = median.result
+        rps[config] = r.rps
+        shares = " / ".join(f"{100 * median.cpu_s[role] / r.duration_s:.0f} ({1000 * median.cpu_s[role] / max(r.requests, 1):.2f})" for role in SHOWN)
+        rounds = ", ".join(f"{x.result.rps:,.0f}" for x in same)
+        lines.append(f"{median.label:<{width}}{r.rps:>8,.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>8}   {shares}   ({rounds})")
+    base = rps[(1, 1)]
+    lines.append(
+        f"throughput relative to 1 gateway + 1 session: 2 sessions x{rps[(1, 2)] / base:.2f}, "
+        f"2 gateways x{rps[(2, 1)] / base:.2f}, 2 gateways + 2 sessions x{rps[(2, 2)] / base:.2f}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "6")), help="measured seconds per configuration and round (BENCH_SECONDS)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per configuration and round")
+    p.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "32")), help="connections in all (BENCH_CONCURRENCY)")
+    p.add_argument("--rounds", type=int, default=3, help="each configuration once per round; the median round is reported")
+    args = p.parse_args(argv or [])
+
+    print(f"scale bench: {args.concurrency} connections, {args.seconds:g}s measured per configuration x {args.rounds} rounds, {os.cpu_count()} CPUs shared by everything", flush=True)
+    nats = NatsServer().start()
+    redis = RedisServer().start()
+    started = time.monotonic()
+    try:
+        runs = [measure(nats, redis, g, s, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup) for _ in range(args.rounds) for g, s in CONFIGS]
+    finally:
+        redis.stop()
+        nats.cleanup()
+    print(f"\n({time.monotonic() - started:.0f} s in all)")
+    print(table(runs))
+    return 0 if not any(r.result.errors for r in runs) else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main(sys.argv[1:]))

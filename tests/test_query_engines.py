@@ -11,13 +11,14 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from urllib.parse import urlsplit
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncmy
 import asyncpg
+import nats
 import orjson
 import pytest
 
@@ -129,6 +130,14 @@ async def test_postgres_values_and_column_types(pg: Engine, pg_schema: str) -> N
     ]]
 
 
+async def test_postgres_batches_of_plain_types_keep_big_ints_and_nan_exact(pg: Engine) -> None:
+    """Columns orjson writes itself take a faster path; its checks still apply."""
+    sql = "SELECT g AS n, CASE WHEN g = 3 THEN 9007199254740993 ELSE g END AS big, CASE WHEN g = 2 THEN 'NaN'::float8 END AS f FROM generate_series(1, 3) g"
+    columns, rows = await read_all(pg, sql)
+    assert [c["type"] for c in columns] == ["int4", "int8", "float8"]
+    assert rows == [[1, 1, None], [2, 2, "NaN"], [3, "9007199254740993", None]]
+
+
 @pytest.mark.parametrize(
     ("sql", "code"),
     [
@@ -207,8 +216,6 @@ async def _gone(databases: Databases, marker: str) -> bool:
 
 async def test_client_disconnect_stops_the_postgres_query(infra: Infra, databases: Databases, pg_schema: str) -> None:
     """Through a real query service: a consumer that cancels mid-stream, or while the database works, frees the backend."""
-    import nats
-
     prefix = f"q{uuid.uuid4().hex[:10]}"
     service = Service(
         "query",

@@ -79,6 +79,28 @@ def test_a_big_int_among_small_ones_is_a_string_and_the_others_stay_numbers() ->
     assert out[1001] == [None]
 
 
+class Record:
+    """A row that is a sequence but not a tuple, as asyncpg returns."""
+
+    def __init__(self, *values: object) -> None:
+        self._values = values
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index: int) -> object:
+        return self._values[index]
+
+
+def test_record_rows_of_native_columns_keep_the_checks() -> None:
+    columns = [Column("n", "int8", native=True), Column("f", "float8", native=True), Column("s", "text", native=True)]
+    rows = [Record(1, 1.5, "a"), Record(2**60, float("inf"), None), Record(None, float("nan"), "null")]
+    assert encode(columns, rows) == [[1, 1.5, "a"], [str(2**60), "Infinity", None], [None, "NaN", "null"]]
+
+
 def test_json_columns_are_embedded_as_values_and_rows_keep_their_order() -> None:
     rows = [('{"a": [1, 2]}', 1), (None, 2), ("[true]", 3)]
     out = encode([Column("doc", "jsonb", json=True), Column("n", "int4")], rows)

@@ -24,7 +24,7 @@ from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from shared.contracts import Subjects
-from shared.errors import BAD_REQUEST, INTERNAL, QUERY_FAILED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.errors import BAD_REQUEST, INTERNAL, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 from shared.stream import StreamCancelled, StreamProducer
 
 log = structlog.get_logger(__name__)
@@ -111,7 +111,7 @@ class QueryHandlers:
             engine = self._sources.resolve(source)
             progress.source = engine.name
             progress.dialect = engine.dialect
-            # sqlglot is pure Python; a long statement would hold up the loop.
+            # In a thread: parsing a long statement then only slows the loop, it does not stop it.
             await asyncio.to_thread(check_read_only, sql, engine.dialect)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
@@ -200,7 +200,9 @@ class QueryHandlers:
         batches are sized to come to about QUERY_CHUNK_BYTES of JSON each.
         """
         config = self._config
+        # A hard cap per message well under the server's max_payload; batches aim at `target`.
         limit = max(1024, min(config.chunk_bytes * 4, self._nc.max_payload - ENVELOPE_BYTES))
+        target = min(config.chunk_bytes, limit)
         chunks = encoder.chunks(first, limit)
         asked, got, fetched = min(FIRST_FETCH_ROWS, config.max_rows), len(first), len(first)
         pending: asyncio.Task[tuple[int, list[tuple[int, bytes]]]] | None = None
@@ -209,7 +211,7 @@ class QueryHandlers:
                 probing = fetched >= config.max_rows  # only to learn whether rows were left out
                 if got == asked:  # fewer than asked would mean the result is exhausted
                     size = sum(len(payload) for _, payload in chunks) / max(got, 1)
-                    asked = 1 if probing else max(1, min(MAX_FETCH_ROWS, config.max_rows - fetched, int(config.chunk_bytes / max(size, 1.0))))
+                    asked = 1 if probing else max(1, min(MAX_FETCH_ROWS, config.max_rows - fetched, int(target / max(size, 1.0))))
                     pending = asyncio.create_task(cursor.fetch_chunks(asked, encoder, limit, fetched))
                 for count, payload in chunks:
                     await producer.send_rows(payload, progress.row_count, count)

@@ -23,7 +23,8 @@ import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import partial
-from operator import is_not, methodcaller
+from itertools import repeat
+from operator import countOf, is_not
 from typing import Any
 
 import orjson
@@ -40,7 +41,6 @@ _FLOATS = frozenset({float, _NONE})
 # Types whose values orjson would write wrongly or refuse: checked or converted in Python.
 _CHECKED_BASES = (int, float, dt.time, list, tuple, dict, set, frozenset)
 _not_none = partial(is_not, None)
-_count_none = methodcaller("count", None)
 
 
 def iso_duration(value: dt.timedelta) -> str:
@@ -129,19 +129,29 @@ class Column:
 
     `json` marks columns whose values are JSON text to embed as JSON values; `convert`,
     when given, maps each non-None driver value first (e.g. MySQL TIME as "HH:MM:SS");
-    `floats` is False when the database type guarantees no float (so no NaN or infinity).
+    `floats` is False when the database type guarantees no float (so no NaN or infinity);
+    `native` is True when every value is of a type orjson writes itself (str, int, float,
+    bool, date, datetime without a special zone), which lets a batch skip conversion.
     """
 
-    __slots__ = ("name", "type", "json", "convert", "floats")
+    __slots__ = ("name", "type", "json", "convert", "floats", "native")
 
     def __init__(
-        self, name: str, type: str, *, json: bool = False, convert: Callable[[Any], Any] | None = None, floats: bool = True
+        self,
+        name: str,
+        type: str,
+        *,
+        json: bool = False,
+        convert: Callable[[Any], Any] | None = None,
+        floats: bool = True,
+        native: bool = False,
     ) -> None:
         self.name = name
         self.type = type
         self.json = json
         self.convert = convert
         self.floats = floats
+        self.native = native
 
     def describe(self) -> dict[str, str]:
         return {"name": self.name, "type": self.type}
@@ -195,6 +205,7 @@ class RowEncoder:
                 self._wrappers.append(None)
         self._wraps = any(w is not None for w in self._wrappers)
         self._floats = any(column.floats for column in self.columns)
+        self._native = bool(self.columns) and all(column.native for column in self.columns)
 
     def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
         """One JSON array of `rows`, each row an array of its values' JSON forms."""
@@ -202,17 +213,32 @@ class RowEncoder:
             return b"[]"
         if self._wraps:
             rows = self._wrap(rows)
-        elif type(rows[0]) is not tuple:
-            rows = list(map(tuple, rows))  # asyncpg Records and the like
+        elif type(rows[0]) is not tuple:  # asyncpg Records and the like
+            if self._native:
+                # Every value is one orjson writes itself, so the only objects it hands to
+                # `default` are the records: turning each into a tuple there saves a pass.
+                try:
+                    payload = orjson.dumps(rows, default=tuple, option=orjson.OPT_STRICT_INTEGER)
+                except orjson.JSONEncodeError:
+                    pass
+                else:
+                    if self._nulls_are_nones(payload, rows):
+                        return payload
+            rows = list(map(tuple, rows))
         try:
             payload = orjson.dumps(rows, default=_default, option=orjson.OPT_STRICT_INTEGER)
         except orjson.JSONEncodeError:  # an int beyond ±(2^53 - 1), a time with a zone, ...
             return self._encode_checked(rows)
-        if self._floats:
-            nulls = payload.count(b"null")
-            if nulls and nulls != sum(map(_count_none, rows)):
-                return self._encode_checked(rows)  # a NaN or infinity, or just "null" inside a string
+        if not self._nulls_are_nones(payload, rows):
+            return self._encode_checked(rows)  # a NaN or infinity, or just "null" inside a string
         return payload
+
+    def _nulls_are_nones(self, payload: bytes, rows: Sequence[Sequence[Any]]) -> bool:
+        """False when `payload` may hold a null that was a NaN or infinity (orjson writes those as null)."""
+        if not self._floats:
+            return True
+        nulls = payload.count(b"null")
+        return not nulls or nulls == sum(map(countOf, rows, repeat(None, len(rows))))
 
     def chunks(self, rows: Sequence[Sequence[Any]], limit: int, offset: int = 0) -> list[tuple[int, bytes]]:
         """`rows` encoded as (row count, JSON) chunks of at most `limit` bytes each, in order.

@@ -9,8 +9,8 @@ Modes (see docs/session.md, "Outages"):
 * `recovering`: Redis answers again. A background pass writes every fallback entry back
   (newest version wins, deletions too) and removes it; a call first moves its own sid's
   entry, if any, so it never reads or overwrites an older Redis value. The replica stays
-  in this mode for a few seconds after the fallback is empty, to pick up changes from
-  peers that noticed the recovery a probe later.
+  in this mode until the fallback is empty and at least a few seconds have passed, to
+  pick up changes from peers that noticed the recovery a probe later.
 """
 
 from __future__ import annotations
@@ -148,13 +148,12 @@ class SessionStore:
             self._enter_recovery(pending=len(leftovers))
 
     async def close(self) -> None:
-        for task in (self._probe_task, self._recovery_task):
-            if task is not None:
-                task.cancel()
-        for task in (self._probe_task, self._recovery_task):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = [t for t in (self._probe_task, self._recovery_task, self._probe_future) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._redis is not None and not self._fallback.shared and self._outage_changes and self._mode is not Mode.REDIS:
             log.warning("outage_changes_dropped", store=self._fallback.name, changes=self._outage_changes, reason="stopping before Redis came back")
         await self._fallback.close()
@@ -206,6 +205,9 @@ class SessionStore:
             await self._redis.ping()
             await self._redis.load_scripts()
         except RedisUnavailable:
+            return False
+        except Exception as exc:  # e.g. an ACL refusing SCRIPT LOAD: keep probing, say why
+            log.warning("redis_probe_failed", error=f"{type(exc).__name__}: {exc}")
             return False
         if self._mode is Mode.FALLBACK:
             self._enter_recovery()
@@ -267,6 +269,10 @@ class SessionStore:
                 return
             except FallbackUnavailable as exc:
                 log.warning("writeback_retry", store=self._fallback.name, error=str(exc))
+                await asyncio.sleep(self._probe_interval_s)
+                continue
+            except Exception:  # never leave this replica stuck half-recovered: log, then try again
+                log.exception("writeback_failed")
                 await asyncio.sleep(self._probe_interval_s)
                 continue
             for outcome in outcomes:

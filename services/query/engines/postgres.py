@@ -33,6 +33,13 @@ _NO_FLOAT_TYPES = frozenset(
         "inet", "cidr", "macaddr", "xml", "bit", "varbit", "tsvector",
     }
 )
+# Types whose values (as this engine decodes them) orjson writes itself, exactly.
+_NATIVE_TYPES = frozenset(
+    {
+        "int2", "int4", "int8", "oid", "float4", "float8", "bool", "text", "varchar", "bpchar", "name",
+        "date", "timestamp", "timestamptz", "interval", "money", "xml",
+    }
+)
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
@@ -48,7 +55,13 @@ class PostgresCursor(Cursor):
         self._cursor = cursor
         self._timeout_s = timeout_s
         self.columns = [
-            Column(a.name, a.type.name, json=a.type.name in _JSON_TYPES, floats=a.type.name not in _NO_FLOAT_TYPES)
+            Column(
+                a.name,
+                a.type.name,
+                json=a.type.name in _JSON_TYPES,
+                floats=a.type.name not in _NO_FLOAT_TYPES,
+                native=a.type.name in _NATIVE_TYPES,
+            )
             for a in statement.get_attributes()
         ]
 
