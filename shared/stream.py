@@ -152,6 +152,12 @@ class StreamConsumer:
         self.stream_id = uuid.uuid4().hex
         self._sub: Subscription | None = None
         self._finished = False
+        # What arrived so far, kept here rather than in messages() so that a second
+        # messages() call carries on checking where the first one stopped.
+        self._meta_seen = False
+        self._next_seq = 1
+        self._rows_seen = 0
+        self._acked = 0
 
     async def start(self, sql: str, source: str | None, *, timeout: float = 5.0) -> None:
         """Subscribe to the inbox and ask a query replica to run `sql`; raises ServiceError."""
@@ -173,14 +179,10 @@ class StreamConsumer:
         """
         assert self._sub is not None, "start() first"
         pending_ack: int | None = None
-        acked = 0
-        meta_seen = False
-        next_seq = 1
-        rows_seen = 0
         while True:
             if pending_ack is not None:
                 await self._control({"t": c.CONTROL_ACK, "seq": pending_ack})
-                acked, pending_ack = pending_ack, None
+                self._acked, pending_ack = pending_ack, None
             try:
                 msg = await self._sub.next_msg(timeout=self._idle_timeout_s)
             except TimeoutError:
@@ -196,27 +198,27 @@ class StreamConsumer:
             # NATS delivers at most once: across a reconnect messages can be lost, never reordered.
             # So every loss is caught here rather than shown to the user as a complete result.
             if kind == c.STREAM_HEARTBEAT:
-                if int(data.get("seq", 0)) >= next_seq:  # rows were sent that never came
+                if int(data.get("seq", 0)) >= self._next_seq:  # rows were sent that never came
                     raise _lost()
-                if acked:  # the last ack may have been lost the same way; acks are cumulative
-                    await self._control({"t": c.CONTROL_ACK, "seq": acked})
+                if self._acked:  # the last ack may have been lost the same way; acks are cumulative
+                    await self._control({"t": c.CONTROL_ACK, "seq": self._acked})
                 continue
             if kind == c.STREAM_ROWS:
-                if not meta_seen or int(data["seq"]) != next_seq:
+                if not self._meta_seen or int(data["seq"]) != self._next_seq:
                     raise _lost()
-                next_seq += 1
-                rows_seen += int(data["count"])
+                self._next_seq += 1
+                self._rows_seen += int(data["count"])
                 yield data
                 pending_ack = int(data["seq"])
                 continue
-            if kind == c.STREAM_END and (not meta_seen or data.get("row_count") != rows_seen):
+            if kind == c.STREAM_END and (not self._meta_seen or data.get("row_count") != self._rows_seen):
                 raise _lost()
             if kind in (c.STREAM_END, c.STREAM_ERROR):
                 self._finished = True
                 yield data
                 return
             if kind == c.STREAM_META:
-                meta_seen = True
+                self._meta_seen = True
                 yield data
                 continue
             raise ServiceError(INTERNAL, f"unexpected stream message {kind!r}")

@@ -79,6 +79,8 @@ async def test_sigterm_to_a_gateway_finishes_its_in_flight_stream_and_turns_read
         # The client reads nothing while the gateway is told to stop: the stream is held in flight.
         gateway.send_signal(signal.SIGTERM)
         await asyncio.to_thread(wait_until, lambda: http_status(f"{system.url}/readyz") == 503, 15, "/readyz to answer 503")
+        async with client.get("/api/me") as late:  # a request still routed here meanwhile is served, not refused
+            assert late.status == 200
         async for part in stream:
             parts.append(part)
         response.release()
@@ -91,6 +93,20 @@ async def test_sigterm_to_a_gateway_finishes_its_in_flight_stream_and_turns_read
     assert len(streams) == 1 and streams[0]["outcome"] == "ok" and streams[0]["rows"] == BIG
     assert names.index("shutting_down") < names.index("query_stream") < names.index("stopped"), "the stream must end during the shutdown"
     assert http_status(f"{system.url}/healthz") is None, "the gateway must no longer listen once it exited"
+
+
+async def test_a_gateway_stuck_on_a_stalled_client_still_exits_0_once_the_grace_is_over(make_system: SystemFactory) -> None:
+    """SHUTDOWN_GRACE_S bounds the shutdown: a client that stops reading cannot keep the gateway alive."""
+    system = make_system(SHUTDOWN_GRACE_S="1")
+    gateway = system.services["gateway"]
+    async with browser(system.url) as client:
+        await login(client)
+        response, _, _ = await open_big_stream(client, BIG)
+        gateway.send_signal(signal.SIGTERM)
+        assert await exit_code(gateway) == 0, "\n".join(gateway.lines[-30:])
+        response.close()
+    await asyncio.to_thread(wait_until, lambda: any('"stopped"' in line for line in list(gateway.lines)), 10, "the gateway's last log line")
+    assert gateway.events("shutdown_grace_elapsed"), "the gateway must say it cut requests off"
 
 
 async def test_sigterm_to_a_query_replica_finishes_its_in_flight_stream(make_system: SystemFactory) -> None:

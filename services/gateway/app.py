@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+_CUT_OFF_S = 1.0
 _HTTP_CODES = {400: BAD_REQUEST, 404: NOT_FOUND, 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -123,7 +124,8 @@ async def main() -> None:
     setup_logging("gateway", config.log_level)
     stop = stop_event()
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
+    # Shutdown waits for in-flight requests itself (below); aiohttp's own wait only cuts off the rest.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CUT_OFF_S)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
@@ -131,13 +133,14 @@ async def main() -> None:
     await stop.wait()
     lifecycle = app[keys.LIFECYCLE]
     lifecycle.accepting = False
+    deadline = asyncio.get_running_loop().time() + config.shutdown_grace_s
     log.info("shutting_down", grace_s=config.shutdown_grace_s, in_flight=lifecycle.in_flight)
-    # Keep listening while requests are in flight, so /readyz can answer 503 and a load balancer
-    # moves new traffic elsewhere before the port closes; new requests are still served meanwhile.
-    try:
-        await asyncio.wait_for(lifecycle.idle.wait(), config.shutdown_grace_s)
-    except TimeoutError:
+    # Keep listening while requests are in flight: /readyz answers 503 meanwhile, so a load
+    # balancer moves new traffic elsewhere before the port closes (what still comes is served).
+    await lifecycle.wait_idle(deadline)
+    await site.stop()
+    # Requests accepted just before the port closed; all share the one SHUTDOWN_GRACE_S.
+    if not await lifecycle.wait_idle(deadline):
         log.warning("shutdown_grace_elapsed", in_flight=lifecycle.in_flight)
-    # Stops listening, lets the requests that are left finish (up to the grace), then drains NATS.
-    await runner.cleanup()
+    await runner.cleanup()  # closes idle connections, cuts off what is left, drains NATS
     log.info("stopped")

@@ -33,6 +33,14 @@ class Lifecycle:
         if self.in_flight == 0:
             self.idle.set()
 
+    async def wait_idle(self, deadline: float) -> bool:
+        """Wait until no request is in flight or the loop clock reaches `deadline`; True if idle."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except TimeoutError:
+            return False
+        return True
+
 
 CONFIG = web.AppKey("config", GatewayConfig)
 SUBJECTS = web.AppKey("subjects", Subjects)
