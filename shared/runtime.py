@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
+
+from shared.errors import ConfigError
 
 
 def stop_event() -> asyncio.Event:
@@ -18,10 +21,15 @@ def stop_event() -> asyncio.Event:
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on uvloop where it is installed."""
+    """Run `main` on uvloop where it is installed; a configuration error exits 2 with its message."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
+        runner: Any = asyncio.run
     else:
-        uvloop.run(main)
+        runner = uvloop.run
+    try:
+        runner(main)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -45,7 +45,7 @@ class Infra:
 def infra() -> Iterator[Infra]:
     if INFRA == "testcontainers":
         from testcontainers.core.container import DockerContainer
-        from testcontainers.redis import RedisContainer
+        from testcontainers.community.redis import RedisContainer
 
         with RedisContainer("redis:7-alpine") as redis, DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222) as nats:
             from testcontainers.core.waiting_utils import wait_for_logs

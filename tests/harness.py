@@ -48,10 +48,12 @@ class Process:
         self.cwd = cwd
         self.lines: list[str] = []
         self._new_line = threading.Condition()
+        self._eof = False
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> Process:
         self.lines = []
+        self._eof = False
         self.proc = subprocess.Popen(
             self.argv,
             stdout=subprocess.PIPE,
@@ -72,6 +74,7 @@ class Process:
                     self.lines.append(line.rstrip("\n"))
                     self._new_line.notify_all()
         with self._new_line:
+            self._eof = True
             self._new_line.notify_all()
 
     def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 30.0, start: int = 0) -> str:
@@ -84,8 +87,8 @@ class Process:
                     seen += 1
                     if predicate(line):
                         return line
-                if self.proc is not None and self.proc.poll() is not None and seen >= len(self.lines):
-                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n" + "\n".join(self.lines[-40:]))
+                if self._eof and seen >= len(self.lines):  # the process closed its output: no line will come
+                    raise RuntimeError(f"{self.name} exited with {self.proc.wait() if self.proc else None}:\n" + "\n".join(self.lines[-40:]))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"{self.name} did not print the awaited line in {timeout}s:\n" + "\n".join(self.lines[-40:]))

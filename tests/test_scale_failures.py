@@ -9,7 +9,7 @@ from tests.client import browser, events, login
 from tests.conftest import SystemFactory
 from tests.harness import NatsServer, Service, wait_until
 from tests.test_e2e import counting_sql, rows_of, types_of
-from tests.test_scale_shutdown import http_status, open_big_stream
+from tests.test_scale_shutdown import BIG, http_status, open_big_stream, slow_browser
 
 
 async def assert_unavailable(response) -> None:  # type: ignore[no-untyped-def]
@@ -64,9 +64,9 @@ async def test_a_query_replica_killed_mid_stream_ends_the_stream_in_tool_output_
     """SIGKILL to the replica producing a stream: the client gets the rows sent so far, then tool-output-error, never a hang."""
     system = make_system(QUERY_STREAM_IDLE_S="1")
     victim = system.services.pop("query")  # it will not exit 0, so the teardown must not expect it to
-    async with browser(system.url) as client:
+    async with slow_browser(system.url) as client:
         await login(client)
-        response, parts, stream = await open_big_stream(client, 300_000)
+        response, parts, stream = await open_big_stream(client, BIG)
         victim.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(victim.proc.wait, 30) == -signal.SIGKILL
 
@@ -81,7 +81,7 @@ async def test_a_query_replica_killed_mid_stream_ends_the_stream_in_tool_output_
     error = parts[kinds.index("tool-output-error")]
     assert error["errorText"] and "Traceback" not in error["errorText"]
     assert not [p for p in parts if p != "[DONE]" and p["type"] == "tool-output-available" and not p.get("preliminary")]
-    assert 0 < len(rows_of(parts)) < 300_000  # rows_of also checks they are an unbroken prefix
+    assert 0 < len(rows_of(parts)) < BIG  # rows_of also checks they are an unbroken prefix
     assert kinds[-3:] == ["finish-step", "finish", "[DONE]"]
     gateway = system.services["gateway"]
     await asyncio.to_thread(gateway.wait_for_line, lambda line: '"query_stream"' in line, 10)
@@ -103,7 +103,7 @@ async def test_a_nats_restart_mid_stream_never_yields_a_result_with_missing_rows
     outcomes = []
     async with browser(system.url) as client:
         await login(client)
-        for _ in range(4):  # a loss is likely, not certain, in any one crash
+        for _ in range(6):  # a loss is likely, not certain, in any one crash (about 1 in 3 here)
             await asyncio.to_thread(wait_until, lambda: http_status(f"{system.url}/readyz") == 200, 30, "the system to be ready")
             parts: list = []
             in_flight = asyncio.Event()

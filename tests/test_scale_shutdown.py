@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -15,7 +16,7 @@ from tests.conftest import System, SystemFactory
 from tests.harness import Service, wait_until
 from tests.test_e2e import counting_sql, rows_of, types_of
 
-BIG = 300_000
+BIG = 600_000  # ~13 MB of events: more than socket buffers hold, so a client that stops reading stalls it
 
 
 def http_status(url: str) -> int | None:
@@ -42,8 +43,26 @@ async def exit_code(svc: Service, timeout: float = 60.0) -> int:
     return await asyncio.to_thread(svc.proc.wait, timeout)
 
 
+def _small_receive_buffer(addr_info: tuple) -> socket.socket:  # type: ignore[type-arg]
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    # Set before connecting, so the kernel does not grow it: a client that stops reading then
+    # holds up the stream within a few hundred kB instead of taking megabytes into its buffers.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    return sock
+
+
+def slow_browser(base_url: str) -> aiohttp.ClientSession:
+    """A browser whose pauses really pause the stream it reads (see _small_receive_buffer)."""
+    connector = aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
+    return aiohttp.ClientSession(base_url, cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector)
+
+
 async def open_big_stream(client: aiohttp.ClientSession, n: int) -> tuple[aiohttp.ClientResponse, list, object]:
-    """Start an n-row query and read up to its first rows part, so the stream is in flight."""
+    """Start an n-row query and read up to its first rows part, so the stream is in flight.
+
+    Use a slow_browser: as long as it reads no further, the rest of the stream waits.
+    """
     response = await client.post("/api/query", json={"sql": counting_sql(n)})
     assert response.status == 200, await response.text()
     parts: list = []
@@ -70,10 +89,10 @@ def event_names(svc: Service) -> list[str]:
 
 
 async def test_sigterm_to_a_gateway_finishes_its_in_flight_stream_and_turns_readyz_503(make_system: SystemFactory) -> None:
-    """A gateway told to stop in the middle of a 300k-row stream says "not ready", writes every row, then exits 0."""
+    """A gateway told to stop in the middle of a 600k-row stream says "not ready", writes every row, then exits 0."""
     system = make_system(SHUTDOWN_GRACE_S="60")
     gateway = system.services["gateway"]
-    async with browser(system.url) as client:
+    async with slow_browser(system.url) as client:
         await login(client)
         response, parts, stream = await open_big_stream(client, BIG)
         # The client reads nothing while the gateway is told to stop: the stream is held in flight.
@@ -99,21 +118,23 @@ async def test_a_gateway_stuck_on_a_stalled_client_still_exits_0_once_the_grace_
     """SHUTDOWN_GRACE_S bounds the shutdown: a client that stops reading cannot keep the gateway alive."""
     system = make_system(SHUTDOWN_GRACE_S="1")
     gateway = system.services["gateway"]
-    async with browser(system.url) as client:
+    async with slow_browser(system.url) as client:
         await login(client)
         response, _, _ = await open_big_stream(client, BIG)
         gateway.send_signal(signal.SIGTERM)
         assert await exit_code(gateway) == 0, "\n".join(gateway.lines[-30:])
         response.close()
     await asyncio.to_thread(wait_until, lambda: any('"stopped"' in line for line in list(gateway.lines)), 10, "the gateway's last log line")
-    assert gateway.events("shutdown_grace_elapsed"), "the gateway must say it cut requests off"
+    assert gateway.events("shutdown_grace_elapsed"), "\n".join(gateway.lines[-12:])
+    streams = gateway.events("query_stream")
+    assert len(streams) == 1 and streams[0]["outcome"] == "cancelled" and streams[0]["rows"] < BIG
 
 
 async def test_sigterm_to_a_query_replica_finishes_its_in_flight_stream(make_system: SystemFactory) -> None:
     """The query replica that runs a stream finishes it (every row) after SIGTERM, while a second replica takes new queries."""
     system = make_system()
     first = system.services["query"]
-    async with browser(system.url) as client:
+    async with slow_browser(system.url) as client:
         await login(client)
         response, parts, stream = await open_big_stream(client, BIG)
         # Only `first` existed when the stream started, so it is the one producing it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -159,6 +160,9 @@ async def query(request: web.Request) -> web.StreamResponse:
         await stream.end()
     except ConnectionResetError:
         outcome = "client_gone"
+    except asyncio.CancelledError:  # cut off: the shutdown grace ran out
+        outcome = "cancelled"
+        raise
     finally:
         await consumer.close()
         metrics.STREAMS_IN_FLIGHT.dec()

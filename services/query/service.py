@@ -15,9 +15,7 @@ from services.query.handlers import QueryHandlers
 from services.query.sample import ensure_sample
 from shared.bus import Server, connect, redact_url
 from shared.bus import close as close_nats
-from shared.config import env_str, environ
 from shared.contracts import QUERY_QUEUE, Subjects
-from shared.errors import ConfigError
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -26,12 +24,7 @@ log = structlog.get_logger(__name__)
 
 
 async def main() -> None:
-    try:
-        config = QueryConfig.from_env()
-    except ConfigError as exc:
-        setup_logging("query", env_str(environ(), "LOG_LEVEL", "INFO"))
-        log.error("config_invalid", error=str(exc))
-        raise SystemExit(2) from None
+    config = QueryConfig.from_env()
     setup_logging("query", config.log_level)
     stop = stop_event()
     if config.uses_sample:
@@ -48,7 +41,8 @@ async def main() -> None:
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
 
         async def readiness() -> dict[str, bool]:
-            return {"accepting": handlers.accepting, "nats": nc.is_connected}
+            # False from SIGTERM on; requests already routed here are still served.
+            return {"accepting": not stop.is_set(), "nats": nc.is_connected}
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, readiness))
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
@@ -63,7 +57,6 @@ async def main() -> None:
         await stop.wait()
         deadline = time.monotonic() + config.shutdown_grace_s
         log.info("shutting_down", streams=handlers.streams_in_flight, grace_s=config.shutdown_grace_s)
-        handlers.accepting = False
         await server.drain(config.shutdown_grace_s)
         await handlers.shutdown(max(0.0, deadline - time.monotonic()))
     log.info("stopped")
