@@ -35,7 +35,14 @@ import aiohttp
 import asyncpg
 import orjson
 
-from tests.harness import NatsServer, RedisServer, Service, free_port, service_env, wait_until
+from tests.harness import (
+    NatsServer,
+    RedisServer,
+    Service,
+    free_port,
+    service_env,
+    wait_until,
+)
 
 COLUMNS = "id, qty, price, name, created"
 TARGET_RATIO = 0.5

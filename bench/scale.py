@@ -21,7 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.loadgen import LoadResult, run_load
-from tests.harness import ROOT, NatsServer, Process, RedisServer, Service, free_port, service_env, wait_until
+from tests.harness import (
+    ROOT,
+    NatsServer,
+    Process,
+    RedisServer,
+    Service,
+    free_port,
+    service_env,
+    wait_until,
+)
 
 CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2))  # (gateways, session replicas)
 ROLES = ("gateway", "session", "nats", "redis", "loadgen")

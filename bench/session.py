@@ -20,7 +20,16 @@ from dataclasses import dataclass
 import redis
 
 from bench.loadgen import LoadResult, run_load
-from tests.harness import ROOT, NatsServer, Process, RedisServer, Service, free_port, service_env, wait_until
+from tests.harness import (
+    ROOT,
+    NatsServer,
+    Process,
+    RedisServer,
+    Service,
+    free_port,
+    service_env,
+    wait_until,
+)
 
 EMAIL, NAME = "bench@example.com", "Bench"
 _NOT_COUNTED = {"info", "config|resetstat"}

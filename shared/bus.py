@@ -63,7 +63,7 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> N
             )
             client.append(nc)
             return nc
-        except (OSError, nats.errors.NoServersError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
             log.warning("nats_connect_retry", url=redact_url(url), error=str(exc) or type(exc).__name__)
@@ -114,7 +114,7 @@ async def request(nc: NATS, subject: str, payload: dict[str, Any], *, timeout: f
         msg = await nc.request(subject, encode(payload), timeout=timeout, headers=request_headers())
     except nats.errors.NoRespondersError:
         raise ServiceError(UNAVAILABLE, f"no service is answering on {subject}") from None
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         raise ServiceError(TIMEOUT, f"no reply on {subject} within {timeout:g}s") from None
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError):
         raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,15 +13,20 @@ from tests.harness import NatsServer, RedisServer, Service, free_port, service_e
 
 
 def _docker_engine_answers() -> bool:
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        return False
+    client = None
     try:
         import docker
 
         client = docker.from_env(timeout=3)
         client.ping()
-        client.close()
         return True
     except Exception:
         return False
+    finally:
+        if client is not None:
+            client.close()
 
 
 INFRA = "testcontainers" if _docker_engine_answers() else "local"
@@ -28,8 +34,11 @@ INFRA = "testcontainers" if _docker_engine_answers() else "local"
 
 def pytest_report_header(config: pytest.Config) -> str:
     if INFRA == "testcontainers":
-        return "servers: testcontainers (a Docker engine answered) for NATS and Redis"
-    return "servers: local nats-server and redis-server binaries on free ports (no Docker engine answered)"
+        return "servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"
+    return (
+        "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB "
+        "at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
+    )
 
 
 @dataclass
@@ -44,8 +53,8 @@ class Infra:
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     if INFRA == "testcontainers":
-        from testcontainers.core.container import DockerContainer
         from testcontainers.community.redis import RedisContainer
+        from testcontainers.core.container import DockerContainer
 
         with RedisContainer("redis:7-alpine") as redis, DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222) as nats:
             from testcontainers.core.waiting_utils import wait_for_logs
@@ -64,6 +73,35 @@ def infra() -> Iterator[Infra]:
     finally:
         nats.cleanup()
         redis.stop()
+
+
+@dataclass
+class Databases:
+    """Where the engine tests find PostgreSQL and MariaDB, as admin URLs."""
+
+    kind: str
+    postgres: str
+    mysql: str
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[Databases]:
+    if INFRA == "testcontainers":
+        from testcontainers.community.mysql import MySqlContainer
+        from testcontainers.community.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as pg, MySqlContainer("mariadb:11", username="root", password="test") as my:
+            dbs = Databases("testcontainers", pg.get_connection_url(), my.get_connection_url())
+            print(f"\n[databases] testcontainers: PostgreSQL and MariaDB ({dbs.postgres}, {dbs.mysql})")
+            yield dbs
+        return
+    dbs = Databases(
+        "local",
+        os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+    )
+    print(f"\n[databases] local servers: {dbs.postgres}, {dbs.mysql}")
+    yield dbs
 
 
 @dataclass

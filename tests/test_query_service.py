@@ -17,7 +17,14 @@ from nats.aio.client import Client as NATS
 
 from shared.bus import request
 from shared.contracts import Subjects
-from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, UNKNOWN_SOURCE, ServiceError
+from shared.errors import (
+    QUERY_FAILED,
+    QUERY_REFUSED,
+    QUERY_TIMEOUT,
+    UNAVAILABLE,
+    UNKNOWN_SOURCE,
+    ServiceError,
+)
 from shared.stream import StreamConsumer
 from tests.conftest import Infra
 from tests.harness import Service, free_port, service_env

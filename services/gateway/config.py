@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
+from shared.config import (
+    common_nats,
+    env_bool,
+    env_float,
+    env_int,
+    env_port,
+    env_str,
+    environ,
+)
 from shared.errors import ConfigError
 
 AUTH_MODES = ("dev", "off")

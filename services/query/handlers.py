@@ -24,7 +24,13 @@ from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from shared.contracts import Subjects
-from shared.errors import BAD_REQUEST, INTERNAL, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.errors import (
+    BAD_REQUEST,
+    INTERNAL,
+    QUERY_TIMEOUT,
+    UNAVAILABLE,
+    ServiceError,
+)
 from shared.stream import StreamCancelled, StreamProducer
 
 log = structlog.get_logger(__name__)

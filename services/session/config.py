@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
+from shared.config import (
+    common_nats,
+    env_bool,
+    env_float,
+    env_int,
+    env_port,
+    env_str,
+    environ,
+)
 from shared.errors import ConfigError
 
 DEFAULT_LIFETIME_S = 2678400  # 31 days: Flask's PERMANENT_SESSION_LIFETIME, and so Flask-Session's TTL

@@ -19,7 +19,13 @@ import structlog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column
 from shared.bus import redact_url
-from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.errors import (
+    QUERY_FAILED,
+    QUERY_REFUSED,
+    QUERY_TIMEOUT,
+    UNAVAILABLE,
+    ServiceError,
+)
 
 log = structlog.get_logger(__name__)
 

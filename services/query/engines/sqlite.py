@@ -19,7 +19,13 @@ from urllib.parse import quote
 from services.query.config import sqlite_path
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column, RowEncoder
-from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.errors import (
+    QUERY_FAILED,
+    QUERY_REFUSED,
+    QUERY_TIMEOUT,
+    UNAVAILABLE,
+    ServiceError,
+)
 
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
 _DENIED_FUNCTIONS = frozenset({"load_extension", "writefile", "readfile", "edit", "fts3_tokenizer"})
