@@ -230,3 +230,17 @@ async def test_login_is_refused_when_dev_auth_is_off(make_system: SystemFactory)
             assert response.status == 403
             assert (await response.json())["error"]["code"] == "forbidden"
 
+
+
+async def test_the_request_id_crosses_nats_into_the_query_service_log(system: System) -> None:
+    async with browser(system.url) as client:
+        await login(client)
+        async with client.post("/api/query", json={"sql": counting_sql(3)}, headers={"X-Request-Id": "trace-e2e-42"}) as response:
+            assert response.headers["X-Request-Id"] == "trace-e2e-42"
+            await response.read()
+        async with client.get("/api/me", headers={"X-Request-Id": "bad id with spaces"}) as response:
+            assert response.headers["X-Request-Id"] != "bad id with spaces"
+    query = system.services["query"]
+    query.wait_for_line(lambda line: '"trace-e2e-42"' in line and '"query_done"' in line, timeout=10)
+    done = [e for e in query.events("query_done") if e.get("request_id") == "trace-e2e-42"]
+    assert len(done) == 1 and done[0]["row_count"] == 3

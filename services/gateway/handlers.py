@@ -16,6 +16,7 @@ from services.gateway import keys, metrics
 from services.gateway.errors import error_response
 from services.gateway.sse import HEADERS, ToolStream
 from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
+from shared.logging import current_request_id
 from shared.stream import StreamConsumer
 from shared.users import user_id
 
@@ -127,7 +128,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     source = text_field(body, "source", required=False, max_chars=128)
 
     config = request.app[keys.CONFIG]
-    response = web.StreamResponse(headers=HEADERS)
+    response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
     stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}")
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
