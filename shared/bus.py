@@ -141,6 +141,8 @@ class Server:
             task.add_done_callback(self._done)
 
         self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=on_message))
+        # nats-py sends SUB lazily: flush so the server routes to us before we report ready.
+        await self._nc.flush()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
