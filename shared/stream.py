@@ -96,7 +96,10 @@ class StreamProducer:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             if time.monotonic() - self._last_publish >= self._heartbeat_s:
-                await self._publish({"t": c.STREAM_HEARTBEAT, "seq": self._sent_seq})
+                try:
+                    await self._publish({"t": c.STREAM_HEARTBEAT, "seq": self._sent_seq})
+                except Exception as exc:  # NATS away: keep beating; the consumer's idle timer decides
+                    log.debug("heartbeat_failed", error=str(exc) or type(exc).__name__)
 
     async def _publish(self, message: dict[str, Any]) -> None:
         self._last_publish = time.monotonic()
