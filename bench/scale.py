@@ -28,6 +28,7 @@ from tests.harness import (
     RedisServer,
     Service,
     free_port,
+    http_status,
     service_env,
     wait_until,
 )
@@ -70,17 +71,6 @@ def children_cpu_seconds() -> float:
     return t.children_user + t.children_system
 
 
-def me_status(base_url: str, cookie: str | None = None) -> int | None:
-    req = urllib.request.Request(f"{base_url}/api/me", headers={"Cookie": f"session={cookie}"} if cookie else {})
-    try:
-        with urllib.request.urlopen(req, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 def login(base_url: str) -> str:
     body = json.dumps({"email": "scale@example.com", "name": "Scale"}).encode()
     req = urllib.request.Request(f"{base_url}/auth/login", data=body, headers={"Content-Type": "application/json"}, method="POST")
@@ -120,7 +110,7 @@ def measure(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int, 
             env = service_env(**common, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), AUTH_MODE="dev", LOG_LEVEL="WARNING")
             processes.append(Process("gateway", [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT).start())
         for url in urls:  # 401 without a cookie: the gateway listens and a session replica answers it
-            wait_until(lambda url=url: me_status(url) == 401, timeout=30, what=f"{url} to reach a session replica")
+            wait_until(lambda url=url: http_status(f"{url}/api/me") == 401, timeout=30, what=f"{url} to reach a session replica")
         cookie = login(urls[0])
         load(urls, cookie, concurrency, warmup_s)
 

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,6 +214,17 @@ class Service(Process):
         super().start()
         self.wait_for_line(lambda line: '"service_ready"' in line, timeout=timeout)
         return self
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int | None:
+    """The status of a GET, or None when nothing answers (the listener is closed)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

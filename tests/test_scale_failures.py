@@ -7,9 +7,9 @@ import signal
 
 from tests.client import browser, events, login
 from tests.conftest import SystemFactory
-from tests.harness import NatsServer, Service, wait_until
+from tests.harness import NatsServer, Service, http_status, wait_until
 from tests.test_e2e import counting_sql, rows_of, types_of
-from tests.test_scale_shutdown import BIG, http_status, open_big_stream, slow_browser
+from tests.test_scale_shutdown import BIG, open_big_stream, slow_browser
 
 
 async def assert_unavailable(response) -> None:  # type: ignore[no-untyped-def]

@@ -12,9 +12,15 @@ import aiohttp
 
 from tests.client import browser, events, login
 from tests.conftest import System, SystemFactory
-from tests.harness import NatsServer, RedisServer, Service, free_port, wait_until
+from tests.harness import (
+    NatsServer,
+    RedisServer,
+    Service,
+    free_port,
+    http_status,
+    wait_until,
+)
 from tests.test_e2e import counting_sql, rows_of, types_of
-from tests.test_scale_shutdown import http_status
 
 CLIENTS = 8
 SMALL = 20

@@ -5,29 +5,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import aiohttp
 
 from tests.client import browser, events, login
 from tests.conftest import System, SystemFactory
-from tests.harness import Service, wait_until
+from tests.harness import Service, http_status, wait_until
 from tests.test_e2e import counting_sql, rows_of, types_of
 
 BIG = 600_000  # ~13 MB of events: more than socket buffers hold, so a client that stops reading stalls it
-
-
-def http_status(url: str) -> int | None:
-    """The status of a GET, or None when nothing answers (the listener is closed)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def start_replica(system: System, name: str, label: str, **extra: str) -> Service:
@@ -105,8 +92,7 @@ async def test_sigterm_to_a_gateway_finishes_its_in_flight_stream_and_turns_read
         response.release()
     assert_complete(parts, BIG)
     assert await exit_code(gateway) == 0, "\n".join(gateway.lines[-30:])
-    # The process is gone; its last lines may still be in the pipe, so poll them rather than wait_for_line.
-    await asyncio.to_thread(wait_until, lambda: any('"stopped"' in line for line in list(gateway.lines)), 10, "the gateway's last log line")
+    await asyncio.to_thread(gateway.wait_for_line, lambda line: '"stopped"' in line, 10)
     names = event_names(gateway)
     streams = [e for e in gateway.events("query_stream")]
     assert len(streams) == 1 and streams[0]["outcome"] == "ok" and streams[0]["rows"] == BIG
@@ -124,7 +110,7 @@ async def test_a_gateway_stuck_on_a_stalled_client_still_exits_0_once_the_grace_
         gateway.send_signal(signal.SIGTERM)
         assert await exit_code(gateway) == 0, "\n".join(gateway.lines[-30:])
         response.close()
-    await asyncio.to_thread(wait_until, lambda: any('"stopped"' in line for line in list(gateway.lines)), 10, "the gateway's last log line")
+    await asyncio.to_thread(gateway.wait_for_line, lambda line: '"stopped"' in line, 10)
     assert gateway.events("shutdown_grace_elapsed"), "\n".join(gateway.lines[-12:])
     streams = gateway.events("query_stream")
     assert len(streams) == 1 and streams[0]["outcome"] == "cancelled" and streams[0]["rows"] < BIG
