@@ -106,6 +106,7 @@ REFUSALS = {
     "sub too long": (lambda i: i.token(sub="x" * 129), "'sub'"),
     "no exp": (lambda i: i.token(exp=None), "'exp'"),
     "no kid": (lambda i: __import__("jwt").encode(i.claims(), i.private["rsa-1"], algorithm="RS256"), "'kid'"),
+    "ES256 under an RSA kid": (lambda i: __import__("jwt").encode(i.claims(), i.private["ec-1"], algorithm="ES256", headers={"kid": "rsa-1"}), "does not match"),
     "garbage": (lambda i: "garbage-" + "Q" * 40 + ".only-two-segments", "JWT"),
 }
 
