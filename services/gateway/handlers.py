@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys, metrics
+from services.gateway.auth.limit import check_login_rate
 from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_from_claims
 from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
@@ -116,7 +117,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def _token_login(request: web.Request) -> web.Response:
-    # MERGE-LIMITER await check_login_rate(request)
+    await check_login_rate(request)
     body = await json_object(request)
     token = text_field(body, "idToken", required=True, max_chars=MAX_TOKEN_CHARS)
     assert token is not None
