@@ -85,3 +85,14 @@ async def test_dev_mode_warns_at_start_and_a_bad_oidc_config_stops_the_gateway(m
     result = subprocess.run([sys.executable, "-m", "services.gateway"], env=broken.service_env("gateway"), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "OIDC_ISSUER must be set" in result.stderr
+
+
+def test_the_kubernetes_base_signs_in_with_firebase_and_its_settings_load() -> None:
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "base" / "config.yaml").read_text()))
+    data = {name: doc["data"] for doc in docs if (name := doc["metadata"]["name"]) in ("dbgenie-common", "dbgenie-gateway")}
+    config = GatewayConfig.from_env({**data["dbgenie-common"], **data["dbgenie-gateway"]})
+    assert config.auth_mode == "firebase"
+    assert config.issuer == f"https://securetoken.google.com/{config.firebase_project_id}"
+    assert config.public_origin == "https://dbgenie.example.com"
