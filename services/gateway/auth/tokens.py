@@ -206,6 +206,14 @@ class TokenVerifier:
         self._clock = clock
 
     async def verify(self, token: str) -> dict[str, Any]:
+        try:
+            return await self._verify(token)
+        except ServiceError as exc:
+            # On the request's one log line: why sign-in failed (never the token itself).
+            structlog.contextvars.bind_contextvars(auth_error=exc.message)
+            raise
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         if len(token) > MAX_TOKEN_CHARS:
             raise _unauthorized(f"the token is longer than {MAX_TOKEN_CHARS} characters")
         try:
@@ -284,6 +292,14 @@ def _email_verified(claims: Mapping[str, Any]) -> bool:
 
 def check_policy(config: GatewayConfig, claims: Mapping[str, Any]) -> None:
     """403 when the account may not sign in: unverified email, or an email domain not allowed."""
+    try:
+        _check_policy(config, claims)
+    except ServiceError as exc:
+        structlog.contextvars.bind_contextvars(auth_error=exc.message, uid=claims.get("sub"))
+        raise
+
+
+def _check_policy(config: GatewayConfig, claims: Mapping[str, Any]) -> None:
     email = claims.get("email") if isinstance(claims.get("email"), str) else None
     if config.auth_require_verified_email:
         if not email:
