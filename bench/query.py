@@ -251,7 +251,8 @@ async def end_to_end(
     `pids` are sampled for memory, `cpu_pids` (plus this client) for CPU time.
     """
     cpu_pids = {**cpu_pids, "client": os.getpid()}
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+    # Origin as a browser's fetch() sends it: the gateway refuses cookie POSTs from other origins.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Origin": base_url.rstrip("/")}) as http:
         await login(http, base_url)
         await stream_query(http, base_url, f"{sql} LIMIT 1000", source, 1000)  # warm up: open the pool, touch the code
         for _ in range(runs):
