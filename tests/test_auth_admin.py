@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import msgspec
 import redis
 
+from tests.auth_issuer import gateway_env, running_gateway, running_issuer
+from tests.client import browser
+from tests.conftest import SystemFactory
 from tests.harness import ROOT, RedisServer, service_env
 
 SESSIONS = {
@@ -49,3 +53,26 @@ def test_delete_user_deletes_every_session_of_that_user_only(redis_server: Redis
 def test_delete_user_needs_a_user_id(redis_server: RedisServer) -> None:
     result = admin(redis_server, "delete", "--user", " ")
     assert result.returncode == 2 and "user id" in result.stderr
+
+
+async def test_a_user_signed_in_on_two_browsers_is_signed_out_of_both(make_system: SystemFactory, redis_server: RedisServer) -> None:
+    system = make_system(redis_url=redis_server.url, start=("session",))
+    async with running_issuer() as issuer, running_gateway(gateway_env(system, issuer)) as url, browser(url) as laptop, browser(url) as phone:
+        for client in (laptop, phone):
+            async with client.post("/auth/login", json={"idToken": issuer.token(sub="Mx0s5HR2Peverywhere")}) as response:
+                assert response.status == 200
+        async with browser(url) as other, other.post("/auth/login", json={"idToken": issuer.token(sub="Mx0s5HR2Psomeone")}) as response:
+            assert response.status == 200
+
+        result = await asyncio.to_thread(admin, redis_server, "delete", "--user", "Mx0s5HR2Peverywhere")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == "deleted 2 sessions of user Mx0s5HR2Peverywhere"
+        for client in (laptop, phone):
+            async with client.get("/api/me") as me:
+                assert me.status == 401
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        left = [msgspec.msgpack.decode(store.get(key))["user"]["uid"] for key in store.scan_iter(match="session:*")]
+    finally:
+        store.close()
+    assert left == ["Mx0s5HR2Psomeone"]
