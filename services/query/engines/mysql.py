@@ -241,7 +241,7 @@ class MysqlEngine(Engine):
         picked, unknown = pick(listed, wanted, max_tables)
         if not picked:
             return Catalog([], len(listed), unknown)
-        pairs = "(" + ", ".join(f"({_literal(schema)}, {_literal(name)})" for schema, name in (t.key for t in picked)) + ")"  # type: ignore[misc]
+        pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
         columns = [
             ((schema, table), name, type_, bool(nullable), bool(primary_key))
             async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)

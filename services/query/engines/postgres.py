@@ -172,13 +172,16 @@ class PostgresEngine(Engine):
         picked, unknown = pick(listed, wanted, max_tables)
         if not picked:
             return Catalog([], len(listed), unknown)
-        oids = id_list([int(t.key) for t in picked])  # type: ignore[call-overload]
-        columns = [tuple(row) async for row in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
+        oids = id_list([t.key for t in picked])
+        columns = [
+            (oid, name, type_, nullable, primary_key)
+            async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)
+        ]
         foreign_keys = []
         if wanted is not None:
             async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):
                 foreign_keys.append((oid, from_columns, qualified(schema, name, home), to_columns))
-        return Catalog(assemble(picked, columns, foreign_keys), len(listed), unknown)  # type: ignore[arg-type]
+        return Catalog(assemble(picked, columns, foreign_keys), len(listed), unknown)
 
 
 # Catalog queries of `describe`. Only what the role can SELECT (the table, or some of its
