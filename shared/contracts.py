@@ -8,7 +8,7 @@ The request id travels in the `Dbg-Request-Id` header.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired, TypedDict, TypeVar
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import msgspec
 
@@ -134,10 +134,8 @@ CONTROL_CANCEL = "cancel"  # {"t"}: the client is gone; stop the query and free 
 
 # --- typed payloads --------------------------------------------------------------------
 
-_S = TypeVar("_S", bound=msgspec.Struct)
 
-
-def decode_payload(data: bytes, kind: type[_S]) -> _S:
+def decode_payload[S: msgspec.Struct](data: bytes, kind: type[S]) -> S:
     """Decode a MessagePack request into its Struct; a bad one is a bad_request naming the field path."""
     try:
         return msgspec.msgpack.decode(data, type=kind)
@@ -147,7 +145,7 @@ def decode_payload(data: bytes, kind: type[_S]) -> _S:
         raise ServiceError(BAD_REQUEST, f"payload is not valid MessagePack: {exc}") from None
 
 
-def convert_payload(value: Any, kind: type[_S]) -> _S:
+def convert_payload[S: msgspec.Struct](value: Any, kind: type[S]) -> S:
     """The same check for a map that is already decoded (a reply, say)."""
     try:
         return msgspec.convert(value, kind)

@@ -243,8 +243,7 @@ class MysqlEngine(Engine):
             return Catalog([], len(listed), unknown)
         pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
         columns = [
-            ((schema, table), name, type_, bool(nullable), bool(primary_key))
-            async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
+            ((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
         ]
         foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
         if wanted is not None:

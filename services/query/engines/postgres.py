@@ -165,18 +165,12 @@ class PostgresEngine(Engine):
 
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
-        listed = [
-            CatalogTable(oid, qualified(schema, name, home), estimate, view)
-            async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)
-        ]
+        listed = [CatalogTable(oid, qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)]
         picked, unknown = pick(listed, wanted, max_tables)
         if not picked:
             return Catalog([], len(listed), unknown)
         oids = id_list([t.key for t in picked])
-        columns = [
-            (oid, name, type_, nullable, primary_key)
-            async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)
-        ]
+        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
         foreign_keys = []
         if wanted is not None:
             async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):

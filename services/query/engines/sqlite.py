@@ -254,10 +254,7 @@ def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int
                 resolved = [c for c in to_columns if c is not None] or [row[1] for row in sorted(table_info(table), key=lambda r: r[5]) if row[5]]
                 foreign_keys.append((t.key, from_columns, table, resolved))
         if count_rows:
-            picked = [
-                t if t.view else dataclasses.replace(t, row_estimate=conn.execute(f"SELECT count(*) FROM {_identifier(t.name)}").fetchone()[0])
-                for t in picked
-            ]
+            picked = [t if t.view else dataclasses.replace(t, row_estimate=conn.execute(f"SELECT count(*) FROM {_identifier(t.name)}").fetchone()[0]) for t in picked]
     return Catalog(assemble(picked, columns, foreign_keys), len(listed), unknown)
 
 
