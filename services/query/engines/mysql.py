@@ -22,8 +22,8 @@ import asyncmy.errors
 import structlog
 from asyncmy.cursors import SSCursor
 
+from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
-from services.query.engines.catalog import Catalog, CatalogTable, assemble, pick, qualified
 from services.query.values import Column
 from shared.bus import redact_url
 from shared.errors import (
@@ -232,15 +232,15 @@ class MysqlEngine(Engine):
             return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
         return ServiceError(QUERY_FAILED, _text(exc))
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from information_schema, as this account sees them."""
         listed = [
-            CatalogTable((schema, name), qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
+            catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
             async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s)
         ]
-        picked, unknown = pick(listed, wanted, max_tables)
+        picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
-            return Catalog([], len(listed), unknown)
+            return catalog.Catalog([], len(listed), unknown)
         pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
         columns = [
             ((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
@@ -248,11 +248,11 @@ class MysqlEngine(Engine):
         foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
         if wanted is not None:
             async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s):
-                entry = foreign_keys.setdefault((schema, table, constraint), ([], qualified(ref_schema, ref_table, bool(home)), []))
+                entry = foreign_keys.setdefault((schema, table, constraint), ([], catalog.qualified(ref_schema, ref_table, bool(home)), []))
                 entry[0].append(column)
                 entry[2].append(ref_column)
         fks = [((schema, table), cols, ref, ref_cols) for (schema, table, _), (cols, ref, ref_cols) in foreign_keys.items()]
-        return Catalog(assemble(picked, columns, fks), len(listed), unknown)
+        return catalog.Catalog(catalog.assemble(picked, columns, fks), len(listed), unknown)
 
 
 # Catalog queries of `describe`. information_schema lists only what the account holds a

@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
-from services.query.engines.catalog import Catalog, CatalogTable, assemble, id_list, pick, qualified
 from services.query.values import Column
 from shared.bus import redact_url
 from shared.errors import (
@@ -163,19 +163,19 @@ class PostgresEngine(Engine):
             return ServiceError(QUERY_FAILED, _text(exc))
         return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
-        listed = [CatalogTable(oid, qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)]
-        picked, unknown = pick(listed, wanted, max_tables)
+        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)]
+        picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
-            return Catalog([], len(listed), unknown)
-        oids = id_list([t.key for t in picked])
+            return catalog.Catalog([], len(listed), unknown)
+        oids = catalog.id_list([t.key for t in picked])
         columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
         foreign_keys = []
         if wanted is not None:
             async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):
-                foreign_keys.append((oid, from_columns, qualified(schema, name, home), to_columns))
-        return Catalog(assemble(picked, columns, foreign_keys), len(listed), unknown)
+                foreign_keys.append((oid, from_columns, catalog.qualified(schema, name, home), to_columns))
+        return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
 
 
 # Catalog queries of `describe`. Only what the role can SELECT (the table, or some of its
