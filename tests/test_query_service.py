@@ -171,7 +171,12 @@ async def test_long_cells_are_cut_in_the_preview_but_not_in_the_rows(service: Qu
 
 
 async def test_ping_names_the_sources(service: QueryService, nc: NATS) -> None:
-    assert await request(nc, service.subjects.query_ping, {}) == {"ok": True, "sources": ["copy", "default"], "default": "default"}
+    assert await request(nc, service.subjects.query_ping, {}) == {
+        "ok": True,
+        "sources": ["copy", "default"],
+        "default": "default",
+        "dialects": {"copy": "sqlite", "default": "sqlite"},
+    }
 
 
 async def test_ops_endpoints_report_ready_and_count_queries(service: QueryService, nc: NATS) -> None:

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
+from services.query import schema
 from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
@@ -39,6 +40,8 @@ async def main() -> None:
         server = Server(nc)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
+        schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
+        await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
 
         async def readiness() -> dict[str, bool]:
             # False from SIGTERM on; requests already routed here are still served.
