@@ -183,7 +183,10 @@ async def test_a_bearer_token_serves_api_me_and_query_without_a_cookie_or_sessio
                     assert me.status == 200, await me.text()
                     assert "Set-Cookie" not in me.headers
                     body = await me.json()
-                assert body == {"user": {"uid": "api-client-7", "email": "ada@example.com", "name": "Ada Lovelace", "picture": "https://example.com/ada.png", "verified": True}, "conversation_id": None}
+                assert body == {
+                    "user": {"uid": "api-client-7", "email": "ada@example.com", "name": "Ada Lovelace", "picture": "https://example.com/ada.png", "verified": True},
+                    "conversation_id": None,
+                }
 
                 async with client.post("/api/query", json={"sql": "SELECT 41 + 1 AS answer"}, headers=headers) as response:
                     assert response.status == 200, await response.text()
@@ -226,4 +229,3 @@ async def test_bearer_tokens_are_refused_in_dev_mode(sessions: System) -> None:
     async with running_issuer() as issuer, running_gateway({**sessions.env, "AUTH_MODE": "dev"}) as url, browser(url) as client:
         async with client.get("/api/me", headers={"Authorization": f"Bearer {issuer.token()}"}) as me:
             assert me.status == 401 and "AUTH_MODE" in (await me.json())["error"]["message"]
-
