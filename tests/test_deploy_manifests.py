@@ -586,6 +586,7 @@ def check_compose(compose: dict[str, Any]) -> list[str]:
                 problems.append(f"{name}: depends on unknown service {dependency}")
             if spec.get("condition") != "service_healthy":
                 problems.append(f"{name}: depends on {dependency} with condition {spec.get('condition')}, expected service_healthy")
+    problems += check_compose_image(services) + check_compose_healthchecks(services)
     gateway = services.get("gateway", {})
     if [str(p) for p in gateway.get("ports", [])] != ["8080:8080"]:
         problems.append(f"gateway: ports {gateway.get('ports')}, expected ['8080:8080']")
@@ -599,8 +600,6 @@ def check_compose(compose: dict[str, Any]) -> list[str]:
         command = shlex.split(command) if isinstance(command, str) else command
         if command != ["python", "-m", f"services.{service}"]:
             problems.append(f"{service}: command {command}, expected python -m services.{service}")
-        if "build" not in spec:
-            problems.append(f"{service}: not built from the Dockerfile")
         env = compose_env(spec)
         problems += check_env(service, env, f"compose {service}")
         if spec.get("read_only"):
@@ -619,6 +618,44 @@ def check_compose(compose: dict[str, Any]) -> list[str]:
         grace = code_shutdown_grace(service, env)
         if grace is not None and _seconds(spec.get("stop_grace_period", "10s")) <= grace:
             problems.append(f"{service}: stop_grace_period {spec.get('stop_grace_period', '10s')} is not above SHUTDOWN_GRACE_S {grace}")
+    return problems
+
+
+def check_compose_image(services: dict[str, Any]) -> list[str]:
+    """The image is built once: one service builds and tags it, the other services run that tag without pulling it."""
+    builders = [name for name, spec in services.items() if "build" in spec]
+    if len(builders) != 1:
+        return [f"services {builders} build an image; `docker compose up --build` should build the one image once"]
+    builder = services[builders[0]]
+    problems = []
+    context = builder["build"] if isinstance(builder["build"], str) else builder["build"].get("context", ".")
+    if context not in (".", "./"):
+        problems.append(f"{builders[0]}: builds from {context!r}, not the repository's Dockerfile")
+    tag = builder.get("image")
+    if tag is None:
+        problems.append(f"{builders[0]}: builds an image without tagging it (image:), so no other service can run it")
+    for service in SERVICES:
+        spec = services.get(service, {})
+        if spec.get("image") != tag:
+            problems.append(f"{service}: runs image {spec.get('image')!r}, not the one {builders[0]} builds ({tag!r})")
+        if service != builders[0] and spec.get("pull_policy") != "never":
+            problems.append(f"{service}: pull_policy {spec.get('pull_policy')!r}: compose may try to pull the locally built {tag!r} from a registry")
+    return problems
+
+
+def check_compose_healthchecks(services: dict[str, Any]) -> list[str]:
+    """While a container starts, its healthcheck polls every start_interval (not every interval) for start_period."""
+    problems = []
+    for name, spec in services.items():
+        check = spec.get("healthcheck")
+        if check is None:
+            continue
+        if _seconds(check.get("start_period", "0s")) <= 0:
+            problems.append(f"{name}: healthcheck has no start_period")
+        if "start_interval" not in check:
+            problems.append(f"{name}: healthcheck has no start_interval, so it waits a whole interval between tries at start")
+        elif _seconds(check["start_interval"]) >= _seconds(check.get("interval", "30s")):
+            problems.append(f"{name}: healthcheck start_interval {check['start_interval']} is not shorter than interval {check.get('interval', '30s')}")
     return problems
 
 
@@ -685,6 +722,16 @@ def check_dockerfile(text: str, ignored: list[str]) -> list[str]:
     cmds = [rest for instr, rest in final if instr == "CMD"]
     if not cmds or _json_or_shell(cmds[-1]) != ["python", "-m", "services.gateway"]:
         problems.append(f"CMD {cmds[-1] if cmds else None}, expected the gateway")
+    if re.search(r"(?im)^#\s*syntax\s*=", text):
+        problems.append("a `# syntax=` directive makes BuildKit pull a frontend image from Docker Hub (offline and mirror-only builds fail)")
+    runs = [rest for instr, rest in instructions if instr == "RUN"]
+    pip_removed = any(re.search(r"pip uninstall (-y|--yes) (.* )?pip\b", run) for run in runs)
+    for run in runs:
+        for venv in re.findall(r"-m venv\b[^&;|]*", run):
+            if "--without-pip" not in venv and not pip_removed:
+                problems.append(f"`{venv.strip()}` puts pip into the venv the runtime image carries (use --without-pip)")
+        if "ensurepip" in run:
+            problems.append("ensurepip puts pip into the image")
     if not any(instr == "RUN" and re.search(r"pip (install|wheel)\b[^&;]*\s\.(\s|$)", rest) for instr, rest in instructions):
         problems.append("no stage installs the project (pip install . / pip wheel .)")
     for instr, rest in instructions:
@@ -940,6 +987,11 @@ COMPOSE_BREAKAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     ),
     "sample database outside the tmpfs": lambda c: c["services"]["query"]["environment"].update(QUERY_SAMPLE_PATH="var/sample.db"),
     "no JetStream": lambda c: c["services"]["nats"].update(command=["-m", "8222"]),
+    "every service builds the image": lambda c: [c["services"][s].update(build=".") for s in SERVICES],
+    "a service pulls the built image": lambda c: c["services"]["query"].pop("pull_policy"),
+    "a service runs another image": lambda c: c["services"]["session"].update(image="dbgenie-session:dev"),
+    "healthcheck without start_interval": lambda c: c["services"]["redis"]["healthcheck"].pop("start_interval"),
+    "healthcheck without start_period": lambda c: c["services"]["gateway"]["healthcheck"].pop("start_period"),
 }
 
 
@@ -956,6 +1008,8 @@ DOCKERFILE_BREAKAGES: dict[str, Callable[[str], str]] = {
     "one stage": lambda text: text[text.index("FROM python:3.12-slim AS runtime") :].replace("COPY --from=builder", "COPY"),
     "buffered output": lambda text: text.replace("PYTHONUNBUFFERED=1", "PYTHONUNBUFFERED=0"),
     "query default command": lambda text: text.replace('"services.gateway"]', '"services.query"]'),
+    "syntax directive": lambda text: "# syntax=docker/dockerfile:1\n" + text,
+    "pip in the runtime venv": lambda text: text.replace("venv --without-pip", "venv"),
 }
 
 
