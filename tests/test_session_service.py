@@ -26,6 +26,7 @@ from shared.contracts import Subjects
 from shared.errors import ServiceError
 from tests.conftest import Infra
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+from tests.metrics import sample_value
 
 LIFETIME = 1000
 # Sent by redis-py itself (connection set-up, health checks) or by this test's own client.
@@ -59,11 +60,8 @@ class Replica:
 
     def metric(self, name: str, **labels: str) -> float:
         body = urllib.request.urlopen(f"http://127.0.0.1:{self.ops_port}/metrics", timeout=5).read().decode()
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-        for line in body.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
+        value = sample_value(body, name, **labels)
+        return 0.0 if value is None else value  # a labelled counter appears at its first increment
 
 
 @pytest.fixture
