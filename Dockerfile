@@ -18,9 +18,10 @@ WORKDIR /src
 # Dependencies before the code, so editing a service does not rebuild them. Every dependency
 # ships manylinux wheels for CPython 3.12, so the builder needs no compiler. The venv has no pip
 # of its own (the runtime image does not need one): the builder's pip installs into it with --python.
-COPY pyproject.toml ./
+# constraints.txt pins the versions the test suite ran with (`make lock`).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip wheel --wheel-dir /wheels -r requirements.txt \
+    && pip wheel --wheel-dir /wheels -r requirements.txt -c constraints.txt \
     && python -m venv --without-pip /opt/venv \
     && pip --python /opt/venv/bin/python install --no-index --find-links /wheels -r requirements.txt
 

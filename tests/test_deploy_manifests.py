@@ -610,6 +610,8 @@ def check_dockerfile(text: str, ignored: list[str]) -> list[str]:
     if re.search(r"(?im)^#\s*syntax\s*=", text):
         problems.append("a `# syntax=` directive makes BuildKit pull a frontend image from Docker Hub (offline and mirror-only builds fail)")
     runs = [rest for instr, rest in instructions if instr == "RUN"]
+    if not any(re.search(r"pip (wheel|install)\b.*-r requirements\.txt -c constraints\.txt", run) for run in runs):
+        problems.append("the dependencies are not installed with -c constraints.txt, so the image may get versions the tests never ran with")
     pip_removed = any(re.search(r"pip uninstall (-y|--yes) (.* )?pip\b", run) for run in runs)
     for run in runs:
         for venv in re.findall(r"-m venv\b[^&;|]*", run):
@@ -895,6 +897,7 @@ DOCKERFILE_BREAKAGES: dict[str, Callable[[str], str]] = {
     "query default command": lambda text: text.replace('"services.gateway"]', '"services.query"]'),
     "syntax directive": lambda text: "# syntax=docker/dockerfile:1\n" + text,
     "pip in the runtime venv": lambda text: text.replace("venv --without-pip", "venv"),
+    "unpinned dependencies": lambda text: text.replace(" -c constraints.txt", ""),
 }
 
 

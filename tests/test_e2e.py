@@ -232,7 +232,6 @@ async def test_login_is_refused_when_dev_auth_is_off(make_system: SystemFactory)
             assert (await response.json())["error"]["code"] == "forbidden"
 
 
-
 async def test_the_request_id_crosses_nats_into_the_query_service_log(system: System) -> None:
     async with browser(system.url) as client:
         await login(client)

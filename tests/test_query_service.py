@@ -221,9 +221,7 @@ async def test_sigterm_cuts_off_a_stalled_stream_with_an_error_and_exits_0(infra
     await messages.aclose()  # the stream now waits for an acknowledgement that does not come
     assert svc.process.proc is not None
     svc.process.proc.send_signal(signal.SIGTERM)
-    assert [m async for m in consumer.messages()] == [
-        {"t": "error", "error": {"code": UNAVAILABLE, "message": "the query service is shutting down; run the query again"}}
-    ]
+    assert [m async for m in consumer.messages()] == [{"t": "error", "error": {"code": UNAVAILABLE, "message": "the query service is shutting down; run the query again"}}]
     assert svc.process.stop() == 0
     failed = svc.process.events("query_failed")
     assert [e["code"] for e in failed] == [UNAVAILABLE]

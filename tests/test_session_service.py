@@ -220,7 +220,7 @@ async def test_each_call_is_one_redis_command(start_replica, infra, redis_server
 
 async def test_corrupt_bytes_are_no_session_and_are_logged(start_replica, infra, redis_server, rdb, nc) -> None:
     replica = await start_replica(infra.nats_url, redis_server.url)
-    for garbage in [b"\xc1not msgpack", b"\x92\x01\x02", b"\x81\xa1a", b"{\"user\": \"json\"}"]:
+    for garbage in [b"\xc1not msgpack", b"\x92\x01\x02", b"\x81\xa1a", b'{"user": "json"}']:
         sid = new_sid()
         rdb.set(f"session:{sid}", garbage)
 
