@@ -93,12 +93,12 @@ class Figures:
 
 # --- data ------------------------------------------------------------------------------
 
+
 def build_sqlite(path: Path, rows: int) -> None:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, qty INTEGER, price REAL, name TEXT, created TEXT)")
     conn.execute(
-        "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-        "SELECT i, i % 100, (i % 1000) / 10.0, 'item ' || i, datetime(1700000000 + i, 'unixepoch') FROM n",
+        "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) SELECT i, i % 100, (i % 1000) / 10.0, 'item ' || i, datetime(1700000000 + i, 'unixepoch') FROM n",
         (rows,),
     )
     conn.commit()
@@ -129,6 +129,7 @@ async def drop_postgres(url: str, schema: str) -> None:
 
 # --- raw driver ------------------------------------------------------------------------
 
+
 def raw_sqlite(path: Path) -> float:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     started = time.perf_counter()
@@ -156,6 +157,7 @@ async def raw_postgres(url: str, schema: str) -> float:
 
 
 # --- end to end ------------------------------------------------------------------------
+
 
 class RssSampler:
     """Samples VmRSS of some processes every `interval_s` in a thread; reports growth over the start."""
@@ -243,9 +245,7 @@ async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, sou
     return rows, seconds, preview_ms
 
 
-async def end_to_end(
-    base_url: str, pids: dict[str, int], cpu_pids: dict[str, int], sql: str, source: str, rows: int, figures: Figures, raw: Callable[[], Awaitable[float]], runs: int
-) -> None:
+async def end_to_end(base_url: str, pids: dict[str, int], cpu_pids: dict[str, int], sql: str, source: str, rows: int, figures: Figures, raw: Callable[[], Awaitable[float]], runs: int) -> None:
     """`runs` times: the raw rate, then `sql` streamed through the gateway.
 
     `pids` are sampled for memory, `cpu_pids` (plus this client) for CPU time.
@@ -276,6 +276,7 @@ def fmt_mb(values: dict[str, float]) -> str:
 
 
 # --- report ----------------------------------------------------------------------------
+
 
 def report(figures: list[Figures]) -> tuple[str, bool]:
     ok = True

@@ -35,10 +35,7 @@ INFRA = "testcontainers" if _docker_engine_answers() else "local"
 def pytest_report_header(config: pytest.Config) -> str:
     if INFRA == "testcontainers":
         return "servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"
-    return (
-        "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB "
-        "at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
-    )
+    return "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
 
 
 @dataclass

@@ -57,6 +57,7 @@ async def refused(engine: Engine, sql: str) -> ServiceError:
 
 # --- PostgreSQL ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 async def pg_schema(databases: Databases) -> AsyncIterator[str]:
     schema = f"qt_{uuid.uuid4().hex[:10]}"
@@ -95,13 +96,13 @@ async def test_postgres_values_and_column_types(pg: Engine, pg_schema: str) -> N
     assert [c["type"] for c in columns] == [
         "int8", "int4", "numeric", "float8", "timestamp", "timestamptz", "date", "time", "timetz",
         "interval", "uuid", "json", "jsonb", "int8[]", "bytea", "bool", "text", "text",
-    ]
+    ]  # fmt: skip
     assert rows == [[
         "9007199254740993", 42, "12345.6789", "NaN", "2024-05-01T12:00:00", "2024-05-01T10:00:00+00:00",
         "2024-05-01", "13:14:15", "13:14:15+02:00", "P1Y2M3DT4H5M6S",
         "00000000-0000-0000-0000-000000000001", {"a": 1}, {"b": [1, 2]}, [1, "9007199254740993"],
         "AP8=", True, "hello", None,
-    ]]
+    ]]  # fmt: skip
 
 
 async def test_postgres_batches_of_plain_types_keep_big_ints_and_nan_exact(pg: Engine) -> None:
@@ -156,9 +157,7 @@ async def test_postgres_streams_a_large_result_in_order(pg: Engine, pg_schema: s
 async def _pg_active(databases: Databases, marker: str) -> int:
     conn = await asyncpg.connect(databases.postgres)
     try:
-        return await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()", f"%{marker}%"
-        )
+        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()", f"%{marker}%")
     finally:
         await conn.close()
 
@@ -226,6 +225,7 @@ async def test_client_disconnect_stops_the_postgres_query(infra: Infra, database
 
 # --- MariaDB / MySQL ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 async def my_url(databases: Databases) -> AsyncIterator[str]:
     """A MariaDB database of this test run, with a types table and a sequence-free big table."""
@@ -262,11 +262,11 @@ async def test_mariadb_values_and_column_types(my: Engine) -> None:
     columns, rows = await read_all(my, "SELECT * FROM types")
     assert [c["type"] for c in columns] == [
         "BIGINT", "INT", "DECIMAL", "DOUBLE", "DATETIME", "TIMESTAMP", "DATE", "TIME", "BIT", "BLOB", "TEXT", "ENUM", "VARCHAR", "VARCHAR",
-    ]
+    ]  # fmt: skip
     assert rows == [[
         "18446744073709551615", 42, "12345.6789", 1.5, "2024-05-01T12:00:00.250000", "2024-05-01T12:00:00", "2024-05-01",
         "-01:02:03", 5, "AP8=", '{"a": 1}', "b", "hello", None,
-    ]]
+    ]]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -332,6 +332,7 @@ async def test_mariadb_query_left_early_is_killed_and_the_pool_still_serves(my: 
 
 # --- SQLite ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def sqlite_file(tmp_path: Path) -> Path:
     path = tmp_path / "types.db"
@@ -357,7 +358,7 @@ async def test_sqlite_values_and_inferred_types(lite: Engine) -> None:
     assert columns == [
         {"name": "i", "type": "INTEGER"}, {"name": "r", "type": "REAL"}, {"name": "s", "type": "TEXT"},
         {"name": "b", "type": "BLOB"}, {"name": "n", "type": "NULL"},
-    ]
+    ]  # fmt: skip
     assert rows == [[str(2**62), "Infinity", "x", "AQ==", None]]
 
 

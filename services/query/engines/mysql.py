@@ -50,7 +50,7 @@ _TYPE_NAMES = {
     7: "TIMESTAMP", 8: "BIGINT", 9: "MEDIUMINT", 10: "DATE", 11: "TIME", 12: "DATETIME", 13: "YEAR",
     14: "DATE", 15: "VARCHAR", 16: "BIT", 245: "JSON", 246: "DECIMAL", 247: "ENUM", 248: "SET",
     249: "TINYBLOB", 250: "MEDIUMBLOB", 251: "LONGBLOB", 252: "BLOB", 253: "VARCHAR", 254: "CHAR", 255: "GEOMETRY",
-}
+}  # fmt: skip
 _TEXT_NAMES = {"TINYBLOB": "TINYTEXT", "MEDIUMBLOB": "MEDIUMTEXT", "LONGBLOB": "LONGTEXT", "BLOB": "TEXT"}
 _BINARY_NAMES = {"VARCHAR": "VARBINARY", "CHAR": "BINARY"}
 _BINARY_CHARSET = 63
@@ -181,11 +181,7 @@ class MysqlEngine(Engine):
         await conn.read_packet()
         if self._mariadb is None:
             self._mariadb = "mariadb" in conn.get_server_info().lower()
-        limit = (
-            f"SET SESSION max_statement_time = {timeout_s:.3f}"
-            if self._mariadb
-            else f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}"
-        )
+        limit = f"SET SESSION max_statement_time = {timeout_s:.3f}" if self._mariadb else f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}"
         async with conn.cursor() as cur:
             await cur.execute("SET SESSION TRANSACTION READ ONLY")
             await cur.execute(limit)
@@ -207,9 +203,7 @@ class MysqlEngine(Engine):
     async def _kill_query(self, conn: Any) -> None:
         try:
             thread_id = conn.thread_id()
-            killer = await asyncio.wait_for(
-                asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s
-            )
+            killer = await asyncio.wait_for(asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s)
             try:
                 async with killer.cursor() as cur:
                     await asyncio.wait_for(cur.execute(f"KILL QUERY {int(thread_id)}"), self.settings.connect_timeout_s)

@@ -39,14 +39,14 @@ _NO_FLOAT_TYPES = frozenset(
         "date", "time", "timetz", "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb", "bytea",
         "inet", "cidr", "macaddr", "xml", "bit", "varbit", "tsvector",
     }
-)
+)  # fmt: skip
 # Types whose values (as this engine decodes them) orjson writes itself, exactly.
 _NATIVE_TYPES = frozenset(
     {
         "int2", "int4", "int8", "oid", "float4", "float8", "bool", "text", "varchar", "bpchar", "name",
         "date", "timestamp", "timestamptz", "interval", "money", "xml",
     }
-)
+)  # fmt: skip
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
@@ -125,11 +125,7 @@ class PostgresEngine(Engine):
         ms = max(1, int(timeout_s * 1000))
         try:
             try:
-                await conn.execute(
-                    "BEGIN READ ONLY;"
-                    f" SET LOCAL statement_timeout = {ms};"
-                    f" SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
-                )
+                await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
                 statement = await conn.prepare(sql)
                 if not statement.get_attributes():
                     # COPY, SET, COMMIT, DO, CALL...: refused before they run, whatever the guard said.
