@@ -12,6 +12,10 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
 
 import asyncmy
 import asyncpg
@@ -26,6 +30,8 @@ from tests.client import browser, login, run_query
 from tests.conftest import Databases, MysqlReader, PostgresReader, SystemFactory, mysql_connect_args, with_account
 
 SETTINGS = EngineSettings(pool_size=1, connect_timeout_s=10.0)
+ROOT = Path(__file__).resolve().parent.parent
+READER_SQL = ROOT / "deploy" / "postgres" / "reader.sql"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
@@ -344,6 +350,49 @@ def test_query_allow_privileged_is_off_by_default_and_a_bad_value_names_the_vari
     assert QueryConfig.from_env({"QUERY_ALLOW_PRIVILEGED": "1"}).allow_privileged is True
     with pytest.raises(ConfigError, match="QUERY_ALLOW_PRIVILEGED"):
         QueryConfig.from_env({"QUERY_ALLOW_PRIVILEGED": "maybe"})
+
+
+# --- The reader role of compose and the Kubernetes dev overlay --------------------------------
+
+
+async def test_the_example_reader_role_passes_the_check_and_reads_the_demo_schema(databases: Databases) -> None:
+    """deploy/postgres/reader.sql, run in a database of its own (its role renamed to be unique here)."""
+    suffix = uuid.uuid4().hex[:10]
+    database, role = f"acct_demo_{suffix}", f"dbgenie_reader_{suffix}"
+    admin = await asyncpg.connect(databases.postgres)
+    await admin.execute(f"CREATE DATABASE {database}")
+    try:
+        owner = await asyncpg.connect(with_account(databases.postgres, *_user_password(databases.postgres), database))
+        try:
+            await owner.execute(READER_SQL.read_text().replace("dbgenie_reader", role))
+        finally:
+            await owner.close()
+        sources = Sources({"default": with_account(databases.postgres, role, "reader-dev-only", database)}, SETTINGS)
+        try:
+            assert await rows(sources, "default", "SELECT count(*), count(DISTINCT customer_id) FROM demo.orders") == [(500, 3)]
+        finally:
+            await sources.close()
+    finally:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
+        await admin.execute(f"DROP DATABASE IF EXISTS {database}")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
+def _user_password(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.username or "postgres", parts.password or ""
+
+
+def test_the_kubernetes_dev_overlay_runs_the_same_reader_sql_and_connects_as_the_reader() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "overlays" / "dev" / "postgres.yaml").read_text()))
+    [init] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "postgres-init"]
+    assert init["data"]["reader.sql"] == READER_SQL.read_text()
+    [query_secret] = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "dbgenie-query"]
+    assert query_secret["stringData"]["QUERY_SOURCES"].startswith("demo=postgresql://dbgenie_reader:")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["query"]["environment"]["QUERY_SOURCES"] == query_secret["stringData"]["QUERY_SOURCES"]
+    assert "./deploy/postgres/reader.sql:/docker-entrypoint-initdb.d/10-reader.sql:ro" in compose["services"]["postgres"]["volumes"]
 
 
 # --- Through HTTP: a refused source, the override ---------------------------------------------
