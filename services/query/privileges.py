@@ -226,7 +226,8 @@ def _unquote(name: str) -> str:
 
 
 def _quote(role: str) -> str:
-    return "`" + role.replace("`", "``") + "`"
+    """A role name for SET ROLE: `name`, or `name`@`host` for MySQL 8's roles."""
+    return "@".join("`" + part.replace("`", "``") + "`" for part in role.split("@", 1))
 
 
 def _split_top_level(text: str) -> list[str]:

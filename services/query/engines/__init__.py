@@ -88,7 +88,10 @@ class Sources:
                 await self._close(engine)
                 if isinstance(exc, ServiceError):
                     raise
-                raise ServiceError(UNAVAILABLE, f"cannot open source {engine.name!r} ({redact_url(engine.url)}): {str(exc) or type(exc).__name__}") from None
+                # Not knowing the account's privileges is no better than knowing them bad.
+                raise ServiceError(
+                    UNAVAILABLE, f"cannot open source {engine.name!r} ({redact_url(engine.url)}) or check its account: {str(exc) or type(exc).__name__}"
+                ) from None
             if account is not None and account.findings:
                 if not self.allow_privileged:
                     await self._close(engine)
