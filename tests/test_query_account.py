@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from services.query import engines
 from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources, create_engine
 from services.query.privileges import Grant, mysql_findings, parse_grants
@@ -169,6 +170,25 @@ async def test_a_privileged_postgres_account_is_refused_naming_the_source_and_th
             await sources.open(sources.resolve("warehouse"))
         assert again.value.message == error.message
         await eventually(lambda: _no_sessions(databases, role), "the refused source's connections to close")
+    finally:
+        await sources.close()
+
+
+async def test_revoking_the_privilege_serves_the_source_without_a_restart(
+    pg_account: PgAccount, databases: Databases, acct_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engines, "REFUSAL_RECHECK_S", 0.0)  # ask again at once instead of after 30 s
+    role, url = await pg_account("GRANT DELETE ON {schema}.t TO {role}")
+    sources = Sources({"default": url}, SETTINGS)
+    try:
+        with pytest.raises(ServiceError, match="DELETE on table"):
+            await sources.open(sources.resolve("default"))
+        admin = await asyncpg.connect(databases.postgres)
+        try:
+            await admin.execute(f"REVOKE DELETE ON {acct_schema}.t FROM {role}")
+        finally:
+            await admin.close()
+        assert await rows(sources, "default", f"SELECT a FROM {acct_schema}.t") == [(1,)]
     finally:
         await sources.close()
 
@@ -402,6 +422,8 @@ async def test_a_refused_source_answers_a_clear_error_while_the_others_serve(
     make_system: SystemFactory, databases: Databases, pg_reader: PostgresReader, acct_schema: str
 ) -> None:
     system = make_system(QUERY_SOURCES=f"reader={pg_reader.url},admin={databases.postgres}")
+    query = system.services["query"]
+    query.wait_for_line(lambda line: '"source_refused"' in line)  # checked at start, before any query
     async with browser(system.url) as client:
         await login(client)
         response, parts = await run_query(client, "SELECT 1 AS one", source="admin")
@@ -412,7 +434,6 @@ async def test_a_refused_source_answers_a_clear_error_while_the_others_serve(
         assert data_rows(parts) == [[1, "one"]]
         response, parts = await run_query(client, "SELECT 1 AS one", source="admin")
         assert "source 'admin' is not served" in error_part(parts)
-    query = system.services["query"]
     refused = query.events("source_refused")
     assert [e["source"] for e in refused] == ["admin"] and refused[0]["level"] == "error"
     assert not query.events("privileged_sources_allowed")

@@ -42,6 +42,14 @@ async def main() -> None:
             )
         sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size), allow_privileged=config.allow_privileged)
         stack.push_async_callback(sources.close)
+        # Check every source's account now, in the background: queries wait for nothing.
+        opening = asyncio.create_task(sources.open_all())
+
+        async def stop_opening() -> None:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+
+        stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
         server = Server(nc)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)

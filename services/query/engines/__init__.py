@@ -80,13 +80,13 @@ class Sources:
                 return engine
             refused = self._refused.get(engine.name)
             if refused is not None and time.monotonic() < refused[0]:
-                raise refused[1]
+                raise ServiceError(refused[1].code, refused[1].message)
             try:
                 await engine.open()
                 account = await engine.account()
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: a half-opened engine is closed
                 await self._close(engine)
-                if isinstance(exc, ServiceError):
+                if isinstance(exc, ServiceError) or not isinstance(exc, Exception):
                     raise
                 # Not knowing the account's privileges is no better than knowing them bad.
                 raise ServiceError(
@@ -104,6 +104,15 @@ class Sources:
             self._opened[engine.name] = engine
             log.info("source_opened", source=engine.name, dialect=engine.dialect, url=redact_url(engine.url), account=account.name if account else None)
         return engine
+
+    async def open_all(self) -> None:
+        """Open every source once, at start, so that a refused or unreachable one is logged before anyone asks for it."""
+        for name in self.names:
+            try:
+                await self.open(self._engines[name])
+            except ServiceError as exc:
+                if name not in self._refused:  # a refusal has logged itself
+                    log.warning("source_unavailable", source=name, error=exc.message)
 
     async def _close(self, engine: Engine) -> None:
         try:
