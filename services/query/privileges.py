@@ -232,7 +232,9 @@ def _quote(role: str) -> str:
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas outside parentheses and quotes: 'SELECT (`a`, `b`), INSERT' -> ['SELECT (`a`, `b`)', 'INSERT']."""
-    parts, depth, quote, current = [], 0, "", []
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for char in text:
         if quote:
             if char == quote:

@@ -45,7 +45,6 @@ _MULTI_STATEMENTS_OFF = b"\x01\x00"
 _READ_ONLY_TRANSACTION = 1792  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
 _STATEMENT_TIMEOUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
 _QUERY_INTERRUPTED = 1317  # KILL QUERY (ours when a query is left early; anyone's otherwise)
-_CONNECTION_KILLED = 1927  # MariaDB: KILL CONNECTION from another session
 # ER_DBACCESS_DENIED, ER_TABLEACCESS_DENIED, ER_COLUMNACCESS_DENIED, ER_SPECIFIC_ACCESS_DENIED, ER_PROCACCESS_DENIED
 _ACCESS_DENIED = {1044, 1142, 1143, 1227, 1370}
 
@@ -257,8 +256,8 @@ class MysqlEngine(Engine):
             return ServiceError(QUERY_REFUSED, f"the database refused the statement (read-only session): {_text(exc)}")
         if code in _ACCESS_DENIED:
             return ServiceError(QUERY_REFUSED, f"the database refused the statement (the source's account may not do this): {_text(exc)}")
-        if code in (_QUERY_INTERRUPTED, _CONNECTION_KILLED):
-            # KILL [QUERY] from another session: ours only ever hits a query already left.
+        if code == _QUERY_INTERRUPTED:
+            # KILL QUERY from another session: ours only ever hits a query already left.
             return ServiceError(QUERY_FAILED, f"cancelled by the database: {_text(exc)}")
         if isinstance(exc, asyncmy.errors.OperationalError) and code is not None and code >= 2000:
             return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")

@@ -162,7 +162,11 @@ class PostgresEngine(Engine):
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
         try:
-            if not conn.is_closed() and conn.is_in_transaction():
+            closed = conn.is_closed()
+        except asyncpg.InterfaceError:  # the pool took back the lost connection itself
+            return
+        try:
+            if not closed and conn.is_in_transaction():
                 await asyncio.wait_for(conn.execute("ROLLBACK"), self.settings.connect_timeout_s)
         except Exception as exc:  # a broken connection: drop it rather than reuse it
             log.warning("postgres_rollback_failed", source=self.name, error=_text(exc))
@@ -173,13 +177,18 @@ class PostgresEngine(Engine):
             log.warning("postgres_release_failed", source=self.name, error=_text(exc))
 
     def error(self, exc: BaseException, timeout_s: float) -> ServiceError:
+        if isinstance(exc, asyncpg.ConnectionDoesNotExistError) and isinstance(exc.__cause__, asyncpg.PostgresError):
+            exc = exc.__cause__  # the server said why it closed the connection (a FATAL error): that is the error
         if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (
             isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)
         ):
             return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
-        if isinstance(exc, (asyncpg.QueryCanceledError, asyncpg.AdminShutdownError)):
-            # pg_cancel_backend / pg_terminate_backend from another session, a recovery conflict...
+        if isinstance(exc, asyncpg.QueryCanceledError):
+            # pg_cancel_backend from another session, a recovery conflict...
             return ServiceError(QUERY_FAILED, f"cancelled by the database: {_text(exc)}")
+        if isinstance(exc, asyncpg.AdminShutdownError):
+            # pg_terminate_backend from another session, or the server shutting down: try again later.
+            return ServiceError(UNAVAILABLE, f"cancelled by the database: {_text(exc)}")
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
             return ServiceError(QUERY_REFUSED, f"PostgreSQL refused the statement (read-only transaction): {_text(exc)}")
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
