@@ -1,4 +1,4 @@
-"""Test fixtures: the one place that chooses testcontainers or local servers, and whole systems."""
+"""Test fixtures: the one place that chooses testcontainers or local servers, whole systems, and the reader roles queries run as."""
 
 from __future__ import annotations
 

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
 import asyncmy
 import asyncpg
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
 from services.query import engines
