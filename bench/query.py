@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -119,10 +120,22 @@ async def build_postgres(url: str, schema: str, rows: int) -> None:
         await conn.close()
 
 
+async def create_postgres_reader(url: str, schema: str) -> str:
+    """A login role named after `schema` that may only read it (the query service refuses a writer); its URL."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE ROLE {schema}_reader LOGIN PASSWORD 'bench'; GRANT USAGE ON SCHEMA {schema} TO {schema}_reader; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {schema}_reader")
+    finally:
+        await conn.close()
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{schema}_reader:bench@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
+
+
 async def drop_postgres(url: str, schema: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.execute(f"DROP ROLE IF EXISTS {schema}_reader")
     finally:
         await conn.close()
 
@@ -319,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = [("sqlite", "bench_sqlite", "SELECT id, qty, price, name, created FROM t")]
     if args.postgres_url:
         asyncio.run(build_postgres(args.postgres_url, schema, args.rows))
-        sources["bench_pg"] = args.postgres_url
+        sources["bench_pg"] = asyncio.run(create_postgres_reader(args.postgres_url, schema))
         engines.append(("postgresql", "bench_pg", f"SELECT id, qty, price, name, created FROM {schema}.t"))
     print(f"  data built in {time.perf_counter() - started:.1f}s", flush=True)
 

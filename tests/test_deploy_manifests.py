@@ -452,7 +452,7 @@ def _seconds(duration: str | int) -> float:
 def check_compose(compose: dict[str, Any]) -> list[str]:
     problems = []
     services = compose.get("services", {})
-    expected = {"nats", "redis", *SERVICES}
+    expected = {"nats", "redis", "postgres", *SERVICES}
     if set(services) != expected:
         problems.append(f"compose services are {sorted(services)}, expected {sorted(expected)}")
     for name, service in services.items():

@@ -2,7 +2,8 @@
 
 PostgreSQL and MariaDB come from testcontainers where a Docker engine answers, else from
 the local servers (127.0.0.1:5432 user postgres, 127.0.0.1:3306 user root). Each test run
-works in a schema / database of its own, dropped at the end.
+works in a schema / database of its own, dropped at the end, which the engines read through
+the session's reader role (tests/conftest.py), never as the admin that built it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from services.query.values import RowEncoder
 from shared.contracts import Subjects
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, ServiceError
 from shared.stream import StreamConsumer
-from tests.conftest import Databases, Infra
+from tests.conftest import Databases, Infra, MysqlReader, PostgresReader
 from tests.harness import Service, free_port, service_env
 
 
@@ -59,7 +60,7 @@ async def refused(engine: Engine, sql: str) -> ServiceError:
 
 
 @pytest.fixture(scope="session")
-async def pg_schema(databases: Databases) -> AsyncIterator[str]:
+async def pg_schema(databases: Databases, pg_reader: PostgresReader) -> AsyncIterator[str]:
     schema = f"qt_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(databases.postgres)
     try:
@@ -77,6 +78,7 @@ async def pg_schema(databases: Databases) -> AsyncIterator[str]:
             CREATE TABLE {schema}.big AS SELECT g AS id, md5(g::text) AS label FROM generate_series(1, 200000) g;
             CREATE SEQUENCE {schema}.seq;
         """)
+        await pg_reader.grant(schema)
         yield schema
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -84,8 +86,8 @@ async def pg_schema(databases: Databases) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def pg(databases: Databases) -> AsyncIterator[Engine]:
-    engine = create_engine("pg", databases.postgres, EngineSettings(pool_size=2))
+async def pg(pg_reader: PostgresReader) -> AsyncIterator[Engine]:
+    engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=2))
     await engine.open()
     yield engine
     await engine.close()
@@ -187,12 +189,12 @@ async def _gone(databases: Databases, marker: str) -> bool:
     return await _pg_active(databases, marker) == 0
 
 
-async def test_client_disconnect_stops_the_postgres_query(infra: Infra, databases: Databases, pg_schema: str) -> None:
+async def test_client_disconnect_stops_the_postgres_query(infra: Infra, databases: Databases, pg_reader: PostgresReader, pg_schema: str) -> None:
     """Through a real query service: a consumer that cancels mid-stream, or while the database works, frees the backend."""
     prefix = f"q{uuid.uuid4().hex[:10]}"
     service = Service(
         "query",
-        service_env(NATS_URL=infra.nats_url, NATS_SUBJECT_PREFIX=prefix, QUERY_DATABASE_URL=databases.postgres, OPS_PORT=str(free_port())),
+        service_env(NATS_URL=infra.nats_url, NATS_SUBJECT_PREFIX=prefix, QUERY_DATABASE_URL=pg_reader.url, OPS_PORT=str(free_port())),
     ).start()
     nc = await nats.connect(infra.nats_url)
     try:
@@ -227,8 +229,8 @@ async def test_client_disconnect_stops_the_postgres_query(infra: Infra, database
 
 
 @pytest.fixture(scope="session")
-async def my_url(databases: Databases) -> AsyncIterator[str]:
-    """A MariaDB database of this test run, with a types table and a sequence-free big table."""
+async def my_url(databases: Databases, my_reader: MysqlReader) -> AsyncIterator[str]:
+    """A MariaDB database of this test run, with a types table, as the reader account's URL."""
     name = f"qt_{uuid.uuid4().hex[:10]}"
     url = urlsplit(databases.mysql)
     conn = await asyncmy.connect(host=url.hostname, port=url.port or 3306, user=url.username, password=url.password or "")
@@ -242,8 +244,8 @@ async def my_url(databases: Databases) -> AsyncIterator[str]:
                 18446744073709551615, 42, 12345.6789, 1.5, '2024-05-01 12:00:00.250', '2024-05-01 12:00:00',
                 '2024-05-01', '-01:02:03', b'00000101', x'00ff', '{{"a": 1}}', 'b', 'hello', NULL)""")
             await cur.execute("COMMIT")
-        base, _, _ = databases.mysql.rpartition("/")
-        yield f"{base}/{name}"
+        await my_reader.grant(name)
+        yield my_reader.url(name)
     finally:
         async with conn.cursor() as cur:
             await cur.execute(f"DROP DATABASE IF EXISTS {name}")
