@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from services.gateway import handlers, keys, metrics
+from services.gateway import handlers, keys, metrics, webapp
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
@@ -109,6 +109,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    webapp.setup(app)
     return app
 
 

@@ -1,0 +1,177 @@
+"""The web app in a real browser: Playwright (pytest-playwright) drives Debian's Chromium against a running system.
+
+Each test signs in through the page's own form and works the page as a person would, with
+the keyboard where that is the point. Every page also watches for Content-Security-Policy
+violations and uncaught errors: a test fails on any. On failure pytest-playwright keeps a
+screenshot under var/test-artifacts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import System
+from tests.web_support import axe_violations, ensure_built, launch_args, require_chromium
+
+CHROMIUM = require_chromium()
+
+BIG = 200_000
+BIG_SQL = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BIG}) SELECT i AS id, 'row ' || i AS label, i * 0.5 AS half FROM n"
+# Cells that CSV must quote or keep apart: commas, quotes, line breaks, spaces at the ends, NULL, numbers.
+TRICKY_SQL = (
+    "SELECT 1 AS id, 'plain' AS txt, 1.5 AS num UNION ALL SELECT 2, 'a,b', -2 UNION ALL SELECT 3, 'say \"hi\"', NULL "
+    "UNION ALL SELECT 4, 'two' || char(10) || 'lines', 0.25 UNION ALL SELECT 5, ' padded ', 1e21 UNION ALL SELECT 6, NULL, 7 ORDER BY id"
+)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args() -> dict[str, Any]:
+    """pytest-playwright: launch Debian's Chromium with flags for a root, offline, headless run."""
+    return launch_args(CHROMIUM)
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """Instead of pytest-playwright's fallback fixture (a class method that pytest 9 warns about): the system's URL comes per test."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    ensure_built()
+
+
+@pytest.fixture
+def browser_context_args(browser_context_args: dict[str, Any], system: System, built: None) -> dict[str, Any]:
+    return {**browser_context_args, "base_url": system.url, "accept_downloads": True, "viewport": {"width": 1400, "height": 900}}
+
+
+@pytest.fixture
+def problems(page: Page) -> Iterator[list[str]]:
+    """CSP violations and uncaught errors seen on the page; the test fails if there are any."""
+    seen: list[str] = []
+    page.on("console", lambda msg: seen.append(f"{msg.text} at {msg.location}") if msg.type == "error" and "Content Security Policy" in msg.text else None)
+    page.on("pageerror", lambda exc: seen.append(f"uncaught: {exc}"))
+    yield seen
+    assert not seen, seen
+
+
+def sign_in(page: Page, name: str = "Ada") -> str:
+    email = f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com"
+    page.goto("/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Name").press("Enter")
+    expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    return email
+
+
+def run_sql(page: Page, sql: str) -> None:
+    editor = page.locator("#editor .cm-content")
+    editor.click()
+    editor.fill(sql)
+    editor.press("Control+Enter")
+
+
+def expected_rows(sql: str) -> list[tuple[Any, ...]]:
+    """The same query run by Python's own SQLite: what the page must show."""
+    with sqlite3.connect(":memory:") as db:
+        return db.execute(sql).fetchall()
+
+
+def csv_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))  # JavaScript prints 2.0 as "2"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def test_sign_in_with_the_dev_form_then_sign_out(page: Page, problems: list[str]) -> None:
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    email = sign_in(page, "Grace")
+    me = page.request.get("/api/me").json()
+    assert me["user"]["email"] == email
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.request.get("/api/me").status == 401
+
+
+def test_a_query_of_200000_rows_scrolls_to_its_last_row_with_the_keyboard(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, BIG_SQL)
+    expect(page.get_by_role("status")).to_have_text(f"{BIG:,} rows", timeout=60_000)
+    grid = page.get_by_role("grid", name="Query result")
+    assert grid.get_attribute("aria-rowcount") == str(BIG + 1)
+    grid.focus()
+    page.keyboard.press("End")
+    last = grid.locator(f'[role="row"][aria-rowindex="{BIG + 1}"]')
+    expect(last).to_be_visible()
+    expect(last.get_by_role("gridcell")).to_have_text([str(BIG), f"row {BIG}", str(BIG * 0.5).removesuffix(".0")])
+    # Only the rows in view are in the document, not 200,000.
+    assert grid.locator('[role="row"]').count() < 100
+    page.keyboard.press("Home")
+    expect(grid.locator('[role="row"][aria-rowindex="2"]').get_by_role("gridcell")).to_have_text(["1", "row 1", "0.5"])
+
+
+def test_the_csv_download_holds_exactly_the_rows(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, TRICKY_SQL)
+    expect(page.get_by_role("status")).to_have_text("6 rows")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    download = download_info.value
+    assert download.suggested_filename == "result.csv"
+    with open(download.path(), newline="", encoding="utf-8") as handle:
+        raw = handle.read()
+    got = list(csv.reader(io.StringIO(raw)))
+    want = [["id", "txt", "num"]] + [[csv_text(cell) for cell in row] for row in expected_rows(TRICKY_SQL)]
+    assert got == want
+    assert raw.endswith("\r\n")
+
+
+def test_the_csv_of_200000_rows_equals_them(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, BIG_SQL)
+    expect(page.get_by_role("status")).to_have_text(f"{BIG:,} rows", timeout=60_000)
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    with open(download_info.value.path(), newline="", encoding="utf-8") as handle:
+        got = list(csv.reader(handle))
+    assert got[0] == ["id", "label", "half"]
+    assert got[1:] == [[csv_text(cell) for cell in row] for row in expected_rows(BIG_SQL)]
+
+
+def test_a_refused_query_shows_the_servers_message(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, "DELETE FROM customers")
+    expect(page.get_by_role("alert").filter(has_text=re.compile("read-only|not allowed|only", re.I))).to_be_visible()
+
+
+def test_the_chart_draws_a_numeric_column_against_another(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i AS x, i * i AS y FROM n")
+    expect(page.get_by_role("status")).to_have_text("50 rows")
+    expect(page.get_by_role("img", name="y by x: 50 points")).to_be_visible()
+    page.get_by_label("Y (numeric)").select_option(label="x")
+    expect(page.get_by_role("img", name="x by x: 50 points")).to_be_visible()
+
+
+def test_the_pages_pass_axe_core(page: Page, problems: list[str]) -> None:
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert axe_violations(page) == []
+    sign_in(page)
+    run_sql(page, TRICKY_SQL)
+    expect(page.get_by_role("status")).to_have_text("6 rows")
+    assert axe_violations(page) == []

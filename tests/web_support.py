@@ -1,0 +1,73 @@
+"""Shared pieces of the browser tests: finding Debian's Chromium, the pytest-playwright launch settings, the built page, axe-core.
+
+Playwright drives Debian's `chromium-headless-shell` (found through CHROMIUM_PATH or on PATH)
+rather than a browser it downloads. Under CI=true a missing browser fails the run; elsewhere
+the browser tests are skipped with one message that says how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT
+
+WEB = ROOT / "services" / "gateway" / "web"
+STATIC = ROOT / "services" / "gateway" / "static"
+AXE = WEB / "node_modules" / "axe-core" / "axe.min.js"
+BROWSER_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser")
+LAUNCH_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+MISSING = (
+    "browser tests need Debian's Chromium: `apt-get install chromium-headless-shell` (as .ci/run does), "
+    "or set CHROMIUM_PATH to a Chromium binary; under CI=true a missing browser fails the run"
+)
+
+
+def chromium_path() -> str | None:
+    """CHROMIUM_PATH, else the first of BROWSER_NAMES on PATH."""
+    given = os.environ.get("CHROMIUM_PATH")
+    if given:
+        return given if Path(given).is_file() else None
+    return next((found for name in BROWSER_NAMES if (found := shutil.which(name))), None)
+
+
+def require_chromium() -> str:
+    """The browser's path; otherwise fail under CI=true, or skip the calling module elsewhere."""
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(MISSING, pytrace=False)
+        pytest.skip(MISSING, allow_module_level=True)
+    return path
+
+
+def _newest_source() -> float:
+    files = [WEB / "package.json", WEB / "package-lock.json", WEB / "build.mjs", *(WEB / "src").iterdir()]
+    return max(path.stat().st_mtime for path in files)
+
+
+def ensure_built() -> None:
+    """Build the page as `make` would when a test is run without make and the build is missing or older than its sources."""
+    index = STATIC / "index.html"
+    if not index.exists() or index.stat().st_mtime < _newest_source() or not AXE.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_web.py")], cwd=ROOT, check=True, timeout=600)
+
+
+def launch_args(executable: str) -> dict[str, Any]:
+    return {"executable_path": executable, "args": LAUNCH_FLAGS, "headless": True}
+
+
+def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """Run axe-core (npm, from the local file) on the page as it is; the violations, each with the nodes it names.
+
+    The script is evaluated through the DevTools protocol, which the page's CSP does not govern.
+    """
+    page.evaluate(AXE.read_text())
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"], "nodes": [n["target"] for n in v["nodes"]]} for v in result["violations"]]
