@@ -23,10 +23,7 @@ STATIC = ROOT / "services" / "gateway" / "static"
 AXE = WEB / "node_modules" / "axe-core" / "axe.min.js"
 BROWSER_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser")
 LAUNCH_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-MISSING = (
-    "browser tests need Debian's Chromium: `apt-get install chromium-headless-shell` (as .ci/run does), "
-    "or set CHROMIUM_PATH to a Chromium binary; under CI=true a missing browser fails the run"
-)
+MISSING = "browser tests need Debian's Chromium: `apt-get install chromium-headless-shell` (as .ci/run does), or set CHROMIUM_PATH to a Chromium binary; under CI=true a missing browser fails the run"
 
 
 def chromium_path() -> str | None:

@@ -215,7 +215,7 @@ def _check_firebase_web_config(raw: str, project_id: str) -> None:
     try:
         value = json.loads(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be the Firebase web app's config as JSON, e.g. {{\"apiKey\": \"...\", \"authDomain\": \"p.firebaseapp.com\", \"projectId\": \"p\"}}") from None
+        raise ConfigError(f'{name} must be the Firebase web app\'s config as JSON, e.g. {{"apiKey": "...", "authDomain": "p.firebaseapp.com", "projectId": "p"}}') from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ConfigError(f"{name} must be a JSON object of strings")
     unknown = sorted(set(value) - set(_FIREBASE_WEB_KEYS))
