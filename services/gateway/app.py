@@ -13,6 +13,7 @@ from aiohttp import web
 from services.gateway import handlers, keys, metrics
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
+from services.gateway.limits import Limiter
 from services.gateway.sessions import SessionClient, SessionCookie
 from shared.bus import close, connect, request
 from shared.contracts import Subjects
@@ -115,6 +116,7 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     nc = await connect(config.nats_url, "gateway")
     app[keys.NATS_CLIENT] = nc
     app[keys.SESSIONS] = SessionClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
+    app[keys.LIMITER] = Limiter(nc, app[keys.SUBJECTS], config.session_timeout_s)
     yield
     await close(nc)
 
