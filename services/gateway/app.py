@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from services.gateway import handlers, keys, metrics
+from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.limits import Limiter
@@ -105,6 +106,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/api/me", handlers.me)
     app.router.add_post("/api/conversations", handlers.new_conversation)
     app.router.add_post("/api/query", handlers.query)
+    chat.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

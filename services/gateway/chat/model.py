@@ -163,9 +163,9 @@ class ModelClient:
                     if usage is not None:
                         input_tokens = getattr(usage, "prompt_tokens", 0) or input_tokens
                         output_tokens = getattr(usage, "completion_tokens", 0) or output_tokens
-                    for choice in chunk.choices or ():
-                        delta = choice.delta
-                        if choice.finish_reason:
+                    for choice in getattr(chunk, "choices", None) or ():
+                        delta = getattr(choice, "delta", None)
+                        if getattr(choice, "finish_reason", None):
                             finish_reason = choice.finish_reason
                         if delta is None:
                             continue
@@ -173,14 +173,15 @@ class ModelClient:
                         reasoning = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
                         if isinstance(reasoning, str) and reasoning:
                             yield ReasoningDelta(reasoning)
-                        if delta.content:
+                        if getattr(delta, "content", None):
                             text.append(delta.content)
                             yield TextDelta(delta.content)
-                        for fragment in delta.tool_calls or ():
-                            function = fragment.function
-                            name = function.name if function is not None else None
-                            arguments = function.arguments if function is not None else None
-                            call = assembler.add(fragment.index, fragment.id, name, arguments)
+                        for fragment in getattr(delta, "tool_calls", None) or ():
+                            # Read leniently: some servers leave out `index` (or more) that the SDK's types require.
+                            function = getattr(fragment, "function", None)
+                            name = getattr(function, "name", None)
+                            arguments = getattr(function, "arguments", None)
+                            call = assembler.add(getattr(fragment, "index", None), getattr(fragment, "id", None), name, arguments)
                             if not call.started and call.name:
                                 call.started = True
                                 yield ToolInputStart(call)
