@@ -12,18 +12,20 @@ import io
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
 from tests.client import browser, login
+from tests.conftest import Databases, Infra, System
 from tests.fake_llm import FakeLLM
 from tests.harness import free_port
 
@@ -98,6 +100,36 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def pg_source(databases: Databases) -> AsyncIterator[PgSource]:
+    source = await create_pg_source(databases.postgres)
+    yield source
+    await drop_pg_source(source)
+
+
+@pytest.fixture(scope="module")
+def services(infra: Infra, pg_source: PgSource, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """Session and query services; the query service has the sample SQLite database (default) and `pg`."""
+    prefix = f"c{uuid.uuid4().hex[:10]}"
+    sample = tmp_path_factory.mktemp("chat") / "sample.db"
+    env = {
+        "NATS_URL": infra.nats_url,
+        "NATS_SUBJECT_PREFIX": prefix,
+        "REDIS_URL": infra.redis_url,
+        "SESSION_KV_BUCKET": f"sessions_{prefix}",
+        "QUERY_SOURCES": f"pg={pg_source.url}",
+        "QUERY_SAMPLE_PATH": str(sample),
+    }
+    system = System(infra.nats_url, infra.redis_url, prefix, 0, env)
+    try:
+        system.start("session")
+        system.start("query")
+        yield system
+    finally:
+        codes = system.stop()
+    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
 @contextlib.asynccontextmanager

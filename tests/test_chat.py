@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,52 +12,22 @@ import structlog
 
 from services.gateway.chat import prompt
 from tests import fake_llm
-from tests.chat_support import (
+from tests.chat_support import (  # pg_source and services are fixtures
     API_KEY,
     BIG_ROWS,
     PgSource,
     Turn,
-    create_pg_source,
-    drop_pg_source,
     eventually,
     gateway,
     pg_active,
+    pg_source,  # noqa: F401
     post_chat,
+    services,  # noqa: F401
     signed_in,
     user_message,
 )
-from tests.conftest import Databases, Infra, System
+from tests.conftest import System
 from tests.fake_llm import FakeLLM
-
-
-@pytest.fixture(scope="module")
-async def pg_source(databases: Databases) -> AsyncIterator[PgSource]:
-    source = await create_pg_source(databases.postgres)
-    yield source
-    await drop_pg_source(source)
-
-
-@pytest.fixture(scope="module")
-def services(infra: Infra, pg_source: PgSource, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """Session and query services; the query service has the sample SQLite database (default) and `pg`."""
-    prefix = f"c{uuid.uuid4().hex[:10]}"
-    sample = tmp_path_factory.mktemp("chat") / "sample.db"
-    env = {
-        "NATS_URL": infra.nats_url,
-        "NATS_SUBJECT_PREFIX": prefix,
-        "REDIS_URL": infra.redis_url,
-        "SESSION_KV_BUCKET": f"sessions_{prefix}",
-        "QUERY_SOURCES": f"pg={pg_source.url}",
-        "QUERY_SAMPLE_PATH": str(sample),
-    }
-    system = System(infra.nats_url, infra.redis_url, prefix, 0, env)
-    try:
-        system.start("session")
-        system.start("query")
-        yield system
-    finally:
-        codes = system.stop()
-    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
 @pytest.fixture
