@@ -200,3 +200,55 @@ class LimitResult(msgspec.Struct, frozen=True):
     windows: dict[str, WindowUsage]
     retry_after: int | None = None
     local: bool = False
+
+
+# --- describe_schema -------------------------------------------------------------------
+
+
+class SchemaRequest(msgspec.Struct, frozen=True):
+    """`query.schema` request: an overview of `source` (the default one when None), or details of `tables`."""
+
+    source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    tables: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]], msgspec.Meta(min_length=1, max_length=50)] | None = None
+
+
+class SchemaColumn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A column; `nullable` and `primary_key` only in details (`tables` given)."""
+
+    name: str
+    type: str
+    nullable: bool | msgspec.UnsetType = msgspec.UNSET
+    primary_key: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class SchemaReference(msgspec.Struct, frozen=True):
+    table: str
+    columns: list[str]
+
+
+class SchemaForeignKey(msgspec.Struct, frozen=True):
+    columns: list[str]
+    references: SchemaReference
+
+
+class SchemaTable(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A table or view, named schema-qualified unless it is in the connection's default schema.
+
+    `foreign_keys` and `row_estimate` (None when the database keeps no estimate) only in details.
+    """
+
+    name: str
+    columns: list[SchemaColumn]
+    foreign_keys: list[SchemaForeignKey] | msgspec.UnsetType = msgspec.UNSET
+    row_estimate: int | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class SchemaReply(msgspec.Struct, frozen=True):
+    """`query.schema` reply. `truncated` when tables or columns were left out, `note` says what and why
+    (and names requested tables that do not exist or cannot be read)."""
+
+    source: str
+    dialect: str
+    tables: list[SchemaTable]
+    truncated: bool = False
+    note: str | None = None

@@ -15,6 +15,7 @@ from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.limits import Limiter
+from services.gateway.schema import get_schema
 from services.gateway.sessions import SessionClient, SessionCookie
 from shared.bus import close, connect, request
 from shared.contracts import Subjects
@@ -106,6 +107,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/api/me", handlers.me)
     app.router.add_post("/api/conversations", handlers.new_conversation)
     app.router.add_post("/api/query", handlers.query)
+    app.router.add_get("/api/schema", get_schema)
     chat.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -13,6 +13,7 @@ from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
 from services.query.sample import ensure_sample
+from services.query.schema import SchemaConfig, SchemaService
 from shared.bus import Server, connect, redact_url
 from shared.bus import close as close_nats
 from shared.contracts import QUERY_QUEUE, Subjects
@@ -39,6 +40,8 @@ async def main() -> None:
         server = Server(nc)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
+        schema = SchemaService(sources, SchemaConfig.from_env())
+        await server.add(subjects.query_schema, QUERY_QUEUE, schema.handle)
 
         async def readiness() -> dict[str, bool]:
             # False from SIGTERM on; requests already routed here are still served.

@@ -23,6 +23,7 @@ import structlog
 from asyncmy.cursors import SSCursor
 
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.catalog import Catalog, CatalogTable, assemble, pick, qualified
 from services.query.values import Column
 from shared.bus import redact_url
 from shared.errors import (
@@ -230,6 +231,61 @@ class MysqlEngine(Engine):
         if isinstance(exc, OSError):
             return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
         return ServiceError(QUERY_FAILED, _text(exc))
+
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog:
+        """Tables (all, up to `max_tables`, or those `wanted`) from information_schema, as this account sees them."""
+        listed = [
+            CatalogTable((schema, name), qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
+            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s)
+        ]
+        picked, unknown = pick(listed, wanted, max_tables)
+        if not picked:
+            return Catalog([], len(listed), unknown)
+        pairs = "(" + ", ".join(f"({_literal(schema)}, {_literal(name)})" for schema, name in (t.key for t in picked)) + ")"  # type: ignore[misc]
+        columns = [
+            ((schema, table), name, type_, bool(nullable), bool(primary_key))
+            async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
+        ]
+        foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
+        if wanted is not None:
+            async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s):
+                entry = foreign_keys.setdefault((schema, table, constraint), ([], qualified(ref_schema, ref_table, bool(home)), []))
+                entry[0].append(column)
+                entry[2].append(ref_column)
+        fks = [((schema, table), cols, ref, ref_cols) for (schema, table, _), (cols, ref, ref_cols) in foreign_keys.items()]
+        return Catalog(assemble(picked, columns, fks), len(listed), unknown)
+
+
+# Catalog queries of `describe`. information_schema lists only what the account holds a
+# privilege on; TABLE_ROWS is InnoDB's estimate (NULL for views).
+_MY_TABLES = """
+SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_SCHEMA = DATABASE(), TABLE_ROWS, TABLE_TYPE = 'VIEW'
+FROM information_schema.TABLES
+WHERE TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys') AND TABLE_TYPE <> 'SEQUENCE'
+ORDER BY TABLE_SCHEMA = DATABASE() DESC, TABLE_SCHEMA, TABLE_NAME
+"""
+_MY_COLUMNS = """
+SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI'
+FROM information_schema.COLUMNS
+WHERE (TABLE_SCHEMA, TABLE_NAME) IN {pairs}
+ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION
+"""
+_MY_FOREIGN_KEYS = """
+SELECT TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, COLUMN_NAME,
+       REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME, REFERENCED_TABLE_SCHEMA = DATABASE()
+FROM information_schema.KEY_COLUMN_USAGE
+WHERE REFERENCED_TABLE_NAME IS NOT NULL AND (TABLE_SCHEMA, TABLE_NAME) IN {pairs}
+ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION
+"""
+
+
+def _literal(value: str) -> str:
+    """A catalog name as a MySQL string literal (names come from the catalog, never from a caller).
+
+    Backslashes are doubled too: under NO_BACKSLASH_ESCAPES such a name would then not match,
+    which is safe, where an undoubled one could end the literal early in the default mode.
+    """
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _text(exc: BaseException) -> str:

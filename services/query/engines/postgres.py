@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.catalog import Catalog, CatalogTable, assemble, id_list, pick, qualified
 from services.query.values import Column
 from shared.bus import redact_url
 from shared.errors import (
@@ -161,6 +162,60 @@ class PostgresEngine(Engine):
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
             return ServiceError(QUERY_FAILED, _text(exc))
         return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog:
+        """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
+        listed = [
+            CatalogTable(oid, qualified(schema, name, home), estimate, view)
+            async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)
+        ]
+        picked, unknown = pick(listed, wanted, max_tables)
+        if not picked:
+            return Catalog([], len(listed), unknown)
+        oids = id_list([int(t.key) for t in picked])  # type: ignore[call-overload]
+        columns = [tuple(row) async for row in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
+        foreign_keys = []
+        if wanted is not None:
+            async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):
+                foreign_keys.append((oid, from_columns, qualified(schema, name, home), to_columns))
+        return Catalog(assemble(picked, columns, foreign_keys), len(listed), unknown)  # type: ignore[arg-type]
+
+
+# Catalog queries of `describe`. Only what the role can SELECT (the table, or some of its
+# columns, in a schema it may use); partitions are left to their parent table.
+_PG_TABLES = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, n.nspname = current_schema() AS home,
+       CASE WHEN c.relkind IN ('r', 'm', 'f') AND c.reltuples >= 0 THEN c.reltuples::int8 END,
+       c.relkind IN ('v', 'm')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND has_schema_privilege(n.oid, 'USAGE')
+  AND (has_table_privilege(c.oid, 'SELECT') OR has_any_column_privilege(c.oid, 'SELECT'))
+ORDER BY home DESC, n.nspname, c.relname
+"""
+_PG_COLUMNS = """
+SELECT a.attrelid::int8, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+       COALESCE(a.attnum = ANY (i.indkey), false)
+FROM pg_catalog.pg_attribute a
+LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+WHERE a.attrelid IN {oids} AND a.attnum > 0 AND NOT a.attisdropped
+  AND has_column_privilege(a.attrelid, a.attnum, 'SELECT')
+ORDER BY a.attrelid, a.attnum
+"""
+_PG_FOREIGN_KEYS = """
+SELECT con.conrelid::int8,
+       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num ORDER BY k.ord),
+       rn.nspname::text, rc.relname::text, rn.nspname = current_schema(),
+       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num ORDER BY k.ord)
+FROM pg_catalog.pg_constraint con
+JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
+JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE con.contype = 'f' AND con.conrelid IN {oids}
+ORDER BY con.conrelid, con.conname
+"""
 
 
 def _text(exc: BaseException) -> str:
