@@ -132,8 +132,8 @@ async def test_describe_schema_then_query_then_answer(services: System, fake: Fa
     assert orders["name"].endswith("orders")
     assert {c["name"] for c in orders["columns"]} == {"id", "customer_id", "amount", "placed"}
     assert orders["foreign_keys"][0]["columns"] == ["customer_id"]
-    assert tool_messages(fake.requests[1])[0]["tables"][0]["name"] == orders["name"]
-    assert tool_messages(fake.requests[2])[1]["preview"] == [["4882.50"]] or tool_messages(fake.requests[2])[1]["row_count"] == 1
+    assert tool_messages(fake.requests[1]) == [schema_output]
+    assert tool_messages(fake.requests[2])[1] == {"columns": [{"name": "total", "type": "numeric"}], "preview": [["4882.50"]], "row_count": 1, "truncated": False}
     assert turn.types().count("start-step") == 3 and turn.text() == "The total is 4882.50."
 
 
@@ -400,3 +400,22 @@ async def test_over_quota_is_429_before_any_model_call(services: System, fake: F
     assert refused.body["usage"]["minute"]["used"] == 2 and refused.body["usage"]["minute"]["limit"] == 2
     assert after["minute"]["used"] == 2 and after["day"]["used"] == 2
     assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize(("max_chars", "included"), [("6000", True), ("40", False)])
+async def test_the_system_prompt_holds_the_schema_overview_only_when_small_enough(services: System, fake: FakeLLM, max_chars: str, included: bool) -> None:
+    fake.then(fake_llm.text("OK."))
+    await one_turn(services, fake, "Hi", source="pg", env={"LLM_SCHEMA_MAX_CHARS": max_chars})
+    system = fake.requests[0]["messages"][0]["content"]
+    assert ("orders: id integer, customer_id integer, amount numeric(10,2), placed date" in system) is included
+    assert ("too large to list here" in system) is not included
+    assert "- pg: PostgreSQL" in system and "- default (default): SQLite" in system
+
+
+async def test_an_unknown_source_is_400_and_costs_no_quota(services: System, fake: FakeLLM) -> None:
+    async with gateway(gateway_env(services, fake, CHAT_QUOTA_PER_MINUTE="1")) as url, signed_in(url) as client:
+        refused = await post_chat(client, [user_message("q")], source="nowhere")
+        async with client.get("/api/quota") as response:
+            quota = await response.json()
+    assert refused.status == 400 and "nowhere" in refused.body["error"]["message"] and "pg" in refused.body["error"]["message"]
+    assert quota["minute"]["used"] == 0 and fake.requests == []

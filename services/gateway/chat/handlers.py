@@ -130,6 +130,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body = history.parse_request(await request.read())
     except history.BodyError as exc:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
+    system, _ = await _context(request, body.source)  # an unknown source is refused before it costs quota
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
     if limit.local:
         log.warning("chat_quota_local", uid=uid)
@@ -139,7 +140,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)}
         )
-    system, _ = await _context(request, body.source)
     turns = history.to_model_messages(body.messages)
     kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
     messages = [{"role": "system", "content": system}, *kept]
