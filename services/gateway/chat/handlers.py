@@ -20,16 +20,15 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.chat import history, metrics, prompt, tools
+from services.gateway.chat import history, metrics, tools
+from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
 from services.gateway.chat.turn import TurnStats, run_turn
 from services.gateway.chat.ui import UIStream
 from services.gateway.config import GatewayConfig
 from services.gateway.handlers import current_session
 from services.gateway.limits import LimitResult, Window
-from services.gateway.schema import describe_schema
 from services.gateway.sse import HEADERS
-from shared.bus import request as nats_request
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 from shared.users import user_id
@@ -37,9 +36,9 @@ from shared.users import user_id
 log = structlog.get_logger(__name__)
 
 MODEL = web.AppKey("model", ModelClient)
+CONTEXT = web.AppKey("chat_context", PromptContext)
 NOT_CONFIGURED = "no language model is configured: set LLM_BASE_URL and LLM_MODEL"
 QUOTA_EXCEEDED = "quota_exceeded"
-CONTEXT_TIMEOUT_S = 5.0
 DISCONNECT_POLL_S = 0.1
 
 
@@ -59,6 +58,7 @@ async def model_client(app: web.Application) -> AsyncIterator[None]:
         return
     client = ModelClient(config)
     app[MODEL] = client
+    app[CONTEXT] = PromptContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], config.llm_schema_max_chars)
     yield
     await client.close()
 
@@ -87,32 +87,6 @@ async def quota(request: web.Request) -> web.Response:
     return web.json_response(usage(result))
 
 
-async def _context(request: web.Request, source: str | None) -> tuple[str, dict[str, Any] | None]:
-    """The system prompt: sources and dialects from query.ping, the schema overview of the turn's source."""
-    app = request.app
-    config = app[keys.CONFIG]
-    nc, subjects = app[keys.NATS_CLIENT], app[keys.SUBJECTS]
-    ping, overview = await asyncio.gather(
-        nats_request(nc, subjects.query_ping, {}, timeout=CONTEXT_TIMEOUT_S),
-        describe_schema(nc, subjects, source, None, CONTEXT_TIMEOUT_S),
-        return_exceptions=True,
-    )
-    if isinstance(ping, BaseException):
-        raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
-    names = [str(n) for n in ping.get("sources") or ()]
-    dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
-    default = str(ping.get("default") or (names[0] if names else "default"))
-    if source is not None and source not in names:
-        raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join(names)}")
-    schema = overview if isinstance(overview, dict) else None
-    if schema is None:
-        log.warning("chat_schema_unavailable", error=getattr(overview, "message", type(overview).__name__))
-    elif schema.get("source") and schema.get("dialect"):
-        dialects = {**dialects, str(schema["source"]): schema["dialect"]}
-    sources = {name: str(dialects.get(name, "")) for name in names}
-    return prompt.system_prompt(sources, default, schema, config.llm_schema_max_chars), schema
-
-
 async def _disconnected(alive: Callable[[], bool]) -> None:
     """Return once the client's connection is gone (aiohttp does not cancel handlers for it)."""
     while alive():
@@ -130,7 +104,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body = history.parse_request(await request.read())
     except history.BodyError as exc:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
-    system, _ = await _context(request, body.source)  # an unknown source is refused before it costs quota
+    system = await app[CONTEXT].system_prompt(body.source)  # an unknown source is refused before it costs quota
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
     if limit.local:
         log.warning("chat_quota_local", uid=uid)
