@@ -419,3 +419,30 @@ async def test_an_unknown_source_is_400_and_costs_no_quota(services: System, fak
             quota = await response.json()
     assert refused.status == 400 and "nowhere" in refused.body["error"]["message"] and "pg" in refused.body["error"]["message"]
     assert quota["minute"]["used"] == 0 and fake.requests == []
+
+
+async def test_a_turn_is_counted_in_the_metrics(services: System, fake: FakeLLM) -> None:
+    fake.then(fake_llm.tool_calls((prompt.EXECUTE_QUERY, {"sql": "SELECT 1 AS one"})), fake_llm.text("One."))
+    async with gateway(gateway_env(services, fake)) as url, signed_in(url) as client:
+        async with client.get("/metrics") as response:
+            before = _samples(await response.text())
+        assert (await post_chat(client, [user_message("One?")])).status == 200
+        async with client.get("/metrics") as response:
+            after = _samples(await response.text())
+
+    def grew(name: str, by: float) -> bool:
+        return after.get(name, 0.0) - before.get(name, 0.0) == by
+
+    assert grew('gateway_llm_requests_total{outcome="ok"}', 2)
+    assert grew('gateway_llm_tokens_total{kind="input"}', 130) and grew('gateway_llm_tokens_total{kind="output"}', 27)
+    assert grew('gateway_tool_calls_total{outcome="ok",tool="execute_query"}', 1)
+    assert grew("gateway_chat_turn_seconds_count", 1)
+
+
+def _samples(text: str) -> dict[str, float]:
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

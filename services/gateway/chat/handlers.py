@@ -106,8 +106,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
     system = await app[CONTEXT].system_prompt(body.source)  # an unknown source is refused before it costs quota
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
-    if limit.local:
-        log.warning("chat_quota_local", uid=uid)
     if not limit.allowed:
         retry = max(1, limit.retry_after or 1)
         message = f"chat quota used up; try again in {retry} s"
@@ -121,8 +119,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     model = app[MODEL]
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
-    message_id = body.messageId if body.trigger == "regenerate-message" and body.messageId else f"msg_{uuid.uuid4().hex}"
-    ui = UIStream(response, message_id)
+    # A new assistant message every time: on regenerate, useChat has already removed the old one.
+    ui = UIStream(response, f"msg_{uuid.uuid4().hex}")
 
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
@@ -140,6 +138,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await turn
         except ConnectionResetError:
             stats.outcome = "client_gone"
+        except Exception:  # a bug: the stream is under way, so it ends with an error part rather than a 500
+            log.exception("chat_turn_failed")
+            stats.outcome = "internal"
+            with contextlib.suppress(ConnectionResetError):
+                await ui.error("internal error; see the gateway log")
+                await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -164,6 +168,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             output_tokens=stats.output_tokens,
             outcome=stats.outcome,
             history_turns_dropped=dropped,
+            quota_local=limit.local,
             source=body.source,
             duration_ms=round(elapsed * 1000, 1),
         )
