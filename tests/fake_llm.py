@@ -89,10 +89,13 @@ def text(*pieces: str, usage: tuple[int, int] = (50, 7), reasoning: Sequence[str
     return Stream(chunks)
 
 
-def tool_calls(*calls: tuple[str, dict[str, Any] | str], usage: tuple[int, int] = (80, 20), finish_reason: str = "tool_calls", index: bool = True) -> Stream:
+def tool_calls(
+    *calls: tuple[str, dict[str, Any] | str], usage: tuple[int, int] = (80, 20), finish_reason: str = "tool_calls", index: bool = True, same_index: bool = False
+) -> Stream:
     """The model calling tools: per call a first chunk with id and name, then its arguments in pieces.
 
-    `finish_reason="stop"` and `index=False` imitate servers that stream tool calls differently.
+    `finish_reason="stop"`, `index=False` (no index at all) and `same_index=True` (every call
+    at index 0, told apart by its id) imitate servers that stream tool calls differently.
     """
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     chunks = [_chunk(cid, {"role": "assistant", "content": None, "refusal": None})]
@@ -100,14 +103,14 @@ def tool_calls(*calls: tuple[str, dict[str, Any] | str], usage: tuple[int, int] 
         raw = args if isinstance(args, str) else json.dumps(args)
         head: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": ""}}
         if index:
-            head["index"] = i
+            head["index"] = 0 if same_index else i
         chunks.append(_chunk(cid, {"tool_calls": [head]}))
         third = max(1, len(raw) // 3)
         for piece in (raw[:third], raw[third : 2 * third], raw[2 * third :]):
             if piece:
                 fragment: dict[str, Any] = {"function": {"arguments": piece}}
                 if index:
-                    fragment["index"] = i
+                    fragment["index"] = 0 if same_index else i
                 chunks.append(_chunk(cid, {"tool_calls": [fragment]}))
     chunks.append(_chunk(cid, {}, finish_reason))
     chunks.append(_chunk(cid, None, usage=_usage(*usage)))

@@ -154,8 +154,8 @@ async def test_a_failing_query_is_corrected_in_the_next_step(services: System, f
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"finish_reason": "stop"}, {"index": False}],
-    ids=["openai", "finish-reason-stop", "no-index"],
+    [{}, {"finish_reason": "stop"}, {"index": False}, {"same_index": True}],
+    ids=["openai", "finish-reason-stop", "no-index", "same-index"],
 )
 async def test_two_tool_calls_in_one_step(services: System, fake: FakeLLM, variant: dict[str, Any]) -> None:
     fake.then(

@@ -21,6 +21,7 @@ DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "
 EXECUTE_QUERY = "execute_query"
 DESCRIBE_SCHEMA = "describe_schema"
 
+# Plain JSON Schema only (no `additionalProperties`, no `strict`): Gemini's OpenAI endpoint refuses more.
 TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
@@ -39,7 +40,6 @@ TOOLS: list[dict[str, Any]] = [
                     "source": {"type": "string", "description": "The source to query; omit for the default source."},
                 },
                 "required": ["sql"],
-                "additionalProperties": False,
             },
         },
     },
@@ -57,7 +57,6 @@ TOOLS: list[dict[str, Any]] = [
                     "source": {"type": "string", "description": "The source to describe; omit for the default source."},
                     "tables": {"type": "array", "items": {"type": "string"}, "description": "Table names to describe in detail."},
                 },
-                "additionalProperties": False,
             },
         },
     },
