@@ -122,12 +122,16 @@ async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tup
             direct.append(await first_delta_direct(http, fake))
             through.append(await first_delta_gateway(http, base_url))
         print(f"  first text delta: direct median {statistics.median(direct):.2f} ms, through the gateway {statistics.median(through):.2f} ms", flush=True)
-        for _ in range(args.runs):
-            _, seconds, _ = await stream_query(http, base_url, SQL, "bench_sqlite", args.rows)
-            query_rates.append(args.rows / seconds)
-            fake.then(fake_llm.tool_calls((EXECUTE_QUERY, {"sql": SQL})), fake_llm.text("Done."))
-            rows, seconds = await chat_rows(http, base_url, args.rows)
-            chat_rates.append(rows / seconds)
+        for run in range(args.runs):
+            # Alternate which goes first, so that a drift in the machine's load favours neither.
+            for kind in ("query", "chat") if run % 2 == 0 else ("chat", "query"):
+                if kind == "query":
+                    _, seconds, _ = await stream_query(http, base_url, SQL, "bench_sqlite", args.rows)
+                    query_rates.append(args.rows / seconds)
+                else:
+                    fake.then(fake_llm.tool_calls((EXECUTE_QUERY, {"sql": SQL})), fake_llm.text("Done."))
+                    rows, seconds = await chat_rows(http, base_url, args.rows)
+                    chat_rates.append(rows / seconds)
             print(f"  {args.rows:,} rows: /api/query {query_rates[-1]:,.0f} rows/s, /api/chat execute_query {chat_rates[-1]:,.0f} rows/s", flush=True)
     return direct, through, query_rates, chat_rates
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_CHAT_ROWS", "1000000")), help="rows of the execute_query turn (BENCH_CHAT_ROWS)")
     p.add_argument("--turns", type=int, default=50, help="text-only turns for the first-delta figures")
-    p.add_argument("--runs", type=int, default=3, help="paired /api/query + /api/chat row runs")
+    p.add_argument("--runs", type=int, default=5, help="paired /api/query + /api/chat row runs")
     args = p.parse_args(argv or [])
     print(f"chat bench: {args.turns} text turns, {args.runs} x {args.rows:,} SQLite rows, {os.cpu_count()} CPUs shared by everything", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))

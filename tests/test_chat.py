@@ -273,8 +273,13 @@ async def test_old_turns_are_dropped_past_the_history_limit(services: System, fa
         (fake_llm.error(500, "boom", "server_error"), {"LLM_MAX_RETRIES": "1"}, "the language model failed (HTTP 500); try again later"),
         (fake_llm.Raw(b"data: {not json\n\n"), {}, "the language model sent a malformed response; try again"),
         (fake_llm.Hang(), {"LLM_TIMEOUT_S": "1", "LLM_MAX_RETRIES": "0"}, "the language model did not answer within 1 s; try again"),
+        (
+            fake_llm.Stream(fake_llm.text("Let me ", "see").chunks[:3], hang=True),
+            {"LLM_TIMEOUT_S": "1"},
+            "the language model did not answer within 1 s; try again",
+        ),
     ],
-    ids=["401", "429", "500", "garbage", "hang"],
+    ids=["401", "429", "500", "garbage", "hang", "hang-mid-stream"],
 )
 async def test_model_failures_end_the_turn_with_a_clear_error_part(services: System, fake: FakeLLM, reply: Any, env: dict[str, str], message: str) -> None:
     fake.then(reply, reply)
@@ -285,6 +290,9 @@ async def test_model_failures_end_the_turn_with_a_clear_error_part(services: Sys
     assert API_KEY.encode() not in turn.raw and API_KEY not in repr(logs)
     if isinstance(reply, fake_llm.Status) and reply.status == 500:
         assert len(fake.requests) == 2, "the SDK retries a 5xx before giving up"
+    if isinstance(reply, fake_llm.Stream):
+        assert turn.text() == "Let me see", "what was streamed before the failure stays"
+        assert len(fake.requests) == 1, "a step that already streamed is not retried"
 
 
 async def test_a_model_that_is_not_running_is_reported(services: System, fake: FakeLLM) -> None:

@@ -9,6 +9,7 @@ the API key never appears in one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,9 @@ class ModelClient:
                                     yield ToolInputDelta(call, call.arguments)
                             elif call.started and arguments:
                                 yield ToolInputDelta(call, arguments)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: the request is closed
+            metrics.LLM_REQUESTS.labels("cancelled").inc()
+            raise
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
         except openai.APITimeoutError:
