@@ -176,9 +176,7 @@ class PostgresEngine(Engine):
     def error(self, exc: BaseException, timeout_s: float) -> ServiceError:
         if isinstance(exc, asyncpg.ConnectionDoesNotExistError) and isinstance(exc.__cause__, asyncpg.PostgresError):
             exc = exc.__cause__  # the server said why it closed the connection (a FATAL error): that is the error
-        if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (
-            isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)
-        ):
+        if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)):
             return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
         if isinstance(exc, asyncpg.QueryCanceledError):
             # pg_cancel_backend from another session, a recovery conflict...
