@@ -1,11 +1,33 @@
-"""The SQL guard (services/query/guard.py): one read-only query passes, every known bypass is refused with a reason."""
+"""The SQL guard (services/query/guard/): one read-only query passes, every known bypass is refused with a reason.
+
+PostgreSQL cases are checked against the function catalog of the real test server, read
+the way the engine reads it when a pool opens.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import asyncpg
 import pytest
 
-from services.query.guard import check_read_only
-from shared.errors import BAD_REQUEST, QUERY_FAILED, QUERY_REFUSED, ServiceError
+from services.query.config import parse_allowed_functions
+from services.query.guard import FunctionPolicy, PgCatalog, check_read_only, default_policy
+from shared.errors import BAD_REQUEST, QUERY_FAILED, QUERY_REFUSED, ConfigError, ServiceError
+from tests.conftest import Databases
+
+
+@pytest.fixture(scope="session")
+async def pg_catalog(databases: Databases) -> AsyncIterator[PgCatalog]:
+    conn = await asyncpg.connect(databases.postgres)
+    try:
+        yield await PgCatalog.load(conn)
+    finally:
+        await conn.close()
+
+
+def policy_for(dialect: str, catalog: PgCatalog) -> FunctionPolicy:
+    return catalog.policy() if dialect == "postgres" else default_policy(dialect)
 
 COMMON_BYPASSES = [
     ("COMMIT", "found COMMIT"),
@@ -102,9 +124,9 @@ def _cases(dialect: str, specific: list[tuple[str, str]]) -> list:
     ("dialect", "sql", "reason"),
     _cases("postgres", POSTGRES_BYPASSES) + _cases("mysql", MYSQL_BYPASSES) + _cases("sqlite", SQLITE_BYPASSES),
 )
-def test_bypass_is_refused_with_a_reason(dialect: str, sql: str, reason: str) -> None:
+def test_bypass_is_refused_with_a_reason(dialect: str, sql: str, reason: str, pg_catalog: PgCatalog) -> None:
     with pytest.raises(ServiceError) as caught:
-        check_read_only(sql, dialect)
+        check_read_only(sql, dialect, policy_for(dialect, pg_catalog))
     assert caught.value.code in (QUERY_REFUSED, QUERY_FAILED)
     assert reason in caught.value.message
     assert caught.value.message
@@ -128,17 +150,17 @@ def test_bypass_is_refused_with_a_reason(dialect: str, sql: str, reason: str) ->
         ("sqlite", "SELECT name FROM sqlite_master WHERE type = 'table'"),
     ],
 )
-def test_read_only_query_passes(dialect: str, sql: str) -> None:
-    check_read_only(sql, dialect)
+def test_read_only_query_passes(dialect: str, sql: str, pg_catalog: PgCatalog) -> None:
+    check_read_only(sql, dialect, policy_for(dialect, pg_catalog))
 
 
 @pytest.mark.parametrize("dialect", ["postgres", "mysql", "sqlite"])
-def test_syntax_error_is_reported_as_a_syntax_error(dialect: str) -> None:
+def test_sql_the_parser_cannot_read_says_the_guard_cannot_analyse_it(dialect: str) -> None:
     with pytest.raises(ServiceError) as caught:
         check_read_only("SELEC name FROM customers", dialect)
-    assert caught.value.code == QUERY_FAILED
-    assert caught.value.message.startswith("syntax error")
-    assert "line 1" in caught.value.message
+    assert caught.value.code == QUERY_REFUSED
+    assert caught.value.message.startswith("the guard cannot analyse this statement")
+    assert "line 1" in caught.value.message and "not valid" in caught.value.message
 
 
 @pytest.mark.parametrize("sql", ["", ";", "  -- only a comment"])
