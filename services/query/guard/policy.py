@@ -223,14 +223,14 @@ class PgPolicy:
         self._unsafe_operators: dict[str, str] = {}
         for name, code in catalog.operators:
             f = self._by_oid.get(code)
-            reason = self._function_reason(f) if f is not None else "its function is unknown"
+            reason = self._function_reason(f, indirect=True) if f is not None else "its function is unknown"
             if reason and name not in self._unsafe_operators:
                 self._unsafe_operators[name] = f"the operator {name} calls {f.schema + '.' + f.name if f else 'a function'}(), which {reason}"
         self._unsafe_types: dict[str, str] = {}
         for name, input_oid, casts in catalog.types:
             for oid in (input_oid, *casts):
                 f = self._by_oid.get(oid)
-                reason = self._function_reason(f) if f is not None else None
+                reason = self._function_reason(f, indirect=True) if f is not None else None
                 if reason and f is not None:
                     self._unsafe_types[name] = f"values of type {name} are made by {f.schema}.{f.name}(), which {reason}"
                     break
@@ -238,8 +238,12 @@ class PgPolicy:
     def _operator_allows(self, f: PgFunction) -> bool:
         return (None, f.name) in self._allowed or (f.schema, f.name) in self._allowed
 
-    def _function_reason(self, f: PgFunction, support: bool = False) -> str | None:
-        """Why one pg_proc entry may not run (None: it may); `support`: it is an aggregate's step function."""
+    def _function_reason(self, f: PgFunction, indirect: bool = False) -> str | None:
+        """Why one pg_proc entry may not run (None: it may).
+
+        `indirect`: the server calls it, not the query by name (an aggregate's step, a type's
+        input function, a cast), so taking cstring or internal is expected of it.
+        """
         denied = _denied(f.name)
         if denied:
             return denied
@@ -247,7 +251,7 @@ class PgPolicy:
             return None
         if f.schema == "pg_catalog" and f.name in PG_REVIEWED_VOLATILE:
             return None
-        if f.type_io and not support:
+        if f.type_io and not indirect:
             return "is a type input/output function (it takes cstring or internal), not for queries"
         if f.kind == "p":
             return "is a procedure"
@@ -258,10 +262,10 @@ class PgPolicy:
                 f"is written in {f.language}, and PostgreSQL does not hold such a function to its"
                 f" {_VOLATILITY.get(f.volatility, '')} label; add it to QUERY_ALLOWED_FUNCTIONS if it only reads"
             )
-        if f.kind == "a" and not support:
+        if f.kind == "a" and not indirect:
             for oid in f.support:
                 step = self._by_oid.get(oid)
-                reason = self._function_reason(step, support=True) if step is not None else "is unknown"
+                reason = self._function_reason(step, indirect=True) if step is not None else "is unknown"
                 if reason:
                     return f"is an aggregate whose step function {step.name if step else oid}() {reason}"
         return None
