@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 
 import sqlglot
+import structlog
 import sqlglot.errors
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
@@ -35,6 +36,8 @@ from services.query.guard.policy import (
 from shared.errors import BAD_REQUEST, QUERY_REFUSED, ServiceError
 
 __all__ = ["FunctionName", "FunctionPolicy", "MysqlPolicy", "PgCatalog", "PgPolicy", "SqlitePolicy", "check_read_only", "default_policy", "describe"]
+
+log = structlog.get_logger(__name__)
 
 # sqlglot logs a warning for every statement it can only parse as an opaque Command;
 # we refuse those anyway, with our own message.
@@ -119,6 +122,9 @@ def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None
         raise ServiceError(QUERY_REFUSED, f"{CANNOT_ANALYSE} ({_DIALECT_NAMES[dialect]}): {_clean(str(exc))}") from None
     except RecursionError:
         raise ServiceError(QUERY_REFUSED, "the query is nested too deeply to be checked") from None
+    except Exception as exc:  # sqlglot's own failure on some input: still a refusal, never a 500
+        log.warning("guard_parser_failed", dialect=dialect, error=f"{type(exc).__name__}: {exc}"[:300])
+        raise ServiceError(QUERY_REFUSED, f"{CANNOT_ANALYSE} ({_DIALECT_NAMES[dialect]}): the parser failed on it") from None
     if not statements:
         raise ServiceError(BAD_REQUEST, "the SQL holds no statement")
     if len(statements) > 1:

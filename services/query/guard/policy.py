@@ -317,7 +317,8 @@ class PgPolicy:
 # locks outlive the query on a pooled connection), BENCHMARK (burns CPU, no use in a query),
 # MASTER_POS_WAIT / MASTER_GTID_WAIT / SOURCE_POS_WAIT / WAIT_FOR_EXECUTED_GTID_SET
 # (replication waits), NEXTVAL / SETVAL / LASTVAL (sequences advance), LAST_INSERT_ID (with an
-# argument it sets session state), SYS_EXEC / SYS_EVAL and every other UDF, every stored function.
+# argument it sets session state), BINLOG_GTID_POS and the WSREP_* functions (replication and
+# cluster state), SYS_EXEC / SYS_EVAL and every other UDF, every stored function.
 # SLEEP is allowed: it holds nothing and the statement time limit stops it.
 MYSQL_ALLOWED = frozenset(
     """
@@ -346,6 +347,9 @@ MYSQL_ALLOWED = frozenset(
     timestampdiff to_base64 to_char to_days to_seconds trim truncate ucase uncompress uncompressed_length unhex
     unix_timestamp updatexml upper user utc_date utc_time utc_timestamp uuid uuid_short uuid_to_bin var_pop var_samp
     variance version week weekday weekofyear weight_string year yearweek
+    add_months column_check column_exists column_json column_list decode_histogram lengthb name_const nvl nvl2
+    concat_operator_oracle decode_oracle lpad_oracle ltrim_oracle replace_oracle rpad_oracle rtrim_oracle
+    substr_oracle trim_oracle
     st_area st_asbinary st_asgeojson st_astext st_aswkb st_aswkt st_buffer st_centroid st_contains st_convexhull
     st_crosses st_difference st_dimension st_disjoint st_distance st_distance_sphere st_endpoint st_envelope
     st_equals st_geomfromgeojson st_geomfromtext st_geomfromwkb st_geometryn st_geometrytype st_intersection

@@ -1,10 +1,12 @@
-"""The guard against the attack classes of issue 8, on the real engines, through HTTP, checked by effect.
+"""The guard on the real engines: the attack classes of issue 8 through HTTP, checked by effect, and the catalog.
 
-Every query goes through `POST /api/query` with a session cookie, to PostgreSQL and MariaDB
+Attacks go through `POST /api/query` with a session cookie, to PostgreSQL and MariaDB
 sources reached through reader roles this module creates (unique names, dropped at the end),
 never as superuser. Each test then looks in the database itself: the named lock is free, the
 file was not written, the other backend's query finished with its rows, the file's content
-did not come back.
+did not come back. The catalog tests read pg_proc itself: every VOLATILE function not on the
+reviewed list is refused, and a sample of IMMUTABLE and STABLE ones runs; MariaDB's
+executable-comment forms are shown to be code to the server, and refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import asyncmy
 import asyncpg
 import pytest
 
+from services.query.engines import Engine, EngineSettings, create_engine
+from services.query.guard import check_read_only
+from services.query.guard.policy import MYSQL_ALLOWED, PG_DENIED, PG_REVIEWED_VOLATILE
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, ServiceError
 from tests.client import browser, login, run_query
 from tests.conftest import Databases, Infra, System
 from tests.harness import free_port
@@ -352,3 +358,166 @@ async def test_valid_sql_the_parser_does_not_understand_says_so(guard_system: Sy
     outcome = await query(guard_system, "SELECT g FROM generate_series(1, 3) AS g ORDER BY g USING >", "pg")
     assert_refused(outcome, "the guard cannot analyse this statement")
     assert "syntax error" not in (outcome.error or "")
+
+
+# --- The catalog ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def pg_engine(pg_reader: Reader) -> AsyncIterator[Engine]:
+    engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=2))
+    await engine.open()
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture(scope="module")
+async def my_engine(my_reader: Reader) -> AsyncIterator[Engine]:
+    engine = create_engine("my", my_reader.url, EngineSettings(pool_size=2))
+    await engine.open()
+    yield engine
+    await engine.close()
+
+
+async def guarded_rows(engine: Engine, sql: str) -> list[Any]:
+    check_read_only(sql, engine.dialect, engine.function_policy())
+    rows: list[Any] = []
+    async for row in engine.iterate(sql, 20.0):
+        rows.append(tuple(row))
+    return rows
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def test_every_volatile_function_not_on_the_reviewed_list_is_refused(pg_engine: Engine, databases: Databases) -> None:
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        volatile = await admin.fetch(
+            "SELECT DISTINCT n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.provolatile = 'v'"
+        )
+    finally:
+        await admin.close()
+    assert len(volatile) > 200, "the server's catalog should hold hundreds of VOLATILE functions"
+    policy = pg_engine.function_policy()
+    slipped, reviewed = [], 0
+    for row in volatile:
+        schema, name = row["nspname"], row["proname"]
+        if schema == "pg_catalog" and name in PG_REVIEWED_VOLATILE:
+            reviewed += 1
+            check_read_only(f"SELECT pg_catalog.{_quoted(name)}()", "postgres", policy)
+            continue
+        for sql in (f"SELECT {_quoted(name)}()", f"SELECT {_quoted(schema)}.{_quoted(name)}()", f"SELECT * FROM {_quoted(name)}()"):
+            try:
+                check_read_only(sql, "postgres", policy)
+            except ServiceError as exc:
+                if exc.code != QUERY_REFUSED or f"{name}()" not in exc.message:
+                    slipped.append(f"{sql}: {exc.message}")
+            else:
+                slipped.append(sql)
+    assert not slipped, "VOLATILE functions the guard let through:\n" + "\n".join(slipped)
+    assert reviewed >= 5
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT upper('abc'), lower('ABC'), length('abcd'), md5('a')", [("ABC", "abc", 4, "0cc175b9c0f1b6a831c399e269772661")]),
+        ("SELECT abs(-2), round(2.5), sqrt(16::float8), power(2, 10)::int, mod(7, 3)", [(2, 3, 4.0, 1024, 1)]),
+        ("SELECT to_char(date '2024-05-01', 'YYYY-MM'), date_trunc('month', date '2024-05-09')::date::text", [("2024-05", "2024-05-01")]),
+        ("SELECT jsonb_build_object('a', 1)::text, array_length(ARRAY[1, 2, 3], 1), string_agg(g::text, ',') FROM generate_series(1, 3) g", [('{"a": 1}', 3, "1,2,3")]),
+        ("SELECT current_setting('DateStyle') IS NOT NULL, now() IS NOT NULL, current_database() IS NOT NULL", [(True, True, True)]),
+        ("SELECT left('abcdef', 2), substring('abcdef' FROM 2 FOR 3), position('c' IN 'abc'), coalesce(NULL, 'x'), greatest(1, 5)", [("ab", "bcd", 3, "x", 5)]),
+        ("SELECT count(*) FILTER (WHERE g > 1), percentile_cont(0.5) WITHIN GROUP (ORDER BY g) FROM generate_series(1, 3) g", [(2, 2.0)]),
+        ("SELECT random() < 1, length(gen_random_uuid()::text), pg_sleep(0)::text", [(True, 36, "")]),
+        ("SELECT U&\"\\0075pper\"('x'), pg_catalog.\"lower\"('Y')", [("X", "y")]),
+    ],
+)
+async def test_immutable_and_stable_functions_run(pg_engine: Engine, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    assert await guarded_rows(pg_engine, sql) == expected
+
+
+async def test_a_catalog_sample_of_immutable_and_stable_functions_passes_and_runs(pg_engine: Engine, databases: Databases) -> None:
+    """Every argument-less IMMUTABLE or STABLE function in pg_catalog passes the guard and runs for a reader."""
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        names = [
+            r["proname"]
+            for r in await admin.fetch("""
+                SELECT DISTINCT p.proname FROM pg_proc p
+                 WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.provolatile IN ('i', 's') AND p.prokind = 'f'
+                   AND p.pronargs = 0 AND NOT p.proretset AND p.prorettype NOT IN ('internal'::regtype, 'trigger'::regtype, 'event_trigger'::regtype)
+                   AND NOT EXISTS (SELECT 1 FROM pg_proc o WHERE o.proname = p.proname AND o.provolatile = 'v')
+                 ORDER BY 1""")
+        ]
+    finally:
+        await admin.close()
+    names = [n for n in names if n not in PG_DENIED]
+    assert len(names) > 20
+    ran, failures = 0, []
+    for name in names:
+        sql = f"SELECT pg_catalog.{_quoted(name)}()"
+        try:
+            await guarded_rows(pg_engine, sql)
+            ran += 1
+        except ServiceError as exc:
+            # The guard must allow it; the server may still refuse a reader (permission) or the context.
+            if exc.code != QUERY_FAILED:
+                failures.append(f"{sql}: {exc.code}: {exc.message}")
+    assert not failures, "\n".join(failures)
+    assert ran >= len(names) * 3 // 4, f"only {ran} of {len(names)} ran"
+
+
+@pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*!100000", "/*M!", "/*M!100000"])
+async def test_executable_comment_forms_are_code_to_mariadb_and_refused(databases: Databases, form: str) -> None:
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute(f"SELECT 1 {form} , 2 */")
+            assert len(await cur.fetchone()) == 2, "this server runs the comment's content"
+    finally:
+        admin.close()
+    with pytest.raises(ServiceError) as caught:
+        check_read_only(f"SELECT 1 {form} , 2 */", "mysql")
+    assert caught.value.code == QUERY_REFUSED and "executable comments" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT UPPER('abc'), LOWER('ABC'), LENGTH('abcd'), MD5('a'), CONCAT('a', 'b'), LEFT('abc', 2)", [("ABC", "abc", 4, "0cc175b9c0f1b6a831c399e269772661", "ab", "ab")]),
+        ("SELECT ABS(-2), ROUND(2.5), MOD(7, 3), GREATEST(1, 5), IFNULL(NULL, 3), IF(1 > 0, 'y', 'n')", [(2, 3, 1, 5, 3, "y")]),
+        ("SELECT DATE_FORMAT('2024-05-01', '%Y-%m'), DATEDIFF('2024-05-03', '2024-05-01'), YEAR('2024-05-01')", [("2024-05", 2, 2024)]),
+        ("SELECT JSON_EXTRACT('{\"a\": 1}', '$.a'), JSON_LENGTH('[1, 2]'), GROUP_CONCAT(id ORDER BY id) FROM items", [("1", 2, "1,2,3")]),
+        ("SELECT COUNT(*), SUM(id), ROW_NUMBER() OVER (ORDER BY id) FROM items GROUP BY id ORDER BY id LIMIT 1", [(1, 1, 1)]),
+        ("SELECT SLEEP(0), DATABASE() IS NOT NULL, VERSION() IS NOT NULL, RAND() < 1, LENGTH(UUID())", [(0, 1, 1, 1, 36)]),
+        ("SELECT REGEXP_REPLACE('abc', 'b', 'x'), SUBSTRING_INDEX('a.b.c', '.', 2), CAST('7' AS SIGNED), CONVERT('8', SIGNED)", [("axc", "a.b", 7, 8)]),
+    ],
+)
+async def test_reviewed_mariadb_builtins_run(my_engine: Engine, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    rows = await guarded_rows(my_engine, sql)
+    assert [tuple(float(v) if hasattr(v, "as_integer_ratio") and not isinstance(v, (int, float)) else v for v in row) for row in rows] == expected
+
+
+async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused(databases: Databases) -> None:
+    """MariaDB lists its native functions (information_schema.SQL_FUNCTIONS): those not reviewed are refused."""
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute("SELECT LOWER(FUNCTION) FROM information_schema.SQL_FUNCTIONS")
+            native = {row[0] for row in await cur.fetchall()}
+    finally:
+        admin.close()
+    unreviewed = native - MYSQL_ALLOWED
+    assert {"load_file", "get_lock", "release_all_locks", "benchmark", "master_pos_wait", "last_insert_id"} <= unreviewed
+    slipped = []
+    for name in sorted(unreviewed):
+        for sql in (f"SELECT {name}(1)", f"SELECT `{name}`(1)", f"SELECT {name.upper()} (1, 2)"):
+            try:
+                check_read_only(sql, "mysql")
+            except ServiceError as exc:
+                if exc.code != QUERY_REFUSED:
+                    slipped.append(f"{sql}: {exc.code}")
+            else:
+                slipped.append(sql)
+    assert not slipped, "native functions the guard let through:\n" + "\n".join(slipped)
