@@ -33,7 +33,7 @@ from services.query.guard.policy import (
     PgPolicy,
     SqlitePolicy,
 )
-from shared.errors import BAD_REQUEST, QUERY_REFUSED, ServiceError
+from shared.errors import BAD_REQUEST, QUERY_FAILED, QUERY_REFUSED, ServiceError
 
 __all__ = ["FunctionName", "FunctionPolicy", "MysqlPolicy", "PgCatalog", "PgPolicy", "SqlitePolicy", "check_read_only", "default_policy", "describe"]
 
@@ -116,10 +116,11 @@ def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None
     try:
         tokens = grammar.tokenize(text)
         statements = [s for s in grammar.parser().parse(tokens, text) if s is not None]
+    # The parser failing is QUERY_FAILED, as a syntax error was: most often the SQL is simply invalid.
     except sqlglot.errors.ParseError as exc:
-        raise ServiceError(QUERY_REFUSED, _unreadable_message(exc, dialect)) from None
+        raise ServiceError(QUERY_FAILED, _unreadable_message(exc, dialect)) from None
     except sqlglot.errors.TokenError as exc:
-        raise ServiceError(QUERY_REFUSED, f"{CANNOT_ANALYSE} ({_DIALECT_NAMES[dialect]}): {_clean(str(exc))}") from None
+        raise ServiceError(QUERY_FAILED, f"{CANNOT_ANALYSE} ({_DIALECT_NAMES[dialect]}): {_clean(str(exc))}") from None
     except RecursionError:
         raise ServiceError(QUERY_REFUSED, "the query is nested too deeply to be checked") from None
     except Exception as exc:  # sqlglot's own failure on some input: still a refusal, never a 500
