@@ -347,7 +347,8 @@ MYSQL_ALLOWED = frozenset(
     timestampdiff to_base64 to_char to_days to_seconds trim truncate ucase uncompress uncompressed_length unhex
     unix_timestamp updatexml upper user utc_date utc_time utc_timestamp uuid uuid_short uuid_to_bin var_pop var_samp
     variance version week weekday weekofyear weight_string year yearweek
-    add_months column_check column_exists column_json column_list decode_histogram lengthb name_const nvl nvl2
+    add_months column_add column_check column_create column_delete column_exists column_get column_json column_list
+    get_format json_table decode_histogram lengthb name_const nvl nvl2
     concat_operator_oracle decode_oracle lpad_oracle ltrim_oracle replace_oracle rpad_oracle rtrim_oracle
     substr_oracle trim_oracle
     st_area st_asbinary st_asgeojson st_astext st_aswkb st_aswkt st_buffer st_centroid st_contains st_convexhull
