@@ -257,6 +257,12 @@ def test_postgres_refusal_names_the_function_and_says_why(sql: str, why: str, pg
         "SELECT U&\"\\0075pper\"('x'), pg_catalog.lower('X'), \"md5\"('x')",
         "SELECT pg_total_relation_size('pg_class'), pg_database_size(current_database())",
         "TABLE pg_namespace",
+        "SELECT DISTINCT ON (c.oid) c.relname, x.n FROM pg_class c LEFT JOIN (SELECT 1 AS n) x ON true CROSS JOIN LATERAL (SELECT 1) y ORDER BY c.oid",
+        "SELECT date_part('epoch', now() - now()), EXTRACT(EPOCH FROM interval '1 hour'), now()::date, to_char(now(), 'YYYY-MM-DD')",
+        "SELECT e ->> 'a', '{\"a\": 1}'::jsonb @> '{\"a\": 1}', '{\"a\": 1}'::jsonb ? 'a' FROM jsonb_array_elements('[{\"a\": 1}]') AS e",
+        "SELECT mode() WITHIN GROUP (ORDER BY x), percentile_disc(0.9) WITHIN GROUP (ORDER BY x) FROM generate_series(1, 3) AS g(x)",
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND data_type ILIKE ANY (ARRAY['%int%'])",
+        "SELECT * FROM generate_series(now() - interval '7 days', now(), interval '1 day') WITH ORDINALITY AS g(day, n)",
     ],
 )
 def test_postgres_read_only_calls_pass(sql: str, pg_catalog: PgCatalog) -> None:

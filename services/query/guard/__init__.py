@@ -91,7 +91,7 @@ _GRAMMAR_WORDS = frozenset(
     group by partition order lateral union intersect except when then else case between like ilike is having limit
     offset distinct with recursive materialized returning rollup cube sets tablesample repeatable table only window
     rows range groups ordinality similar to escape at zone collate operator interval div regexp rlike match against
-    mode natural inner outer left right full cross straight_join fetch first next percent ties
+    mode natural straight_join fetch first next percent ties
     """.split()
 ) | {"partition by", "group by", "order by", "grouping sets", "within group", "union all", "distinct on", "cluster by", "sort by"}
 _NAME_TOKENS = (TokenType.VAR, TokenType.IDENTIFIER)
