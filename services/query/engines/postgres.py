@@ -113,6 +113,7 @@ class PostgresEngine(Engine):
             await self.close()
             raise
         self._policy = None
+        log.info("function_catalog_loaded", source=self.name, functions=len(self.catalog.functions))
 
     def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
         if self.catalog is None:

@@ -91,9 +91,21 @@ _GRAMMAR_WORDS = frozenset(
     group by partition order lateral union intersect except when then else case between like ilike is having limit
     offset distinct with recursive materialized returning rollup cube sets tablesample repeatable table only window
     rows range groups ordinality similar to escape at zone collate operator interval div regexp rlike match against
-    mode natural straight_join fetch first next percent ties
+    mode natural straight_join fetch first next percent ties for both leading trailing placing passing columns path
+    default asc desc last nulls symmetric asymmetric current preceding following unbounded exclude end null true false
     """.split()
 ) | {"partition by", "group by", "order by", "grouping sets", "within group", "union all", "distinct on", "cluster by", "sort by"}
+# PostgreSQL's reserved keywords: unquoted, one of these before `(` is never a function call.
+_PG_RESERVED = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric both case cast check collate column constraint create
+    current_catalog current_date current_role current_time current_timestamp current_user default deferrable desc
+    distinct do else end except false fetch for foreign from grant group having in initially intersect into lateral
+    leading limit localtime localtimestamp not null offset on only or order placing primary references returning
+    select session_user some symmetric table then to trailing true union unique user using variadic when where
+    window with
+    """.split()
+)
 _NAME_TOKENS = (TokenType.VAR, TokenType.IDENTIFIER)
 _WORD_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$ ]*$")
 _OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
@@ -220,7 +232,7 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
         elif token.token_type in _NAME_TOKENS:
             if token.start in alias_starts:
                 continue
-            if not quoted and name == "group" and i > 0 and tokens[i - 1].text.lower() == "within":
+            if not quoted and dialect == "postgres" and name in _PG_RESERVED:
                 continue
             if before == TokenType.TABLE_SAMPLE:
                 if name not in _TABLESAMPLE_METHODS:

@@ -184,7 +184,7 @@ def _denied(name: str) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class PgCatalog:
     """A source's functions, operators and types, read from its catalog when the pool opened."""
 
