@@ -8,7 +8,7 @@ The request id travels in the `Dbg-Request-Id` header.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired, TypedDict, TypeVar
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import msgspec
 
@@ -68,6 +68,7 @@ class Subjects:
 
 # --- session ---------------------------------------------------------------------------
 
+
 class SessionGet(TypedDict):
     """`session.get` request; reply `{"session": map | None}`. Slides the expiry."""
 
@@ -104,6 +105,7 @@ class SessionDelete(TypedDict):
 
 # --- query -----------------------------------------------------------------------------
 
+
 class QueryExecute(TypedDict):
     """`query.execute` request.
 
@@ -120,6 +122,7 @@ class QueryExecute(TypedDict):
     window: int
 
 
+# fmt: off
 # Stream messages, published by the query service to the gateway's inbox. "t" names the kind.
 STREAM_META = "meta"    # {"t", "columns": [{"name", "type"}], "preview": [[...], ...]}: first rows read
 STREAM_ROWS = "rows"    # {"t", "seq": int >= 1, "offset": int, "count": int, "rows": bytes (a JSON array of rows)}
@@ -130,14 +133,13 @@ STREAM_HEARTBEAT = "hb"  # {"t", "seq": last rows seq sent}: the producer is ali
 # Control messages, published by the gateway to `query_control(stream_id)`.
 CONTROL_ACK = "ack"        # {"t", "seq": int}: every rows message up to seq is delivered
 CONTROL_CANCEL = "cancel"  # {"t"}: the client is gone; stop the query and free the cursor
+# fmt: on
 
 
 # --- typed payloads --------------------------------------------------------------------
 
-_S = TypeVar("_S", bound=msgspec.Struct)
 
-
-def decode_payload(data: bytes, kind: type[_S]) -> _S:
+def decode_payload[S: msgspec.Struct](data: bytes, kind: type[S]) -> S:
     """Decode a MessagePack request into its Struct; a bad one is a bad_request naming the field path."""
     try:
         return msgspec.msgpack.decode(data, type=kind)
@@ -147,7 +149,7 @@ def decode_payload(data: bytes, kind: type[_S]) -> _S:
         raise ServiceError(BAD_REQUEST, f"payload is not valid MessagePack: {exc}") from None
 
 
-def convert_payload(value: Any, kind: type[_S]) -> _S:
+def convert_payload[S: msgspec.Struct](value: Any, kind: type[S]) -> S:
     """The same check for a map that is already decoded (a reply, say)."""
     try:
         return msgspec.convert(value, kind)

@@ -12,7 +12,6 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -334,6 +333,19 @@ async def test_a_description_is_cached_per_source_for_the_configured_time(shop: 
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_2")
         await conn.close()
+
+
+async def test_a_source_that_cannot_be_reached_gets_an_error_reply(make_system: SystemFactory, nc: NATS, lite: Source) -> None:
+    down = Source("down", f"postgresql://nobody@127.0.0.1:{free_port()}/nothing", "")
+    gone = Source("gone", f"sqlite:///{uuid.uuid4().hex}/missing.db", "")
+    system = make_system(start=("query",), **_sources_env(lite, down, gone))
+
+    for name in ("down", "gone"):
+        with pytest.raises(ServiceError) as raised:
+            await describe(nc, system, name)
+        assert raised.value.code == "unavailable", raised.value
+        assert name in raised.value.message or "does not exist" in raised.value.message
+    assert by_name(await describe(nc, system))  # the service still serves the others
 
 
 # --- ping, bad requests, HTTP -------------------------------------------------------------

@@ -22,10 +22,10 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.query.engines import Engine, Sources
-from services.query.engines.catalog import Catalog
+from services.query.engines.catalog import Catalog, Describes
 from shared.config import env_float, env_int, environ
 from shared.contracts import SchemaColumn, SchemaReply, SchemaRequest, SchemaTable, decode_payload
-from shared.errors import QUERY_TIMEOUT, ServiceError
+from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
 
@@ -125,9 +125,11 @@ class SchemaService:
     async def _read(self, engine: Engine, tables: tuple[str, ...] | None) -> SchemaReply:
         config = self._config
         await self._sources.open(engine)
+        if not isinstance(engine, Describes):
+            raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
             async with asyncio.timeout(config.timeout_s):
-                catalog: Catalog = await engine.describe(tables, config.max_tables, config.timeout_s)  # type: ignore[attr-defined]
+                catalog = await engine.describe(tables, config.max_tables, config.timeout_s)
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {config.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
         listed, truncated, note = bound(catalog, tables is not None, config)

@@ -12,18 +12,29 @@ local now = tonumber(redis.call('TIME')[1])
 local consume = ARGV[1] == '1'
 local n = #KEYS
 
-local counters, used, resets = {}, {}, {}
-local allowed = 1
+local counters, enabled, used, resets = {}, {}, {}, {}
 for i = 1, n do
   local seconds = tonumber(ARGV[2 * i])
-  local limit = tonumber(ARGV[2 * i + 1])
   local index = math.floor(now / seconds)
   resets[i] = (index + 1) * seconds - now
   used[i] = 0
-  if limit > 0 then
+  if tonumber(ARGV[2 * i + 1]) > 0 then
     counters[i] = KEYS[i] .. ':' .. index
-    used[i] = tonumber(redis.call('GET', counters[i]) or '0')
-    if used[i] >= limit then allowed = 0 end
+    enabled[#enabled + 1] = counters[i]
+  end
+end
+
+-- One read for every enabled window's counter.
+local allowed = 1
+if #enabled > 0 then
+  local values = redis.call('MGET', unpack(enabled))
+  local j = 0
+  for i = 1, n do
+    if counters[i] then
+      j = j + 1
+      used[i] = tonumber(values[j] or '0')
+      if used[i] >= tonumber(ARGV[2 * i + 1]) then allowed = 0 end
+    end
   end
 end
 

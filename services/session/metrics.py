@@ -9,6 +9,11 @@ REDIS_COMMANDS = Counter(
     "Redis commands sent by the session service, by command name.",
     ["command"],
 )
+LIMIT_CALLS = Counter(
+    "session_limit_calls_total",
+    "session.limit calls, by outcome (allowed, refused, read) and where they were counted (redis, local).",
+    ["outcome", "store"],
+)
 STORE_FALLBACK = Counter(
     "session_store_fallback_total",
     "Times the service switched from Redis to its fallback store.",
@@ -35,9 +40,4 @@ CALLS = Histogram(
     "Session calls served, by operation and outcome.",
     ["op", "outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-LIMIT_CALLS = Counter(
-    "session_limit_calls_total",
-    "session.limit calls, by outcome (allowed, refused, read) and where they were counted (redis, local).",
-    ["outcome", "store"],
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from shared.contracts import SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
 
@@ -17,8 +18,8 @@ from shared.contracts import SchemaColumn, SchemaForeignKey, SchemaReference, Sc
 class CatalogTable:
     """One table or view as the catalog lists it."""
 
-    key: Hashable
-    """How the engine finds it again: an oid, a (schema, name) pair, a rowid."""
+    key: Any
+    """How the engine finds it again (hashable): an oid, a (schema, name) pair, a rowid."""
     name: str
     """As shown: schema-qualified unless it is in the connection's default schema."""
     row_estimate: int | None = None
@@ -34,6 +35,13 @@ class Catalog:
     """How many tables the role can read in all."""
     unknown: list[str] = field(default_factory=list)
     """Requested names that match no readable table."""
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """An engine that can describe its source's tables (every engine in services/query/engines)."""
+
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog: ...
 
 
 def pick(tables: Sequence[CatalogTable], wanted: Sequence[str] | None, max_tables: int) -> tuple[list[CatalogTable], list[str]]:
@@ -69,8 +77,8 @@ def id_list(ids: Sequence[int]) -> str:
 
 def assemble(
     picked: Sequence[CatalogTable],
-    columns: Sequence[tuple[Hashable, str, str, bool, bool]],
-    foreign_keys: Sequence[tuple[Hashable, list[str], str, list[str]]] = (),
+    columns: Sequence[tuple[Any, str, str, bool, bool]],
+    foreign_keys: Sequence[tuple[Any, list[str], str, list[str]]] = (),
 ) -> list[SchemaTable]:
     """Full details of `picked`, in its order, from catalog rows keyed by CatalogTable.key.
 

@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import quote
 
 from services.query.config import sqlite_path
+from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
-from services.query.engines.catalog import Catalog, CatalogTable, assemble, pick
 from services.query.values import Column, RowEncoder
 from shared.errors import (
     QUERY_FAILED,
@@ -184,7 +184,7 @@ class SqliteEngine(Engine):
                 self._handles.discard(handle)
                 await asyncio.shield(self._finish(handle))
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from sqlite_master and the table_info pragmas.
 
         Read on one handle like a query's (read-only file, query_only, an authorizer that
@@ -224,13 +224,13 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int, count_rows: bool) -> Catalog:
+def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int, count_rows: bool) -> catalog.Catalog:
     """`describe`'s catalog reads, in the worker thread, on the handle's read-only connection."""
     conn = handle.conn
     assert conn is not None
     conn.set_authorizer(_authorize_catalog)
-    listed = [CatalogTable(rowid, name, None, kind == "view") for rowid, name, kind in conn.execute(_LITE_TABLES)]
-    picked, unknown = pick(listed, wanted, max_tables)
+    listed = [catalog.CatalogTable(rowid, name, None, kind == "view") for rowid, name, kind in conn.execute(_LITE_TABLES)]
+    picked, unknown = catalog.pick(listed, wanted, max_tables)
 
     def table_info(table: str) -> list[Any]:
         return conn.execute(f"PRAGMA table_info({_identifier(table)})").fetchall()
@@ -254,11 +254,8 @@ def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int
                 resolved = [c for c in to_columns if c is not None] or [row[1] for row in sorted(table_info(table), key=lambda r: r[5]) if row[5]]
                 foreign_keys.append((t.key, from_columns, table, resolved))
         if count_rows:
-            picked = [
-                t if t.view else dataclasses.replace(t, row_estimate=conn.execute(f"SELECT count(*) FROM {_identifier(t.name)}").fetchone()[0])
-                for t in picked
-            ]
-    return Catalog(assemble(picked, columns, foreign_keys), len(listed), unknown)
+            picked = [t if t.view else dataclasses.replace(t, row_estimate=conn.execute(f"SELECT count(*) FROM {_identifier(t.name)}").fetchone()[0]) for t in picked]
+    return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
 
 
 def _error(exc: sqlite3.Error, handle: _Handle) -> ServiceError:
