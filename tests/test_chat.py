@@ -13,7 +13,7 @@ import structlog
 
 from services.gateway.chat import prompt
 from tests import fake_llm
-from tests.chat_support import (  # pg_source and services are fixtures
+from tests.chat_support import (  # noqa: F401 (fixtures)
     API_KEY,
     BIG_ROWS,
     PgSource,
@@ -21,9 +21,9 @@ from tests.chat_support import (  # pg_source and services are fixtures
     eventually,
     gateway,
     pg_active,
-    pg_source,  # noqa: F401
+    pg_source_fixture,
     post_chat,
-    services,  # noqa: F401
+    services_fixture,
     signed_in,
     user_message,
 )
@@ -113,9 +113,7 @@ async def test_query_then_answer_over_postgres(services: System, fake: FakeLLM) 
     assert types.count("start-step") == 2 and turn.text() == "Each customer has 10 orders."
     assert turn.of("finish")[0]["messageMetadata"]["steps"] == 2
     first, second = fake.requests
-    assert tool_messages(second) == [
-        {"columns": outputs[1]["output"]["columns"], "preview": [["Ada", 10], ["Grace", 10], ["Linus", 10]], "row_count": 3, "truncated": False}
-    ]
+    assert tool_messages(second) == [{"columns": outputs[1]["output"]["columns"], "preview": [["Ada", 10], ["Grace", 10], ["Linus", 10]], "row_count": 3, "truncated": False}]
     assistant = second["messages"][-2]
     assert assistant["role"] == "assistant" and assistant["tool_calls"][0]["id"] == call_id
 
@@ -262,6 +260,7 @@ async def test_old_turns_are_dropped_past_the_history_limit(services: System, fa
 
 # --- failures -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("reply", "env", "message"),
     [
@@ -306,6 +305,7 @@ async def test_a_model_that_is_not_running_is_reported(services: System, fake: F
 
 # --- cancellation ---------------------------------------------------------------------
 
+
 async def test_a_client_leaving_while_the_model_streams_closes_the_model_request(services: System, fake: FakeLLM) -> None:
     reply = fake_llm.text("Thinking", " about it")
     fake.then(fake_llm.Stream(reply.chunks[:2], hang=True))
@@ -342,6 +342,7 @@ async def _stopped(source: PgSource, marker: str) -> bool:
 
 
 # --- refusals -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("body", "field"),
@@ -455,3 +456,12 @@ def _samples(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+async def test_a_failing_describe_schema_is_a_tool_error_the_model_sees(services: System, fake: FakeLLM) -> None:
+    fake.then(fake_llm.tool_calls((prompt.DESCRIBE_SCHEMA, {"source": "nowhere"})), fake_llm.text("No such source."))
+    turn = await one_turn(services, fake, "Schema?")
+    assert_complete(turn)
+    [failure] = turn.of("tool-output-error")
+    assert "nowhere" in failure["errorText"]
+    assert tool_messages(fake.requests[1]) == [{"error": failure["errorText"]}]

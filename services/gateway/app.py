@@ -11,8 +11,8 @@ import structlog
 from aiohttp import web
 
 from services.gateway import handlers, keys, metrics
-from services.gateway.chat import handlers as chat
 from services.gateway.auth.web import csrf, token_verifier
+from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.limits import Limiter

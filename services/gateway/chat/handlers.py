@@ -109,9 +109,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not limit.allowed:
         retry = max(1, limit.retry_after or 1)
         message = f"chat quota used up; try again in {retry} s"
-        return web.json_response(
-            {"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)}
-        )
+        return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
     turns = history.to_model_messages(body.messages)
     kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
     messages = [{"role": "system", "content": system}, *kept]
