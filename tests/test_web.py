@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import System
-from tests.web_support import axe_violations, ensure_built, launch_args, require_chromium
+from tests import fake_llm
+from tests.conftest import Infra, System
+from tests.harness import free_port, wait_until
+from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, launch_args, require_chromium
 
 CHROMIUM = require_chromium()
 
@@ -50,6 +52,46 @@ def built() -> None:
     ensure_built()
 
 
+@pytest.fixture(scope="module")
+def model() -> Iterator[ThreadedFakeLLM]:
+    """The fake OpenAI-compatible model (tests/fake_llm.py) the gateway's chat talks to."""
+    fake = ThreadedFakeLLM()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(model: ThreadedFakeLLM) -> ThreadedFakeLLM:
+    model.reset()
+    return model
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """Session, query and gateway processes; the gateway's chat uses the fake model, the query service the sample database."""
+    prefix = f"web{uuid.uuid4().hex[:10]}"
+    env = {
+        "NATS_URL": infra.nats_url,
+        "NATS_SUBJECT_PREFIX": prefix,
+        "AUTH_MODE": "dev",
+        "REDIS_URL": infra.redis_url,
+        "SESSION_KV_BUCKET": f"sessions_{prefix}",
+        "QUERY_SAMPLE_PATH": str(tmp_path_factory.mktemp("web") / "sample.db"),
+        "LLM_BASE_URL": model.base_url,
+        "LLM_MODEL": fake_llm.MODEL,
+        "LLM_API_KEY": "sk-test-web",
+        "LLM_MAX_RETRIES": "0",
+    }
+    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
+    try:
+        for name in ("session", "query", "gateway"):
+            system.start(name)
+        yield system
+    finally:
+        codes = system.stop()
+    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
 @pytest.fixture
 def browser_context_args(browser_context_args: dict[str, Any], system: System, built: None) -> dict[str, Any]:
     return {**browser_context_args, "base_url": system.url, "accept_downloads": True, "viewport": {"width": 1400, "height": 900}}
@@ -59,7 +101,9 @@ def browser_context_args(browser_context_args: dict[str, Any], system: System, b
 def problems(page: Page) -> Iterator[list[str]]:
     """CSP violations and uncaught errors seen on the page; the test fails if there are any."""
     seen: list[str] = []
-    page.on("console", lambda msg: seen.append(f"{msg.text} at {msg.location}") if msg.type == "error" and "Content Security Policy" in msg.text else None)
+    # Every violation, also those Chromium reports without a console line; with where it happened.
+    page.add_init_script("document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation:', e.violatedDirective, e.sample, e.sourceFile, e.lineNumber, e.columnNumber))")
+    page.on("console", lambda msg: seen.append(msg.text) if msg.type == "error" and ("Content Security Policy" in msg.text or msg.text.startswith("CSP violation")) else None)
     page.on("pageerror", lambda exc: seen.append(f"uncaught: {exc}"))
     yield seen
     assert not seen, seen
@@ -175,3 +219,65 @@ def test_the_pages_pass_axe_core(page: Page, problems: list[str]) -> None:
     run_sql(page, TRICKY_SQL)
     expect(page.get_by_role("status")).to_have_text("6 rows")
     assert axe_violations(page) == []
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+CHAT_ROWS = 1234
+CHAT_SQL = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {CHAT_ROWS}) SELECT i AS id, i * 2 AS doubled FROM n"
+
+
+def ask(page: Page, text: str) -> None:
+    page.get_by_label("Ask about your data").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def test_a_chat_turn_shows_the_text_the_query_card_and_opens_the_rows_in_the_editor_without_a_request(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(
+        fake_llm.tool_calls(("execute_query", {"sql": CHAT_SQL})),
+        fake_llm.text("There are ", "**1,234** numbers. <img src=x onerror=alert(1)><script>alert(2)</script>", reasoning=["Count them first."]),
+    )
+    sign_in(page)
+    ask(page, "How many numbers are there?")
+    messages = page.get_by_role("log", name="Conversation messages")
+    expect(messages.locator("strong", has_text="1,234")).to_be_visible()
+    # The model's HTML is shown as text, never made into elements (an alert would be a page error or dialog).
+    expect(messages.get_by_text("<img src=x onerror=alert(1)><script>alert(2)</script>")).to_be_visible()
+    assert messages.locator("img, script").count() == 0
+    reasoning = messages.locator("details.reasoning")
+    expect(reasoning).to_have_count(1)
+    assert reasoning.get_attribute("open") is None
+    expect(reasoning.get_by_text("Count them first.")).to_be_hidden()
+    card = messages.get_by_role("article", name="execute_query")
+    expect(card.locator("code")).to_have_text(CHAT_SQL)
+    expect(card.get_by_text(f"{CHAT_ROWS:,} rows")).to_be_visible()
+    expect(card.locator("tbody tr")).to_have_count(5)
+    expect(card.locator("tbody tr").first.locator("td")).to_have_text(["1", "2"])
+
+    queries: list[str] = []
+    page.on("request", lambda request: queries.append(request.url) if "/api/query" in request.url else None)
+    card.get_by_role("button", name="Open in editor").click()
+    expect(page.get_by_role("status")).to_have_text(f"{CHAT_ROWS:,} rows")
+    grid = page.get_by_role("grid", name="Query result")
+    assert grid.get_attribute("aria-rowcount") == str(CHAT_ROWS + 1)
+    assert page.locator("#editor .cm-content").inner_text() == CHAT_SQL
+    grid.focus()
+    page.keyboard.press("End")
+    expect(grid.locator(f'[role="row"][aria-rowindex="{CHAT_ROWS + 1}"]').get_by_role("gridcell")).to_have_text([str(CHAT_ROWS), str(2 * CHAT_ROWS)])
+    assert queries == []
+
+
+def test_stop_ends_a_turn_midway_and_keeps_what_was_streamed(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(fake_llm.Stream(fake_llm.text("Thinking about ", "it").chunks[:3], hang=True))
+    sign_in(page)
+    ask(page, "Take your time")
+    messages = page.get_by_role("log", name="Conversation messages")
+    expect(messages.get_by_text("Thinking about it")).to_be_visible()
+    stop = page.get_by_role("button", name="Stop")
+    expect(stop).to_be_enabled()
+    stop.click()
+    # The gateway closed its request to the model: the turn really ended, not just the page's view of it.
+    wait_until(fake.closed_set, timeout=15, what="the model request to be closed")
+    expect(stop).to_be_disabled()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(messages.get_by_text("Thinking about it")).to_be_visible()

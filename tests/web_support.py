@@ -68,3 +68,63 @@ def axe_violations(page: Any) -> list[dict[str, Any]]:
     page.evaluate(AXE.read_text())
     result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
     return [{"id": v["id"], "impact": v["impact"], "help": v["help"], "nodes": [n["target"] for n in v["nodes"]]} for v in result["violations"]]
+
+
+class ThreadedFakeLLM:
+    """tests/fake_llm.FakeLLM on an event loop of its own thread, for the synchronous Playwright tests.
+
+    Script it with `then(...)` from the test; read `requests`, and `closed_set()` / `streaming_set()`
+    (the fake's events, read across threads).
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from tests.fake_llm import FakeLLM
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-llm", daemon=True)
+        self._thread.start()
+        self.fake = asyncio.run_coroutine_threadsafe(FakeLLM().start(), self._loop).result(30)
+
+    def _call(self, function: Any, *args: Any) -> Any:
+        import asyncio
+
+        async def call() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(30)
+
+    def then(self, *replies: Any) -> ThreadedFakeLLM:
+        self._call(self.fake.then, *replies)
+        return self
+
+    def reset(self) -> None:
+        """Forget what earlier tests left: their script, requests and events."""
+
+        def clear() -> None:
+            self.fake.script.clear()
+            self.fake.requests.clear()
+            self.fake.closed.clear()
+            self.fake.streaming.clear()
+
+        self._call(clear)
+
+    def closed_set(self) -> bool:
+        return self.fake.closed.is_set()
+
+    def streaming_set(self) -> bool:
+        return self.fake.streaming.is_set()
+
+    @property
+    def base_url(self) -> str:
+        return self.fake.base_url
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()

@@ -38,13 +38,19 @@ export class BrowserChat extends AbstractChat {
   }
 }
 
-/** A Chat for conversation `id`, sending only the new message (the server keeps the history). */
+// The server keeps each conversation's history (the session service): with it, only the new
+// message is sent, as useChat does with prepareSendMessagesRequest.
+const SEND_ONLY_NEW_MESSAGE = false;
+
+/** A Chat for conversation `id`. */
 export function createChat({ id, messages, source, rows, onChange, onFinish }) {
   const transport = new DefaultChatTransport({
     api: "/api/chat",
     credentials: "same-origin",
     prepareSendMessagesRequest: ({ id: chatId, messages: all, trigger, messageId }) => ({
-      body: { id: chatId, message: all[all.length - 1], trigger, messageId, source: source() || undefined },
+      body: SEND_ONLY_NEW_MESSAGE
+        ? { id: chatId, message: all[all.length - 1], trigger, messageId, source: source() || undefined }
+        : { id: chatId, messages: all, trigger, messageId, source: source() || undefined },
     }),
   });
   const chat = new BrowserChat({
@@ -62,6 +68,17 @@ export function createChat({ id, messages, source, rows, onChange, onFinish }) {
   });
   if (messages && messages.length) chat.messages = messages;
   return chat;
+}
+
+/** The message of a failed chat request: the gateway's JSON error body, which the SDK hands over as text. */
+export function chatErrorText(error) {
+  try {
+    const body = JSON.parse(error.message);
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch {
+    // not a JSON body: the SDK's own message
+  }
+  return error.message;
 }
 
 // --- rendering -------------------------------------------------------------------------------

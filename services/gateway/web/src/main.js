@@ -1,10 +1,11 @@
 // The page: sign-in, then the chat with its conversation sidebar beside the SQL editor and its
 // result grid, CSV download and chart. Performance marks (query-run, query-first-rows,
 // query-done) time a query from Run to its first painted rows and its last row.
+import "./csp.js"; // first: settings that keep libraries within the page's CSP
 import { api, ApiError } from "./api.js";
 import { devSignIn, googleSignIn, signOutOfGateway } from "./auth.js";
 import { drawChart } from "./chart.js";
-import { ChatView, createChat } from "./chat.js";
+import { ChatView, chatErrorText, createChat } from "./chat.js";
 import { SqlEditor } from "./editor.js";
 import { VirtualGrid } from "./grid.js";
 import { runQuery } from "./query.js";
@@ -264,7 +265,7 @@ function chatChanged(chat) {
     const busy = current.status === "submitted" || current.status === "streaming";
     $("chat-stop").disabled = !busy;
     $("chat-send").disabled = busy;
-    $("chat-error").textContent = current.error ? current.error.message : "";
+    $("chat-error").textContent = current.error ? chatErrorText(current.error) : "";
   });
 }
 

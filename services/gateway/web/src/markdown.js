@@ -3,7 +3,12 @@
 import DOMPurify from "dompurify";
 import { marked } from "marked";
 
-marked.setOptions({ gfm: true, breaks: false });
+const escapes = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escapeHtml = (text) => text.replace(/[&<>"']/g, (c) => escapes[c]);
+
+// HTML in the model's text is shown as text, never parsed as markup (DOMPurify below is the
+// second line of defence, for whatever Markdown itself produces).
+marked.use({ gfm: true, breaks: false, renderer: { html: ({ text }) => escapeHtml(text) } });
 
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   if (node.tagName === "A") {
