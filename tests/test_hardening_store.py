@@ -277,3 +277,28 @@ async def test_an_acl_user_without_permission_is_reported_and_written_back_once_
     await wait_event(session, "store_recovered", start=mark)
     assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "acl@example.com"
     wait_until(lambda: metric(session, "session_redis_refused") == 0, what="the refusal gauge to clear")
+
+
+async def test_a_permission_revoked_while_running_is_reported_once_and_logins_go_on(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:
+    user = f"revoked{uuid.uuid4().hex[:6]}"
+    rdb.acl_setuser(user, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"])
+    system = make_system(redis_url=f"redis://{user}:{PASSWORD}@127.0.0.1:{redis_server.port}/0", start=("session", "gateway"))
+    session = system.services["session"]
+    assert session.events("redis_refused") == []
+
+    rdb.acl_setuser(user, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all", "-set", "-evalsha"])
+    async with browser(system.url) as client:
+        for n in range(3):
+            await login(client, f"later{n}@example.com", "Later")
+        sid = sid_of(client)
+        async with client.get("/api/me") as me:
+            assert me.status == 200 and (await me.json())["user"]["email"] == "later2@example.com"
+    refused = session.events("redis_refused")
+    assert len(refused) == 1 and refused[0]["cause"] == "permission" and "NOPERM" in refused[0]["error"]
+    assert rdb.exists(f"session:{sid}") == 0
+
+    mark = len(session.lines)
+    rdb.acl_setuser(user, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"])
+    await wait_event(session, "store_recovered", start=mark)
+    assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "later2@example.com"
+    assert not any("Traceback" in line for line in session.lines)
