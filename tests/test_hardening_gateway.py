@@ -115,8 +115,14 @@ async def test_oversized_headers_get_our_json_error(system: System) -> None:
 
 @pytest.mark.parametrize(
     "request_bytes",
-    [b"GARBAGE\r\n\r\n", b"GET /api/me HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"],
-    ids=["not-http", "bad-header", "long-url"],
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /api/me HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n",
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+        b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nabcde",
+    ],
+    ids=["not-http", "bad-header", "long-url", "bad-chunk", "bad-gzip"],
 )
 async def test_malformed_requests_get_our_json_error(system: System, request_bytes: bytes) -> None:
     sock = await asyncio.to_thread(raw_request, system.gateway_port, request_bytes)
@@ -128,6 +134,8 @@ async def test_malformed_requests_get_our_json_error(system: System, request_byt
     assert headers["content-type"].startswith("application/json")
     error = json.loads(body)["error"]
     assert set(error) == {"code", "message"} and error["message"]
+    gateway = system.services["gateway"]
+    assert gateway.events("request_failed") == [] and not any("Traceback" in line for line in gateway.lines)
 
 
 async def test_unknown_routes_and_methods_keep_the_json_shape(system: System) -> None:

@@ -6,10 +6,11 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from services.gateway import handlers, keys, metrics
@@ -67,6 +68,8 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
         response = web.Response(status=CLIENT_GONE_STATUS)
     except ServiceError as exc:
         response = from_service_error(exc)
+    except web.RequestPayloadError as exc:  # a body aiohttp could not decode (bad chunking, content encoding)
+        response = error_response(BAD_REQUEST, f"the request body could not be read: {_last_line(exc)}", 400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -114,6 +117,11 @@ async def metrics_handler(_: web.Request) -> web.Response:
     return metrics_response()
 
 
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(exc).__name__
+
+
 def _client_error_text(exc: BaseException | None, message: str | None) -> str:
     """A one-line message for a request aiohttp could not parse, without echoing what the client sent."""
     if isinstance(exc, LineTooLong):
@@ -145,6 +153,15 @@ class JsonErrorHandler(RequestHandler):
         response = error_response(code, text[:300], status)
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's own error log (e.g. a body left unread that fails to decode), as JSON."""
+        exc = kw.get("exc_info")
+        what = (args[0] % args[1:]) if args and isinstance(args[0], str) else "connection error"
+        if isinstance(exc, (web.RequestPayloadError, HttpProcessingError, ConnectionError)):
+            log.info("connection_closed", reason=what, error=_last_line(exc))  # the client's doing: no traceback
+        else:
+            log.error("connection_failed", reason=what, exc_info=exc if isinstance(exc, BaseException) else True)
 
 
 class _JsonErrorServer(web.Server):
