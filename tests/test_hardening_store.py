@@ -302,3 +302,79 @@ async def test_a_permission_revoked_while_running_is_reported_once_and_logins_go
     await wait_event(session, "store_recovered", start=mark)
     assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "later2@example.com"
     assert not any("Traceback" in line for line in session.lines)
+
+
+async def test_a_read_only_replica_serves_reads_and_the_logins_made_meanwhile_are_written_back(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:
+    master = RedisServer().start()
+    try:
+        system = make_system(redis_url=redis_server.url, start=("session", "gateway"))
+        session = system.services["session"]
+        existing = new_sid()
+        primary = redis.Redis.from_url(master.url)
+        primary.set(f"session:{existing}", msgpack.packb({"user": {"uid": "u-old"}, "conversation_id": "c-old"}), ex=1000)
+        primary.close()
+        rdb.replicaof("127.0.0.1", str(master.port))  # as after a failover that left us on a replica
+        wait_until(lambda: rdb.exists(f"session:{existing}") == 1, what="the replica to sync")
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            rdb.set("probe", b"1")
+        async with browser(system.url) as client:
+            await login(client, "replica@example.com", "Replica")
+            sid = sid_of(client)
+            async with client.get("/api/me") as me:
+                assert me.status == 200
+        degraded = await wait_event(session, "store_degraded")
+        assert degraded["redis_readable"] is True and "READONLY" in degraded["error"]
+        assert rdb.exists(f"session:{sid}") == 0
+        async with browser(system.url) as client:  # a session only the replica holds is still read
+            client.cookie_jar.update_cookies({"session": existing})
+            async with client.get("/api/me") as me:
+                assert me.status == 200, await me.text()
+                assert (await me.json())["user"]["uid"] == "u-old"
+
+        mark = len(session.lines)
+        rdb.replicaof("NO", "ONE")  # promoted: writable again
+        await wait_event(session, "store_recovered", start=mark)
+        assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "replica@example.com"
+    finally:
+        master.stop()
+
+
+async def test_a_redis_busy_running_a_script_degrades_and_is_written_back_after_script_kill(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:
+    system = make_system(redis_url=redis_server.url, start=("session", "gateway"))
+    session = system.services["session"]
+    rdb.config_set("busy-reply-threshold", 50)  # ms after which other clients get BUSY
+
+    def endless_script() -> None:
+        blocked = redis.Redis.from_url(redis_server.url)
+        try:
+            with pytest.raises(redis.exceptions.ResponseError, match="killed"):
+                blocked.eval("while true do end", 0)
+        finally:
+            blocked.close()
+
+    script = asyncio.create_task(asyncio.to_thread(endless_script))
+    checker = redis.Redis.from_url(redis_server.url)
+    try:
+        def busy() -> bool:
+            try:
+                checker.ping()
+            except redis.exceptions.ResponseError as exc:
+                return "BUSY" in str(exc)
+            return False
+
+        await asyncio.to_thread(wait_until, busy, 10.0, "Redis to answer BUSY")
+        async with browser(system.url) as client:
+            await login(client, "busy@example.com", "Busy")
+            sid = sid_of(client)
+        degraded = await wait_event(session, "store_degraded")
+        assert "BUSY" in degraded["error"]
+        mark = len(session.lines)
+        checker.script_kill()
+        await script
+        await wait_event(session, "store_recovered", start=mark)
+        assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "busy@example.com"
+    finally:
+        if not script.done():
+            checker.script_kill()
+            await script
+        checker.close()

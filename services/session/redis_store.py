@@ -302,7 +302,7 @@ class RedisStore:
         self._client = client
         self._prefix = key_prefix
         self._lifetime = lifetime_s
-        self._counters = {name: REDIS_COMMANDS.labels(command=name) for name in ("getex", "set", "del", "evalsha", "script_load", "ping")}
+        self._counters = {name: REDIS_COMMANDS.labels(command=name) for name in ("getex", "get", "set", "del", "evalsha", "script_load", "ping")}
 
     def key(self, sid: str) -> str:
         return self._prefix + sid
@@ -340,6 +340,10 @@ class RedisStore:
     async def get(self, sid: str) -> bytes | None:
         """GETEX: read the session and slide its expiry in one command."""
         return await self._run("getex", self._client.getex(self.key(sid), ex=self._lifetime))
+
+    async def peek(self, sid: str) -> bytes | None:
+        """GET: read the session without sliding its expiry (which a Redis refusing writes would refuse)."""
+        return await self._run("get", self._client.get(self.key(sid)))
 
     async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
         """SET EX, or one script that also deletes `replace_sid` (login rotation)."""

@@ -359,7 +359,7 @@ class SessionStore:
         if self._redis is None or self._mode is not Mode.FALLBACK or not self._readable:
             return False, None
         try:
-            return True, await self._redis.get(sid)
+            return True, await self._redis.peek(sid)
         except CorruptSession as exc:
             return True, _corrupt(sid, "redis", str(exc), -1)
         except RedisUnavailable as exc:
