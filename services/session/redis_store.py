@@ -216,7 +216,7 @@ _OUTAGE_CODES = frozenset({"MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN", "
 _QUOTA_REPLIES = ("max requests limit", "max daily request limit", "max concurrent connections")
 _REFUSAL_HINTS = {
     "authentication": "Redis refused the credentials: check the user and password in REDIS_URL / UPSTASH_REDIS_URL",
-    "permission": "the Redis ACL user lacks a command or key this service needs (GETEX, SET, DEL, EVALSHA, SCRIPT LOAD, PING on the session and dbgenie:session-writeback:* keys)",
+    "permission": "the Redis ACL user lacks a command or key this service needs (GETEX, GET, SET, DEL, EVALSHA, SCRIPT LOAD, PING on the session and dbgenie:session-writeback:* keys)",
     "protected_mode": "Redis is in protected mode: set a password (requirepass or an ACL user) and put it in REDIS_URL, or bind Redis to a private address",
 }
 
