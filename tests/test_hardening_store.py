@@ -18,9 +18,12 @@ from datetime import UTC, datetime
 import flask
 import msgpack
 import msgspec
+import nats
 import pytest
 import redis
 
+from shared.bus import request
+from shared.contracts import Subjects
 from tests.client import browser, login
 from tests.conftest import System, SystemFactory
 from tests.harness import RedisServer, Service, wait_until
@@ -102,13 +105,29 @@ async def test_login_while_redis_is_full_uses_the_fallback_and_is_written_back_w
             conversation_id = (await created.json())["conversation_id"]
         assert msgspec.msgpack.decode(rdb.get(f"session:{early}"))["conversation_id"] != conversation_id
 
+        # A logout meanwhile holds: the session still in Redis is not read back, nor patched back to life.
+        async with before.post("/auth/logout") as out:
+            assert out.status == 200
+        async with browser(system.url) as after:
+            after.cookie_jar.update_cookies({"session": early})
+            async with after.get("/api/me") as me:
+                assert me.status == 401
+            async with after.post("/api/conversations") as created:
+                assert created.status == 401
+        nc = await nats.connect(system.nats_url)
+        try:  # the session service itself, asked directly, does not patch it back to life either
+            assert await request(nc, Subjects(system.prefix).session_patch, {"sid": early, "set": {"x": 1}}) == {"session": None}
+        finally:
+            await nc.close()
+        assert rdb.exists(f"session:{early}") == 1  # Redis took no write yet
+
     mark = len(session.lines)
     rdb.delete(*junk)  # memory frees: the probe's write succeeds and the outage is written back
     recovered = await wait_event(session, "store_recovered", start=mark)
-    assert recovered["written"] >= 2
+    assert recovered["written"] >= 1 and recovered["deleted"] >= 1
     stored = msgspec.msgpack.decode(rdb.get(f"session:{sid}"))
     assert stored["user"]["email"] == "full@example.com"
-    assert msgspec.msgpack.decode(rdb.get(f"session:{early}"))["conversation_id"] == conversation_id
+    assert rdb.exists(f"session:{early}") == 0  # the logout was written back too
     assert rdb.ttl(f"session:{sid}") > 0
     assert session.events("request_failed") == [] and not any("Traceback" in line for line in session.lines)
 

@@ -129,7 +129,7 @@ def _client_error_text(exc: BaseException | None, message: str | None) -> str:
     if isinstance(exc, BadHttpMethod):
         return "not an HTTP request"
     text = (message or (str(exc) if exc else "") or "bad request").strip().splitlines()[0]
-    return text.split(": b'", 1)[0].split(':\n', 1)[0].rstrip(":")[:200] or "bad request"
+    return text.split(": b'", 1)[0].rstrip(":")[:200] or "bad request"
 
 
 class JsonErrorHandler(RequestHandler):

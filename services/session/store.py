@@ -415,7 +415,8 @@ class SessionStore:
             except RedisUnavailable as exc:
                 self._degrade(exc)
         new = await self._fallback_call(lambda: self._fallback.update(sid, lambda raw: apply_patch(raw, changes, unset)))
-        if new is None:
+        if new is None and self._readable and await self._fallback_call(lambda: self._fallback.get(sid, touch=False)) is None:
+            # Not in the fallback at all (a deletion there leaves an entry, and must not be undone from Redis).
             read, raw = await self._read_through(sid)
             if read:
                 if raw is None:
