@@ -33,7 +33,7 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
         while b"\n\n" in buffer:
             raw, buffer = buffer.split(b"\n\n", 1)
             assert raw.startswith(b"data: "), f"not a data event: {raw[:80]!r}"
-            payload = raw[len(b"data: "):]
+            payload = raw[len(b"data: ") :]
             yield "[DONE]" if payload == b"[DONE]" else json.loads(payload)
     assert buffer == b"", f"stream ended inside an event: {buffer[:80]!r}"
 

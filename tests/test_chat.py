@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -313,9 +314,9 @@ async def test_a_client_leaving_while_the_model_streams_closes_the_model_request
             async with signed_in(url) as client:
                 response = await client.post("/api/chat", json={"id": "c1", "messages": [user_message("Hi")], "trigger": "submit-message"})
                 assert response.status == 200
-                await fake.streaming.wait()
+                await asyncio.wait_for(fake.streaming.wait(), 30)
                 response.close()
-            await fake.closed.wait()
+            await asyncio.wait_for(fake.closed.wait(), 30)
     assert [e["outcome"] for e in logs if e["event"] == "chat_turn"] == ["client_gone"]
 
 

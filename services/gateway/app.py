@@ -26,7 +26,7 @@ from shared.bus import close, connect, request
 from shared.contracts import Subjects
 from shared.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServiceError
 from shared.logging import bind_request, setup_logging
-from shared.ops import metrics_response
+from shared.ops import metrics_handler
 from shared.runtime import stop_event
 
 log = structlog.get_logger(__name__)
@@ -115,10 +115,6 @@ async def readyz(http_request: web.Request) -> web.Response:
     checks = {"accepting": app[keys.LIFECYCLE].accepting, "nats": nc.is_connected, "session": session_ok, "query": query_ok}
     ready = all(checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
-
-
-async def metrics_handler(_: web.Request) -> web.Response:
-    return metrics_response()
 
 
 def _last_line(exc: BaseException) -> str:
