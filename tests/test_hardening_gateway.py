@@ -210,3 +210,13 @@ async def test_a_client_that_leaves_before_the_answer_starts_is_client_gone_at_i
     assert not any("Traceback" in line for line in gateway.lines)
     assert all(e.get("outcome") in ("client_gone", None) for e in lines)
     assert any(e.get("outcome") == "client_gone" and e["status"] == 499 for e in lines)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_client_write_timeout_must_be_a_positive_number(value: str) -> None:
+    from services.gateway.config import GatewayConfig
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CLIENT_WRITE_TIMEOUT_S"):
+        GatewayConfig.from_env({"CLIENT_WRITE_TIMEOUT_S": value})
+    assert GatewayConfig.from_env({"CLIENT_WRITE_TIMEOUT_S": "2.5"}).client_write_timeout_s == 2.5

@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import flask
 import msgpack
@@ -323,8 +324,13 @@ async def test_a_permission_revoked_while_running_is_reported_once_and_logins_go
     assert not any("Traceback" in line for line in session.lines)
 
 
-async def test_a_read_only_replica_serves_reads_and_the_logins_made_meanwhile_are_written_back(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:
-    master = RedisServer().start()
+async def test_a_read_only_replica_serves_reads_and_the_logins_made_meanwhile_are_written_back(make_system: SystemFactory, tmp_path: Path) -> None:
+    # Replication writes RDB files: both servers keep them in a directory of this test only.
+    (tmp_path / "master").mkdir()
+    (tmp_path / "replica").mkdir()
+    master = redis_with("--dir", str(tmp_path / "master")).start()
+    redis_server = redis_with("--dir", str(tmp_path / "replica")).start()
+    rdb = redis.Redis.from_url(redis_server.url)
     try:
         system = make_system(redis_url=redis_server.url, start=("session", "gateway"))
         session = system.services["session"]
@@ -355,6 +361,8 @@ async def test_a_read_only_replica_serves_reads_and_the_logins_made_meanwhile_ar
         await wait_event(session, "store_recovered", start=mark)
         assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "replica@example.com"
     finally:
+        rdb.close()
+        redis_server.stop()
         master.stop()
 
 
@@ -397,3 +405,18 @@ async def test_a_redis_busy_running_a_script_degrades_and_is_written_back_after_
             checker.script_kill()
             await script
         checker.close()
+
+
+async def test_nan_and_non_string_keys_have_a_json_form(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:
+    system = make_system(redis_url=redis_server.url, start=("session", "gateway"))
+    sid = new_sid()
+    user = {"uid": "u-odd", 1: "one", b"\x00": "bytes key", "score": float("nan"), "max": float("inf")}
+    rdb.set(f"session:{sid}", msgpack.packb({"user": user}))
+    async with browser(system.url) as client:
+        client.cookie_jar.update_cookies({"session": sid})
+        async with client.get("/api/me") as me:
+            assert me.status == 200, await me.text()
+            text = await me.text()
+    body = json.loads(text)  # strict JSON: no NaN literal
+    assert "NaN" not in text
+    assert body["user"] == {"uid": "u-odd", "1": "one", "AA==": "bytes key", "score": {"$float": "nan"}, "max": {"$float": "inf"}}
