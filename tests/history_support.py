@@ -74,8 +74,8 @@ def build_stack(infra: Infra, redis_server: RedisServer, sample_path: str) -> St
     return stack
 
 
-@pytest.fixture(scope="module")
-def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", name="stack")
+def stack_fixture(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server = RedisServer().start()
     built = build_stack(infra, server, str(tmp_path_factory.mktemp("history") / "sample.db"))
     try:
@@ -86,8 +86,8 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeLLM]:
+@pytest.fixture(name="fake")
+async def fake_fixture() -> AsyncIterator[FakeLLM]:
     server = await FakeLLM().start()
     yield server
     await server.stop()

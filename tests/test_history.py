@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from services.gateway.chat import prompt
 from tests import fake_llm
 from tests.chat_support import eventually, gateway, signed_in
 from tests.fake_llm import FakeLLM, Stream
-from tests.history_support import MAX_MESSAGE_BYTES, MAX_MESSAGES, Stack, ask, commandstats, send, stack, stored, user  # noqa: F401 (stack is a fixture)
-from tests.history_support import fake  # noqa: F401 (fixture)
+from tests.history_support import MAX_MESSAGE_BYTES, MAX_MESSAGES, Stack, ask, commandstats, fake_fixture, send, stack_fixture, stored, user  # noqa: F401 (fixtures)
 from tests.test_chat_ai_sdk import ai_sdk, read_with_ai_sdk  # noqa: F401 (ai_sdk is a fixture)
 
 
@@ -42,7 +42,8 @@ async def me(client: Any) -> str:
         return (await response.json())["user"]["uid"]
 
 
-async def test_a_reload_gives_use_chat_exactly_the_messages_it_showed(stack: Stack, fake: FakeLLM, ai_sdk: Path, tmp_path: Path) -> None:
+async def test_a_reload_gives_use_chat_exactly_the_messages_it_showed(stack: Stack, fake: FakeLLM, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    sdk: Path = request.getfixturevalue("ai_sdk")
     question = "Which customers placed the most orders last year, and how much did each of them spend in total? " * 2
     fake.then(
         fake_llm.text("Let me ", "look.", reasoning=["The user wants totals."]),
@@ -64,7 +65,7 @@ async def test_a_reload_gives_use_chat_exactly_the_messages_it_showed(stack: Sta
 
     shown = []
     for message, turn in zip(asked, turns, strict=True):
-        read = await read_with_ai_sdk(ai_sdk, turn.raw, tmp_path)
+        read = await read_with_ai_sdk(sdk, turn.raw, tmp_path)
         assert read["errors"] == []
         shown += [message, read["message"]]
     assert status == 200

@@ -23,12 +23,12 @@ from tests.client import browser, login
 from tests.conftest import Infra
 from tests.fake_llm import FakeLLM
 from tests.harness import ROOT, RedisServer, service_env, wait_until
-from tests.history_support import Stack, ask, build_stack, fake, stored, user  # noqa: F401 (fake is a fixture)
+from tests.history_support import Stack, ask, build_stack, fake_fixture, stored, user  # noqa: F401 (fake_fixture is a fixture)
 from tests.test_history import me, new_conversation, redis_messages
 
 
-@pytest.fixture
-def private_stack(infra: Infra, redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+@pytest.fixture(name="private_stack")
+def private_stack_fixture(infra: Infra, redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
     built = build_stack(infra, redis_server, str(tmp_path / "sample.db"))
     try:
         yield built
@@ -97,6 +97,7 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
         script = asyncio.create_task(asyncio.to_thread(endless_script))
         checker = redis.Redis.from_url(stack.redis_server.url)
         try:
+
             def busy() -> bool:
                 try:
                     checker.ping()

@@ -35,7 +35,6 @@ from shared.contracts import (
     ConversationInfo,
     ConversationList,
     ConversationLoad,
-    ConversationLoaded,
     ConversationPage,
     ConversationPatch,
     ConversationRef,
