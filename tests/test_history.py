@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 
 from services.gateway.chat import prompt
+from shared.bus import request
+from shared.contracts import Subjects
+from shared.errors import ServiceError
 from tests import fake_llm
+from tests.auth_issuer import AUDIENCE, running_issuer
 from tests.chat_support import eventually, gateway, signed_in
+from tests.client import browser
 from tests.fake_llm import FakeLLM, Stream
 from tests.history_support import MAX_MESSAGE_BYTES, MAX_MESSAGES, Stack, ask, commandstats, fake_fixture, send, stack_fixture, stored, user  # noqa: F401 (fixtures)
 from tests.test_chat_ai_sdk import ai_sdk, read_with_ai_sdk  # noqa: F401 (ai_sdk is a fixture)
@@ -247,3 +253,59 @@ async def test_a_chat_turn_costs_one_redis_command_to_load_and_one_to_append(sta
     inner = {"lrange", "llen", "zscore", "hget", "pexpire", "rpush", "zadd", "hsetnx", "time", "mget", "incr", "expire", "rpop"}
     assert set(changed) <= inner, changed
     assert changed["rpush"] == 2 and changed["lrange"] == 1, changed
+
+
+async def test_bearer_clients_keep_history_under_their_token_subject(stack: Stack, fake: FakeLLM) -> None:
+    fake.then(fake_llm.text("Hello, API."))
+    sub = f"api-{uuid.uuid4().hex[:10]}"
+    async with running_issuer() as issuer:
+        env = stack.gateway_env(fake, AUTH_MODE="oidc", OIDC_ISSUER=issuer.url, OIDC_AUDIENCE=AUDIENCE, AUTH_LOGIN_RATE="0")
+        headers = {"Authorization": f"Bearer {issuer.token(sub=sub)}"}
+        async with gateway(env) as url, browser(url, origin=None) as client:
+            async with client.post("/api/conversations", headers=headers) as response:
+                assert response.status == 200
+                cid = (await response.json())["id"]
+            body = json.dumps({"id": cid, "message": user("Over bearer?"), "trigger": "submit-message"}).encode()
+            async with client.post("/api/chat", data=body, headers={**headers, "Content-Type": "application/json"}) as response:
+                assert response.status == 200
+                await response.read()
+            async with client.get("/api/conversations", headers=headers) as response:
+                listed = (await response.json())["conversations"]
+            other = {"Authorization": f"Bearer {issuer.token()}"}
+            async with client.get(f"/api/conversations/{cid}", headers=other) as response:
+                assert response.status == 404
+            assert len(client.cookie_jar) == 0, "bearer requests get no session"
+    assert [(c["id"], c["title"]) for c in listed] == [(cid, "Over bearer?")]
+    assert len(redis_messages(stack, sub, cid)) == 2
+
+
+async def test_the_session_service_refuses_data_parts_and_rows_naming_the_field(stack: Stack) -> None:
+    nc = await nats.connect(stack.system.nats_url)
+    subjects = Subjects(stack.system.prefix)
+    uid, cid = f"u-{uuid.uuid4().hex[:8]}", "c1"
+    rows = {"type": "tool-execute_query", "toolCallId": "t1", "state": "output-available", "output": {"columns": ["n"], "preview": [[i] for i in range(6)]}}
+    cases = [
+        ({"type": "data-query-rows", "data": {"rows": [[1]]}}, "`$.messages[0].parts[0].type`"),
+        (rows, "`$.messages[0].parts[0].output.preview`"),
+    ]
+    try:
+        for part, path in cases:
+            message = {"id": "a1", "role": "assistant", "parts": [part]}
+            with pytest.raises(ServiceError) as refused:
+                await request(nc, subjects.session_conversation("append"), {"uid": uid, "id": cid, "messages": [message]})
+            assert refused.value.code == "bad_request" and path in refused.value.message
+    finally:
+        await nc.close()
+    assert stack.redis.exists(f"conversation:{uid}:{cid}", f"conversations:{uid}") == 0, "nothing was stored"
+
+
+async def test_the_model_gets_the_newest_history_within_its_limit_while_storage_keeps_all(stack: Stack, fake: FakeLLM) -> None:
+    fake.then(*[fake_llm.text(f"Answer {i}.") for i in range(4)])
+    async with gateway(stack.gateway_env(fake, LLM_HISTORY_MAX_CHARS="1000")) as url, signed_in(url) as client:
+        cid = await new_conversation(client)
+        for i in range(4):
+            assert (await ask(client, cid, user(f"Question {i} " + "x" * 300))).status == 200
+        _, body = await stored(client, cid)
+    assert len(body["messages"]) == 8
+    last = [m["content"][:10] for m in fake.requests[-1]["messages"] if m["role"] == "user"]
+    assert last[-1] == "Question 3" and 1 <= len(last) < 4, last

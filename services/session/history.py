@@ -204,13 +204,17 @@ class HistoryStore:
         self._sessions.changed_in_outage()
         return entry
 
-    async def _on_redis[R](self, key: str, call: Any) -> tuple[bool, R | None]:
-        """(True, result) when Redis served the call; (False, None) when it failed and the fallback must."""
+    async def _on_redis[R](self, key: str | None, call: Any) -> tuple[bool, R | None]:
+        """(True, result) when Redis served the call; (False, None) when it failed and the fallback must.
+
+        `key`: the conversation's fallback entry, written back first while recovering.
+        """
         if not self._usable():
             return False, None
         assert self._redis is not None
         try:
-            await self._sessions.migrate_first(key)
+            if key is not None:
+                await self._sessions.migrate_first(key)
             return True, await call(self._redis)
         except RedisUnavailable as exc:
             self._sessions.redis_failed(exc)
@@ -314,7 +318,7 @@ class HistoryStore:
 
     async def list(self, req: ConversationList) -> ConversationPage:
         after = decode_cursor(req.cursor) if req.cursor else None
-        served, result = await self._on_redis(FALLBACK_PREFIX, lambda r: r.list(req.uid, limit=req.limit, after=after))
+        served, result = await self._on_redis(None, lambda r: r.list(req.uid, limit=req.limit, after=after))
         if not served:
             raise ServiceError(UNAVAILABLE, "the list of conversations is unavailable while Redis is down; chats go on and are written back")
         assert result is not None
@@ -409,7 +413,9 @@ class HistoryHandlers:
             outcome = exc.code
             raise
         finally:
-            CALLS.labels(op=f"conversation_{op}", outcome=outcome).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            CALLS.labels(op=f"conversation_{op}", outcome=outcome).observe(elapsed)
+            log.debug("conversation_call", op=op, outcome=outcome, ms=round(elapsed * 1000, 3))
 
     async def load(self, _req: Reply, msg: Msg) -> Reply:
         req = decode_payload(msg.data, ConversationLoad)
