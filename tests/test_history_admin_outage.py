@@ -113,7 +113,7 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
             during = await ask(client, cid, user("During the outage?"))
             assert during.status == 200 and during.text() == "During."
             # Every replica serves from the shared fallback; the conversation's outage entry is there.
-            assert any('"conversation_append_fallback"' in line for s in stack.sessions for line in s.lines)
+            await asyncio.to_thread(wait_until, lambda: any('"conversation_append_fallback"' in line for s in stack.sessions for line in s.lines), 10.0, "the append to go to the fallback")
             checker.script_kill()
             await script
         finally:

@@ -194,15 +194,31 @@ class HistoryStore:
             return None
 
     async def _change(self, uid: str, conversation_id: str, change: Any) -> OutageEntry:
-        """Apply `change(entry)` to the conversation's fallback entry (created when missing) and store it."""
+        """Apply `change(entry)` to the conversation's fallback entry (created when missing) and store it.
+
+        An existing entry is changed by compare-and-set, so replicas appending at once lose nothing.
+        """
         key = fallback_key(uid, conversation_id)
-        async with self._sessions.lock(key):
-            entry = await self._entry(key) or OutageEntry(uid, conversation_id, replaces=self._redis is None)
+        changed: list[OutageEntry] = []
+
+        def apply(raw: bytes) -> bytes:
+            try:
+                entry = OutageEntry.decode(raw)
+            except Exception:  # unreadable: start the entry afresh rather than fail every call
+                entry = OutageEntry(uid, conversation_id, replaces=self._redis is None)
             change(entry)
             entry.updated_at = int(time.time() * 1000)
-            await self._sessions.fallback_call(lambda: self._sessions.fallback.put(key, entry.encode()))
+            changed[:] = [entry]
+            return entry.encode()
+
+        async with self._sessions.lock(key):
+            if await self._sessions.fallback_call(lambda: self._sessions.fallback.update(key, apply)) is None:
+                entry = OutageEntry(uid, conversation_id, replaces=self._redis is None)
+                change(entry)
+                changed[:] = [entry]
+                await self._sessions.fallback_call(lambda: self._sessions.fallback.put(key, entry.encode()))
         self._sessions.changed_in_outage()
-        return entry
+        return changed[0]
 
     async def _on_redis[R](self, key: str | None, call: Any) -> tuple[bool, R | None]:
         """(True, result) when Redis served the call; (False, None) when it failed and the fallback must.
