@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from services.session.config import RedisTarget
+from services.session.history_redis import HistoryRedis
+from services.session.redis_store import create_client
 from tests import fake_llm
 from tests.chat_support import gateway, signed_in
 from tests.client import browser, login
@@ -136,3 +139,34 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
     assert texts == ["Before the outage?", "Before.", "During the outage?", "During.", "After the outage?", "After."]
     assert [m["role"] for m in fake.requests[2]["messages"]][1:] == ["user", "assistant", "user", "assistant", "user"], "the model saw all of it"
     assert json.loads(json.dumps(body))["title"] == "Before the outage?"
+
+
+async def test_write_back_pushes_each_outage_message_once(redis_server: RedisServer) -> None:
+    """A peer appending while another replica writes back: each newer version pushes only what is new, replays nothing."""
+    store = HistoryRedis(create_client(RedisTarget(redis_server.url, "REDIS_URL")), lifetime_s=3600)
+    rdb = redis.Redis.from_url(redis_server.url)
+    uid, cid = "writer", "c1"
+    try:
+        await store.append(uid, cid, [b"m0"], max_messages=100, replace_last_of=None, title="Before")
+
+        async def write(version: int, epoch: str, messages: list[bytes], **kind: bool) -> bool:
+            return await store.write_back(
+                uid, cid, version=version, epoch=epoch, replaces=kind.get("replaces", False), deleted=kind.get("deleted", False), title_mode="initial", title="During", messages=messages
+            )
+
+        assert await write(10, "e1", [b"m1", b"m2"])
+        assert await write(11, "e1", [b"m1", b"m2", b"m3"])  # the entry grew after the first write-back
+        assert not await write(11, "e1", [b"m1", b"m2", b"m3"])  # the same version again: skipped
+        assert not await write(9, "e1", [b"m1"])  # an older version: skipped
+        assert await write(12, "e2", [b"m4"])  # a new entry (a later outage)
+        assert rdb.lrange(f"conversation:{uid}:{cid}", 0, -1) == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+        assert rdb.hget(f"conversation_titles:{uid}", cid) == b"Before", "an initial title never replaces one"
+
+        assert await write(13, "e3", [b"n1"], replaces=True)  # deleted, then written again, during an outage
+        assert rdb.lrange(f"conversation:{uid}:{cid}", 0, -1) == [b"n1"]
+        assert rdb.hget(f"conversation_titles:{uid}", cid) == b"During"
+        assert await write(14, "e4", [], replaces=True, deleted=True)
+        assert rdb.exists(f"conversation:{uid}:{cid}") == 0 and rdb.zscore(f"conversations:{uid}", cid) is None
+    finally:
+        await store.close()
+        rdb.close()
