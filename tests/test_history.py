@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -233,16 +234,27 @@ async def test_limits_refuse_before_the_model_is_called(stack: Stack, fake: Fake
     assert len(body["messages"]) == MAX_MESSAGES
 
 
+def evalsha_counted(stack: Stack) -> float:
+    """session_redis_commands_total{command="evalsha"} summed over both session replicas."""
+    total = 0.0
+    for session in stack.sessions:
+        assert session.env is not None
+        body = urllib.request.urlopen(f"http://127.0.0.1:{session.env['OPS_PORT']}/metrics", timeout=5).read().decode()
+        total += sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith('session_redis_commands_total{command="evalsha"}'))
+    return total
+
+
 async def test_a_chat_turn_costs_one_redis_command_to_load_and_one_to_append(stack: Stack, fake: FakeLLM) -> None:
     fake.then(fake_llm.text("First."), fake_llm.text("Counted."))
     async with gateway(stack.gateway_env(fake, CHAT_QUOTA_PER_MINUTE="10")) as url, signed_in(url) as client:
         cid = await new_conversation(client)
         assert (await ask(client, cid, user("Warm up"))).status == 200  # scripts are loaded, the session exists
         counter = stack.redis
-        before = commandstats(counter)
+        before, counted_before = commandstats(counter), evalsha_counted(stack)
         assert (await ask(client, cid, user("Count me"))).status == 200
-        after = commandstats(counter)
+        after, counted_after = commandstats(counter), evalsha_counted(stack)
         counter.close()
+    assert counted_after - counted_before == 3, "session_redis_commands_total counts them too"
     changed = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
     changed.pop("info", None)
     for setup in ("hello", "client|setinfo", "client|setname", "select", "auth"):  # a pooled connection opened meanwhile
