@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from shared.bus import redact_url
 from shared.config import (
     common_nats,
     env_bool,
@@ -17,7 +18,6 @@ from shared.config import (
     env_str,
     environ,
 )
-from shared.bus import redact_url
 from shared.errors import ConfigError
 
 AUTH_MODES = ("dev", "off", "oidc", "firebase")
