@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -465,3 +466,36 @@ async def test_a_failing_describe_schema_is_a_tool_error_the_model_sees(services
     [failure] = turn.of("tool-output-error")
     assert "nowhere" in failure["errorText"]
     assert tool_messages(fake.requests[1]) == [{"error": failure["errorText"]}]
+
+
+async def test_a_client_that_stops_reading_is_given_up_and_its_query_stopped(services: System, fake: FakeLLM, pg_source: PgSource) -> None:
+    marker = f"chat_stall_{uuid.uuid4().hex[:8]}"
+    sql = f"SELECT g AS {marker}, repeat('x', 200) AS filler FROM generate_series(1, 300000) g"
+    fake.then(fake_llm.tool_calls((prompt.EXECUTE_QUERY, {"sql": sql})))
+    with structlog.testing.capture_logs() as logs:
+        async with gateway(gateway_env(services, fake, CLIENT_WRITE_TIMEOUT_S="1")) as url:
+            async with signed_in(url) as client:
+                cookie = next(c for c in client.cookie_jar if c.key == "session")
+            body = json.dumps({"id": "c", "messages": [user_message("All")], "source": "pg"}).encode()
+            port = int(url.rsplit(":", 1)[1])
+            head = (
+                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the stream stalls soon
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+                await asyncio.get_running_loop().sock_sendall(sock, head.encode() + body)
+                # Never read: the gateway must give up on its own.
+                await eventually(lambda: _logged(logs, "chat_turn"), "the turn to end")
+            finally:
+                sock.close()
+            await eventually(lambda: _stopped(pg_source, marker), "the statement to leave pg_stat_activity")
+    [turn] = [e for e in logs if e["event"] == "chat_turn"]
+    assert turn["outcome"] == "client_stalled"
+    assert [e for e in logs if e["event"] in ("chat_turn_failed", "request_failed")] == []
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)

@@ -28,7 +28,7 @@ from services.gateway.chat.ui import UIStream
 from services.gateway.config import GatewayConfig
 from services.gateway.handlers import current_session
 from services.gateway.limits import LimitResult, Window
-from services.gateway.sse import HEADERS
+from services.gateway.sse import HEADERS, client_outcome
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 from shared.users import user_id
@@ -118,7 +118,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
     # A new assistant message every time: on regenerate, useChat has already removed the old one.
-    ui = UIStream(response, f"msg_{uuid.uuid4().hex}")
+    ui = UIStream(response, f"msg_{uuid.uuid4().hex}", request)
 
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
@@ -134,8 +134,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
             turn.cancel("client_gone")
         try:
             await turn
-        except ConnectionResetError:
-            stats.outcome = "client_gone"
+        except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+            stats.outcome = client_outcome(exc)
         except Exception:  # a bug: the stream is under way, so it ends with an error part rather than a 500
             log.exception("chat_turn_failed")
             stats.outcome = "internal"
