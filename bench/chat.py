@@ -6,7 +6,8 @@ scripted fake model of the tests (tests/fake_llm.py) served from this process:
 - time to the first text delta: a text-only turn through the gateway (session lookup, quota,
   sources and schema, the openai SDK, the UI message stream) against the same fake model
   called directly over HTTP; median of --turns each, interleaved; the difference is what
-  the gateway adds (goal: <= 5 ms);
+  the gateway adds (goal: <= 5 ms). The same call through the openai SDK from this process
+  shows how much of that the SDK itself takes;
 - a turn whose `execute_query` returns --rows SQLite rows: rows/s to the client, against
   POST /api/query of the same SQL in the same run, paired runs (goal: within 10 %).
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from openai import AsyncOpenAI
 
 from bench.query import _http_ok, build_sqlite, login, stream_query
 from services.gateway.chat.prompt import EXECUTE_QUERY
@@ -55,6 +57,20 @@ async def first_delta_direct(http: aiohttp.ClientSession, fake: FakeLLM) -> floa
             if line.startswith(b"data: [DONE]"):
                 break
     raise RuntimeError("the fake sent no text")
+
+
+async def first_delta_sdk(client: AsyncOpenAI) -> float:
+    """ms from calling the openai SDK against the fake until its first text delta: the SDK's share of the gateway's figure."""
+    started = time.perf_counter()
+    first = None
+    stream = await client.chat.completions.create(model=fake_llm.MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True)
+    async with stream:
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = (time.perf_counter() - started) * 1000
+    if first is None:
+        raise RuntimeError("the fake sent no text")
+    return first
 
 
 async def first_delta_gateway(http: aiohttp.ClientSession, base_url: str) -> float:
@@ -107,21 +123,30 @@ async def chat_rows(http: aiohttp.ClientSession, base_url: str, expected: int) -
     return rows, seconds
 
 
-async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tuple[list[float], list[float], list[float], list[float]]:
+async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
     direct: list[float] = []
+    sdk: list[float] = []
+    client = AsyncOpenAI(base_url=fake.base_url, api_key="bench")
     through: list[float] = []
     chat_rates: list[float] = []
     query_rates: list[float] = []
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+    # Origin as a browser's fetch() sends it: the gateway refuses cookie POSTs from other origins.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Origin": base_url}) as http:
         await login(http, base_url)
-        fake.then(fake_llm.text("Hello", " there."), fake_llm.text("Hello", " there."))
-        await first_delta_direct(http, fake)  # warm up both paths: connections, pools, code
+        fake.then(*[fake_llm.text("Hello", " there.")] * 3)
+        await first_delta_direct(http, fake)  # warm up every path: connections, pools, code
+        await first_delta_sdk(client)
         await first_delta_gateway(http, base_url)
         for _ in range(args.turns):
-            fake.then(fake_llm.text("Hello", " there."), fake_llm.text("Hello", " there."))
+            fake.then(*[fake_llm.text("Hello", " there.")] * 3)
             direct.append(await first_delta_direct(http, fake))
+            sdk.append(await first_delta_sdk(client))
             through.append(await first_delta_gateway(http, base_url))
-        print(f"  first text delta: direct median {statistics.median(direct):.2f} ms, through the gateway {statistics.median(through):.2f} ms", flush=True)
+        await client.close()
+        print(
+            f"  first text delta: direct median {statistics.median(direct):.2f} ms, openai SDK direct {statistics.median(sdk):.2f} ms, through the gateway {statistics.median(through):.2f} ms",
+            flush=True,
+        )
         for run in range(args.runs):
             # Alternate which goes first, so that a drift in the machine's load favours neither.
             for kind in ("query", "chat") if run % 2 == 0 else ("chat", "query"):
@@ -133,10 +158,10 @@ async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tup
                     rows, seconds = await chat_rows(http, base_url, args.rows)
                     chat_rates.append(rows / seconds)
             print(f"  {args.rows:,} rows: /api/query {query_rates[-1]:,.0f} rows/s, /api/chat execute_query {chat_rates[-1]:,.0f} rows/s", flush=True)
-    return direct, through, query_rates, chat_rates
+    return direct, sdk, through, query_rates, chat_rates
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> tuple[list[float], list[float], list[float], list[float]]:
+async def run(args: argparse.Namespace, workdir: Path) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
     sqlite_path = workdir / "bench.db"
     build_sqlite(sqlite_path, args.rows)
     fake = await FakeLLM().start()
@@ -185,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chat bench: {args.turns} text turns, {args.runs} x {args.rows:,} SQLite rows, {os.cpu_count()} CPUs shared by everything", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     try:
-        direct, through, query_rates, chat_rates = asyncio.run(run(args, workdir))
+        direct, sdk, through, query_rates, chat_rates = asyncio.run(run(args, workdir))
     finally:
         for path in workdir.iterdir():
             path.unlink()
@@ -196,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'medians':<{width}}{'value':>14}   target")
     print(f"{'first text delta, fake model direct (ms)':<{width}}{statistics.median(direct):>14.2f}")
+    print(f"{'first text delta, openai SDK direct (ms)':<{width}}{statistics.median(sdk):>14.2f}")
     print(f"{'first text delta, through /api/chat (ms)':<{width}}{statistics.median(through):>14.2f}")
     print(f"{'added by the gateway (ms)':<{width}}{added:>14.2f}   <= {TARGET_ADDED_MS:g}")
     print(f"{'/api/query (rows/s)':<{width}}{statistics.median(query_rates):>14,.0f}")

@@ -56,9 +56,7 @@ async def create_pg_source(admin_url: str) -> PgSource:
     try:
         await conn.execute(f"CREATE SCHEMA {s}")
         await conn.execute(f"CREATE TABLE {s}.customers (id int PRIMARY KEY, name text NOT NULL, country text)")
-        await conn.execute(
-            f"CREATE TABLE {s}.orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES {s}.customers(id), amount numeric(10,2), placed date)"
-        )
+        await conn.execute(f"CREATE TABLE {s}.orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES {s}.customers(id), amount numeric(10,2), placed date)")
         await conn.execute(f"CREATE TABLE {s}.big (id int8 PRIMARY KEY, label text)")
         await conn.execute(f"INSERT INTO {s}.customers VALUES (1, 'Ada', 'UK'), (2, 'Grace', 'US'), (3, 'Linus', 'FI')")
         await conn.execute(f"INSERT INTO {s}.orders SELECT g, 1 + g % 3, g * 10.5, date '2024-01-01' + g FROM generate_series(1, 30) g")
@@ -86,9 +84,7 @@ async def drop_pg_source(source: PgSource) -> None:
 async def pg_active(admin_url: str, marker: str) -> int:
     conn = await asyncpg.connect(admin_url)
     try:
-        return await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()", f"%{marker}%"
-        )
+        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()", f"%{marker}%")
     finally:
         await conn.close()
 
@@ -102,15 +98,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-async def pg_source(databases: Databases) -> AsyncIterator[PgSource]:
+@pytest.fixture(scope="module", name="pg_source")
+async def pg_source_fixture(databases: Databases) -> AsyncIterator[PgSource]:
     source = await create_pg_source(databases.postgres)
     yield source
     await drop_pg_source(source)
 
 
-@pytest.fixture(scope="module")
-def services(infra: Infra, pg_source: PgSource, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+@pytest.fixture(scope="module", name="services")
+def services_fixture(infra: Infra, pg_source: PgSource, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """Session and query services; the query service has the sample SQLite database (default) and `pg`."""
     prefix = f"c{uuid.uuid4().hex[:10]}"
     sample = tmp_path_factory.mktemp("chat") / "sample.db"

@@ -89,9 +89,7 @@ def text(*pieces: str, usage: tuple[int, int] = (50, 7), reasoning: Sequence[str
     return Stream(chunks)
 
 
-def tool_calls(
-    *calls: tuple[str, dict[str, Any] | str], usage: tuple[int, int] = (80, 20), finish_reason: str = "tool_calls", index: bool = True, same_index: bool = False
-) -> Stream:
+def tool_calls(*calls: tuple[str, dict[str, Any] | str], usage: tuple[int, int] = (80, 20), finish_reason: str = "tool_calls", index: bool = True, same_index: bool = False) -> Stream:
     """The model calling tools: per call a first chunk with id and name, then its arguments in pieces.
 
     `finish_reason="stop"`, `index=False` (no index at all) and `same_index=True` (every call

@@ -21,15 +21,7 @@ import pytest
 
 from services.gateway.chat import prompt
 from tests import fake_llm
-from tests.chat_support import (  # noqa: F401 (fixtures)
-    Turn,
-    gateway,
-    pg_source,
-    post_chat,
-    services,
-    signed_in,
-    user_message,
-)
+from tests.chat_support import Turn, gateway, pg_source_fixture, post_chat, services_fixture, signed_in, user_message  # noqa: F401 (fixtures)
 from tests.conftest import System
 from tests.fake_llm import FakeLLM
 from tests.harness import ROOT

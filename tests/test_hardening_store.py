@@ -382,6 +382,7 @@ async def test_a_redis_busy_running_a_script_degrades_and_is_written_back_after_
     script = asyncio.create_task(asyncio.to_thread(endless_script))
     checker = redis.Redis.from_url(redis_server.url)
     try:
+
         def busy() -> bool:
             try:
                 checker.ping()

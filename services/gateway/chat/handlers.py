@@ -29,7 +29,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.conversations import HISTORY
 from services.gateway.handlers import current_session
 from services.gateway.limits import LimitResult, Window
-from services.gateway.sse import HEADERS
+from services.gateway.sse import HEADERS, client_outcome
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 from shared.users import user_id
@@ -111,9 +111,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not limit.allowed:
         retry = max(1, limit.retry_after or 1)
         message = f"chat quota used up; try again in {retry} s"
-        return web.json_response(
-            {"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)}
-        )
+        return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
     turns = history.to_model_messages(stored.messages)
     kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
     messages = [{"role": "system", "content": system}, *kept]
@@ -122,7 +120,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
     # A new assistant message every time: on regenerate, useChat has already removed the old one.
-    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", lambda message: persist.save(app[HISTORY], stored, message))
+    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", request, lambda message: persist.save(app[HISTORY], stored, message))
 
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
@@ -138,8 +136,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
             turn.cancel("client_gone")
         try:
             await turn
-        except ConnectionResetError:
-            stats.outcome = "client_gone"
+        except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+            stats.outcome = client_outcome(exc)
         except Exception:  # a bug: the stream is under way, so it ends with an error part rather than a 500
             log.exception("chat_turn_failed")
             stats.outcome = "internal"

@@ -97,7 +97,7 @@ def _tool_name(part: Part) -> str | None:
     if part.type == "dynamic-tool":
         return part.toolName
     if part.type.startswith("tool-"):
-        return part.type[len("tool-"):]
+        return part.type[len("tool-") :]
     return None
 
 

@@ -156,7 +156,11 @@ class ModelClient:
         input_tokens = output_tokens = 0
         try:
             stream = await self._client.chat.completions.create(
-                model=self.model, messages=list(messages), tools=list(tools), stream=True, **kwargs  # type: ignore[arg-type]
+                model=self.model,
+                messages=list(messages),
+                tools=list(tools),
+                stream=True,
+                **kwargs,  # type: ignore[arg-type]
             )
             async with stream:
                 async for chunk in stream:

@@ -30,7 +30,7 @@ TOOLS: list[dict[str, Any]] = [
             "description": (
                 "Run one read-only SQL statement (SELECT, WITH ... SELECT, EXPLAIN) on a source and get a summary of the result: "
                 f"the columns, the first {PREVIEW_ROWS} rows, the row count and whether the result was cut at the row limit. "
-                "The user sees every row in their SQL editor; you only see the summary. On failure you get {\"error\": message}: "
+                'The user sees every row in their SQL editor; you only see the summary. On failure you get {"error": message}: '
                 "fix the SQL and try again."
             ),
             "parameters": {
@@ -63,8 +63,7 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 STEP_LIMIT_TEXT = (
-    "I stopped here: this question took more than {steps} steps (queries and schema lookups) without a final answer. "
-    "The results so far are above; ask a narrower question or continue from them."
+    "I stopped here: this question took more than {steps} steps (queries and schema lookups) without a final answer. The results so far are above; ask a narrower question or continue from them."
 )
 
 
@@ -81,8 +80,7 @@ def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[st
     lines += [
         "",
         "Rules:",
-        "- Every statement must be read-only (SELECT, WITH ... SELECT, EXPLAIN) and written in the dialect of the source it runs on. "
-        "Writes, DDL and several statements at once are refused.",
+        "- Every statement must be read-only (SELECT, WITH ... SELECT, EXPLAIN) and written in the dialect of the source it runs on. Writes, DDL and several statements at once are refused.",
         f"- Use {DESCRIBE_SCHEMA} when you need tables or columns you do not know; never guess names.",
         f"- Use {EXECUTE_QUERY} to answer with data. You see the columns, up to {PREVIEW_ROWS} rows and the row count; "
         "the user sees every row in their SQL editor, so do not repeat the rows: summarise and explain.",

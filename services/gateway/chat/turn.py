@@ -71,9 +71,7 @@ async def run_turn(model: ModelClient, ui: UIStream, ctx: tools.ToolContext, mes
     except ModelError as exc:
         stats.outcome = exc.outcome
         await ui.error(exc.message)
-    await ui.finish(
-        {"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps}
-    )
+    await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
 
 
 async def _stream_step(model: ModelClient, ui: UIStream, messages: list[dict[str, Any]]) -> StepEnd:
