@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -275,8 +276,8 @@ async def test_old_turns_are_dropped_past_the_history_limit(services: System, fa
         (fake_llm.Hang(), {"LLM_TIMEOUT_S": "1", "LLM_MAX_RETRIES": "0"}, "the language model did not answer within 1 s; try again"),
         (
             fake_llm.Stream(fake_llm.text("Let me ", "see").chunks[:3], hang=True),
-            {"LLM_TIMEOUT_S": "1"},
-            "the language model did not answer within 1 s; try again",
+            {"LLM_TIMEOUT_S": "2"},
+            "the language model did not answer within 2 s; try again",
         ),
     ],
     ids=["401", "429", "500", "garbage", "hang", "hang-mid-stream"],
@@ -390,13 +391,14 @@ async def test_without_a_model_chat_is_503_and_the_rest_works(services: System) 
 
 
 async def test_over_quota_is_429_before_any_model_call(services: System, fake: FakeLLM) -> None:
+    """The hour window is the one that fills: a fixed window rolling over mid-test is then all but impossible."""
     fake.then(fake_llm.text("one"), fake_llm.text("two"), fake_llm.text("three"))
-    env = gateway_env(services, fake, CHAT_QUOTA_PER_MINUTE="2", CHAT_QUOTA_PER_HOUR="0")
+    env = gateway_env(services, fake, CHAT_QUOTA_PER_MINUTE="0", CHAT_QUOTA_PER_HOUR="2")
     async with gateway(env) as url, signed_in(url) as client:
         async with client.get("/api/quota") as response:
             assert await response.json() == {
-                "minute": {"used": 0, "limit": 2, "resets_in": pytest.approx(30, abs=30)},
-                "hour": {"used": 0, "limit": 0, "resets_in": pytest.approx(1800, abs=1800)},
+                "minute": {"used": 0, "limit": 0, "resets_in": pytest.approx(30, abs=30)},
+                "hour": {"used": 0, "limit": 2, "resets_in": pytest.approx(1800, abs=1800)},
                 "day": {"used": 0, "limit": 1000, "resets_in": pytest.approx(43200, abs=43200)},
             }
         for _ in range(2):
@@ -406,9 +408,9 @@ async def test_over_quota_is_429_before_any_model_call(services: System, fake: F
             after = await response.json()
     assert refused.status == 429
     assert refused.body["error"]["code"] == "quota_exceeded"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
-    assert refused.body["usage"]["minute"]["used"] == 2 and refused.body["usage"]["minute"]["limit"] == 2
-    assert after["minute"]["used"] == 2 and after["day"]["used"] == 2
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    assert refused.body["usage"]["hour"] == {"used": 2, "limit": 2, "resets_in": int(refused.headers["Retry-After"])}
+    assert after["hour"]["used"] == 2 and after["day"]["used"] == 2
     assert len(fake.requests) == 2
 
 
@@ -465,3 +467,36 @@ async def test_a_failing_describe_schema_is_a_tool_error_the_model_sees(services
     [failure] = turn.of("tool-output-error")
     assert "nowhere" in failure["errorText"]
     assert tool_messages(fake.requests[1]) == [{"error": failure["errorText"]}]
+
+
+async def test_a_client_that_stops_reading_is_given_up_and_its_query_stopped(services: System, fake: FakeLLM, pg_source: PgSource) -> None:
+    marker = f"chat_stall_{uuid.uuid4().hex[:8]}"
+    sql = f"SELECT g AS {marker}, repeat('x', 200) AS filler FROM generate_series(1, 300000) g"
+    fake.then(fake_llm.tool_calls((prompt.EXECUTE_QUERY, {"sql": sql})))
+    with structlog.testing.capture_logs() as logs:
+        async with gateway(gateway_env(services, fake, CLIENT_WRITE_TIMEOUT_S="1")) as url:
+            async with signed_in(url) as client:
+                cookie = next(c for c in client.cookie_jar if c.key == "session")
+            body = json.dumps({"id": "c", "messages": [user_message("All")], "source": "pg"}).encode()
+            port = int(url.rsplit(":", 1)[1])
+            head = (
+                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the stream stalls soon
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+                await asyncio.get_running_loop().sock_sendall(sock, head.encode() + body)
+                # Never read: the gateway must give up on its own.
+                await eventually(lambda: _logged(logs, "chat_turn"), "the turn to end")
+            finally:
+                sock.close()
+            await eventually(lambda: _stopped(pg_source, marker), "the statement to leave pg_stat_activity")
+    [turn] = [e for e in logs if e["event"] == "chat_turn"]
+    assert turn["outcome"] == "client_stalled"
+    assert [e for e in logs if e["event"] in ("chat_turn_failed", "request_failed")] == []
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)

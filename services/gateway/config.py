@@ -90,6 +90,8 @@ class GatewayConfig:
     """QUERY_STREAM_IDLE_S: silence from the query service after which a stream ends in an error."""
     shutdown_grace_s: float = 20.0
     """SHUTDOWN_GRACE_S: how long in-flight requests and streams may finish after SIGTERM."""
+    client_write_timeout_s: float = 30.0
+    """CLIENT_WRITE_TIMEOUT_S: a stream write the client does not take within this long ends the stream and cancels its query."""
     log_level: str = "INFO"
     """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
     llm_base_url: str = ""
@@ -122,10 +124,6 @@ class GatewayConfig:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {self.auth_mode!r}")
         if self.use_signer and not self.secret_key:
             raise ConfigError("SECRET_KEY must be set when SESSION_USE_SIGNER is on")
-        if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM_BASE_URL must be an http:// or https:// URL, got {redact_url(self.llm_base_url)!r}")
-        if self.llm_base_url and not self.llm_model:
-            raise ConfigError("LLM_MODEL must be set when LLM_BASE_URL is set")
         if self.auth_mode == "oidc":
             if not self.oidc_issuer:
                 raise ConfigError("OIDC_ISSUER must be set when AUTH_MODE is oidc")
@@ -140,6 +138,10 @@ class GatewayConfig:
             raise ConfigError("AUTH_JWKS_CACHE_MAX_S must not be less than AUTH_JWKS_CACHE_MIN_S")
         if self.firebase_web_config:
             _check_firebase_web_config(self.firebase_web_config, self.firebase_project_id)
+        if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"LLM_BASE_URL must be an http:// or https:// URL, got {redact_url(self.llm_base_url)!r}")
+        if self.llm_base_url and not self.llm_model:
+            raise ConfigError("LLM_MODEL must be set when LLM_BASE_URL is set")
 
     @property
     def token_login(self) -> bool:
@@ -203,6 +205,7 @@ class GatewayConfig:
             session_timeout_s=env_float(env, "SESSION_REQUEST_TIMEOUT_S", 2.0, minimum=0.05),
             stream_idle_s=env_float(env, "QUERY_STREAM_IDLE_S", 5.0, minimum=0.5),
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
+            client_write_timeout_s=env_float(env, "CLIENT_WRITE_TIMEOUT_S", 30.0, minimum=0.1),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             llm_base_url=env_str(env, "LLM_BASE_URL", ""),
             llm_api_key=env_str(env, "LLM_API_KEY", ""),

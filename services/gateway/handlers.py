@@ -18,12 +18,13 @@ from services.gateway.auth.limit import check_login_rate
 from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_from_claims
 from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
+from services.gateway.jsonable import jsonable
 from services.gateway.relay import QueryResult, relay
-from services.gateway.sse import HEADERS, ToolStream
+from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
-from shared.users import user_id
+from shared.users import signed_in_user, user_id
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +81,7 @@ async def identity(request: web.Request) -> Identity:
         return Identity(None, {"user": user, "conversation_id": None})
     sid = request.app[keys.COOKIE].sid(request)
     session = await request.app[keys.SESSIONS].get(sid) if sid else None
-    if sid is None or session is None or not session.get("user"):
+    if sid is None or session is None or signed_in_user(session) is None:
         raise ServiceError(UNAUTHORIZED, "not logged in")
     structlog.contextvars.bind_contextvars(uid=user_id(session))
     return Identity(sid, session)
@@ -93,10 +94,11 @@ async def current_session(request: web.Request) -> tuple[str | None, dict[str, A
 
 
 def public_view(session: dict[str, Any]) -> dict[str, Any]:
-    user = session.get("user")
+    """What /api/me shows; values JSON cannot carry (bytes, ext types) in their documented form."""
+    user = signed_in_user(session)
     if isinstance(user, str):  # a legacy session whose user is a plain id
         user = {"uid": user, "email": None, "name": None, "picture": None, "verified": False}
-    return {"user": user, "conversation_id": session.get("conversation_id")}
+    return jsonable({"user": user, "conversation_id": session.get("conversation_id")})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -154,18 +156,6 @@ async def me(request: web.Request) -> web.Response:
     return web.json_response(public_view(who.session))
 
 
-async def new_conversation(request: web.Request) -> web.Response:
-    """Start a new conversation: one atomic field patch, so concurrent requests lose nothing."""
-    sid, _ = await current_session(request)
-    conversation_id = str(uuid.uuid4())
-    if sid is None:  # a bearer client keeps its conversation id itself: nothing is stored for it
-        return web.json_response({"conversation_id": conversation_id})
-    session = await request.app[keys.SESSIONS].patch(sid, {"conversation_id": conversation_id})
-    if session is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
-    return web.json_response({"conversation_id": conversation_id})
-
-
 async def query(request: web.Request) -> web.StreamResponse:
     """Run execute_query and stream the result as an AI SDK UI message stream."""
     await current_session(request)
@@ -179,7 +169,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
-    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}")
+    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request)
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
     started = time.monotonic()
     outcome, result = "ok", QueryResult()
@@ -193,8 +183,8 @@ async def query(request: web.Request) -> web.StreamResponse:
             outcome = exc.code
             await stream.error(exc.message)
         await stream.end()
-    except ConnectionResetError:
-        outcome = "client_gone"
+    except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+        outcome = client_outcome(exc)
     except asyncio.CancelledError:  # cut off: the shutdown grace ran out
         outcome = "cancelled"
         raise

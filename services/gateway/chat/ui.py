@@ -15,17 +15,20 @@ from services.gateway.sse import DONE, ToolStream, event
 
 
 class UIStream:
-    """The parts of one assistant message; every write waits for the client (TCP backpressure)."""
+    """The parts of one assistant message; every write waits for the client (TCP backpressure), at most CLIENT_WRITE_TIMEOUT_S."""
 
-    def __init__(self, response: web.StreamResponse, message_id: str) -> None:
+    def __init__(self, response: web.StreamResponse, message_id: str, request: web.Request) -> None:
         self._response = response
+        self._request = request
         self.message_id = message_id
+        # Every write goes through a ToolStream: the same CLIENT_WRITE_TIMEOUT_S as /api/query.
+        self._out = ToolStream(response, message_id, "", request=request)
         self._open: dict[str, str] = {}  # "text" / "reasoning" -> id of the part being streamed
         self._parts = 0
         self.step_open = False
 
     async def write(self, *parts: dict[str, Any]) -> None:
-        await self._response.write(b"".join(event(p) for p in parts))
+        await self._out.send(b"".join(event(p) for p in parts))
 
     def _new_id(self, kind: str) -> str:
         self._parts += 1
@@ -82,7 +85,7 @@ class UIStream:
 
     def tool(self, call_id: str) -> ToolStream:
         """Outputs, rows and errors of one tool call, written exactly as POST /api/query writes them."""
-        return ToolStream(self._response, self.message_id, call_id)
+        return ToolStream(self._response, self.message_id, call_id, request=self._request)
 
     async def error(self, message: str) -> None:
         await self.close_open()
@@ -90,4 +93,4 @@ class UIStream:
 
     async def finish(self, metadata: dict[str, Any]) -> None:
         await self.finish_step()
-        await self._response.write(event({"type": "finish", "messageMetadata": metadata}) + DONE)
+        await self._out.send(event({"type": "finish", "messageMetadata": metadata}) + DONE)
