@@ -211,11 +211,15 @@ def test_the_chart_draws_a_numeric_column_against_another(page: Page, problems: 
     expect(page.get_by_role("img", name="x by x: 50 points")).to_be_visible()
 
 
-def test_the_pages_pass_axe_core(page: Page, problems: list[str]) -> None:
+def test_the_pages_pass_axe_core(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
     page.goto("/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert axe_violations(page) == []
+    fake.then(fake_llm.tool_calls(("execute_query", {"sql": "SELECT 1 AS one"})), fake_llm.text("It is **one**.", reasoning=["Easy."]))
     sign_in(page)
+    ask(page, "What is one?")
+    expect(page.get_by_role("log", name="Conversation messages").get_by_text("It is")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Conversations").get_by_role("listitem")).to_have_count(1)
     run_sql(page, TRICKY_SQL)
     expect(page.get_by_role("status")).to_have_text("6 rows")
     assert axe_violations(page) == []
@@ -281,3 +285,61 @@ def test_stop_ends_a_turn_midway_and_keeps_what_was_streamed(page: Page, problem
     expect(stop).to_be_disabled()
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
     expect(messages.get_by_text("Thinking about it")).to_be_visible()
+
+
+def conversations(page: Page) -> list[dict[str, Any]]:
+    return page.request.get("/api/conversations").json()["conversations"]
+
+
+def test_after_a_reload_the_conversation_is_in_the_sidebar_and_shows_again(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(fake_llm.text("Hello, ", "Ada."))
+    sign_in(page)
+    ask(page, "Which tables are there?")
+    messages = page.get_by_role("log", name="Conversation messages")
+    expect(messages.get_by_text("Hello, Ada.")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    page.reload()
+    sidebar = page.get_by_role("navigation", name="Conversations")
+    expect(sidebar.get_by_role("button", name="Which tables are there?", exact=True)).to_have_attribute("aria-current", "true")
+    expect(messages.get_by_text("Which tables are there?")).to_be_visible()
+    expect(messages.get_by_text("Hello, Ada.")).to_be_visible()
+
+
+def test_the_sidebar_makes_switches_renames_and_deletes_conversations_by_keyboard(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(fake_llm.text("First answer."), fake_llm.text("Second answer."))
+    sign_in(page)
+    messages = page.get_by_role("log", name="Conversation messages")
+    sidebar = page.get_by_role("navigation", name="Conversations")
+    ask(page, "First question")
+    expect(messages.get_by_text("First answer.")).to_be_visible()
+    sidebar.get_by_role("button", name="New conversation").focus()
+    page.keyboard.press("Enter")
+    expect(messages.get_by_text("First answer.")).to_have_count(0)
+    ask(page, "Second question")
+    expect(messages.get_by_text("Second answer.")).to_be_visible()
+    expect(sidebar.get_by_role("listitem")).to_have_count(2)
+    assert [c["title"] for c in conversations(page)] == ["Second question", "First question"]
+
+    # Switch back to the first.
+    sidebar.get_by_role("button", name="First question", exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(messages.get_by_text("First answer.")).to_be_visible()
+    expect(messages.get_by_text("Second answer.")).to_have_count(0)
+
+    # Rename it: the inline form, typed and sent with Enter.
+    sidebar.get_by_role("button", name="Rename First question").focus()
+    page.keyboard.press("Enter")
+    title = sidebar.get_by_label("New title")
+    expect(title).to_be_focused()
+    page.keyboard.type("Tables, renamed")
+    page.keyboard.press("Enter")
+    expect(sidebar.get_by_role("button", name="Tables, renamed", exact=True)).to_be_visible()
+    assert [c["title"] for c in conversations(page)] == ["Second question", "Tables, renamed"]
+
+    # Delete the second: gone from the list and from the server.
+    second = next(c["id"] for c in conversations(page) if c["title"] == "Second question")
+    sidebar.get_by_role("button", name="Delete Second question").focus()
+    page.keyboard.press("Enter")
+    expect(sidebar.get_by_role("button", name="Second question", exact=True)).to_have_count(0)
+    assert [c["title"] for c in conversations(page)] == ["Tables, renamed"]
+    assert page.request.get(f"/api/conversations/{second}").status == 404

@@ -38,19 +38,13 @@ export class BrowserChat extends AbstractChat {
   }
 }
 
-// The server keeps each conversation's history (the session service): with it, only the new
-// message is sent, as useChat does with prepareSendMessagesRequest.
-const SEND_ONLY_NEW_MESSAGE = false;
-
-/** A Chat for conversation `id`. */
+/** A Chat for conversation `id`; it sends only the new message, since the server keeps the history (docs/history.md). */
 export function createChat({ id, messages, source, rows, onChange, onFinish }) {
   const transport = new DefaultChatTransport({
     api: "/api/chat",
     credentials: "same-origin",
     prepareSendMessagesRequest: ({ id: chatId, messages: all, trigger, messageId }) => ({
-      body: SEND_ONLY_NEW_MESSAGE
-        ? { id: chatId, message: all[all.length - 1], trigger, messageId, source: source() || undefined }
-        : { id: chatId, messages: all, trigger, messageId, source: source() || undefined },
+      body: { id: chatId, message: all[all.length - 1], trigger, messageId, source: source() || undefined },
     }),
   });
   const chat = new BrowserChat({
