@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import sqlite3
 import uuid
@@ -17,11 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests import fake_llm
 from tests.conftest import Infra, System
-from tests.harness import free_port, wait_until
+from tests.harness import Service, free_port, service_env, wait_until
 from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, launch_args, require_chromium
 
 CHROMIUM = require_chromium()
@@ -149,6 +150,27 @@ def test_sign_in_with_the_dev_form_then_sign_out(page: Page, problems: list[str]
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert page.request.get("/api/me").status == 401
+
+
+def test_under_firebase_the_page_offers_google_sign_in_and_loads_nothing_from_elsewhere_until_asked(browser: Browser, system: System) -> None:
+    config = {"apiKey": "AIzaSyTest-key", "authDomain": "dbgenie-test.firebaseapp.com", "projectId": "dbgenie-test"}
+    port = free_port()
+    env = {**system.env, "GATEWAY_PORT": str(port), "AUTH_MODE": "firebase", "FIREBASE_PROJECT_ID": "dbgenie-test", "FIREBASE_WEB_CONFIG": json.dumps(config)}
+    gateway = Service("gateway", service_env(**env)).start()
+    context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
+    try:
+        page = context.new_page()
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto("/")
+        expect(page.get_by_role("button", name="Sign in with Google")).to_be_visible()
+        expect(page.get_by_label("Email")).to_be_hidden()
+        # The Firebase SDK is a chunk of its own, fetched only when the button is pressed.
+        assert all(url.startswith(f"http://127.0.0.1:{port}/") or url.startswith("data:") for url in requested), requested
+        assert axe_violations(page) == []
+    finally:
+        context.close()
+        assert gateway.stop() == 0
 
 
 def test_a_query_of_200000_rows_scrolls_to_its_last_row_with_the_keyboard(page: Page, problems: list[str]) -> None:

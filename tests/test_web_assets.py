@@ -105,6 +105,19 @@ async def test_every_built_asset_is_served_immutable_and_names_outside_assets_ar
                 assert (await response.json())["error"]["code"] == "not_found"
 
 
+async def test_scripts_and_styles_go_compressed_to_browsers_that_accept_it(services: System) -> None:
+    built = [name for name in json.loads((STATIC / "manifest.json").read_text())["files"] if name.endswith((".js", ".css"))]
+    async with running_gateway(services.env) as url, browser(url) as client:
+        for name in built:
+            async with client.get(name, headers={"Accept-Encoding": "gzip"}) as response:
+                assert response.headers["Content-Encoding"] == "gzip", name
+                assert response.headers["Vary"] == "Accept-Encoding"
+                assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+                assert await response.read() == (STATIC / name.removeprefix("/")).read_bytes()  # aiohttp decompressed it
+            async with client.get(name, headers={"Accept-Encoding": "identity"}) as response:
+                assert "Content-Encoding" not in response.headers
+
+
 async def test_every_response_carries_a_strict_csp_and_the_security_headers(services: System) -> None:
     async with running_gateway(services.env) as url, browser(url) as client:
         for path, status in (("/", 200), ("/auth/config", 200), ("/api/me", 401), ("/no/such/page", 404)):

@@ -2,6 +2,7 @@
 // Run by `make` (scripts/build_web.py) with Node from PyPI; `node build.mjs` by hand works too.
 import { build } from "esbuild";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { brotliCompressSync, constants, gzipSync } from "node:zlib";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -35,6 +36,14 @@ const entry = (name) => {
   if (!found) throw new Error(`no output for ${name}`);
   return "/assets/" + path.basename(found[0]);
 };
+// Precompressed copies: the gateway's FileResponse sends them to browsers that accept them.
+for (const [file] of outputs) {
+  if (!/\.(js|css)$/.test(file)) continue;
+  const body = await readFile(file);
+  await writeFile(file + ".br", brotliCompressSync(body, { params: { [constants.BROTLI_PARAM_QUALITY]: 11 } }));
+  await writeFile(file + ".gz", gzipSync(body, { level: 9 }));
+}
+
 const template = await readFile(path.join(here, "src", "index.html"), "utf8");
 const html = template.replace("%APP_JS%", entry("main.js")).replace("%APP_CSS%", entry("style.css"));
 await writeFile(path.join(out, "index.html"), html);
