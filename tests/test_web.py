@@ -28,6 +28,7 @@ from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, lau
 CHROMIUM = require_chromium()
 
 BIG = 200_000
+MAX_ROWS = 250_000
 BIG_SQL = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BIG}) SELECT i AS id, 'row ' || i AS label, i * 0.5 AS half FROM n"
 # Cells that CSV must quote or keep apart: commas, quotes, line breaks, spaces at the ends, NULL, numbers.
 TRICKY_SQL = (
@@ -82,6 +83,7 @@ def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPa
         "LLM_MODEL": fake_llm.MODEL,
         "LLM_API_KEY": "sk-test-web",
         "LLM_MAX_RETRIES": "0",
+        "QUERY_MAX_ROWS": str(MAX_ROWS),
     }
     system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
     try:
@@ -160,6 +162,10 @@ def test_under_firebase_the_page_offers_google_sign_in_and_loads_nothing_from_el
     context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
     try:
         page = context.new_page()
+        errors: list[str] = []
+        # (The signed-out page's GET /api/me answers 401, which Chromium logs as a failed load: that one is expected.)
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "status of 401" not in msg.text else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         page.goto("/")
@@ -168,6 +174,7 @@ def test_under_firebase_the_page_offers_google_sign_in_and_loads_nothing_from_el
         # The Firebase SDK is a chunk of its own, fetched only when the button is pressed.
         assert all(url.startswith(f"http://127.0.0.1:{port}/") or url.startswith("data:") for url in requested), requested
         assert axe_violations(page) == []
+        assert errors == []
     finally:
         context.close()
         assert gateway.stop() == 0
@@ -188,6 +195,28 @@ def test_a_query_of_200000_rows_scrolls_to_its_last_row_with_the_keyboard(page: 
     assert grid.locator('[role="row"]').count() < 100
     page.keyboard.press("Home")
     expect(grid.locator('[role="row"][aria-rowindex="2"]').get_by_role("gridcell")).to_have_text(["1", "row 1", "0.5"])
+
+
+def test_a_result_cut_at_query_max_rows_says_it_was_truncated(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MAX_ROWS + 10}) SELECT i FROM n")
+    expect(page.get_by_role("status")).to_have_text(f"{MAX_ROWS:,} rows. Truncated: the result had more rows than the server returns (QUERY_MAX_ROWS).", timeout=60_000)
+    assert page.get_by_role("grid", name="Query result").get_attribute("aria-rowcount") == str(MAX_ROWS + 1)
+
+
+def test_the_editor_completes_table_names_from_the_schema_of_the_picked_source(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    picker = page.get_by_label("Source")
+    expect(picker.locator("option")).to_have_text(["default (sqlite)"])
+    editor = page.locator("#editor .cm-content")
+    editor.click()
+    page.keyboard.type("SELECT * FROM cust")
+    completion = page.locator(".cm-tooltip-autocomplete")
+    option = completion.get_by_role("option", name="customers")
+    expect(option).to_be_visible()
+    # A click: CodeMirror ignores Enter for 75 ms after the list opens (against accidental picks), and tests do not wait on time.
+    option.click()
+    expect(editor).to_have_text("SELECT * FROM customers")
 
 
 def test_the_csv_download_holds_exactly_the_rows(page: Page, problems: list[str]) -> None:
