@@ -257,7 +257,10 @@ def test_the_chart_draws_a_numeric_column_against_another(page: Page, problems: 
     sign_in(page)
     run_sql(page, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i AS x, i * i AS y FROM n")
     expect(page.get_by_role("status")).to_have_text("50 rows")
-    expect(page.get_by_role("img", name="y by x: 50 points")).to_be_visible()
+    chart = page.get_by_role("img", name="y by x: 50 points")
+    expect(chart).to_be_visible()
+    # The axes run from the first row to the last: x 1..50, y 0..2500.
+    expect(chart.locator("text")).to_have_text(["2500", "0", "x", "1", "50"])
     page.get_by_label("Y (numeric)").select_option(label="x")
     expect(page.get_by_role("img", name="x by x: 50 points")).to_be_visible()
 

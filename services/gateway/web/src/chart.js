@@ -31,10 +31,11 @@ export function drawChart(container, store, xCol, yCol) {
   const numericX = store.isNumeric(xCol);
   const rows = store.rowCount;
   const count = numericX ? Math.min(rows, MAX_POINTS) : Math.min(rows, MAX_BARS);
-  const step = numericX ? rows / count : 1;
+  // Evenly spaced rows, the first and the last included.
+  const step = numericX && count > 1 ? (rows - 1) / (count - 1) : 1;
   const points = [];
   for (let i = 0; i < count; i++) {
-    const r = Math.floor(i * step);
+    const r = Math.round(i * step);
     const y = store.number(r, yCol);
     if (!Number.isFinite(y)) continue;
     points.push({ x: numericX ? store.number(r, xCol) : i, label: store.cell(r, xCol) ?? "NULL", y });

@@ -2,7 +2,7 @@
 // names from GET /api/schema?source=. Ctrl+Enter (Cmd+Enter) runs the query.
 // The editor lives in a shadow root: there CodeMirror's styles go into constructed (adopted)
 // style sheets instead of a <style> element, which the page's CSP (style-src 'self') refuses.
-import { autocompletion, closeBrackets, closeBracketsKeymap, completionKeymap } from "@codemirror/autocomplete";
+import { autocompletion, closeBrackets, closeBracketsKeymap, closeCompletion, completionKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, history, historyKeymap, indentWithTab } from "@codemirror/commands";
 import { MariaSQL, MySQL, PostgreSQL, SQLite, StandardSQL, sql } from "@codemirror/lang-sql";
 import { bracketMatching, HighlightStyle, syntaxHighlighting } from "@codemirror/language";
@@ -62,7 +62,15 @@ export class SqlEditor {
           this.language.of(sql({ dialect: StandardSQL })),
           Prec.highest(
             keymap.of([
-              { key: "Mod-Enter", run: () => (onRun(), true), preventDefault: true },
+              {
+                key: "Mod-Enter",
+                run: (view) => {
+                  closeCompletion(view);
+                  onRun();
+                  return true;
+                },
+                preventDefault: true,
+              },
             ]),
           ),
           keymap.of([...closeBracketsKeymap, ...defaultKeymap, ...historyKeymap, ...completionKeymap, indentWithTab]),
