@@ -13,6 +13,7 @@ QUERY_FAILED = "query_failed"
 QUERY_TIMEOUT = "query_timeout"
 UNKNOWN_SOURCE = "unknown_source"
 UNAVAILABLE = "unavailable"
+BUSY = "busy"  # a replica is at its limit of concurrent work; retry shortly (HTTP 503 + Retry-After)
 TIMEOUT = "timeout"
 INTERNAL = "internal"
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from services.gateway import keys, metrics
 from services.gateway.errors import error_response
 from services.gateway.sse import HEADERS, ToolStream
-from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
+from shared.errors import BAD_REQUEST, BUSY, UNAUTHORIZED, ServiceError
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
 from shared.users import user_id
@@ -128,17 +128,25 @@ async def query(request: web.Request) -> web.StreamResponse:
     source = text_field(body, "source", required=False, max_chars=128)
 
     config = request.app[keys.CONFIG]
-    response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
-    await response.prepare(request)
-    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}")
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
+    start_error: ServiceError | None = None
+    try:
+        await consumer.start(sql, source)
+    except ServiceError as exc:
+        if exc.code == BUSY:
+            raise  # before the stream's headers: a real 503 with Retry-After
+        start_error = exc  # any other refusal is an error part of the stream, as before
+    response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
+    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}")
     started = time.monotonic()
     outcome, row_count = "ok", 0
     metrics.STREAMS_IN_FLIGHT.inc()
     try:
+        await response.prepare(request)
         await stream.begin(sql)
         try:
-            await consumer.start(sql, source)
+            if start_error is not None:
+                raise start_error
             columns: list[Any] = []
             preview: list[Any] = []
             async for message in consumer.messages(alive=lambda: not (request.transport is None or request.transport.is_closing())):

@@ -26,6 +26,7 @@ from services.query.values import RowEncoder
 from shared.contracts import Subjects
 from shared.errors import (
     BAD_REQUEST,
+    BUSY,
     INTERNAL,
     QUERY_TIMEOUT,
     UNAVAILABLE,
@@ -76,6 +77,10 @@ def loggable_sql(sql: str) -> str:
     return flat if len(flat) <= LOGGED_SQL_CHARS else flat[:LOGGED_SQL_CHARS] + "…"
 
 
+def busy(limit: int) -> ServiceError:
+    return ServiceError(BUSY, f"this query service replica is running its limit of {limit} queries (QUERY_MAX_CONCURRENT); retry in a moment")
+
+
 def parse_request(req: dict[str, Any]) -> tuple[str, str | None]:
     sql = req.get("sql")
     if not isinstance(sql, str) or not sql.strip():
@@ -121,6 +126,10 @@ class QueryHandlers:
             await asyncio.to_thread(check_read_only, sql, engine.dialect)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
+            # Checked with no await between here and create_task, so the cap holds exactly.
+            if len(self._streams) >= self._config.max_concurrent:
+                await producer.close()
+                raise busy(self._config.max_concurrent)
         except ServiceError as exc:
             self._record_failure(progress, exc)
             raise

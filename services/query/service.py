@@ -13,6 +13,7 @@ from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
 from services.query.sample import ensure_sample
+from services.query.wire import ByteLimits
 from shared.bus import Server, connect, redact_url
 from shared.bus import close as close_nats
 from shared.contracts import QUERY_QUEUE, Subjects
@@ -33,7 +34,8 @@ async def main() -> None:
     async with AsyncExitStack() as stack:
         nc = await connect(config.nats_url, "query")
         stack.push_async_callback(close_nats, nc)
-        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size))
+        limits = ByteLimits(max_cell_bytes=config.max_cell_bytes, max_row_bytes=config.max_row_bytes)
+        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits))
         stack.push_async_callback(sources.close)
         handlers = QueryHandlers(config, nc, sources, subjects)
         server = Server(nc)

@@ -17,7 +17,9 @@ import asyncpg
 import structlog
 
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.pg_codecs import decode_char, install_codecs
 from services.query.values import Column
+from services.query.wire import WireGuard, install
 from shared.bus import redact_url
 from shared.errors import (
     QUERY_FAILED,
@@ -30,7 +32,6 @@ from shared.errors import (
 log = structlog.get_logger(__name__)
 
 APPLICATION_NAME = "dbgenie-query"
-_JSON_TYPES = frozenset({"json", "jsonb"})
 # Types whose values are never floats (so never NaN or infinity): the encoder skips that check.
 _NO_FLOAT_TYPES = frozenset(
     {
@@ -43,28 +44,29 @@ _NO_FLOAT_TYPES = frozenset(
 _NATIVE_TYPES = frozenset(
     {
         "int2", "int4", "int8", "oid", "float4", "float8", "bool", "text", "varchar", "bpchar", "name",
-        "date", "timestamp", "timestamptz", "interval", "money", "xml",
+        "date", "timestamp", "timestamptz", "time", "timetz", "interval", "money", "xml", "bit", "varbit",
     }
 )
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Intervals as the server's own ISO 8601 text ("P1Y2M3DT4H"): asyncpg's timedelta
-    # would fold months into 30-day blocks.
-    await conn.set_type_codec("interval", schema="pg_catalog", encoder=str, decoder=str, format="text")
+    await install_codecs(conn)
 
 
 class PostgresCursor(Cursor):
-    def __init__(self, engine: PostgresEngine, statement: asyncpg.prepared_stmt.PreparedStatement, cursor: Any, timeout_s: float) -> None:
+    def __init__(
+        self, engine: PostgresEngine, statement: asyncpg.prepared_stmt.PreparedStatement, cursor: Any, timeout_s: float, guard: WireGuard
+    ) -> None:
         self._engine = engine
         self._cursor = cursor
         self._timeout_s = timeout_s
+        self._guard = guard
         self.columns = [
             Column(
                 a.name,
                 a.type.name,
-                json=a.type.name in _JSON_TYPES,
+                convert=decode_char if a.type.name == "char" else None,
                 floats=a.type.name not in _NO_FLOAT_TYPES,
                 native=a.type.name in _NATIVE_TYPES,
             )
@@ -75,7 +77,7 @@ class PostgresCursor(Cursor):
         try:
             return await self._cursor.fetch(n)
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            raise self._engine.error(exc, self._timeout_s) from None
+            raise self._guard.refusal or self._engine.error(exc, self._timeout_s) from None
 
 
 class PostgresEngine(Engine):
@@ -122,6 +124,7 @@ class PostgresEngine(Engine):
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
             raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
         ms = max(1, int(timeout_s * 1000))
+        guard = install(conn._transport, self.settings.limits, mysql=False)
         try:
             try:
                 await conn.execute(
@@ -135,13 +138,15 @@ class PostgresEngine(Engine):
                     raise ServiceError(QUERY_REFUSED, "only a query that returns rows can run; this statement returns none")
                 cursor = await statement.cursor()
             except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-                raise self.error(exc, timeout_s) from None
-            yield PostgresCursor(self, statement, cursor, timeout_s)
+                raise guard.refusal or self.error(exc, timeout_s) from None
+            yield PostgresCursor(self, statement, cursor, timeout_s, guard)
         finally:
             await asyncio.shield(self._release(conn))
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
+        if getattr(conn, "_con", conn) is None:
+            return  # the connection was lost (e.g. aborted by its WireGuard) and the pool has taken it back
         try:
             if not conn.is_closed() and conn.is_in_transaction():
                 await asyncio.wait_for(conn.execute("ROLLBACK"), self.settings.connect_timeout_s)

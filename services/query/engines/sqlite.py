@@ -19,6 +19,7 @@ from urllib.parse import quote
 from services.query.config import sqlite_path
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column, RowEncoder
+from services.query.wire import ByteLimits, cell_error, fetch_error, row_error
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -45,9 +46,10 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
 class _Handle:
     """One read-only connection and its cursor, used from one worker thread at a time."""
 
-    def __init__(self, path: Path, timeout_s: float) -> None:
+    def __init__(self, path: Path, timeout_s: float, limits: ByteLimits) -> None:
         self.path = path
         self.timeout_s = timeout_s
+        self.limits = limits
         self.conn: sqlite3.Connection | None = None
         self.cursor: sqlite3.Cursor | None = None
         self.expired = False
@@ -59,6 +61,8 @@ class _Handle:
         uri = f"file:{quote(str(self.path))}?mode=ro"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         self.conn.execute("PRAGMA query_only = ON")
+        # SQLite itself refuses to make or read a string, blob or stored row longer than this.
+        self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.limits.max_row_bytes)
         self.conn.set_authorizer(_authorize)
 
     def execute(self, sql: str) -> list[str]:
@@ -94,7 +98,7 @@ class SqliteCursor(Cursor):
         self._typed = False
 
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
-        rows = await self._engine._run(self._handle, self._handle.fetch, n)
+        rows = await self._engine._run(self._handle, _fetch_measured, self._handle, n, len(self._names))
         if not self._typed and rows:
             self.columns = [Column(name, _infer_type(rows, i)) for i, name in enumerate(self._names)]
             self._typed = True
@@ -103,10 +107,74 @@ class SqliteCursor(Cursor):
     async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
         # Encoding in the worker too leaves the event loop nothing to do but publish.
         def fetch_and_encode() -> tuple[int, list[tuple[int, bytes]]]:
-            rows = self._handle.fetch(n)
-            return len(rows), encoder.chunks(rows, limit, offset)
+            return _fetch_bounded(self._handle, n, encoder, limit, offset)
 
         return await self._engine._run(self._handle, fetch_and_encode)
+
+
+def _fetch_bounded(handle: _Handle, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
+    """Up to `n` rows as JSON chunks, read in slices small enough that one slice stays within the
+    fetch budget whatever its values, and refused once the batch's JSON goes over that budget."""
+    limits = handle.limits
+    width = max(1, len(encoder.columns))
+    slice_rows = max(1, limits.max_fetch_bytes // (width * limits.max_row_bytes))
+    out: list[tuple[int, bytes]] = []
+    parts: list[bytes] = []
+    part_rows = part_bytes = total = got = 0
+    while got < n:
+        rows = handle.fetch(min(slice_rows, n - got))
+        for count, payload in encoder.chunks(rows, limit, offset + got):
+            total += len(payload)
+            if total > limits.max_fetch_bytes:
+                raise fetch_error(limits.max_fetch_bytes, limits)
+            if len(payload) > limits.max_cell_bytes:
+                _check_cells(rows, limits)
+            if parts and part_bytes + len(payload) > limit:
+                out.append((part_rows, b"[" + b",".join(parts) + b"]"))
+                parts, part_rows, part_bytes = [], 0, 0
+            parts.append(payload[1:-1])
+            part_rows += count
+            part_bytes += len(payload)
+        got += len(rows)
+        if len(rows) < slice_rows:
+            break
+    if parts:
+        out.append((part_rows, b"[" + b",".join(parts) + b"]"))
+    return got, out
+
+
+def _fetch_measured(handle: _Handle, n: int, width: int) -> list[Any]:
+    """Up to `n` rows, each value measured: for the first fetch, whose rows come back as values."""
+    limits = handle.limits
+    slice_rows = max(1, limits.max_fetch_bytes // (max(1, width) * limits.max_row_bytes))
+    rows: list[Any] = []
+    total = 0
+    while len(rows) < n:
+        part = handle.fetch(min(slice_rows, n - len(rows)))
+        total += _check_cells(part, limits)
+        if total > limits.max_fetch_bytes:
+            raise fetch_error(limits.max_fetch_bytes, limits)
+        rows.extend(part)
+        if len(part) < slice_rows:
+            break
+    return rows
+
+
+def _check_cells(rows: Sequence[Sequence[Any]], limits: ByteLimits) -> int:
+    """The text and blob bytes of `rows`; raises when a value or a row is over its limit."""
+    total = 0
+    for row in rows:
+        size = 0
+        for value in row:
+            if isinstance(value, (str, bytes)):
+                length = len(value) if isinstance(value, bytes) or value.isascii() else len(value.encode())
+                if length > limits.max_cell_bytes:
+                    raise cell_error(length, limits)
+                size += length
+        if size > limits.max_row_bytes:
+            raise row_error(size, limits)
+        total += size
+    return total
 
 
 def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:
@@ -170,7 +238,7 @@ class SqliteEngine(Engine):
     async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
         loop = asyncio.get_running_loop()
         async with self._slots:
-            handle = _Handle(self.path, timeout_s)
+            handle = _Handle(self.path, timeout_s, self.settings.limits)
             self._handles.add(handle)
             timer = loop.call_later(timeout_s, handle.expire)
             try:
@@ -189,6 +257,11 @@ def _error(exc: sqlite3.Error, handle: _Handle) -> ServiceError:
         if handle.expired:
             return ServiceError(QUERY_TIMEOUT, timeout_message(handle.timeout_s))
         return ServiceError(QUERY_FAILED, "the query was interrupted")
+    if "string or blob too big" in message:
+        return ServiceError(
+            QUERY_FAILED,
+            f"a value or a stored row is over the {handle.limits.max_row_bytes}-byte limit per row (QUERY_MAX_ROW_BYTES); SQLite said: {message}",
+        )
     if "not authorized" in message or "readonly" in message or "read-only" in message:
         return ServiceError(QUERY_REFUSED, f"SQLite refused the statement (read-only source): {message}")
     if isinstance(exc, sqlite3.OperationalError) and "unable to open" in message:
