@@ -202,7 +202,7 @@ def _json_fragment(value: Any) -> Any:
 def _json_value(value: Any) -> Any:
     if isinstance(value, (str, bytes, bytearray)):
         try:
-            return orjson.loads(value)
+            return orjson.loads(bytes(value) if isinstance(value, JsonText) else value)
         except orjson.JSONDecodeError:
             if isinstance(value, JsonText):
                 return bytes(value).decode("utf-8", "replace")
