@@ -342,33 +342,26 @@ async def test_postgres_value_has_its_documented_json_form(pg_reader: tuple[Engi
 
 
 @pytest.mark.parametrize(
-    ("expression", "style"),
+    "expression",
     [
-        ("'1 year 2 mons 3 days 04:05:06'::interval", ""),
-        ("'-1 year -2 mons'::interval", ""),
-        ("'1 day -02:00:00'::interval", ""),
-        ("'-00:00:01.5'::interval", ""),
-        ("'0'::interval", ""),
-        ("'178000000 years'::interval", ""),
-        ("'-3 days 04:05:06.000001'::interval", ""),
-        ("'0044-03-15 BC'::date", ""),
-        ("'0001-01-01 BC'::date", ""),
-        ("'0044-03-15 12:30:00.5 BC'::timestamp", ""),
-        ("'20000-06-15 01:02:03.000004'::timestamp", ""),
-        ("'20000-06-15 01:02:03+00'::timestamptz", "SET LOCAL TimeZone = 'UTC'"),
-        ("'0044-03-15 12:30:00+00 BC'::timestamptz", "SET LOCAL TimeZone = 'UTC'"),
-        ("12.5::money", ""),
+        "'1 year 2 mons 3 days 04:05:06'::interval",
+        "'-1 year -2 mons'::interval",
+        "'1 day -02:00:00'::interval",
+        "'-00:00:01.5'::interval",
+        "'0'::interval",
+        "'178000000 years'::interval",
+        "'-3 days 04:05:06.000001'::interval",
+        "'0044-03-15 BC'::date",
+        "'0001-01-01 BC'::date",
+        "'0044-03-15 12:30:00.5 BC'::timestamp",
+        "'20000-06-15 01:02:03.000004'::timestamp",
+        "12.5::money",
     ],
 )
-async def test_postgres_values_outside_python_are_the_servers_own_text(pg_reader: tuple[Engine, str], expression: str, style: str) -> None:
+async def test_postgres_values_outside_python_are_the_servers_own_text(pg_reader: tuple[Engine, str], expression: str) -> None:
     """Compared with what the server prints for the same value (IntervalStyle iso_8601, DateStyle ISO)."""
     engine, _ = pg_reader
-    sql = f"SELECT x, x::text FROM (SELECT {expression} AS x) v"
-    if style:
-        # The cast to text follows the session's TimeZone; the JSON form is always in UTC.
-        sql = f"SELECT x, timezone('UTC', x)::text || '+00' || CASE WHEN x < '0001-01-01 00:00+00' THEN ' BC' ELSE '' END FROM (SELECT {expression} AS x) v"
-        sql = sql.replace("|| CASE WHEN x < '0001-01-01 00:00+00' THEN ' BC' ELSE '' END", "") if "BC" not in expression else sql.replace("timezone('UTC', x)::text", "replace(timezone('UTC', x)::text, ' BC', '')")
-    _, (value, text), _ = await json_values(engine, sql)
+    _, (value, text), _ = await json_values(engine, f"SELECT x, x::text FROM (SELECT {expression} AS x) v")
     assert value == text
 
 

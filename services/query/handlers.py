@@ -23,6 +23,7 @@ from services.query.engines import Cursor, Engine, Sources
 from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
+from services.query.wire import FETCH_ROWS_AT_LIMIT
 from shared.contracts import Subjects
 from shared.errors import (
     BAD_REQUEST,
@@ -39,7 +40,7 @@ log = structlog.get_logger(__name__)
 MAX_SQL_CHARS = 100_000
 LOGGED_SQL_CHARS = 200
 # The first fetch is small so that the preview goes out at once, whatever the result size.
-FIRST_FETCH_ROWS = 64
+FIRST_FETCH_ROWS = FETCH_ROWS_AT_LIMIT  # never over the fetch budget, whatever the rows
 MAX_FETCH_ROWS = 50_000
 # Room left in a NATS message for the stream envelope and headers.
 ENVELOPE_BYTES = 4096

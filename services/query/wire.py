@@ -19,8 +19,9 @@ from typing import Any
 
 from shared.errors import QUERY_FAILED, ServiceError
 
-# A fetch may bring at most this many rows' worth of QUERY_MAX_ROW_BYTES (the first fetch is 64 rows).
-FETCH_ROWS_AT_LIMIT = 64
+# A fetch may bring at most this many rows' worth of QUERY_MAX_ROW_BYTES (the query service's
+# first fetch asks for this many rows, so it can never go over).
+FETCH_ROWS_AT_LIMIT = 16
 # asyncmy buffers at most this much beyond one row before the socket is paused.
 MYSQL_READ_AHEAD_BYTES = 256 * 1024
 

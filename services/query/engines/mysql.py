@@ -203,7 +203,9 @@ class MysqlEngine(Engine):
                 log.warning("mysql_rollback_failed", source=self.name, error=_text(exc))
                 conn.close()
         else:
-            await self._kill_query(conn)
+            transport = conn._transport
+            if transport is not None and not transport.is_closing():  # else already cut off (a WireGuard refusal)
+                await self._kill_query(conn)
             conn.close()
         self._pool.release(conn)
 

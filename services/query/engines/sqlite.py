@@ -12,6 +12,7 @@ import concurrent.futures
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -70,10 +71,6 @@ class _Handle:
         self.cursor = self.conn.execute(sql)
         return [d[0] for d in self.cursor.description or ()]
 
-    def fetch(self, n: int) -> list[Any]:
-        assert self.cursor is not None
-        return self.cursor.fetchmany(n)
-
     def interrupt(self) -> None:
         if self.conn is not None:
             self.conn.interrupt()
@@ -98,7 +95,7 @@ class SqliteCursor(Cursor):
         self._typed = False
 
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
-        rows = await self._engine._run(self._handle, _fetch_measured, self._handle, n, len(self._names))
+        rows = await self._engine._run(self._handle, _fetch_bounded, self._handle, n)
         if not self._typed and rows:
             self.columns = [Column(name, _infer_type(rows, i)) for i, name in enumerate(self._names)]
             self._typed = True
@@ -107,74 +104,38 @@ class SqliteCursor(Cursor):
     async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
         # Encoding in the worker too leaves the event loop nothing to do but publish.
         def fetch_and_encode() -> tuple[int, list[tuple[int, bytes]]]:
-            return _fetch_bounded(self._handle, n, encoder, limit, offset)
+            rows = _fetch_bounded(self._handle, n)
+            return len(rows), encoder.chunks(rows, limit, offset)
 
         return await self._engine._run(self._handle, fetch_and_encode)
 
 
-def _fetch_bounded(handle: _Handle, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
-    """Up to `n` rows as JSON chunks, read in slices small enough that one slice stays within the
-    fetch budget whatever its values, and refused once the batch's JSON goes over that budget."""
+def _fetch_bounded(handle: _Handle, n: int) -> list[Any]:
+    """Up to `n` rows, each measured as it is read: a value over QUERY_MAX_CELL_BYTES, a row over
+    QUERY_MAX_ROW_BYTES, or a fetch over its budget ends the query before more is read."""
+    assert handle.cursor is not None
     limits = handle.limits
-    width = max(1, len(encoder.columns))
-    slice_rows = max(1, limits.max_fetch_bytes // (width * limits.max_row_bytes))
-    out: list[tuple[int, bytes]] = []
-    parts: list[bytes] = []
-    part_rows = part_bytes = total = got = 0
-    while got < n:
-        rows = handle.fetch(min(slice_rows, n - got))
-        for count, payload in encoder.chunks(rows, limit, offset + got):
-            total += len(payload)
-            if total > limits.max_fetch_bytes:
-                raise fetch_error(limits.max_fetch_bytes, limits)
-            if len(payload) > limits.max_cell_bytes:
-                _check_cells(rows, limits)
-            if parts and part_bytes + len(payload) > limit:
-                out.append((part_rows, b"[" + b",".join(parts) + b"]"))
-                parts, part_rows, part_bytes = [], 0, 0
-            parts.append(payload[1:-1])
-            part_rows += count
-            part_bytes += len(payload)
-        got += len(rows)
-        if len(rows) < slice_rows:
-            break
-    if parts:
-        out.append((part_rows, b"[" + b",".join(parts) + b"]"))
-    return got, out
-
-
-def _fetch_measured(handle: _Handle, n: int, width: int) -> list[Any]:
-    """Up to `n` rows, each value measured: for the first fetch, whose rows come back as values."""
-    limits = handle.limits
-    slice_rows = max(1, limits.max_fetch_bytes // (max(1, width) * limits.max_row_bytes))
+    cell_limit, row_limit, budget = limits.max_cell_bytes, limits.max_row_bytes, limits.max_fetch_bytes
     rows: list[Any] = []
     total = 0
-    while len(rows) < n:
-        part = handle.fetch(min(slice_rows, n - len(rows)))
-        total += _check_cells(part, limits)
-        if total > limits.max_fetch_bytes:
-            raise fetch_error(limits.max_fetch_bytes, limits)
-        rows.extend(part)
-        if len(part) < slice_rows:
-            break
-    return rows
-
-
-def _check_cells(rows: Sequence[Sequence[Any]], limits: ByteLimits) -> int:
-    """The text and blob bytes of `rows`; raises when a value or a row is over its limit."""
-    total = 0
-    for row in rows:
+    for row in islice(handle.cursor, n):
         size = 0
         for value in row:
-            if isinstance(value, (str, bytes)):
-                length = len(value) if isinstance(value, bytes) or value.isascii() else len(value.encode())
-                if length > limits.max_cell_bytes:
+            kind = type(value)
+            if kind is str or kind is bytes:
+                length = len(value)
+                if kind is str and length * 4 > cell_limit and not value.isascii():
+                    length = len(value.encode())
+                if length > cell_limit:
                     raise cell_error(length, limits)
                 size += length
-        if size > limits.max_row_bytes:
+        if size > row_limit:
             raise row_error(size, limits)
         total += size
-    return total
+        if total > budget:
+            raise fetch_error(budget, limits)
+        rows.append(row)
+    return rows
 
 
 def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:
