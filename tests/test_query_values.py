@@ -10,10 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncmy
-import asyncpg
 import orjson
 import pytest
 
@@ -22,6 +19,7 @@ from services.query.engines import Engine, EngineSettings, create_engine
 from services.query.values import Column, RowEncoder, iso_duration
 from shared.errors import QUERY_FAILED, ConfigError, ServiceError
 from tests.conftest import Databases
+from tests.readers import mariadb_reader, postgres_reader
 
 
 def encode(columns: list[Column], rows: list[tuple]) -> list[list]:
@@ -182,36 +180,21 @@ async def json_values(engine: Engine, sql: str) -> tuple[list[str], list, list]:
         return [c.type for c in cursor.columns], orjson.loads(encoder.encode(rows))[0], encoder.preview(rows, 10_000)[0]
 
 
-def with_credentials(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port}"))
-
-
 @pytest.fixture(scope="module")
 async def pg_reader(databases: Databases) -> AsyncIterator[tuple[Engine, str]]:
     """A PostgreSQL engine logged in as a fresh role with no privilege but USAGE on one schema of types."""
-    name = f"qv_{uuid.uuid4().hex[:10]}"
-    password = uuid.uuid4().hex
-    admin = await asyncpg.connect(databases.postgres)
-    engine: Engine | None = None
-    try:
-        await admin.execute(f"""
-            CREATE ROLE {name} LOGIN PASSWORD '{password}';
-            CREATE SCHEMA {name};
-            CREATE TYPE {name}.mood AS ENUM ('sad', 'ok');
-            CREATE TYPE {name}.pair AS (n int, d date);
-            CREATE DOMAIN {name}.posint AS int CHECK (VALUE > 0);
-            GRANT USAGE ON SCHEMA {name} TO {name};
-        """)
-        engine = create_engine("pg_reader", with_credentials(databases.postgres, name, password), EngineSettings(pool_size=2))
+    setup = """
+        CREATE TYPE {s}.mood AS ENUM ('sad', 'ok');
+        CREATE TYPE {s}.pair AS (n int, d date);
+        CREATE DOMAIN {s}.posint AS int CHECK (VALUE > 0);
+    """
+    async with postgres_reader(databases.postgres, setup) as (url, schema):
+        engine = create_engine("pg_reader", url, EngineSettings(pool_size=2))
         await engine.open()
-        yield engine, name
-    finally:
-        if engine is not None:
+        try:
+            yield engine, schema
+        finally:
             await engine.close()
-        await admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        await admin.execute(f"DROP ROLE IF EXISTS {name}")
-        await admin.close()
 
 
 PG_VALUES = [
@@ -371,38 +354,28 @@ async def test_postgres_column_types_are_named_as_the_server_names_them(pg_reade
     assert types == ["mood", "int4", "varbit", "pg_lsn"]
 
 
+MARIADB_TABLE = (
+    """CREATE TABLE t (
+        b64 BIT(64), y YEAR, s SET('a', 'b', 'c'), e ENUM('x', 'y'), zd DATE, zdt DATETIME, g GEOMETRY,
+        f FLOAT, d6 DATETIME(6), t3 TIME(3), dec_ DECIMAL(65, 30), vb VARBINARY(4), ip INET6, u UUID)""",
+    "SET SESSION sql_mode = ''",  # zero dates exist in old MySQL data; read them back as they are
+    """INSERT INTO t VALUES (
+        b'1111111111111111111111111111111111111111111111111111111111111111', 2024, 'a,c', 'y', '0000-00-00',
+        '0000-00-00 00:00:00', ST_GeomFromText('POINT(1 2)'), 1.5, '9999-12-31 23:59:59.999999', '-838:59:59.5',
+        1.5, x'00ff', '::1', '00000000-0000-0000-0000-000000000001')""",
+)
+
+
 @pytest.fixture(scope="module")
 async def my_reader(databases: Databases) -> AsyncIterator[Engine]:
     """A MariaDB engine logged in as a fresh user with SELECT on one database of typed columns."""
-    name = f"qv_{uuid.uuid4().hex[:10]}"
-    password = uuid.uuid4().hex
-    url = urlsplit(databases.mysql)
-    admin = await asyncmy.connect(host=url.hostname, port=url.port or 3306, user=url.username, password=url.password or "")
-    engine: Engine | None = None
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE {name}")
-            await cur.execute(f"""CREATE TABLE {name}.t (
-                b64 BIT(64), y YEAR, s SET('a', 'b', 'c'), e ENUM('x', 'y'), zd DATE, zdt DATETIME, g GEOMETRY,
-                f FLOAT, d6 DATETIME(6), t3 TIME(3), dec_ DECIMAL(65, 30), vb VARBINARY(4), ip INET6, u UUID)""")
-            await cur.execute("SET SESSION sql_mode = ''")  # zero dates exist in old MySQL data; read them back as they are
-            await cur.execute(f"""INSERT INTO {name}.t VALUES (
-                b'1111111111111111111111111111111111111111111111111111111111111111', 2024, 'a,c', 'y', '0000-00-00',
-                '0000-00-00 00:00:00', ST_GeomFromText('POINT(1 2)'), 1.5, '9999-12-31 23:59:59.999999', '-838:59:59.5',
-                1.5, x'00ff', '::1', '00000000-0000-0000-0000-000000000001')""")
-            await cur.execute("COMMIT")
-            await cur.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
-            await cur.execute(f"GRANT SELECT ON {name}.* TO '{name}'@'%'")
-        engine = create_engine("my_reader", with_credentials(databases.mysql, name, password).rpartition("/")[0] + f"/{name}", EngineSettings(pool_size=2))
+    async with mariadb_reader(databases.mysql, MARIADB_TABLE) as (url, _):
+        engine = create_engine("my_reader", url, EngineSettings(pool_size=2))
         await engine.open()
-        yield engine
-    finally:
-        if engine is not None:
+        try:
+            yield engine
+        finally:
             await engine.close()
-        async with admin.cursor() as cur:
-            await cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
-            await cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
 
 
 MARIADB_COLUMNS = [

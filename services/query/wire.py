@@ -270,3 +270,20 @@ def install(transport: Any, limits: ByteLimits, *, mysql: bool) -> WireGuard:
     guard = cls(inner, transport, limits, mysql=mysql)
     transport.set_protocol(guard)
     return guard
+
+
+# Bytes of memory per byte of a fetch on the wire, for text-like data: the decoded values
+# (about 1x), the JSON of the batch being built and the JSON of the batch being sent (about
+# 1x each), with room to spare. See docs/query-values.md for where it can be higher.
+AMPLIFICATION = 4
+
+
+def memory_bound(*, max_concurrent: int, max_row_bytes: int, message_bytes: int, window: int) -> int:
+    """Bytes one query service replica may add to its idle RSS while running queries (docs/query-values.md).
+
+    Per query: `window` unacknowledged rows messages of at most `message_bytes` each, plus the
+    read-ahead: one fetch of at most FETCH_ROWS_AT_LIMIT x QUERY_MAX_ROW_BYTES on the wire, held
+    as values and JSON (AMPLIFICATION) while the previous fetch's JSON is being sent.
+    """
+    fetch_bytes = FETCH_ROWS_AT_LIMIT * max_row_bytes
+    return max_concurrent * (window * message_bytes + AMPLIFICATION * fetch_bytes)
