@@ -1,6 +1,6 @@
 """Turning database values into JSON: the rows payload (fast, column-wise) and the preview (cut cells).
 
-The JSON form of each Python value a driver returns (documented in docs/query.md):
+The JSON form of each Python value a driver returns (documented per database type in docs/query-values.md):
 
 - None -> null; bool -> true/false; str -> string
 - int -> number when within ±(2^53 - 1), else a string (JavaScript would round it)
