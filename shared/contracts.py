@@ -8,7 +8,11 @@ The request id travels in the `Dbg-Request-Id` header.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
+
+import msgspec
+
+from shared.errors import BAD_REQUEST, ServiceError
 
 SESSION_QUEUE = "session"
 QUERY_QUEUE = "query"
@@ -41,6 +45,10 @@ class Subjects:
     def session_ping(self) -> str:
         return f"{self.prefix}.session.ping"
 
+    @property
+    def session_limit(self) -> str:
+        return f"{self.prefix}.session.limit"
+
     # Query service, queue group "query".
     @property
     def query_execute(self) -> str:
@@ -50,11 +58,16 @@ class Subjects:
     def query_ping(self) -> str:
         return f"{self.prefix}.query.ping"
 
+    @property
+    def query_schema(self) -> str:
+        return f"{self.prefix}.query.schema"
+
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
 
 
 # --- session ---------------------------------------------------------------------------
+
 
 class SessionGet(TypedDict):
     """`session.get` request; reply `{"session": map | None}`. Slides the expiry."""
@@ -92,6 +105,7 @@ class SessionDelete(TypedDict):
 
 # --- query -----------------------------------------------------------------------------
 
+
 class QueryExecute(TypedDict):
     """`query.execute` request.
 
@@ -108,6 +122,7 @@ class QueryExecute(TypedDict):
     window: int
 
 
+# fmt: off
 # Stream messages, published by the query service to the gateway's inbox. "t" names the kind.
 STREAM_META = "meta"    # {"t", "columns": [{"name", "type"}], "preview": [[...], ...]}: first rows read
 STREAM_ROWS = "rows"    # {"t", "seq": int >= 1, "offset": int, "count": int, "rows": bytes (a JSON array of rows)}
@@ -118,3 +133,124 @@ STREAM_HEARTBEAT = "hb"  # {"t", "seq": last rows seq sent}: the producer is ali
 # Control messages, published by the gateway to `query_control(stream_id)`.
 CONTROL_ACK = "ack"        # {"t", "seq": int}: every rows message up to seq is delivered
 CONTROL_CANCEL = "cancel"  # {"t"}: the client is gone; stop the query and free the cursor
+# fmt: on
+
+
+# --- typed payloads --------------------------------------------------------------------
+
+
+def decode_payload[S: msgspec.Struct](data: bytes, kind: type[S]) -> S:
+    """Decode a MessagePack request into its Struct; a bad one is a bad_request naming the field path."""
+    try:
+        return msgspec.msgpack.decode(data, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ServiceError(BAD_REQUEST, f"invalid {kind.__name__}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ServiceError(BAD_REQUEST, f"payload is not valid MessagePack: {exc}") from None
+
+
+def convert_payload[S: msgspec.Struct](value: Any, kind: type[S]) -> S:
+    """The same check for a map that is already decoded (a reply, say)."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise ServiceError(BAD_REQUEST, f"invalid {kind.__name__}: {exc}") from None
+
+
+# --- limiter ---------------------------------------------------------------------------
+
+LIMIT_NAME_PATTERN = "^[A-Za-z0-9_-]+$"
+
+
+class LimitWindow(msgspec.Struct, frozen=True):
+    """One fixed window of a `session.limit` call: at most `limit` calls per `seconds` (0: off)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=LIMIT_NAME_PATTERN)]
+    seconds: Annotated[int, msgspec.Meta(gt=0, le=366 * 86400)]
+    limit: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+
+
+class LimitRequest(msgspec.Struct, frozen=True):
+    """`session.limit` request: count one call of `key` in every window (or only read them).
+
+    `key` names what is limited, e.g. `quota:<uid>` or `login:<ip>`; window names are unique.
+    """
+
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    windows: Annotated[list[LimitWindow], msgspec.Meta(min_length=1, max_length=4)]
+    consume: bool = True
+
+
+class WindowUsage(msgspec.Struct, frozen=True):
+    """Where one window stands after the call."""
+
+    used: int
+    limit: int
+    resets_in: int
+    """Seconds until this window starts afresh."""
+
+
+class LimitResult(msgspec.Struct, frozen=True):
+    """`session.limit` reply.
+
+    `allowed` is False when an enabled window is full (then nothing was counted) and
+    `retry_after` says in how many seconds every full window has reset. `local` is True
+    when Redis was unreachable and this session replica counted on its own.
+    """
+
+    allowed: bool
+    windows: dict[str, WindowUsage]
+    retry_after: int | None = None
+    local: bool = False
+
+
+# --- describe_schema -------------------------------------------------------------------
+
+
+class SchemaRequest(msgspec.Struct, frozen=True):
+    """`query.schema` request: an overview of `source` (the default one when None), or details of `tables`."""
+
+    source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    tables: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]], msgspec.Meta(min_length=1, max_length=50)] | None = None
+
+
+class SchemaColumn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A column; `nullable` and `primary_key` only in details (`tables` given)."""
+
+    name: str
+    type: str
+    nullable: bool | msgspec.UnsetType = msgspec.UNSET
+    primary_key: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class SchemaReference(msgspec.Struct, frozen=True):
+    table: str
+    columns: list[str]
+
+
+class SchemaForeignKey(msgspec.Struct, frozen=True):
+    columns: list[str]
+    references: SchemaReference
+
+
+class SchemaTable(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A table or view, named schema-qualified unless it is in the connection's default schema.
+
+    `foreign_keys` and `row_estimate` (None when the database keeps no estimate) only in details.
+    """
+
+    name: str
+    columns: list[SchemaColumn]
+    foreign_keys: list[SchemaForeignKey] | msgspec.UnsetType = msgspec.UNSET
+    row_estimate: int | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class SchemaReply(msgspec.Struct, frozen=True):
+    """`query.schema` reply. `truncated` when tables or columns were left out, `note` says what and why
+    (and names requested tables that do not exist or cannot be read)."""
+
+    source: str
+    dialect: str
+    tables: list[SchemaTable]
+    truncated: bool = False
+    note: str | None = None

@@ -9,6 +9,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from services.gateway.config import GatewayConfig
+from services.gateway.limits import Limiter
 from services.gateway.sessions import SessionClient, SessionCookie
 from shared.contracts import Subjects
 
@@ -48,3 +49,4 @@ NATS_CLIENT = web.AppKey("nats", NATS)
 SESSIONS = web.AppKey("sessions", SessionClient)
 COOKIE = web.AppKey("cookie", SessionCookie)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+LIMITER = web.AppKey("limiter", Limiter)

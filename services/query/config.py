@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import orjson
 
-from shared.config import common_nats, env_float, env_int, env_port, env_str, environ
+from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
 from shared.errors import ConfigError
 
 DEFAULT_SOURCE = "default"
@@ -56,6 +56,9 @@ class QueryConfig:
     max_row_bytes: int = 1024 * 1024
     # Queries running at once in this replica; one more is refused with code "busy" (HTTP 503).
     max_concurrent: int = 8
+    # Serve sources whose database account can do more than read (docs/query-account.md);
+    # a warning is logged on every start while it is on.
+    allow_privileged: bool = False
 
     def __post_init__(self) -> None:
         if self.max_cell_bytes > self.max_row_bytes:
@@ -103,6 +106,7 @@ class QueryConfig:
             max_cell_bytes=env_int(env, "QUERY_MAX_CELL_BYTES", 512 * 1024, minimum=1024),
             max_row_bytes=env_int(env, "QUERY_MAX_ROW_BYTES", 1024 * 1024, minimum=1024),
             max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
+            allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
         )
 
 

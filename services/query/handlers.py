@@ -110,7 +110,8 @@ class QueryHandlers:
         return len(self._streams)
 
     async def ping(self, _req: dict[str, Any], _msg: Msg) -> dict[str, Any]:
-        return {"ok": True, "sources": self._sources.names, "default": self._sources.default}
+        dialects = {name: self._sources.resolve(name).dialect for name in self._sources.names}
+        return {"ok": True, "sources": self._sources.names, "default": self._sources.default, "dialects": dialects}
 
     async def execute(self, req: dict[str, Any], _msg: Msg) -> dict[str, Any]:
         started = time.monotonic()

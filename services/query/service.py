@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
+from services.query import schema
 from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
@@ -34,13 +35,30 @@ async def main() -> None:
     async with AsyncExitStack() as stack:
         nc = await connect(config.nats_url, "query")
         stack.push_async_callback(close_nats, nc)
+        if config.allow_privileged:
+            log.warning(
+                "privileged_sources_allowed",
+                variable="QUERY_ALLOW_PRIVILEGED",
+                detail="sources whose database account can write, use server files, run programs or signal other sessions are served",
+                docs="docs/query-account.md",
+            )
         limits = ByteLimits(max_cell_bytes=config.max_cell_bytes, max_row_bytes=config.max_row_bytes)
-        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits))
+        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits), allow_privileged=config.allow_privileged)
         stack.push_async_callback(sources.close)
+        # Check every source's account now, in the background: queries wait for nothing.
+        opening = asyncio.create_task(sources.open_all())
+
+        async def stop_opening() -> None:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+
+        stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
         server = Server(nc)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
+        schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
+        await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
 
         async def readiness() -> dict[str, bool]:
             # False from SIGTERM on; requests already routed here are still served.

@@ -9,6 +9,11 @@ REDIS_COMMANDS = Counter(
     "Redis commands sent by the session service, by command name.",
     ["command"],
 )
+LIMIT_CALLS = Counter(
+    "session_limit_calls_total",
+    "session.limit calls, by outcome (allowed, refused, read) and where they were counted (redis, local).",
+    ["outcome", "store"],
+)
 STORE_FALLBACK = Counter(
     "session_store_fallback_total",
     "Times the service switched from Redis to its fallback store.",

@@ -12,8 +12,9 @@ from nats.aio.client import Client as NATS
 from services.session.config import SessionConfig
 from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
+from services.session.limits import Limits
 from services.session.redis_store import RedisStore, create_client
-from services.session.store import SessionStore
+from services.session.store import Mode, SessionStore
 from shared.bus import Server, close, connect
 from shared.contracts import SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
@@ -72,6 +73,10 @@ async def main() -> None:
         stack.push_async_callback(store.close)
         await store.start()
 
+        limits = Limits(create_client(config.redis, max_connections=16) if config.redis else None, redis_usable=lambda: store.mode is not Mode.FALLBACK)
+        stack.push_async_callback(limits.close)
+        await limits.load()
+
         handlers = SessionHandlers(store)
         server = Server(nc)
         for subject, handler in (
@@ -80,6 +85,7 @@ async def main() -> None:
             (subjects.session_patch, handlers.patch),
             (subjects.session_delete, handlers.delete),
             (subjects.session_ping, handlers.ping),
+            (subjects.session_limit, limits.handle),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
 

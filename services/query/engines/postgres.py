@@ -3,7 +3,8 @@
 asyncpg prepares the SQL with the extended protocol, which never runs more than one
 statement, so nothing can follow the query to end the read-only transaction. The
 server's statement_timeout stops a runaway step; a cancelled task makes asyncpg send a
-cancel request, and the transaction is rolled back, which closes the portal.
+cancel request, and the transaction is rolled back, which closes the portal. A connection
+goes back to the pool only after DISCARD ALL.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 import asyncpg
 import structlog
 
+from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.engines.pg_codecs import decode_char, install_codecs
+from services.query.privileges import Account, postgres_account
 from services.query.values import Column
 from services.query.wire import WireGuard, install
 from shared.bus import redact_url
@@ -39,15 +42,25 @@ _NO_FLOAT_TYPES = frozenset(
         "date", "time", "timetz", "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb", "bytea",
         "inet", "cidr", "macaddr", "xml", "bit", "varbit", "tsvector",
     }
-)
+)  # fmt: skip
 # Types whose values (as this engine decodes them) orjson writes itself, exactly.
 _NATIVE_TYPES = frozenset(
     {
         "int2", "int4", "int8", "oid", "float4", "float8", "bool", "text", "varchar", "bpchar", "name",
         "date", "timestamp", "timestamptz", "time", "timetz", "interval", "money", "xml", "bit", "varbit",
     }
-)
+)  # fmt: skip
+# How the server words a cancel by statement_timeout (its other cancels are not our time limit).
+_STATEMENT_TIMEOUT = "statement timeout"
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    # Instead of asyncpg's default reset (advisory locks, cursors, LISTEN, settings):
+    # DISCARD ALL also drops temporary tables, prepared statements, plans and sequence
+    # state, so nothing a query did reaches the next one. The pool has already rolled
+    # back; with statement_cache_size=0 asyncpg holds no statement DISCARD could drop.
+    await conn.execute("DISCARD ALL")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -101,6 +114,7 @@ class PostgresEngine(Engine):
             max_inactive_connection_lifetime=300,
             timeout=self.settings.connect_timeout_s,
             init=_init_connection,
+            reset=_reset_connection,
             server_settings={"application_name": APPLICATION_NAME, "IntervalStyle": "iso_8601"},
         )
         await self._pool
@@ -112,6 +126,12 @@ class PostgresEngine(Engine):
             except TimeoutError:
                 self._pool.terminate()
             self._pool = None
+
+    async def account(self) -> Account:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            return await asyncio.wait_for(postgres_account(conn), self.settings.connect_timeout_s)
 
     @asynccontextmanager
     async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
@@ -127,11 +147,7 @@ class PostgresEngine(Engine):
         guard = install(conn._transport, self.settings.limits, mysql=False)
         try:
             try:
-                await conn.execute(
-                    "BEGIN READ ONLY;"
-                    f" SET LOCAL statement_timeout = {ms};"
-                    f" SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
-                )
+                await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
                 statement = await conn.prepare(sql)
                 if not statement.get_attributes():
                     # COPY, SET, COMMIT, DO, CALL...: refused before they run, whatever the guard said.
@@ -145,10 +161,12 @@ class PostgresEngine(Engine):
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
-        if getattr(conn, "_con", conn) is None:
-            return  # the connection was lost (e.g. aborted by its WireGuard) and the pool has taken it back
         try:
-            if not conn.is_closed() and conn.is_in_transaction():
+            closed = conn.is_closed()
+        except asyncpg.InterfaceError:  # the pool took back the lost connection itself
+            return
+        try:
+            if not closed and conn.is_in_transaction():
                 await asyncio.wait_for(conn.execute("ROLLBACK"), self.settings.connect_timeout_s)
         except Exception as exc:  # a broken connection: drop it rather than reuse it
             log.warning("postgres_rollback_failed", source=self.name, error=_text(exc))
@@ -159,13 +177,76 @@ class PostgresEngine(Engine):
             log.warning("postgres_release_failed", source=self.name, error=_text(exc))
 
     def error(self, exc: BaseException, timeout_s: float) -> ServiceError:
-        if isinstance(exc, (asyncpg.QueryCanceledError, asyncpg.IdleInTransactionSessionTimeoutError)):
+        if isinstance(exc, asyncpg.ConnectionDoesNotExistError) and isinstance(exc.__cause__, asyncpg.PostgresError):
+            exc = exc.__cause__  # the server said why it closed the connection (a FATAL error): that is the error
+        if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (
+            isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)
+        ):
             return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
+        if isinstance(exc, asyncpg.QueryCanceledError):
+            # pg_cancel_backend from another session, a recovery conflict...
+            return ServiceError(QUERY_FAILED, f"cancelled by the database: {_text(exc)}")
+        if isinstance(exc, asyncpg.AdminShutdownError):
+            # pg_terminate_backend from another session, or the server shutting down: try again later.
+            return ServiceError(UNAVAILABLE, f"cancelled by the database: {_text(exc)}")
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
             return ServiceError(QUERY_REFUSED, f"PostgreSQL refused the statement (read-only transaction): {_text(exc)}")
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return ServiceError(QUERY_REFUSED, f"PostgreSQL refused the statement (the source's account may not do this): {_text(exc)}")
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
             return ServiceError(QUERY_FAILED, _text(exc))
         return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+        """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
+        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)]
+        picked, unknown = catalog.pick(listed, wanted, max_tables)
+        if not picked:
+            return catalog.Catalog([], len(listed), unknown)
+        oids = catalog.id_list([t.key for t in picked])
+        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
+        foreign_keys = []
+        if wanted is not None:
+            async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):
+                foreign_keys.append((oid, from_columns, catalog.qualified(schema, name, home), to_columns))
+        return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
+
+
+# Catalog queries of `describe`. Only what the role can SELECT (the table, or some of its
+# columns, in a schema it may use); partitions are left to their parent table.
+_PG_TABLES = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, n.nspname = current_schema() AS home,
+       CASE WHEN c.relkind IN ('r', 'm', 'f') AND c.reltuples >= 0 THEN c.reltuples::int8 END,
+       c.relkind IN ('v', 'm')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND has_schema_privilege(n.oid, 'USAGE')
+  AND (has_table_privilege(c.oid, 'SELECT') OR has_any_column_privilege(c.oid, 'SELECT'))
+ORDER BY home DESC, n.nspname, c.relname
+"""
+_PG_COLUMNS = """
+SELECT a.attrelid::int8, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+       COALESCE(a.attnum = ANY (i.indkey), false)
+FROM pg_catalog.pg_attribute a
+LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+WHERE a.attrelid IN {oids} AND a.attnum > 0 AND NOT a.attisdropped
+  AND has_column_privilege(a.attrelid, a.attnum, 'SELECT')
+ORDER BY a.attrelid, a.attnum
+"""
+_PG_FOREIGN_KEYS = """
+SELECT con.conrelid::int8,
+       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num ORDER BY k.ord),
+       rn.nspname::text, rc.relname::text, rn.nspname = current_schema(),
+       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num ORDER BY k.ord)
+FROM pg_catalog.pg_constraint con
+JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
+JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE con.contype = 'f' AND con.conrelid IN {oids}
+ORDER BY con.conrelid, con.conname
+"""
 
 
 def _text(exc: BaseException) -> str:

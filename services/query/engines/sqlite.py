@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from services.query.config import sqlite_path
+from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits, cell_error, fetch_error, row_error
@@ -210,6 +212,79 @@ class SqliteEngine(Engine):
                 timer.cancel()
                 self._handles.discard(handle)
                 await asyncio.shield(self._finish(handle))
+
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+        """Tables (all, up to `max_tables`, or those `wanted`) from sqlite_master and the table_info pragmas.
+
+        Read on one handle like a query's (read-only file, query_only, an authorizer that
+        also lets these two pragmas describe a table), in one worker call, under `timeout_s`.
+        SQLite keeps no row estimate: asked-for tables are counted in a file of at most
+        COUNT_ROWS_MAX_BYTES, and have none otherwise.
+        """
+        count_rows = wanted is not None and self.path.is_file() and self.path.stat().st_size <= COUNT_ROWS_MAX_BYTES
+        loop = asyncio.get_running_loop()
+        async with self._slots:
+            handle = _Handle(self.path, timeout_s)
+            self._handles.add(handle)
+            timer = loop.call_later(timeout_s, handle.expire)
+            try:
+                await self._run(handle, handle.open)
+                return await self._run(handle, _read_catalog, handle, wanted, max_tables, count_rows)
+            finally:
+                timer.cancel()
+                self._handles.discard(handle)
+                await asyncio.shield(self._finish(handle))
+
+
+COUNT_ROWS_MAX_BYTES = 16 * 1024 * 1024
+"""`describe` counts the rows of asked-for tables only in a SQLite file at most this big."""
+_CATALOG_PRAGMAS = frozenset({"table_info", "foreign_key_list"})
+# The whole file is readable, so every table and view is listed.
+_LITE_TABLES = "SELECT rowid, name, type FROM sqlite_master WHERE type IN ('table', 'view') AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
+
+
+def _authorize_catalog(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _CATALOG_PRAGMAS:
+        return sqlite3.SQLITE_OK  # describing a table reads the schema only
+    return _authorize(action, arg1, arg2, db, trigger)
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int, count_rows: bool) -> catalog.Catalog:
+    """`describe`'s catalog reads, in the worker thread, on the handle's read-only connection."""
+    conn = handle.conn
+    assert conn is not None
+    conn.set_authorizer(_authorize_catalog)
+    listed = [catalog.CatalogTable(rowid, name, None, kind == "view") for rowid, name, kind in conn.execute(_LITE_TABLES)]
+    picked, unknown = catalog.pick(listed, wanted, max_tables)
+
+    def table_info(table: str) -> list[Any]:
+        return conn.execute(f"PRAGMA table_info({_identifier(table)})").fetchall()
+
+    columns = []
+    for t in picked:
+        for _cid, name, type_, notnull, _default, pk in table_info(t.name):
+            # An INTEGER PRIMARY KEY is the rowid, which is never NULL.
+            nullable = not notnull and not (pk and type_.upper() == "INTEGER")
+            columns.append((t.key, name, type_, nullable, pk > 0))
+    foreign_keys: list[tuple[Any, list[str], str, list[str]]] = []
+    if wanted is not None:
+        for t in picked:
+            groups: dict[int, tuple[str, list[str], list[str | None]]] = {}
+            for fk_id, _seq, table, from_column, to_column, *_ in conn.execute(f"PRAGMA foreign_key_list({_identifier(t.name)})"):
+                entry = groups.setdefault(fk_id, (table, [], []))
+                entry[1].append(from_column)
+                entry[2].append(to_column)
+            for table, from_columns, to_columns in groups.values():
+                # REFERENCES t without columns means t's primary key.
+                resolved = [c for c in to_columns if c is not None] or [row[1] for row in sorted(table_info(table), key=lambda r: r[5]) if row[5]]
+                foreign_keys.append((t.key, from_columns, table, resolved))
+        if count_rows:
+            picked = [t if t.view else dataclasses.replace(t, row_estimate=conn.execute(f"SELECT count(*) FROM {_identifier(t.name)}").fetchone()[0]) for t in picked]
+    return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
 
 
 def _error(exc: sqlite3.Error, handle: _Handle) -> ServiceError:

@@ -1,0 +1,180 @@
+"""Rate limits and quotas (`session.limit`): fixed windows counted in Redis, one command per call.
+
+Every window of a call is checked and counted by one Lua script (limit.lua) run with
+EVALSHA, on Redis's own clock, so replicas share the counts and never race: no
+read-then-increment, and a refused call counts nowhere. While Redis cannot be reached,
+each replica counts in its own memory (the reply says `local: true`) and tries Redis
+again after a short pause; the local counts are dropped once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import redis.exceptions as rex
+import structlog
+from nats.aio.msg import Msg
+from redis.asyncio import Redis
+
+from services.session.metrics import LIMIT_CALLS, REDIS_COMMANDS
+from services.session.redis_store import describe
+from shared.contracts import LimitRequest, LimitResult, LimitWindow, WindowUsage, decode_payload
+from shared.errors import BAD_REQUEST, ServiceError
+
+log = structlog.get_logger(__name__)
+
+KEY_PREFIX = "limit:"
+"""Counters live under `limit:<key>:<window name>:<window index>`."""
+RETRY_REDIS_S = 0.5
+"""After a failed Redis call, count locally for this long before trying Redis again."""
+LOCAL_MAX_COUNTERS = 100_000
+"""Bound of the in-memory counters kept while Redis is down."""
+SCRIPT = (Path(__file__).with_name("limit.lua")).read_text()
+
+Reply = dict[str, object]
+
+
+class _CountedClient:
+    """The two commands redis-py's Script sends, counted in session_redis_commands_total."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._evalsha = REDIS_COMMANDS.labels(command="evalsha")
+        self._script_load = REDIS_COMMANDS.labels(command="script_load")
+
+    async def evalsha(self, sha: str, numkeys: int, *args: object) -> object:
+        self._evalsha.inc()
+        return await self._client.evalsha(sha, numkeys, *args)  # type: ignore[arg-type]
+
+    async def script_load(self, source: str) -> str:
+        self._script_load.inc()
+        return await self._client.script_load(source)
+
+
+def _result(windows: list[LimitWindow], used: list[int], resets: list[int], allowed: bool, *, local: bool) -> LimitResult:
+    usage = {w.name: WindowUsage(used=u, limit=w.limit, resets_in=r) for w, u, r in zip(windows, used, resets, strict=True)}
+    retry_after = None
+    if not allowed:
+        retry_after = max(r for w, u, r in zip(windows, used, resets, strict=True) if w.limit and u >= w.limit)
+    return LimitResult(allowed=allowed, windows=usage, retry_after=retry_after, local=local)
+
+
+class LocalCounters:
+    """The script's algorithm in this process's memory, on this machine's clock."""
+
+    def __init__(self, max_counters: int = LOCAL_MAX_COUNTERS) -> None:
+        self._counts: dict[tuple[str, str, int], tuple[int, float]] = {}  # -> (count, expires at)
+        self._max = max_counters
+
+    def clear(self) -> None:
+        self._counts.clear()
+
+    def hit(self, key: str, windows: list[LimitWindow], consume: bool) -> LimitResult:
+        now = time.time()
+        second = int(now)
+        slots: list[tuple[str, str, int] | None] = []
+        used, resets = [], []
+        for w in windows:
+            index = second // w.seconds
+            resets.append((index + 1) * w.seconds - second)
+            slot = (key, w.name, index) if w.limit else None
+            slots.append(slot)
+            used.append(self._counts.get(slot, (0, 0.0))[0] if slot else 0)
+        allowed = all(not w.limit or u < w.limit for w, u in zip(windows, used, strict=True))
+        if allowed and consume:
+            self._make_room(now)
+            for i, slot in enumerate(slots):
+                if slot is not None:
+                    used[i] += 1
+                    self._counts[slot] = (used[i], now + resets[i] + 1)
+        return _result(windows, used, resets, allowed, local=True)
+
+    def _make_room(self, now: float) -> None:
+        if len(self._counts) < self._max:
+            return
+        self._counts = {slot: entry for slot, entry in self._counts.items() if entry[1] > now}
+        while len(self._counts) >= self._max:  # still full of live windows: forget the oldest
+            del self._counts[next(iter(self._counts))]
+
+
+class Limits:
+    """Answers `session.limit`: Redis while it answers, this replica's memory while it does not."""
+
+    def __init__(self, client: Redis | None, *, redis_usable: Callable[[], bool] = lambda: True, retry_redis_s: float = RETRY_REDIS_S) -> None:
+        self._client = client
+        self._counted = _CountedClient(client) if client is not None else None
+        self._script = client.register_script(SCRIPT) if client is not None else None
+        self._redis_usable = redis_usable
+        self._retry_redis_s = retry_redis_s
+        self._retry_at = 0.0
+        self._local = LocalCounters()
+        self._local_since: float | None = None
+
+    @property
+    def local(self) -> bool:
+        return self._local_since is not None
+
+    async def load(self) -> None:
+        """Load the script into Redis's cache ahead of the first call (best effort)."""
+        if self._script is None or self._counted is None:
+            return
+        try:
+            await self._counted.script_load(SCRIPT)
+        except (rex.RedisError, OSError) as exc:
+            self._go_local(describe(exc))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    def _go_local(self, reason: str) -> None:
+        self._retry_at = time.monotonic() + self._retry_redis_s
+        if self._local_since is None:
+            self._local_since = time.monotonic()
+            log.warning("limiter_local", reason=reason, consequence="each session replica counts limits on its own until Redis answers")
+
+    def _back_on_redis(self) -> None:
+        if self._local_since is not None:
+            log.info("limiter_redis", local_s=round(time.monotonic() - self._local_since, 3))
+            self._local_since = None
+            self._local.clear()
+
+    async def hit(self, request: LimitRequest) -> LimitResult:
+        names = [w.name for w in request.windows]
+        if len(set(names)) != len(names):
+            raise ServiceError(BAD_REQUEST, "invalid LimitRequest: window names must be unique - at `$.windows`")
+        if self._script is None:
+            self._go_local("no Redis is configured")
+        elif not self._redis_usable():
+            self._go_local("the session store found Redis down")
+        elif not self.local or time.monotonic() >= self._retry_at:
+            try:
+                result = await self._redis_hit(request)
+            except (rex.RedisError, OSError, TimeoutError) as exc:
+                self._go_local(describe(exc))
+            else:
+                self._back_on_redis()
+                return result
+        return self._local.hit(request.key, request.windows, request.consume)
+
+    async def _redis_hit(self, request: LimitRequest) -> LimitResult:
+        assert self._script is not None
+        keys = [f"{KEY_PREFIX}{request.key}:{w.name}" for w in request.windows]
+        args: list[int] = [1 if request.consume else 0]
+        for w in request.windows:
+            args += [w.seconds, w.limit]
+        reply = await self._script(keys=keys, args=args, client=self._counted)  # type: ignore[arg-type]
+        assert isinstance(reply, list) and len(reply) == 1 + 2 * len(request.windows), reply
+        return _result(request.windows, [int(v) for v in reply[1::2]], [int(v) for v in reply[2::2]], reply[0] == 1, local=False)
+
+    async def handle(self, _req: dict[str, object], msg: Msg) -> Reply:
+        """The `session.limit` handler; decodes the raw payload itself to name a bad field's path."""
+        request = decode_payload(msg.data, LimitRequest)
+        result = await self.hit(request)
+        outcome = "allowed" if result.allowed else "refused"
+        LIMIT_CALLS.labels(outcome=outcome if request.consume else "read", store="local" if result.local else "redis").inc()
+        log.debug("limit", key=request.key, outcome=outcome, local=result.local)
+        return msgspec.to_builtins(result)

@@ -1,0 +1,261 @@
+"""The limiter (`session.limit`) against real Redis and NATS: windows, atomicity, one command a call, outages.
+
+Each test runs `python -m services.session` replicas on subject prefixes of their own and
+checks the counters in Redis itself; the gateway's `Limiter` is the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from services.gateway import keys
+from services.gateway.app import create_app
+from services.gateway.config import GatewayConfig
+from services.gateway.limits import Limiter, LimitResult, Window
+from shared.bus import request
+from shared.errors import ServiceError
+from tests import test_session_service
+from tests.conftest import Infra
+from tests.harness import RedisServer
+from tests.test_session_service import Replica, commandstats
+
+# Fixtures shared with the session service tests: replicas on subject prefixes of their own, a NATS client, Redis.
+start_replica = test_session_service.start_replica
+nc = test_session_service.nc
+rdb = test_session_service.rdb
+
+# Run inside the limit script: Redis counts them in commandstats, but they never cross the network.
+_SCRIPT_INTERNAL = {"time", "mget", "incr", "expire"}
+
+
+def new_key(kind: str = "quota") -> str:
+    return f"{kind}:{uuid.uuid4().hex}"
+
+
+def limiter(nc: NATS, replica: Replica) -> Limiter:
+    return Limiter(nc, replica.subjects, timeout=5.0)
+
+
+def redis_now(rdb: redis.Redis) -> int:
+    return int(rdb.time()[0])
+
+
+async def test_each_window_counts_and_reports_its_use(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key()
+    windows = [Window("minute", 60, 3), Window("hour", 3600, 100), Window("day", 86400, 0)]
+
+    first = await limiter(nc, replica).hit(key, windows)
+    second = await limiter(nc, replica).hit(key, windows)
+
+    assert first.allowed and second.allowed and not second.local
+    assert second.retry_after is None
+    assert second.windows["minute"].used == 2 and second.windows["minute"].limit == 3
+    assert second.windows["hour"].used == 2 and second.windows["hour"].limit == 100
+    assert second.windows["day"].used == 0 and second.windows["day"].limit == 0  # off: not counted
+    assert 0 < second.windows["minute"].resets_in <= 60
+    assert 0 < second.windows["hour"].resets_in <= 3600
+    # Fixed windows on Redis's clock: `limit:<key>:<name>:<index>`, expiring after the window.
+    now = redis_now(rdb)
+    for name, seconds in (("minute", 60), ("hour", 3600)):
+        counter = next(k for k in (f"limit:{key}:{name}:{i}" for i in (now // seconds, (now - 1) // seconds)) if rdb.exists(k))
+        assert rdb.get(counter) == b"2"
+        assert 0 < rdb.ttl(counter) <= seconds + 1
+    assert not rdb.keys(f"limit:{key}:day:*")
+
+
+async def test_a_refused_call_counts_in_no_window(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key()
+    windows = [Window("minute", 60, 2), Window("hour", 3600, 10)]
+    client = limiter(nc, replica)
+
+    results = [await client.hit(key, windows) for _ in range(5)]
+
+    assert [r.allowed for r in results] == [True, True, False, False, False]
+    refused = results[-1]
+    assert refused.windows["minute"].used == 2 and refused.windows["hour"].used == 2
+    assert refused.retry_after is not None and 0 < refused.retry_after <= 60
+    assert refused.retry_after == refused.windows["minute"].resets_in
+    assert sorted(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == [2, 2]
+
+
+async def test_reading_does_not_count(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key()
+    windows = [Window("minute", 60, 1)]
+    client = limiter(nc, replica)
+
+    before = await client.hit(key, windows, consume=False)
+    await client.hit(key, windows)
+    after = await client.hit(key, windows, consume=False)
+
+    assert before.allowed and before.windows["minute"].used == 0
+    assert not after.allowed and after.windows["minute"].used == 1 and after.retry_after is not None
+    assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [1]
+
+
+async def test_a_new_window_starts_afresh(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key("login")
+    windows = [Window("second", 1, 1)]
+    client = limiter(nc, replica)
+    assert (await client.hit(key, windows)).allowed
+
+    # The next one-second window on Redis's clock opens a fresh count (polled with a deadline).
+    deadline = asyncio.get_running_loop().time() + 10
+    result = await client.hit(key, windows)
+    while not result.allowed:
+        assert asyncio.get_running_loop().time() < deadline, "the window never reset"
+        assert result.retry_after == 1
+        result = await client.hit(key, windows)
+    assert result.windows["second"].used == 1
+
+
+async def test_concurrent_hits_never_exceed_the_limit(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key()
+    windows = [Window("minute", 60, 10), Window("hour", 3600, 1000)]
+    client = limiter(nc, replica)
+
+    results = await asyncio.gather(*(client.hit(key, windows) for _ in range(50)))
+
+    assert sum(r.allowed for r in results) == 10
+    assert sorted(r.windows["minute"].used for r in results if r.allowed) == list(range(1, 11))
+    assert sorted(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == [10, 10]
+
+
+async def test_two_replicas_share_one_count(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    a = await start_replica(infra.nats_url, redis_server.url)
+    b = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key("login")
+    windows = [Window("minute", 60, 10)]
+
+    results = await asyncio.gather(*(limiter(nc, replica).hit(key, windows) for replica in [a, b] * 25))
+
+    assert sum(r.allowed for r in results) == 10
+    assert not any(r.local for r in results)
+    assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [10]
+    # Both replicas served some of them, and each call was one EVALSHA.
+    evalsha = [replica.metric("session_redis_commands_total", command="evalsha") for replica in (a, b)]
+    assert all(n > 0 for n in evalsha) and sum(evalsha) == 50
+
+
+async def test_one_redis_command_per_call(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    client = limiter(nc, replica)
+    windows = [Window("minute", 60, 5), Window("hour", 3600, 50), Window("day", 86400, 500)]
+    await client.hit(new_key(), windows)  # connections are set up before counting
+    rdb.config_resetstat()
+    sent_before = replica.metric("session_redis_commands_total", command="evalsha")
+
+    key = new_key()
+    for _ in range(8):  # five counted, three refused
+        await client.hit(key, windows)
+    await client.hit(key, windows, consume=False)
+
+    stats = commandstats(rdb)
+    assert stats.pop("evalsha") == 9
+    assert set(stats) <= _SCRIPT_INTERNAL, stats  # nothing else reached Redis from outside
+    assert stats["time"] == 9 and stats["mget"] == 9  # inside the script: one clock read, one read of all windows
+    assert stats["incr"] == 15  # three windows for each of the five counted calls
+    assert replica.metric("session_redis_commands_total", command="evalsha") - sent_before == 9
+
+
+async def test_redis_down_counts_locally_per_replica_and_says_so(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    a = await start_replica(infra.nats_url, redis_server.url)
+    b = await start_replica(infra.nats_url, redis_server.url)
+    key = new_key()
+    windows = [Window("minute", 60, 3)]
+    assert (await limiter(nc, a).hit(key, windows)).windows["minute"].used == 1
+
+    redis_server.stop()
+    on_a = [await limiter(nc, a).hit(key, windows) for _ in range(5)]
+    on_b = [await limiter(nc, b).hit(key, windows) for _ in range(5)]
+
+    # Each replica counts for itself, from zero, and says so in every reply.
+    for results in (on_a, on_b):
+        assert all(r.local for r in results)
+        assert [r.allowed for r in results] == [True, True, True, False, False]
+        assert [r.windows["minute"].used for r in results] == [1, 2, 3, 3, 3]
+        assert results[-1].retry_after is not None
+    for replica in (a, b):
+        assert len(replica.service.events("limiter_local")) == 1  # once per degradation, not per call
+
+    # Redis back (empty: the test server keeps nothing on disk): counting returns there.
+    redis_server.start()
+    deadline = asyncio.get_running_loop().time() + 20
+    result = await limiter(nc, a).hit(key, windows, consume=False)
+    while result.local:
+        assert asyncio.get_running_loop().time() < deadline, "the limiter never went back to Redis"
+        result = await limiter(nc, a).hit(key, windows, consume=False)
+    assert result.windows["minute"].used == 0  # the local counts are dropped, not carried over
+    await a.wait_for_event("limiter_redis")
+    back = await limiter(nc, a).hit(key, windows)
+    assert back.allowed and not back.local and back.windows["minute"].used == 1
+    assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [1]
+
+
+async def test_no_redis_configured_counts_locally(start_replica, infra: Infra, nc) -> None:
+    replica = await start_replica(infra.nats_url, None)
+    key = new_key()
+
+    results = [await limiter(nc, replica).hit(key, [Window("minute", 60, 1)]) for _ in range(2)]
+
+    assert [(r.allowed, r.local) for r in results] == [(True, True), (False, True)]
+    event = await replica.wait_for_event("limiter_local")
+    assert event["reason"] == "no Redis is configured"
+
+
+BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
+    ({"windows": [{"name": "m", "seconds": 60, "limit": 1}]}, "missing required field `key`"),
+    ({"key": "", "windows": [{"name": "m", "seconds": 60, "limit": 1}]}, "$.key"),
+    ({"key": "k" * 201, "windows": [{"name": "m", "seconds": 60, "limit": 1}]}, "$.key"),
+    ({"key": "k", "windows": []}, "$.windows"),
+    ({"key": "k", "windows": [{"name": f"w{i}", "seconds": 60, "limit": 1} for i in range(5)]}, "$.windows"),
+    ({"key": "k", "windows": [{"name": "m", "seconds": 0, "limit": 1}]}, "$.windows[0].seconds"),
+    ({"key": "k", "windows": [{"name": "m", "seconds": 60, "limit": -1}]}, "$.windows[0].limit"),
+    ({"key": "k", "windows": [{"name": "m", "seconds": "60", "limit": 1}]}, "$.windows[0].seconds"),
+    ({"key": "k", "windows": [{"name": "m", "limit": 1}]}, "$.windows[0]"),
+    ({"key": "k", "windows": [{"name": "a:b", "seconds": 60, "limit": 1}]}, "$.windows[0].name"),
+    ({"key": "k", "windows": [{"name": "m", "seconds": 60, "limit": 1}, {"name": "m", "seconds": 3600, "limit": 1}]}, "unique"),
+    ({"key": "k", "windows": [{"name": "m", "seconds": 60, "limit": 1}], "consume": "yes"}, "$.consume"),
+    ({"key": 7, "windows": [{"name": "m", "seconds": 60, "limit": 1}]}, "$.key"),
+]
+
+
+async def test_a_bad_request_is_refused_naming_the_field(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+
+    for payload, path in BAD_REQUESTS:
+        with pytest.raises(ServiceError) as raised:
+            await request(nc, replica.subjects.session_limit, payload, timeout=5.0)
+        assert raised.value.code == "bad_request", payload
+        assert path in raised.value.message, (payload, raised.value.message)
+
+    assert not rdb.keys("limit:*")  # nothing was counted
+    assert (await limiter(nc, replica).hit(new_key(), [Window("m", 60, 1)])).allowed  # and the replica still serves
+
+
+async def test_the_gateway_app_holds_a_limiter(infra: Infra, start_replica, redis_server: RedisServer, aiohttp_client) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    config = GatewayConfig.from_env({"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": replica.subjects.prefix})
+    app = create_app(config)
+    seen: list[LimitResult] = []
+
+    async def probe(request: web.Request) -> web.Response:
+        seen.append(await request.app[keys.LIMITER].hit(new_key(), [Window("minute", 60, 1)]))
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/probe-limit", probe)
+    client = await aiohttp_client(app)
+
+    assert (await client.get("/probe-limit")).status == 200
+    assert seen[0].allowed and seen[0].windows["minute"].used == 1 and not seen[0].local
