@@ -1,6 +1,6 @@
 """Bounded memory under any input: byte limits per value, row and fetch, and the per-replica cap on queries.
 
-The engines are driven as a read-only role/user each test creates (tests/readers.py). The
+The engines are driven as the session's reader role/account (tests/conftest.py). The
 system tests run real gateway, session and query processes, and read the query service's
 peak RSS (VmHWM) from /proc: they assert memory, not time.
 """
@@ -26,8 +26,8 @@ from services.query.wire import FETCH_ROWS_AT_LIMIT, ByteLimits, memory_bound
 from shared.errors import QUERY_FAILED, ConfigError, ServiceError
 from shared.stream import DEFAULT_WINDOW
 from tests.client import browser, events, login, run_query
-from tests.conftest import Databases, SystemFactory
-from tests.readers import mariadb_reader, postgres_reader
+from tests.conftest import Databases, MysqlReader, PostgresReader, SystemFactory
+from tests.readers import mariadb_database
 
 SMALL = ByteLimits(max_cell_bytes=4096, max_row_bytes=8192)
 
@@ -58,23 +58,22 @@ async def refusal(engine: Engine, sql: str, batch: int = 1000) -> ServiceError:
 # --- The limits on each engine ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-async def pg_small(databases: Databases) -> AsyncIterator[tuple[Engine, str]]:
-    async with postgres_reader(databases.postgres) as (url, role):
-        engine = create_engine("pg_small", url, EngineSettings(pool_size=2, limits=SMALL))
-        await engine.open()
-        try:
-            yield engine, role
-        finally:
-            await engine.close()
+async def pg_small(pg_reader: PostgresReader) -> AsyncIterator[tuple[Engine, str]]:
+    engine = create_engine("pg_small", pg_reader.url, EngineSettings(pool_size=2, limits=SMALL))
+    await engine.open()
+    try:
+        yield engine, pg_reader.role
+    finally:
+        await engine.close()
 
 
 @pytest.fixture(scope="module")
-async def my_small(databases: Databases) -> AsyncIterator[tuple[Engine, str]]:
-    async with mariadb_reader(databases.mysql) as (url, user):
+async def my_small(my_reader: MysqlReader) -> AsyncIterator[tuple[Engine, str]]:
+    async with mariadb_database(my_reader) as url:
         engine = create_engine("my_small", url, EngineSettings(pool_size=2, limits=SMALL))
         await engine.open()
         try:
-            yield engine, user
+            yield engine, my_reader.user
         finally:
             await engine.close()
 
@@ -211,12 +210,13 @@ def error_texts(parts: list) -> list[str]:
 
 
 async def test_five_concurrent_300_mb_cells_stay_within_the_stated_memory_bound(
-    make_system: SystemFactory, databases: Databases, tmp_path: Path
+    make_system: SystemFactory, databases: Databases, pg_reader: PostgresReader, my_reader: MysqlReader, tmp_path: Path
 ) -> None:
     lite = tmp_path / "lite.db"
     sqlite3.connect(lite).close()
     env = {"QUERY_MAX_CONCURRENT": "5", "QUERY_MAX_ROW_BYTES": str(64 * 1024), "QUERY_MAX_CELL_BYTES": str(32 * 1024)}
-    async with postgres_reader(databases.postgres) as (pg_url, role), mariadb_reader(databases.mysql) as (my_url, user):
+    role, user, pg_url = pg_reader.role, my_reader.user, pg_reader.url
+    async with mariadb_database(my_reader) as my_url:
         system = make_system(QUERY_DATABASE_URL=pg_url, QUERY_SOURCES=f"my={my_url},lite=sqlite:///{lite}", **env)
         query = system.services["query"]
         assert query.proc is not None
@@ -251,37 +251,45 @@ async def test_five_concurrent_300_mb_cells_stay_within_the_stated_memory_bound(
         await eventually(lambda: _none(my_active(databases, user)), "the MariaDB queries to end")
 
 
-async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make_system: SystemFactory, databases: Databases) -> None:
-    async with postgres_reader(databases.postgres) as (pg_url, role):
-        system = make_system(QUERY_DATABASE_URL=pg_url, QUERY_MAX_CONCURRENT="1")
-        async with browser(system.url) as reader, browser(system.url) as other:
-            await login(reader)
-            await login(other, email="grace@example.com", name="Grace")
-            # A result far larger than the socket buffers, never read: its stream holds the one slot.
-            holder = await reader.post("/api/query", json={"sql": "SELECT g, repeat('x', 1000) AS held FROM generate_series(1, 2000000) g"})
+async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make_system: SystemFactory, databases: Databases, pg_reader: PostgresReader) -> None:
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        started = await admin.fetchval("SELECT clock_timestamp()")
+    finally:
+        await admin.close()
+    system = make_system(QUERY_DATABASE_URL=pg_reader.url, QUERY_MAX_CONCURRENT="1")
+    async with browser(system.url) as reader, browser(system.url) as other:
+        await login(reader)
+        await login(other, email="grace@example.com", name="Grace")
+        # A result far larger than the socket buffers, never read: its stream holds the one slot.
+        holder = await reader.post("/api/query", json={"sql": "SELECT g, repeat('x', 1000) AS held FROM generate_series(1, 2000000) g"})
+        try:
+            assert holder.status == 200
+            async with other.post("/api/query", json={"sql": "SELECT 1 AS refused_marker"}) as refused:
+                assert refused.status == 503
+                assert refused.headers["Retry-After"].isdigit()
+                body = await refused.json()
+            assert body["error"]["code"] == "busy"
+            assert "QUERY_MAX_CONCURRENT" in body["error"]["message"]
+            # By effect: the refused query never reached the database. The one backend this
+            # system opened is the holder's, still running its query; a second query would
+            # have needed a second connection.
+            conn = await asyncpg.connect(databases.postgres)
             try:
-                assert holder.status == 200
-                async with other.post("/api/query", json={"sql": "SELECT 1 AS refused_marker"}) as refused:
-                    assert refused.status == 503
-                    assert refused.headers["Retry-After"].isdigit()
-                    body = await refused.json()
-                assert body["error"]["code"] == "busy"
-                assert "QUERY_MAX_CONCURRENT" in body["error"]["message"]
-                # By effect: the refused query never reached the database.
-                conn = await asyncpg.connect(databases.postgres)
-                try:
-                    seen = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND query LIKE '%refused_marker%'", role)
-                finally:
-                    await conn.close()
-                assert seen == 0
+                backends = await conn.fetch(
+                    "SELECT query FROM pg_stat_activity WHERE usename = $1 AND backend_start >= $2", pg_reader.role, started
+                )
             finally:
-                holder.close()
+                await conn.close()
+            assert ["held" in b["query"] for b in backends] == [True]
+        finally:
+            holder.close()
 
-            async def slot_free() -> bool:
-                async with other.post("/api/query", json={"sql": "SELECT 2 AS n"}) as response:
-                    if response.status == 503:
-                        return False
-                    parts = [part async for part in events(response)]
-                return any(isinstance(p, dict) and p.get("type") == "tool-output-available" and not p.get("preliminary") for p in parts)
+        async def slot_free() -> bool:
+            async with other.post("/api/query", json={"sql": "SELECT 2 AS n"}) as response:
+                if response.status == 503:
+                    return False
+                parts = [part async for part in events(response)]
+            return any(isinstance(p, dict) and p.get("type") == "tool-output-available" and not p.get("preliminary") for p in parts)
 
-            await eventually(slot_free, "the slot to come free once the first client went away", timeout=30)
+        await eventually(slot_free, "the slot to come free once the first client went away", timeout=30)

@@ -18,8 +18,8 @@ from services.query.config import DEFAULT_SOURCE, QueryConfig, parse_sources
 from services.query.engines import Engine, EngineSettings, create_engine
 from services.query.values import Column, RowEncoder, iso_duration
 from shared.errors import QUERY_FAILED, ConfigError, ServiceError
-from tests.conftest import Databases
-from tests.readers import mariadb_reader, postgres_reader
+from tests.conftest import MysqlReader, PostgresReader
+from tests.readers import mariadb_database, postgres_schema
 
 
 def encode(columns: list[Column], rows: list[tuple]) -> list[list]:
@@ -166,8 +166,8 @@ def test_a_bad_setting_fails_naming_the_variable(env: dict[str, str], variable: 
 
 # --- Every database type, through the engines, as a read-only role -----------------------
 #
-# Each engine connects as a role/user this module creates (unique name, SELECT only,
-# dropped at the end), never as the superuser. A value is read through the engine and
+# Each engine connects as the session's reader role/account (tests/conftest.py), never as
+# the superuser, to a schema or database this module creates and drops. A value is read through the engine and
 # turned into JSON by the same RowEncoder the query service uses, in both its forms:
 # the rows payload and the preview.
 
@@ -181,15 +181,15 @@ async def json_values(engine: Engine, sql: str) -> tuple[list[str], list, list]:
 
 
 @pytest.fixture(scope="module")
-async def pg_reader(databases: Databases) -> AsyncIterator[tuple[Engine, str]]:
-    """A PostgreSQL engine logged in as a fresh role with no privilege but USAGE on one schema of types."""
+async def pg_types(pg_reader: PostgresReader) -> AsyncIterator[tuple[Engine, str]]:
+    """A PostgreSQL engine logged in as the session's reader role, with USAGE on one schema of types."""
     setup = """
         CREATE TYPE {s}.mood AS ENUM ('sad', 'ok');
         CREATE TYPE {s}.pair AS (n int, d date);
         CREATE DOMAIN {s}.posint AS int CHECK (VALUE > 0);
     """
-    async with postgres_reader(databases.postgres, setup) as (url, schema):
-        engine = create_engine("pg_reader", url, EngineSettings(pool_size=2))
+    async with postgres_schema(pg_reader, setup) as schema:
+        engine = create_engine("pg_types", pg_reader.url, EngineSettings(pool_size=2))
         await engine.open()
         try:
             yield engine, schema
@@ -317,8 +317,8 @@ PG_VALUES = [
 
 
 @pytest.mark.parametrize(("expression", "expected"), PG_VALUES, ids=[e for e, _ in PG_VALUES])
-async def test_postgres_value_has_its_documented_json_form(pg_reader: tuple[Engine, str], expression: str, expected: object) -> None:
-    engine, schema = pg_reader
+async def test_postgres_value_has_its_documented_json_form(pg_types: tuple[Engine, str], expression: str, expected: object) -> None:
+    engine, schema = pg_types
     _, (value,), (preview,) = await json_values(engine, f"SELECT {expression.format(s=schema)}")
     assert value == expected
     assert preview == expected
@@ -341,15 +341,15 @@ async def test_postgres_value_has_its_documented_json_form(pg_reader: tuple[Engi
         "12.5::money",
     ],
 )
-async def test_postgres_values_outside_python_are_the_servers_own_text(pg_reader: tuple[Engine, str], expression: str) -> None:
+async def test_postgres_values_outside_python_are_the_servers_own_text(pg_types: tuple[Engine, str], expression: str) -> None:
     """Compared with what the server prints for the same value (IntervalStyle iso_8601, DateStyle ISO)."""
-    engine, _ = pg_reader
+    engine, _ = pg_types
     _, (value, text), _ = await json_values(engine, f"SELECT x, x::text FROM (SELECT {expression} AS x) v")
     assert value == text
 
 
-async def test_postgres_column_types_are_named_as_the_server_names_them(pg_reader: tuple[Engine, str]) -> None:
-    engine, schema = pg_reader
+async def test_postgres_column_types_are_named_as_the_server_names_them(pg_types: tuple[Engine, str]) -> None:
+    engine, schema = pg_types
     types, _, _ = await json_values(engine, f"SELECT 'sad'::{schema}.mood, 1::{schema}.posint, B'1'::varbit, '1/0'::pg_lsn")
     assert types == ["mood", "int4", "varbit", "pg_lsn"]
 
@@ -367,10 +367,10 @@ MARIADB_TABLE = (
 
 
 @pytest.fixture(scope="module")
-async def my_reader(databases: Databases) -> AsyncIterator[Engine]:
-    """A MariaDB engine logged in as a fresh user with SELECT on one database of typed columns."""
-    async with mariadb_reader(databases.mysql, MARIADB_TABLE) as (url, _):
-        engine = create_engine("my_reader", url, EngineSettings(pool_size=2))
+async def my_types(my_reader: MysqlReader) -> AsyncIterator[Engine]:
+    """A MariaDB engine logged in as the session's reader account, on one database of typed columns."""
+    async with mariadb_database(my_reader, MARIADB_TABLE) as url:
+        engine = create_engine("my_types", url, EngineSettings(pool_size=2))
         await engine.open()
         try:
             yield engine
@@ -397,8 +397,8 @@ MARIADB_COLUMNS = [
 
 
 @pytest.mark.parametrize(("column", "type_name", "expected"), MARIADB_COLUMNS, ids=[c for c, _, _ in MARIADB_COLUMNS])
-async def test_mariadb_value_has_its_documented_json_form(my_reader: Engine, column: str, type_name: str, expected: object) -> None:
-    types, (value,), (preview,) = await json_values(my_reader, f"SELECT {column} FROM t")
+async def test_mariadb_value_has_its_documented_json_form(my_types: Engine, column: str, type_name: str, expected: object) -> None:
+    types, (value,), (preview,) = await json_values(my_types, f"SELECT {column} FROM t")
     assert types == [type_name]
     assert value == expected
     assert preview == expected
@@ -416,8 +416,8 @@ async def test_mariadb_value_has_its_documented_json_form(my_reader: Engine, col
         ("NULL", None),
     ],
 )
-async def test_mariadb_expression_has_its_documented_json_form(my_reader: Engine, expression: str, expected: object) -> None:
-    _, (value,), (preview,) = await json_values(my_reader, f"SELECT {expression}")
+async def test_mariadb_expression_has_its_documented_json_form(my_types: Engine, expression: str, expected: object) -> None:
+    _, (value,), (preview,) = await json_values(my_types, f"SELECT {expression}")
     assert value == expected
     assert preview == expected
 
