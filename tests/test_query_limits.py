@@ -57,6 +57,7 @@ async def refusal(engine: Engine, sql: str, batch: int = 1000) -> ServiceError:
 
 # --- The limits on each engine ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 async def pg_small(pg_reader: PostgresReader) -> AsyncIterator[tuple[Engine, str]]:
     engine = create_engine("pg_small", pg_reader.url, EngineSettings(pool_size=2, limits=SMALL))
@@ -197,6 +198,7 @@ def test_a_bad_limit_fails_naming_the_variable(env: dict[str, str], variable: st
 
 # --- One replica, through HTTP -----------------------------------------------------------
 
+
 def peak_rss(pid: int) -> int:
     """The process's peak resident set size in bytes (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -276,9 +278,7 @@ async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make
             # have needed a second connection.
             conn = await asyncpg.connect(databases.postgres)
             try:
-                backends = await conn.fetch(
-                    "SELECT query FROM pg_stat_activity WHERE usename = $1 AND backend_start >= $2", pg_reader.role, started
-                )
+                backends = await conn.fetch("SELECT query FROM pg_stat_activity WHERE usename = $1 AND backend_start >= $2", pg_reader.role, started)
             finally:
                 await conn.close()
             assert ["held" in b["query"] for b in backends] == [True]

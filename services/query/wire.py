@@ -52,16 +52,14 @@ def row_error(size: int, limits: ByteLimits) -> ServiceError:
 def cell_error(size: int, limits: ByteLimits) -> ServiceError:
     return ServiceError(
         QUERY_FAILED,
-        f"a value in the result is {size} bytes, more than the {limits.max_cell_bytes}-byte limit per value (QUERY_MAX_CELL_BYTES); "
-        "select a part of it (e.g. left(col, 1000)) or its length",
+        f"a value in the result is {size} bytes, more than the {limits.max_cell_bytes}-byte limit per value (QUERY_MAX_CELL_BYTES); select a part of it (e.g. left(col, 1000)) or its length",
     )
 
 
 def fetch_error(size: int, limits: ByteLimits) -> ServiceError:
     return ServiceError(
         QUERY_FAILED,
-        f"the rows read in one step came to more than {size} bytes ({FETCH_ROWS_AT_LIMIT} x QUERY_MAX_ROW_BYTES): "
-        "the rows grew much longer than the ones before them; select fewer or shorter columns",
+        f"the rows read in one step came to more than {size} bytes ({FETCH_ROWS_AT_LIMIT} x QUERY_MAX_ROW_BYTES): the rows grew much longer than the ones before them; select fewer or shorter columns",
     )
 
 

@@ -68,9 +68,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 class PostgresCursor(Cursor):
-    def __init__(
-        self, engine: PostgresEngine, statement: asyncpg.prepared_stmt.PreparedStatement, cursor: Any, timeout_s: float, guard: WireGuard
-    ) -> None:
+    def __init__(self, engine: PostgresEngine, statement: asyncpg.prepared_stmt.PreparedStatement, cursor: Any, timeout_s: float, guard: WireGuard) -> None:
         self._engine = engine
         self._cursor = cursor
         self._timeout_s = timeout_s
