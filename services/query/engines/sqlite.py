@@ -49,10 +49,10 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
 class _Handle:
     """One read-only connection and its cursor, used from one worker thread at a time."""
 
-    def __init__(self, path: Path, timeout_s: float, limits: ByteLimits) -> None:
+    def __init__(self, path: Path, timeout_s: float, limits: ByteLimits | None = None) -> None:
         self.path = path
         self.timeout_s = timeout_s
-        self.limits = limits
+        self.limits = limits or ByteLimits()
         self.conn: sqlite3.Connection | None = None
         self.cursor: sqlite3.Cursor | None = None
         self.expired = False
