@@ -119,6 +119,7 @@ async def my_active(databases: Databases, user: str) -> int:
         ("SELECT repeat('x', 3000), repeat('y', 3000), repeat('z', 3000)", "QUERY_MAX_ROW_BYTES"),
         ("SELECT g, repeat('x', 4000) FROM generate_series(1, 100) g", f"{FETCH_ROWS_AT_LIMIT} x QUERY_MAX_ROW_BYTES"),
         ("SELECT ARRAY[repeat('x', 3000), repeat('y', 3000), repeat('z', 3000)]", "QUERY_MAX_ROW_BYTES"),
+        ("SELECT repeat('x', 9000)::int", "QUERY_MAX_ROW_BYTES"),  # the server's error message quotes the whole value
     ],
 )
 async def test_postgres_refuses_what_is_over_a_limit_before_reading_it(pg_small: tuple[Engine, str], databases: Databases, sql: str, variable: str) -> None:

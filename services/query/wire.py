@@ -63,6 +63,11 @@ def fetch_error(size: int, limits: ByteLimits) -> ServiceError:
     )
 
 
+def message_error(kind: str, size: int, limits: ByteLimits) -> ServiceError:
+    what = "an error message" if kind == "E" else f"a protocol message ({kind!r})"
+    return ServiceError(QUERY_FAILED, f"the database answered with {what} of {size} bytes, more than the {limits.max_row_bytes}-byte limit (QUERY_MAX_ROW_BYTES)")
+
+
 class _Fields:
     """Walks the values of one row as its bytes stream by, to find one over the cell limit."""
 
@@ -183,8 +188,11 @@ class WireGuard:
                 return self._trip(fetch_error(limits.max_fetch_bytes, limits))
             if body > limits.max_cell_bytes:
                 self._fields = _Fields(self.mysql)
-        elif kind in _PG_FETCH_END:
-            self.fetch_bytes = 0
+        else:
+            if body > self.limits.max_row_bytes:  # e.g. an error message that quotes a huge value
+                return self._trip(message_error(chr(kind), body, self.limits))
+            if kind in _PG_FETCH_END:
+                self.fetch_bytes = 0
         return True
 
     def _trip(self, error: ServiceError) -> bool:
