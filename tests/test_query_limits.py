@@ -11,8 +11,9 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncmy
 import asyncpg
@@ -294,3 +295,71 @@ async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make
             return any(isinstance(p, dict) and p.get("type") == "tool-output-available" and not p.get("preliminary") for p in parts)
 
         await eventually(slot_free, "the slot to come free once the first client went away", timeout=30)
+
+
+# --- The framing holds whatever the socket reads look like ---------------------------------
+
+
+@asynccontextmanager
+async def dribbling_proxy(target_url: str, chunk: int) -> AsyncIterator[str]:
+    """A TCP relay in front of the database that passes the server's bytes on `chunk` at a time,
+    so message headers and values arrive split at every offset; yields the URL through it."""
+    target = urlsplit(target_url)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, step: int) -> None:
+        try:
+            while data := await reader.read(65536):
+                for start in range(0, len(data), step):
+                    writer.write(data[start : start + step])
+                    await writer.drain()
+                    await asyncio.sleep(0)  # let the receiving protocol see this piece on its own
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(target.hostname, target.port)
+        writers.extend([client_writer, server_writer])
+        await asyncio.gather(pump(client_reader, server_writer, 65536), pump(server_reader, client_writer, chunk))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield urlunsplit(target._replace(netloc=f"{target.netloc.rpartition('@')[0]}@127.0.0.1:{port}"))
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+async def test_postgres_limits_hold_when_every_message_arrives_in_pieces(pg_reader: PostgresReader, chunk: int) -> None:
+    async with dribbling_proxy(pg_reader.url, chunk) as url:
+        engine = create_engine("pg_dribble", url, EngineSettings(pool_size=1, limits=SMALL))
+        await engine.open()
+        try:
+            rows = await read_all(engine, "SELECT repeat('x', 4000), NULL::text, g FROM generate_series(1, 3) g", batch=2)
+            assert rows == [["x" * 4000, None, g] for g in range(1, 4)]
+            assert "QUERY_MAX_CELL_BYTES" in (await refusal(engine, "SELECT 1, repeat('x', 5000)")).message
+            assert "QUERY_MAX_ROW_BYTES" in (await refusal(engine, "SELECT repeat('x', 3000), repeat('y', 3000), repeat('z', 3000)")).message
+            assert await read_all(engine, "SELECT 'after'") == [["after"]]
+        finally:
+            await engine.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+async def test_mariadb_limits_hold_when_every_packet_arrives_in_pieces(my_reader: MysqlReader, chunk: int) -> None:
+    async with mariadb_database(my_reader) as direct, dribbling_proxy(direct, chunk) as url:
+        engine = create_engine("my_dribble", url, EngineSettings(pool_size=1, limits=SMALL))
+        await engine.open()
+        try:
+            rows = await read_all(engine, "SELECT REPEAT('x', 4000), NULL, seq FROM seq_1_to_3", batch=2)
+            assert rows == [["x" * 4000, None, g] for g in range(1, 4)]
+            assert "QUERY_MAX_CELL_BYTES" in (await refusal(engine, "SELECT 1, REPEAT('x', 5000)")).message
+            assert "QUERY_MAX_ROW_BYTES" in (await refusal(engine, "SELECT REPEAT('x', 3000), REPEAT('y', 3000), REPEAT('z', 3000)")).message
+            assert await read_all(engine, "SELECT 'after'") == [["after"]]
+        finally:
+            await engine.close()
