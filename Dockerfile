@@ -1,8 +1,10 @@
-# syntax=docker/dockerfile:1
 # One image for all three services; the command picks the service:
 #   docker run IMAGE                                    -> gateway (the default CMD)
 #   docker run IMAGE python -m services.session
 #   docker run IMAGE python -m services.query
+
+# No `# syntax=` line: it makes BuildKit pull a frontend image from Docker Hub, which breaks
+# offline and mirror-only builds, and nothing here needs more than the built-in frontend.
 
 # --- builder: wheels for every dependency, then a venv installed from them only ---------------
 FROM python:3.12-slim AS builder
@@ -14,17 +16,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 
 # Dependencies before the code, so editing a service does not rebuild them. Every dependency
-# ships manylinux wheels for CPython 3.12, so the builder needs no compiler.
-COPY pyproject.toml ./
+# ships manylinux wheels for CPython 3.12, so the builder needs no compiler. The venv has no pip
+# of its own (the runtime image does not need one): the builder's pip installs into it with --python.
+# constraints.txt pins the versions the test suite ran with (`make lock`).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip wheel --wheel-dir /wheels -r requirements.txt \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links /wheels -r requirements.txt
+    && pip wheel --wheel-dir /wheels -r requirements.txt -c constraints.txt \
+    && python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --no-index --find-links /wheels -r requirements.txt
 
 COPY shared ./shared
 COPY services ./services
 RUN pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-index --no-deps --find-links /wheels dbgenie-services
+    && pip --python /opt/venv/bin/python install --no-index --no-deps --find-links /wheels dbgenie-services
 
 # --- runtime: slim Python, the venv, the source tree, a non-root user --------------------------
 FROM python:3.12-slim AS runtime

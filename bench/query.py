@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -93,12 +94,12 @@ class Figures:
 
 # --- data ------------------------------------------------------------------------------
 
+
 def build_sqlite(path: Path, rows: int) -> None:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, qty INTEGER, price REAL, name TEXT, created TEXT)")
     conn.execute(
-        "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-        "SELECT i, i % 100, (i % 1000) / 10.0, 'item ' || i, datetime(1700000000 + i, 'unixepoch') FROM n",
+        "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) SELECT i, i % 100, (i % 1000) / 10.0, 'item ' || i, datetime(1700000000 + i, 'unixepoch') FROM n",
         (rows,),
     )
     conn.commit()
@@ -119,15 +120,28 @@ async def build_postgres(url: str, schema: str, rows: int) -> None:
         await conn.close()
 
 
+async def create_postgres_reader(url: str, schema: str) -> str:
+    """A login role named after `schema` that may only read it (the query service refuses a writer); its URL."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE ROLE {schema}_reader LOGIN PASSWORD 'bench'; GRANT USAGE ON SCHEMA {schema} TO {schema}_reader; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {schema}_reader")
+    finally:
+        await conn.close()
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{schema}_reader:bench@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
+
+
 async def drop_postgres(url: str, schema: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.execute(f"DROP ROLE IF EXISTS {schema}_reader")
     finally:
         await conn.close()
 
 
 # --- raw driver ------------------------------------------------------------------------
+
 
 def raw_sqlite(path: Path) -> float:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -156,6 +170,7 @@ async def raw_postgres(url: str, schema: str) -> float:
 
 
 # --- end to end ------------------------------------------------------------------------
+
 
 class RssSampler:
     """Samples VmRSS of some processes every `interval_s` in a thread; reports growth over the start."""
@@ -243,15 +258,14 @@ async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, sou
     return rows, seconds, preview_ms
 
 
-async def end_to_end(
-    base_url: str, pids: dict[str, int], cpu_pids: dict[str, int], sql: str, source: str, rows: int, figures: Figures, raw: Callable[[], Awaitable[float]], runs: int
-) -> None:
+async def end_to_end(base_url: str, pids: dict[str, int], cpu_pids: dict[str, int], sql: str, source: str, rows: int, figures: Figures, raw: Callable[[], Awaitable[float]], runs: int) -> None:
     """`runs` times: the raw rate, then `sql` streamed through the gateway.
 
     `pids` are sampled for memory, `cpu_pids` (plus this client) for CPU time.
     """
     cpu_pids = {**cpu_pids, "client": os.getpid()}
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+    # Origin as a browser's fetch() sends it: the gateway refuses cookie POSTs from other origins.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Origin": base_url.rstrip("/")}) as http:
         await login(http, base_url)
         await stream_query(http, base_url, f"{sql} LIMIT 1000", source, 1000)  # warm up: open the pool, touch the code
         for _ in range(runs):
@@ -275,6 +289,7 @@ def fmt_mb(values: dict[str, float]) -> str:
 
 
 # --- report ----------------------------------------------------------------------------
+
 
 def report(figures: list[Figures]) -> tuple[str, bool]:
     ok = True
@@ -317,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = [("sqlite", "bench_sqlite", "SELECT id, qty, price, name, created FROM t")]
     if args.postgres_url:
         asyncio.run(build_postgres(args.postgres_url, schema, args.rows))
-        sources["bench_pg"] = args.postgres_url
+        sources["bench_pg"] = asyncio.run(create_postgres_reader(args.postgres_url, schema))
         engines.append(("postgresql", "bench_pg", f"SELECT id, qty, price, name, created FROM {schema}.t"))
     print(f"  data built in {time.perf_counter() - started:.1f}s", flush=True)
 

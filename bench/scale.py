@@ -157,10 +157,7 @@ def table(runs: list[Run]) -> str:
         rounds = ", ".join(f"{x.result.rps:,.0f}" for x in same)
         lines.append(f"{median.label:<{width}}{r.rps:>8,.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>8}   {shares}   ({rounds})")
     base = rps[(1, 1)]
-    lines.append(
-        f"throughput relative to 1 gateway + 1 session: 2 sessions x{rps[(1, 2)] / base:.2f}, "
-        f"2 gateways x{rps[(2, 1)] / base:.2f}, 2 gateways + 2 sessions x{rps[(2, 2)] / base:.2f}"
-    )
+    lines.append(f"throughput relative to 1 gateway + 1 session: 2 sessions x{rps[(1, 2)] / base:.2f}, 2 gateways x{rps[(2, 1)] / base:.2f}, 2 gateways + 2 sessions x{rps[(2, 2)] / base:.2f}")
     return "\n".join(lines)
 
 

@@ -68,6 +68,7 @@ class Subjects:
 
 # --- session ---------------------------------------------------------------------------
 
+
 class SessionGet(TypedDict):
     """`session.get` request; reply `{"session": map | None}`. Slides the expiry."""
 
@@ -104,6 +105,7 @@ class SessionDelete(TypedDict):
 
 # --- query -----------------------------------------------------------------------------
 
+
 class QueryExecute(TypedDict):
     """`query.execute` request.
 
@@ -120,6 +122,7 @@ class QueryExecute(TypedDict):
     window: int
 
 
+# fmt: off
 # Stream messages, published by the query service to the gateway's inbox. "t" names the kind.
 STREAM_META = "meta"    # {"t", "columns": [{"name", "type"}], "preview": [[...], ...]}: first rows read
 STREAM_ROWS = "rows"    # {"t", "seq": int >= 1, "offset": int, "count": int, "rows": bytes (a JSON array of rows)}
@@ -130,6 +133,7 @@ STREAM_HEARTBEAT = "hb"  # {"t", "seq": last rows seq sent}: the producer is ali
 # Control messages, published by the gateway to `query_control(stream_id)`.
 CONTROL_ACK = "ack"        # {"t", "seq": int}: every rows message up to seq is delivered
 CONTROL_CANCEL = "cancel"  # {"t"}: the client is gone; stop the query and free the cursor
+# fmt: on
 
 
 # --- typed payloads --------------------------------------------------------------------

@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
-# Stable codes. The gateway maps them to HTTP statuses in one place (services/gateway/errors.py).
-BAD_REQUEST = "bad_request"
-UNAUTHORIZED = "unauthorized"
-NOT_FOUND = "not_found"
-QUERY_REFUSED = "query_refused"
-QUERY_FAILED = "query_failed"
-QUERY_TIMEOUT = "query_timeout"
-UNKNOWN_SOURCE = "unknown_source"
-UNAVAILABLE = "unavailable"
-TIMEOUT = "timeout"
-INTERNAL = "internal"
+
+class ErrorCode(StrEnum):
+    """Stable codes. The gateway maps them to HTTP statuses in one place (services/gateway/errors.py)."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    QUERY_REFUSED = "query_refused"
+    QUERY_FAILED = "query_failed"
+    QUERY_TIMEOUT = "query_timeout"
+    UNKNOWN_SOURCE = "unknown_source"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+# Module-level names for `from shared.errors import BAD_REQUEST`; each is the enum member.
+BAD_REQUEST = ErrorCode.BAD_REQUEST
+UNAUTHORIZED = ErrorCode.UNAUTHORIZED
+FORBIDDEN = ErrorCode.FORBIDDEN
+NOT_FOUND = ErrorCode.NOT_FOUND
+QUERY_REFUSED = ErrorCode.QUERY_REFUSED
+QUERY_FAILED = ErrorCode.QUERY_FAILED
+QUERY_TIMEOUT = ErrorCode.QUERY_TIMEOUT
+UNKNOWN_SOURCE = ErrorCode.UNKNOWN_SOURCE
+UNAVAILABLE = ErrorCode.UNAVAILABLE
+TIMEOUT = ErrorCode.TIMEOUT
+INTERNAL = ErrorCode.INTERNAL
 
 
 class ServiceError(Exception):
     """Raised for any failure that a caller should see as a code and a clear message."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        # A plain str, so it encodes the same on every wire; it still equals the ErrorCode member.
+        self.code = str(code)
         self.message = message
 
     def to_dict(self) -> dict[str, str]:

@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 
-
-def metrics_response() -> web.Response:
-    body = generate_latest(REGISTRY)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+# prometheus-client's own handler: content negotiation (text or OpenMetrics), `name[]` filters, gzip.
+metrics_handler = make_aiohttp_handler(REGISTRY)
 
 
 def build_ops_app(readiness: Readiness) -> web.Application:
@@ -25,13 +24,10 @@ def build_ops_app(readiness: Readiness) -> web.Application:
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return metrics_response()
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler)
     return app
 
 

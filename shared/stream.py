@@ -243,4 +243,3 @@ class StreamConsumer:
             except Exception:
                 pass
             self._sub = None
-

@@ -9,9 +9,14 @@ from typing import Any
 import aiohttp
 
 
-def browser(base_url: str) -> aiohttp.ClientSession:
-    """A client session that keeps cookies for 127.0.0.1 (aiohttp refuses IP cookies unless unsafe)."""
-    return aiohttp.ClientSession(base_url, cookie_jar=aiohttp.CookieJar(unsafe=True))
+def browser(base_url: str, origin: str | None = "same") -> aiohttp.ClientSession:
+    """A client session that keeps cookies for 127.0.0.1 (aiohttp refuses IP cookies unless unsafe).
+
+    Like a browser's fetch(), it sends an Origin header: the gateway's own origin by default,
+    the given one, or none (origin=None).
+    """
+    headers = {"Origin": base_url.rstrip("/") if origin == "same" else origin} if origin else None
+    return aiohttp.ClientSession(base_url, cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers)
 
 
 async def login(client: aiohttp.ClientSession, email: str = "ada@example.com", name: str = "Ada") -> dict[str, Any]:
@@ -28,7 +33,7 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
         while b"\n\n" in buffer:
             raw, buffer = buffer.split(b"\n\n", 1)
             assert raw.startswith(b"data: "), f"not a data event: {raw[:80]!r}"
-            payload = raw[len(b"data: "):]
+            payload = raw[len(b"data: ") :]
             yield "[DONE]" if payload == b"[DONE]" else json.loads(payload)
     assert buffer == b"", f"stream ended inside an event: {buffer[:80]!r}"
 

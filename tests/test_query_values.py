@@ -19,7 +19,7 @@ def encode(columns: list[Column], rows: list[tuple]) -> list[list]:
 
 
 def test_each_python_type_has_its_documented_json_form() -> None:
-    utc = dt.timezone.utc
+    utc = dt.UTC
     row = (
         2**53 - 1,
         2**53,

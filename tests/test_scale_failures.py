@@ -20,9 +20,7 @@ async def assert_unavailable(response) -> None:  # type: ignore[no-untyped-def]
     assert (await response.json())["error"]["code"] == "unavailable"
 
 
-async def test_nats_restart_gives_503_with_retry_after_then_heals_without_restarting_services(
-    make_system: SystemFactory, nats_server: NatsServer
-) -> None:
+async def test_nats_restart_gives_503_with_retry_after_then_heals_without_restarting_services(make_system: SystemFactory, nats_server: NatsServer) -> None:
     """While NATS is down every call is a 503 with Retry-After; once it is back the same session works again."""
     system = make_system(nats_url=nats_server.url)
     pids = {name: svc.proc.pid for name, svc in system.services.items() if svc.proc}

@@ -119,7 +119,7 @@ class Load:
 
 
 async def refusal(response: aiohttp.ClientResponse) -> str:
-    """"503" for a proper fail-fast refusal (Retry-After and a JSON error); anything else describes the failure."""
+    """ "503" for a proper fail-fast refusal (Retry-After and a JSON error); anything else describes the failure."""
     body = await response.read()
     if response.status == 503 and response.headers.get("Retry-After") and body.startswith(b'{"error"'):
         return "503"
@@ -139,9 +139,7 @@ def latency(calls: list[Call]) -> str:
     return f"p50 {spans[len(spans) // 2] * 1000:.1f} ms, max {spans[-1] * 1000:.1f} ms"
 
 
-async def test_two_of_everything_survive_replica_sigterm_and_a_nats_restart(
-    make_system: SystemFactory, nats_server: NatsServer, redis_server: RedisServer
-) -> None:
+async def test_two_of_everything_survive_replica_sigterm_and_a_nats_restart(make_system: SystemFactory, nats_server: NatsServer, redis_server: RedisServer) -> None:
     system = make_system(nats_url=nats_server.url, redis_url=redis_server.url, start=())
     second_gateway_port = free_port()
     # Stop order at teardown is the reverse of this: gateways first, then query, then session.

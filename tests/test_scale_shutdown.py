@@ -42,7 +42,7 @@ def _small_receive_buffer(addr_info: tuple) -> socket.socket:  # type: ignore[ty
 def slow_browser(base_url: str) -> aiohttp.ClientSession:
     """A browser whose pauses really pause the stream it reads (see _small_receive_buffer)."""
     connector = aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
-    return aiohttp.ClientSession(base_url, cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector)
+    return aiohttp.ClientSession(base_url, cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector, headers={"Origin": base_url})
 
 
 async def open_big_stream(client: aiohttp.ClientSession, n: int) -> tuple[aiohttp.ClientResponse, list, object]:

@@ -26,6 +26,7 @@ from shared.contracts import Subjects
 from shared.errors import ServiceError
 from tests.conftest import Infra
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+from tests.metrics import sample_value
 
 LIFETIME = 1000
 # Sent by redis-py itself (connection set-up, health checks) or by this test's own client.
@@ -59,11 +60,8 @@ class Replica:
 
     def metric(self, name: str, **labels: str) -> float:
         body = urllib.request.urlopen(f"http://127.0.0.1:{self.ops_port}/metrics", timeout=5).read().decode()
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-        for line in body.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
+        value = sample_value(body, name, **labels)
+        return 0.0 if value is None else value  # a labelled counter appears at its first increment
 
 
 @pytest.fixture
@@ -222,7 +220,7 @@ async def test_each_call_is_one_redis_command(start_replica, infra, redis_server
 
 async def test_corrupt_bytes_are_no_session_and_are_logged(start_replica, infra, redis_server, rdb, nc) -> None:
     replica = await start_replica(infra.nats_url, redis_server.url)
-    for garbage in [b"\xc1not msgpack", b"\x92\x01\x02", b"\x81\xa1a", b"{\"user\": \"json\"}"]:
+    for garbage in [b"\xc1not msgpack", b"\x92\x01\x02", b"\x81\xa1a", b'{"user": "json"}']:
         sid = new_sid()
         rdb.set(f"session:{sid}", garbage)
 

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from services.gateway import handlers, keys, metrics
+from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.limits import Limiter
@@ -20,7 +21,7 @@ from shared.bus import close, connect, request
 from shared.contracts import Subjects
 from shared.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServiceError
 from shared.logging import bind_request, setup_logging
-from shared.ops import metrics_response
+from shared.ops import metrics_handler
 from shared.runtime import stop_event
 
 log = structlog.get_logger(__name__)
@@ -89,17 +90,15 @@ async def readyz(http_request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
-async def metrics_handler(_: web.Request) -> web.Response:
-    return metrics_response()
-
-
 def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(middlewares=[observe], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[observe, csrf], client_max_size=1024 * 1024)
     app[keys.CONFIG] = config
     app[keys.SUBJECTS] = Subjects(config.subject_prefix)
     app[keys.COOKIE] = SessionCookie(config)
     app[keys.LIFECYCLE] = keys.Lifecycle()
     app.cleanup_ctx.append(nats_connection)
+    if config.token_login:
+        app.cleanup_ctx.append(token_verifier)
 
     app.router.add_post("/auth/login", handlers.login)
     app.router.add_post("/auth/logout", handlers.logout)
@@ -133,6 +132,8 @@ async def main() -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
+    if config.auth_mode == "dev":
+        log.warning("dev_login_enabled", message="AUTH_MODE=dev: anyone can sign in as any email address; never use it in production")
     log.info("service_ready", host=config.host, port=config.port, auth_mode=config.auth_mode, subject_prefix=config.subject_prefix)
     await stop.wait()
     lifecycle = app[keys.LIFECYCLE]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from shared.config import (
     common_nats,
@@ -16,7 +19,15 @@ from shared.config import (
 )
 from shared.errors import ConfigError
 
-AUTH_MODES = ("dev", "off")
+AUTH_MODES = ("dev", "off", "oidc", "firebase")
+TOKEN_MODES = ("oidc", "firebase")
+FIREBASE_ISSUER = "https://securetoken.google.com/"
+FIREBASE_JWKS_URL = "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com"
+_FIREBASE_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,33 @@ class GatewayConfig:
     port: int = 8080
     """GATEWAY_PORT: the HTTP port."""
     auth_mode: str = "off"
-    """AUTH_MODE: `dev` enables POST /auth/login with a JSON body; `off` disables login."""
+    """AUTH_MODE: `oidc` or `firebase` verify ID tokens; `dev` logs in anyone by email; `off` disables login."""
+    oidc_issuer: str = ""
+    """OIDC_ISSUER: the issuer (`iss`) of accepted ID tokens; required with AUTH_MODE=oidc."""
+    oidc_audience: str = ""
+    """OIDC_AUDIENCE: the audience (`aud`, the client id) of accepted ID tokens; required with AUTH_MODE=oidc."""
+    oidc_jwks_url: str = ""
+    """OIDC_JWKS_URL: where the signing keys are; default: `jwks_uri` of the issuer's discovery document."""
+    firebase_project_id: str = ""
+    """FIREBASE_PROJECT_ID: with AUTH_MODE=firebase, the project whose ID tokens are accepted."""
+    auth_clock_skew_s: int = 60
+    """AUTH_CLOCK_SKEW_S: tolerance in seconds for `exp`, `iat` and `auth_time`."""
+    auth_allowed_email_domains: tuple[str, ...] = ()
+    """AUTH_ALLOWED_EMAIL_DOMAINS: comma list; when set, only these email domains may sign in."""
+    auth_require_verified_email: bool = True
+    """AUTH_REQUIRE_VERIFIED_EMAIL: refuse tokens whose `email_verified` is not true (default 1)."""
+    auth_jwks_cache_min_s: float = 300.0
+    """AUTH_JWKS_CACHE_MIN_S: the shortest time signing keys are cached, whatever Cache-Control says."""
+    auth_jwks_cache_max_s: float = 86400.0
+    """AUTH_JWKS_CACHE_MAX_S: the longest time signing keys are cached, whatever Cache-Control says."""
+    auth_login_rate: tuple[int, int] = (10, 60)
+    """AUTH_LOGIN_RATE: token logins allowed per client IP, e.g. `10/minute`, `100/hour`; `0` turns it off."""
+    trusted_proxies: tuple[Network, ...] = ()
+    """TRUSTED_PROXIES: CIDR list of proxies whose X-Forwarded-For/-Host/-Proto are believed."""
+    allowed_origins: tuple[str, ...] = ()
+    """ALLOWED_ORIGINS: comma list of other origins (`https://app.example.com`) allowed to post with the cookie."""
+    public_origin: str = ""
+    """PUBLIC_ORIGIN: the gateway's own origin as browsers see it; default: from Host (and trusted X-Forwarded-*)."""
     cookie_name: str = "session"
     """SESSION_COOKIE_NAME: the cookie holding the session id (Flask's default name)."""
     cookie_secure: bool = False
@@ -57,17 +94,67 @@ class GatewayConfig:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {self.auth_mode!r}")
         if self.use_signer and not self.secret_key:
             raise ConfigError("SECRET_KEY must be set when SESSION_USE_SIGNER is on")
+        if self.auth_mode == "oidc":
+            if not self.oidc_issuer:
+                raise ConfigError("OIDC_ISSUER must be set when AUTH_MODE is oidc")
+            if not self.oidc_audience:
+                raise ConfigError("OIDC_AUDIENCE must be set when AUTH_MODE is oidc")
+            _check_url("OIDC_ISSUER", self.oidc_issuer)
+        if self.auth_mode == "firebase" and not _FIREBASE_PROJECT.match(self.firebase_project_id):
+            raise ConfigError(f"FIREBASE_PROJECT_ID must be a Firebase project id (6-30 lowercase letters, digits, hyphens) when AUTH_MODE is firebase, got {self.firebase_project_id!r}")
+        if self.oidc_jwks_url:
+            _check_url("OIDC_JWKS_URL", self.oidc_jwks_url)
+        if self.auth_jwks_cache_max_s < self.auth_jwks_cache_min_s:
+            raise ConfigError("AUTH_JWKS_CACHE_MAX_S must not be less than AUTH_JWKS_CACHE_MIN_S")
+
+    @property
+    def token_login(self) -> bool:
+        """Whether sign-in is by ID token (oidc or firebase)."""
+        return self.auth_mode in TOKEN_MODES
+
+    @property
+    def issuer(self) -> str:
+        return FIREBASE_ISSUER + self.firebase_project_id if self.auth_mode == "firebase" else self.oidc_issuer
+
+    @property
+    def audience(self) -> str:
+        return self.firebase_project_id if self.auth_mode == "firebase" else self.oidc_audience
+
+    @property
+    def jwks_url(self) -> str | None:
+        """The JWKS URL, or None when it comes from the issuer's discovery document."""
+        if self.oidc_jwks_url:
+            return self.oidc_jwks_url
+        return FIREBASE_JWKS_URL if self.auth_mode == "firebase" else None
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
         env = environ() if env is None else env
         nats_url, prefix = common_nats(env)
+        auth_mode = env_str(env, "AUTH_MODE", "off").lower()
         return cls(
             nats_url=nats_url,
             subject_prefix=prefix,
             host=env_str(env, "GATEWAY_HOST", "0.0.0.0"),
             port=env_port(env, "GATEWAY_PORT", 8080),
-            auth_mode=env_str(env, "AUTH_MODE", "off").lower(),
+            auth_mode=auth_mode,
+            oidc_issuer=env_str(env, "OIDC_ISSUER", ""),
+            oidc_audience=env_str(env, "OIDC_AUDIENCE", ""),
+            oidc_jwks_url=env_str(env, "OIDC_JWKS_URL", ""),
+            firebase_project_id=env_str(env, "FIREBASE_PROJECT_ID", ""),
+            auth_clock_skew_s=env_int(env, "AUTH_CLOCK_SKEW_S", 60, minimum=0),
+            auth_allowed_email_domains=tuple(d.lstrip("@").lower() for d in _comma_list(env_str(env, "AUTH_ALLOWED_EMAIL_DOMAINS", ""))),
+            auth_require_verified_email=env_bool(env, "AUTH_REQUIRE_VERIFIED_EMAIL", auth_mode in TOKEN_MODES),
+            auth_jwks_cache_min_s=env_float(env, "AUTH_JWKS_CACHE_MIN_S", 300.0, minimum=0),
+            auth_jwks_cache_max_s=env_float(env, "AUTH_JWKS_CACHE_MAX_S", 86400.0, minimum=0),
+            auth_login_rate=_rate("AUTH_LOGIN_RATE", env_str(env, "AUTH_LOGIN_RATE", "10/minute")),
+            trusted_proxies=tuple(_network("TRUSTED_PROXIES", item) for item in _comma_list(env_str(env, "TRUSTED_PROXIES", ""))),
+            allowed_origins=tuple(_origin("ALLOWED_ORIGINS", item) for item in _comma_list(env_str(env, "ALLOWED_ORIGINS", ""))),
+            public_origin=_origin("PUBLIC_ORIGIN", public_origin) if (public_origin := env_str(env, "PUBLIC_ORIGIN", "")) else "",
             cookie_name=env_str(env, "SESSION_COOKIE_NAME", "session"),
             cookie_secure=env_bool(env, "COOKIE_SECURE", False),
             use_signer=env_bool(env, "SESSION_USE_SIGNER", False),
@@ -78,3 +165,52 @@ class GatewayConfig:
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
         )
+
+
+def _comma_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _check_url(name: str, url: str) -> None:
+    """HTTPS, or plain HTTP to this machine only (a local issuer in development)."""
+    parts = urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("https", "http") or (parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS):
+        raise ConfigError(f"{name} must be an https:// URL (http:// only for localhost), got {url!r}")
+
+
+def _origin(name: str, raw: str) -> str:
+    """`scheme://host[:port]`, lower-cased, without a default port or a trailing slash: what browsers send."""
+    parts = urlsplit(raw.strip().rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or port == -1:
+        raise ConfigError(f"{name} must hold origins like https://app.example.com, got {raw!r}")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _network(name: str, raw: str) -> Network:
+    try:
+        return ipaddress.ip_network(raw, strict=False)
+    except ValueError:
+        raise ConfigError(f"{name} must be a comma list of IP addresses or CIDR networks, got {raw!r}") from None
+
+
+def _rate(name: str, raw: str) -> tuple[int, int]:
+    """`N/unit` (second, minute, hour, day, or a number of seconds such as `N/30s`) -> (N, seconds); `0` is off."""
+    if raw.strip() in ("0", "off"):
+        return (0, 60)
+    count, _, unit = raw.partition("/")
+    unit = unit.strip().lower()
+    match = re.fullmatch(r"(\d+)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?", unit) or re.fullmatch(r"()(s|sec|second|m|min|minute|h|hour|d|day)s?", unit)
+    if not count.strip().isdigit() or match is None:
+        raise ConfigError(f"{name} must look like 10/minute (second, minute, hour, day) or 0 for off, got {raw!r}")
+    seconds = _RATE_UNITS[match.group(2)] * int(match.group(1) or 1)
+    if seconds <= 0:
+        raise ConfigError(f"{name} needs a window longer than 0 seconds, got {raw!r}")
+    return (int(count), seconds)

@@ -11,6 +11,7 @@ STATUS = {
     e.UNAUTHORIZED: 401,
     "forbidden": 403,
     e.NOT_FOUND: 404,
+    "rate_limited": 429,
     e.QUERY_REFUSED: 422,
     e.UNKNOWN_SOURCE: 422,
     e.QUERY_FAILED: 422,
@@ -23,11 +24,11 @@ STATUS = {
 RETRY_AFTER_S = "1"
 
 
-def error_response(code: str, message: str, status: int | None = None) -> web.Response:
+def error_response(code: str, message: str, status: int | None = None, retry_after: int | None = None) -> web.Response:
     status = status or STATUS.get(code, 500)
-    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    headers = {"Retry-After": str(retry_after) if retry_after else RETRY_AFTER_S} if status in (429, 503) else None
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 def from_service_error(exc: e.ServiceError) -> web.Response:
-    return error_response(exc.code, exc.message)
+    return error_response(exc.code, exc.message, retry_after=getattr(exc, "retry_after", None))

@@ -1,4 +1,4 @@
-"""HTTP handlers: dev login, logout, the current user, and the execute_query stream."""
+"""HTTP handlers: login (ID token or dev), logout, the current user, and the execute_query stream."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -13,6 +14,9 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys, metrics
+from services.gateway.auth.limit import check_login_rate
+from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_from_claims
+from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
 from services.gateway.sse import HEADERS, ToolStream
 from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
@@ -52,14 +56,39 @@ def text_field(body: dict[str, Any], name: str, *, required: bool, max_chars: in
     return value
 
 
-async def current_session(request: web.Request) -> tuple[str, dict[str, Any]]:
-    """The caller's sid and session map; 401 when there is none."""
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: a cookie session (`sid` set) or a verified bearer token (`sid` None, nothing stored)."""
+
+    sid: str | None
+    session: dict[str, Any]
+
+    @property
+    def bearer(self) -> bool:
+        return self.sid is None
+
+
+async def identity(request: web.Request) -> Identity:
+    """The caller: `Authorization: Bearer <ID token>` on /api/*, else the session cookie; 401 when neither."""
+    token = bearer_token(request)
+    if token is not None:
+        claims = await verifier(request).verify(token)
+        check_policy(request.app[keys.CONFIG], claims)
+        user = user_from_claims(claims)
+        structlog.contextvars.bind_contextvars(uid=user["uid"], auth="bearer")
+        return Identity(None, {"user": user, "conversation_id": None})
     sid = request.app[keys.COOKIE].sid(request)
     session = await request.app[keys.SESSIONS].get(sid) if sid else None
     if sid is None or session is None or not session.get("user"):
         raise ServiceError(UNAUTHORIZED, "not logged in")
     structlog.contextvars.bind_contextvars(uid=user_id(session))
-    return sid, session
+    return Identity(sid, session)
+
+
+async def current_session(request: web.Request) -> tuple[str | None, dict[str, Any]]:
+    """The caller's sid and session map; the sid is None for a bearer request (nothing to write to). 401 when nobody."""
+    who = await identity(request)
+    return who.sid, who.session
 
 
 def public_view(session: dict[str, Any]) -> dict[str, Any]:
@@ -70,9 +99,12 @@ def public_view(session: dict[str, Any]) -> dict[str, Any]:
 
 
 async def login(request: web.Request) -> web.Response:
+    """Open a session: from a verified ID token (AUTH_MODE oidc/firebase), or from an email in dev mode."""
     config = request.app[keys.CONFIG]
+    if config.token_login:
+        return await _token_login(request)
     if config.auth_mode != "dev":
-        return error_response("forbidden", "password-less dev login is disabled (AUTH_MODE is not 'dev')")
+        return error_response("forbidden", "sign-in is disabled (AUTH_MODE is 'off')")
     body = await json_object(request)
     email = text_field(body, "email", required=True)
     assert email is not None
@@ -81,14 +113,27 @@ async def login(request: web.Request) -> web.Response:
     name = text_field(body, "name", required=True)
     uid = text_field(body, "uid", required=False) or "dev-" + hashlib.sha256(email.lower().encode()).hexdigest()[:24]
     picture = text_field(body, "picture", required=False, max_chars=2048)
-    user = {"uid": uid, "email": email, "name": name, "picture": picture, "verified": True}
+    return await _open_session(request, {"uid": uid, "email": email, "name": name, "picture": picture, "verified": True}, method="dev")
+
+
+async def _token_login(request: web.Request) -> web.Response:
+    await check_login_rate(request)
+    body = await json_object(request)
+    token = text_field(body, "idToken", required=True, max_chars=MAX_TOKEN_CHARS)
+    assert token is not None
+    claims = await verifier(request).verify(token)
+    check_policy(request.app[keys.CONFIG], claims)
+    return await _open_session(request, user_from_claims(claims), method="id_token")
+
+
+async def _open_session(request: web.Request, user: dict[str, Any], *, method: str) -> web.Response:
     data = {"_permanent": True, "user": user, "conversation_id": str(uuid.uuid4())}
     cookie = request.app[keys.COOKIE]
     # A login always issues a new sid and drops the old one (no session fixation).
     sid = await request.app[keys.SESSIONS].create(data, replace_sid=cookie.sid(request))
     response = web.json_response(public_view(data))
     cookie.set(response, sid)
-    log.info("login", uid=uid)
+    log.info("login", uid=user["uid"], method=method)
     return response
 
 
@@ -103,14 +148,17 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
-    _, session = await current_session(request)
-    return web.json_response(public_view(session))
+    """The signed-in user; for a bearer request, from the token's claims."""
+    who = await identity(request)
+    return web.json_response(public_view(who.session))
 
 
 async def new_conversation(request: web.Request) -> web.Response:
     """Start a new conversation: one atomic field patch, so concurrent requests lose nothing."""
     sid, _ = await current_session(request)
     conversation_id = str(uuid.uuid4())
+    if sid is None:  # a bearer client keeps its conversation id itself: nothing is stored for it
+        return web.json_response({"conversation_id": conversation_id})
     session = await request.app[keys.SESSIONS].patch(sid, {"conversation_id": conversation_id})
     if session is None:
         raise ServiceError(UNAUTHORIZED, "not logged in")

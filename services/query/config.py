@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import orjson
 
-from shared.config import common_nats, env_float, env_int, env_port, env_str, environ
+from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
 from shared.errors import ConfigError
 
 DEFAULT_SOURCE = "default"
@@ -47,6 +47,9 @@ class QueryConfig:
     log_level: str = "INFO"
     # On SIGTERM, streams in flight get this long to finish before they are cut off.
     shutdown_grace_s: float = 20.0
+    # Serve sources whose database account can do more than read (docs/query-account.md);
+    # a warning is logged on every start while it is on.
+    allow_privileged: bool = False
 
     def __post_init__(self) -> None:
         if DEFAULT_SOURCE not in self.sources:
@@ -87,6 +90,7 @@ class QueryConfig:
             ops_port=env_port(env, "OPS_PORT", 8092),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
+            allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
         )
 
 

@@ -34,8 +34,23 @@ async def main() -> None:
     async with AsyncExitStack() as stack:
         nc = await connect(config.nats_url, "query")
         stack.push_async_callback(close_nats, nc)
-        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size))
+        if config.allow_privileged:
+            log.warning(
+                "privileged_sources_allowed",
+                variable="QUERY_ALLOW_PRIVILEGED",
+                detail="sources whose database account can write, use server files, run programs or signal other sessions are served",
+                docs="docs/query-account.md",
+            )
+        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size), allow_privileged=config.allow_privileged)
         stack.push_async_callback(sources.close)
+        # Check every source's account now, in the background: queries wait for nothing.
+        opening = asyncio.create_task(sources.open_all())
+
+        async def stop_opening() -> None:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+
+        stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
         server = Server(nc)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)

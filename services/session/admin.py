@@ -5,6 +5,7 @@
     python -m services.session.admin show SID
     python -m services.session.admin delete SID
     python -m services.session.admin delete --prefix P
+    python -m services.session.admin delete --user UID    # sign a user out everywhere
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service.
 Session ids are masked unless --show-sids is given.
@@ -101,6 +102,39 @@ class Admin:
         self._print(json.dumps(body, indent=2, default=_json_default, ensure_ascii=False))
         return 0
 
+    def delete_user(self, uid: str) -> int:
+        """Delete every session whose user id is `uid`: SCAN, GET in batches, decode, delete the matches."""
+        total = 0
+        batch: list[bytes] = []
+        for key in self.keys():
+            batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                total += self._delete_user_batch(uid, batch)
+                batch = []
+        if batch:
+            total += self._delete_user_batch(uid, batch)
+        self._print(f"deleted {total} session{'s' if total != 1 else ''} of user {uid}")
+        return 0
+
+    def _delete_user_batch(self, uid: str, keys: list[bytes]) -> int:
+        matches = []
+        for key, raw in zip(keys, self._client.mget(keys), strict=True):
+            session = _decode(raw) if raw is not None else None
+            if isinstance(session, dict) and user_id(session) == uid:
+                matches.append(key)
+        if not matches:
+            return 0
+        # Only keys that still exist count; a session that expired meanwhile is not reported.
+        pipe = self._client.pipeline(transaction=False)
+        for key in matches:
+            pipe.delete(key)
+        deleted = 0
+        for key, gone in zip(matches, pipe.execute(), strict=True):
+            if gone:
+                deleted += 1
+                self._print(f"deleted {self._label(self._sid(key))}")
+        return deleted
+
     def delete(self, sid: str | None, sid_prefix: str | None) -> int:
         if sid is not None:
             deleted = self._client.delete(self._prefix + sid)
@@ -143,10 +177,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("count", help="count sessions")
     show = sub.add_parser("show", help="print one session as JSON")
     show.add_argument("sid")
-    delete = sub.add_parser("delete", help="delete one session, or every session whose sid starts with a prefix")
+    delete = sub.add_parser("delete", help="delete one session, every session whose sid starts with a prefix, or every session of a user")
     group = delete.add_mutually_exclusive_group(required=True)
     group.add_argument("sid", nargs="?")
     group.add_argument("--prefix", dest="sid_prefix", help="sid prefix ('' deletes every session)")
+    group.add_argument("--user", dest="uid", help="a user id (the token's sub): sign that user out everywhere")
     return p
 
 
@@ -173,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             return admin.count()
         if args.command == "show":
             return admin.show(args.sid)
+        if args.uid is not None:
+            if not args.uid.strip():
+                print("error: --user needs a user id", file=sys.stderr)
+                return 2
+            return admin.delete_user(args.uid.strip())
         return admin.delete(args.sid, args.sid_prefix)
     except RedisError as exc:
         print(f"error: Redis at {target.display}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from services.query.privileges import Account
 from services.query.values import Column, RowEncoder
 
 
@@ -65,6 +66,14 @@ class Engine(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Close every connection; queries still running are cut off."""
+
+    async def account(self) -> Account | None:
+        """The database account this source connects as and what it may do beyond reading (after `open`).
+
+        None where there is no account to ask: SQLite has none, and its handle is opened
+        read-only by this service whatever the file's permissions (see docs/query-account.md).
+        """
+        return None
 
     @abstractmethod
     def query(self, sql: str, timeout_s: float) -> AbstractAsyncContextManager[Cursor]:

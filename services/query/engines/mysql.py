@@ -3,8 +3,9 @@
 Per query: multi-statements are switched off on the server (COM_SET_OPTION; the drivers
 always ask for them at connect), the session is made READ ONLY (which, unlike a read-only
 transaction alone, also stops DDL and its implicit commit), the server's statement time
-limit is set, and a READ ONLY transaction is started. A query left early is stopped with
-KILL QUERY from a second connection and its connection is discarded, not reused.
+limit is set, and a READ ONLY transaction is started. A query read to the end leaves its
+connection reset (locks released, session state cleared) before it is reused; a query left
+early is stopped with KILL QUERY from a second connection and its connection is discarded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from asyncmy.cursors import SSCursor
 
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.privileges import Account, mysql_account
 from services.query.values import Column
 from shared.bus import redact_url
 from shared.errors import (
@@ -37,12 +39,15 @@ from shared.errors import (
 log = structlog.get_logger(__name__)
 
 _COM_SET_OPTION = 0x1B
+_COM_RESET_CONNECTION = 0x1F
 _MULTI_STATEMENTS_OFF = b"\x01\x00"
 
 # Server error codes.
 _READ_ONLY_TRANSACTION = 1792  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
 _STATEMENT_TIMEOUT = {1969, 3024}  # MariaDB max_statement_time, MySQL max_execution_time
-_QUERY_INTERRUPTED = 1317
+_QUERY_INTERRUPTED = 1317  # KILL QUERY (ours when a query is left early; anyone's otherwise)
+# ER_DBACCESS_DENIED, ER_TABLEACCESS_DENIED, ER_COLUMNACCESS_DENIED, ER_SPECIFIC_ACCESS_DENIED, ER_PROCACCESS_DENIED
+_ACCESS_DENIED = {1044, 1142, 1143, 1227, 1370}
 
 # Column type codes (the protocol's MYSQL_TYPE_*) -> SQL type names.
 _TYPE_NAMES = {
@@ -50,7 +55,7 @@ _TYPE_NAMES = {
     7: "TIMESTAMP", 8: "BIGINT", 9: "MEDIUMINT", 10: "DATE", 11: "TIME", 12: "DATETIME", 13: "YEAR",
     14: "DATE", 15: "VARCHAR", 16: "BIT", 245: "JSON", 246: "DECIMAL", 247: "ENUM", 248: "SET",
     249: "TINYBLOB", 250: "MEDIUMBLOB", 251: "LONGBLOB", 252: "BLOB", 253: "VARCHAR", 254: "CHAR", 255: "GEOMETRY",
-}
+}  # fmt: skip
 _TEXT_NAMES = {"TINYBLOB": "TINYTEXT", "MEDIUMBLOB": "MEDIUMTEXT", "LONGBLOB": "LONGTEXT", "BLOB": "TEXT"}
 _BINARY_NAMES = {"VARCHAR": "VARBINARY", "CHAR": "BINARY"}
 _BINARY_CHARSET = 63
@@ -148,6 +153,16 @@ class MysqlEngine(Engine):
                 self._pool.terminate()
             self._pool = None
 
+    async def account(self) -> Account:
+        # On a connection of its own: SET ROLE, used to read the roles' grants, stays off the pool.
+        conn = await asyncio.wait_for(
+            asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s
+        )
+        try:
+            return await asyncio.wait_for(mysql_account(conn), self.settings.connect_timeout_s)
+        finally:
+            conn.close()
+
     @asynccontextmanager
     async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
         if self._pool is None:
@@ -181,35 +196,45 @@ class MysqlEngine(Engine):
         await conn.read_packet()
         if self._mariadb is None:
             self._mariadb = "mariadb" in conn.get_server_info().lower()
-        limit = (
-            f"SET SESSION max_statement_time = {timeout_s:.3f}"
-            if self._mariadb
-            else f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}"
-        )
+        limit = f"SET SESSION max_statement_time = {timeout_s:.3f}" if self._mariadb else f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}"
         async with conn.cursor() as cur:
             await cur.execute("SET SESSION TRANSACTION READ ONLY")
             await cur.execute(limit)
             await cur.execute("START TRANSACTION READ ONLY")
 
     async def _release(self, conn: Any, finished: bool) -> None:
-        """Back to the pool after ROLLBACK when the result was read to the end; else KILL QUERY and drop it."""
+        """Back to the pool, reset, when the result was read to the end; else KILL QUERY and drop it."""
         if finished and conn.connected:
             try:
-                await asyncio.wait_for(conn.rollback(), self.settings.connect_timeout_s)
+                await asyncio.wait_for(self._reset(conn), self.settings.connect_timeout_s)
             except Exception as exc:
-                log.warning("mysql_rollback_failed", source=self.name, error=_text(exc))
+                log.warning("mysql_reset_failed", source=self.name, error=_text(exc))
                 conn.close()
         else:
             await self._kill_query(conn)
             conn.close()
         self._pool.release(conn)
 
+    async def _reset(self, conn: Any) -> None:
+        """Nothing the query did outlives it: roll back, free named locks, reset the session.
+
+        COM_RESET_CONNECTION (asyncmy has no call for it; MySQL 5.7+, MariaDB 10.2+) clears
+        user variables, session variables, temporary tables and prepared statements, and
+        keeps the connection's character set. RELEASE_ALL_LOCKS() comes first because not
+        every server version frees GET_LOCK() locks on a reset.
+        """
+        await conn.rollback()
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT RELEASE_ALL_LOCKS()")
+        await conn._execute_command(_COM_RESET_CONNECTION, b"")
+        await conn._read_ok_packet()
+        if not conn.get_autocommit():  # the reset takes the server's default
+            await conn.autocommit(True)
+
     async def _kill_query(self, conn: Any) -> None:
         try:
             thread_id = conn.thread_id()
-            killer = await asyncio.wait_for(
-                asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s
-            )
+            killer = await asyncio.wait_for(asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s)
             try:
                 async with killer.cursor() as cur:
                     await asyncio.wait_for(cur.execute(f"KILL QUERY {int(thread_id)}"), self.settings.connect_timeout_s)
@@ -224,8 +249,11 @@ class MysqlEngine(Engine):
             return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
         if code == _READ_ONLY_TRANSACTION:
             return ServiceError(QUERY_REFUSED, f"the database refused the statement (read-only session): {_text(exc)}")
+        if code in _ACCESS_DENIED:
+            return ServiceError(QUERY_REFUSED, f"the database refused the statement (the source's account may not do this): {_text(exc)}")
         if code == _QUERY_INTERRUPTED:
-            return ServiceError(QUERY_FAILED, "the query was interrupted on the server")
+            # KILL QUERY from another session: ours only ever hits a query already left.
+            return ServiceError(QUERY_FAILED, f"cancelled by the database: {_text(exc)}")
         if isinstance(exc, asyncmy.errors.OperationalError) and code is not None and code >= 2000:
             return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
         if isinstance(exc, OSError):

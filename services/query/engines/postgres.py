@@ -3,7 +3,8 @@
 asyncpg prepares the SQL with the extended protocol, which never runs more than one
 statement, so nothing can follow the query to end the read-only transaction. The
 server's statement_timeout stops a runaway step; a cancelled task makes asyncpg send a
-cancel request, and the transaction is rolled back, which closes the portal.
+cancel request, and the transaction is rolled back, which closes the portal. A connection
+goes back to the pool only after DISCARD ALL.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.privileges import Account, postgres_account
 from services.query.values import Column
 from shared.bus import redact_url
 from shared.errors import (
@@ -39,15 +41,25 @@ _NO_FLOAT_TYPES = frozenset(
         "date", "time", "timetz", "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb", "bytea",
         "inet", "cidr", "macaddr", "xml", "bit", "varbit", "tsvector",
     }
-)
+)  # fmt: skip
 # Types whose values (as this engine decodes them) orjson writes itself, exactly.
 _NATIVE_TYPES = frozenset(
     {
         "int2", "int4", "int8", "oid", "float4", "float8", "bool", "text", "varchar", "bpchar", "name",
         "date", "timestamp", "timestamptz", "interval", "money", "xml",
     }
-)
+)  # fmt: skip
+# How the server words a cancel by statement_timeout (its other cancels are not our time limit).
+_STATEMENT_TIMEOUT = "statement timeout"
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    # Instead of asyncpg's default reset (advisory locks, cursors, LISTEN, settings):
+    # DISCARD ALL also drops temporary tables, prepared statements, plans and sequence
+    # state, so nothing a query did reaches the next one. The pool has already rolled
+    # back; with statement_cache_size=0 asyncpg holds no statement DISCARD could drop.
+    await conn.execute("DISCARD ALL")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -100,6 +112,7 @@ class PostgresEngine(Engine):
             max_inactive_connection_lifetime=300,
             timeout=self.settings.connect_timeout_s,
             init=_init_connection,
+            reset=_reset_connection,
             server_settings={"application_name": APPLICATION_NAME, "IntervalStyle": "iso_8601"},
         )
         await self._pool
@@ -111,6 +124,12 @@ class PostgresEngine(Engine):
             except TimeoutError:
                 self._pool.terminate()
             self._pool = None
+
+    async def account(self) -> Account:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            return await asyncio.wait_for(postgres_account(conn), self.settings.connect_timeout_s)
 
     @asynccontextmanager
     async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
@@ -125,11 +144,7 @@ class PostgresEngine(Engine):
         ms = max(1, int(timeout_s * 1000))
         try:
             try:
-                await conn.execute(
-                    "BEGIN READ ONLY;"
-                    f" SET LOCAL statement_timeout = {ms};"
-                    f" SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}"
-                )
+                await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
                 statement = await conn.prepare(sql)
                 if not statement.get_attributes():
                     # COPY, SET, COMMIT, DO, CALL...: refused before they run, whatever the guard said.
@@ -144,7 +159,11 @@ class PostgresEngine(Engine):
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
         try:
-            if not conn.is_closed() and conn.is_in_transaction():
+            closed = conn.is_closed()
+        except asyncpg.InterfaceError:  # the pool took back the lost connection itself
+            return
+        try:
+            if not closed and conn.is_in_transaction():
                 await asyncio.wait_for(conn.execute("ROLLBACK"), self.settings.connect_timeout_s)
         except Exception as exc:  # a broken connection: drop it rather than reuse it
             log.warning("postgres_rollback_failed", source=self.name, error=_text(exc))
@@ -155,10 +174,22 @@ class PostgresEngine(Engine):
             log.warning("postgres_release_failed", source=self.name, error=_text(exc))
 
     def error(self, exc: BaseException, timeout_s: float) -> ServiceError:
-        if isinstance(exc, (asyncpg.QueryCanceledError, asyncpg.IdleInTransactionSessionTimeoutError)):
+        if isinstance(exc, asyncpg.ConnectionDoesNotExistError) and isinstance(exc.__cause__, asyncpg.PostgresError):
+            exc = exc.__cause__  # the server said why it closed the connection (a FATAL error): that is the error
+        if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (
+            isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)
+        ):
             return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
+        if isinstance(exc, asyncpg.QueryCanceledError):
+            # pg_cancel_backend from another session, a recovery conflict...
+            return ServiceError(QUERY_FAILED, f"cancelled by the database: {_text(exc)}")
+        if isinstance(exc, asyncpg.AdminShutdownError):
+            # pg_terminate_backend from another session, or the server shutting down: try again later.
+            return ServiceError(UNAVAILABLE, f"cancelled by the database: {_text(exc)}")
         if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
             return ServiceError(QUERY_REFUSED, f"PostgreSQL refused the statement (read-only transaction): {_text(exc)}")
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return ServiceError(QUERY_REFUSED, f"PostgreSQL refused the statement (the source's account may not do this): {_text(exc)}")
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
             return ServiceError(QUERY_FAILED, _text(exc))
         return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
