@@ -1,4 +1,4 @@
-"""Process entry helpers: the event loop, and an Event set by SIGTERM/SIGINT."""
+"""Process entry helpers: the event loop, an Event set by SIGTERM/SIGINT, and the last words of a failed process."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import asyncio
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+import structlog
+
 from shared.errors import ConfigError
+
+CONFIG_EXIT = 2
+"""Exit code of a process whose configuration is missing or malformed."""
+FAILURE_EXIT = 1
+"""Exit code of a process that stopped on an uncaught exception."""
 
 
 def stop_event() -> asyncio.Event:
@@ -20,8 +29,32 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on uvloop where it is installed; a configuration error exits 2 with its message."""
+def failure_line(service: str, exc: BaseException, *, exit_code: int) -> bytes:
+    """One JSON log line for an exception that ends the process, the exception as data (type, message, frames)."""
+    line: dict[str, Any] = {
+        "event": "service_failed",
+        "service": service,
+        "level": "critical",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "error": f"{type(exc).__name__}: {exc}",
+        "exit_code": exit_code,
+    }
+    if isinstance(exc, ConfigError):
+        line["reason"] = "configuration"
+        line["exception"] = [{"exc_type": type(exc).__name__, "exc_value": str(exc)}]
+    else:
+        line["reason"] = "uncaught exception"
+        line["exception"] = structlog.processors.ExceptionDictTransformer(show_locals=False)((type(exc), exc, exc.__traceback__))
+    return orjson.dumps(line, default=str) + b"\n"
+
+
+def run(main: Coroutine[Any, Any, None], service: str = "service") -> None:
+    """Run `main` on uvloop where it is installed.
+
+    Whatever ends it with an exception is written to stderr as one JSON line (`service_failed`)
+    before the exit: a configuration error exits 2, anything else 1. stdout and stderr are
+    flushed first, so the line is the last one and never interleaved.
+    """
     try:
         import uvloop
     except ImportError:
@@ -30,6 +63,12 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner = uvloop.run
     try:
         runner(main)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        code = CONFIG_EXIT if isinstance(exc, ConfigError) else FAILURE_EXIT
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stderr.buffer.write(failure_line(service, exc, exit_code=code))
+        sys.stderr.buffer.flush()
+        raise SystemExit(code) from None

@@ -204,7 +204,7 @@ async def test_malformed_query_body_is_400_with_json(system: System, body: bytes
 @pytest.mark.parametrize("body", [b"{not json", b'{"name": "No Email"}', b'{"email": "x@example.com", "name": 3}'])
 async def test_malformed_login_is_400_with_json(system: System, body: bytes) -> None:
     async with browser(system.url) as client:
-        async with client.post("/auth/login", data=body) as response:
+        async with client.post("/auth/login", data=body, headers={"Content-Type": "application/json"}) as response:
             assert response.status == 400
             assert (await response.json())["error"]["code"] == "bad_request"
 

@@ -91,8 +91,7 @@ async def pg_account(databases: Databases, acct_schema: str) -> AsyncIterator[Pg
         role = f"dbg_acct_{uuid.uuid4().hex[:10]}"
         made.append(role)
         await admin.execute(
-            f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA {acct_schema} TO {role}; GRANT SELECT ON {acct_schema}.t TO {role};"
-            + setup.format(role=role, schema=acct_schema)
+            f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA {acct_schema} TO {role}; GRANT SELECT ON {acct_schema}.t TO {role};" + setup.format(role=role, schema=acct_schema)
         )
         return role, with_account(databases.postgres, role, "pw")
 
@@ -135,8 +134,7 @@ async def test_a_postgres_reader_role_passes_the_check_and_is_served(pg_reader: 
         ("GRANT pg_execute_server_program TO {role}", "member of pg_execute_server_program"),
         ("GRANT pg_signal_backend TO {role}", "member of pg_signal_backend"),
         # Inherited through a role of our own, two levels down.
-        ("CREATE ROLE {role}_a; CREATE ROLE {role}_b; GRANT pg_read_server_files TO {role}_b; GRANT {role}_b TO {role}_a; GRANT {role}_a TO {role}",
-         "member of pg_read_server_files"),
+        ("CREATE ROLE {role}_a; CREATE ROLE {role}_b; GRANT pg_read_server_files TO {role}_b; GRANT {role}_b TO {role}_a; GRANT {role}_a TO {role}", "member of pg_read_server_files"),
         ("CREATE TABLE {schema}.owned_{role} (a int); ALTER TABLE {schema}.owned_{role} OWNER TO {role}", "owner of table {schema}.owned_{role}"),
         ("GRANT INSERT ON {schema}.t TO {role}", "INSERT on table {schema}.t"),
         ("GRANT UPDATE (b) ON {schema}.t TO {role}", "UPDATE on columns of table {schema}.t"),
@@ -149,9 +147,7 @@ async def test_a_postgres_reader_role_passes_the_check_and_is_served(pg_reader: 
         ("ALTER ROLE {role} BYPASSRLS", "BYPASSRLS"),
     ],
 )
-async def test_a_privileged_postgres_account_is_refused_naming_the_source_and_the_privilege(
-    pg_account: PgAccount, databases: Databases, acct_schema: str, setup: str, privilege: str
-) -> None:
+async def test_a_privileged_postgres_account_is_refused_naming_the_source_and_the_privilege(pg_account: PgAccount, databases: Databases, acct_schema: str, setup: str, privilege: str) -> None:
     role, url = await pg_account(setup)
     privilege = privilege.format(role=role, schema=acct_schema)
     sources = Sources({"default": "sqlite:///unused.db", "warehouse": url}, SETTINGS)
@@ -174,9 +170,7 @@ async def test_a_privileged_postgres_account_is_refused_naming_the_source_and_th
         await sources.close()
 
 
-async def test_revoking_the_privilege_serves_the_source_without_a_restart(
-    pg_account: PgAccount, databases: Databases, acct_schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_revoking_the_privilege_serves_the_source_without_a_restart(pg_account: PgAccount, databases: Databases, acct_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engines, "REFUSAL_RECHECK_S", 0.0)  # ask again at once instead of after 30 s
     role, url = await pg_account("GRANT DELETE ON {schema}.t TO {role}")
     sources = Sources({"default": url}, SETTINGS)
@@ -197,9 +191,7 @@ async def _no_sessions(databases: Databases, role: str) -> bool:
     return await pg_sessions_of(databases, role) == 0
 
 
-async def test_query_allow_privileged_serves_a_postgres_superuser_with_a_warning_and_the_read_only_layers_still_hold(
-    pg_account: PgAccount, databases: Databases, acct_schema: str
-) -> None:
+async def test_query_allow_privileged_serves_a_postgres_superuser_with_a_warning_and_the_read_only_layers_still_hold(pg_account: PgAccount, databases: Databases, acct_schema: str) -> None:
     role, url = await pg_account("ALTER ROLE {role} SUPERUSER")
     sources = Sources({"default": url}, SETTINGS, allow_privileged=True)
     try:
@@ -294,13 +286,10 @@ async def test_a_mariadb_reader_account_passes_the_check_and_is_served(my_reader
         ("GRANT SELECT ON `{db}`.* TO '{user}'@'%' WITH GRANT OPTION", "GRANT OPTION ON `{db}`.*"),
         ("CREATE ROLE {user}_r1; GRANT FILE ON *.* TO {user}_r1; GRANT {user}_r1 TO '{user}'@'%'", "FILE ON *.* (through role {user}_r1)"),
         # A role inside a role, never made the default role.
-        ("CREATE ROLE {user}_r1; CREATE ROLE {user}_r2; GRANT PROCESS ON *.* TO {user}_r2; GRANT {user}_r2 TO {user}_r1; GRANT {user}_r1 TO '{user}'@'%'",
-         "PROCESS ON *.* (through role {user}_r2)"),
+        ("CREATE ROLE {user}_r1; CREATE ROLE {user}_r2; GRANT PROCESS ON *.* TO {user}_r2; GRANT {user}_r2 TO {user}_r1; GRANT {user}_r1 TO '{user}'@'%'", "PROCESS ON *.* (through role {user}_r2)"),
     ],
 )
-async def test_a_privileged_mariadb_account_is_refused_naming_the_source_and_the_privilege(
-    my_account: MyAccount, setup: str, privilege: str, acct_db: str
-) -> None:
+async def test_a_privileged_mariadb_account_is_refused_naming_the_source_and_the_privilege(my_account: MyAccount, setup: str, privilege: str, acct_db: str) -> None:
     user, url = await my_account(setup)
     privilege = privilege.format(user=user, db=acct_db)
     sources = Sources({"default": "sqlite:///unused.db", "shop": url}, SETTINGS)
@@ -317,9 +306,7 @@ async def test_a_privileged_mariadb_account_is_refused_naming_the_source_and_the
         await sources.close()
 
 
-async def test_query_allow_privileged_serves_a_mariadb_file_account_and_the_read_only_session_still_holds(
-    my_account: MyAccount, databases: Databases, acct_db: str
-) -> None:
+async def test_query_allow_privileged_serves_a_mariadb_file_account_and_the_read_only_session_still_holds(my_account: MyAccount, databases: Databases, acct_db: str) -> None:
     _, url = await my_account("GRANT FILE ON *.* TO '{user}'@'%'; GRANT INSERT ON `{db}`.* TO '{user}'@'%'")
     sources = Sources({"default": url}, SETTINGS, allow_privileged=True)
     try:
@@ -418,9 +405,7 @@ def test_the_kubernetes_dev_overlay_runs_the_same_reader_sql_and_connects_as_the
 # --- Through HTTP: a refused source, the override ---------------------------------------------
 
 
-async def test_a_refused_source_answers_a_clear_error_while_the_others_serve(
-    make_system: SystemFactory, databases: Databases, pg_reader: PostgresReader, acct_schema: str
-) -> None:
+async def test_a_refused_source_answers_a_clear_error_while_the_others_serve(make_system: SystemFactory, databases: Databases, pg_reader: PostgresReader, acct_schema: str) -> None:
     system = make_system(QUERY_SOURCES=f"reader={pg_reader.url},admin={databases.postgres}")
     query = system.services["query"]
     query.wait_for_line(lambda line: '"source_refused"' in line)  # checked at start, before any query
@@ -462,9 +447,7 @@ async def test_a_pooled_postgres_connection_keeps_no_lock_or_setting_of_the_last
     await engine.open()
     admin = await asyncpg.connect(databases.postgres)
     try:
-        [(pid, locked, _)] = [
-            tuple(r) async for r in engine.iterate(f"SELECT pg_backend_pid(), pg_try_advisory_lock({key}), set_config('dbgenie.dirty', 'yes', false)", 30)
-        ]
+        [(pid, locked, _)] = [tuple(r) async for r in engine.iterate(f"SELECT pg_backend_pid(), pg_try_advisory_lock({key}), set_config('dbgenie.dirty', 'yes', false)", 30)]
         assert locked
         held = await admin.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1", pid)
         assert held == 0
@@ -518,9 +501,7 @@ async def test_a_pooled_mariadb_connection_keeps_no_named_lock_or_variable_of_th
         ("pg_terminate_backend", UNAVAILABLE, "terminating connection due to administrator command"),
     ],
 )
-async def test_a_postgres_query_cancelled_by_another_session_says_so(
-    make_system: SystemFactory, pg_reader: PostgresReader, databases: Databases, signal: str, code: str, reason: str
-) -> None:
+async def test_a_postgres_query_cancelled_by_another_session_says_so(make_system: SystemFactory, pg_reader: PostgresReader, databases: Databases, signal: str, code: str, reason: str) -> None:
     marker = f"victim_{uuid.uuid4().hex[:8]}"
     system = make_system(QUERY_DATABASE_URL=pg_reader.url, QUERY_TIMEOUT_S="60")
     admin = await asyncpg.connect(databases.postgres)

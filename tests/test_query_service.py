@@ -145,7 +145,7 @@ async def test_syntax_error_is_reported_clearly(service: QueryService, nc: NATS)
     with pytest.raises(ServiceError) as caught:
         await run_query(nc, service.subjects, "SELEC name FROM customers")
     assert caught.value.code == QUERY_FAILED
-    assert caught.value.message.startswith("syntax error (SQLite) at line 1, column ")
+    assert caught.value.message.startswith("the guard cannot analyse this statement (SQLite): at line 1, column ")
     assert "near 'SELEC name" in caught.value.message
     assert "Traceback" not in caught.value.message
 

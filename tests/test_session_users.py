@@ -16,7 +16,10 @@ from shared.users import user_id
         ("u-1", "u-1"),  # a legacy plain id
         ({"user": {"uid": "u-1", "name": "A"}, "_permanent": True}, "u-1"),  # a session, current shape
         ({"user": "u-1", "_permanent": True}, "u-1"),  # a session, legacy shape
-        ({"user": 42}, "42"),
+        ({"user": {"uid": 42}}, "42"),  # a map may carry an integer id
+        ({"user": 42}, None),  # a bare number is not a user
+        ({"user": [1]}, None),
+        ({"user": {"uid": True}}, None),
         ({"_permanent": True}, None),
         ({"user": None}, None),
         ({"user": {"email": "a@example.com"}}, None),

@@ -3,4 +3,4 @@
 from services.gateway.app import main
 from shared.runtime import run
 
-run(main())
+run(main(), "gateway")

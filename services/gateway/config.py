@@ -86,6 +86,8 @@ class GatewayConfig:
     """QUERY_STREAM_IDLE_S: silence from the query service after which a stream ends in an error."""
     shutdown_grace_s: float = 20.0
     """SHUTDOWN_GRACE_S: how long in-flight requests and streams may finish after SIGTERM."""
+    client_write_timeout_s: float = 30.0
+    """CLIENT_WRITE_TIMEOUT_S: a stream write the client does not take within this long ends the stream and cancels its query."""
     log_level: str = "INFO"
     """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 
@@ -163,6 +165,7 @@ class GatewayConfig:
             session_timeout_s=env_float(env, "SESSION_REQUEST_TIMEOUT_S", 2.0, minimum=0.05),
             stream_idle_s=env_float(env, "QUERY_STREAM_IDLE_S", 5.0, minimum=0.5),
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
+            client_write_timeout_s=env_float(env, "CLIENT_WRITE_TIMEOUT_S", 30.0, minimum=0.1),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
         )
 

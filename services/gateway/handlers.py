@@ -18,11 +18,12 @@ from services.gateway.auth.limit import check_login_rate
 from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_from_claims
 from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
-from services.gateway.sse import HEADERS, ToolStream
+from services.gateway.jsonable import jsonable
+from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
-from shared.users import user_id
+from shared.users import signed_in_user, user_id
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +80,7 @@ async def identity(request: web.Request) -> Identity:
         return Identity(None, {"user": user, "conversation_id": None})
     sid = request.app[keys.COOKIE].sid(request)
     session = await request.app[keys.SESSIONS].get(sid) if sid else None
-    if sid is None or session is None or not session.get("user"):
+    if sid is None or session is None or signed_in_user(session) is None:
         raise ServiceError(UNAUTHORIZED, "not logged in")
     structlog.contextvars.bind_contextvars(uid=user_id(session))
     return Identity(sid, session)
@@ -92,10 +93,11 @@ async def current_session(request: web.Request) -> tuple[str | None, dict[str, A
 
 
 def public_view(session: dict[str, Any]) -> dict[str, Any]:
-    user = session.get("user")
+    """What /api/me shows; values JSON cannot carry (bytes, ext types) in their documented form."""
+    user = signed_in_user(session)
     if isinstance(user, str):  # a legacy session whose user is a plain id
         user = {"uid": user, "email": None, "name": None, "picture": None, "verified": False}
-    return {"user": user, "conversation_id": session.get("conversation_id")}
+    return jsonable({"user": user, "conversation_id": session.get("conversation_id")})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -178,7 +180,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
-    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}")
+    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request)
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
     started = time.monotonic()
     outcome, row_count = "ok", 0
@@ -207,8 +209,8 @@ async def query(request: web.Request) -> web.StreamResponse:
             outcome = exc.code
             await stream.error(exc.message)
         await stream.end()
-    except ConnectionResetError:
-        outcome = "client_gone"
+    except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+        outcome = client_outcome(exc)
     except asyncio.CancelledError:  # cut off: the shutdown grace ran out
         outcome = "cancelled"
         raise

@@ -50,12 +50,17 @@ class QueryConfig:
     # Serve sources whose database account can do more than read (docs/query-account.md);
     # a warning is logged on every start while it is on.
     allow_privileged: bool = False
+    # Source name -> the operator's own read-only functions, (schema or None, name), added to the guard's allow rule.
+    allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if DEFAULT_SOURCE not in self.sources:
             raise ConfigError(f"no {DEFAULT_SOURCE!r} source: set QUERY_DATABASE_URL")
         for name, url in self.sources.items():
             check_url(url, "QUERY_DATABASE_URL" if name == DEFAULT_SOURCE else f"QUERY_SOURCES ({name})")
+        for name in self.allowed_functions:
+            if name not in self.sources:
+                raise ConfigError(f"QUERY_ALLOWED_FUNCTIONS names source {name!r}, which is not configured; known: {', '.join(sorted(self.sources))}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> QueryConfig:
@@ -91,6 +96,7 @@ class QueryConfig:
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
             allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
+            allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
         )
 
 
@@ -127,6 +133,33 @@ def parse_sources(raw: str) -> dict[str, str]:
             raise ConfigError(f"QUERY_SOURCES: source {name!r} has no URL")
         sources[name] = url
     return sources
+
+
+_FUNCTION_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def parse_allowed_functions(raw: str) -> dict[str, frozenset[tuple[str | None, str]]]:
+    """QUERY_ALLOWED_FUNCTIONS: `source:func,schema.func;other:func` (names case-insensitive, stored lower-case)."""
+    allowed: dict[str, frozenset[tuple[str | None, str]]] = {}
+    for group in raw.split(";"):
+        group = group.strip()
+        if not group:
+            continue
+        source, sep, names = group.partition(":")
+        source = source.strip()
+        if not sep or not _SOURCE_NAME.match(source):
+            raise ConfigError(f"QUERY_ALLOWED_FUNCTIONS entries must look like source:func1,schema.func2, got {group!r}")
+        if source in allowed:
+            raise ConfigError(f"QUERY_ALLOWED_FUNCTIONS names source {source!r} twice")
+        functions: set[tuple[str | None, str]] = set()
+        for item in names.split(","):
+            parts = [part.strip() for part in item.strip().split(".")]
+            if not 1 <= len(parts) <= 2 or not all(_FUNCTION_PART.match(part) for part in parts):
+                raise ConfigError(f"QUERY_ALLOWED_FUNCTIONS ({source}): {item.strip()!r} is not a function name (name or schema.name, letters, digits, '_', '$')")
+            lowered = [part.lower() for part in parts]
+            functions.add((lowered[0], lowered[1]) if len(lowered) == 2 else (None, lowered[0]))
+        allowed[source] = frozenset(functions)
+    return allowed
 
 
 def url_scheme(url: str) -> str:

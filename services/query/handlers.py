@@ -118,8 +118,11 @@ class QueryHandlers:
             engine = self._sources.resolve(source)
             progress.source = engine.name
             progress.dialect = engine.dialect
+            # Opened first: the guard asks the source's function catalog about every call.
+            await self._sources.open(engine)
+            policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()))
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
-            await asyncio.to_thread(check_read_only, sql, engine.dialect)
+            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
         except ServiceError as exc:

@@ -3,4 +3,4 @@
 from services.session.service import main
 from shared.runtime import run
 
-run(main())
+run(main(), "session")

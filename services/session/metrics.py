@@ -41,3 +41,7 @@ CALLS = Histogram(
     ["op", "outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+REDIS_REFUSED = Gauge(
+    "session_redis_refused",
+    "1 while Redis refuses this service (credentials, ACL permissions, protected mode); the redis_refused log line names the cause.",
+)

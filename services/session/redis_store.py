@@ -24,6 +24,8 @@ from services.session.metrics import REDIS_COMMANDS
 WRITEBACK_GUARD_PREFIX = "dbgenie:session-writeback:"
 """Keys that order concurrent write-backs of one session after an outage (short TTL)."""
 WRITEBACK_GUARD_TTL_S = 60
+PROBE_KEY = WRITEBACK_GUARD_PREFIX + "probe"
+"""Written while Redis is degraded to learn whether it takes writes again (same ACL key pattern as the guards)."""
 
 _PATCH_LUA = r"""
 -- KEYS[1]: the session key. ARGV[1]: lifetime in seconds. ARGV[2]: k, the number of fields to set.
@@ -179,25 +181,92 @@ SCRIPTS = (PATCH, ROTATE, WRITEBACK)
 class RedisUnavailable(Exception):
     """Raised when Redis cannot be reached or refuses service for now; the caller falls back."""
 
+    readable = False
+    """True when Redis still answers reads (it refuses only writes: OOM, READONLY)."""
+
+
+class RedisWritesRefused(RedisUnavailable):
+    """Raised when Redis answers but refuses writes (OOM under noeviction, READONLY replica)."""
+
+    readable = True
+
+
+class RedisRefused(RedisUnavailable):
+    """Raised when Redis refuses this client itself (credentials, ACL, protected mode); the caller falls back."""
+
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+        self.detail = detail
+
+    @property
+    def hint(self) -> str:
+        return _REFUSAL_HINTS[self.cause]
+
 
 class CorruptSession(Exception):
-    """Raised when the bytes under a session key are not a MessagePack map."""
+    """Raised when the value under a session key is not a MessagePack map (or not a string at all)."""
 
 
 # Replies that mean "Redis cannot serve right now" rather than "this command is wrong".
-_OUTAGE_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN", "BUSY ")
+# redis-py strips the code of the replies it knows (OOM, READONLY, ...) from the message and
+# keeps it in `status_code`; other clients and proxies may leave it in the text.
+_WRITE_REFUSALS = frozenset({"OOM", "READONLY"})
+_OUTAGE_CODES = frozenset({"MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN", "BUSY"})
 _QUOTA_REPLIES = ("max requests limit", "max daily request limit", "max concurrent connections")
+_REFUSAL_HINTS = {
+    "authentication": "Redis refused the credentials: check the user and password in REDIS_URL / UPSTASH_REDIS_URL",
+    "permission": "the Redis ACL user lacks a command or key this service needs (GETEX, GET, SET, DEL, EVALSHA, SCRIPT LOAD, PING on the session and dbgenie:session-writeback:* keys)",
+    "protected_mode": "Redis is in protected mode: set a password (requirepass or an ACL user) and put it in REDIS_URL, or bind Redis to a private address",
+}
+
+
+def _code(exc: BaseException) -> str:
+    """The Redis error code of a reply (OOM, NOPERM, WRONGTYPE...), or '' when there is none."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code.upper()
+    first = str(exc).split(" ", 1)[0]
+    return first if first.isupper() else ""
+
+
+def refusal_cause(exc: BaseException) -> str | None:
+    """authentication, permission or protected_mode when Redis refuses this client; else None."""
+    code = _code(exc)
+    if isinstance(exc, rex.AuthenticationError) or code in ("NOAUTH", "WRONGPASS"):
+        return "authentication"
+    if isinstance(exc, rex.NoPermissionError) or code == "NOPERM":
+        return "permission"
+    if code == "DENIED" or "protected mode" in str(exc):
+        return "protected_mode"
+    return None
 
 
 def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, rex.ResponseError):
-        text = str(exc)
-        return text.startswith(_OUTAGE_REPLIES) or any(q in text for q in _QUOTA_REPLIES)
+        return _code(exc) in _WRITE_REFUSALS | _OUTAGE_CODES or any(q in str(exc) for q in _QUOTA_REPLIES)
     return isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError, TimeoutError))
+
+
+def classify(exc: BaseException) -> Exception | None:
+    """The exception a store call raises for a Redis failure, or None for one the caller must see."""
+    cause = refusal_cause(exc)
+    if cause is not None:
+        return RedisRefused(cause, describe(exc))
+    if _code(exc) == "WRONGTYPE":
+        return CorruptSession("the key holds another Redis type (WRONGTYPE)")
+    if isinstance(exc, rex.ResponseError) and _code(exc) in _WRITE_REFUSALS:
+        return RedisWritesRefused(describe(exc))
+    if is_outage(exc):
+        return RedisUnavailable(describe(exc))
+    return None
 
 
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
+    code = _code(exc)
+    if code and not text.startswith(code):
+        text = f"{code} {text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -233,7 +302,7 @@ class RedisStore:
         self._client = client
         self._prefix = key_prefix
         self._lifetime = lifetime_s
-        self._counters = {name: REDIS_COMMANDS.labels(command=name) for name in ("getex", "set", "del", "evalsha", "script_load", "ping")}
+        self._counters = {name: REDIS_COMMANDS.labels(command=name) for name in ("getex", "get", "set", "del", "evalsha", "script_load", "ping")}
 
     def key(self, sid: str) -> str:
         return self._prefix + sid
@@ -245,8 +314,9 @@ class RedisStore:
         except rex.NoScriptError:
             raise
         except (rex.RedisError, OSError, TimeoutError) as exc:
-            if is_outage(exc):
-                raise RedisUnavailable(describe(exc)) from exc
+            mapped = classify(exc)
+            if mapped is not None:
+                raise mapped from exc
             raise
 
     async def _script(self, script: _Script, keys: list[str], args: list[str | bytes | int]) -> object:
@@ -259,6 +329,10 @@ class RedisStore:
     async def ping(self) -> None:
         await self._run("ping", self._client.ping())
 
+    async def check_writable(self) -> None:
+        """One small write with a short TTL: Redis may answer PING yet refuse writes (OOM, READONLY)."""
+        await self._run("set", self._client.set(PROBE_KEY, b"1", ex=WRITEBACK_GUARD_TTL_S))
+
     async def load_scripts(self) -> None:
         for script in SCRIPTS:
             await self._run("script_load", self._client.script_load(script.source))
@@ -266,6 +340,10 @@ class RedisStore:
     async def get(self, sid: str) -> bytes | None:
         """GETEX: read the session and slide its expiry in one command."""
         return await self._run("getex", self._client.getex(self.key(sid), ex=self._lifetime))
+
+    async def peek(self, sid: str) -> bytes | None:
+        """GET: read the session without sliding its expiry (which a Redis refusing writes would refuse)."""
+        return await self._run("get", self._client.get(self.key(sid)))
 
     async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
         """SET EX, or one script that also deletes `replace_sid` (login rotation)."""

@@ -26,8 +26,8 @@ import msgpack
 import structlog
 
 from services.session.fallback import Fallback, FallbackUnavailable
-from services.session.metrics import CORRUPT, STORE_DEGRADED, STORE_FALLBACK, WRITEBACK
-from services.session.redis_store import CorruptSession, RedisStore, RedisUnavailable
+from services.session.metrics import CORRUPT, REDIS_REFUSED, STORE_DEGRADED, STORE_FALLBACK, WRITEBACK
+from services.session.redis_store import CorruptSession, RedisRefused, RedisStore, RedisUnavailable
 from shared.codec import encode
 from shared.errors import UNAVAILABLE, ServiceError
 from shared.logging import mask
@@ -103,6 +103,10 @@ class SessionStore:
         self._probe_future: asyncio.Future[bool] | None = None
         self._degraded_since: float | None = None
         self._outage_changes = 0
+        self._readable = False
+        """While on the fallback: Redis still answers reads (it refused only writes: OOM, READONLY)."""
+        self._refused: str | None = None
+        """The cause while Redis refuses this client (authentication, permission, protected_mode)."""
 
     # --- state ------------------------------------------------------------------------
 
@@ -134,7 +138,7 @@ class SessionStore:
             await self._redis.ping()
             await self._redis.load_scripts()
         except RedisUnavailable as exc:
-            self._degrade(str(exc), reason="Redis unreachable at start")
+            self._degrade(exc, reason="Redis unreachable at start")
             return
         try:
             leftovers = await self._fallback.pending()
@@ -160,7 +164,27 @@ class SessionStore:
         if self._redis is not None:
             await self._redis.close()
 
-    def _degrade(self, error: str, *, reason: str = "Redis call failed") -> None:
+    def _note_failure(self, exc: RedisUnavailable) -> None:
+        """Remember whether Redis still reads, and report a refusal once per cause, as one line naming it."""
+        self._readable = exc.readable
+        cause = exc.cause if isinstance(exc, RedisRefused) else None
+        if cause == self._refused:
+            return
+        self._refused = cause
+        REDIS_REFUSED.set(0 if cause is None else 1)
+        if isinstance(exc, RedisRefused):
+            log.error(
+                "redis_refused",
+                cause=exc.cause,
+                error=exc.detail,
+                hint=exc.hint,
+                store=self._fallback.name,
+                shared=self._fallback.shared,
+                consequence="sessions are served from the fallback store and written back once Redis accepts this service again",
+            )
+
+    def _degrade(self, exc: RedisUnavailable, *, reason: str = "Redis call failed") -> None:
+        self._note_failure(exc)
         if self._mode is Mode.FALLBACK:
             return
         self._mode = Mode.FALLBACK
@@ -169,7 +193,8 @@ class SessionStore:
             self._outage_changes = 0
         STORE_FALLBACK.inc()
         STORE_DEGRADED.set(1)
-        log.warning("store_degraded", store=self._fallback.name, shared=self._fallback.shared, reason=reason, error=error)
+        if not isinstance(exc, RedisRefused):  # a refusal was just reported by its own line
+            log.warning("store_degraded", store=self._fallback.name, shared=self._fallback.shared, reason=reason, error=str(exc), redis_readable=exc.readable)
         current = asyncio.current_task()
         if self._recovery_task is not None and self._recovery_task is not current:
             self._recovery_task.cancel()
@@ -204,11 +229,18 @@ class SessionStore:
         try:
             await self._redis.ping()
             await self._redis.load_scripts()
-        except RedisUnavailable:
+            await self._redis.check_writable()
+        except RedisUnavailable as exc:
+            self._note_failure(exc)
             return False
-        except Exception as exc:  # e.g. an ACL refusing SCRIPT LOAD: keep probing, say why
+        except Exception as exc:  # an unexpected reply: keep probing, say why
             log.warning("redis_probe_failed", error=f"{type(exc).__name__}: {exc}")
             return False
+        if self._refused is not None:
+            log.info("redis_accepted", previous_cause=self._refused)
+            self._refused = None
+            REDIS_REFUSED.set(0)
+        self._readable = False
         if self._mode is Mode.FALLBACK:
             self._enter_recovery()
         return True
@@ -265,7 +297,7 @@ class SessionStore:
                 sids = await self._fallback.pending()
                 outcomes = [await self._migrate(sid) for sid in sids]
             except RedisUnavailable as exc:
-                self._degrade(str(exc), reason="Redis failed during write-back")
+                self._degrade(exc, reason="Redis failed during write-back")
                 return
             except FallbackUnavailable as exc:
                 log.warning("writeback_retry", store=self._fallback.name, error=str(exc))
@@ -319,15 +351,36 @@ class SessionStore:
                 return entry.value is not None
         raise FallbackUnavailable(f"session {mask(sid)} kept changing while being deleted")
 
+    async def _read_through(self, sid: str) -> tuple[bool, bytes | None]:
+        """While Redis refuses only writes (OOM, READONLY), a session missing from the fallback is read from Redis.
+
+        (True, bytes or None) when Redis answered, (False, None) when it could not be asked.
+        """
+        if self._redis is None or self._mode is not Mode.FALLBACK or not self._readable:
+            return False, None
+        try:
+            return True, await self._redis.peek(sid)
+        except CorruptSession as exc:
+            return True, _corrupt(sid, "redis", str(exc), -1)
+        except RedisUnavailable as exc:
+            self._note_failure(exc)
+            return False, None
+
     async def get(self, sid: str, *, recheck: bool = True) -> dict[str, Any] | None:
         if self._on_redis():
             assert self._redis is not None
             try:
                 await self._migrate_first(sid)
                 return decode_session(sid, await self._redis.get(sid), "redis")
+            except CorruptSession as exc:
+                return _corrupt(sid, "redis", str(exc), -1)
             except RedisUnavailable as exc:
-                self._degrade(str(exc))
+                self._degrade(exc)
         entry = await self._fallback_call(lambda: self._fallback.get(sid))
+        if entry is None:
+            read, raw = await self._read_through(sid)
+            if read:
+                return decode_session(sid, raw, "redis")
         if entry is None and recheck and await self._redis_is_back():
             return await self.get(sid, recheck=False)
         return decode_session(sid, entry.value if entry else None, self._fallback.name)
@@ -340,7 +393,7 @@ class SessionStore:
                 await self._redis.set(sid, value, replace_sid)
                 return
             except RedisUnavailable as exc:
-                self._degrade(str(exc))
+                self._degrade(exc)
         await self._fallback_call(lambda: self._fallback.put(sid, value))
         if replace_sid and replace_sid != sid:
             if self._redis is None:
@@ -357,11 +410,24 @@ class SessionStore:
             try:
                 await self._migrate_first(sid)
                 return decode_session(sid, await self._redis.patch(sid, pairs, unset), "redis")
-            except CorruptSession:
-                return _corrupt(sid, "redis", "not a MessagePack map", -1)
+            except CorruptSession as exc:
+                return _corrupt(sid, "redis", str(exc), -1)
             except RedisUnavailable as exc:
-                self._degrade(str(exc))
+                self._degrade(exc)
         new = await self._fallback_call(lambda: self._fallback.update(sid, lambda raw: apply_patch(raw, changes, unset)))
+        if new is None and self._readable and await self._fallback_call(lambda: self._fallback.get(sid, touch=False)) is None:
+            # Not in the fallback at all (a deletion there leaves an entry, and must not be undone from Redis).
+            read, raw = await self._read_through(sid)
+            if read:
+                if raw is None:
+                    return None
+                new = apply_patch(raw, changes, unset)
+                if new is None:
+                    return _corrupt(sid, "redis", "not a MessagePack map", len(raw))
+                # Redis takes no writes now: the patched session lives in the fallback until write-back.
+                await self._fallback_call(lambda: self._fallback.put(sid, new))
+                self._changed_in_outage()
+                return decode_session(sid, new, self._fallback.name)
         if new is None and recheck and await self._redis_is_back():
             return await self.patch(sid, changes, unset, recheck=False)
         if new is not None:
@@ -375,7 +441,7 @@ class SessionStore:
                 await self._migrate_first(sid)
                 return await self._redis.delete(sid)
             except RedisUnavailable as exc:
-                self._degrade(str(exc))
+                self._degrade(exc)
         if self._redis is None:
             return await self._fallback_call(lambda: self._drop(sid))
         entry = await self._fallback_call(lambda: self._fallback.get(sid, touch=False))

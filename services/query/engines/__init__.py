@@ -89,9 +89,7 @@ class Sources:
                 if isinstance(exc, ServiceError) or not isinstance(exc, Exception):
                     raise
                 # Not knowing the account's privileges is no better than knowing them bad.
-                raise ServiceError(
-                    UNAVAILABLE, f"cannot open source {engine.name!r} ({redact_url(engine.url)}) or check its account: {str(exc) or type(exc).__name__}"
-                ) from None
+                raise ServiceError(UNAVAILABLE, f"cannot open source {engine.name!r} ({redact_url(engine.url)}) or check its account: {str(exc) or type(exc).__name__}") from None
             if account is not None and account.findings:
                 if not self.allow_privileged:
                     await self._close(engine)

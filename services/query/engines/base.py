@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from services.query.guard import FunctionName, FunctionPolicy, default_policy
 from services.query.privileges import Account
 from services.query.values import Column, RowEncoder
 
@@ -74,6 +75,10 @@ class Engine(ABC):
         read-only by this service whatever the file's permissions (see docs/query-account.md).
         """
         return None
+
+    def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
+        """Which functions the guard lets a query on this source call; `allowed` is the operator's additions."""
+        return default_policy(self.dialect, allowed)
 
     @abstractmethod
     def query(self, sql: str, timeout_s: float) -> AbstractAsyncContextManager[Cursor]:

@@ -155,9 +155,7 @@ class MysqlEngine(Engine):
 
     async def account(self) -> Account:
         # On a connection of its own: SET ROLE, used to read the roles' grants, stays off the pool.
-        conn = await asyncio.wait_for(
-            asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s
-        )
+        conn = await asyncio.wait_for(asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s)
         try:
             return await asyncio.wait_for(mysql_account(conn), self.settings.connect_timeout_s)
         finally:

@@ -10,7 +10,7 @@ goes back to the pool only after DISCARD ALL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ import structlog
 
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.guard import FunctionName, FunctionPolicy, PgCatalog, PgPolicy
 from services.query.privileges import Account, postgres_account
 from services.query.values import Column
 from shared.bus import redact_url
@@ -102,6 +103,9 @@ class PostgresEngine(Engine):
             url = "postgresql://" + url.split("://", 1)[1]
         self._dsn = url
         self._pool: asyncpg.Pool | None = None
+        # Read from pg_proc when the pool opens: the guard's allow rule asks it about every call.
+        self.catalog: PgCatalog | None = None
+        self._policy: PgPolicy | None = None
 
     async def open(self) -> None:
         self._pool = asyncpg.create_pool(
@@ -116,6 +120,22 @@ class PostgresEngine(Engine):
             server_settings={"application_name": APPLICATION_NAME, "IntervalStyle": "iso_8601"},
         )
         await self._pool
+        try:
+            async with self._pool.acquire() as conn:
+                self.catalog = await PgCatalog.load(conn)
+        except BaseException:
+            await self.close()
+            raise
+        self._policy = None
+        log.info("function_catalog_loaded", source=self.name, functions=len(self.catalog.functions))
+
+    def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
+        if self.catalog is None:
+            return super().function_policy(allowed)
+        wanted = frozenset(allowed)
+        if self._policy is None or self._policy.allowed != wanted:
+            self._policy = self.catalog.policy(wanted)
+        return self._policy
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -176,9 +196,7 @@ class PostgresEngine(Engine):
     def error(self, exc: BaseException, timeout_s: float) -> ServiceError:
         if isinstance(exc, asyncpg.ConnectionDoesNotExistError) and isinstance(exc.__cause__, asyncpg.PostgresError):
             exc = exc.__cause__  # the server said why it closed the connection (a FATAL error): that is the error
-        if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (
-            isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)
-        ):
+        if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or (isinstance(exc, asyncpg.QueryCanceledError) and _STATEMENT_TIMEOUT in _text(exc)):
             return ServiceError(QUERY_TIMEOUT, timeout_message(timeout_s))
         if isinstance(exc, asyncpg.QueryCanceledError):
             # pg_cancel_backend from another session, a recovery conflict...

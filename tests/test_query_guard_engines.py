@@ -1,0 +1,524 @@
+"""The guard on the real engines: the attack classes of issue 8 through HTTP, checked by effect, and the catalog.
+
+Attacks go through `POST /api/query` with a session cookie, to PostgreSQL and MariaDB
+sources reached through reader roles this module creates (unique names, dropped at the end),
+never as superuser. Each test then looks in the database itself: the named lock is free, the
+file was not written, the other backend's query finished with its rows, the file's content
+did not come back. The catalog tests read pg_proc itself: every VOLATILE function not on the
+reviewed list is refused, and a sample of IMMUTABLE and STABLE ones runs; MariaDB's
+executable-comment forms are shown to be code to the server, and refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import asyncmy
+import asyncpg
+import pytest
+
+from services.query.engines import Engine, EngineSettings, create_engine
+from services.query.guard import check_read_only
+from services.query.guard.policy import MYSQL_ALLOWED, PG_DENIED, PG_REVIEWED_VOLATILE
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, ServiceError
+from tests.client import browser, login, run_query
+from tests.conftest import Databases, Infra, System
+from tests.harness import free_port
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A read-only role on one engine, and where it may read."""
+
+    url: str
+    user: str
+    password: str
+    namespace: str  # the PostgreSQL schema or MariaDB database holding `items`
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
+    """Poll the database until `check` holds (for states that send no event)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _with_user(url: str, user: str, password: str, path: str | None = None) -> str:
+    parts = urlsplit(url)
+    netloc = f"{quote(user)}:{quote(password)}@{parts.hostname}:{parts.port}"
+    return f"{parts.scheme}://{netloc}{path if path is not None else parts.path}"
+
+
+def _mysql_params(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": parts.username or "root",
+        "password": parts.password or "",
+        "autocommit": True,
+    }
+
+
+@pytest.fixture(scope="module")
+async def pg_reader(databases: Databases) -> AsyncIterator[Reader]:
+    suffix = uuid.uuid4().hex[:10]
+    role, schema, password = f"guard_reader_{suffix}", f"guard_{suffix}", f"pw_{suffix}"
+    admin = await asyncpg.connect(databases.postgres)
+    database = await admin.fetchval("SELECT current_database()")
+    try:
+        await admin.execute(f"""
+            CREATE SCHEMA {schema};
+            CREATE TABLE {schema}.items AS SELECT g AS id FROM generate_series(1, 3) AS g;
+            CREATE ROLE {role} LOGIN PASSWORD '{password}';
+            GRANT CONNECT ON DATABASE "{database}" TO {role};
+            GRANT USAGE ON SCHEMA {schema} TO {role};
+            GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};
+        """)
+        yield Reader(_with_user(databases.postgres, role, password), role, password, schema)
+    finally:
+        await admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.execute(f"""DO $$ BEGIN
+            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                EXECUTE 'REVOKE ALL ON DATABASE "{database}" FROM {role}';
+                EXECUTE 'DROP ROLE {role}';
+            END IF; END $$""")
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def my_reader(databases: Databases) -> AsyncIterator[Reader]:
+    suffix = uuid.uuid4().hex[:10]
+    user, database, password = f"guard_r_{suffix}", f"guard_{suffix}", f"pw_{suffix}"
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute(f"CREATE DATABASE {database}")
+            await cur.execute(f"CREATE TABLE {database}.items (id INT)")
+            await cur.execute(f"INSERT INTO {database}.items VALUES (1), (2), (3)")
+            await cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+            await cur.execute(f"GRANT SELECT ON {database}.* TO '{user}'@'%'")
+        yield Reader(_with_user(databases.mysql, user, password, f"/{database}"), user, password, database)
+    finally:
+        async with admin.cursor() as cur:
+            await cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+            await cur.execute(f"DROP DATABASE IF EXISTS {database}")
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def guard_system(infra: Infra, pg_reader: Reader, my_reader: Reader) -> Iterator[System]:
+    """Gateway, session and query services with `pg` and `my` sources, both through reader roles."""
+    prefix = f"g{uuid.uuid4().hex[:10]}"
+    env = {
+        "NATS_URL": infra.nats_url,
+        "NATS_SUBJECT_PREFIX": prefix,
+        "AUTH_MODE": "dev",
+        "REDIS_URL": infra.redis_url,
+        "SESSION_KV_BUCKET": f"sessions_{prefix}",
+        "QUERY_SOURCES": f"pg={pg_reader.url},my={my_reader.url}",
+        "QUERY_TIMEOUT_S": "20",
+    }
+    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
+    try:
+        for name in ("session", "query", "gateway"):
+            system.start(name)
+        yield system
+    finally:
+        codes = system.stop()
+    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
+@dataclass
+class Outcome:
+    status: int
+    parts: list[Any]
+
+    @property
+    def error(self) -> str | None:
+        for part in self.parts:
+            if part != "[DONE]" and part.get("type") == "tool-output-error":
+                return str(part["errorText"])
+        return None
+
+    @property
+    def rows(self) -> list[list[Any]]:
+        rows: list[list[Any]] = []
+        for part in self.parts:
+            if part != "[DONE]" and part.get("type") == "data-query-rows":
+                rows.extend(part["data"]["rows"])
+        return rows
+
+    @property
+    def text(self) -> str:
+        return repr(self.parts)
+
+
+async def query(system: System, sql: str, source: str) -> Outcome:
+    async with browser(system.url) as client:
+        await login(client, f"attacker-{uuid.uuid4().hex[:6]}@example.com", "Mallory")
+        response, parts = await run_query(client, sql, source=source)
+    return Outcome(response.status, parts)
+
+
+def assert_refused(outcome: Outcome, *fragments: str) -> None:
+    assert outcome.status == 200
+    assert outcome.error is not None, f"the query was not refused: {outcome.text[:500]}"
+    for fragment in fragments:
+        assert fragment in outcome.error, outcome.error
+    assert "Traceback" not in outcome.error and not outcome.rows
+
+
+async def test_reader_roles_serve_queries(guard_system: System, pg_reader: Reader, my_reader: Reader) -> None:
+    pg = await query(guard_system, f"SELECT count(*) AS n, upper('ok') AS u FROM {pg_reader.namespace}.items", "pg")
+    assert pg.error is None and pg.rows == [[3, "OK"]]
+    my = await query(guard_system, "SELECT count(*) AS n, UPPER('ok') AS u FROM items", "my")
+    assert my.error is None and my.rows == [[3, "OK"]]
+
+
+# --- 1. MariaDB executable comments -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*!100000", "/*M!", "/*M!100000"])
+async def test_executable_comment_cannot_take_a_named_lock(guard_system: System, databases: Databases, form: str) -> None:
+    lock = f"guard_lock_{uuid.uuid4().hex[:10]}"
+    outcome = await query(guard_system, f"SELECT id {form} , GET_LOCK('{lock}', 0) */ FROM items", "my")
+    assert_refused(outcome, "executable comments", "run their content as SQL")
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute("SELECT IS_FREE_LOCK(%s)", (lock,))
+            assert await cur.fetchone() == (1,), "the named lock is held: the comment's GET_LOCK ran"
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*M!"])
+async def test_executable_comment_cannot_write_a_file(guard_system: System, databases: Databases, form: str) -> None:
+    path = f"/tmp/guard_outfile_{uuid.uuid4().hex}.txt"
+    outcome = await query(guard_system, f"SELECT id FROM items {form} INTO OUTFILE '{path}' */", "my")
+    assert_refused(outcome, "executable comments")
+    assert not Path(path).exists()
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute("SELECT LOAD_FILE(%s) IS NULL", (path,))
+            assert await cur.fetchone() == (1,), "the database server sees the file: it was written"
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1 /*! , LOAD_FILE('{path}') */ AS x", "SELECT LOAD_FILE('{path}') AS x", "SELECT 1 --1, LOAD_FILE('{path}')"])
+async def test_server_file_content_does_not_come_back_from_mariadb(guard_system: System, databases: Databases, sql: str) -> None:
+    path = "/etc/os-release"
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute("SELECT LOAD_FILE(%s)", (path,))
+            (content,) = await cur.fetchone()
+    finally:
+        admin.close()
+    assert content, "the admin reads the file, so its content is a real secret to leak"
+    first_line = (content.decode() if isinstance(content, bytes) else content).splitlines()[0]
+    outcome = await query(guard_system, sql.format(path=path), "my")
+    assert outcome.error is not None
+    assert first_line not in outcome.text
+
+
+# --- 2, 3, 4. PostgreSQL: escaped names, SQL in strings, same-role signalling ---------------
+
+
+@dataclass
+class Victim:
+    pid: int
+    task: asyncio.Task[list[asyncpg.Record]]
+
+
+@pytest.fixture
+async def victim(databases: Databases, pg_reader: Reader) -> AsyncIterator[Victim]:
+    """A backend of the same reader role, in the middle of a query (waiting on a lock the admin holds)."""
+    admin = await asyncpg.connect(databases.postgres)
+    conn = await asyncpg.connect(pg_reader.url)
+    locker = admin.transaction()
+    await locker.start()
+    try:
+        await admin.execute(f"LOCK TABLE {pg_reader.namespace}.items IN ACCESS EXCLUSIVE MODE")
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.create_task(conn.fetch(f"SELECT count(*) AS n FROM {pg_reader.namespace}.items"))
+
+        async def waiting() -> bool:
+            return await admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
+
+        await eventually(waiting, "the victim's query to wait on the lock")
+        yield Victim(pid, task)
+    finally:
+        await locker.rollback()
+        if not task.done():
+            await asyncio.wait([task], timeout=10)
+        await conn.close()
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_cancel_backend({pid})",
+        "SELECT pg_terminate_backend({pid})",
+        'SELECT U&"\\0070g_terminate_backend"({pid})',
+        "SELECT U&\"!0070g_cancel_backend\" UESCAPE '!' ({pid})",
+        'SELECT pg_catalog.U&"\\0070g_cancel_backend"({pid})',
+        "SELECT query_to_xml('SELECT pg_cancel_backend({pid})', true, false, '')",
+        "SELECT * FROM ts_stat('SELECT to_tsvector(pg_terminate_backend({pid})::text)')",
+        "SELECT * FROM U&\"ts\\005Fstat\"('SELECT to_tsvector(pg_cancel_backend({pid})::text)')",
+    ],
+)
+async def test_a_query_cannot_signal_another_backend_of_its_role(guard_system: System, databases: Databases, victim: Victim, sql: str) -> None:
+    outcome = await query(guard_system, sql.format(pid=victim.pid), "pg")
+    assert_refused(outcome, "the function")
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        state = await admin.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", victim.pid)
+        assert state == "Lock", "the other backend is no longer waiting in its query"
+    finally:
+        await admin.close()
+    assert not victim.task.done()
+
+
+async def test_the_victim_query_finishes_with_its_rows_after_an_attack(guard_system: System, databases: Databases, pg_reader: Reader) -> None:
+    """End to end: an attack while the victim waits, then the lock goes and the victim gets its rows."""
+    admin = await asyncpg.connect(databases.postgres)
+    conn = await asyncpg.connect(pg_reader.url)
+    try:
+        async with admin.transaction():
+            await admin.execute(f"LOCK TABLE {pg_reader.namespace}.items IN ACCESS EXCLUSIVE MODE")
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            task = asyncio.create_task(conn.fetch(f"SELECT count(*) AS n FROM {pg_reader.namespace}.items"))
+
+            async def waiting() -> bool:
+                return await admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
+
+            await eventually(waiting, "the victim's query to wait on the lock")
+            outcome = await query(guard_system, f'SELECT U&"\\0070g_cancel_backend"({pid})', "pg")
+            assert_refused(outcome, "pg_cancel_backend()", "signals another backend")
+        rows = await asyncio.wait_for(task, 15)
+        assert [r["n"] for r in rows] == [3]
+    finally:
+        await conn.close()
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_read_file('postgresql.auto.conf')",
+        "SELECT U&\"\\0070g_read_file\"('postgresql.auto.conf')",
+        "SELECT U&\"!0070g_read_file\" UESCAPE '!' ('postgresql.auto.conf')",
+        'SELECT "pg_catalog"."pg_read_file"(\'postgresql.auto.conf\')',
+        "SELECT t.pg_read_file FROM (SELECT 'postgresql.auto.conf'::text) AS t",
+        "SELECT query_to_xml('SELECT pg_read_file(''postgresql.auto.conf'')', true, false, '')",
+        "SELECT convert_from(pg_read_binary_file('postgresql.auto.conf'), 'UTF8')",
+    ],
+)
+async def test_server_file_content_does_not_come_back_from_postgres(guard_system: System, databases: Databases, sql: str) -> None:
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        content = await admin.fetchval("SELECT pg_read_file('postgresql.auto.conf')")
+    finally:
+        await admin.close()
+    first_line = content.splitlines()[0]
+    assert first_line, "the file has content to leak"
+    outcome = await query(guard_system, sql, "pg")
+    assert_refused(outcome, "the function")
+    assert first_line not in outcome.text
+
+
+async def test_sql_in_a_string_cannot_advance_a_sequence(guard_system: System, databases: Databases, pg_reader: Reader) -> None:
+    """query_to_xml would run the string; the sequence (which the reader may use) stays where it was."""
+    sequence = f"{pg_reader.namespace}.seq_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        await admin.execute(f"CREATE SEQUENCE {sequence}; GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {pg_reader.user}")
+        outcome = await query(guard_system, f"SELECT query_to_xml('SELECT nextval(''{sequence}'')', true, false, '')", "pg")
+        assert_refused(outcome, "query_to_xml()", "runs SQL given to it as text")
+        assert await admin.fetchval(f"SELECT is_called FROM {sequence}") is False
+    finally:
+        await admin.execute(f"DROP SEQUENCE IF EXISTS {sequence}")
+        await admin.close()
+
+
+async def test_valid_sql_the_parser_does_not_understand_says_so(guard_system: System) -> None:
+    outcome = await query(guard_system, "SELECT g FROM generate_series(1, 3) AS g ORDER BY g USING >", "pg")
+    assert_refused(outcome, "the guard cannot analyse this statement")
+    assert "syntax error" not in (outcome.error or "")
+
+
+# --- The catalog ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def pg_engine(pg_reader: Reader) -> AsyncIterator[Engine]:
+    engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=2))
+    await engine.open()
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture(scope="module")
+async def my_engine(my_reader: Reader) -> AsyncIterator[Engine]:
+    engine = create_engine("my", my_reader.url, EngineSettings(pool_size=2))
+    await engine.open()
+    yield engine
+    await engine.close()
+
+
+async def guarded_rows(engine: Engine, sql: str) -> list[Any]:
+    check_read_only(sql, engine.dialect, engine.function_policy())
+    rows: list[Any] = []
+    async for row in engine.iterate(sql, 20.0):
+        rows.append(tuple(row))
+    return rows
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def test_every_volatile_function_not_on_the_reviewed_list_is_refused(pg_engine: Engine, databases: Databases) -> None:
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        volatile = await admin.fetch("SELECT DISTINCT n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.provolatile = 'v'")
+    finally:
+        await admin.close()
+    assert len(volatile) > 200, "the server's catalog should hold hundreds of VOLATILE functions"
+    policy = pg_engine.function_policy()
+    slipped, reviewed = [], 0
+    for row in volatile:
+        schema, name = row["nspname"], row["proname"]
+        if schema == "pg_catalog" and name in PG_REVIEWED_VOLATILE:
+            reviewed += 1
+            check_read_only(f"SELECT pg_catalog.{_quoted(name)}()", "postgres", policy)
+            continue
+        for sql in (f"SELECT {_quoted(name)}()", f"SELECT {_quoted(schema)}.{_quoted(name)}()", f"SELECT * FROM {_quoted(name)}()"):
+            try:
+                check_read_only(sql, "postgres", policy)
+            except ServiceError as exc:
+                if exc.code != QUERY_REFUSED or f"{name}()" not in exc.message:
+                    slipped.append(f"{sql}: {exc.message}")
+            else:
+                slipped.append(sql)
+    assert not slipped, "VOLATILE functions the guard let through:\n" + "\n".join(slipped)
+    assert reviewed >= 5
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT upper('abc'), lower('ABC'), length('abcd'), md5('a')", [("ABC", "abc", 4, "0cc175b9c0f1b6a831c399e269772661")]),
+        ("SELECT abs(-2), round(2.5), sqrt(16::float8), power(2, 10)::int, mod(7, 3)", [(2, 3, 4.0, 1024, 1)]),
+        ("SELECT to_char(date '2024-05-01', 'YYYY-MM'), date_trunc('month', date '2024-05-09')::date::text", [("2024-05", "2024-05-01")]),
+        ("SELECT jsonb_build_object('a', 1)::text, array_length(ARRAY[1, 2, 3], 1), string_agg(g::text, ',') FROM generate_series(1, 3) g", [('{"a": 1}', 3, "1,2,3")]),
+        ("SELECT current_setting('DateStyle') IS NOT NULL, now() IS NOT NULL, current_database() IS NOT NULL", [(True, True, True)]),
+        ("SELECT left('abcdef', 2), substring('abcdef' FROM 2 FOR 3), position('c' IN 'abc'), coalesce(NULL, 'x'), greatest(1, 5)", [("ab", "bcd", 3, "x", 5)]),
+        ("SELECT count(*) FILTER (WHERE g > 1), percentile_cont(0.5) WITHIN GROUP (ORDER BY g) FROM generate_series(1, 3) g", [(2, 2.0)]),
+        ("SELECT random() < 1, length(gen_random_uuid()::text), pg_sleep(0)::text", [(True, 36, "")]),
+        ("SELECT U&\"\\0075pper\"('x'), pg_catalog.\"lower\"('Y')", [("X", "y")]),
+    ],
+)
+async def test_immutable_and_stable_functions_run(pg_engine: Engine, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    assert await guarded_rows(pg_engine, sql) == expected
+
+
+async def test_a_catalog_sample_of_immutable_and_stable_functions_passes_and_runs(pg_engine: Engine, databases: Databases) -> None:
+    """Every argument-less IMMUTABLE or STABLE function in pg_catalog passes the guard and runs for a reader."""
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        names = [
+            r["proname"]
+            for r in await admin.fetch("""
+                SELECT DISTINCT p.proname FROM pg_proc p
+                 WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.provolatile IN ('i', 's') AND p.prokind = 'f'
+                   AND p.pronargs = 0 AND NOT p.proretset AND p.prorettype NOT IN ('internal'::regtype, 'trigger'::regtype, 'event_trigger'::regtype)
+                   AND NOT EXISTS (SELECT 1 FROM pg_proc o WHERE o.proname = p.proname AND o.provolatile = 'v')
+                 ORDER BY 1""")
+        ]
+    finally:
+        await admin.close()
+    names = [n for n in names if n not in PG_DENIED]
+    assert len(names) > 20
+    ran, failures = 0, []
+    for name in names:
+        sql = f"SELECT pg_catalog.{_quoted(name)}()"
+        try:
+            await guarded_rows(pg_engine, sql)
+            ran += 1
+        except ServiceError as exc:
+            # The guard must allow it; the server may still refuse a reader (permission) or the context.
+            if exc.code != QUERY_FAILED:
+                failures.append(f"{sql}: {exc.code}: {exc.message}")
+    assert not failures, "\n".join(failures)
+    assert ran >= len(names) * 3 // 4, f"only {ran} of {len(names)} ran"
+
+
+@pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*!100000", "/*M!", "/*M!100000"])
+async def test_executable_comment_forms_are_code_to_mariadb_and_refused(databases: Databases, form: str) -> None:
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute(f"SELECT 1 {form} , 2 */")
+            assert len(await cur.fetchone()) == 2, "this server runs the comment's content"
+    finally:
+        admin.close()
+    with pytest.raises(ServiceError) as caught:
+        check_read_only(f"SELECT 1 {form} , 2 */", "mysql")
+    assert caught.value.code == QUERY_REFUSED and "executable comments" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT UPPER('abc'), LOWER('ABC'), LENGTH('abcd'), MD5('a'), CONCAT('a', 'b'), LEFT('abc', 2)", [("ABC", "abc", 4, "0cc175b9c0f1b6a831c399e269772661", "ab", "ab")]),
+        ("SELECT ABS(-2), ROUND(2.5), MOD(7, 3), GREATEST(1, 5), IFNULL(NULL, 3), IF(1 > 0, 'y', 'n')", [(2, 3, 1, 5, 3, "y")]),
+        ("SELECT DATE_FORMAT('2024-05-01', '%Y-%m'), DATEDIFF('2024-05-03', '2024-05-01'), YEAR('2024-05-01')", [("2024-05", 2, 2024)]),
+        ("SELECT JSON_EXTRACT('{\"a\": 1}', '$.a'), JSON_LENGTH('[1, 2]'), GROUP_CONCAT(id ORDER BY id) FROM items", [("1", 2, "1,2,3")]),
+        ("SELECT COUNT(*), SUM(id), ROW_NUMBER() OVER (ORDER BY id) FROM items GROUP BY id ORDER BY id LIMIT 1", [(1, 1, 1)]),
+        ("SELECT SLEEP(0), DATABASE() IS NOT NULL, VERSION() IS NOT NULL, RAND() < 1, LENGTH(UUID())", [(0, 1, 1, 1, 36)]),
+        ("SELECT REGEXP_REPLACE('abc', 'b', 'x'), SUBSTRING_INDEX('a.b.c', '.', 2), CAST('7' AS SIGNED), CONVERT('8', SIGNED)", [("axc", "a.b", 7, 8)]),
+    ],
+)
+async def test_reviewed_mariadb_builtins_run(my_engine: Engine, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    rows = await guarded_rows(my_engine, sql)
+    assert [tuple(float(v) if hasattr(v, "as_integer_ratio") and not isinstance(v, (int, float)) else v for v in row) for row in rows] == expected
+
+
+async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused(databases: Databases) -> None:
+    """MariaDB lists its native functions (information_schema.SQL_FUNCTIONS): those not reviewed are refused."""
+    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute("SELECT LOWER(FUNCTION) FROM information_schema.SQL_FUNCTIONS")
+            native = {row[0] for row in await cur.fetchall()}
+    finally:
+        admin.close()
+    unreviewed = native - MYSQL_ALLOWED
+    assert {"load_file", "get_lock", "release_all_locks", "benchmark", "master_pos_wait", "last_insert_id"} <= unreviewed
+    slipped = []
+    for name in sorted(unreviewed):
+        for sql in (f"SELECT {name}(1)", f"SELECT `{name}`(1)", f"SELECT {name.upper()} (1, 2)"):
+            try:
+                check_read_only(sql, "mysql")
+            except ServiceError as exc:
+                if exc.code != QUERY_REFUSED:
+                    slipped.append(f"{sql}: {exc.code}")
+            else:
+                slipped.append(sql)
+    assert not slipped, "native functions the guard let through:\n" + "\n".join(slipped)
