@@ -216,24 +216,17 @@ class SqliteEngine(Engine):
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from sqlite_master and the table_info pragmas.
 
-        Read on one handle like a query's (read-only file, query_only, an authorizer that
-        also lets these two pragmas describe a table), in one worker call, under `timeout_s`.
+        Read on a query's handle (read-only file, query_only, the query authorizer plus these
+        two pragmas, which only describe a table), in one worker call, under `timeout_s`.
         SQLite keeps no row estimate: asked-for tables are counted in a file of at most
         COUNT_ROWS_MAX_BYTES, and have none otherwise.
         """
         count_rows = wanted is not None and self.path.is_file() and self.path.stat().st_size <= COUNT_ROWS_MAX_BYTES
-        loop = asyncio.get_running_loop()
-        async with self._slots:
-            handle = _Handle(self.path, timeout_s)
-            self._handles.add(handle)
-            timer = loop.call_later(timeout_s, handle.expire)
-            try:
-                await self._run(handle, handle.open)
-                return await self._run(handle, _read_catalog, handle, wanted, max_tables, count_rows)
-            finally:
-                timer.cancel()
-                self._handles.discard(handle)
-                await asyncio.shield(self._finish(handle))
+        # A query's own handle (opened, timed and closed as for any query), then the catalog reads on it.
+        async with self.query("SELECT 1", timeout_s) as cursor:
+            assert isinstance(cursor, SqliteCursor)
+            handle = cursor._handle
+            return await self._run(handle, _read_catalog, handle, wanted, max_tables, count_rows)
 
 
 COUNT_ROWS_MAX_BYTES = 16 * 1024 * 1024
