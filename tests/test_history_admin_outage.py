@@ -126,12 +126,12 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
             checker.close()
         for session, mark in zip(stack.sessions, marks, strict=True):
             if any('"store_degraded"' in line for line in session.lines[mark:]):
-                await asyncio.to_thread(session.wait_for_line, lambda line: '"store_recovered"' in line, 30.0, mark)
+                await asyncio.to_thread(session.wait_for_line, lambda line: '"store_recovered"' in line, 60.0, mark)
 
         def written_back() -> bool:
             return len(redis_messages(stack, uid, cid)) == 4
 
-        await asyncio.to_thread(wait_until, written_back, 30.0, "the outage's messages to be written back")
+        await asyncio.to_thread(wait_until, written_back, 60.0, "the outage's messages to be written back")
         assert (await ask(client, cid, user("After the outage?"))).status == 200
         status, body = await stored(client, cid)
     assert status == 200

@@ -154,4 +154,4 @@ class HistoryRedis:
         return bool(await self._call("writeback", keys, args))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)  # the pool was passed in: aclose() alone leaves it open
