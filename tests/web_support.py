@@ -7,15 +7,18 @@ the browser tests are skipped with one message that says how to get it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fake_llm import FakeLLM
 from tests.harness import ROOT
 
 WEB = ROOT / "services" / "gateway" / "web"
@@ -78,19 +81,12 @@ class ThreadedFakeLLM:
     """
 
     def __init__(self) -> None:
-        import asyncio
-        import threading
-
-        from tests.fake_llm import FakeLLM
-
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-llm", daemon=True)
         self._thread.start()
         self.fake = asyncio.run_coroutine_threadsafe(FakeLLM().start(), self._loop).result(30)
 
     def _call(self, function: Any, *args: Any) -> Any:
-        import asyncio
-
         async def call() -> Any:
             return function(*args)
 
@@ -122,8 +118,6 @@ class ThreadedFakeLLM:
         return self.fake.base_url
 
     def stop(self) -> None:
-        import asyncio
-
         asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
