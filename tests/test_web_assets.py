@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -21,8 +23,8 @@ from shared.errors import ConfigError
 from tests.auth_issuer import running_gateway
 from tests.client import browser, login
 from tests.conftest import Infra, System
-from tests.harness import free_port
-from tests.web_support import STATIC, ensure_built
+from tests.harness import ROOT, free_port
+from tests.web_support import STATIC, WEB, ensure_built
 
 FIREBASE_WEB = {"apiKey": "AIzaSyTest-key", "authDomain": "dbgenie-test.firebaseapp.com", "projectId": "dbgenie-test", "appId": "1:2:web:3"}
 HASHED = re.compile(r"^/assets/[a-z]+-[A-Z0-9]{8}\.(js|css)$")
@@ -185,3 +187,22 @@ async def test_an_unbuilt_page_is_a_clear_503_not_a_crash(services: System, tmp_
     async with running_gateway(services.env) as url, browser(url) as client, client.get("/") as response:
         assert response.status == 503
         assert "make web" in (await response.json())["error"]["message"]
+
+
+def web_sources() -> list[Path]:
+    return [WEB / "package.json", WEB / "package-lock.json", WEB / "build.mjs", *sorted((WEB / "src").iterdir())]
+
+
+@pytest.mark.parametrize("source", web_sources(), ids=lambda p: str(p.relative_to(WEB)))
+def test_make_rebuilds_the_page_when_any_of_its_sources_changes(source: Path) -> None:
+    """`make -n -W <file>`: what make would run if that file had just changed (nothing is touched)."""
+    ensure_built()
+    found = shutil.which("make")
+    assert found is not None, "make is required"
+    target = str((STATIC / "index.html").relative_to(ROOT))
+    # -o: leave the venv's install stamp alone (a checkout may leave it older than pyproject.toml).
+    make = [found, "-o", ".venv/.installed"]
+    up_to_date = subprocess.run([*make, "-q", target], cwd=ROOT, capture_output=True, text=True)
+    assert up_to_date.returncode == 0, up_to_date.stdout + up_to_date.stderr
+    would = subprocess.run([*make, "-n", "-W", str(source.relative_to(ROOT)), target], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "scripts/build_web.py" in would.stdout
