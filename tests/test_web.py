@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
 
 from tests import fake_llm
 from tests.conftest import Infra, System
@@ -35,6 +35,34 @@ TRICKY_SQL = (
     "SELECT 1 AS id, 'plain' AS txt, 1.5 AS num UNION ALL SELECT 2, 'a,b', -2 UNION ALL SELECT 3, 'say \"hi\"', NULL "
     "UNION ALL SELECT 4, 'two' || char(10) || 'lines', 0.25 UNION ALL SELECT 5, ' padded ', 1e21 UNION ALL SELECT 6, NULL, 7 ORDER BY id"
 )
+
+
+# pytest-playwright's playwright, browser_type, launch_browser and browser live for the whole session. Sync
+# Playwright keeps its event loop running in the main thread while it lives, which would stop the
+# asyncio tests of later modules; here they live for this module only.
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright: Playwright) -> BrowserType:
+    return playwright.chromium
+
+
+@pytest.fixture(scope="module")
+def launch_browser(browser_type_launch_args: dict[str, Any], browser_type: BrowserType) -> Any:
+    return lambda **kwargs: browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def browser(launch_browser: Any) -> Iterator[Browser]:
+    launched = launch_browser()
+    yield launched
+    launched.close()
 
 
 @pytest.fixture(scope="session")
@@ -96,8 +124,9 @@ def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture
-def browser_context_args(browser_context_args: dict[str, Any], system: System, built: None) -> dict[str, Any]:
-    return {**browser_context_args, "base_url": system.url, "accept_downloads": True, "viewport": {"width": 1400, "height": 900}}
+def browser_context_args(system: System, built: None) -> dict[str, Any]:
+    """In place of pytest-playwright's (session-scoped, it would hold Playwright for the whole session)."""
+    return {"base_url": system.url, "accept_downloads": True, "viewport": {"width": 1400, "height": 900}}
 
 
 @pytest.fixture
