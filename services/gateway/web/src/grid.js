@@ -24,6 +24,7 @@ export class VirtualGrid {
     this.scheduled = false;
     this.onPaint = null;
     this.root = null;
+    this.resize = null;
   }
 
   /** Show `store` (a ResultStore); call refresh() as rows arrive. */
@@ -38,6 +39,7 @@ export class VirtualGrid {
   clear(message) {
     this.store = null;
     this.root = null;
+    if (this.resize) this.resize.disconnect();
     this.container.replaceChildren(el("p", "hint", message || ""));
   }
 
@@ -82,7 +84,9 @@ export class VirtualGrid {
     this.body = body;
     this.template = template;
     this.width = width;
-    new ResizeObserver(() => this._schedule()).observe(root);
+    if (this.resize) this.resize.disconnect();
+    this.resize = new ResizeObserver(() => this._schedule());
+    this.resize.observe(root);
   }
 
   refresh() {
