@@ -24,7 +24,7 @@ from tests.auth_issuer import running_gateway
 from tests.client import browser, login
 from tests.conftest import Infra, System
 from tests.harness import ROOT, free_port
-from tests.web_support import STATIC, WEB, ensure_built
+from tests.web_support import STATIC, WEB, ensure_built, require_chromium
 
 FIREBASE_WEB = {"apiKey": "AIzaSyTest-key", "authDomain": "dbgenie-test.firebaseapp.com", "projectId": "dbgenie-test", "appId": "1:2:web:3"}
 HASHED = re.compile(r"^/assets/[a-z]+-[A-Z0-9]{8}\.(js|css)$")
@@ -206,3 +206,18 @@ def test_make_rebuilds_the_page_when_any_of_its_sources_changes(source: Path) ->
     assert up_to_date.returncode == 0, up_to_date.stdout + up_to_date.stderr
     would = subprocess.run([*make, "-n", "-W", str(source.relative_to(ROOT)), target], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "scripts/build_web.py" in would.stdout
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_a_missing_browser_fails_the_browser_tests_under_ci_and_skips_them_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str, outcome: type[BaseException]) -> None:
+    monkeypatch.setenv("CHROMIUM_PATH", str(tmp_path / "no-such-chromium"))
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install chromium-headless-shell"):
+        require_chromium()
+
+
+def test_the_browser_is_found_through_chromium_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    binary = tmp_path / "my-chromium"
+    binary.write_text("")
+    monkeypatch.setenv("CHROMIUM_PATH", str(binary))
+    assert require_chromium() == str(binary)
