@@ -88,6 +88,7 @@ async def main() -> None:
             (subjects.session_limit, limits.handle),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
+        await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
 
         async def readiness() -> dict[str, bool]:
             return {"accepting": accepting, "nats": nc.is_connected}
