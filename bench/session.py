@@ -1,10 +1,12 @@
 """`python -m bench.session`: GET /api/me through gateway + session service vs. Flask + Flask-Session under gunicorn.
 
 Starts its own nats-server and redis-server on free loopback ports, our session and
-gateway processes, then the reference Flask app (bench/flask_ref.py) under gunicorn on the
-same Redis. Each side gets the same signed-in cookie shape and the same load
-(bench/loadgen.py, in a process of its own): requests/s, p50/p99 latency, and Redis
-commands per request from Redis's own INFO commandstats.
+gateway processes (production logging: LOG_LEVEL=INFO, one canonical line per request),
+then the reference Flask app (bench/flask_ref.py) under gunicorn on the same Redis. Each
+side gets the same signed-in cookie shape and the same load (bench/loadgen.py, in a
+process of its own): requests/s, p50/p99 latency, Redis commands per request from Redis's
+own INFO commandstats, and the CPU each process spent per request (utime + stime from
+/proc before and after the load), with the load average of the machine beside them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
+from bench.cpu import load_average, snapshot, tree
 from bench.loadgen import LoadResult, run_load
 from tests.harness import (
     ROOT,
@@ -40,10 +43,19 @@ class Side:
     name: str
     result: LoadResult
     redis_commands: dict[str, int]
+    cpu_s: dict[str, float]
+    """CPU seconds each process (role) used during the measured load."""
+    load: str
+    """The machine's load average when the measured load ended."""
 
     @property
     def commands_per_request(self) -> float:
         return sum(self.redis_commands.values()) / self.result.requests if self.result.requests else float("nan")
+
+    def cpu_us(self, role: str | None = None) -> float:
+        """CPU µs per request of one role, or of all of them."""
+        used = sum(self.cpu_s.values()) if role is None else self.cpu_s.get(role, 0.0)
+        return 1e6 * used / self.result.requests if self.result.requests else float("nan")
 
 
 def commandstats(client: redis.Redis) -> dict[str, int]:
@@ -71,15 +83,18 @@ def login(base_url: str) -> str:
     raise RuntimeError(f"{base_url}/auth/login set no session cookie")
 
 
-def measure(name: str, base_url: str, client: redis.Redis, *, concurrency: int, seconds: float, warmup_s: float) -> Side:
+def measure(name: str, base_url: str, client: redis.Redis, roles: dict[str, list[int]], *, concurrency: int, seconds: float, warmup_s: float) -> Side:
     cookie = login(base_url)
     headers = {"Cookie": f"session={cookie}"}
     url = f"{base_url}/api/me"
     run_load(url, concurrency=concurrency, duration_s=warmup_s, headers=headers)
     client.config_resetstat()
+    before = snapshot(roles)
     result = run_load(url, concurrency=concurrency, duration_s=seconds, headers=headers)
-    side = Side(name, result, commandstats(client))
-    print(f"  {name}: {json.dumps(result.summary())}; redis {side.redis_commands}", flush=True)
+    after = snapshot(roles)
+    side = Side(name, result, commandstats(client), {role: after[role] - before[role] for role in roles}, load_average())
+    cpu = {role: round(side.cpu_us(role)) for role in roles}
+    print(f"  {name}: {json.dumps(result.summary())}; redis {side.redis_commands}; CPU µs/request {cpu}; load average {side.load}", flush=True)
     if result.errors:
         print(f"  warning: {result.errors} of {result.requests} requests failed on {name}: {result.statuses}", file=sys.stderr)
     return side
@@ -93,12 +108,25 @@ def table(ours: Side, ref: Side) -> str:
         ("Redis commands / request", ours.commands_per_request, ref.commands_per_request, "{:.2f}"),
         ("failed requests", ours.result.errors, ref.result.errors, "{:,.0f}"),
     ]
-    width = 26
+    for role in ours.cpu_s:
+        rows.append((f"CPU µs / request: {role}", ours.cpu_us(role), ref.cpu_us(role) if role in ref.cpu_s else float("nan"), "{:,.0f}"))
+    for role in ref.cpu_s:
+        if role not in ours.cpu_s:
+            rows.append((f"CPU µs / request: {role}", float("nan"), ref.cpu_us(role), "{:,.0f}"))
+    rows.append(("CPU µs / request: total", ours.cpu_us(), ref.cpu_us(), "{:,.0f}"))
+    width = 30
     lines = [f"{'GET /api/me':<{width}} {ours.name:>20} {ref.name:>22} {'ours / flask':>13}"]
     for label, a, b, fmt in rows:
-        ratio = f"{a / b:.2f}x" if b else "-"
-        lines.append(f"{label:<{width}} {fmt.format(a):>20} {fmt.format(b):>22} {ratio:>13}")
+        ratio = f"{a / b:.2f}x" if b and a == a and b == b else "-"
+        cells = [fmt.format(x) if x == x else "-" for x in (a, b)]
+        lines.append(f"{label:<{width}} {cells[0]:>20} {cells[1]:>22} {ratio:>13}")
+    lines.append(f"load average at the end of each side: ours {ours.load}; flask {ref.load}")
     return "\n".join(lines)
+
+
+def pid(process: Process) -> int:
+    assert process.proc is not None
+    return process.proc.pid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         session = Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}"))
         processes.append(session.start())
         gateway_port = free_port()
-        # No per-request log line, as under gunicorn (which keeps no access log by default).
-        gateway_env = service_env(**common, GATEWAY_PORT=str(gateway_port), AUTH_MODE="dev", LOG_LEVEL="WARNING")
+        # Production logging: INFO, so one canonical line per request (gunicorn keeps no access log by default).
+        gateway_env = service_env(**common, GATEWAY_PORT=str(gateway_port), AUTH_MODE="dev", LOG_LEVEL="INFO")
         gateway = Process("gateway", [sys.executable, "-m", "services.gateway"], env=gateway_env, cwd=ROOT)
         processes.append(gateway.start())
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         wait_until(lambda: http_ok(f"{gateway_url}/healthz"), timeout=30, what="the gateway")
-        ours = measure("gateway + session", gateway_url, client, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup)
+        print(f"  load average before: {load_average()}", flush=True)
+        roles = {"gateway": [pid(gateway)], "session": [pid(session)], "nats-server": [pid(nats_server)], "redis": [pid(redis_server)]}
+        ours = measure("gateway + session", gateway_url, client, roles, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup)
         for process in (gateway, session):
             process.stop()
 
@@ -138,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(gunicorn.start())
         flask_url = f"http://127.0.0.1:{flask_port}"
         wait_until(lambda: http_ok(f"{flask_url}/healthz"), timeout=30, what="gunicorn")
-        ref = measure(f"flask ({args.gunicorn_workers}w x {args.gunicorn_threads}t gthread)", flask_url, client, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup)
+        roles = {"gunicorn (all workers)": tree(pid(gunicorn)), "redis": [pid(redis_server)]}
+        ref = measure(f"flask ({args.gunicorn_workers}w x {args.gunicorn_threads}t gthread)", flask_url, client, roles, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup)
     finally:
         for process in reversed(processes):
             process.stop()
