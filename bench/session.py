@@ -158,7 +158,7 @@ def pid(process: Process) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.session", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "8")), help="measured seconds per side and round (BENCH_SECONDS)")
-    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")), help="rounds, each measuring ours then Flask (BENCH_ROUNDS)")
+    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")), help="rounds, each measuring ours then Flask (BENCH_ROUNDS)")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per side and round")
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "32")), help="connections (BENCH_CONCURRENCY)")
     p.add_argument("--gunicorn-workers", type=int, default=2)
