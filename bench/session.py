@@ -157,16 +157,17 @@ def pid(process: Process) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.session", description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "8")), help="measured seconds per side and round (BENCH_SECONDS)")
-    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")), help="rounds, each measuring ours then Flask (BENCH_ROUNDS)")
+    p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "15")), help="measured seconds per side, split over the rounds (BENCH_SECONDS)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each measuring ours then Flask")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per side and round")
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "32")), help="connections (BENCH_CONCURRENCY)")
     p.add_argument("--gunicorn-workers", type=int, default=2)
     p.add_argument("--gunicorn-threads", type=int, default=8)
     args = p.parse_args(argv or [])
+    per_round = args.seconds / max(args.rounds, 1)
 
     print(
-        f"session bench: {args.concurrency} connections, {args.rounds} rounds of {args.seconds:g}s measured per side, {os.cpu_count()} CPUs shared by everything; load average {load_average()}",
+        f"session bench: {args.concurrency} connections, {args.rounds} rounds of {per_round:g}s measured per side, {os.cpu_count()} CPUs shared by everything; load average {load_average()}",
         flush=True,
     )
     nats_server = NatsServer().start()
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         cookies = {ours.name: login(gateway_url), ref.name: login(flask_url)}
         for _ in range(args.rounds):
             for side, url in ((ours, gateway_url), (ref, flask_url)):
-                measure(side, url, cookies[side.name], client, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup)
+                measure(side, url, cookies[side.name], client, concurrency=args.concurrency, seconds=per_round, warmup_s=args.warmup)
     finally:
         for process in reversed(processes):
             process.stop()
