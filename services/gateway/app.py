@@ -15,6 +15,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from services.gateway import handlers, keys, metrics
 from services.gateway.auth.web import csrf, token_verifier
+from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.limits import Limiter
@@ -199,6 +200,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_post("/api/conversations", handlers.new_conversation)
     app.router.add_post("/api/query", handlers.query)
     app.router.add_get("/api/schema", get_schema)
+    chat.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
