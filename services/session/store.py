@@ -35,6 +35,8 @@ from shared.logging import mask
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+Writer = Callable[[str, bytes | None, int], Awaitable[bool]]
+"""Writes back one fallback entry (key, value, version); False when a newer version was already written."""
 
 PROBE_INTERVAL_S = 0.5
 SETTLE_S = 5.0
@@ -121,6 +123,7 @@ class SessionStore:
         """While on the fallback: Redis still answers reads (it refused only writes: OOM, READONLY)."""
         self._refused: str | None = None
         """The cause while Redis refuses this client (authentication, permission, protected_mode)."""
+        self._writers: dict[str, Writer] = {}
 
     # --- state ------------------------------------------------------------------------
 
@@ -276,6 +279,17 @@ class SessionStore:
     def _lock(self, sid: str) -> asyncio.Lock:
         return self._locks[hash(sid) % len(self._locks)]
 
+    def add_writer(self, key_prefix: str, writer: Writer) -> None:
+        """Fallback entries whose key starts with `key_prefix` (never a sid) are written back by `writer`, not as sessions."""
+        self._writers[key_prefix] = writer
+
+    async def _write_back(self, key: str, value: bytes | None, version: int) -> bool:
+        assert self._redis is not None
+        for prefix, writer in self._writers.items():
+            if key.startswith(prefix):
+                return await writer(key, value, version)
+        return await self._redis.write_back(key, value, version)
+
     async def _migrate(self, sid: str) -> str | None:
         """Move sid's fallback entry, if any, to Redis; the outcome, or None if there was none."""
         assert self._redis is not None
@@ -284,7 +298,7 @@ class SessionStore:
                 entry = await self._fallback.get(sid, touch=False)
                 if entry is None:
                     return None
-                applied = await self._redis.write_back(sid, entry.value, entry.version)
+                applied = await self._write_back(sid, entry.value, entry.version)
                 if await self._fallback.remove(sid, entry.version):
                     outcome = ("set" if entry.value is not None else "delete") if applied else "superseded"
                     WRITEBACK.labels(outcome=outcome).inc()
@@ -512,3 +526,41 @@ class SessionStore:
         await self._fallback_call(lambda: self._fallback.put(sid, None))
         self._changed_in_outage()
         return entry is not None and entry.value is not None
+
+    # --- for other data kept beside the sessions (conversation history) -------------------
+    # The same modes, fallback and write-back; entries of their own are told apart by key prefix.
+
+    @property
+    def on_redis(self) -> bool:
+        """Whether calls go to Redis now (after migrating their own fallback entry, see `migrate_first`)."""
+        return self._on_redis()
+
+    @property
+    def redis_readable(self) -> bool:
+        """While on the fallback: Redis still answers reads (it refused only writes)."""
+        return self._redis is not None and self._readable
+
+    @property
+    def fallback(self) -> Fallback:
+        return self._fallback
+
+    def redis_failed(self, exc: RedisUnavailable) -> None:
+        """A Redis call failed: serve from the fallback until the probe finds Redis again."""
+        self._degrade(exc)
+
+    async def migrate_first(self, key: str) -> None:
+        """While recovering: write back `key`'s fallback entry before the call touches Redis."""
+        await self._migrate_first(key)
+
+    async def fallback_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await self._fallback_call(call)
+
+    def changed_in_outage(self) -> None:
+        self._changed_in_outage()
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """The lock that orders this replica's changes to `key`'s fallback entry (and its write-back)."""
+        return self._lock(key)
+
+    async def redis_is_back(self) -> bool:
+        return await self._redis_is_back()
