@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from typing import Any
 
 import orjson
 import structlog
@@ -12,8 +13,20 @@ import structlog
 REQUEST_ID_HEADER = "Dbg-Request-Id"
 
 
+def _json_text(value: object, **kwargs: Any) -> str:
+    """orjson for ProcessorFormatter, which needs text rather than bytes."""
+    return orjson.dumps(value, default=kwargs.get("default")).decode()
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+    """Configure structlog and the stdlib root logger once per process.
+
+    structlog's own lines and the records of the stdlib loggers that libraries use (aiohttp,
+    asyncpg, nats, redis, asyncio) pass the same processors, so stderr holds one format: JSON
+    lines off a TTY, with tracebacks as data (`dict_tracebacks`), and the console renderer on
+    a TTY. structlog writes its lines straight to stderr; stdlib records go through
+    `structlog.stdlib.ProcessorFormatter`, with the shared processors as its pre-chain.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
 
     def add_service(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
@@ -26,24 +39,34 @@ def setup_logging(service: str, level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if sys.stderr.isatty():
-        renderer: structlog.types.Processor = structlog.dev.ConsoleRenderer()
-        serializer = None
+    tty = sys.stderr.isatty()
+    if tty:
+        # The console renderer prints exceptions itself, as readable tracebacks.
+        render: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer(), structlog.dev.ConsoleRenderer()]
+        foreign_render: list[structlog.types.Processor] = [structlog.dev.ConsoleRenderer()]
+        logger_factory: Any = structlog.PrintLoggerFactory(sys.stderr)
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        serializer = True
+        render = [structlog.processors.StackInfoRenderer(), structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        foreign_render = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=_json_text)]
+        logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     structlog.configure(
-        processors=[
-            *shared_processors,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared_processors, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer) if serializer else structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared_processors, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *foreign_render],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))  # libraries' INFO and DEBUG lines are chatty
 
 
 def new_request_id() -> str:
