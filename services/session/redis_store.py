@@ -380,4 +380,4 @@ class RedisStore:
         return bool(await self._script(WRITEBACK, keys, args))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
