@@ -116,6 +116,7 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
             (subjects.session_limit, limits.handle),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
+        await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile

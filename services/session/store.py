@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgpack
@@ -59,6 +59,11 @@ def decode_session(sid: str, raw: bytes | None, store: str) -> dict[str, Any] | 
     if not isinstance(value, dict):
         return _corrupt(sid, store, f"a {type(value).__name__}, not a map", len(raw))
     return value
+
+
+def _bound(request_id: str | None) -> contextlib.AbstractContextManager[object]:
+    """Log under one call's request id while serving a batch of calls."""
+    return structlog.contextvars.bound_contextvars(request_id=request_id) if request_id else contextlib.nullcontext()
 
 
 def _corrupt(sid: str, store: str, error: str, size: int) -> None:
@@ -384,6 +389,48 @@ class SessionStore:
         if entry is None and recheck and await self._redis_is_back():
             return await self.get(sid, recheck=False)
         return decode_session(sid, entry.value if entry else None, self._fallback.name)
+
+    async def get_many(self, sids: Sequence[str], request_ids: Sequence[str | None] | None = None) -> list[dict[str, Any] | None | Exception]:
+        """`get` for several sids at once, as the gateway batches them: one result per sid, in order.
+
+        While on Redis alone, one pipeline of GETEX (one command per sid, as `get` sends). Every
+        other case, and every sid whose command failed, goes through `get` itself (degrading
+        first, so the outage is handled once): fallback, read-through, recheck and write-back
+        stay exactly those of `get`. A result is what `get(sid)` returns, or the exception it
+        raises, so one bad sid fails alone. `request_ids` (one per sid) are bound to what is
+        logged for each sid.
+        """
+        rids = request_ids if request_ids is not None else [None] * len(sids)
+        results: list[dict[str, Any] | None | Exception] = [None] * len(sids)
+        retry = list(range(len(sids)))
+        if self._redis is not None and self._mode is Mode.REDIS:
+            try:
+                replies = await self._redis.get_many(sids)
+            except RedisUnavailable as exc:
+                self._degrade(exc)
+            else:
+                retry = []
+                for i, (sid, reply) in enumerate(zip(sids, replies, strict=True)):
+                    with _bound(rids[i]):
+                        if isinstance(reply, CorruptSession):
+                            results[i] = _corrupt(sid, "redis", str(reply), -1)
+                        elif isinstance(reply, RedisUnavailable):
+                            self._degrade(reply)
+                            retry.append(i)
+                        elif isinstance(reply, Exception):
+                            results[i] = reply
+                        else:
+                            results[i] = decode_session(sid, reply, "redis")
+        if retry:
+            calls = []
+            for i in retry:
+                with _bound(rids[i]):  # the task copies the context: each sid logs under its own request id
+                    calls.append(asyncio.ensure_future(self.get(sids[i])))
+            for i, outcome in zip(retry, await asyncio.gather(*calls, return_exceptions=True), strict=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                    raise outcome
+                results[i] = outcome
+        return results
 
     async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
         if self._on_redis():
