@@ -456,34 +456,36 @@ class SessionStore:
     async def get_many(self, sids: Sequence[str], request_ids: Sequence[str | None] | None = None) -> list[dict[str, Any] | None | Exception]:
         """`get` for several sids at once, as the gateway batches them: one result per sid, in order.
 
-        While on Redis alone, one pipeline of GETEX (one command per sid, as `get` sends). Every
-        other case, and every sid whose command failed, goes through `get` itself (degrading
-        first, so the outage is handled once): fallback, read-through, recheck and write-back
+        On Redis, through `_call` like every call: during recovery the sids' entries are moved
+        back first, then one pipeline of GETEX (one command per sid, as `get` sends). On the
+        fallback, and for every sid whose command failed, each sid goes through `get` itself
+        (degrading first, so the outage is handled once): fallback, read-through, recheck and write-back
         stay exactly those of `get`. A result is what `get(sid)` returns, or the exception it
         raises, so one bad sid fails alone. `request_ids` (one per sid) are bound to what is
         logged for each sid.
         """
         rids = request_ids if request_ids is not None else [None] * len(sids)
         results: list[dict[str, Any] | None | Exception] = [None] * len(sids)
-        retry = list(range(len(sids)))
-        if self._redis is not None and self._mode is Mode.REDIS:
-            try:
-                replies = await self._redis.get_many(sids)
-            except RedisUnavailable as exc:
-                self._degrade(exc)
-            else:
-                retry = []
-                for i, (sid, reply) in enumerate(zip(sids, replies, strict=True)):
-                    with _bound(rids[i]):
-                        if isinstance(reply, CorruptSession):
-                            results[i] = _corrupt(sid, "redis", str(reply), -1)
-                        elif isinstance(reply, RedisUnavailable):
-                            self._degrade(reply)
-                            retry.append(i)
-                        elif isinstance(reply, Exception):
-                            results[i] = reply
-                        else:
-                            results[i] = decode_session(sid, reply, "redis")
+        retry: list[int] = []
+
+        async def on_redis(redis: RedisStore) -> None:
+            replies = await redis.get_many(sids)
+            for i, (sid, reply) in enumerate(zip(sids, replies, strict=True)):
+                with _bound(rids[i]):
+                    if isinstance(reply, CorruptSession):
+                        results[i] = _corrupt(sid, "redis", str(reply), -1)
+                    elif isinstance(reply, RedisUnavailable):
+                        self._degrade(reply)
+                        retry.append(i)
+                    elif isinstance(reply, Exception):
+                        results[i] = reply
+                    else:
+                        results[i] = decode_session(sid, reply, "redis")
+
+        async def from_fallback() -> None:
+            retry[:] = range(len(sids))
+
+        await self._call(on_redis, from_fallback, *sids)
         if retry:
             calls = []
             for i in retry:
