@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     QUERY_TIMEOUT = "query_timeout"
     UNKNOWN_SOURCE = "unknown_source"
     UNAVAILABLE = "unavailable"
+    BUSY = "busy"  # a replica is at its limit of concurrent work; retry shortly (HTTP 503 + Retry-After)
     TIMEOUT = "timeout"
     INTERNAL = "internal"
 
@@ -32,6 +33,7 @@ QUERY_FAILED = ErrorCode.QUERY_FAILED
 QUERY_TIMEOUT = ErrorCode.QUERY_TIMEOUT
 UNKNOWN_SOURCE = ErrorCode.UNKNOWN_SOURCE
 UNAVAILABLE = ErrorCode.UNAVAILABLE
+BUSY = ErrorCode.BUSY
 TIMEOUT = ErrorCode.TIMEOUT
 INTERNAL = ErrorCode.INTERNAL
 

@@ -64,7 +64,9 @@ async def test_a_client_that_stops_reading_is_given_up_and_its_query_cancelled(m
         await login(client)
         cookie = next(c for c in client.cookie_jar if c.key == "session")
     body = json.dumps({"sql": big_result_sql()}).encode()
-    request = (f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     sock = await asyncio.to_thread(raw_request, system.gateway_port, request, rcvbuf=4096)
     try:
         stalled = await wait_event(gateway, "query_stream", outcome="client_stalled")
@@ -188,7 +190,9 @@ async def test_a_client_that_leaves_before_the_answer_starts_is_client_gone_at_i
         await login(client)
         cookie = next(c for c in client.cookie_jar if c.key == "session")
     body = json.dumps({"sql": "SELECT 1"}).encode()
-    request = (f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     for _ in range(5):  # the gateway is still looking up the session when the connection is reset
         sock = await asyncio.to_thread(raw_request, system.gateway_port, request)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close with RST

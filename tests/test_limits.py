@@ -203,6 +203,19 @@ async def test_redis_down_counts_locally_per_replica_and_says_so(start_replica, 
     assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [1]
 
 
+async def test_a_store_already_on_its_fallback_sends_the_limiter_local_at_once(start_replica, infra: Infra, redis_server: RedisServer, nc) -> None:
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    redis_server.stop()
+    await replica.call(nc, "get", sid=uuid.uuid4().hex)  # the session store finds Redis down first
+    await replica.wait_for_event("store_degraded")
+
+    result = await limiter(nc, replica).hit(new_key(), [Window("minute", 60, 1)])
+
+    assert result.allowed and result.local
+    assert (await replica.wait_for_event("limiter_local"))["reason"] == "the session store found Redis down"
+    assert replica.metric("session_redis_commands_total", command="evalsha") == 0  # no Redis call was even tried
+
+
 async def test_no_redis_configured_counts_locally(start_replica, infra: Infra, nc) -> None:
     replica = await start_replica(infra.nats_url, None)
     key = new_key()

@@ -336,7 +336,7 @@ async def test_a_description_is_cached_per_source_for_the_configured_time(shop: 
 
 
 async def test_a_source_that_cannot_be_reached_gets_an_error_reply(make_system: SystemFactory, nc: NATS, lite: Source) -> None:
-    down = Source("down", f"postgresql://nobody@127.0.0.1:{free_port()}/nothing", "")
+    down = Source("down", f"postgresql://nobody:s3cret-pw@127.0.0.1:{free_port()}/nothing", "")
     gone = Source("gone", f"sqlite:///{uuid.uuid4().hex}/missing.db", "")
     system = make_system(start=("query",), **_sources_env(lite, down, gone))
 
@@ -345,7 +345,11 @@ async def test_a_source_that_cannot_be_reached_gets_an_error_reply(make_system: 
             await describe(nc, system, name)
         assert raised.value.code == "unavailable", raised.value
         assert name in raised.value.message or "does not exist" in raised.value.message
+        assert "s3cret-pw" not in raised.value.message
     assert by_name(await describe(nc, system))  # the service still serves the others
+    failed = system.services["query"].events("schema_failed")
+    assert [(e["source"], e["code"]) for e in failed] == [("down", "unavailable"), ("gone", "unavailable")]
+    assert "s3cret-pw" not in "\n".join(system.services["query"].lines)  # the password is in no log line
 
 
 # --- ping, bad requests, HTTP -------------------------------------------------------------

@@ -19,10 +19,11 @@ import msgspec
 import nats
 import pytest
 import redis
+import structlog
 from nats.aio.msg import Msg
 
 from services.gateway.sessions import SessionReads
-from shared.contracts import SessionGetMany
+from shared.contracts import MAX_SESSION_BATCH, SessionGetMany
 from shared.errors import ServiceError
 from tests.client import browser, login
 from tests.conftest import Infra, SystemFactory
@@ -82,6 +83,25 @@ async def test_reads_started_together_go_as_one_message_and_each_gets_its_own_se
         await nc.close()
 
 
+async def test_more_reads_than_a_batch_holds_are_split_and_each_answered(start_replica, infra: Infra, redis_server: RedisServer, rdb: redis.Redis) -> None:  # noqa: F811
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    sids = [new_sid() for _ in range(MAX_SESSION_BATCH + 88)]
+    pipe = rdb.pipeline(transaction=False)
+    for i, sid in enumerate(sids):
+        pipe.set(f"session:{sid}", msgpack.packb({"n": i}), ex=SHORT_TTL)
+    pipe.execute()
+    nc = await nats.connect(infra.nats_url)
+    try:
+        spy = await spy_on(nc, replica.subjects.session_get_many)
+        reads = SessionReads(nc, replica.subjects.session_get_many, timeout=10.0)
+        sessions = await asyncio.gather(*(reads.get(sid) for sid in sids))
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert sessions == [{"n": i} for i in range(len(sids))]
+    assert sorted(len(batch.reads) for batch in spy.batches) == [88, MAX_SESSION_BATCH]
+
+
 async def test_a_missing_corrupt_or_bad_sid_fails_alone(start_replica, infra: Infra, redis_server: RedisServer, rdb: redis.Redis) -> None:  # noqa: F811
     replica = await start_replica(infra.nats_url, redis_server.url)
     good, missing, hashed, garbage, impossible = (new_sid() for _ in range(5))
@@ -92,9 +112,11 @@ async def test_a_missing_corrupt_or_bad_sid_fails_alone(start_replica, infra: In
     try:
         spy = await spy_on(nc, replica.subjects.session_get_many)
         reads = SessionReads(nc, replica.subjects.session_get_many, timeout=5.0)
-        outcomes = await asyncio.gather(
-            reads.get(good), reads.get(missing), reads.get(hashed), reads.get(garbage), reads.get(""), reads.get(impossible + " x"), reads.get(good), return_exceptions=True
-        )
+        calls = []
+        for sid in (good, missing, hashed, garbage, "", impossible + " x", good):
+            with structlog.contextvars.bound_contextvars(request_id=f"rid-{sid[:8]}"):  # as the gateway's middleware binds it
+                calls.append(asyncio.ensure_future(reads.get(sid)))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
         await nc.flush()
         assert len(spy.batches) == 1 and len(spy.batches[0].reads) == 7
     finally:
@@ -105,6 +127,8 @@ async def test_a_missing_corrupt_or_bad_sid_fails_alone(start_replica, infra: In
     assert isinstance(outcomes[4], ServiceError) and outcomes[4].code == "bad_request" and "sid" in outcomes[4].message
     assert outcomes[5] is None  # a sid that is never stored has no session
     assert replica.metric("session_corrupt_total") == 2
+    for sid in (hashed, garbage):  # each read's log line carries the request id of the request it serves
+        assert (await replica.wait_for_event("session_corrupt", sid=sid[:6] + "…"))["request_id"] == f"rid-{sid[:8]}"
     assert rdb.type(f"session:{hashed}") == b"hash" and rdb.get(f"session:{garbage}") == b"\xc1not msgpack"  # left for an operator
     assert replica.metric("session_call_seconds_count", op="get", outcome="bad_request") == 1
     assert replica.metric("session_call_seconds_count", op="get", outcome="ok") == 6

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from shared.bus import redact_url
 from shared.config import (
     common_nats,
     env_bool,
@@ -90,12 +91,40 @@ class GatewayConfig:
     """CLIENT_WRITE_TIMEOUT_S: a stream write the client does not take within this long ends the stream and cancels its query."""
     log_level: str = "INFO"
     """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+    llm_base_url: str = ""
+    """LLM_BASE_URL: an OpenAI-compatible Chat Completions endpoint; empty turns /api/chat off (503)."""
+    llm_api_key: str = field(default="", repr=False)
+    """LLM_API_KEY: the model's API key (never logged); servers without keys accept any value."""
+    llm_model: str = ""
+    """LLM_MODEL: the model name sent with every request; required with LLM_BASE_URL."""
+    llm_timeout_s: float = 60.0
+    """LLM_TIMEOUT_S: longest wait for the model to connect, or between two streamed chunks."""
+    llm_temperature: float | None = None
+    """LLM_TEMPERATURE: sampling temperature; unset leaves the model's default."""
+    llm_max_retries: int = 2
+    """LLM_MAX_RETRIES: the openai SDK's own retries of a failed request, before anything was streamed."""
+    llm_max_steps: int = 8
+    """LLM_MAX_STEPS: model calls per chat turn at most; then the turn ends with a final text."""
+    llm_schema_max_chars: int = 6000
+    """LLM_SCHEMA_MAX_CHARS: the schema overview goes into the system prompt when it is at most this long."""
+    llm_history_max_chars: int = 60000
+    """LLM_HISTORY_MAX_CHARS: the conversation sent to the model; the oldest turns are dropped past it."""
+    chat_quota_per_minute: int = 10
+    """CHAT_QUOTA_PER_MINUTE: chat turns per user per minute (0: no limit)."""
+    chat_quota_per_hour: int = 200
+    """CHAT_QUOTA_PER_HOUR: chat turns per user per hour (0: no limit)."""
+    chat_quota_per_day: int = 1000
+    """CHAT_QUOTA_PER_DAY: chat turns per user per day (0: no limit)."""
 
     def __post_init__(self) -> None:
         if self.auth_mode not in AUTH_MODES:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {self.auth_mode!r}")
         if self.use_signer and not self.secret_key:
             raise ConfigError("SECRET_KEY must be set when SESSION_USE_SIGNER is on")
+        if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"LLM_BASE_URL must be an http:// or https:// URL, got {redact_url(self.llm_base_url)!r}")
+        if self.llm_base_url and not self.llm_model:
+            raise ConfigError("LLM_MODEL must be set when LLM_BASE_URL is set")
         if self.auth_mode == "oidc":
             if not self.oidc_issuer:
                 raise ConfigError("OIDC_ISSUER must be set when AUTH_MODE is oidc")
@@ -167,6 +196,18 @@ class GatewayConfig:
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
             client_write_timeout_s=env_float(env, "CLIENT_WRITE_TIMEOUT_S", 30.0, minimum=0.1),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
+            llm_base_url=env_str(env, "LLM_BASE_URL", ""),
+            llm_api_key=env_str(env, "LLM_API_KEY", ""),
+            llm_model=env_str(env, "LLM_MODEL", ""),
+            llm_timeout_s=env_float(env, "LLM_TIMEOUT_S", 60.0, minimum=0.1),
+            llm_temperature=env_float(env, "LLM_TEMPERATURE", -1.0, minimum=0) if env.get("LLM_TEMPERATURE", "").strip() else None,
+            llm_max_retries=env_int(env, "LLM_MAX_RETRIES", 2, minimum=0),
+            llm_max_steps=env_int(env, "LLM_MAX_STEPS", 8, minimum=1),
+            llm_schema_max_chars=env_int(env, "LLM_SCHEMA_MAX_CHARS", 6000, minimum=0),
+            llm_history_max_chars=env_int(env, "LLM_HISTORY_MAX_CHARS", 60000, minimum=1000),
+            chat_quota_per_minute=env_int(env, "CHAT_QUOTA_PER_MINUTE", 10, minimum=0),
+            chat_quota_per_hour=env_int(env, "CHAT_QUOTA_PER_HOUR", 200, minimum=0),
+            chat_quota_per_day=env_int(env, "CHAT_QUOTA_PER_DAY", 1000, minimum=0),
         )
 
 

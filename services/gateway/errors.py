@@ -17,6 +17,7 @@ STATUS = {
     e.QUERY_FAILED: 422,
     e.QUERY_TIMEOUT: 504,
     e.UNAVAILABLE: 503,
+    e.BUSY: 503,
     e.TIMEOUT: 504,
     e.INTERNAL: 500,
 }

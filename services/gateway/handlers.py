@@ -19,8 +19,9 @@ from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_fro
 from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
 from services.gateway.jsonable import jsonable
+from services.gateway.relay import QueryResult, relay
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
-from shared.errors import BAD_REQUEST, UNAUTHORIZED, ServiceError
+from shared.errors import BAD_REQUEST, BUSY, UNAUTHORIZED, ServiceError
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
 from shared.users import signed_in_user, user_id
@@ -152,7 +153,7 @@ async def logout(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     """The signed-in user; for a bearer request, from the token's claims."""
     who = await identity(request)
-    return web.json_response(public_view(who.session))
+    return web.Response(body=orjson.dumps(public_view(who.session)), content_type="application/json", charset="utf-8")
 
 
 async def new_conversation(request: web.Request) -> web.Response:
@@ -178,33 +179,26 @@ async def query(request: web.Request) -> web.StreamResponse:
     source = text_field(body, "source", required=False, max_chars=128)
 
     config = request.app[keys.CONFIG]
-    response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
-    await response.prepare(request)
-    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request)
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
+    start_error: ServiceError | None = None
+    try:
+        await consumer.start(sql, source)
+    except ServiceError as exc:
+        if exc.code == BUSY:
+            raise  # before the stream's headers: a real 503 with Retry-After
+        start_error = exc  # any other refusal is an error part of the stream, as before
+    response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
+    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request)
     started = time.monotonic()
-    outcome, row_count = "ok", 0
+    outcome, result = "ok", QueryResult()
     metrics.STREAMS_IN_FLIGHT.inc()
     try:
+        await response.prepare(request)
         await stream.begin(sql)
         try:
-            await consumer.start(sql, source)
-            columns: list[Any] = []
-            preview: list[Any] = []
-            async for message in consumer.messages(alive=lambda: not (request.transport is None or request.transport.is_closing())):
-                kind = message["t"]
-                if kind == "rows":
-                    await stream.rows(message["offset"], message["rows"])
-                    row_count += message["count"]
-                    metrics.QUERY_ROWS.inc(message["count"])
-                elif kind == "meta":
-                    columns, preview = message["columns"], message["preview"]
-                    await stream.output({"columns": columns, "preview": preview}, preliminary=True)
-                elif kind == "end":
-                    output = {"columns": columns, "preview": preview, "row_count": message["row_count"], "truncated": message["truncated"]}
-                    await stream.output(output, preliminary=False)
-                elif kind == "error":
-                    raise ServiceError.from_dict(message["error"])
+            if start_error is not None:
+                raise start_error
+            await relay(consumer, stream, result, alive=lambda: not (request.transport is None or request.transport.is_closing()))
         except ServiceError as exc:
             outcome = exc.code
             await stream.error(exc.message)
@@ -217,5 +211,5 @@ async def query(request: web.Request) -> web.StreamResponse:
     finally:
         await consumer.close()
         metrics.STREAMS_IN_FLIGHT.dec()
-        log.info("query_stream", outcome=outcome, rows=row_count, source=source, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        log.info("query_stream", outcome=outcome, rows=result.row_count, source=source, duration_ms=round((time.monotonic() - started) * 1000, 1))
     return response

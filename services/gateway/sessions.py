@@ -99,7 +99,6 @@ class SessionReads:
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._empty = contextvars.Context()  # a batch serves many requests: it runs under none of their log contexts
 
     async def get(self, sid: str) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
@@ -107,7 +106,7 @@ class SessionReads:
         self._waiting.append(_Read(sid, current_request_id(), future))
         if not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
-            loop.call_soon(self._send_waiting, context=self._empty)
+            loop.call_soon(self._send_waiting, context=contextvars.Context())
         return await future
 
     def _send_waiting(self) -> None:
@@ -118,7 +117,8 @@ class SessionReads:
             if not batch:
                 continue
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch), context=self._empty)
+            # A batch serves many requests: it runs under none of their log contexts.
+            task = asyncio.get_running_loop().create_task(self._send(batch), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -66,6 +66,10 @@ class ToolStream:
                 transport.abort()  # drop what is buffered: the client is not reading it
             raise ClientStalled(f"the client accepted no bytes for {self._write_timeout_s:g}s") from None
 
+    async def send(self, data: bytes) -> None:
+        """Write ready-made SSE bytes under the same timeout (the chat stream writes parts of its own)."""
+        await self._send(data)
+
     async def write(self, part: dict[str, Any]) -> None:
         await self._send(event(part))
 

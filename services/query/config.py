@@ -17,6 +17,9 @@ DEFAULT_SOURCE = "default"
 PREVIEW_ROWS = 5
 SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
+# A row must fit one MySQL protocol packet (2^24 - 1 bytes) for the wire check to see it whole.
+MAX_ROW_BYTES_LIMIT = 2**24 - 1
+
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -47,6 +50,12 @@ class QueryConfig:
     log_level: str = "INFO"
     # On SIGTERM, streams in flight get this long to finish before they are cut off.
     shutdown_grace_s: float = 20.0
+    # A value / a row larger than this many bytes, as the database sends it, ends the query
+    # with an error before it is read (services/query/wire.py, docs/query-values.md).
+    max_cell_bytes: int = 512 * 1024
+    max_row_bytes: int = 1024 * 1024
+    # Queries running at once in this replica; one more is refused with code "busy" (HTTP 503).
+    max_concurrent: int = 8
     # Serve sources whose database account can do more than read (docs/query-account.md);
     # a warning is logged on every start while it is on.
     allow_privileged: bool = False
@@ -54,6 +63,10 @@ class QueryConfig:
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.max_cell_bytes > self.max_row_bytes:
+            raise ConfigError(f"QUERY_MAX_CELL_BYTES ({self.max_cell_bytes}) must not be more than QUERY_MAX_ROW_BYTES ({self.max_row_bytes})")
+        if self.max_row_bytes > MAX_ROW_BYTES_LIMIT:
+            raise ConfigError(f"QUERY_MAX_ROW_BYTES must be at most {MAX_ROW_BYTES_LIMIT} (one MySQL packet), got {self.max_row_bytes}")
         if DEFAULT_SOURCE not in self.sources:
             raise ConfigError(f"no {DEFAULT_SOURCE!r} source: set QUERY_DATABASE_URL")
         for name, url in self.sources.items():
@@ -95,6 +108,9 @@ class QueryConfig:
             ops_port=env_port(env, "OPS_PORT", 8092),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
+            max_cell_bytes=env_int(env, "QUERY_MAX_CELL_BYTES", 512 * 1024, minimum=1024),
+            max_row_bytes=env_int(env, "QUERY_MAX_ROW_BYTES", 1024 * 1024, minimum=1024),
+            max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
             allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
             allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
         )

@@ -23,9 +23,11 @@ from services.query.engines import Cursor, Engine, Sources
 from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
+from services.query.wire import FETCH_ROWS_AT_LIMIT
 from shared.contracts import Subjects
 from shared.errors import (
     BAD_REQUEST,
+    BUSY,
     INTERNAL,
     QUERY_TIMEOUT,
     UNAVAILABLE,
@@ -38,7 +40,7 @@ log = structlog.get_logger(__name__)
 MAX_SQL_CHARS = 100_000
 LOGGED_SQL_CHARS = 200
 # The first fetch is small so that the preview goes out at once, whatever the result size.
-FIRST_FETCH_ROWS = 64
+FIRST_FETCH_ROWS = FETCH_ROWS_AT_LIMIT  # never over the fetch budget, whatever the rows
 MAX_FETCH_ROWS = 50_000
 # Room left in a NATS message for the stream envelope and headers.
 ENVELOPE_BYTES = 4096
@@ -74,6 +76,10 @@ def loggable_sql(sql: str) -> str:
     """The SQL on one line, cut to LOGGED_SQL_CHARS, so logs stay small and literals mostly out."""
     flat = " ".join(sql.split())
     return flat if len(flat) <= LOGGED_SQL_CHARS else flat[:LOGGED_SQL_CHARS] + "…"
+
+
+def busy(limit: int) -> ServiceError:
+    return ServiceError(BUSY, f"this query service replica is running its limit of {limit} queries (QUERY_MAX_CONCURRENT); retry in a moment")
 
 
 def parse_request(req: dict[str, Any]) -> tuple[str, str | None]:
@@ -125,6 +131,10 @@ class QueryHandlers:
             await asyncio.to_thread(check_read_only, sql, engine.dialect, policy)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
+            # Checked with no await between here and create_task, so the cap holds exactly.
+            if len(self._streams) >= self._config.max_concurrent:
+                await producer.close()
+                raise busy(self._config.max_concurrent)
         except ServiceError as exc:
             self._record_failure(progress, exc)
             raise

@@ -139,7 +139,11 @@ class SchemaService:
         """The `query.schema` handler; decodes the raw payload itself to name a bad field's path."""
         request = decode_payload(msg.data, SchemaRequest)
         started = time.monotonic()
-        reply, cached = await self.describe(request.source, request.tables)
+        try:
+            reply, cached = await self.describe(request.source, request.tables)
+        except ServiceError as exc:
+            log.info("schema_failed", source=request.source, code=exc.code, message=exc.message, duration_ms=round((time.monotonic() - started) * 1000, 1))
+            raise
         log.info(
             "schema_described",
             source=reply.source,

@@ -17,6 +17,7 @@ from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
 from services.query.sample import ensure_sample
+from services.query.wire import ByteLimits
 from shared.bus import Server, connect, redact_url
 from shared.bus import close as close_nats
 from shared.contracts import QUERY_QUEUE, Subjects
@@ -70,7 +71,8 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
                 detail="sources whose database account can write, use server files, run programs or signal other sessions are served",
                 docs="docs/query-account.md",
             )
-        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size), allow_privileged=config.allow_privileged)
+        limits = ByteLimits(max_cell_bytes=config.max_cell_bytes, max_row_bytes=config.max_row_bytes)
+        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits), allow_privileged=config.allow_privileged)
         stack.push_async_callback(sources.close)
         # Check every source's account now, in the background: queries wait for nothing.
         opening = asyncio.create_task(sources.open_all())

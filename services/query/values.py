@@ -1,6 +1,6 @@
 """Turning database values into JSON: the rows payload (fast, column-wise) and the preview (cut cells).
 
-The JSON form of each Python value a driver returns (documented in docs/query.md):
+The JSON form of each Python value a driver returns (documented per database type in docs/query-values.md):
 
 - None -> null; bool -> true/false; str -> string
 - int -> number when within ±(2^53 - 1), else a string (JavaScript would round it)
@@ -12,7 +12,12 @@ The JSON form of each Python value a driver returns (documented in docs/query.md
 - UUID, IP addresses and other scalar types -> their string form
 - bytes -> base64 (standard alphabet, padded)
 - list/tuple -> array (each element converted); dict -> object; set -> sorted array
-- JSON columns arrive as JSON text and are embedded as JSON values, not strings
+- JSON columns arrive as JSON text (a JsonText, or a str in a `json` column) and are
+  embedded as JSON values, not strings
+- ranges -> {"lower", "upper", "lower_inc", "upper_inc", "empty"}; composite records -> array;
+  geometric paths -> {"closed", "points"}
+- any other object -> its str(); an object without a meaningful str() ends the query with
+  a clear error rather than a Python repr
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ _FLOATS = frozenset({float, _NONE})
 # Types whose values orjson would write wrongly or refuse: checked or converted in Python.
 _CHECKED_BASES = (int, float, dt.time, list, tuple, dict, set, frozenset)
 _not_none = partial(is_not, None)
+
+
+class JsonText(bytes):
+    """JSON text as the database sent it, written into the output as a JSON value."""
+
+    __slots__ = ()
 
 
 def iso_duration(value: dt.timedelta) -> str:
@@ -85,6 +96,8 @@ def json_safe(value: Any) -> Any:
         return _float(value)
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, JsonText):
+        return _json_value(value)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -101,7 +114,8 @@ def json_safe(value: Any) -> Any:
 
 
 def _other(value: Any) -> Any:
-    # asyncpg.Range and similar: a dict of their public parts; everything else: its text.
+    # asyncpg.Range and similar: a dict of their public parts; asyncpg.Record (a composite
+    # value): its fields in order; asyncpg Path/Polygon: their points; everything else: its text.
     if all(hasattr(value, a) for a in ("lower", "upper", "lower_inc", "upper_inc", "isempty")):
         return {
             "lower": json_safe(value.lower),
@@ -110,6 +124,14 @@ def _other(value: Any) -> Any:
             "upper_inc": value.upper_inc,
             "empty": value.isempty,
         }
+    if hasattr(value, "keys") and hasattr(value, "values") and callable(value.values):
+        return [json_safe(v) for v in value.values()]
+    if hasattr(value, "is_closed") and hasattr(value, "points"):
+        points = [json_safe(p) for p in value.points]
+        return points if type(value).__name__ == "Polygon" else {"closed": bool(value.is_closed), "points": points}
+    kind = type(value)
+    if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
+        raise ServiceError(QUERY_FAILED, f"a value of type {kind.__module__}.{kind.__qualname__} has no JSON form")
     return str(value)
 
 
@@ -117,6 +139,8 @@ def _default(value: Any) -> Any:
     """orjson's fallback for types it does not write itself."""
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, JsonText):
+        return orjson.Fragment(bytes(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, dt.timedelta):
@@ -178,8 +202,10 @@ def _json_fragment(value: Any) -> Any:
 def _json_value(value: Any) -> Any:
     if isinstance(value, (str, bytes, bytearray)):
         try:
-            return orjson.loads(value)
+            return orjson.loads(bytes(value) if isinstance(value, JsonText) else value)
         except orjson.JSONDecodeError:
+            if isinstance(value, JsonText):
+                return bytes(value).decode("utf-8", "replace")
             return value if isinstance(value, str) else json_safe(value)
     return json_safe(value)
 

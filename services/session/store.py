@@ -62,6 +62,15 @@ def decode_session(sid: str, raw: bytes | None, store: str) -> dict[str, Any] | 
     return value
 
 
+def _decoded_map(raw: bytes) -> dict[str, Any] | None:
+    """The session map in stored bytes, or None when they are not one (decode_session then says why)."""
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several types, and UnicodeDecodeError for bad str
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _bound(request_id: str | None) -> contextlib.AbstractContextManager[object]:
     """Log under one call's request id while serving a batch of calls."""
     return structlog.contextvars.bound_contextvars(request_id=request_id) if request_id else contextlib.nullcontext()
@@ -471,7 +480,14 @@ class SessionStore:
         async def on_redis(redis: RedisStore) -> None:
             replies = await redis.get_many(sids)
             for i, (sid, reply) in enumerate(zip(sids, replies, strict=True)):
-                with _bound(rids[i]):
+                if reply is None:
+                    continue
+                if isinstance(reply, bytes):
+                    session = _decoded_map(reply)
+                    if session is not None:
+                        results[i] = session
+                        continue
+                with _bound(rids[i]):  # only what may log pays for the request id
                     if isinstance(reply, CorruptSession):
                         results[i] = _corrupt(sid, "redis", str(reply), -1)
                     elif isinstance(reply, RedisUnavailable):
@@ -480,7 +496,7 @@ class SessionStore:
                     elif isinstance(reply, Exception):
                         results[i] = reply
                     else:
-                        results[i] = decode_session(sid, reply, "redis")
+                        results[i] = decode_session(sid, reply, "redis")  # says why it is no session
 
         async def from_fallback() -> None:
             retry[:] = range(len(sids))

@@ -5,12 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from services.query.guard import FunctionName, FunctionPolicy, default_policy
 from services.query.privileges import Account
 from services.query.values import Column, RowEncoder
+from services.query.wire import ByteLimits
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class EngineSettings:
     pool_size: int = 5
     # Upper bound on waiting for a connection, connecting, and on clean-up steps.
     connect_timeout_s: float = 10.0
+    # QUERY_MAX_CELL_BYTES / QUERY_MAX_ROW_BYTES, checked as the rows arrive (services/query/wire.py).
+    limits: ByteLimits = field(default_factory=ByteLimits)
 
 
 def timeout_message(timeout_s: float) -> str:

@@ -27,6 +27,7 @@ from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.privileges import Account, mysql_account
 from services.query.values import Column
+from services.query.wire import WireGuard, install
 from shared.bus import redact_url
 from shared.errors import (
     QUERY_FAILED,
@@ -103,10 +104,11 @@ def _column(field: Any, description: Sequence[Any]) -> Column:
 
 
 class MysqlCursor(Cursor):
-    def __init__(self, engine: MysqlEngine, cursor: SSCursor, timeout_s: float) -> None:
+    def __init__(self, engine: MysqlEngine, cursor: SSCursor, timeout_s: float, guard: WireGuard) -> None:
         self._engine = engine
         self._cursor = cursor
         self._timeout_s = timeout_s
+        self._guard = guard
         self.exhausted = False
         fields = getattr(getattr(cursor, "_result", None), "fields", None) or [None] * len(cursor.description or ())
         self.columns = [_column(f, d) for f, d in zip(fields, cursor.description or (), strict=True)]
@@ -114,10 +116,11 @@ class MysqlCursor(Cursor):
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
         if self.exhausted:
             return []
+        self._guard.new_fetch()
         try:
             rows = await self._cursor.fetchmany(n)
         except (asyncmy.errors.MySQLError, OSError) as exc:
-            raise self._engine.error(exc, self._timeout_s) from None
+            raise self._guard.refusal or self._engine.error(exc, self._timeout_s) from None
         if len(rows) < n:
             self.exhausted = True
         return rows
@@ -174,14 +177,15 @@ class MysqlEngine(Engine):
         finished = False
         cursor: MysqlCursor | None = None
         try:
+            guard = install(conn._transport, self.settings.limits, mysql=True)
             try:
                 await self._prepare_session(conn, timeout_s)
                 raw = conn.cursor(SSCursor)
                 await raw.execute(sql)
             except (asyncmy.errors.MySQLError, OSError) as exc:
-                finished = True  # the server answered (an error): nothing is left running
-                raise self.error(exc, timeout_s) from None
-            cursor = MysqlCursor(self, raw, timeout_s)
+                finished = guard.refusal is None  # the server answered (an error): nothing is left running
+                raise guard.refusal or self.error(exc, timeout_s) from None
+            cursor = MysqlCursor(self, raw, timeout_s, guard)
             yield cursor
             finished = cursor.exhausted
         finally:
@@ -209,7 +213,9 @@ class MysqlEngine(Engine):
                 log.warning("mysql_reset_failed", source=self.name, error=_text(exc))
                 conn.close()
         else:
-            await self._kill_query(conn)
+            transport = conn._transport
+            if transport is not None and not transport.is_closing():  # else already cut off (a WireGuard refusal)
+                await self._kill_query(conn)
             conn.close()
         self._pool.release(conn)
 

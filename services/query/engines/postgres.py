@@ -19,9 +19,11 @@ import structlog
 
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.pg_codecs import decode_char, install_codecs
 from services.query.guard import FunctionName, FunctionPolicy, PgCatalog, PgPolicy
 from services.query.privileges import Account, postgres_account
 from services.query.values import Column
+from services.query.wire import WireGuard, install
 from shared.bus import redact_url
 from shared.errors import (
     QUERY_FAILED,
@@ -34,7 +36,6 @@ from shared.errors import (
 log = structlog.get_logger(__name__)
 
 APPLICATION_NAME = "dbgenie-query"
-_JSON_TYPES = frozenset({"json", "jsonb"})
 # Types whose values are never floats (so never NaN or infinity): the encoder skips that check.
 _NO_FLOAT_TYPES = frozenset(
     {
@@ -47,7 +48,7 @@ _NO_FLOAT_TYPES = frozenset(
 _NATIVE_TYPES = frozenset(
     {
         "int2", "int4", "int8", "oid", "float4", "float8", "bool", "text", "varchar", "bpchar", "name",
-        "date", "timestamp", "timestamptz", "interval", "money", "xml",
+        "date", "timestamp", "timestamptz", "time", "timetz", "interval", "money", "xml", "bit", "varbit",
     }
 )  # fmt: skip
 # How the server words a cancel by statement_timeout (its other cancels are not our time limit).
@@ -64,21 +65,20 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Intervals as the server's own ISO 8601 text ("P1Y2M3DT4H"): asyncpg's timedelta
-    # would fold months into 30-day blocks.
-    await conn.set_type_codec("interval", schema="pg_catalog", encoder=str, decoder=str, format="text")
+    await install_codecs(conn)
 
 
 class PostgresCursor(Cursor):
-    def __init__(self, engine: PostgresEngine, statement: asyncpg.prepared_stmt.PreparedStatement, cursor: Any, timeout_s: float) -> None:
+    def __init__(self, engine: PostgresEngine, statement: asyncpg.prepared_stmt.PreparedStatement, cursor: Any, timeout_s: float, guard: WireGuard) -> None:
         self._engine = engine
         self._cursor = cursor
         self._timeout_s = timeout_s
+        self._guard = guard
         self.columns = [
             Column(
                 a.name,
                 a.type.name,
-                json=a.type.name in _JSON_TYPES,
+                convert=decode_char if a.type.name == "char" else None,
                 floats=a.type.name not in _NO_FLOAT_TYPES,
                 native=a.type.name in _NATIVE_TYPES,
             )
@@ -89,7 +89,7 @@ class PostgresCursor(Cursor):
         try:
             return await self._cursor.fetch(n)
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            raise self._engine.error(exc, self._timeout_s) from None
+            raise self._guard.refusal or self._engine.error(exc, self._timeout_s) from None
 
 
 class PostgresEngine(Engine):
@@ -162,6 +162,7 @@ class PostgresEngine(Engine):
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
             raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
         ms = max(1, int(timeout_s * 1000))
+        guard = install(conn._transport, self.settings.limits, mysql=False)
         try:
             try:
                 await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
@@ -171,8 +172,8 @@ class PostgresEngine(Engine):
                     raise ServiceError(QUERY_REFUSED, "only a query that returns rows can run; this statement returns none")
                 cursor = await statement.cursor()
             except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-                raise self.error(exc, timeout_s) from None
-            yield PostgresCursor(self, statement, cursor, timeout_s)
+                raise guard.refusal or self.error(exc, timeout_s) from None
+            yield PostgresCursor(self, statement, cursor, timeout_s, guard)
         finally:
             await asyncio.shield(self._release(conn))
 

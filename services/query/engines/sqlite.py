@@ -13,6 +13,7 @@ import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from services.query.config import sqlite_path
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column, RowEncoder
+from services.query.wire import ByteLimits, cell_error, fetch_error, row_error
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -47,9 +49,10 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
 class _Handle:
     """One read-only connection and its cursor, used from one worker thread at a time."""
 
-    def __init__(self, path: Path, timeout_s: float) -> None:
+    def __init__(self, path: Path, timeout_s: float, limits: ByteLimits | None = None) -> None:
         self.path = path
         self.timeout_s = timeout_s
+        self.limits = limits or ByteLimits()
         self.conn: sqlite3.Connection | None = None
         self.cursor: sqlite3.Cursor | None = None
         self.expired = False
@@ -61,16 +64,14 @@ class _Handle:
         uri = f"file:{quote(str(self.path))}?mode=ro"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         self.conn.execute("PRAGMA query_only = ON")
+        # SQLite itself refuses to make or read a string, blob or stored row longer than this.
+        self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.limits.max_row_bytes)
         self.conn.set_authorizer(_authorize)
 
     def execute(self, sql: str) -> list[str]:
         assert self.conn is not None
         self.cursor = self.conn.execute(sql)
         return [d[0] for d in self.cursor.description or ()]
-
-    def fetch(self, n: int) -> list[Any]:
-        assert self.cursor is not None
-        return self.cursor.fetchmany(n)
 
     def interrupt(self) -> None:
         if self.conn is not None:
@@ -96,7 +97,7 @@ class SqliteCursor(Cursor):
         self._typed = False
 
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
-        rows = await self._engine._run(self._handle, self._handle.fetch, n)
+        rows = await self._engine._run(self._handle, _fetch_bounded, self._handle, n)
         if not self._typed and rows:
             self.columns = [Column(name, _infer_type(rows, i)) for i, name in enumerate(self._names)]
             self._typed = True
@@ -105,10 +106,38 @@ class SqliteCursor(Cursor):
     async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
         # Encoding in the worker too leaves the event loop nothing to do but publish.
         def fetch_and_encode() -> tuple[int, list[tuple[int, bytes]]]:
-            rows = self._handle.fetch(n)
+            rows = _fetch_bounded(self._handle, n)
             return len(rows), encoder.chunks(rows, limit, offset)
 
         return await self._engine._run(self._handle, fetch_and_encode)
+
+
+def _fetch_bounded(handle: _Handle, n: int) -> list[Any]:
+    """Up to `n` rows, each measured as it is read: a value over QUERY_MAX_CELL_BYTES, a row over
+    QUERY_MAX_ROW_BYTES, or a fetch over its budget ends the query before more is read."""
+    assert handle.cursor is not None
+    limits = handle.limits
+    cell_limit, row_limit, budget = limits.max_cell_bytes, limits.max_row_bytes, limits.max_fetch_bytes
+    rows: list[Any] = []
+    total = 0
+    for row in islice(handle.cursor, n):
+        size = 0
+        for value in row:
+            kind = type(value)
+            if kind is str or kind is bytes:
+                length = len(value)
+                if kind is str and length * 4 > cell_limit and not value.isascii():
+                    length = len(value.encode())
+                if length > cell_limit:
+                    raise cell_error(length, limits)
+                size += length
+        if size > row_limit:
+            raise row_error(size, limits)
+        total += size
+        if total > budget:
+            raise fetch_error(budget, limits)
+        rows.append(row)
+    return rows
 
 
 def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:
@@ -172,7 +201,7 @@ class SqliteEngine(Engine):
     async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
         loop = asyncio.get_running_loop()
         async with self._slots:
-            handle = _Handle(self.path, timeout_s)
+            handle = _Handle(self.path, timeout_s, self.settings.limits)
             self._handles.add(handle)
             timer = loop.call_later(timeout_s, handle.expire)
             try:
@@ -187,24 +216,17 @@ class SqliteEngine(Engine):
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from sqlite_master and the table_info pragmas.
 
-        Read on one handle like a query's (read-only file, query_only, an authorizer that
-        also lets these two pragmas describe a table), in one worker call, under `timeout_s`.
+        Read on a query's handle (read-only file, query_only, the query authorizer plus these
+        two pragmas, which only describe a table), in one worker call, under `timeout_s`.
         SQLite keeps no row estimate: asked-for tables are counted in a file of at most
         COUNT_ROWS_MAX_BYTES, and have none otherwise.
         """
         count_rows = wanted is not None and self.path.is_file() and self.path.stat().st_size <= COUNT_ROWS_MAX_BYTES
-        loop = asyncio.get_running_loop()
-        async with self._slots:
-            handle = _Handle(self.path, timeout_s)
-            self._handles.add(handle)
-            timer = loop.call_later(timeout_s, handle.expire)
-            try:
-                await self._run(handle, handle.open)
-                return await self._run(handle, _read_catalog, handle, wanted, max_tables, count_rows)
-            finally:
-                timer.cancel()
-                self._handles.discard(handle)
-                await asyncio.shield(self._finish(handle))
+        # A query's own handle (opened, timed and closed as for any query), then the catalog reads on it.
+        async with self.query("SELECT 1", timeout_s) as cursor:
+            assert isinstance(cursor, SqliteCursor)
+            handle = cursor._handle
+            return await self._run(handle, _read_catalog, handle, wanted, max_tables, count_rows)
 
 
 COUNT_ROWS_MAX_BYTES = 16 * 1024 * 1024
@@ -264,6 +286,11 @@ def _error(exc: sqlite3.Error, handle: _Handle) -> ServiceError:
         if handle.expired:
             return ServiceError(QUERY_TIMEOUT, timeout_message(handle.timeout_s))
         return ServiceError(QUERY_FAILED, "the query was interrupted")
+    if "string or blob too big" in message:
+        return ServiceError(
+            QUERY_FAILED,
+            f"a value or a stored row is over the {handle.limits.max_row_bytes}-byte limit per row (QUERY_MAX_ROW_BYTES); SQLite said: {message}",
+        )
     if "not authorized" in message or "readonly" in message or "read-only" in message:
         return ServiceError(QUERY_REFUSED, f"SQLite refused the statement (read-only source): {message}")
     if isinstance(exc, sqlite3.OperationalError) and "unable to open" in message:

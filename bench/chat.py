@@ -1,0 +1,236 @@
+"""`python -m bench.chat`: what POST /api/chat adds over the model it calls, and how fast its execute_query streams rows.
+
+One run, with nats-server, redis-server, session, query and gateway processes, and the
+scripted fake model of the tests (tests/fake_llm.py) served from this process:
+
+- time to the first text delta: a text-only turn through the gateway (session lookup, quota,
+  sources and schema, the openai SDK, the UI message stream) against the same fake model
+  called directly over HTTP; median of --turns each, interleaved; the difference is what
+  the gateway adds (goal: <= 5 ms). The same call through the openai SDK from this process
+  shows how much of that the SDK itself takes;
+- a turn whose `execute_query` returns --rows SQLite rows: rows/s to the client, against
+  POST /api/query of the same SQL in the same run, paired runs (goal: within 10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+from openai import AsyncOpenAI
+
+from bench.query import _http_ok, build_sqlite, login, stream_query
+from services.gateway.chat.prompt import EXECUTE_QUERY
+from tests import fake_llm
+from tests.fake_llm import FakeLLM
+from tests.harness import (
+    NatsServer,
+    RedisServer,
+    Service,
+    free_port,
+    service_env,
+    wait_until,
+)
+
+TARGET_ADDED_MS = 5.0
+TARGET_RATE_RATIO = 0.9
+SQL = "SELECT id, qty, price, name, created FROM t"
+
+
+async def first_delta_direct(http: aiohttp.ClientSession, fake: FakeLLM) -> float:
+    """ms from sending a completion request to the fake until its first content chunk arrives."""
+    body = {"model": fake_llm.MODEL, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    started = time.perf_counter()
+    async with http.post(f"{fake.base_url}/chat/completions", json=body) as response:
+        async for line in response.content:
+            if line.startswith(b"data: {") and b'"content": "Hello' in line:
+                return (time.perf_counter() - started) * 1000
+            if line.startswith(b"data: [DONE]"):
+                break
+    raise RuntimeError("the fake sent no text")
+
+
+async def first_delta_sdk(client: AsyncOpenAI) -> float:
+    """ms from calling the openai SDK against the fake until its first text delta: the SDK's share of the gateway's figure."""
+    started = time.perf_counter()
+    first = None
+    stream = await client.chat.completions.create(model=fake_llm.MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True)
+    async with stream:
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = (time.perf_counter() - started) * 1000
+    if first is None:
+        raise RuntimeError("the fake sent no text")
+    return first
+
+
+async def first_delta_gateway(http: aiohttp.ClientSession, base_url: str) -> float:
+    """ms from posting a chat turn to the gateway until the first text-delta part arrives; the rest is read too."""
+    body = {"id": "bench", "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}], "trigger": "submit-message"}
+    started = time.perf_counter()
+    first = None
+    async with http.post(f"{base_url}/api/chat", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"/api/chat answered {response.status}: {await response.text()}")
+        async for line in response.content:
+            if first is None and line.startswith(b'data: {"type":"text-delta"'):
+                first = (time.perf_counter() - started) * 1000
+    if first is None:
+        raise RuntimeError("the turn streamed no text")
+    return first
+
+
+async def chat_rows(http: aiohttp.ClientSession, base_url: str, expected: int) -> tuple[int, float]:
+    """A turn whose execute_query streams `expected` rows: (rows, seconds from the request to the final output)."""
+    body = {
+        "id": "bench",
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "All rows"}]}],
+        "trigger": "submit-message",
+        "source": "bench_sqlite",
+    }
+    started = time.perf_counter()
+    rows, seconds, final = 0, 0.0, None
+    async with http.post(f"{base_url}/api/chat", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"/api/chat answered {response.status}: {await response.text()}")
+        buffer = b""
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            events = buffer.split(b"\n\n")
+            buffer = events.pop()
+            for raw in events:
+                payload = raw.removeprefix(b"data: ")
+                if payload == b"[DONE]":
+                    continue
+                part = orjson.loads(payload)
+                if part["type"] == "data-query-rows":
+                    rows += len(part["data"]["rows"])
+                elif part["type"] == "tool-output-available" and not part.get("preliminary"):
+                    final, seconds = part["output"], time.perf_counter() - started
+                elif part["type"] in ("tool-output-error", "error"):
+                    raise RuntimeError(f"the turn failed: {part}")
+    if rows != expected or final is None or final.get("row_count") != expected:
+        raise RuntimeError(f"incomplete turn: rows={rows} final={final}")
+    return rows, seconds
+
+
+async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
+    direct: list[float] = []
+    sdk: list[float] = []
+    client = AsyncOpenAI(base_url=fake.base_url, api_key="bench")
+    through: list[float] = []
+    chat_rates: list[float] = []
+    query_rates: list[float] = []
+    # Origin as a browser's fetch() sends it: the gateway refuses cookie POSTs from other origins.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Origin": base_url}) as http:
+        await login(http, base_url)
+        fake.then(*[fake_llm.text("Hello", " there.")] * 3)
+        await first_delta_direct(http, fake)  # warm up every path: connections, pools, code
+        await first_delta_sdk(client)
+        await first_delta_gateway(http, base_url)
+        for _ in range(args.turns):
+            fake.then(*[fake_llm.text("Hello", " there.")] * 3)
+            direct.append(await first_delta_direct(http, fake))
+            sdk.append(await first_delta_sdk(client))
+            through.append(await first_delta_gateway(http, base_url))
+        await client.close()
+        print(
+            f"  first text delta: direct median {statistics.median(direct):.2f} ms, openai SDK direct {statistics.median(sdk):.2f} ms, through the gateway {statistics.median(through):.2f} ms",
+            flush=True,
+        )
+        for run in range(args.runs):
+            # Alternate which goes first, so that a drift in the machine's load favours neither.
+            for kind in ("query", "chat") if run % 2 == 0 else ("chat", "query"):
+                if kind == "query":
+                    _, seconds, _ = await stream_query(http, base_url, SQL, "bench_sqlite", args.rows)
+                    query_rates.append(args.rows / seconds)
+                else:
+                    fake.then(fake_llm.tool_calls((EXECUTE_QUERY, {"sql": SQL})), fake_llm.text("Done."))
+                    rows, seconds = await chat_rows(http, base_url, args.rows)
+                    chat_rates.append(rows / seconds)
+            print(f"  {args.rows:,} rows: /api/query {query_rates[-1]:,.0f} rows/s, /api/chat execute_query {chat_rates[-1]:,.0f} rows/s", flush=True)
+    return direct, sdk, through, query_rates, chat_rates
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
+    sqlite_path = workdir / "bench.db"
+    build_sqlite(sqlite_path, args.rows)
+    fake = await FakeLLM().start()
+    nats_server = NatsServer().start()
+    redis_server = RedisServer().start()
+    services: list[Service] = []
+    try:
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
+        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
+        services.append(
+            Service(
+                "query",
+                service_env(**common, QUERY_SOURCES=f"bench_sqlite=sqlite:///{sqlite_path}", QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300"),
+            ).start()
+        )
+        port = free_port()
+        gateway_env = service_env(
+            **common,
+            GATEWAY_PORT=str(port),
+            AUTH_MODE="dev",
+            LLM_BASE_URL=fake.base_url,
+            LLM_MODEL=fake_llm.MODEL,
+            CHAT_QUOTA_PER_MINUTE="0",
+            CHAT_QUOTA_PER_HOUR="0",
+            CHAT_QUOTA_PER_DAY="0",
+        )
+        services.append(Service("gateway", gateway_env).start())
+        base_url = f"http://127.0.0.1:{port}"
+        await asyncio.to_thread(wait_until, lambda: _http_ok(f"{base_url}/healthz"), 30, "the gateway")
+        return await measure(base_url, fake, args)
+    finally:
+        for service in reversed(services):
+            service.stop()
+        redis_server.stop()
+        nats_server.cleanup()
+        await fake.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_CHAT_ROWS", "1000000")), help="rows of the execute_query turn (BENCH_CHAT_ROWS)")
+    p.add_argument("--turns", type=int, default=50, help="text-only turns for the first-delta figures")
+    p.add_argument("--runs", type=int, default=5, help="paired /api/query + /api/chat row runs")
+    args = p.parse_args(argv or [])
+    print(f"chat bench: {args.turns} text turns, {args.runs} x {args.rows:,} SQLite rows, {os.cpu_count()} CPUs shared by everything", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    try:
+        direct, sdk, through, query_rates, chat_rates = asyncio.run(run(args, workdir))
+    finally:
+        for path in workdir.iterdir():
+            path.unlink()
+        workdir.rmdir()
+    added = statistics.median(through) - statistics.median(direct)
+    ratio = statistics.median(c / q for c, q in zip(chat_rates, query_rates, strict=True))
+    width = 44
+    print()
+    print(f"{'medians':<{width}}{'value':>14}   target")
+    print(f"{'first text delta, fake model direct (ms)':<{width}}{statistics.median(direct):>14.2f}")
+    print(f"{'first text delta, openai SDK direct (ms)':<{width}}{statistics.median(sdk):>14.2f}")
+    print(f"{'first text delta, through /api/chat (ms)':<{width}}{statistics.median(through):>14.2f}")
+    print(f"{'added by the gateway (ms)':<{width}}{added:>14.2f}   <= {TARGET_ADDED_MS:g}")
+    print(f"{'/api/query (rows/s)':<{width}}{statistics.median(query_rates):>14,.0f}")
+    print(f"{'/api/chat execute_query (rows/s)':<{width}}{statistics.median(chat_rates):>14,.0f}")
+    print(f"{'ratio chat / query (paired)':<{width}}{ratio:>14.2f}   >= {TARGET_RATE_RATIO}")
+    if added > TARGET_ADDED_MS or ratio < TARGET_RATE_RATIO:
+        print("\nsome figures miss their target (see the table)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""The system prompt of a turn, built from the query service's sources, dialects and schema overview, cached briefly.
+
+Every turn needs it before its first model call, so it is kept for CACHE_S per source
+(the query service itself caches a schema for QUERY_SCHEMA_CACHE_S): a turn then costs
+no NATS round trip for it, and a schema change shows within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from services.gateway.chat import prompt
+from services.gateway.schema import describe_schema
+from shared.bus import request
+from shared.contracts import Subjects
+from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
+
+log = structlog.get_logger(__name__)
+
+CACHE_S = 10.0
+TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    expires: float
+    sources: tuple[str, ...]
+    system: str
+
+
+class PromptContext:
+    """System prompts per source, fetched over NATS at most every CACHE_S."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, schema_max_chars: int) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._schema_max_chars = schema_max_chars
+        self._entries: dict[str | None, _Entry] = {}
+
+    async def system_prompt(self, source: str | None) -> str:
+        """The system message for a turn on `source` (None: the default); bad_request for an unknown source."""
+        entry = self._entries.get(source)
+        if entry is None or entry.expires < time.monotonic():
+            entry = await self._fetch(source)
+        if source is not None and source not in entry.sources:
+            raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join(entry.sources)}")
+        return entry.system
+
+    async def _fetch(self, source: str | None) -> _Entry:
+        ping, overview = await asyncio.gather(
+            request(self._nc, self._subjects.query_ping, {}, timeout=TIMEOUT_S),
+            describe_schema(self._nc, self._subjects, source, None, TIMEOUT_S),
+            return_exceptions=True,
+        )
+        if isinstance(ping, BaseException):
+            raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
+        names = tuple(str(n) for n in ping.get("sources") or ())
+        dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
+        default = str(ping.get("default") or (names[0] if names else "default"))
+        schema = overview if isinstance(overview, dict) else None
+        if schema is None:
+            # Without the overview the model calls describe_schema itself; the turn goes on.
+            log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
+        system = prompt.system_prompt({name: str(dialects.get(name, "")) for name in names}, default, schema, self._schema_max_chars)
+        entry = _Entry(time.monotonic() + (CACHE_S if schema is not None else 0.0), names, system)
+        if source is None or source in names:
+            self._entries[source] = entry
+        return entry

@@ -1,0 +1,173 @@
+"""HTTP: POST /api/chat (one turn, streamed) and GET /api/quota; `setup(app)` adds both and the model client.
+
+A turn is refused before any model call when the body is malformed (400), there is no
+session (401), no model is configured (503) or the user is over quota (429). While it runs,
+a client that goes away cancels it: the model request is closed and a running query is
+cancelled in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from services.gateway import keys
+from services.gateway.chat import history, metrics, tools
+from services.gateway.chat.context import PromptContext
+from services.gateway.chat.model import ModelClient
+from services.gateway.chat.turn import TurnStats, run_turn
+from services.gateway.chat.ui import UIStream
+from services.gateway.config import GatewayConfig
+from services.gateway.handlers import current_session
+from services.gateway.limits import LimitResult, Window
+from services.gateway.sse import HEADERS, client_outcome
+from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
+from shared.logging import current_request_id
+from shared.users import user_id
+
+log = structlog.get_logger(__name__)
+
+MODEL = web.AppKey("model", ModelClient)
+CONTEXT = web.AppKey("chat_context", PromptContext)
+NOT_CONFIGURED = "no language model is configured: set LLM_BASE_URL and LLM_MODEL"
+QUOTA_EXCEEDED = "quota_exceeded"
+DISCONNECT_POLL_S = 0.1
+
+
+def setup(app: web.Application) -> None:
+    """Routes of the assistant, and the model client when LLM_BASE_URL is set."""
+    app.router.add_post("/api/chat", chat)
+    app.router.add_get("/api/quota", quota)
+    app.cleanup_ctx.append(model_client)
+    # httpx logs a line per model request at INFO; the turn's own line says what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def model_client(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    if not config.llm_base_url:
+        yield
+        return
+    client = ModelClient(config)
+    app[MODEL] = client
+    app[CONTEXT] = PromptContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], config.llm_schema_max_chars)
+    yield
+    await client.close()
+
+
+def quota_windows(config: GatewayConfig) -> list[Window]:
+    return [
+        Window(name="minute", seconds=60, limit=config.chat_quota_per_minute),
+        Window(name="hour", seconds=3600, limit=config.chat_quota_per_hour),
+        Window(name="day", seconds=86400, limit=config.chat_quota_per_day),
+    ]
+
+
+def usage(result: LimitResult) -> dict[str, Any]:
+    return {name: {"used": w.used, "limit": w.limit, "resets_in": w.resets_in} for name, w in result.windows.items()}
+
+
+async def _session_uid(request: web.Request) -> str:
+    _, session = await current_session(request)
+    return user_id(session)
+
+
+async def quota(request: web.Request) -> web.Response:
+    """GET /api/quota: the caller's chat turns in each window, without counting one."""
+    uid = await _session_uid(request)
+    result = await request.app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(request.app[keys.CONFIG]), consume=False)
+    return web.json_response(usage(result))
+
+
+async def _disconnected(alive: Callable[[], bool]) -> None:
+    """Return once the client's connection is gone (aiohttp does not cancel handlers for it)."""
+    while alive():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """POST /api/chat: one assistant turn as a UI message stream."""
+    uid = await _session_uid(request)
+    app = request.app
+    config = app[keys.CONFIG]
+    if MODEL not in app:
+        raise ServiceError(UNAVAILABLE, NOT_CONFIGURED)
+    try:
+        body = history.parse_request(await request.read())
+    except history.BodyError as exc:
+        raise ServiceError(BAD_REQUEST, str(exc)) from None
+    system = await app[CONTEXT].system_prompt(body.source)  # an unknown source is refused before it costs quota
+    limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
+    if not limit.allowed:
+        retry = max(1, limit.retry_after or 1)
+        message = f"chat quota used up; try again in {retry} s"
+        return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
+    turns = history.to_model_messages(body.messages)
+    kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
+    messages = [{"role": "system", "content": system}, *kept]
+
+    model = app[MODEL]
+    response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
+    await response.prepare(request)
+    # A new assistant message every time: on regenerate, useChat has already removed the old one.
+    ui = UIStream(response, f"msg_{uuid.uuid4().hex}", request)
+
+    def alive() -> bool:
+        return not (request.transport is None or request.transport.is_closing())
+
+    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive)
+    stats = TurnStats()
+    started = time.monotonic()
+    turn = asyncio.create_task(run_turn(model, ui, ctx, messages, config.llm_max_steps, stats))
+    gone = asyncio.create_task(_disconnected(alive))
+    try:
+        await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not turn.done():
+            turn.cancel("client_gone")
+        try:
+            await turn
+        except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+            stats.outcome = client_outcome(exc)
+        except Exception:  # a bug: the stream is under way, so it ends with an error part rather than a 500
+            log.exception("chat_turn_failed")
+            stats.outcome = "internal"
+            with contextlib.suppress(ConnectionResetError):
+                await ui.error("internal error; see the gateway log")
+                await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            stats.outcome = "client_gone"
+    except asyncio.CancelledError:  # cut off: the shutdown grace ran out
+        turn.cancel()
+        stats.outcome = "cancelled"
+        raise
+    finally:
+        gone.cancel()
+        with contextlib.suppress(BaseException):
+            await turn
+        elapsed = time.monotonic() - started
+        metrics.TURN_SECONDS.observe(elapsed)
+        log.info(
+            "chat_turn",
+            model=model.model,
+            steps=stats.steps,
+            tool_calls=stats.tool_calls,
+            input_tokens=stats.input_tokens,
+            output_tokens=stats.output_tokens,
+            outcome=stats.outcome,
+            history_turns_dropped=dropped,
+            quota_local=limit.local,
+            source=body.source,
+            duration_ms=round(elapsed * 1000, 1),
+        )
+    return response

@@ -1,0 +1,108 @@
+"""The tools the model can call: `execute_query` (through the query service, as POST /api/query) and `describe_schema`.
+
+Each tool writes its parts to the client and returns what the model gets back: the summary
+of prompt.query_summary / prompt.schema_summary, or `{"error": message}` so that the model
+can correct itself in its next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from services.gateway.chat import metrics, prompt
+from services.gateway.chat.model import ToolCall, parse_arguments
+from services.gateway.chat.ui import UIStream
+from services.gateway.relay import QueryResult, relay
+from services.gateway.schema import describe_schema
+from shared.contracts import Subjects
+from shared.errors import ServiceError
+from shared.stream import StreamConsumer
+
+SCHEMA_TIMEOUT_S = 10.0
+MAX_SQL_CHARS = 100_000
+
+
+@dataclass
+class ToolContext:
+    """What the tools of one turn share."""
+
+    nc: NATS
+    subjects: Subjects
+    ui: UIStream
+    source: str | None
+    stream_idle_s: float
+    alive: Callable[[], bool]
+
+
+def _optional_str(args: dict[str, Any], name: str) -> str | None:
+    value = args.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"'{name}' must be a string")
+    return value
+
+
+async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
+    """Run one call the model made, streaming its parts; returns the model's view of the result."""
+    try:
+        args = parse_arguments(call)
+        if call.name == prompt.EXECUTE_QUERY:
+            sql = args.get("sql")
+            if not isinstance(sql, str) or not sql.strip():
+                raise ValueError("'sql' must be a non-empty string")
+            if len(sql) > MAX_SQL_CHARS:
+                raise ValueError(f"'sql' is longer than {MAX_SQL_CHARS} characters")
+            source = _optional_str(args, "source")
+        elif call.name == prompt.DESCRIBE_SCHEMA:
+            source = _optional_str(args, "source")
+            tables = args.get("tables")
+            if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
+                raise ValueError("'tables' must be a list of table names")
+        else:
+            known = ", ".join(t["function"]["name"] for t in prompt.TOOLS)
+            raise ValueError(f"there is no tool named {call.name!r}; the tools are {known}")
+    except ValueError as exc:
+        metrics.TOOL_CALLS.labels(call.name if call.name in (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA) else "unknown", "bad_arguments").inc()
+        await ctx.ui.tool_input_error(call.id, call.name or "unknown", call.arguments, str(exc))
+        return {"error": str(exc)}
+    await ctx.ui.tool_input_available(call.id, call.name, args)
+    if call.name == prompt.EXECUTE_QUERY:
+        return await execute_query(ctx, call.id, sql, source or ctx.source)
+    return await _describe_schema(ctx, call.id, source or ctx.source, tables)
+
+
+async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | None) -> dict[str, Any]:
+    """Stream the query's preview, rows and output to the client; the model gets the summary only."""
+    stream = ctx.ui.tool(call_id)
+    consumer = StreamConsumer(ctx.nc, ctx.subjects, idle_timeout_s=ctx.stream_idle_s)
+    result = QueryResult()
+    try:
+        try:
+            await consumer.start(sql, source)
+            await relay(consumer, stream, result, ctx.alive)
+        except ServiceError as exc:
+            metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, exc.code).inc()
+            await stream.error(exc.message)
+            return {"error": exc.message}
+    finally:
+        await consumer.close()
+    metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, "ok").inc()
+    return prompt.query_summary(result.output())
+
+
+async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
+    stream = ctx.ui.tool(call_id)
+    try:
+        reply = await describe_schema(ctx.nc, ctx.subjects, source, tables, SCHEMA_TIMEOUT_S)
+    except ServiceError as exc:
+        metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
+        await stream.error(exc.message)
+        return {"error": exc.message}
+    metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, "ok").inc()
+    await stream.output(reply, preliminary=False)
+    return prompt.schema_summary(reply)
