@@ -8,8 +8,7 @@ import logging
 import random
 import sys
 import threading
-from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -17,8 +16,21 @@ import structlog
 REQUEST_ID_HEADER = "Dbg-Request-Id"
 
 
+def _json_text(value: object, **kwargs: Any) -> str:
+    """orjson for ProcessorFormatter, which needs text rather than bytes."""
+    return orjson.dumps(value, default=kwargs.get("default")).decode()
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+    """Configure structlog and the stdlib root logger once per process.
+
+    structlog's own lines and the records of the stdlib loggers that libraries use (aiohttp,
+    asyncpg, nats, redis, asyncio) pass the same processors, so stderr holds one format: JSON
+    lines off a TTY, with tracebacks as data (`dict_tracebacks`), and the console renderer on
+    a TTY. structlog renders its own lines; stdlib records go through
+    `structlog.stdlib.ProcessorFormatter`, with the shared processors as its pre-chain. Off a
+    TTY both go into one `_LineBuffer`, written once per turn of the event loop.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
 
     def add_service(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
@@ -31,24 +43,36 @@ def setup_logging(service: str, level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    handler: logging.Handler
     if sys.stderr.isatty():
-        renderer: structlog.types.Processor = structlog.dev.ConsoleRenderer()
-        serializer = None
+        # The console renderer prints exceptions itself, as readable tracebacks.
+        render: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer(), structlog.dev.ConsoleRenderer()]
+        foreign_render: list[structlog.types.Processor] = [structlog.dev.ConsoleRenderer()]
+        logger_factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        serializer = True
+        render = [structlog.processors.StackInfoRenderer(), structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        foreign_render = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=_json_text)]
+        buffer = _LineBuffer.open(sys.stderr.buffer)
+        logger_factory = buffer.factory
+        handler = _BufferHandler(buffer)  # stdlib lines join structlog's in one buffer, so their order holds
     structlog.configure(
-        processors=[
-            *shared_processors,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared_processors, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_LineBuffer.factory(sys.stderr.buffer) if serializer else structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared_processors, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *foreign_render],
+    )
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))  # libraries' INFO and DEBUG lines are chatty
 
 
 class _LineBuffer:
@@ -69,10 +93,15 @@ class _LineBuffer:
         self._lock = threading.Lock()
 
     @classmethod
-    def factory(cls, stream: BinaryIO) -> Callable[..., _LineBuffer]:
+    def open(cls, stream: BinaryIO) -> _LineBuffer:
+        """A buffer that `flush_logs()` empties on exit."""
         buffer = cls(stream)
         cls._instances.append(buffer)
-        return lambda *_args: buffer
+        return buffer
+
+    def factory(self, *_args: Any) -> _LineBuffer:
+        """structlog's logger factory: every logger writes to this one buffer."""
+        return self
 
     def msg(self, message: bytes) -> None:
         with self._lock:
@@ -109,6 +138,24 @@ class _LineBuffer:
                 self._stream.flush()
             except (OSError, ValueError):  # stderr closed or gone: nowhere left to write
                 pass
+
+
+class _BufferHandler(logging.Handler):
+    """Writes stdlib records, rendered by ProcessorFormatter, to a line buffer: errors at once, the rest with the loop turn."""
+
+    def __init__(self, buffer: _LineBuffer) -> None:
+        super().__init__()
+        self._buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record).encode()
+            if record.levelno >= logging.ERROR:
+                self._buffer.msg_now(line)
+            else:
+                self._buffer.msg(line)
+        except Exception:
+            self.handleError(record)
 
 
 def flush_logs() -> None:

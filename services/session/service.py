@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors as jse
@@ -60,13 +63,36 @@ def build_store(config: SessionConfig, fallback: Fallback) -> SessionStore:
     return SessionStore(redis, fallback)
 
 
-async def main() -> None:
-    config = SessionConfig.from_env()
-    setup_logging("session", config.log_level)
-    stop = stop_event()
-    subjects = Subjects(config.subject_prefix)
-    accepting = True
+@dataclass
+class SessionService:
+    """A running session service: what its tests and its shutdown reach for."""
 
+    config: SessionConfig
+    nc: NATS
+    store: SessionStore
+    server: Server
+    subjects: Subjects
+    accepting: bool = True
+
+    async def readiness(self) -> dict[str, bool]:
+        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+
+    async def drain(self) -> None:
+        """Stop taking messages and finish those in hand (within SHUTDOWN_GRACE_S); later calls do nothing."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        log.info("shutting_down", grace_s=self.config.shutdown_grace_s, in_flight=self.server.in_flight)
+        await self.server.drain(self.config.shutdown_grace_s)
+
+
+@asynccontextmanager
+async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]:
+    """Connect, open the stores, subscribe and serve the ops endpoints; drain and release all of it on exit.
+
+    Every resource enters one AsyncExitStack, so what was opened is closed in reverse order
+    whether start-up finished or failed half-way.
+    """
     async with AsyncExitStack() as stack:
         nc = await connect(config.nats_url, "session")
         stack.push_async_callback(close, nc)
@@ -84,8 +110,10 @@ async def main() -> None:
         stack.push_async_callback(limits.close)
         await limits.load()
 
+        subjects = Subjects(config.subject_prefix)
         handlers = SessionHandlers(store)
         server = Server(nc)
+        service = SessionService(config, nc, store, server, subjects)
         for subject, handler in (
             (subjects.session_get, handlers.get),
             (subjects.session_set, handlers.set),
@@ -100,14 +128,20 @@ async def main() -> None:
         for op in CONVERSATION_OPS:
             await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
 
-        async def readiness() -> dict[str, bool]:
-            return {"accepting": accepting, "nats": nc.is_connected}
-
-        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, readiness))
+        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
+        stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
         log.info("service_ready", store=store.name, degraded=store.degraded, subject_prefix=config.subject_prefix, ops_port=config.ops_port)
-
-        await stop.wait()
-        accepting = False
-        log.info("shutting_down", grace_s=config.shutdown_grace_s, in_flight=server.in_flight)
-        await server.drain(config.shutdown_grace_s)
+        yield service
     log.info("stopped")
+
+
+async def serve(config: SessionConfig, stop: asyncio.Event) -> None:
+    """Run the session service until `stop` is set, then shut it down gracefully."""
+    async with create_service(config):
+        await stop.wait()
+
+
+async def main() -> None:
+    config = SessionConfig.from_env()
+    setup_logging("session", config.log_level)
+    await serve(config, stop_event())
