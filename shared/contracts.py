@@ -30,6 +30,10 @@ class Subjects:
         return f"{self.prefix}.session.get"
 
     @property
+    def session_get_many(self) -> str:
+        return f"{self.prefix}.session.get_many"
+
+    @property
     def session_set(self) -> str:
         return f"{self.prefix}.session.set"
 
@@ -159,6 +163,52 @@ def convert_payload[S: msgspec.Struct](value: Any, kind: type[S]) -> S:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as exc:
         raise ServiceError(BAD_REQUEST, f"invalid {kind.__name__}: {exc}") from None
+
+
+# --- coalesced session reads ----------------------------------------------------------
+
+MAX_SESSION_BATCH = 512
+"""At most this many reads in one `session.get_many` message."""
+NO_SESSION = msgspec.Raw(b"\xc0")
+"""MessagePack nil: a read that found no session."""
+
+
+class SessionRead(msgspec.Struct, frozen=True):
+    """One read in a `session.get_many` batch: the sid, and the request id of the HTTP request it serves (for logs)."""
+
+    sid: str
+    request_id: str | None = None
+
+
+class SessionGetMany(msgspec.Struct, frozen=True):
+    """`session.get_many` request: session reads the gateway coalesced while earlier ones were in flight.
+
+    Each read is a `session.get` (expiry slid, fallback while Redis is degraded); on Redis the
+    batch is one pipeline of GETEX, one command per sid. Reply `SessionGetManyReply`.
+    """
+
+    reads: Annotated[list[SessionRead], msgspec.Meta(min_length=1, max_length=MAX_SESSION_BATCH)]
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """A ServiceError on the wire."""
+
+    code: str
+    message: str
+
+
+class SessionReadResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The outcome of one read: the session's MessagePack map (nil when there is none), or its own error."""
+
+    session: msgspec.Raw = NO_SESSION
+    error: ErrorBody | None = None
+
+
+class SessionGetManyReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`session.get_many` reply: one result per read, in order; or `error` when the whole batch failed."""
+
+    results: list[SessionReadResult] = []
+    error: ErrorBody | None = None
 
 
 # --- limiter ---------------------------------------------------------------------------

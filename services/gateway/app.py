@@ -87,8 +87,7 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     elapsed = time.monotonic() - started
-    metrics.REQUESTS.labels(route, str(response.status)).inc()
-    metrics.LATENCY.labels(route).observe(elapsed)
+    metrics.observe_request(route, response.status, elapsed)
     if route not in ("/healthz", "/metrics"):
         log.info("request", status=response.status, duration_ms=round(elapsed * 1000, 2), **({"outcome": outcome} if outcome != "ok" else {}))
     return response

@@ -153,7 +153,7 @@ async def logout(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     """The signed-in user; for a bearer request, from the token's claims."""
     who = await identity(request)
-    return web.json_response(public_view(who.session))
+    return web.Response(body=orjson.dumps(public_view(who.session)), content_type="application/json", charset="utf-8")
 
 
 async def query(request: web.Request) -> web.StreamResponse:

@@ -123,6 +123,7 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
             (subjects.session_limit, limits.handle),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
+        await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
             await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
