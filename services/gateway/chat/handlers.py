@@ -60,6 +60,7 @@ async def model_client(app: web.Application) -> AsyncIterator[None]:
     app[MODEL] = client
     app[CONTEXT] = PromptContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], config.llm_schema_max_chars)
     yield
+    await app[CONTEXT].close()
     await client.close()
 
 
@@ -104,8 +105,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body = history.parse_request(await request.read())
     except history.BodyError as exc:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
-    system = await app[CONTEXT].system_prompt(body.source)  # an unknown source is refused before it costs quota
-    limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
+    context, limiter, quota_key = app[CONTEXT], app[keys.LIMITER], f"quota:{uid}"
+    if context.known(body.source):  # both answer before any model call; the prompt is usually kept, else this saves a round trip
+        system, limit = await asyncio.gather(context.system_prompt(body.source), limiter.hit(quota_key, quota_windows(config)))
+    else:  # a source never seen (perhaps unknown) is refused before it costs quota
+        system = await context.system_prompt(body.source)
+        limit = await limiter.hit(quota_key, quota_windows(config))
     if not limit.allowed:
         retry = max(1, limit.retry_after or 1)
         message = f"chat quota used up; try again in {retry} s"
