@@ -31,10 +31,17 @@ TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class _Entry:
-    expires: float
-    usable_until: float  # served (and renewed in the background) until then; an entry without schema is never
+    fetched: float
     sources: tuple[str, ...]
     system: str
+    complete: bool  # with the schema overview; a prompt without it is fetched again for the next turn
+
+    def fresh(self, now: float) -> bool:
+        return self.complete and now < self.fetched + CACHE_S
+
+    def usable(self, now: float) -> bool:
+        """Still served at once, while a background fetch renews it."""
+        return self.complete and now < self.fetched + CACHE_S + STALE_S
 
 
 class PromptContext:
@@ -55,9 +62,9 @@ class PromptContext:
         """The system message for a turn on `source` (None: the default); bad_request for an unknown source."""
         entry = self._entries.get(source)
         now = time.monotonic()
-        if entry is None or entry.usable_until < now:
+        if entry is None or not entry.usable(now):
             entry = await self._fetch(source)
-        elif entry.expires < now and source not in self._renewing:
+        elif not entry.fresh(now) and source not in self._renewing:
             self._renewing[source] = asyncio.create_task(self._renew(source))
         if source is not None and source not in entry.sources:
             raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join(entry.sources)}")
@@ -97,8 +104,7 @@ class PromptContext:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
         system = prompt.system_prompt({name: str(dialects.get(name, "")) for name in names}, default, schema, self._schema_max_chars)
-        now = time.monotonic()
-        entry = _Entry(now + CACHE_S, now + CACHE_S + STALE_S, names, system) if schema is not None else _Entry(now, now, names, system)
+        entry = _Entry(time.monotonic(), names, system, complete=schema is not None)
         if source is None or source in names:
             self._entries[source] = entry
         return entry
