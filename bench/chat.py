@@ -8,7 +8,9 @@ scripted fake model of the tests (tests/fake_llm.py) served from this process:
   called directly over HTTP; median of --turns each, interleaved; the difference is what
   the gateway adds (goal: <= 5 ms). Two more series show where it goes: the gateway's own
   model client (services.gateway.chat.model.ModelClient) called from this process, which
-  is the model's share, and the openai SDK's plain `chat.completions.create` for reference;
+  is the model's share, the openai SDK's plain `chat.completions.create` for reference, and
+  one session-service round trip over NATS (what the session lookup and the quota check each
+  cost before the model is called);
 - a turn whose `execute_query` returns --rows SQLite rows: rows/s to the client, against
   POST /api/query of the same SQL in the same run, paired runs (goal: within 10 %).
 """
@@ -26,6 +28,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import nats
 import orjson
 from openai import AsyncOpenAI
 
@@ -33,6 +36,8 @@ from bench.query import _http_ok, build_sqlite, login, stream_query
 from services.gateway.chat.model import ModelClient, TextDelta
 from services.gateway.chat.prompt import EXECUTE_QUERY, TOOLS
 from services.gateway.config import GatewayConfig
+from shared.bus import request
+from shared.contracts import Subjects
 from tests import fake_llm
 from tests.fake_llm import FakeLLM
 from tests.harness import (
@@ -88,6 +93,13 @@ async def first_delta_model_client(model: ModelClient) -> float:
     return first
 
 
+async def session_round_trip(nc: nats.NATS, subjects: Subjects) -> float:
+    """ms for one session.get over NATS (the session service and Redis behind it), as the gateway's session lookup makes it."""
+    started = time.perf_counter()
+    await request(nc, subjects.session_get, {"sid": "bench-no-such-session"}, timeout=5)
+    return (time.perf_counter() - started) * 1000
+
+
 async def first_delta_gateway(http: aiohttp.ClientSession, base_url: str) -> float:
     """ms from posting a chat turn to the gateway until the first text-delta part arrives; the rest is read too."""
     body = {"id": "bench", "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}], "trigger": "submit-message"}
@@ -141,7 +153,10 @@ async def chat_rows(http: aiohttp.ClientSession, base_url: str, expected: int) -
 Series = dict[str, list[float]]
 
 
-async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tuple[Series, list[float], list[float]]:
+async def measure(base_url: str, fake: FakeLLM, nats_url: str, prefix: str, args: argparse.Namespace) -> tuple[Series, list[float], list[float]]:
+    nc = await nats.connect(nats_url)
+    subjects = Subjects(prefix)
+    session: list[float] = []
     direct: list[float] = []
     sdk: list[float] = []
     own: list[float] = []
@@ -158,14 +173,17 @@ async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tup
         await first_delta_sdk(client)
         await first_delta_model_client(model)
         await first_delta_gateway(http, base_url)
+        await session_round_trip(nc, subjects)
         for _ in range(args.turns):
             fake.then(*[fake_llm.text("Hello", " there.")] * 4)
             direct.append(await first_delta_direct(http, fake))
             sdk.append(await first_delta_sdk(client))
             own.append(await first_delta_model_client(model))
             through.append(await first_delta_gateway(http, base_url))
+            session.append(await session_round_trip(nc, subjects))
         await client.close()
         await model.close()
+        await nc.close()
         print(
             f"  first text delta: direct median {statistics.median(direct):.2f} ms, gateway's model client {statistics.median(own):.2f} ms, "
             f"openai SDK create() {statistics.median(sdk):.2f} ms, through the gateway {statistics.median(through):.2f} ms",
@@ -182,7 +200,7 @@ async def measure(base_url: str, fake: FakeLLM, args: argparse.Namespace) -> tup
                     rows, seconds = await chat_rows(http, base_url, args.rows)
                     chat_rates.append(rows / seconds)
             print(f"  {args.rows:,} rows: /api/query {query_rates[-1]:,.0f} rows/s, /api/chat execute_query {chat_rates[-1]:,.0f} rows/s", flush=True)
-    return {"direct": direct, "model_client": own, "sdk": sdk, "gateway": through}, query_rates, chat_rates
+    return {"direct": direct, "model_client": own, "sdk": sdk, "gateway": through, "session": session}, query_rates, chat_rates
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> tuple[Series, list[float], list[float]]:
@@ -216,7 +234,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Series, list[flo
         services.append(Service("gateway", gateway_env).start())
         base_url = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(wait_until, lambda: _http_ok(f"{base_url}/healthz"), 30, "the gateway")
-        return await measure(base_url, fake, args)
+        return await measure(base_url, fake, nats_server.url, prefix, args)
     finally:
         for service in reversed(services):
             service.stop()
@@ -252,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'first text delta, through /api/chat (ms)':<{width}}{through:>14.2f}")
     print(f"{'added by the gateway (ms)':<{width}}{added:>14.2f}   <= {TARGET_ADDED_MS:g}")
     print(f"{'  of which the model client (ms)':<{width}}{own - direct:>14.2f}")
+    print(f"{'one session-service round trip (ms)':<{width}}{statistics.median(series['session']):>14.2f}   x 2 before the model call")
     print(f"{'/api/query (rows/s)':<{width}}{statistics.median(query_rates):>14,.0f}")
     print(f"{'/api/chat execute_query (rows/s)':<{width}}{statistics.median(chat_rates):>14,.0f}")
     print(f"{'ratio chat / query (paired)':<{width}}{ratio:>14.2f}   >= {TARGET_RATE_RATIO}")
