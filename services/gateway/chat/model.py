@@ -180,7 +180,7 @@ class ModelClient:
             # The SDK's generic `post`, with its auth, retries, timeouts, error types and SSE
             # decoding, rather than `chat.completions.create`: that one walks the whole body
             # against its TypedDicts and builds a pydantic object per chunk, several ms per step
-            # for plain dicts that come out unchanged (see docs/chat.md, "Latency").
+            # for plain dicts that come out unchanged (see docs/benchmarks.md, "Chat").
             stream = await self._client.post(
                 "/chat/completions",
                 cast_to=object,
