@@ -9,8 +9,8 @@ scripted fake model of the tests (tests/fake_llm.py) served from this process:
   the gateway adds (goal: <= 5 ms). Two more series show where it goes: the gateway's own
   model client (services.gateway.chat.model.ModelClient) called from this process, which
   is the model's share, the openai SDK's plain `chat.completions.create` for reference, and
-  one session-service round trip over NATS (what the session lookup and the quota check each
-  cost before the model is called);
+  one session-service round trip over NATS (what the session lookup, the conversation load
+  and the quota check each cost before the model is called);
 - a turn whose `execute_query` returns --rows SQLite rows: rows/s to the client, against
   POST /api/query of the same SQL in the same run, paired runs (goal: within 10 %).
 """
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'first text delta, through /api/chat (ms)':<{width}}{through:>14.2f}")
     print(f"{'added by the gateway (ms)':<{width}}{added:>14.2f}   <= {TARGET_ADDED_MS:g}")
     print(f"{'  of which the model client (ms)':<{width}}{own - direct:>14.2f}")
-    print(f"{'one session-service round trip (ms)':<{width}}{statistics.median(series['session']):>14.2f}   x 2 before the model call")
+    print(f"{'one session-service round trip (ms)':<{width}}{statistics.median(series['session']):>14.2f}   x 3 before the model call")
     print(f"{'/api/query (rows/s)':<{width}}{statistics.median(query_rates):>14,.0f}")
     print(f"{'/api/chat execute_query (rows/s)':<{width}}{statistics.median(chat_rates):>14,.0f}")
     print(f"{'ratio chat / query (paired)':<{width}}{ratio:>14.2f}   >= {TARGET_RATE_RATIO}")

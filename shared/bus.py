@@ -21,6 +21,7 @@ from shared.logging import REQUEST_ID_HEADER, bind_request, current_request_id
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[dict[str, Any], Msg], Awaitable[dict[str, Any]]]
+BytesHandler = Callable[[bytes, Msg], Awaitable[bytes]]
 
 
 async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> NATS:
@@ -108,20 +109,25 @@ async def request(nc: NATS, subject: str, payload: dict[str, Any], *, timeout: f
 
     Fails fast (no waiting for the timeout) while NATS is disconnected.
     """
+    reply = decode_map(await request_bytes(nc, subject, encode(payload), timeout=timeout, headers=request_headers()))
+    if "error" in reply:
+        raise ServiceError.from_dict(reply["error"])
+    return reply
+
+
+async def request_bytes(nc: NATS, subject: str, data: bytes, *, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
+    """`request` for a payload encoded by the caller (a msgspec Struct): the reply's bytes, undecoded."""
     if not nc.is_connected:
         raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly")
     try:
-        msg = await nc.request(subject, encode(payload), timeout=timeout, headers=request_headers())
+        msg = await nc.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError:
         raise ServiceError(UNAVAILABLE, f"no service is answering on {subject}") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise ServiceError(TIMEOUT, f"no reply on {subject} within {timeout:g}s") from None
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError):
         raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly") from None
-    reply = decode_map(msg.data)
-    if "error" in reply:
-        raise ServiceError.from_dict(reply["error"])
-    return reply
+    return msg.data
 
 
 class Server:
@@ -134,9 +140,16 @@ class Server:
         self._slots = asyncio.Semaphore(max_in_flight)
 
     async def add(self, subject: str, queue: str, handler: Handler) -> None:
+        await self._add(subject, queue, lambda msg: self._handle(msg, handler))
+
+    async def add_bytes(self, subject: str, queue: str, handler: BytesHandler) -> None:
+        """Serve a handler that decodes the payload and encodes the reply itself (msgspec Structs)."""
+        await self._add(subject, queue, lambda msg: self._handle_bytes(msg, handler))
+
+    async def _add(self, subject: str, queue: str, handle: Callable[[Msg], Awaitable[None]]) -> None:
         async def on_message(msg: Msg) -> None:
             await self._slots.acquire()
-            task = asyncio.create_task(self._handle(msg, handler))
+            task = asyncio.create_task(handle(msg))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -158,9 +171,24 @@ class Server:
         except Exception:
             log.exception("handler_failed")
             reply = {"error": ServiceError(INTERNAL, "internal error; see the service log").to_dict()}
+        await self._reply(msg, encode(reply))
+
+    async def _handle_bytes(self, msg: Msg, handler: BytesHandler) -> None:
+        headers = msg.headers or {}
+        bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
+        try:
+            reply = await handler(msg.data, msg)
+        except ServiceError as exc:
+            reply = encode({"error": exc.to_dict()})
+        except Exception:
+            log.exception("handler_failed")
+            reply = encode({"error": ServiceError(INTERNAL, "internal error; see the service log").to_dict()})
+        await self._reply(msg, reply)
+
+    async def _reply(self, msg: Msg, data: bytes) -> None:
         if msg.reply:
             try:
-                await self._nc.publish(msg.reply, encode(reply))
+                await self._nc.publish(msg.reply, data)
             except Exception as exc:  # the caller is gone or NATS is down: nothing more to do
                 log.warning("reply_failed", error=str(exc) or type(exc).__name__)
 

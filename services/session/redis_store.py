@@ -11,6 +11,7 @@ may lack.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.exceptions as rex
@@ -340,6 +341,31 @@ class RedisStore:
     async def get(self, sid: str) -> bytes | None:
         """GETEX: read the session and slide its expiry in one command."""
         return await self._run("getex", self._client.getex(self.key(sid), ex=self._lifetime))
+
+    async def get_many(self, sids: Sequence[str]) -> list[bytes | None | Exception]:
+        """One pipeline (no MULTI) of GETEX, one command per sid, as `get` sends them one by one (a lone sid: `get` itself).
+
+        Each result is the bytes, None, or the exception `get` would raise for that sid alone
+        (CorruptSession for WRONGTYPE, RedisUnavailable and its kinds for an outage). A failure
+        of the connection itself raises, as for `get`.
+        """
+        if len(sids) == 1:  # a lone read (a quiet gateway) skips the pipeline's own cost
+            try:
+                return [await self.get(sids[0])]
+            except (CorruptSession, rex.ResponseError) as exc:
+                return [exc]
+        self._counters["getex"].inc(len(sids))
+        pipe = self._client.pipeline(transaction=False)
+        for sid in sids:
+            pipe.getex(self._prefix + sid, ex=self._lifetime)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            mapped = classify(exc)
+            if mapped is not None:
+                raise mapped from exc
+            raise
+        return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
 
     async def peek(self, sid: str) -> bytes | None:
         """GET: read the session without sliding its expiry (which a Redis refusing writes would refuse)."""

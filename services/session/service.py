@@ -12,11 +12,13 @@ from nats.aio.client import Client as NATS
 from services.session.config import SessionConfig
 from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
+from services.session.history import HistoryHandlers, HistoryLimits, HistoryStore
+from services.session.history_redis import HistoryRedis
 from services.session.limits import Limits
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import Mode, SessionStore
 from shared.bus import Server, close, connect
-from shared.contracts import SESSION_QUEUE, Subjects
+from shared.contracts import CONVERSATION_OPS, SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -70,6 +72,11 @@ async def main() -> None:
         stack.push_async_callback(close, nc)
         fallback = await open_fallback(nc, config)
         store = build_store(config, fallback)
+        # Before start(): a write-back of an earlier outage may begin there, and must find history's writer.
+        history_limits = HistoryLimits(config.conversation_lifetime_s, config.conversation_max_messages, config.conversation_max_message_bytes)
+        history_redis = HistoryRedis(create_client(config.redis, max_connections=32), lifetime_s=config.conversation_lifetime_s) if config.redis else None
+        history = HistoryStore(history_redis, store, history_limits)
+        stack.push_async_callback(history.close)  # after the store's write-back task has stopped
         stack.push_async_callback(store.close)
         await store.start()
 
@@ -88,6 +95,10 @@ async def main() -> None:
             (subjects.session_limit, limits.handle),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
+        await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
+        history_handlers = HistoryHandlers(history).routes()
+        for op in CONVERSATION_OPS:
+            await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
 
         async def readiness() -> dict[str, bool]:
             return {"accepting": accepting, "nats": nc.is_connected}

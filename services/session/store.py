@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgpack
@@ -35,6 +35,8 @@ from shared.logging import mask
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+Writer = Callable[[str, bytes | None, int], Awaitable[bool]]
+"""Writes back one fallback entry (key, value, version); False when a newer version was already written."""
 
 PROBE_INTERVAL_S = 0.5
 SETTLE_S = 5.0
@@ -59,6 +61,20 @@ def decode_session(sid: str, raw: bytes | None, store: str) -> dict[str, Any] | 
     if not isinstance(value, dict):
         return _corrupt(sid, store, f"a {type(value).__name__}, not a map", len(raw))
     return value
+
+
+def _decoded_map(raw: bytes) -> dict[str, Any] | None:
+    """The session map in stored bytes, or None when they are not one (decode_session then says why)."""
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several types, and UnicodeDecodeError for bad str
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _bound(request_id: str | None) -> contextlib.AbstractContextManager[object]:
+    """Log under one call's request id while serving a batch of calls."""
+    return structlog.contextvars.bound_contextvars(request_id=request_id) if request_id else contextlib.nullcontext()
 
 
 def _corrupt(sid: str, store: str, error: str, size: int) -> None:
@@ -107,6 +123,7 @@ class SessionStore:
         """While on the fallback: Redis still answers reads (it refused only writes: OOM, READONLY)."""
         self._refused: str | None = None
         """The cause while Redis refuses this client (authentication, permission, protected_mode)."""
+        self._writers: dict[str, Writer] = {}
 
     # --- state ------------------------------------------------------------------------
 
@@ -262,6 +279,17 @@ class SessionStore:
     def _lock(self, sid: str) -> asyncio.Lock:
         return self._locks[hash(sid) % len(self._locks)]
 
+    def add_writer(self, key_prefix: str, writer: Writer) -> None:
+        """Fallback entries whose key starts with `key_prefix` (never a sid) are written back by `writer`, not as sessions."""
+        self._writers[key_prefix] = writer
+
+    async def _write_back(self, key: str, value: bytes | None, version: int) -> bool:
+        assert self._redis is not None
+        for prefix, writer in self._writers.items():
+            if key.startswith(prefix):
+                return await writer(key, value, version)
+        return await self._redis.write_back(key, value, version)
+
     async def _migrate(self, sid: str) -> str | None:
         """Move sid's fallback entry, if any, to Redis; the outcome, or None if there was none."""
         assert self._redis is not None
@@ -270,7 +298,7 @@ class SessionStore:
                 entry = await self._fallback.get(sid, touch=False)
                 if entry is None:
                     return None
-                applied = await self._redis.write_back(sid, entry.value, entry.version)
+                applied = await self._write_back(sid, entry.value, entry.version)
                 if await self._fallback.remove(sid, entry.version):
                     outcome = ("set" if entry.value is not None else "delete") if applied else "superseded"
                     WRITEBACK.labels(outcome=outcome).inc()
@@ -385,6 +413,55 @@ class SessionStore:
             return await self.get(sid, recheck=False)
         return decode_session(sid, entry.value if entry else None, self._fallback.name)
 
+    async def get_many(self, sids: Sequence[str], request_ids: Sequence[str | None] | None = None) -> list[dict[str, Any] | None | Exception]:
+        """`get` for several sids at once, as the gateway batches them: one result per sid, in order.
+
+        While on Redis alone, one pipeline of GETEX (one command per sid, as `get` sends). Every
+        other case, and every sid whose command failed, goes through `get` itself (degrading
+        first, so the outage is handled once): fallback, read-through, recheck and write-back
+        stay exactly those of `get`. A result is what `get(sid)` returns, or the exception it
+        raises, so one bad sid fails alone. `request_ids` (one per sid) are bound to what is
+        logged for each sid.
+        """
+        rids = request_ids if request_ids is not None else [None] * len(sids)
+        results: list[dict[str, Any] | None | Exception] = [None] * len(sids)
+        retry = list(range(len(sids)))
+        if self._redis is not None and self._mode is Mode.REDIS:
+            try:
+                replies = await self._redis.get_many(sids)
+            except RedisUnavailable as exc:
+                self._degrade(exc)
+            else:
+                retry = []
+                for i, (sid, reply) in enumerate(zip(sids, replies, strict=True)):
+                    if reply is None:
+                        continue
+                    if isinstance(reply, bytes):
+                        session = _decoded_map(reply)
+                        if session is not None:
+                            results[i] = session
+                            continue
+                    with _bound(rids[i]):  # only what may log pays for the request id
+                        if isinstance(reply, CorruptSession):
+                            results[i] = _corrupt(sid, "redis", str(reply), -1)
+                        elif isinstance(reply, RedisUnavailable):
+                            self._degrade(reply)
+                            retry.append(i)
+                        elif isinstance(reply, Exception):
+                            results[i] = reply
+                        else:
+                            results[i] = decode_session(sid, reply, "redis")  # says why it is no session
+        if retry:
+            calls = []
+            for i in retry:
+                with _bound(rids[i]):  # the task copies the context: each sid logs under its own request id
+                    calls.append(asyncio.ensure_future(self.get(sids[i])))
+            for i, outcome in zip(retry, await asyncio.gather(*calls, return_exceptions=True), strict=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                    raise outcome
+                results[i] = outcome
+        return results
+
     async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
         if self._on_redis():
             assert self._redis is not None
@@ -449,3 +526,41 @@ class SessionStore:
         await self._fallback_call(lambda: self._fallback.put(sid, None))
         self._changed_in_outage()
         return entry is not None and entry.value is not None
+
+    # --- for other data kept beside the sessions (conversation history) -------------------
+    # The same modes, fallback and write-back; entries of their own are told apart by key prefix.
+
+    @property
+    def on_redis(self) -> bool:
+        """Whether calls go to Redis now (after migrating their own fallback entry, see `migrate_first`)."""
+        return self._on_redis()
+
+    @property
+    def redis_readable(self) -> bool:
+        """While on the fallback: Redis still answers reads (it refused only writes)."""
+        return self._redis is not None and self._readable
+
+    @property
+    def fallback(self) -> Fallback:
+        return self._fallback
+
+    def redis_failed(self, exc: RedisUnavailable) -> None:
+        """A Redis call failed: serve from the fallback until the probe finds Redis again."""
+        self._degrade(exc)
+
+    async def migrate_first(self, key: str) -> None:
+        """While recovering: write back `key`'s fallback entry before the call touches Redis."""
+        await self._migrate_first(key)
+
+    async def fallback_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await self._fallback_call(call)
+
+    def changed_in_outage(self) -> None:
+        self._changed_in_outage()
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """The lock that orders this replica's changes to `key`'s fallback entry (and its write-back)."""
+        return self._lock(key)
+
+    async def redis_is_back(self) -> bool:
+        return await self._redis_is_back()

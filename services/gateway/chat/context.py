@@ -54,10 +54,6 @@ class PromptContext:
         self._entries: dict[str | None, _Entry] = {}
         self._renewing: dict[str | None, asyncio.Task[None]] = {}
 
-    def known(self, source: str | None) -> bool:
-        """Whether a turn on `source` was accepted before (its prompt is kept, perhaps expired)."""
-        return source in self._entries
-
     async def system_prompt(self, source: str | None) -> str:
         """The system message for a turn on `source` (None: the default); bad_request for an unknown source."""
         entry = self._entries.get(source)
