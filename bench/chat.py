@@ -102,7 +102,8 @@ async def session_round_trip(nc: nats.NATS, subjects: Subjects) -> float:
 
 async def first_delta_gateway(http: aiohttp.ClientSession, base_url: str) -> float:
     """ms from posting a chat turn to the gateway until the first text-delta part arrives; the rest is read too."""
-    body = {"id": "bench", "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}], "trigger": "submit-message"}
+    # A new conversation each turn: the stored history would otherwise grow turn by turn, and the figure with it.
+    body = {"id": f"bench-{uuid.uuid4().hex}", "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}], "trigger": "submit-message"}
     started = time.perf_counter()
     first = None
     async with http.post(f"{base_url}/api/chat", json=body) as response:
@@ -119,7 +120,7 @@ async def first_delta_gateway(http: aiohttp.ClientSession, base_url: str) -> flo
 async def chat_rows(http: aiohttp.ClientSession, base_url: str, expected: int) -> tuple[int, float]:
     """A turn whose execute_query streams `expected` rows: (rows, seconds from the request to the final output)."""
     body = {
-        "id": "bench",
+        "id": f"bench-{uuid.uuid4().hex}",
         "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "All rows"}]}],
         "trigger": "submit-message",
         "source": "bench_sqlite",
