@@ -137,10 +137,18 @@ class SessionDelete(msgspec.Struct, frozen=True):
     sid: Sid
 
 
-class SessionReply(msgspec.Struct, frozen=True):
-    """`session.get` and `session.patch` reply: the session's map, or None when there is none."""
+NO_SESSION = msgspec.Raw(b"\xc0")
+"""MessagePack nil: a read that found no session."""
 
-    session: dict[str, Any] | None
+
+class SessionReply(msgspec.Struct, frozen=True):
+    """`session.get` and `session.patch` reply: `{"session": map | None}`.
+
+    The map goes out as the MessagePack the store's decoder reads back (extension types and
+    timestamps included), so it is carried here encoded.
+    """
+
+    session: msgspec.Raw = NO_SESSION
 
 
 class SessionDeleted(msgspec.Struct, frozen=True):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 
 from services.session.metrics import CALLS
 from services.session.store import SessionStore
 from shared.codec import encode
-from shared.contracts import SID_PATTERN, Ok, Ping, SessionDelete, SessionDeleted, SessionGet, SessionPatch, SessionPong, SessionReply, SessionSet
+from shared.contracts import NO_SESSION, SID_PATTERN, Ok, Ping, SessionDelete, SessionDeleted, SessionGet, SessionPatch, SessionPong, SessionReply, SessionSet
 from shared.errors import BAD_REQUEST, ServiceError
 from shared.logging import mask
 
@@ -21,6 +23,10 @@ log = structlog.get_logger(__name__)
 SID_RE = re.compile(SID_PATTERN)
 
 Reply = SessionReply | SessionDeleted | SessionPong | Ok
+
+
+def _session(session: dict[str, Any] | None) -> SessionReply:
+    return SessionReply(NO_SESSION if session is None else msgspec.Raw(encode(session)))
 
 
 class SessionHandlers:
@@ -49,8 +55,8 @@ class SessionHandlers:
 
         async def call() -> Reply:
             if not SID_RE.match(sid):
-                return SessionReply(None)  # such a sid is never stored, so it has no session
-            return SessionReply(await self._store.get(sid))
+                return SessionReply()  # such a sid is never stored, so it has no session
+            return _session(await self._store.get(sid))
 
         return await self._timed("get", sid, call)
 
@@ -72,10 +78,10 @@ class SessionHandlers:
 
         async def call() -> Reply:
             if not SID_RE.match(sid):
-                return SessionReply(None)
+                return SessionReply()
             if not changes and not unset:
-                return SessionReply(await self._store.get(sid))
-            return SessionReply(await self._store.patch(sid, changes, unset))
+                return _session(await self._store.get(sid))
+            return _session(await self._store.patch(sid, changes, unset))
 
         return await self._timed("patch", sid, call)
 
