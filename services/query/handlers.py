@@ -239,7 +239,8 @@ class QueryHandlers:
         """`first`, then the rest of the result up to QUERY_MAX_ROWS, as batches of (rows, JSON chunk).
 
         The next batch is read (and encoded) while the caller publishes the one yielded, and
-        batches are sized to come to about QUERY_CHUNK_BYTES of JSON each. Sets
+        batches are sized to come to about QUERY_CHUNK_BYTES of JSON each; the engine says when
+        the result is finished (a batch may come short of its size before that). Sets
         `progress.truncated` when rows were left out.
         """
         config = self._config
@@ -248,18 +249,19 @@ class QueryHandlers:
         target = min(config.chunk_bytes, limit)
         chunks = encoder.chunks(first, limit)
         asked, got, fetched = min(FIRST_FETCH_ROWS, config.max_rows), len(first), len(first)
-        pending: asyncio.Task[tuple[int, list[tuple[int, bytes]]]] | None = None
+        finished = got < asked  # a first fetch stops early only at the end of the result
+        pending: asyncio.Task[tuple[int, list[tuple[int, bytes]], bool]] | None = None
         try:
             while True:
                 probing = fetched >= config.max_rows  # only to learn whether rows were left out
-                if got == asked:  # fewer than asked would mean the result is exhausted
+                if not finished:
                     size = sum(len(payload) for _, payload in chunks) / max(got, 1)
                     asked = 1 if probing else max(1, min(MAX_FETCH_ROWS, config.max_rows - fetched, int(target / max(size, 1.0))))
                     pending = asyncio.create_task(cursor.fetch_chunks(asked, encoder, limit, fetched))
                 yield chunks
                 if pending is None:
                     return
-                got, chunks = await pending
+                got, chunks, finished = await pending
                 pending = None
                 if probing:
                     progress.truncated = got > 0
