@@ -151,7 +151,10 @@ def request_decoder(handler: Handler) -> Callable[[bytes], Any]:
     (`Expected `str`, got `int` - at `$.sid``); anything else gets a plain map.
     """
     first = next(iter(inspect.signature(handler).parameters))
-    kind = typing.get_type_hints(handler).get(first)
+    try:
+        kind = typing.get_type_hints(handler).get(first)
+    except NameError:  # an annotation only a type checker can resolve: not a Struct to decode with
+        kind = None
     if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
         return decode_map
     decoder = msgspec.msgpack.Decoder(kind)
