@@ -106,7 +106,7 @@ def measure(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int, 
         for _ in range(sessions):
             processes.append(Service("session", dict(session_env)).start())
         for port in ports:
-            # No per-request log line, as in bench.session, so the figures compare with its own.
+            # No per-request log line, so the figures compare with the earlier runs in docs/benchmarks.md (bench.session logs at INFO).
             env = service_env(**common, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), AUTH_MODE="dev", LOG_LEVEL="WARNING")
             processes.append(Process("gateway", [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT).start())
         for url in urls:  # 401 without a cookie: the gateway listens and a session replica answers it

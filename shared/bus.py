@@ -28,6 +28,7 @@ Payload = msgspec.Struct | Mapping[str, Any]
 # A handler takes the request decoded as the Struct its first parameter is annotated with
 # (or a plain map, for a handler annotated `dict[str, Any]`), and returns its reply.
 Handler = Callable[[Any, Msg], Awaitable[Payload]]
+BytesHandler = Callable[[bytes, Msg], Awaitable[bytes]]
 
 
 async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> NATS:
@@ -119,17 +120,7 @@ async def request(nc: NATS, subject: str, payload: Payload, *, timeout: float = 
 
     Fails fast (no waiting for the timeout) while NATS is disconnected.
     """
-    if not nc.is_connected:
-        raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly")
-    try:
-        msg = await nc.request(subject, encode_message(payload), timeout=timeout, headers=request_headers())
-    except nats.errors.NoRespondersError:
-        raise ServiceError(UNAVAILABLE, f"no service is answering on {subject}") from None
-    except (TimeoutError, nats.errors.TimeoutError):
-        raise ServiceError(TIMEOUT, f"no reply on {subject} within {timeout:g}s") from None
-    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError):
-        raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly") from None
-    answer = decode_map(msg.data)
+    answer = decode_map(await request_bytes(nc, subject, encode_message(payload), timeout=timeout, headers=request_headers()))
     if "error" in answer:
         raise ServiceError.from_dict(answer["error"])
     if reply is None:
@@ -138,6 +129,21 @@ async def request(nc: NATS, subject: str, payload: Payload, *, timeout: float = 
         return msgspec.convert(answer, reply)
     except msgspec.ValidationError as exc:
         raise ServiceError(INTERNAL, f"malformed reply on {subject}: {exc}") from None
+
+
+async def request_bytes(nc: NATS, subject: str, data: bytes, *, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
+    """`request` for a payload encoded by the caller (a msgspec Struct): the reply's bytes, undecoded."""
+    if not nc.is_connected:
+        raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly")
+    try:
+        msg = await nc.request(subject, data, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise ServiceError(UNAVAILABLE, f"no service is answering on {subject}") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise ServiceError(TIMEOUT, f"no reply on {subject} within {timeout:g}s") from None
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError):
+        raise ServiceError(UNAVAILABLE, "the message bus is reconnecting; try again shortly") from None
+    return msg.data
 
 
 def _error_reply(exc: ServiceError) -> bytes:
@@ -186,10 +192,16 @@ class Server:
 
     async def add(self, subject: str, queue: str, handler: Handler) -> None:
         decode = request_decoder(handler)
+        await self._add(subject, queue, lambda msg: self._handle(msg, handler, decode))
 
+    async def add_bytes(self, subject: str, queue: str, handler: BytesHandler) -> None:
+        """Serve a handler that decodes the payload and encodes the reply itself (msgspec Structs)."""
+        await self._add(subject, queue, lambda msg: self._handle_bytes(msg, handler))
+
+    async def _add(self, subject: str, queue: str, handle: Callable[[Msg], Awaitable[None]]) -> None:
         async def on_message(msg: Msg) -> None:
             await self._slots.acquire()
-            task = asyncio.create_task(self._handle(msg, handler, decode))
+            task = asyncio.create_task(handle(msg))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -211,9 +223,24 @@ class Server:
         except Exception:
             log.exception("handler_failed")
             reply = _error_reply(ServiceError(INTERNAL, "internal error; see the service log"))
+        await self._reply(msg, reply)
+
+    async def _handle_bytes(self, msg: Msg, handler: BytesHandler) -> None:
+        headers = msg.headers or {}
+        bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
+        try:
+            reply = await handler(msg.data, msg)
+        except ServiceError as exc:
+            reply = _error_reply(exc)
+        except Exception:
+            log.exception("handler_failed")
+            reply = _error_reply(ServiceError(INTERNAL, "internal error; see the service log"))
+        await self._reply(msg, reply)
+
+    async def _reply(self, msg: Msg, data: bytes) -> None:
         if msg.reply:
             try:
-                await self._nc.publish(msg.reply, reply)
+                await self._nc.publish(msg.reply, data)
             except Exception as exc:  # the caller is gone or NATS is down: nothing more to do
                 log.warning("reply_failed", error=str(exc) or type(exc).__name__)
 

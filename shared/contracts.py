@@ -9,7 +9,7 @@ success Struct or an `ErrorReply`. The request id travels in the `Dbg-Request-Id
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -31,6 +31,10 @@ class Subjects:
         return f"{self.prefix}.session.get"
 
     @property
+    def session_get_many(self) -> str:
+        return f"{self.prefix}.session.get_many"
+
+    @property
     def session_set(self) -> str:
         return f"{self.prefix}.session.set"
 
@@ -49,6 +53,10 @@ class Subjects:
     @property
     def session_limit(self) -> str:
         return f"{self.prefix}.session.limit"
+
+    def session_conversation(self, op: str) -> str:
+        """`session.conversation.<op>`, op one of CONVERSATION_OPS."""
+        return f"{self.prefix}.session.conversation.{op}"
 
     # Query service, queue group "query".
     @property
@@ -308,6 +316,43 @@ def convert_payload[S: msgspec.Struct](value: Any, kind: type[S]) -> S:
         raise ServiceError(BAD_REQUEST, f"invalid {kind.__name__}: {exc}") from None
 
 
+# --- coalesced session reads ----------------------------------------------------------
+
+MAX_SESSION_BATCH = 512
+"""At most this many reads in one `session.get_many` message."""
+
+
+class SessionRead(msgspec.Struct, frozen=True):
+    """One read in a `session.get_many` batch: the sid, and the request id of the HTTP request it serves (for logs)."""
+
+    sid: str
+    request_id: str | None = None
+
+
+class SessionGetMany(msgspec.Struct, frozen=True):
+    """`session.get_many` request: session reads the gateway coalesced while earlier ones were in flight.
+
+    Each read is a `session.get` (expiry slid, fallback while Redis is degraded); on Redis the
+    batch is one pipeline of GETEX, one command per sid. Reply `SessionGetManyReply`.
+    """
+
+    reads: Annotated[list[SessionRead], msgspec.Meta(min_length=1, max_length=MAX_SESSION_BATCH)]
+
+
+class SessionReadResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The outcome of one read: the session's MessagePack map (nil when there is none), or its own error."""
+
+    session: msgspec.Raw = NO_SESSION
+    error: ErrorBody | None = None
+
+
+class SessionGetManyReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`session.get_many` reply: one result per read, in order; or `error` when the whole batch failed."""
+
+    results: list[SessionReadResult] = []
+    error: ErrorBody | None = None
+
+
 # --- limiter ---------------------------------------------------------------------------
 
 LIMIT_NAME_PATTERN = "^[A-Za-z0-9_-]+$"
@@ -405,3 +450,162 @@ class SchemaReply(msgspec.Struct, frozen=True):
     tables: list[SchemaTable]
     truncated: bool = False
     note: str | None = None
+
+
+# --- conversations ---------------------------------------------------------------------
+# `session.conversation.<op>` (queue "session"): a user's conversation history, owned by the
+# session service. Every request names the user (`uid`), so a conversation id of another user
+# is simply not found. Replies are the Structs below, or an error (`not_found`, `bad_request`,
+# `too_large`, `conversation_full`, `unavailable`).
+
+CONVERSATION_OPS = ("load", "append", "list", "create", "patch", "delete")
+CONVERSATION_ID_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
+TITLE_MAX_CHARS = 80
+STORED_PREVIEW_ROWS = 5
+"""An execute_query output in history holds at most this many preview rows (the query service sends 5)."""
+
+ConversationId = Annotated[str, msgspec.Meta(pattern=CONVERSATION_ID_PATTERN)]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Title = Annotated[str, msgspec.Meta(max_length=TITLE_MAX_CHARS)]
+ToolState = Literal["input-streaming", "input-available", "output-available", "output-error"]
+
+
+class TextPart(msgspec.Struct, tag_field="type", tag="text", omit_defaults=True):
+    text: str
+    state: Literal["streaming", "done"] | msgspec.UnsetType = msgspec.UNSET
+    providerMetadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class ReasoningPart(msgspec.Struct, tag_field="type", tag="reasoning", omit_defaults=True):
+    text: str
+    id: str | msgspec.UnsetType = msgspec.UNSET
+    state: Literal["streaming", "done"] | msgspec.UnsetType = msgspec.UNSET
+    providerMetadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class StepStartPart(msgspec.Struct, tag_field="type", tag="step-start"):
+    pass
+
+
+class QuerySummary(msgspec.Struct, omit_defaults=True):
+    """An execute_query output as history keeps it: never more rows than the preview."""
+
+    columns: list[Any]
+    preview: Annotated[list[Any], msgspec.Meta(max_length=STORED_PREVIEW_ROWS)]
+    row_count: int | msgspec.UnsetType = msgspec.UNSET
+    truncated: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class _ToolPart(msgspec.Struct, tag_field="type", omit_defaults=True):
+    toolCallId: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    state: ToolState
+    input: Any = msgspec.UNSET
+    rawInput: Any = msgspec.UNSET
+    errorText: str | msgspec.UnsetType = msgspec.UNSET
+    preliminary: bool | msgspec.UnsetType = msgspec.UNSET
+    title: str | msgspec.UnsetType = msgspec.UNSET
+    providerExecuted: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class ExecuteQueryPart(_ToolPart, tag="tool-execute_query"):
+    output: QuerySummary | msgspec.UnsetType = msgspec.UNSET
+
+
+class DescribeSchemaPart(_ToolPart, tag="tool-describe_schema"):
+    output: Any = msgspec.UNSET
+
+
+MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart
+"""What history keeps of a UIMessage: text, reasoning, steps and tool calls with their summaries; never `data-*` parts."""
+
+
+class StoredMessage(msgspec.Struct, omit_defaults=True):
+    """A UIMessage as useChat holds it, restricted to the parts history keeps."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    role: Literal["user", "assistant"]
+    parts: list[MessagePart]
+    metadata: Any = msgspec.UNSET
+
+
+class ConversationRef(msgspec.Struct, frozen=True):
+    """`session.conversation.create` / `delete` request; reply ConversationInfo (delete: `not_found` when there was none)."""
+
+    uid: UserId
+    id: ConversationId
+
+
+class ConversationLoad(msgspec.Struct, frozen=True):
+    """`session.conversation.load` request: the newest messages within `max_bytes` (0: all), at least `min_messages` of them."""
+
+    uid: UserId
+    id: ConversationId
+    max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    min_messages: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
+
+
+class ConversationLoaded(msgspec.Struct):
+    """`session.conversation.load` reply. `exists` is False for a conversation never created or stored.
+
+    `total` counts every stored message; `messages` are the newest of them, oldest first.
+    `partial` is True while Redis is down and only what was written during the outage is known.
+    """
+
+    exists: bool
+    messages: list[StoredMessage]
+    total: int
+    title: str | None = None
+    updated_at: int | None = None
+    """Milliseconds since the epoch (Redis's clock) of the last append."""
+    max_messages: int = 0
+    max_message_bytes: int = 0
+    partial: bool = False
+
+
+class ConversationAppend(msgspec.Struct, frozen=True):
+    """`session.conversation.append` request: add `messages` at the end, in one Redis command.
+
+    `replace_last_of` (regenerate): when the conversation holds exactly this many messages,
+    its last one is replaced. A conversation without a title gets its first user message's text.
+    """
+
+    uid: UserId
+    id: ConversationId
+    messages: Annotated[list[StoredMessage], msgspec.Meta(min_length=1, max_length=1000)]
+    replace_last_of: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class ConversationAppended(msgspec.Struct):
+    total: int
+    updated_at: int | None = None
+    fallback: bool = False
+    """True when Redis was down: the messages wait in the fallback store for write-back."""
+
+
+class ConversationList(msgspec.Struct, frozen=True):
+    """`session.conversation.list` request: newest first, `limit` at a time, after `cursor` (from the previous reply)."""
+
+    uid: UserId
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    cursor: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class ConversationInfo(msgspec.Struct):
+    id: str
+    title: str | None
+    updated_at: int | None
+
+
+class ConversationPage(msgspec.Struct):
+    """`session.conversation.list` reply; `next_cursor` is None on the last page."""
+
+    conversations: list[ConversationInfo]
+    next_cursor: str | None = None
+
+
+class ConversationPatch(msgspec.Struct, frozen=True):
+    """`session.conversation.patch` request: a new title; reply ConversationInfo or `not_found`."""
+
+    uid: UserId
+    id: ConversationId
+    title: Title

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import random
 import sys
-import uuid
+import threading
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -12,8 +16,21 @@ import structlog
 REQUEST_ID_HEADER = "Dbg-Request-Id"
 
 
+def _json_text(value: object, **kwargs: Any) -> str:
+    """orjson for ProcessorFormatter, which needs text rather than bytes."""
+    return orjson.dumps(value, default=kwargs.get("default")).decode()
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+    """Configure structlog and the stdlib root logger once per process.
+
+    structlog's own lines and the records of the stdlib loggers that libraries use (aiohttp,
+    asyncpg, nats, redis, asyncio) pass the same processors, so stderr holds one format: JSON
+    lines off a TTY, with tracebacks as data (`dict_tracebacks`), and the console renderer on
+    a TTY. structlog renders its own lines; stdlib records go through
+    `structlog.stdlib.ProcessorFormatter`, with the shared processors as its pre-chain. Off a
+    TTY both go into one `_LineBuffer`, written once per turn of the event loop.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
 
     def add_service(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
@@ -26,28 +43,133 @@ def setup_logging(service: str, level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    handler: logging.Handler
     if sys.stderr.isatty():
-        renderer: structlog.types.Processor = structlog.dev.ConsoleRenderer()
-        serializer = None
+        # The console renderer prints exceptions itself, as readable tracebacks.
+        render: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer(), structlog.dev.ConsoleRenderer()]
+        foreign_render: list[structlog.types.Processor] = [structlog.dev.ConsoleRenderer()]
+        logger_factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        serializer = True
+        render = [structlog.processors.StackInfoRenderer(), structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        foreign_render = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=_json_text)]
+        buffer = _LineBuffer.open(sys.stderr.buffer)
+        logger_factory = buffer.factory
+        handler = _BufferHandler(buffer)  # stdlib lines join structlog's in one buffer, so their order holds
     structlog.configure(
-        processors=[
-            *shared_processors,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared_processors, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer) if serializer else structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared_processors, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *foreign_render],
+    )
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))  # libraries' INFO and DEBUG lines are chatty
+
+
+class _LineBuffer:
+    """JSON log lines written once per turn of the event loop: one write() for the lines of many requests.
+
+    Under load a turn of the loop serves many requests, and a write() per line was the
+    largest single cost of a request in the gateway. Lines logged outside a running loop
+    (start-up, other threads) and every error line are written at once; `flush_logs()`
+    (called on exit) writes what is left. So a line waits at most until the loop turns.
+    """
+
+    _instances: list[_LineBuffer] = []
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, stream: BinaryIO) -> _LineBuffer:
+        """A buffer that `flush_logs()` empties on exit."""
+        buffer = cls(stream)
+        cls._instances.append(buffer)
+        return buffer
+
+    def factory(self, *_args: Any) -> _LineBuffer:
+        """structlog's logger factory: every logger writes to this one buffer."""
+        return self
+
+    def msg(self, message: bytes) -> None:
+        with self._lock:
+            self._lines.append(message)
+            if self._scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and threading.current_thread() is threading.main_thread():
+                self._scheduled = True
+                loop.call_soon(self.flush)
+                return
+        self.flush()
+
+    def msg_now(self, message: bytes) -> None:
+        with self._lock:
+            self._lines.append(message)
+        self.flush()
+
+    log = debug = info = warn = warning = msg
+    err = error = critical = fatal = failure = exception = msg_now
+
+    def flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            if not self._lines:
+                return
+            data = b"\n".join(self._lines) + b"\n"
+            self._lines.clear()
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nowhere left to write
+                pass
+
+
+class _BufferHandler(logging.Handler):
+    """Writes stdlib records, rendered by ProcessorFormatter, to a line buffer: errors at once, the rest with the loop turn."""
+
+    def __init__(self, buffer: _LineBuffer) -> None:
+        super().__init__()
+        self._buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record).encode()
+            if record.levelno >= logging.ERROR:
+                self._buffer.msg_now(line)
+            else:
+                self._buffer.msg(line)
+        except Exception:
+            self.handleError(record)
+
+
+def flush_logs() -> None:
+    """Write the log lines still buffered (on exit, before a last line written directly to stderr)."""
+    for buffer in _LineBuffer._instances:
+        buffer.flush()
+
+
+atexit.register(flush_logs)
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # Unique, not secret: the Mersenne Twister saves a getrandom() syscall per request over uuid4.
+    return f"{random.getrandbits(128):032x}"
 
 
 def bind_request(request_id: str | None, **values: object) -> str:

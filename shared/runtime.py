@@ -13,6 +13,7 @@ import orjson
 import structlog
 
 from shared.errors import ConfigError
+from shared.logging import flush_logs
 
 CONFIG_EXIT = 2
 """Exit code of a process whose configuration is missing or malformed."""
@@ -63,10 +64,12 @@ def run(main: Coroutine[Any, Any, None], service: str = "service") -> None:
         runner = uvloop.run
     try:
         runner(main)
+        flush_logs()
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
         code = CONFIG_EXIT if isinstance(exc, ConfigError) else FAILURE_EXIT
+        flush_logs()
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stderr.buffer.write(failure_line(service, exc, exit_code=code))

@@ -73,7 +73,7 @@ def infra() -> Iterator[Infra]:
         yield Infra("local", nats.url, redis.url)
     finally:
         nats.cleanup()
-        redis.stop()
+        redis.cleanup()
 
 
 @dataclass
@@ -272,7 +272,7 @@ def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for a test that kills it or counts its commands."""
     server = RedisServer().start()
     yield server
-    server.stop()
+    server.cleanup()
 
 
 @pytest.fixture

@@ -178,11 +178,16 @@ class NatsServer(Process):
 
 
 class RedisServer(Process):
-    """A private redis-server with no persistence on a fixed free port, restartable on that port."""
+    """A private redis-server with no persistence on a fixed free port, restartable on that port.
+
+    Its working directory (`--dir`) is a temporary one of its own: an RDB file that a test makes
+    it write (SAVE, a replica's sync) never lands where a later server would load it.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""]
+        self.dir = tempfile.mkdtemp(prefix="redis-")
+        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "", "--appendonly", "no", "--logfile", ""]
         super().__init__("redis-server", argv)
 
     @property
@@ -193,6 +198,10 @@ class RedisServer(Process):
         super().start()
         self.wait_for_line(lambda line: "Ready to accept connections" in line)
         return self
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def service_env(**overrides: str) -> dict[str, str]:

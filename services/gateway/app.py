@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from services.gateway import handlers, keys, metrics
+from services.gateway import conversations, handlers, keys, metrics
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
@@ -87,8 +87,7 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     elapsed = time.monotonic() - started
-    metrics.REQUESTS.labels(route, str(response.status)).inc()
-    metrics.LATENCY.labels(route).observe(elapsed)
+    metrics.observe_request(route, response.status, elapsed)
     if route not in ("/healthz", "/metrics"):
         log.info("request", status=response.status, duration_ms=round(elapsed * 1000, 2), **({"outcome": outcome} if outcome != "ok" else {}))
     return response
@@ -198,9 +197,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_post("/auth/login", handlers.login)
     app.router.add_post("/auth/logout", handlers.logout)
     app.router.add_get("/api/me", handlers.me)
-    app.router.add_post("/api/conversations", handlers.new_conversation)
     app.router.add_post("/api/query", handlers.query)
     app.router.add_get("/api/schema", get_schema)
+    conversations.setup(app)
     chat.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

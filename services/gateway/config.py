@@ -121,10 +121,6 @@ class GatewayConfig:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {self.auth_mode!r}")
         if self.use_signer and not self.secret_key:
             raise ConfigError("SECRET_KEY must be set when SESSION_USE_SIGNER is on")
-        if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM_BASE_URL must be an http:// or https:// URL, got {redact_url(self.llm_base_url)!r}")
-        if self.llm_base_url and not self.llm_model:
-            raise ConfigError("LLM_MODEL must be set when LLM_BASE_URL is set")
         if self.auth_mode == "oidc":
             if not self.oidc_issuer:
                 raise ConfigError("OIDC_ISSUER must be set when AUTH_MODE is oidc")
@@ -137,6 +133,10 @@ class GatewayConfig:
             _check_url("OIDC_JWKS_URL", self.oidc_jwks_url)
         if self.auth_jwks_cache_max_s < self.auth_jwks_cache_min_s:
             raise ConfigError("AUTH_JWKS_CACHE_MAX_S must not be less than AUTH_JWKS_CACHE_MIN_S")
+        if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"LLM_BASE_URL must be an http:// or https:// URL, got {redact_url(self.llm_base_url)!r}")
+        if self.llm_base_url and not self.llm_model:
+            raise ConfigError("LLM_MODEL must be set when LLM_BASE_URL is set")
 
     @property
     def token_login(self) -> bool:

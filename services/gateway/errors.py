@@ -12,6 +12,8 @@ STATUS = {
     "forbidden": 403,
     e.NOT_FOUND: 404,
     "rate_limited": 429,
+    "too_large": 413,
+    "conversation_full": 409,
     e.QUERY_REFUSED: 422,
     e.UNKNOWN_SOURCE: 422,
     e.QUERY_FAILED: 422,

@@ -153,19 +153,7 @@ async def logout(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     """The signed-in user; for a bearer request, from the token's claims."""
     who = await identity(request)
-    return web.json_response(public_view(who.session))
-
-
-async def new_conversation(request: web.Request) -> web.Response:
-    """Start a new conversation: one atomic field patch, so concurrent requests lose nothing."""
-    sid, _ = await current_session(request)
-    conversation_id = str(uuid.uuid4())
-    if sid is None:  # a bearer client keeps its conversation id itself: nothing is stored for it
-        return web.json_response({"conversation_id": conversation_id})
-    session = await request.app[keys.SESSIONS].patch(sid, {"conversation_id": conversation_id})
-    if session is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
-    return web.json_response({"conversation_id": conversation_id})
+    return web.Response(body=orjson.dumps(public_view(who.session)), content_type="application/json", charset="utf-8")
 
 
 async def query(request: web.Request) -> web.StreamResponse:

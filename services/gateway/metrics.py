@@ -13,3 +13,14 @@ LATENCY = Histogram(
 )
 STREAMS_IN_FLIGHT = Gauge("gateway_query_streams_in_flight", "execute_query streams being written")
 QUERY_ROWS = Counter("gateway_query_rows_total", "Rows streamed to clients")
+
+_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_request(route: str, status: int, elapsed_s: float) -> None:
+    """Count one request and its duration; the labelled series are looked up once per (route, status)."""
+    children = _children.get((route, status))
+    if children is None:
+        children = _children[(route, status)] = (REQUESTS.labels(route, str(status)), LATENCY.labels(route))
+    children[0].inc()
+    children[1].observe(elapsed_s)

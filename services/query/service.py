@@ -1,13 +1,16 @@
-"""The query service process: NATS handlers, lazily opened sources, ops endpoints, and a graceful stop."""
+"""Builds the query service from its config: NATS handlers, lazily opened sources, ops endpoints, and a graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import structlog
+from nats.aio.client import Client as NATS
 
 from services.query import schema
 from services.query.config import QueryConfig
@@ -25,10 +28,36 @@ from shared.runtime import stop_event
 log = structlog.get_logger(__name__)
 
 
-async def main() -> None:
-    config = QueryConfig.from_env()
-    setup_logging("query", config.log_level)
-    stop = stop_event()
+@dataclass
+class QueryService:
+    """A running query service: what its tests and its shutdown reach for."""
+
+    config: QueryConfig
+    nc: NATS
+    sources: Sources
+    handlers: QueryHandlers
+    server: Server
+    subjects: Subjects
+    accepting: bool = True
+
+    async def readiness(self) -> dict[str, bool]:
+        # False from the stop on; requests already routed here are still served.
+        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+
+    async def drain(self) -> None:
+        """Take no more queries, then give running streams what is left of SHUTDOWN_GRACE_S; later calls do nothing."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        log.info("shutting_down", streams=self.handlers.streams_in_flight, grace_s=self.config.shutdown_grace_s)
+        await self.server.drain(self.config.shutdown_grace_s)
+        await self.handlers.shutdown(max(0.0, deadline - time.monotonic()))
+
+
+@asynccontextmanager
+async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
+    """Connect, subscribe and serve the ops endpoints; drain and release everything on exit, in one AsyncExitStack."""
     if config.uses_sample:
         await asyncio.to_thread(ensure_sample, config.sample_path)
     subjects = Subjects(config.subject_prefix)
@@ -55,28 +84,34 @@ async def main() -> None:
         stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
         server = Server(nc)
+        service = QueryService(config, nc, sources, handlers, server, subjects)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
         schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
 
-        async def readiness() -> dict[str, bool]:
-            # False from SIGTERM on; requests already routed here are still served.
-            return {"accepting": not stop.is_set(), "nats": nc.is_connected}
-
-        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, readiness))
-        # Everything loaded so far lives as long as the process: keep it out of the cyclic
-        # collector's full passes, which streaming millions of rows would otherwise trigger often.
-        gc.freeze()
+        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
+        stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
         log.info(
             "service_ready",
             subject_prefix=config.subject_prefix,
             sources={name: redact_url(url) for name, url in config.sources.items()},
             ops_port=config.ops_port,
         )
-        await stop.wait()
-        deadline = time.monotonic() + config.shutdown_grace_s
-        log.info("shutting_down", streams=handlers.streams_in_flight, grace_s=config.shutdown_grace_s)
-        await server.drain(config.shutdown_grace_s)
-        await handlers.shutdown(max(0.0, deadline - time.monotonic()))
+        yield service
     log.info("stopped")
+
+
+async def serve(config: QueryConfig, stop: asyncio.Event) -> None:
+    """Run the query service until `stop` is set, then shut it down gracefully."""
+    async with create_service(config):
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic
+        # collector's full passes, which streaming millions of rows would otherwise trigger often.
+        gc.freeze()
+        await stop.wait()
+
+
+async def main() -> None:
+    config = QueryConfig.from_env()
+    setup_logging("query", config.log_level)
+    await serve(config, stop_event())

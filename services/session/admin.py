@@ -6,6 +6,8 @@
     python -m services.session.admin delete SID
     python -m services.session.admin delete --prefix P
     python -m services.session.admin delete --user UID    # sign a user out everywhere
+    python -m services.session.admin conversations list --user UID
+    python -m services.session.admin erase --user UID     # every conversation and every session of a user
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service.
 Session ids are masked unless --show-sids is given.
@@ -14,6 +16,7 @@ Session ids are masked unless --show-sids is given.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import re
 import sys
@@ -26,14 +29,17 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from services.session.config import key_prefix, redis_target
+from services.session.history_redis import index_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.config import environ
+from shared.contracts import CONVERSATION_ID_PATTERN
 from shared.errors import ConfigError
 from shared.logging import mask
 from shared.users import user_id
 
 SCAN_COUNT = 500
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
 def glob_escape(text: str) -> str:
@@ -102,8 +108,46 @@ class Admin:
         self._print(json.dumps(body, indent=2, default=_json_default, ensure_ascii=False))
         return 0
 
+    def conversations(self, uid: str) -> int:
+        """A user's conversations, newest first: id, last update, messages, title."""
+        rows = self._client.zrevrange(index_key(uid), 0, -1, withscores=True)
+        titles = self._client.hgetall(titles_key(uid))
+        pipe = self._client.pipeline(transaction=False)
+        for cid, _ in rows:
+            pipe.llen(list_key(uid, cid.decode()))
+        counts = pipe.execute() if rows else []
+        self._print(f"{'CONVERSATION':<38} {'UPDATED_AT (UTC)':<24} {'MESSAGES':>8}  TITLE")
+        for (cid, score), count in zip(rows, counts, strict=True):
+            updated = dt.datetime.fromtimestamp(score / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            title = titles.get(cid, b"").decode(errors="replace")
+            self._print(f"{cid.decode():<38} {updated:<24} {count:>8}  {title}")
+        self._print(f"{len(rows)} conversation{'s' if len(rows) != 1 else ''} of user {uid}")
+        return 0
+
+    def erase(self, uid: str) -> int:
+        """Erasure on request: every conversation (lists, index, titles) and every session of `uid`. Idempotent."""
+        ids = {cid.decode() for cid in self._client.zrange(index_key(uid), 0, -1)}
+        # Lists whose index entry is gone too. Ids never hold ':', so another user whose id
+        # starts with this one plus ':' is never matched.
+        prefix = list_key(uid, "")
+        for key in self._client.scan_iter(match=glob_escape(prefix) + "*", count=SCAN_COUNT):
+            cid = key.decode(errors="replace")[len(prefix) :]
+            if _CONVERSATION_ID.match(cid):
+                ids.add(cid)
+        keys = [*(list_key(uid, cid) for cid in sorted(ids)), index_key(uid), titles_key(uid)]
+        for start in range(0, len(keys), SCAN_COUNT):
+            self._client.unlink(*keys[start : start + SCAN_COUNT])
+        sessions = self._delete_user_sessions(uid)
+        self._print(f"erased {len(ids)} conversation{'s' if len(ids) != 1 else ''} and {sessions} session{'s' if sessions != 1 else ''} of user {uid}")
+        return 0
+
     def delete_user(self, uid: str) -> int:
         """Delete every session whose user id is `uid`: SCAN, GET in batches, decode, delete the matches."""
+        total = self._delete_user_sessions(uid)
+        self._print(f"deleted {total} session{'s' if total != 1 else ''} of user {uid}")
+        return 0
+
+    def _delete_user_sessions(self, uid: str) -> int:
         total = 0
         batch: list[bytes] = []
         for key in self.keys():
@@ -113,8 +157,7 @@ class Admin:
                 batch = []
         if batch:
             total += self._delete_user_batch(uid, batch)
-        self._print(f"deleted {total} session{'s' if total != 1 else ''} of user {uid}")
-        return 0
+        return total
 
     def _delete_user_batch(self, uid: str, keys: list[bytes]) -> int:
         matches = []
@@ -182,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("sid", nargs="?")
     group.add_argument("--prefix", dest="sid_prefix", help="sid prefix ('' deletes every session)")
     group.add_argument("--user", dest="uid", help="a user id (the token's sub): sign that user out everywhere")
+    conversations = sub.add_parser("conversations", help="a user's conversation history")
+    conversations_sub = conversations.add_subparsers(dest="conversations_command", required=True)
+    conversations_list = conversations_sub.add_parser("list", help="list a user's conversations, newest first")
+    conversations_list.add_argument("--user", dest="uid", required=True)
+    erase = sub.add_parser("erase", help="delete every conversation and every session of a user (erasure on request); safe to repeat")
+    erase.add_argument("--user", dest="uid", required=True)
     return p
 
 
@@ -208,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             return admin.count()
         if args.command == "show":
             return admin.show(args.sid)
+        if args.command in ("conversations", "erase"):
+            if not args.uid.strip():
+                print("error: --user needs a user id", file=sys.stderr)
+                return 2
+            if args.command == "conversations":
+                return admin.conversations(args.uid.strip())
+            if args.command == "erase":
+                return admin.erase(args.uid.strip())
         if args.uid is not None:
             if not args.uid.strip():
                 print("error: --user needs a user id", file=sys.stderr)

@@ -19,6 +19,7 @@ from shared.config import (
 from shared.errors import ConfigError
 
 DEFAULT_LIFETIME_S = 2678400  # 31 days: Flask's PERMANENT_SESSION_LIFETIME, and so Flask-Session's TTL
+DEFAULT_CONVERSATION_LIFETIME_S = 90 * 86400
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
@@ -111,6 +112,12 @@ class SessionConfig:
     """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
     shutdown_grace_s: float = 20.0
     """SHUTDOWN_GRACE_S: how long calls in hand may finish after SIGTERM."""
+    conversation_lifetime_s: int = DEFAULT_CONVERSATION_LIFETIME_S
+    """CONVERSATION_LIFETIME: seconds a conversation lives after its last read or write (default 90 days)."""
+    conversation_max_messages: int = 1000
+    """CONVERSATION_MAX_MESSAGES: messages one conversation may hold; a turn past it is refused."""
+    conversation_max_message_bytes: int = 131072
+    """CONVERSATION_MAX_MESSAGE_BYTES: MessagePack bytes one stored message may take."""
 
     def __post_init__(self) -> None:
         if not _BUCKET_RE.match(self.kv_bucket):
@@ -133,4 +140,7 @@ class SessionConfig:
             ops_port=env_port(env, "OPS_PORT", 8091),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
+            conversation_lifetime_s=env_int(env, "CONVERSATION_LIFETIME", DEFAULT_CONVERSATION_LIFETIME_S, minimum=1),
+            conversation_max_messages=env_int(env, "CONVERSATION_MAX_MESSAGES", 1000, minimum=2),
+            conversation_max_message_bytes=env_int(env, "CONVERSATION_MAX_MESSAGE_BYTES", 131072, minimum=1024),
         )

@@ -1,7 +1,8 @@
-"""The NATS handlers of session.get/set/patch/delete/ping (shapes in shared/contracts.py)."""
+"""The NATS handlers of session.get/get_many/set/patch/delete/ping (shapes in shared/contracts.py)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,26 @@ from nats.aio.msg import Msg
 from services.session.metrics import CALLS
 from services.session.store import SessionStore
 from shared.codec import encode
-from shared.contracts import NO_SESSION, SID_PATTERN, Ok, Ping, SessionDelete, SessionDeleted, SessionGet, SessionPatch, SessionPong, SessionReply, SessionSet
-from shared.errors import BAD_REQUEST, ServiceError
+from shared.contracts import (
+    NO_SESSION,
+    SID_PATTERN,
+    ErrorBody,
+    Ok,
+    Ping,
+    SessionDelete,
+    SessionDeleted,
+    SessionGet,
+    SessionGetMany,
+    SessionGetManyReply,
+    SessionPatch,
+    SessionPong,
+    SessionRead,
+    SessionReadResult,
+    SessionReply,
+    SessionSet,
+    decode_payload,
+)
+from shared.errors import BAD_REQUEST, INTERNAL, ServiceError
 from shared.logging import mask
 
 log = structlog.get_logger(__name__)
@@ -23,6 +42,10 @@ log = structlog.get_logger(__name__)
 SID_RE = re.compile(SID_PATTERN)
 
 Reply = SessionReply | SessionDeleted | SessionPong | Ok
+
+_ENCODER = msgspec.msgpack.Encoder()
+_NO_SESSION = SessionReadResult()
+_GET_OK = CALLS.labels(op="get", outcome="ok")
 
 
 def _session(session: dict[str, Any] | None) -> SessionReply:
@@ -59,6 +82,53 @@ class SessionHandlers:
             return _session(await self._store.get(sid))
 
         return await self._timed("get", sid, call)
+
+    async def get_many(self, data: bytes, _: Msg) -> bytes:
+        """`session.get_many`: each read as `get` would serve it, one result (or error) per read.
+
+        On Redis the store sends the batch as one pipeline of GETEX; metrics and the debug
+        line stay per read, and each read's log lines carry its own request id.
+        """
+        reads = decode_payload(data, SessionGetMany).reads
+        start = time.perf_counter()
+        results: list[SessionReadResult] = [_NO_SESSION] * len(reads)
+        stored: list[int] = []
+        for i, read in enumerate(reads):
+            if not read.sid:
+                results[i] = SessionReadResult(error=ErrorBody(BAD_REQUEST, "sid must be a non-empty string"))
+            elif SID_RE.match(read.sid):
+                stored.append(i)
+            # else: such a sid is never stored, so it has no session
+        try:
+            outcomes = await self._store.get_many([reads[i].sid for i in stored], [reads[i].request_id for i in stored]) if stored else []
+        except BaseException:
+            self._observe_reads(reads, results, start, failed=True)
+            raise
+        for i, outcome in zip(stored, outcomes, strict=True):
+            if outcome is None:
+                continue
+            if isinstance(outcome, ServiceError):
+                results[i] = SessionReadResult(error=ErrorBody(outcome.code, outcome.message))
+            elif isinstance(outcome, Exception):
+                with structlog.contextvars.bound_contextvars(request_id=reads[i].request_id):
+                    log.error("handler_failed", op="get", exc_info=outcome)
+                results[i] = SessionReadResult(error=ErrorBody(INTERNAL, "internal error; see the service log"))
+            else:
+                results[i] = SessionReadResult(session=msgspec.Raw(encode(outcome)))
+        self._observe_reads(reads, results, start)
+        return _ENCODER.encode(SessionGetManyReply(results=results))
+
+    def _observe_reads(self, reads: list[SessionRead], results: list[SessionReadResult], start: float, *, failed: bool = False) -> None:
+        """Per read, as `_timed` does for one call: the latency histogram and the debug line."""
+        elapsed = time.perf_counter() - start
+        debug = log.is_enabled_for(logging.DEBUG)
+        for read, result in zip(reads, results, strict=True):
+            outcome = "error" if failed else result.error.code if result.error is not None else "ok"
+            child = _GET_OK if outcome == "ok" else CALLS.labels(op="get", outcome=outcome)
+            child.observe(elapsed)
+            if debug:
+                with structlog.contextvars.bound_contextvars(request_id=read.request_id):
+                    log.debug("session_call", op="get", sid=mask(read.sid), store=self._store.name, outcome=outcome, ms=round(elapsed * 1000, 3), batch=len(reads))
 
     async def set(self, req: SessionSet, _: Msg) -> Reply:
         sid, data, replace_sid = req.sid, req.data, req.replace_sid

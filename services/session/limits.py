@@ -125,7 +125,7 @@ class Limits:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
 
     def _go_local(self, reason: str) -> None:
         self._retry_at = time.monotonic() + self._retry_redis_s

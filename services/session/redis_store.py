@@ -1,22 +1,24 @@
 """Sessions in Redis, one command per call, in the exact bytes Flask-Session 0.8 reads and writes.
 
 A session is a plain MessagePack map under `<SESSION_KEY_PREFIX><sid>` with a TTL of
-SESSION_LIFETIME. Field-level patches run as one Lua script that splices the MessagePack
-bytes rather than decoding them with cmsgpack: untouched fields keep their exact bytes
-(bin stays bin, a float stays a float, an empty map stays a map), big integers keep
-their precision, and the script needs no Lua library that Redis-compatible services
-may lack.
+SESSION_LIFETIME. Field-level patches run as one Lua script (patch.lua, loaded with redis-py's
+`register_script`) that splices the MessagePack bytes rather than decoding them with cmsgpack:
+untouched fields keep their exact bytes (bin stays bin, a float stays a float, an empty map
+stays a map), big integers keep their precision, and the script needs no Lua library that
+Redis-compatible services may lack.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import redis.exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 
 from services.session.config import RedisTarget
 from services.session.metrics import REDIS_COMMANDS
@@ -27,119 +29,8 @@ WRITEBACK_GUARD_TTL_S = 60
 PROBE_KEY = WRITEBACK_GUARD_PREFIX + "probe"
 """Written while Redis is degraded to learn whether it takes writes again (same ACL key pattern as the guards)."""
 
-_PATCH_LUA = r"""
--- KEYS[1]: the session key. ARGV[1]: lifetime in seconds. ARGV[2]: k, the number of fields to set.
--- ARGV[3..2+2k]: for each field to set, its name then its MessagePack key+value bytes.
--- ARGV[3+2k..]: names of the fields to remove.
--- Returns the new bytes, nil when there is no session, or -1 when the stored bytes are not a map.
-local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-
-local byte, sub = string.byte, string.sub
-local len = #raw
-
-local function need(pos, n)
-  if pos + n - 1 > len then error('truncated') end
-end
-local function u8(pos) need(pos, 1); return byte(raw, pos) end
-local function u16(pos) need(pos, 2); local a, b = byte(raw, pos, pos + 1); return a * 256 + b end
-local function u32(pos)
-  need(pos, 4)
-  local a, b, c, d = byte(raw, pos, pos + 3)
-  return ((a * 256 + b) * 256 + c) * 256 + d
-end
-
--- skip(pos) returns the position just after the MessagePack object starting at pos.
-local skip
-local function skip_n(pos, n)
-  for _ = 1, n do pos = skip(pos) end
-  return pos
-end
-skip = function(pos)
-  local b = u8(pos)
-  if b <= 0x7f or b >= 0xe0 then return pos + 1 end                  -- fixint
-  if b <= 0x8f then return skip_n(pos + 1, (b - 0x80) * 2) end       -- fixmap
-  if b <= 0x9f then return skip_n(pos + 1, b - 0x90) end             -- fixarray
-  if b <= 0xbf then return pos + 1 + (b - 0xa0) end                  -- fixstr
-  if b == 0xc0 or b == 0xc2 or b == 0xc3 then return pos + 1 end    -- nil, false, true
-  if b == 0xc4 or b == 0xd9 then return pos + 2 + u8(pos + 1) end    -- bin8, str8
-  if b == 0xc5 or b == 0xda then return pos + 3 + u16(pos + 1) end   -- bin16, str16
-  if b == 0xc6 or b == 0xdb then return pos + 5 + u32(pos + 1) end   -- bin32, str32
-  if b == 0xc7 then return pos + 3 + u8(pos + 1) end                 -- ext8
-  if b == 0xc8 then return pos + 4 + u16(pos + 1) end                -- ext16
-  if b == 0xc9 then return pos + 6 + u32(pos + 1) end                -- ext32
-  if b == 0xca then return pos + 5 end                               -- float32
-  if b == 0xcb then return pos + 9 end                               -- float64
-  if b == 0xcc or b == 0xd0 then return pos + 2 end                  -- (u)int8
-  if b == 0xcd or b == 0xd1 then return pos + 3 end                  -- (u)int16
-  if b == 0xce or b == 0xd2 then return pos + 5 end                  -- (u)int32
-  if b == 0xcf or b == 0xd3 then return pos + 9 end                  -- (u)int64
-  if b == 0xd4 then return pos + 3 end                               -- fixext1
-  if b == 0xd5 then return pos + 4 end                               -- fixext2
-  if b == 0xd6 then return pos + 6 end                               -- fixext4
-  if b == 0xd7 then return pos + 10 end                              -- fixext8
-  if b == 0xd8 then return pos + 18 end                              -- fixext16
-  if b == 0xdc then return skip_n(pos + 3, u16(pos + 1)) end         -- array16
-  if b == 0xdd then return skip_n(pos + 5, u32(pos + 1)) end         -- array32
-  if b == 0xde then return skip_n(pos + 3, u16(pos + 1) * 2) end     -- map16
-  if b == 0xdf then return skip_n(pos + 5, u32(pos + 1) * 2) end     -- map32
-  error('invalid')                                                   -- 0xc1
-end
-
--- The text of a str (or bin) key between start and stop, or nil for other key types.
-local function key_text(start, stop)
-  local b = byte(raw, start)
-  if b >= 0xa0 and b <= 0xbf then return sub(raw, start + 1, stop - 1) end
-  if b == 0xd9 or b == 0xc4 then return sub(raw, start + 2, stop - 1) end
-  if b == 0xda or b == 0xc5 then return sub(raw, start + 3, stop - 1) end
-  if b == 0xdb or b == 0xc6 then return sub(raw, start + 5, stop - 1) end
-  return nil
-end
-
-local function splice()
-  local b = u8(1)
-  local count, pos
-  if b >= 0x80 and b <= 0x8f then count, pos = b - 0x80, 2
-  elseif b == 0xde then count, pos = u16(2), 4
-  elseif b == 0xdf then count, pos = u32(2), 6
-  else error('not a map') end
-
-  local nset = tonumber(ARGV[2])
-  local touched = {}
-  for i = 1, nset do touched[ARGV[1 + 2 * i]] = true end
-  for i = 3 + 2 * nset, #ARGV do touched[ARGV[i]] = true end
-
-  local parts, kept = {''}, 0
-  for _ = 1, count do
-    local kstart = pos
-    local vstart = skip(kstart)
-    local vend = skip(vstart)
-    local name = key_text(kstart, vstart)
-    if name == nil or not touched[name] then
-      parts[#parts + 1] = sub(raw, kstart, vend - 1)
-      kept = kept + 1
-    end
-    pos = vend
-  end
-  if pos ~= len + 1 then error('trailing bytes') end
-  for i = 1, nset do parts[#parts + 1] = ARGV[2 + 2 * i] end
-
-  local n = kept + nset
-  if n < 16 then
-    parts[1] = string.char(0x80 + n)
-  elseif n < 65536 then
-    parts[1] = string.char(0xde, math.floor(n / 256), n % 256)
-  else
-    parts[1] = string.char(0xdf, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
-  end
-  return table.concat(parts)
-end
-
-local ok, result = pcall(splice)
-if not ok then return -1 end
-redis.call('SET', KEYS[1], result, 'EX', ARGV[1])
-return result
-"""
+PATCH_LUA = Path(__file__).with_name("patch.lua").read_text()
+"""The MessagePack-splicing patch script (patch.lua), tested on its own in tests/test_session_patch_lua.py."""
 
 _ROTATE_LUA = r"""
 -- Login rotation: store the new session and delete the old one in one call.
@@ -160,22 +51,6 @@ end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
 return 1
 """
-
-
-@dataclass(frozen=True)
-class _Script:
-    name: str
-    source: str
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
-
-
-PATCH = _Script("patch", _PATCH_LUA)
-ROTATE = _Script("rotate", _ROTATE_LUA)
-WRITEBACK = _Script("writeback", _WRITEBACK_LUA)
-SCRIPTS = (PATCH, ROTATE, WRITEBACK)
 
 
 class RedisUnavailable(Exception):
@@ -303,6 +178,10 @@ class RedisStore:
         self._prefix = key_prefix
         self._lifetime = lifetime_s
         self._counters = {name: REDIS_COMMANDS.labels(command=name) for name in ("getex", "get", "set", "del", "evalsha", "script_load", "ping")}
+        self._patch = client.register_script(PATCH_LUA)
+        self._rotate = client.register_script(_ROTATE_LUA)
+        self._writeback = client.register_script(_WRITEBACK_LUA)
+        self._script_client = _ScriptClient(self)
 
     def key(self, sid: str) -> str:
         return self._prefix + sid
@@ -319,12 +198,9 @@ class RedisStore:
                 raise mapped from exc
             raise
 
-    async def _script(self, script: _Script, keys: list[str], args: list[str | bytes | int]) -> object:
-        try:
-            return await self._run("evalsha", self._client.evalsha(script.sha, len(keys), *keys, *args))
-        except rex.NoScriptError:  # Redis restarted or flushed its script cache
-            await self._run("script_load", self._client.script_load(script.source))
-            return await self._run("evalsha", self._client.evalsha(script.sha, len(keys), *keys, *args))
+    async def _script(self, script: AsyncScript, keys: list[str], args: list[str | bytes | int]) -> object:
+        """EVALSHA, loading the script first if Redis restarted or flushed its script cache (redis-py's Script)."""
+        return await script(keys=keys, args=args, client=self._script_client)  # type: ignore[arg-type]
 
     async def ping(self) -> None:
         await self._run("ping", self._client.ping())
@@ -334,12 +210,37 @@ class RedisStore:
         await self._run("set", self._client.set(PROBE_KEY, b"1", ex=WRITEBACK_GUARD_TTL_S))
 
     async def load_scripts(self) -> None:
-        for script in SCRIPTS:
-            await self._run("script_load", self._client.script_load(script.source))
+        for script in (self._patch, self._rotate, self._writeback):
+            await self._run("script_load", self._client.script_load(script.script))
 
     async def get(self, sid: str) -> bytes | None:
         """GETEX: read the session and slide its expiry in one command."""
         return await self._run("getex", self._client.getex(self.key(sid), ex=self._lifetime))
+
+    async def get_many(self, sids: Sequence[str]) -> list[bytes | None | Exception]:
+        """One pipeline (no MULTI) of GETEX, one command per sid, as `get` sends them one by one (a lone sid: `get` itself).
+
+        Each result is the bytes, None, or the exception `get` would raise for that sid alone
+        (CorruptSession for WRONGTYPE, RedisUnavailable and its kinds for an outage). A failure
+        of the connection itself raises, as for `get`.
+        """
+        if len(sids) == 1:  # a lone read (a quiet gateway) skips the pipeline's own cost
+            try:
+                return [await self.get(sids[0])]
+            except (CorruptSession, rex.ResponseError) as exc:
+                return [exc]
+        self._counters["getex"].inc(len(sids))
+        pipe = self._client.pipeline(transaction=False)
+        for sid in sids:
+            pipe.getex(self._prefix + sid, ex=self._lifetime)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            mapped = classify(exc)
+            if mapped is not None:
+                raise mapped from exc
+            raise
+        return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
 
     async def peek(self, sid: str) -> bytes | None:
         """GET: read the session without sliding its expiry (which a Redis refusing writes would refuse)."""
@@ -348,7 +249,7 @@ class RedisStore:
     async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
         """SET EX, or one script that also deletes `replace_sid` (login rotation)."""
         if replace_sid and replace_sid != sid:
-            await self._script(ROTATE, [self.key(sid), self.key(replace_sid)], [value, self._lifetime])
+            await self._script(self._rotate, [self.key(sid), self.key(replace_sid)], [value, self._lifetime])
         else:
             await self._run("set", self._client.set(self.key(sid), value, ex=self._lifetime))
 
@@ -361,7 +262,7 @@ class RedisStore:
         for name, pair in pairs:
             args += [name, pair]
         args += unset
-        result = await self._script(PATCH, [self.key(sid)], args)
+        result = await self._script(self._patch, [self.key(sid)], args)
         if result is None:
             return None
         if isinstance(result, int):
@@ -377,7 +278,20 @@ class RedisStore:
         keys = [self.key(sid), WRITEBACK_GUARD_PREFIX + self.key(sid)]
         args: list[str | bytes | int] = [_version_arg(version), self._lifetime, WRITEBACK_GUARD_TTL_S]
         args += ["1", value] if value is not None else ["0"]
-        return bool(await self._script(WRITEBACK, keys, args))
+        return bool(await self._script(self._writeback, keys, args))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
+
+
+class _ScriptClient:
+    """The two commands redis-py's Script sends, counted and classified like every other command."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
+        return await self._store._run("evalsha", self._store._client.evalsha(sha, numkeys, *args))
+
+    async def script_load(self, source: Any) -> str:
+        return await self._store._run("script_load", self._store._client.script_load(source))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors as jse
@@ -12,11 +15,13 @@ from nats.aio.client import Client as NATS
 from services.session.config import SessionConfig
 from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
+from services.session.history import HistoryHandlers, HistoryLimits, HistoryStore
+from services.session.history_redis import HistoryRedis
 from services.session.limits import Limits
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import Mode, SessionStore
 from shared.bus import Server, close, connect
-from shared.contracts import SESSION_QUEUE, Subjects
+from shared.contracts import CONVERSATION_OPS, SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -58,18 +63,46 @@ def build_store(config: SessionConfig, fallback: Fallback) -> SessionStore:
     return SessionStore(redis, fallback)
 
 
-async def main() -> None:
-    config = SessionConfig.from_env()
-    setup_logging("session", config.log_level)
-    stop = stop_event()
-    subjects = Subjects(config.subject_prefix)
-    accepting = True
+@dataclass
+class SessionService:
+    """A running session service: what its tests and its shutdown reach for."""
 
+    config: SessionConfig
+    nc: NATS
+    store: SessionStore
+    server: Server
+    subjects: Subjects
+    accepting: bool = True
+
+    async def readiness(self) -> dict[str, bool]:
+        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+
+    async def drain(self) -> None:
+        """Stop taking messages and finish those in hand (within SHUTDOWN_GRACE_S); later calls do nothing."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        log.info("shutting_down", grace_s=self.config.shutdown_grace_s, in_flight=self.server.in_flight)
+        await self.server.drain(self.config.shutdown_grace_s)
+
+
+@asynccontextmanager
+async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]:
+    """Connect, open the stores, subscribe and serve the ops endpoints; drain and release all of it on exit.
+
+    Every resource enters one AsyncExitStack, so what was opened is closed in reverse order
+    whether start-up finished or failed half-way.
+    """
     async with AsyncExitStack() as stack:
         nc = await connect(config.nats_url, "session")
         stack.push_async_callback(close, nc)
         fallback = await open_fallback(nc, config)
         store = build_store(config, fallback)
+        # Before start(): a write-back of an earlier outage may begin there, and must find history's writer.
+        history_limits = HistoryLimits(config.conversation_lifetime_s, config.conversation_max_messages, config.conversation_max_message_bytes)
+        history_redis = HistoryRedis(create_client(config.redis, max_connections=32), lifetime_s=config.conversation_lifetime_s) if config.redis else None
+        history = HistoryStore(history_redis, store, history_limits)
+        stack.push_async_callback(history.close)  # after the store's write-back task has stopped
         stack.push_async_callback(store.close)
         await store.start()
 
@@ -77,8 +110,10 @@ async def main() -> None:
         stack.push_async_callback(limits.close)
         await limits.load()
 
+        subjects = Subjects(config.subject_prefix)
         handlers = SessionHandlers(store)
         server = Server(nc)
+        service = SessionService(config, nc, store, server, subjects)
         for subject, handler in (
             (subjects.session_get, handlers.get),
             (subjects.session_set, handlers.set),
@@ -88,15 +123,25 @@ async def main() -> None:
             (subjects.session_limit, limits.handle),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
+        await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
+        history_handlers = HistoryHandlers(history).routes()
+        for op in CONVERSATION_OPS:
+            await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
 
-        async def readiness() -> dict[str, bool]:
-            return {"accepting": accepting, "nats": nc.is_connected}
-
-        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, readiness))
+        await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
+        stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
         log.info("service_ready", store=store.name, degraded=store.degraded, subject_prefix=config.subject_prefix, ops_port=config.ops_port)
-
-        await stop.wait()
-        accepting = False
-        log.info("shutting_down", grace_s=config.shutdown_grace_s, in_flight=server.in_flight)
-        await server.drain(config.shutdown_grace_s)
+        yield service
     log.info("stopped")
+
+
+async def serve(config: SessionConfig, stop: asyncio.Event) -> None:
+    """Run the session service until `stop` is set, then shut it down gracefully."""
+    async with create_service(config):
+        await stop.wait()
+
+
+async def main() -> None:
+    config = SessionConfig.from_env()
+    setup_logging("session", config.log_level)
+    await serve(config, stop_event())

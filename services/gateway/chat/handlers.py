@@ -20,12 +20,13 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.chat import history, metrics, tools
+from services.gateway.chat import history, metrics, persist, tools
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
+from services.gateway.chat.record import RecordingUIStream
 from services.gateway.chat.turn import TurnStats, run_turn
-from services.gateway.chat.ui import UIStream
 from services.gateway.config import GatewayConfig
+from services.gateway.conversations import HISTORY
 from services.gateway.handlers import current_session
 from services.gateway.limits import LimitResult, Window
 from services.gateway.sse import HEADERS, client_outcome
@@ -105,12 +106,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     except history.BodyError as exc:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
     system = await app[CONTEXT].system_prompt(body.source)  # an unknown source is refused before it costs quota
+    stored = await persist.prepare(app[HISTORY], uid, body, config.llm_history_max_chars)  # so is a full conversation
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
     if not limit.allowed:
         retry = max(1, limit.retry_after or 1)
         message = f"chat quota used up; try again in {retry} s"
         return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
-    turns = history.to_model_messages(body.messages)
+    turns = history.to_model_messages(stored.messages)
     kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
     messages = [{"role": "system", "content": system}, *kept]
 
@@ -118,7 +120,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
     # A new assistant message every time: on regenerate, useChat has already removed the old one.
-    ui = UIStream(response, f"msg_{uuid.uuid4().hex}", request)
+    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", request, lambda message: persist.save(app[HISTORY], stored, message))
 
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
@@ -155,6 +157,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
         gone.cancel()
         with contextlib.suppress(BaseException):
             await turn
+        if not ui.saved and ui.builder.started:  # a stopped turn keeps its partial answer
+            ui.saved = True
+            with contextlib.suppress(Exception):
+                await asyncio.shield(persist.save(app[HISTORY], stored, ui.builder.message()))
         elapsed = time.monotonic() - started
         metrics.TURN_SECONDS.observe(elapsed)
         log.info(
@@ -166,6 +172,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
             output_tokens=stats.output_tokens,
             outcome=stats.outcome,
             history_turns_dropped=dropped,
+            history_messages=stored.stored,
+            history_partial=stored.partial,
             quota_local=limit.local,
             source=body.source,
             duration_ms=round(elapsed * 1000, 1),

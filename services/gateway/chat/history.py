@@ -41,10 +41,15 @@ class UIMessage(msgspec.Struct, kw_only=True):
 
 
 class ChatRequest(msgspec.Struct, kw_only=True):
-    """POST /api/chat: what useChat's DefaultChatTransport sends, plus an optional `source`."""
+    """POST /api/chat: what useChat's DefaultChatTransport sends, plus an optional `source`.
+
+    With stored history, a client may send only the new message (`message`), as useChat
+    does with `prepareSendMessagesRequest`; the full `messages` form keeps working.
+    """
 
     id: str
-    messages: list[UIMessage]
+    messages: list[UIMessage] = []
+    message: UIMessage | None = None
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     messageId: str | None = None
     source: str | None = None
@@ -71,8 +76,11 @@ def parse_request(body: bytes) -> ChatRequest:
         raise BodyError(f"'id' must be a chat id of 1-{MAX_ID_CHARS} characters")
     if req.source is not None and (not req.source or len(req.source) > 128):
         raise BodyError("'source' must be a source name of 1-128 characters")
-    if not any(m.role == "user" for m in req.messages):
-        raise BodyError("'messages' must hold at least one user message")
+    if req.message is not None:
+        if req.message.role != "user":
+            raise BodyError("'message' must be a user message")
+    elif req.trigger == "submit-message" and not any(m.role == "user" for m in req.messages):
+        raise BodyError("'messages' must hold at least one user message (or send the new one as 'message')")
     return req
 
 

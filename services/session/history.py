@@ -1,0 +1,480 @@
+"""Conversation history (`session.conversation.*`): Redis while it answers, the sessions' fallback while it does not.
+
+History rides on the session store's outage machinery instead of a second one: the same
+modes, the same shared JetStream KV fallback, the same probe and write-back loop. While
+Redis is down, a conversation's changes are kept as one fallback entry (key
+`conv.<base64url uid>.<id>`, never a sid) that only grows: the messages appended during the
+outage, a new title, or a deletion. Write-back pushes those messages after whatever Redis
+holds, so nothing stored before the outage has to be known to keep what was said during it.
+See docs/history.md, "Outages".
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from services.session.history_redis import ConversationFull, HistoryRedis, Stored
+from services.session.metrics import CALLS
+from services.session.redis_store import CorruptSession, RedisUnavailable
+from services.session.store import SessionStore
+from shared.codec import encode
+from shared.contracts import (
+    TITLE_MAX_CHARS,
+    ConversationAppend,
+    ConversationAppended,
+    ConversationInfo,
+    ConversationList,
+    ConversationLoad,
+    ConversationPage,
+    ConversationPatch,
+    ConversationRef,
+    StoredMessage,
+    TextPart,
+    decode_payload,
+)
+from shared.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, ServiceError
+
+log = structlog.get_logger(__name__)
+
+FALLBACK_PREFIX = "conv."
+TOO_LARGE = "too_large"
+CONVERSATION_FULL = "conversation_full"
+_CURSOR = re.compile(r"^(\d{1,16})~([A-Za-z0-9_-]{1,128})$")
+_SPACE = re.compile(r"\s+")
+
+Reply = dict[str, Any]
+
+
+def fallback_key(uid: str, conversation_id: str) -> str:
+    """A JetStream KV key for a conversation: the uid may hold any character, so it is base64url-encoded."""
+    return f"{FALLBACK_PREFIX}{base64.urlsafe_b64encode(uid.encode()).decode().rstrip('=')}.{conversation_id}"
+
+
+def parse_fallback_key(key: str) -> tuple[str, str]:
+    encoded, _, conversation_id = key[len(FALLBACK_PREFIX) :].rpartition(".")
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode(), conversation_id
+
+
+def initial_title(messages: list[StoredMessage]) -> str:
+    """The first user message's text, on one line, cut to 80 characters; '' when there is none."""
+    for message in messages:
+        if message.role == "user":
+            text = " ".join(p.text for p in message.parts if isinstance(p, TextPart))
+            return _SPACE.sub(" ", text).strip()[:TITLE_MAX_CHARS]
+    return ""
+
+
+def clean_title(title: str) -> str:
+    return _SPACE.sub(" ", title).strip()[:TITLE_MAX_CHARS]
+
+
+def encode_cursor(updated_at: int, conversation_id: str) -> str:
+    return f"{updated_at}~{conversation_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    match = _CURSOR.match(cursor)
+    if match is None:
+        raise ServiceError(BAD_REQUEST, "invalid ConversationList: `cursor` is not a cursor this service returned - at `$.cursor`")
+    return int(match.group(1)), match.group(2)
+
+
+@dataclass(frozen=True)
+class HistoryLimits:
+    lifetime_s: int
+    max_messages: int
+    max_message_bytes: int
+
+
+@dataclass
+class OutageEntry:
+    """What happened to one conversation while Redis was down; it only grows, except when `replaces`."""
+
+    uid: str
+    id: str
+    epoch: str = field(default_factory=lambda: uuid.uuid4().hex)
+    replaces: bool = False
+    """True when this entry is the whole conversation (it was deleted during the outage, or there is no Redis)."""
+    deleted: bool = False
+    messages: list[bytes] = field(default_factory=list)
+    title_mode: str = ""
+    """'set' (renamed), 'initial' (a first user message's text, kept only if there is no title) or ''."""
+    title: str = ""
+    updated_at: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def encode(self) -> bytes:
+        return encode(
+            {
+                "uid": self.uid,
+                "id": self.id,
+                "epoch": self.epoch,
+                "replaces": self.replaces,
+                "deleted": self.deleted,
+                "messages": self.messages,
+                "title_mode": self.title_mode,
+                "title": self.title,
+                "updated_at": self.updated_at,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> OutageEntry:
+        value = msgpack.unpackb(raw, raw=False)
+        return cls(
+            uid=value["uid"],
+            id=value["id"],
+            epoch=value["epoch"],
+            replaces=bool(value["replaces"]),
+            deleted=bool(value["deleted"]),
+            messages=list(value["messages"]),
+            title_mode=value["title_mode"],
+            title=value["title"],
+            updated_at=int(value["updated_at"]),
+        )
+
+
+def _decode_messages(raw: list[bytes], where: str) -> list[Any]:
+    messages = []
+    for item in raw:
+        try:
+            messages.append(msgpack.unpackb(item, raw=False))
+        except Exception as exc:  # msgpack raises several types; one bad message must not hide the others
+            log.warning("conversation_message_corrupt", store=where, error=type(exc).__name__, bytes=len(item))
+    return messages
+
+
+def _newest(raw: list[bytes], max_bytes: int, keep: int) -> list[bytes]:
+    """The newest messages within max_bytes (0: all), and at least the newest `keep` of them."""
+    if not max_bytes:
+        return raw
+    out: list[bytes] = []
+    size = 0
+    for item in reversed(raw):
+        if len(out) >= keep and size + len(item) > max_bytes:
+            break
+        size += len(item)
+        out.append(item)
+    return out[::-1]
+
+
+class HistoryStore:
+    """The conversation operations, on Redis or (during an outage) on the sessions' fallback."""
+
+    def __init__(self, redis: HistoryRedis | None, sessions: SessionStore, limits: HistoryLimits) -> None:
+        self._redis = redis
+        self._sessions = sessions
+        self.limits = limits
+        sessions.add_writer(FALLBACK_PREFIX, self._write_back)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.close()
+
+    def _usable(self) -> bool:
+        return self._redis is not None and self._sessions.on_redis
+
+    async def _entry(self, key: str) -> OutageEntry | None:
+        found = await self._sessions.fallback_call(lambda: self._sessions.fallback.get(key, touch=False))
+        if found is None or found.value is None:
+            return None
+        try:
+            return OutageEntry.decode(found.value)
+        except Exception as exc:  # not ours to serve; logged and treated as no entry
+            log.warning("conversation_entry_corrupt", error=type(exc).__name__)
+            return None
+
+    async def _change(self, uid: str, conversation_id: str, change: Any) -> OutageEntry:
+        """Apply `change(entry)` to the conversation's fallback entry (created when missing) and store it.
+
+        An existing entry is changed by compare-and-set, so replicas appending at once lose nothing.
+        """
+        key = fallback_key(uid, conversation_id)
+        changed: list[OutageEntry] = []
+
+        def apply(raw: bytes) -> bytes:
+            try:
+                entry = OutageEntry.decode(raw)
+            except Exception:  # unreadable: start the entry afresh rather than fail every call
+                entry = OutageEntry(uid, conversation_id, replaces=self._redis is None)
+            change(entry)
+            entry.updated_at = int(time.time() * 1000)
+            changed[:] = [entry]
+            return entry.encode()
+
+        async with self._sessions.lock(key):
+            if await self._sessions.fallback_call(lambda: self._sessions.fallback.update(key, apply)) is None:
+                entry = OutageEntry(uid, conversation_id, replaces=self._redis is None)
+                change(entry)
+                changed[:] = [entry]
+                await self._sessions.fallback_call(lambda: self._sessions.fallback.put(key, entry.encode()))
+        self._sessions.changed_in_outage()
+        return changed[0]
+
+    async def _on_redis[R](self, key: str | None, call: Any) -> tuple[bool, R | None]:
+        """(True, result) when Redis served the call; (False, None) when it failed and the fallback must.
+
+        `key`: the conversation's fallback entry, written back first while recovering.
+        """
+        if not self._usable():
+            return False, None
+        assert self._redis is not None
+        try:
+            if key is not None:
+                await self._sessions.migrate_first(key)
+            return True, await call(self._redis)
+        except RedisUnavailable as exc:
+            self._sessions.redis_failed(exc)
+            return False, None
+        except CorruptSession as exc:  # another Redis type under a history key
+            log.error("conversation_corrupt", error=str(exc))
+            raise ServiceError(UNAVAILABLE, "this conversation's stored data is unreadable (another Redis type under its key)") from None
+
+    # --- operations -----------------------------------------------------------------------
+
+    async def load(self, req: ConversationLoad, *, recheck: bool = True) -> Reply:
+        key = fallback_key(req.uid, req.id)
+        served, stored = await self._on_redis(key, lambda r: r.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages))
+        if served:
+            return self._loaded(stored, [], partial=False, max_bytes=req.max_bytes, keep=req.min_messages)
+        entry = await self._entry(key)
+        before: Stored | None = None
+        known = False
+        if (entry is None or not entry.replaces) and self._sessions.redis_readable and self._redis is not None:
+            try:
+                before = await self._redis.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages, slide=False)
+                known = True
+            except RedisUnavailable:
+                pass
+        if entry is None:
+            if not known and recheck and await self._sessions.redis_is_back():
+                return await self.load(req, recheck=False)
+            return self._loaded(before, [], partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
+        if entry.deleted:
+            return self._loaded(None, [], partial=False, max_bytes=req.max_bytes, keep=req.min_messages)
+        if entry.replaces:
+            before, known = None, True
+        loaded = self._loaded(before, entry.messages, partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
+        loaded["exists"] = True
+        if entry.title_mode == "set" or (entry.title_mode == "initial" and not loaded["title"]):
+            loaded["title"] = entry.title
+        loaded["updated_at"] = entry.updated_at
+        return loaded
+
+    def _loaded(self, stored: Stored | None, outage: list[bytes], *, partial: bool, max_bytes: int, keep: int) -> Reply:
+        raw = _newest([*(stored.messages if stored else []), *outage], max_bytes, keep)
+        return {
+            "exists": stored is not None,
+            "messages": _decode_messages(raw, "redis" if not outage else "fallback"),
+            "total": (stored.total if stored else 0) + len(outage),
+            "title": stored.title if stored else None,
+            "updated_at": stored.updated_at if stored else None,
+            "max_messages": self.limits.max_messages,
+            "max_message_bytes": self.limits.max_message_bytes,
+            "partial": partial,
+        }
+
+    def _encode_messages(self, messages: list[StoredMessage]) -> list[bytes]:
+        encoded = [msgspec.msgpack.encode(m) for m in messages]
+        for i, (message, raw) in enumerate(zip(messages, encoded, strict=True)):
+            if len(raw) > self.limits.max_message_bytes:
+                raise ServiceError(
+                    TOO_LARGE,
+                    f"message {i} ({message.role}, id {message.id}) is {len(raw)} bytes, more than the {self.limits.max_message_bytes} bytes "
+                    "a stored message may hold (CONVERSATION_MAX_MESSAGE_BYTES)",
+                )
+        return encoded
+
+    def _full(self, held: int) -> ServiceError:
+        return ServiceError(
+            CONVERSATION_FULL,
+            f"this conversation holds {held} messages and may hold at most {self.limits.max_messages} (CONVERSATION_MAX_MESSAGES); start a new conversation",
+        )
+
+    async def append(self, req: ConversationAppend) -> ConversationAppended:
+        encoded = self._encode_messages(req.messages)
+        title = initial_title(req.messages)
+        key = fallback_key(req.uid, req.id)
+        try:
+            served, result = await self._on_redis(
+                key,
+                lambda r: r.append(req.uid, req.id, encoded, max_messages=self.limits.max_messages, replace_last_of=req.replace_last_of, title=title),
+            )
+        except ConversationFull as exc:
+            raise self._full(exc.held) from None
+        if served:
+            assert result is not None
+            return ConversationAppended(total=result[0], updated_at=result[1])
+
+        def change(entry: OutageEntry) -> None:
+            if req.replace_last_of is not None and entry.replaces and len(entry.messages) == req.replace_last_of:
+                # Regenerate: the entry holds the whole conversation, so it can replace its last message.
+                # A new epoch makes a write-back replace the list again rather than count on what it pushed.
+                entry.messages.pop()
+                entry.epoch = uuid.uuid4().hex
+            if len(entry.messages) + len(encoded) > self.limits.max_messages:
+                raise self._full(len(entry.messages))
+            entry.deleted = False
+            entry.messages.extend(encoded)
+            if not entry.title_mode and title:
+                entry.title_mode, entry.title = "initial", title
+
+        entry = await self._change(req.uid, req.id, change)
+        log.info("conversation_append_fallback", store=self._sessions.fallback.name, messages=len(encoded), outage_messages=len(entry.messages))
+        return ConversationAppended(total=len(entry.messages), updated_at=entry.updated_at, fallback=True)
+
+    async def list(self, req: ConversationList) -> ConversationPage:
+        after = decode_cursor(req.cursor) if req.cursor else None
+        served, result = await self._on_redis(None, lambda r: r.list(req.uid, limit=req.limit, after=after))
+        if not served:
+            raise ServiceError(UNAVAILABLE, "the list of conversations is unavailable while Redis is down; chats go on and are written back")
+        assert result is not None
+        items, more = result
+        conversations = [ConversationInfo(id=cid, title=title, updated_at=updated) for cid, updated, title in items]
+        cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
+        return ConversationPage(conversations=conversations, next_cursor=cursor)
+
+    async def create(self, req: ConversationRef) -> ConversationInfo:
+        served, result = await self._on_redis(fallback_key(req.uid, req.id), lambda r: r.create(req.uid, req.id))
+        if served:
+            assert result is not None
+            return ConversationInfo(id=req.id, updated_at=result[0], title=result[1])
+        entry = await self._change(req.uid, req.id, lambda entry: None)
+        return ConversationInfo(id=req.id, updated_at=entry.updated_at, title=entry.title or None)
+
+    async def patch(self, req: ConversationPatch) -> ConversationInfo:
+        title = clean_title(req.title)
+        served, result = await self._on_redis(fallback_key(req.uid, req.id), lambda r: r.patch(req.uid, req.id, title))
+        if served:
+            assert result is not None
+            if not result[0]:
+                raise ServiceError(NOT_FOUND, "no such conversation")
+            return ConversationInfo(id=req.id, title=title, updated_at=result[1])
+        loaded = await self.load(ConversationLoad(uid=req.uid, id=req.id, max_bytes=1, min_messages=0))
+        if loaded["partial"] and not loaded["exists"]:
+            raise ServiceError(UNAVAILABLE, "Redis is down and this replica cannot tell whether the conversation exists; try again shortly")
+        if not loaded["exists"]:
+            raise ServiceError(NOT_FOUND, "no such conversation")
+
+        def change(entry: OutageEntry) -> None:
+            entry.title_mode, entry.title = "set", title
+
+        entry = await self._change(req.uid, req.id, change)
+        return ConversationInfo(id=req.id, title=title, updated_at=entry.updated_at)
+
+    async def delete(self, req: ConversationRef) -> bool:
+        served, existed = await self._on_redis(fallback_key(req.uid, req.id), lambda r: r.delete(req.uid, req.id))
+        if served:
+            return bool(existed)
+
+        def change(entry: OutageEntry) -> None:
+            # Recorded even when unknown here: the conversation may exist in Redis and must go there too.
+            entry.replaces, entry.deleted, entry.messages = True, True, []
+            entry.title_mode, entry.title = "", ""
+            entry.epoch = uuid.uuid4().hex
+
+        await self._change(req.uid, req.id, change)
+        return True
+
+    # --- write-back -----------------------------------------------------------------------
+
+    async def _write_back(self, key: str, value: bytes | None, version: int) -> bool:
+        """Called by the session store's write-back loop for every `conv.` entry."""
+        if value is None or self._redis is None:
+            return True
+        try:
+            entry = OutageEntry.decode(value)
+        except Exception as exc:
+            log.error("conversation_entry_dropped", key_kind="conversation", error=type(exc).__name__)
+            return True
+        return await self._redis.write_back(
+            entry.uid,
+            entry.id,
+            version=version,
+            epoch=entry.epoch,
+            replaces=entry.replaces,
+            deleted=entry.deleted,
+            title_mode=entry.title_mode,
+            title=entry.title,
+            messages=entry.messages,
+        )
+
+
+class HistoryHandlers:
+    """`session.conversation.<op>`: decode the typed request, call the store, time it."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self._store = store
+
+    def routes(self) -> dict[str, Any]:
+        return {"load": self.load, "append": self.append, "list": self.list, "create": self.create, "patch": self.patch, "delete": self.delete}
+
+    async def _timed(self, op: str, call: Any) -> Reply:
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            reply = await call()
+            outcome = "ok"
+            return reply
+        except ServiceError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            CALLS.labels(op=f"conversation_{op}", outcome=outcome).observe(elapsed)
+            log.debug("conversation_call", op=op, outcome=outcome, ms=round(elapsed * 1000, 3))
+
+    async def load(self, _req: Reply, msg: Msg) -> Reply:
+        req = decode_payload(msg.data, ConversationLoad)
+        return await self._timed("load", lambda: self._store.load(req))
+
+    async def append(self, _req: Reply, msg: Msg) -> Reply:
+        req = decode_payload(msg.data, ConversationAppend)
+
+        async def call() -> Reply:
+            return msgspec.to_builtins(await self._store.append(req))
+
+        return await self._timed("append", call)
+
+    async def list(self, _req: Reply, msg: Msg) -> Reply:
+        req = decode_payload(msg.data, ConversationList)
+
+        async def call() -> Reply:
+            return msgspec.to_builtins(await self._store.list(req))
+
+        return await self._timed("list", call)
+
+    async def create(self, _req: Reply, msg: Msg) -> Reply:
+        req = decode_payload(msg.data, ConversationRef)
+
+        async def call() -> Reply:
+            return msgspec.to_builtins(await self._store.create(req))
+
+        return await self._timed("create", call)
+
+    async def patch(self, _req: Reply, msg: Msg) -> Reply:
+        req = decode_payload(msg.data, ConversationPatch)
+
+        async def call() -> Reply:
+            return msgspec.to_builtins(await self._store.patch(req))
+
+        return await self._timed("patch", call)
+
+    async def delete(self, _req: Reply, msg: Msg) -> Reply:
+        req = decode_payload(msg.data, ConversationRef)
+
+        async def call() -> Reply:
+            if not await self._store.delete(req):
+                raise ServiceError(NOT_FOUND, "no such conversation")
+            return {"deleted": True}
+
+        return await self._timed("delete", call)
