@@ -40,6 +40,12 @@ async def ask(nc: NATS, subject: str, data: bytes) -> Any:
     return msgpack.unpackb((await nc.request(subject, data, timeout=10)).data)
 
 
+def subject_of(subjects: c.Subjects, name: str) -> str:
+    if name.startswith("conversation_"):
+        return subjects.session_conversation(name.removeprefix("conversation_"))
+    return getattr(subjects, name)
+
+
 def execute(**fields: Any) -> dict[str, Any]:
     return {"sql": "SELECT 1", "stream_id": uuid.uuid4().hex, "inbox": f"_INBOX.{uuid.uuid4().hex}", "window": 8, **fields}
 
@@ -54,6 +60,9 @@ MALFORMED = [
     ("session_delete", {"sid": ""}, "invalid SessionDelete: Expected `str` of length >= 1 - at `$.sid`"),
     ("session_ping", [1, 2], "invalid Ping: Expected `object`, got `array`"),
     ("session_limit", {"key": "k", "windows": [{"name": "m", "seconds": 0, "limit": 1}]}, "invalid LimitRequest: Expected `int` >= 1 - at `$.windows[0].seconds`"),
+    ("session_get_many", {"reads": [{"sid": "SID"}, {"sid": None}]}, "invalid SessionGetMany: Expected `str`, got `None` - at `$.reads[1].sid`"),
+    ("conversation_load", {"uid": "u-1", "id": "c/1"}, "invalid ConversationLoad: Expected `str` matching regex '^[A-Za-z0-9_-]{1,128}$' - at `$.id`"),
+    ("conversation_patch", {"uid": "", "id": "c-1"}, "invalid ConversationPatch: Expected `str` of length >= 1 - at `$.uid`"),
     ("query_execute", execute(sql="   "), "invalid QueryExecute: Expected `str` matching regex '\\\\S' - at `$.sql`"),
     ("query_execute", execute(stream_id="a.>"), "invalid QueryExecute: Expected `str` matching regex '^[A-Za-z0-9_-]{1,64}$' - at `$.stream_id`"),
     ("query_execute", execute(inbox="_INBOX.*"), "invalid QueryExecute: Expected `str` matching regex '^[^\\\\s*>]+$' - at `$.inbox`"),
@@ -75,7 +84,7 @@ async def test_a_malformed_request_gets_bad_request_naming_the_field(system: Sys
     if isinstance(payload, dict) and payload.get("sid") == "SID":
         payload = {**payload, "sid": sid}
     try:
-        reply = await ask(nc, getattr(subjects, subject), encode(payload))
+        reply = await ask(nc, subject_of(subjects, subject), encode(payload))
         assert reply == {"error": {"code": BAD_REQUEST, "message": message}}
         assert rdb.get(f"session:{sid}") == stored  # nothing was written
     finally:
@@ -83,12 +92,13 @@ async def test_a_malformed_request_gets_bad_request_naming_the_field(system: Sys
         rdb.close()
 
 
-SUBJECTS = ["session_get", "session_set", "session_patch", "session_delete", "session_ping", "session_limit", "query_execute", "query_ping", "query_schema"]
+SUBJECTS = ["session_get", "session_get_many", "session_set", "session_patch", "session_delete", "session_ping", "session_limit"]
+SUBJECTS += [f"conversation_{op}" for op in c.CONVERSATION_OPS] + ["query_execute", "query_ping", "query_schema"]
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
 async def test_bytes_that_are_not_messagepack_get_bad_request(system: System, nc: NATS, subject: str) -> None:
-    reply = await ask(nc, getattr(c.Subjects(system.prefix), subject), b"\xc1")  # a byte MessagePack never uses
+    reply = await ask(nc, subject_of(c.Subjects(system.prefix), subject), b"\xc1")  # a byte MessagePack never uses
     assert reply["error"]["code"] == BAD_REQUEST
     assert reply["error"]["message"].startswith("payload is not valid MessagePack")
 
