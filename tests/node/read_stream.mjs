@@ -1,10 +1,14 @@
 // Reads one recorded POST /api/chat response body with the AI SDK's own client code:
 // DefaultChatTransport parses and validates the SSE chunks (uiMessageChunkSchema), and
 // readUIMessageStream builds the assistant message from them, as useChat does.
-// Usage: node read_stream.mjs <file with the response body>
-// Prints {"message": <last UIMessage>, "errors": [<every error reported>]}.
+// Usage: node read_stream.mjs <file with the response body> [package: ai (6.x, the default) or ai5 (5.x)]
+// Prints {"version": <the package's version>, "message": <last UIMessage>, "errors": [<every error reported>]}.
 import { readFile } from 'node:fs/promises';
-import { DefaultChatTransport, readUIMessageStream } from 'ai';
+import { createRequire } from 'node:module';
+
+const pkg = process.argv[3] ?? 'ai';
+const { DefaultChatTransport, readUIMessageStream } = await import(pkg);
+const { version } = createRequire(import.meta.url)(`${pkg}/package.json`);
 
 const body = await readFile(process.argv[2]);
 const transport = new DefaultChatTransport({
@@ -27,4 +31,4 @@ let message = null;
 for await (const snapshot of readUIMessageStream({ stream, onError: (error) => errors.push(String(error?.message ?? error)) })) {
   message = snapshot;
 }
-process.stdout.write(JSON.stringify({ message, errors }));
+process.stdout.write(JSON.stringify({ version, message, errors }));

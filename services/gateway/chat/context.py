@@ -2,7 +2,9 @@
 
 Every turn needs it before its first model call, so it is kept for CACHE_S per source
 (the query service itself caches a schema for QUERY_SCHEMA_CACHE_S): a turn then costs
-no NATS round trip for it, and a schema change shows within seconds.
+no NATS round trip for it, and a schema change shows within seconds. Past CACHE_S, and up
+to STALE_S more, a turn still gets the kept prompt at once while one background fetch
+renews it: only a turn after a long idle spell (or the first one) waits for the query service.
 """
 
 from __future__ import annotations
@@ -23,14 +25,23 @@ from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 log = structlog.get_logger(__name__)
 
 CACHE_S = 10.0
+STALE_S = 60.0
 TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
 class _Entry:
-    expires: float
+    fetched: float
     sources: tuple[str, ...]
     system: str
+    complete: bool  # with the schema overview; a prompt without it is fetched again for the next turn
+
+    def fresh(self, now: float) -> bool:
+        return self.complete and now < self.fetched + CACHE_S
+
+    def usable(self, now: float) -> bool:
+        """Still served at once, while a background fetch renews it."""
+        return self.complete and now < self.fetched + CACHE_S + STALE_S
 
 
 class PromptContext:
@@ -41,15 +52,37 @@ class PromptContext:
         self._subjects = subjects
         self._schema_max_chars = schema_max_chars
         self._entries: dict[str | None, _Entry] = {}
+        self._renewing: dict[str | None, asyncio.Task[None]] = {}
 
     async def system_prompt(self, source: str | None) -> str:
         """The system message for a turn on `source` (None: the default); bad_request for an unknown source."""
         entry = self._entries.get(source)
-        if entry is None or entry.expires < time.monotonic():
+        now = time.monotonic()
+        if entry is None or not entry.usable(now):
             entry = await self._fetch(source)
+        elif not entry.fresh(now) and source not in self._renewing:
+            self._renewing[source] = asyncio.create_task(self._renew(source))
         if source is not None and source not in entry.sources:
             raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join(entry.sources)}")
         return entry.system
+
+    async def close(self) -> None:
+        """Stop the background fetches still under way."""
+        for task in self._renewing.values():
+            task.cancel()
+        await asyncio.gather(*self._renewing.values(), return_exceptions=True)
+
+    async def _renew(self, source: str | None) -> None:
+        try:
+            entry = await self._fetch(source)
+            if source is not None and source not in entry.sources:  # the source is gone: refuse it from now on
+                self._entries.pop(source, None)
+        except ServiceError as exc:  # the kept prompt serves until STALE_S; then turns wait, and fail, on their own
+            log.warning("chat_context_renewal_failed", source=source, error=exc.message)
+        except Exception:
+            log.exception("chat_context_renewal_failed", source=source)
+        finally:
+            self._renewing.pop(source, None)
 
     async def _fetch(self, source: str | None) -> _Entry:
         ping, overview = await asyncio.gather(
@@ -67,7 +100,7 @@ class PromptContext:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
         system = prompt.system_prompt({name: str(dialects.get(name, "")) for name in names}, default, schema, self._schema_max_chars)
-        entry = _Entry(time.monotonic() + (CACHE_S if schema is not None else 0.0), names, system)
+        entry = _Entry(time.monotonic(), names, system, complete=schema is not None)
         if source is None or source in names:
             self._entries[source] = entry
         return entry

@@ -61,6 +61,7 @@ async def model_client(app: web.Application) -> AsyncIterator[None]:
     app[MODEL] = client
     app[CONTEXT] = PromptContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], config.llm_schema_max_chars)
     yield
+    await app[CONTEXT].close()
     await client.close()
 
 
@@ -105,8 +106,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         body = history.parse_request(await request.read())
     except history.BodyError as exc:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
-    system = await app[CONTEXT].system_prompt(body.source)  # an unknown source is refused before it costs quota
-    stored = await persist.prepare(app[HISTORY], uid, body, config.llm_history_max_chars)  # so is a full conversation
+    # Refusals that must come before the quota counts the turn, looked up together: an unknown
+    # source (the prompt is usually kept, so costs nothing) and a full conversation (a load).
+    system, stored = await asyncio.gather(
+        app[CONTEXT].system_prompt(body.source),
+        persist.prepare(app[HISTORY], uid, body, config.llm_history_max_chars),
+    )
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
     if not limit.allowed:
         retry = max(1, limit.retry_after or 1)

@@ -1,0 +1,140 @@
+"""`python -m bench.web`: the web app in a real browser reading a 1,000,000-row x 5-column result, beside a raw HTTP client.
+
+One run, on Debian's Chromium (chromium-headless-shell, or CHROMIUM_PATH) driven by Playwright,
+with nats-server, session, query and gateway processes running here:
+
+- Run -> first rows painted: from the Run click to the first frame in which the grid drew rows
+  (the page's `query-run` and `query-first-rows` performance marks);
+- Run -> all rows received: to the `query-done` mark, after the last row is stored;
+- the tab's JS heap after all rows, after a garbage collection (CDP `Runtime.getHeapUsage`;
+  goal < 300 MB), and before it;
+- beside them, the same query read by the bench's raw HTTP client (bench.query.stream_query):
+  time to the preview and to the last row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from bench.query import build_sqlite, login, stream_query
+from tests.harness import NatsServer, RedisServer, Service, free_port, service_env, wait_until
+from tests.web_support import chromium_path, ensure_built, launch_args
+
+TARGET_HEAP_MB = 300.0
+SQL = "SELECT id, qty, price, name, created FROM t"
+
+
+async def raw_client(base_url: str, rows: int) -> tuple[float, float]:
+    """(ms to the preview, seconds to the last row) for POST /api/query read by aiohttp."""
+    async with aiohttp.ClientSession(headers={"Origin": base_url}, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await login(http, base_url)
+        _, seconds, preview_ms = await stream_query(http, base_url, SQL, "bench_web", rows)
+    return preview_ms, seconds
+
+
+def in_browser(base_url: str, executable: str, rows: int) -> dict[str, float]:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**launch_args(executable))
+        try:
+            page = browser.new_page(base_url=base_url, viewport={"width": 1400, "height": 900})
+            page.goto("/")
+            page.get_by_label("Email").fill("bench@example.com")
+            page.get_by_label("Name").fill("Bench")
+            page.get_by_label("Name").press("Enter")
+            expect(page.get_by_text("Signed in as Bench")).to_be_visible()
+            page.get_by_label("Source").select_option("bench_web")
+            editor = page.locator("#editor .cm-content")
+            editor.fill(SQL)
+            page.get_by_role("button", name="Run").click()
+            expect(page.get_by_role("status")).to_have_text(f"{rows:,} rows", timeout=600_000)
+            marks = page.evaluate("Object.fromEntries(performance.getEntriesByType('mark').map((m) => [m.name, m.startTime]))")
+            cdp = page.context.new_cdp_session(page)
+            before = cdp.send("Runtime.getHeapUsage")["usedSize"]
+            cdp.send("HeapProfiler.collectGarbage")
+            after = cdp.send("Runtime.getHeapUsage")["usedSize"]
+            shown = page.get_by_role("grid", name="Query result").get_attribute("aria-rowcount")
+            if shown != str(rows + 1):
+                raise RuntimeError(f"the grid shows aria-rowcount={shown}, expected {rows + 1}")
+        finally:
+            browser.close()
+    return {
+        "first_rows_ms": marks["query-first-rows"] - marks["query-run"],
+        "all_rows_s": (marks["query-done"] - marks["query-run"]) / 1000,
+        "heap_mb": after / 2**20,
+        "heap_before_gc_mb": before / 2**20,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.web", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_WEB_ROWS", "1000000")), help="rows in the result (BENCH_WEB_ROWS)")
+    args = p.parse_args(argv or [])
+    executable = chromium_path()
+    if executable is None:
+        print("web bench: no Chromium (apt-get install chromium-headless-shell, or set CHROMIUM_PATH)", file=sys.stderr)
+        return 1
+    ensure_built()
+    print(f"web bench: {args.rows:,} rows x 5 columns, {executable}, {os.cpu_count()} CPUs shared by everything", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
+    build_sqlite(workdir / "bench.db", args.rows)
+    nats_server = NatsServer().start()
+    redis_server = RedisServer().start()
+    services: list[Service] = []
+    try:
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
+        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
+        query_env = service_env(**common, QUERY_SOURCES=f"bench_web=sqlite:///{workdir / 'bench.db'}", QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300")
+        services.append(Service("query", query_env).start())
+        port = free_port()
+        services.append(Service("gateway", service_env(**common, GATEWAY_PORT=str(port), AUTH_MODE="dev")).start())
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
+        started = time.perf_counter()
+        browser = in_browser(base_url, executable, args.rows)
+        raw_preview_ms, raw_s = asyncio.run(raw_client(base_url, args.rows))
+        print(f"  measured in {time.perf_counter() - started:.1f}s", flush=True)
+    finally:
+        for service in reversed(services):
+            service.stop()
+        redis_server.stop()
+        nats_server.cleanup()
+        for path in workdir.iterdir():
+            path.unlink()
+        workdir.rmdir()
+
+    heap_ok = browser["heap_mb"] < TARGET_HEAP_MB
+    print()
+    print("| measure | browser (the page) | raw HTTP client |")
+    print("| --- | ---: | ---: |")
+    print(f"| Run -> first rows painted (raw: preview part) | {browser['first_rows_ms']:.0f} ms | {raw_preview_ms:.0f} ms |")
+    print(f"| Run -> all {args.rows:,} rows received | {browser['all_rows_s']:.2f} s | {raw_s:.2f} s |")
+    print(f"| rows/s | {args.rows / browser['all_rows_s']:,.0f} | {args.rows / raw_s:,.0f} |")
+    print(f"| tab JS heap after all rows, after GC (goal < {TARGET_HEAP_MB:.0f} MB) | {browser['heap_mb']:.1f} MB {'ok' if heap_ok else 'MISSED'} | |")
+    print(f"| tab JS heap before GC | {browser['heap_before_gc_mb']:.1f} MB | |")
+    return 0
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

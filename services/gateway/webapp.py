@@ -1,0 +1,120 @@
+"""The web app's HTTP side: the built page and its hashed assets, security headers, and the small JSON the page needs.
+
+The page itself is built from services/gateway/web by `make` (see docs/web.md) into
+services/gateway/static; this module only serves it. Every response gets the security
+headers; the Content-Security-Policy allows scripts and styles from this origin only, and
+under AUTH_MODE=firebase also the Google endpoints the Firebase sign-in needs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+from services.gateway import keys
+from services.gateway.config import GatewayConfig
+from services.gateway.handlers import current_session
+from shared.bus import request
+from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+"""Where `make` (scripts/build_web.py) writes index.html and assets/."""
+ASSET_CACHE = "public, max-age=31536000, immutable"
+"""Assets carry a content hash in their names, so a name never changes meaning."""
+PAGE_CACHE = "no-cache"
+"""index.html names the current assets: revalidate it on every load."""
+_ASSET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+SOURCES_TIMEOUT_S = 2.0
+
+CSP_KEY = web.AppKey("csp", str)
+
+
+def content_security_policy(config: GatewayConfig) -> str:
+    """No inline script or style, no eval; Firebase's Google endpoints only under AUTH_MODE=firebase with a web config."""
+    script, connect, frame, img = ["'self'"], ["'self'"], ["'none'"], ["'self'", "data:"]
+    firebase = config.firebase_web
+    if firebase is not None:
+        # signInWithPopup: gapi from apis.google.com builds an iframe on the auth domain; tokens come from these APIs.
+        script.append("https://apis.google.com")
+        connect += ["https://identitytoolkit.googleapis.com", "https://securetoken.googleapis.com", "https://www.googleapis.com"]
+        frame = [f"https://{firebase['authDomain']}", "https://apis.google.com"]
+        img.append("https://*.googleusercontent.com")
+    directives = {
+        "default-src": ["'none'"],
+        "script-src": script,
+        "style-src": ["'self'"],
+        "img-src": img,
+        "font-src": ["'self'"],
+        "connect-src": connect,
+        "frame-src": frame,
+        "manifest-src": ["'self'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+    return "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the same headers on every response, streamed ones and errors included."""
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", request.app[CSP_KEY])
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    # The Firebase popup reports back to its opener; other modes need no opener at all.
+    coop = "same-origin-allow-popups" if request.app[keys.CONFIG].firebase_web is not None else "same-origin"
+    headers.setdefault("Cross-Origin-Opener-Policy", coop)
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()")
+    if request.app[keys.CONFIG].cookie_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+def _not_built() -> ServiceError:
+    return ServiceError(UNAVAILABLE, "the web app is not built: run `make web` (or `make run`), which builds services/gateway/web")
+
+
+async def index(_: web.Request) -> web.StreamResponse:
+    """GET /: the page; no-cache, so a new build is picked up on the next load."""
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise _not_built()
+    return web.FileResponse(page, headers={"Cache-Control": PAGE_CACHE})
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    """GET /assets/<name>: a hashed bundle, cached for a year."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / "assets" / name
+    if not _ASSET_NAME.match(name) or name.startswith(".") or not path.is_file():
+        raise ServiceError(NOT_FOUND, f"no asset {name!r}")
+    return web.FileResponse(path, headers={"Cache-Control": ASSET_CACHE})
+
+
+async def auth_config(request: web.Request) -> web.Response:
+    """GET /auth/config: how the page signs in (no session needed); FIREBASE_WEB_CONFIG under firebase."""
+    config = request.app[keys.CONFIG]
+    return web.json_response({"auth_mode": config.auth_mode, "firebase": config.firebase_web}, headers={"Cache-Control": "no-store"})
+
+
+async def sources(http_request: web.Request) -> web.Response:
+    """GET /api/sources: the query sources with their dialects, and the default (needs a session)."""
+    await current_session(http_request)
+    app = http_request.app
+    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=SOURCES_TIMEOUT_S)
+    dialects = reply.get("dialects") or {}
+    listed = [{"name": name, "dialect": dialects.get(name)} for name in reply.get("sources", [])]
+    return web.json_response({"sources": listed, "default": reply.get("default")})
+
+
+def setup(app: web.Application) -> None:
+    """Routes and headers of the web app."""
+    app[CSP_KEY] = content_security_policy(app[keys.CONFIG])
+    app.on_response_prepare.append(security_headers)
+    app.router.add_get("/", index)
+    app.router.add_get("/assets/{name}", asset)
+    app.router.add_get("/auth/config", auth_config)
+    app.router.add_get("/api/sources", sources)

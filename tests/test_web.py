@@ -1,0 +1,428 @@
+"""The web app in a real browser: Playwright (pytest-playwright) drives Debian's Chromium against a running system.
+
+Each test signs in through the page's own form and works the page as a person would, with
+the keyboard where that is the point. Every page also watches for Content-Security-Policy
+violations and uncaught errors: a test fails on any. On failure pytest-playwright keeps a
+screenshot under var/test-artifacts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
+
+from tests import fake_llm
+from tests.conftest import Infra, System
+from tests.harness import Service, free_port, service_env, wait_until
+from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, launch_args, require_chromium
+
+CHROMIUM = require_chromium()
+
+BIG = 200_000
+MAX_ROWS = 250_000
+BIG_SQL = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BIG}) SELECT i AS id, 'row ' || i AS label, i * 0.5 AS half FROM n"
+# Cells that CSV must quote or keep apart: commas, quotes, line breaks, spaces at the ends, NULL, numbers.
+TRICKY_SQL = (
+    "SELECT 1 AS id, 'plain' AS txt, 1.5 AS num UNION ALL SELECT 2, 'a,b', -2 UNION ALL SELECT 3, 'say \"hi\"', NULL "
+    "UNION ALL SELECT 4, 'two' || char(10) || 'lines', 0.25 UNION ALL SELECT 5, ' padded ', 1e21 UNION ALL SELECT 6, NULL, 7 ORDER BY id"
+)
+
+
+# pytest-playwright's playwright, browser_type, launch_browser and browser live for the whole session. Sync
+# Playwright keeps its event loop running in the main thread while it lives, which would stop the
+# asyncio tests of later modules; here they live for this module only.
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright: Playwright) -> BrowserType:
+    return playwright.chromium
+
+
+@pytest.fixture(scope="module")
+def launch_browser(browser_type_launch_args: dict[str, Any], browser_type: BrowserType) -> Any:
+    return lambda **kwargs: browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def browser(launch_browser: Any) -> Iterator[Browser]:
+    launched = launch_browser()
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args() -> dict[str, Any]:
+    """pytest-playwright: launch Debian's Chromium with flags for a root, offline, headless run."""
+    return launch_args(CHROMIUM)
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """Instead of pytest-playwright's fallback fixture (a class method that pytest 9 warns about): the system's URL comes per test."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    ensure_built()
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ThreadedFakeLLM]:
+    """The fake OpenAI-compatible model (tests/fake_llm.py) the gateway's chat talks to."""
+    fake = ThreadedFakeLLM()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake(model: ThreadedFakeLLM) -> ThreadedFakeLLM:
+    model.reset()
+    return model
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """Session, query and gateway processes; the gateway's chat uses the fake model, the query service the sample database."""
+    prefix = f"web{uuid.uuid4().hex[:10]}"
+    env = {
+        "NATS_URL": infra.nats_url,
+        "NATS_SUBJECT_PREFIX": prefix,
+        "AUTH_MODE": "dev",
+        "REDIS_URL": infra.redis_url,
+        "SESSION_KV_BUCKET": f"sessions_{prefix}",
+        "QUERY_SAMPLE_PATH": str(tmp_path_factory.mktemp("web") / "sample.db"),
+        "LLM_BASE_URL": model.base_url,
+        "LLM_MODEL": fake_llm.MODEL,
+        "LLM_API_KEY": "sk-test-web",
+        "LLM_MAX_RETRIES": "0",
+        "QUERY_MAX_ROWS": str(MAX_ROWS),
+    }
+    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
+    try:
+        for name in ("session", "query", "gateway"):
+            system.start(name)
+        yield system
+    finally:
+        codes = system.stop()
+    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
+@pytest.fixture
+def browser_context_args(system: System, built: None) -> dict[str, Any]:
+    """In place of pytest-playwright's (session-scoped, it would hold Playwright for the whole session)."""
+    return {"base_url": system.url, "accept_downloads": True, "viewport": {"width": 1400, "height": 900}}
+
+
+@pytest.fixture
+def problems(page: Page) -> Iterator[list[str]]:
+    """CSP violations and uncaught errors seen on the page; the test fails if there are any."""
+    seen: list[str] = []
+    # Every violation, also those Chromium reports without a console line; with where it happened.
+    page.add_init_script("document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation:', e.violatedDirective, e.sample, e.sourceFile, e.lineNumber, e.columnNumber))")
+    page.on("console", lambda msg: seen.append(msg.text) if msg.type == "error" and ("Content Security Policy" in msg.text or msg.text.startswith("CSP violation")) else None)
+    page.on("pageerror", lambda exc: seen.append(f"uncaught: {exc}"))
+    yield seen
+    assert not seen, seen
+
+
+def sign_in(page: Page, name: str = "Ada") -> str:
+    email = f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com"
+    page.goto("/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Name").press("Enter")
+    expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    return email
+
+
+def run_sql(page: Page, sql: str) -> None:
+    editor = page.locator("#editor .cm-content")
+    editor.click()
+    editor.fill(sql)
+    editor.press("Control+Enter")
+
+
+def expected_rows(sql: str) -> list[tuple[Any, ...]]:
+    """The same query run by Python's own SQLite: what the page must show."""
+    with sqlite3.connect(":memory:") as db:
+        return db.execute(sql).fetchall()
+
+
+def csv_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))  # JavaScript prints 2.0 as "2"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def test_sign_in_with_the_dev_form_then_sign_out(page: Page, problems: list[str]) -> None:
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    email = sign_in(page, "Grace")
+    me = page.request.get("/api/me").json()
+    assert me["user"]["email"] == email
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.request.get("/api/me").status == 401
+
+
+def test_under_firebase_the_page_offers_google_sign_in_and_loads_nothing_from_elsewhere_until_asked(browser: Browser, system: System) -> None:
+    config = {"apiKey": "AIzaSyTest-key", "authDomain": "dbgenie-test.firebaseapp.com", "projectId": "dbgenie-test"}
+    port = free_port()
+    env = {**system.env, "GATEWAY_PORT": str(port), "AUTH_MODE": "firebase", "FIREBASE_PROJECT_ID": "dbgenie-test", "FIREBASE_WEB_CONFIG": json.dumps(config)}
+    gateway = Service("gateway", service_env(**env)).start()
+    context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        # (The signed-out page's GET /api/me answers 401, which Chromium logs as a failed load: that one is expected.)
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "status of 401" not in msg.text else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto("/")
+        expect(page.get_by_role("button", name="Sign in with Google")).to_be_visible()
+        expect(page.get_by_label("Email")).to_be_hidden()
+        # The Firebase SDK is a chunk of its own, fetched only when the button is pressed.
+        assert all(url.startswith(f"http://127.0.0.1:{port}/") or url.startswith("data:") for url in requested), requested
+        assert axe_violations(page) == []
+        assert errors == []
+    finally:
+        context.close()
+        assert gateway.stop() == 0
+
+
+def test_a_query_of_200000_rows_scrolls_to_its_last_row_with_the_keyboard(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, BIG_SQL)
+    expect(page.get_by_role("status")).to_have_text(f"{BIG:,} rows", timeout=60_000)
+    grid = page.get_by_role("grid", name="Query result")
+    assert grid.get_attribute("aria-rowcount") == str(BIG + 1)
+    grid.focus()
+    page.keyboard.press("End")
+    last = grid.locator(f'[role="row"][aria-rowindex="{BIG + 1}"]')
+    expect(last).to_be_visible()
+    expect(last.get_by_role("gridcell")).to_have_text([str(BIG), f"row {BIG}", str(BIG * 0.5).removesuffix(".0")])
+    # Only the rows in view are in the document, not 200,000.
+    assert grid.locator('[role="row"]').count() < 100
+    page.keyboard.press("Home")
+    expect(grid.locator('[role="row"][aria-rowindex="2"]').get_by_role("gridcell")).to_have_text(["1", "row 1", "0.5"])
+
+
+def test_a_result_cut_at_query_max_rows_says_it_was_truncated(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MAX_ROWS + 10}) SELECT i FROM n")
+    expect(page.get_by_role("status")).to_have_text(f"{MAX_ROWS:,} rows. Truncated: the result had more rows than the server returns (QUERY_MAX_ROWS).", timeout=60_000)
+    assert page.get_by_role("grid", name="Query result").get_attribute("aria-rowcount") == str(MAX_ROWS + 1)
+
+
+def test_the_editor_completes_table_names_from_the_schema_of_the_picked_source(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    picker = page.get_by_label("Source")
+    expect(picker.locator("option")).to_have_text(["default (sqlite)"])
+    editor = page.locator("#editor .cm-content")
+    editor.click()
+    page.keyboard.type("SELECT * FROM cust")
+    completion = page.locator(".cm-tooltip-autocomplete")
+    option = completion.get_by_role("option", name="customers")
+    expect(option).to_be_visible()
+    # A click: CodeMirror ignores Enter for 75 ms after the list opens (against accidental picks), and tests do not wait on time.
+    option.click()
+    expect(editor).to_have_text("SELECT * FROM customers")
+
+
+def test_the_csv_download_holds_exactly_the_rows(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, TRICKY_SQL)
+    expect(page.get_by_role("status")).to_have_text("6 rows")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    download = download_info.value
+    assert download.suggested_filename == "result.csv"
+    with open(download.path(), newline="", encoding="utf-8") as handle:
+        raw = handle.read()
+    got = list(csv.reader(io.StringIO(raw)))
+    want = [["id", "txt", "num"]] + [[csv_text(cell) for cell in row] for row in expected_rows(TRICKY_SQL)]
+    assert got == want
+    assert raw.endswith("\r\n")
+
+
+def test_the_csv_of_200000_rows_equals_them(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, BIG_SQL)
+    expect(page.get_by_role("status")).to_have_text(f"{BIG:,} rows", timeout=60_000)
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    with open(download_info.value.path(), newline="", encoding="utf-8") as handle:
+        got = list(csv.reader(handle))
+    assert got[0] == ["id", "label", "half"]
+    assert got[1:] == [[csv_text(cell) for cell in row] for row in expected_rows(BIG_SQL)]
+
+
+def test_a_refused_query_shows_the_servers_message(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, "DELETE FROM customers")
+    expect(page.get_by_role("alert").filter(has_text=re.compile("read-only|not allowed|only", re.I))).to_be_visible()
+
+
+def test_the_chart_draws_a_numeric_column_against_another(page: Page, problems: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i AS x, i * i AS y FROM n")
+    expect(page.get_by_role("status")).to_have_text("50 rows")
+    chart = page.get_by_role("img", name="y by x: 50 points")
+    expect(chart).to_be_visible()
+    # The axes run from the first row to the last: x 1..50, y 0..2500.
+    expect(chart.locator("text")).to_have_text(["2500", "0", "x", "1", "50"])
+    page.get_by_label("Y (numeric)").select_option(label="x")
+    expect(page.get_by_role("img", name="x by x: 50 points")).to_be_visible()
+
+
+def test_the_pages_pass_axe_core(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert axe_violations(page) == []
+    fake.then(fake_llm.tool_calls(("execute_query", {"sql": "SELECT 1 AS one"})), fake_llm.text("It is **one**.", reasoning=["Easy."]))
+    sign_in(page)
+    ask(page, "What is one?")
+    expect(page.get_by_role("log", name="Conversation messages").get_by_text("It is")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Conversations").get_by_role("listitem")).to_have_count(1)
+    run_sql(page, TRICKY_SQL)
+    expect(page.get_by_role("status")).to_have_text("6 rows")
+    assert axe_violations(page) == []
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+CHAT_ROWS = 1234
+CHAT_SQL = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {CHAT_ROWS}) SELECT i AS id, i * 2 AS doubled FROM n"
+
+
+def ask(page: Page, text: str) -> None:
+    page.get_by_label("Ask about your data").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def test_a_chat_turn_shows_the_text_the_query_card_and_opens_the_rows_in_the_editor_without_a_request(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(
+        fake_llm.tool_calls(("execute_query", {"sql": CHAT_SQL})),
+        fake_llm.text("There are ", "**1,234** numbers. <img src=x onerror=alert(1)><script>alert(2)</script>", reasoning=["Count them first."]),
+    )
+    sign_in(page)
+    ask(page, "How many numbers are there?")
+    messages = page.get_by_role("log", name="Conversation messages")
+    expect(messages.locator("strong", has_text="1,234")).to_be_visible()
+    # The model's HTML is shown as text, never made into elements (an alert would be a page error or dialog).
+    expect(messages.get_by_text("<img src=x onerror=alert(1)><script>alert(2)</script>")).to_be_visible()
+    assert messages.locator("img, script").count() == 0
+    reasoning = messages.locator("details.reasoning")
+    expect(reasoning).to_have_count(1)
+    assert reasoning.get_attribute("open") is None
+    expect(reasoning.get_by_text("Count them first.")).to_be_hidden()
+    card = messages.get_by_role("article", name="execute_query")
+    expect(card.locator("code")).to_have_text(CHAT_SQL)
+    expect(card.get_by_text(f"{CHAT_ROWS:,} rows")).to_be_visible()
+    expect(card.locator("tbody tr")).to_have_count(5)
+    expect(card.locator("tbody tr").first.locator("td")).to_have_text(["1", "2"])
+
+    queries: list[str] = []
+    page.on("request", lambda request: queries.append(request.url) if "/api/query" in request.url else None)
+    card.get_by_role("button", name="Open in editor").click()
+    expect(page.get_by_role("status")).to_have_text(f"{CHAT_ROWS:,} rows")
+    grid = page.get_by_role("grid", name="Query result")
+    assert grid.get_attribute("aria-rowcount") == str(CHAT_ROWS + 1)
+    assert page.locator("#editor .cm-content").inner_text() == CHAT_SQL
+    grid.focus()
+    page.keyboard.press("End")
+    expect(grid.locator(f'[role="row"][aria-rowindex="{CHAT_ROWS + 1}"]').get_by_role("gridcell")).to_have_text([str(CHAT_ROWS), str(2 * CHAT_ROWS)])
+    assert queries == []
+
+
+def test_stop_ends_a_turn_midway_and_keeps_what_was_streamed(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(fake_llm.Stream(fake_llm.text("Thinking about ", "it").chunks[:3], hang=True))
+    sign_in(page)
+    ask(page, "Take your time")
+    messages = page.get_by_role("log", name="Conversation messages")
+    expect(messages.get_by_text("Thinking about it")).to_be_visible()
+    stop = page.get_by_role("button", name="Stop")
+    expect(stop).to_be_enabled()
+    stop.click()
+    # The gateway closed its request to the model: the turn really ended, not just the page's view of it.
+    wait_until(fake.closed_set, timeout=15, what="the model request to be closed")
+    expect(stop).to_be_disabled()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(messages.get_by_text("Thinking about it")).to_be_visible()
+
+
+def conversations(page: Page) -> list[dict[str, Any]]:
+    return page.request.get("/api/conversations").json()["conversations"]
+
+
+def test_after_a_reload_the_conversation_is_in_the_sidebar_and_shows_again(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(fake_llm.text("Hello, ", "Ada."))
+    sign_in(page)
+    ask(page, "Which tables are there?")
+    messages = page.get_by_role("log", name="Conversation messages")
+    expect(messages.get_by_text("Hello, Ada.")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    page.reload()
+    sidebar = page.get_by_role("navigation", name="Conversations")
+    expect(sidebar.get_by_role("button", name="Which tables are there?", exact=True)).to_have_attribute("aria-current", "true")
+    expect(messages.get_by_text("Which tables are there?")).to_be_visible()
+    expect(messages.get_by_text("Hello, Ada.")).to_be_visible()
+
+
+def test_the_sidebar_makes_switches_renames_and_deletes_conversations_by_keyboard(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(fake_llm.text("First answer."), fake_llm.text("Second answer."))
+    sign_in(page)
+    messages = page.get_by_role("log", name="Conversation messages")
+    sidebar = page.get_by_role("navigation", name="Conversations")
+    ask(page, "First question")
+    expect(messages.get_by_text("First answer.")).to_be_visible()
+    sidebar.get_by_role("button", name="New conversation").focus()
+    page.keyboard.press("Enter")
+    expect(messages.get_by_text("First answer.")).to_have_count(0)
+    ask(page, "Second question")
+    expect(messages.get_by_text("Second answer.")).to_be_visible()
+    expect(sidebar.get_by_role("listitem")).to_have_count(2)
+    assert [c["title"] for c in conversations(page)] == ["Second question", "First question"]
+
+    # Switch back to the first.
+    sidebar.get_by_role("button", name="First question", exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(messages.get_by_text("First answer.")).to_be_visible()
+    expect(messages.get_by_text("Second answer.")).to_have_count(0)
+
+    # Rename it: the inline form, typed and sent with Enter.
+    sidebar.get_by_role("button", name="Rename First question").focus()
+    page.keyboard.press("Enter")
+    title = sidebar.get_by_label("New title")
+    expect(title).to_be_focused()
+    page.keyboard.type("Tables, renamed")
+    page.keyboard.press("Enter")
+    expect(sidebar.get_by_role("button", name="Tables, renamed", exact=True)).to_be_visible()
+    assert [c["title"] for c in conversations(page)] == ["Second question", "Tables, renamed"]
+
+    # Delete the second: gone from the list and from the server.
+    second = next(c["id"] for c in conversations(page) if c["title"] == "Second question")
+    sidebar.get_by_role("button", name="Delete Second question").focus()
+    page.keyboard.press("Enter")
+    expect(sidebar.get_by_role("button", name="Second question", exact=True)).to_have_count(0)
+    assert [c["title"] for c in conversations(page)] == ["Tables, renamed"]
+    assert page.request.get(f"/api/conversations/{second}").status == 404
