@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Awaitable, Callable
+import typing
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import structlog
@@ -14,13 +17,17 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.codec import decode_map, encode
-from shared.errors import INTERNAL, TIMEOUT, UNAVAILABLE, ServiceError
+from shared.codec import decode_map, encode_message
+from shared.contracts import ErrorBody, ErrorReply
+from shared.errors import BAD_REQUEST, INTERNAL, TIMEOUT, UNAVAILABLE, ServiceError
 from shared.logging import REQUEST_ID_HEADER, bind_request, current_request_id
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[dict[str, Any], Msg], Awaitable[dict[str, Any]]]
+Payload = msgspec.Struct | Mapping[str, Any]
+# A handler takes the request decoded as the Struct its first parameter is annotated with
+# (or a plain map, for a handler annotated `dict[str, Any]`), and returns its reply.
+Handler = Callable[[Any, Msg], Awaitable[Payload]]
 BytesHandler = Callable[[bytes, Msg], Awaitable[bytes]]
 
 
@@ -104,15 +111,24 @@ def request_headers() -> dict[str, str]:
     return {REQUEST_ID_HEADER: rid} if rid else {}
 
 
-async def request(nc: NATS, subject: str, payload: dict[str, Any], *, timeout: float = 2.0) -> dict[str, Any]:
-    """Send one request and return the decoded reply; every failure is a ServiceError.
+@typing.overload
+async def request(nc: NATS, subject: str, payload: Payload, *, timeout: float = ...) -> dict[str, Any]: ...
+@typing.overload
+async def request[R: msgspec.Struct](nc: NATS, subject: str, payload: Payload, *, timeout: float = ..., reply: type[R]) -> R: ...
+async def request(nc: NATS, subject: str, payload: Payload, *, timeout: float = 2.0, reply: type[msgspec.Struct] | None = None) -> Any:
+    """Send one request and return the decoded reply (as the `reply` Struct when given); every failure is a ServiceError.
 
     Fails fast (no waiting for the timeout) while NATS is disconnected.
     """
-    reply = decode_map(await request_bytes(nc, subject, encode(payload), timeout=timeout, headers=request_headers()))
-    if "error" in reply:
-        raise ServiceError.from_dict(reply["error"])
-    return reply
+    answer = decode_map(await request_bytes(nc, subject, encode_message(payload), timeout=timeout, headers=request_headers()))
+    if "error" in answer:
+        raise ServiceError.from_dict(answer["error"])
+    if reply is None:
+        return answer
+    try:
+        return msgspec.convert(answer, reply)
+    except msgspec.ValidationError as exc:
+        raise ServiceError(INTERNAL, f"malformed reply on {subject}: {exc}") from None
 
 
 async def request_bytes(nc: NATS, subject: str, data: bytes, *, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
@@ -130,8 +146,43 @@ async def request_bytes(nc: NATS, subject: str, data: bytes, *, timeout: float =
     return msg.data
 
 
+def _error_reply(exc: ServiceError) -> bytes:
+    return encode_message(ErrorReply(ErrorBody(exc.code, exc.message)))
+
+
+def request_decoder(handler: Handler) -> Callable[[bytes], Any]:
+    """The decoder for `handler`'s requests, from the annotation of its first parameter.
+
+    A Struct gets msgspec's typed decoder, whose error names the field path
+    (`Expected `str`, got `int` - at `$.sid``); anything else gets a plain map.
+    """
+    first = next(iter(inspect.signature(handler).parameters))
+    try:
+        kind = typing.get_type_hints(handler).get(first)
+    except NameError:  # an annotation only a type checker can resolve: not a Struct to decode with
+        kind = None
+    if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+        return decode_map
+    decoder = msgspec.msgpack.Decoder(kind)
+    name = kind.__name__
+
+    def decode(data: bytes) -> Any:
+        try:
+            return decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise ServiceError(BAD_REQUEST, f"invalid {name}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ServiceError(BAD_REQUEST, f"payload is not valid MessagePack: {exc}") from None
+
+    return decode
+
+
 class Server:
-    """Serves request/reply handlers in queue groups, many messages at once, and drains on stop."""
+    """Serves request/reply handlers in queue groups, many messages at once, and drains on stop.
+
+    Each message is decoded here, with the decoder for the request type its handler
+    declares, so a malformed one gets a `bad_request` reply before any handler runs.
+    """
 
     def __init__(self, nc: NATS, *, max_in_flight: int = 512) -> None:
         self._nc = nc
@@ -140,7 +191,8 @@ class Server:
         self._slots = asyncio.Semaphore(max_in_flight)
 
     async def add(self, subject: str, queue: str, handler: Handler) -> None:
-        await self._add(subject, queue, lambda msg: self._handle(msg, handler))
+        decode = request_decoder(handler)
+        await self._add(subject, queue, lambda msg: self._handle(msg, handler, decode))
 
     async def add_bytes(self, subject: str, queue: str, handler: BytesHandler) -> None:
         """Serve a handler that decodes the payload and encodes the reply itself (msgspec Structs)."""
@@ -161,17 +213,17 @@ class Server:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _handle(self, msg: Msg, handler: Handler) -> None:
+    async def _handle(self, msg: Msg, handler: Handler, decode: Callable[[bytes], Any]) -> None:
         headers = msg.headers or {}
         bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
         try:
-            reply = await handler(decode_map(msg.data), msg)
+            reply = encode_message(await handler(decode(msg.data), msg))
         except ServiceError as exc:
-            reply = {"error": exc.to_dict()}
+            reply = _error_reply(exc)
         except Exception:
             log.exception("handler_failed")
-            reply = {"error": ServiceError(INTERNAL, "internal error; see the service log").to_dict()}
-        await self._reply(msg, encode(reply))
+            reply = _error_reply(ServiceError(INTERNAL, "internal error; see the service log"))
+        await self._reply(msg, reply)
 
     async def _handle_bytes(self, msg: Msg, handler: BytesHandler) -> None:
         headers = msg.headers or {}
@@ -179,10 +231,10 @@ class Server:
         try:
             reply = await handler(msg.data, msg)
         except ServiceError as exc:
-            reply = encode({"error": exc.to_dict()})
+            reply = _error_reply(exc)
         except Exception:
             log.exception("handler_failed")
-            reply = encode({"error": ServiceError(INTERNAL, "internal error; see the service log").to_dict()})
+            reply = _error_reply(ServiceError(INTERNAL, "internal error; see the service log"))
         await self._reply(msg, reply)
 
     async def _reply(self, msg: Msg, data: bytes) -> None:

@@ -1,14 +1,15 @@
 """NATS subjects and the shapes of the messages the services exchange.
 
-Every payload is a MessagePack map (shared.codec). A reply is either the success map
-described below or `{"error": {"code": str, "message": str}}` (shared.errors.ServiceError).
-The request id travels in the `Dbg-Request-Id` header.
+Every payload is a MessagePack map, described by a msgspec Struct below. A server decodes each
+request with its Struct's decoder (shared.bus.Server), so a malformed one gets a `bad_request`
+error naming the field path, and no handler validates by hand. A reply is either the
+success Struct or an `ErrorReply`. The request id travels in the `Dbg-Request-Id` header.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -74,74 +75,224 @@ class Subjects:
         return f"{self.prefix}.query.control.{stream_id}"
 
 
+# --- common --------------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """A ServiceError on the wire."""
+
+    code: str
+    message: str
+
+
+class ErrorReply(msgspec.Struct, frozen=True):
+    """The reply of any request that failed: `{"error": {"code", "message"}}`."""
+
+    error: ErrorBody
+
+
+class Ping(msgspec.Struct, frozen=True):
+    """`session.ping` and `query.ping` request: an empty map (other fields are ignored)."""
+
+
+class Ok(msgspec.Struct, frozen=True):
+    """`{"ok": True}`: the request was done."""
+
+    ok: bool = True
+
+
 # --- session ---------------------------------------------------------------------------
+# The session maps themselves (`data`, `set`, `session`) are what Flask-Session stores, so
+# they stay open maps; these Structs check the envelope around them.
+
+SID_PATTERN = "^[A-Za-z0-9_-]{1,256}$"
+"""What Flask-Session generates (secrets.token_urlsafe) and what a JetStream KV key accepts."""
+
+Sid = Annotated[str, msgspec.Meta(min_length=1)]
+"""Any non-empty sid may be asked about; one that does not match SID_PATTERN is never stored."""
+StorableSid = Annotated[str, msgspec.Meta(pattern=SID_PATTERN)]
 
 
-class SessionGet(TypedDict):
-    """`session.get` request; reply `{"session": map | None}`. Slides the expiry."""
+class SessionGet(msgspec.Struct, frozen=True):
+    """`session.get` request; reply `SessionReply`. Slides the expiry."""
 
-    sid: str
+    sid: Sid
 
 
-class SessionSet(TypedDict):
-    """`session.set` request: store `data` whole under `sid`; reply `{"ok": True}`.
+class SessionSet(msgspec.Struct, frozen=True):
+    """`session.set` request: store `data` whole under `sid`; reply `Ok`.
 
     `replace_sid`, when given, is deleted in the same call (login rotates the sid).
     """
 
-    sid: str
+    sid: StorableSid
     data: dict[str, Any]
-    replace_sid: NotRequired[str | None]
+    replace_sid: str | None = None
 
 
-class SessionPatch(TypedDict):
-    """`session.patch` request: set and remove top-level fields atomically.
+class SessionPatch(msgspec.Struct, frozen=True):
+    """`session.patch` request: set and remove top-level fields atomically; reply `SessionReply`
+    (`session` None when there was no such session)."""
 
-    Reply `{"session": map | None}` (None when there was no such session).
+    sid: Sid
+    set: dict[str, Any] = {}
+    unset: list[str] = []
+
+
+class SessionDelete(msgspec.Struct, frozen=True):
+    """`session.delete` request; reply `SessionDeleted`."""
+
+    sid: Sid
+
+
+NO_SESSION = msgspec.Raw(b"\xc0")
+"""MessagePack nil: a read that found no session."""
+
+
+class SessionReply(msgspec.Struct, frozen=True):
+    """`session.get` and `session.patch` reply: `{"session": map | None}`.
+
+    The map goes out as the MessagePack the store's decoder reads back (extension types and
+    timestamps included), so it is carried here encoded.
     """
 
-    sid: str
-    set: NotRequired[dict[str, Any]]
-    unset: NotRequired[list[str]]
+    session: msgspec.Raw = NO_SESSION
 
 
-class SessionDelete(TypedDict):
-    """`session.delete` request; reply `{"deleted": bool}`."""
+class SessionDeleted(msgspec.Struct, frozen=True):
+    """`session.delete` reply."""
 
-    sid: str
+    deleted: bool
+
+
+class SessionPong(msgspec.Struct, frozen=True):
+    """`session.ping` reply: the store in use, and whether it is the fallback."""
+
+    ok: bool
+    store: str
+    degraded: bool
 
 
 # --- query -----------------------------------------------------------------------------
 
+MAX_SQL_CHARS = 100_000
+MAX_WINDOW = 64
+DEFAULT_WINDOW = 8
+QUERY_START_TIMEOUT_S = 5.0
+"""How long the gateway waits for the reply to `query.execute`."""
+QUERY_OPEN_TIMEOUT_S = 3.0
+"""How long `query.execute` waits for its source to open (connect, check the account, read the
+function catalog) before replying `unavailable` ("the database <source> is not answering"):
+well inside QUERY_START_TIMEOUT_S, leaving 2 s for the guard and the reply, so the gateway gets
+that error rather than its own timeout."""
 
-class QueryExecute(TypedDict):
+
+class QueryExecute(msgspec.Struct, frozen=True):
     """`query.execute` request.
 
     The gateway subscribes to `inbox` first, then sends this request. The query replica
-    that takes it subscribes to `query_control(stream_id)` and replies `{"accepted": True}`
+    that takes it subscribes to `query_control(stream_id)` and replies `QueryAccepted`
     (or an error); then it publishes the stream messages below to `inbox`, never more than
     `window` `rows` messages ahead of the last acknowledged one.
     """
 
-    sql: str
-    source: NotRequired[str | None]
-    stream_id: str
-    inbox: str
-    window: int
+    # At least one character that is not white space.
+    sql: Annotated[str, msgspec.Meta(max_length=MAX_SQL_CHARS, pattern=r"\S")]
+    stream_id: Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]{1,64}$")]  # one subject token
+    inbox: Annotated[str, msgspec.Meta(max_length=256, pattern=r"^[^\s*>]+$")]  # a subject to publish to, no wildcards
+    source: str | None = None
+    window: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = DEFAULT_WINDOW
 
 
-# fmt: off
-# Stream messages, published by the query service to the gateway's inbox. "t" names the kind.
-STREAM_META = "meta"    # {"t", "columns": [{"name", "type"}], "preview": [[...], ...]}: first rows read
-STREAM_ROWS = "rows"    # {"t", "seq": int >= 1, "offset": int, "count": int, "rows": bytes (a JSON array of rows)}
-STREAM_END = "end"      # {"t", "row_count": int, "truncated": bool}
-STREAM_ERROR = "error"  # {"t", "error": {"code", "message"}}
-STREAM_HEARTBEAT = "hb"  # {"t", "seq": last rows seq sent}: the producer is alive while the database works
+class QueryAccepted(msgspec.Struct, frozen=True):
+    """`query.execute` reply: the stream is about to start."""
 
-# Control messages, published by the gateway to `query_control(stream_id)`.
-CONTROL_ACK = "ack"        # {"t", "seq": int}: every rows message up to seq is delivered
-CONTROL_CANCEL = "cancel"  # {"t"}: the client is gone; stop the query and free the cursor
-# fmt: on
+    accepted: bool
+
+
+class QueryPong(msgspec.Struct, frozen=True):
+    """`query.ping` reply: the configured sources, the default one, and each one's SQL dialect."""
+
+    ok: bool
+    sources: list[str]
+    default: str
+    dialects: dict[str, str]
+
+
+# Stream messages, published by the query service to the gateway's inbox, and control
+# messages, published by the gateway to `query_control(stream_id)`: tagged unions, the
+# MessagePack map's "t" naming the kind (`message.t` reads it too).
+STREAM_META = "meta"
+STREAM_ROWS = "rows"
+STREAM_END = "end"
+STREAM_ERROR = "error"
+STREAM_HEARTBEAT = "hb"
+CONTROL_ACK = "ack"
+CONTROL_CANCEL = "cancel"
+
+
+class ColumnInfo(msgspec.Struct, frozen=True):
+    name: str
+    type: str
+
+
+class StreamMeta(msgspec.Struct, frozen=True, tag_field="t", tag=STREAM_META):
+    """The columns and the first rows read (the preview, cells cut to QUERY_PREVIEW_CELL_CHARS)."""
+
+    t: ClassVar[str] = STREAM_META
+    columns: list[ColumnInfo]
+    preview: list[list[Any]]
+
+
+class StreamRows(msgspec.Struct, frozen=True, tag_field="t", tag=STREAM_ROWS):
+    """One chunk of the result: `count` rows from row `offset`, as the bytes of a JSON array of rows."""
+
+    t: ClassVar[str] = STREAM_ROWS
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    rows: bytes
+
+
+class StreamEnd(msgspec.Struct, frozen=True, tag_field="t", tag=STREAM_END):
+    """The result is complete: `row_count` rows in all, `truncated` when QUERY_MAX_ROWS left some out."""
+
+    t: ClassVar[str] = STREAM_END
+    row_count: Annotated[int, msgspec.Meta(ge=0)]
+    truncated: bool
+
+
+class StreamError(msgspec.Struct, frozen=True, tag_field="t", tag=STREAM_ERROR):
+    """The query failed (or was cut off); nothing follows."""
+
+    t: ClassVar[str] = STREAM_ERROR
+    error: ErrorBody
+
+
+class StreamHeartbeat(msgspec.Struct, frozen=True, tag_field="t", tag=STREAM_HEARTBEAT):
+    """The producer is alive while the database works; `seq` is the last rows seq sent."""
+
+    t: ClassVar[str] = STREAM_HEARTBEAT
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+StreamMessage = StreamMeta | StreamRows | StreamEnd | StreamError | StreamHeartbeat
+
+
+class Ack(msgspec.Struct, frozen=True, tag_field="t", tag=CONTROL_ACK):
+    """Every rows message up to `seq` is delivered (acks are cumulative)."""
+
+    t: ClassVar[str] = CONTROL_ACK
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Cancel(msgspec.Struct, frozen=True, tag_field="t", tag=CONTROL_CANCEL):
+    """The client is gone: stop the query and free the cursor."""
+
+    t: ClassVar[str] = CONTROL_CANCEL
+
+
+ControlMessage = Ack | Cancel
 
 
 # --- typed payloads --------------------------------------------------------------------
@@ -169,8 +320,6 @@ def convert_payload[S: msgspec.Struct](value: Any, kind: type[S]) -> S:
 
 MAX_SESSION_BATCH = 512
 """At most this many reads in one `session.get_many` message."""
-NO_SESSION = msgspec.Raw(b"\xc0")
-"""MessagePack nil: a read that found no session."""
 
 
 class SessionRead(msgspec.Struct, frozen=True):
@@ -188,13 +337,6 @@ class SessionGetMany(msgspec.Struct, frozen=True):
     """
 
     reads: Annotated[list[SessionRead], msgspec.Meta(min_length=1, max_length=MAX_SESSION_BATCH)]
-
-
-class ErrorBody(msgspec.Struct, frozen=True):
-    """A ServiceError on the wire."""
-
-    code: str
-    message: str
 
 
 class SessionReadResult(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,12 +22,14 @@ from nats.aio.subscription import Subscription
 
 from shared import contracts as c
 from shared.bus import request, request_headers
-from shared.codec import decode_map, encode
-from shared.errors import BAD_REQUEST, INTERNAL, UNAVAILABLE, ServiceError
+from shared.codec import encode_message
+from shared.errors import INTERNAL, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_WINDOW = 8
+DEFAULT_WINDOW = c.DEFAULT_WINDOW
+_STREAM_DECODER = msgspec.msgpack.Decoder(c.StreamMessage)
+_CONTROL_DECODER = msgspec.msgpack.Decoder(c.ControlMessage)
 
 
 class StreamCancelled(Exception):
@@ -40,17 +43,14 @@ class StreamProducer:
         self,
         nc: NATS,
         subjects: c.Subjects,
-        req: dict[str, Any],
+        req: c.QueryExecute,
         *,
         ack_timeout_s: float = 60.0,
         heartbeat_s: float = 1.0,
     ) -> None:
-        try:
-            self.stream_id = str(req["stream_id"])
-            self.inbox = str(req["inbox"])
-            self.window = max(1, min(int(req.get("window") or DEFAULT_WINDOW), 64))
-        except (KeyError, TypeError, ValueError):
-            raise ServiceError(BAD_REQUEST, "query.execute needs stream_id, inbox and window") from None
+        self.stream_id = req.stream_id
+        self.inbox = req.inbox
+        self.window = req.window
         self._nc = nc
         self._control_subject = subjects.query_control(self.stream_id)
         self._ack_timeout_s = ack_timeout_s
@@ -80,38 +80,38 @@ class StreamProducer:
 
     async def _on_control(self, msg: Msg) -> None:
         try:
-            data = decode_map(msg.data)
-        except ServiceError:
+            control = _CONTROL_DECODER.decode(msg.data)
+        except msgspec.DecodeError as exc:  # ValidationError included: not from our consumer, ignored
+            log.debug("control_message_ignored", error=str(exc))
             return
-        if data.get("t") == c.CONTROL_ACK:
-            seq = int(data.get("seq", 0))
-            if seq > self._acked_seq:
+        match control:
+            case c.Ack(seq=seq) if seq > self._acked_seq:
                 self._acked_seq = seq
                 self._credit.set()
-        elif data.get("t") == c.CONTROL_CANCEL:
-            self.cancelled.set()
-            self._credit.set()
+            case c.Cancel():
+                self.cancelled.set()
+                self._credit.set()
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             if time.monotonic() - self._last_publish >= self._heartbeat_s:
                 try:
-                    await self._publish({"t": c.STREAM_HEARTBEAT, "seq": self._sent_seq})
+                    await self._publish(c.StreamHeartbeat(self._sent_seq))
                 except Exception as exc:  # NATS away: keep beating; the consumer's idle timer decides
                     log.debug("heartbeat_failed", error=str(exc) or type(exc).__name__)
 
-    async def _publish(self, message: dict[str, Any]) -> None:
+    async def _publish(self, message: c.StreamMessage) -> None:
         self._last_publish = time.monotonic()
-        await self._nc.publish(self.inbox, encode(message), headers=self._headers or None)
+        await self._nc.publish(self.inbox, encode_message(message), headers=self._headers or None)
 
     def _check(self) -> None:
         if self.cancelled.is_set():
             raise StreamCancelled("the client cancelled the stream")
 
-    async def send_meta(self, columns: list[dict[str, str]], preview: list[list[Any]]) -> None:
+    async def send_meta(self, columns: list[c.ColumnInfo], preview: list[list[Any]]) -> None:
         self._check()
-        await self._publish({"t": c.STREAM_META, "columns": columns, "preview": preview})
+        await self._publish(c.StreamMeta(columns, preview))
 
     async def send_rows(self, rows_json: bytes, offset: int, count: int) -> None:
         """Publish one chunk, first waiting for credit; raises StreamCancelled."""
@@ -128,14 +128,14 @@ class StreamProducer:
                 pass
         self._check()
         self._sent_seq += 1
-        await self._publish({"t": c.STREAM_ROWS, "seq": self._sent_seq, "offset": offset, "count": count, "rows": rows_json})
+        await self._publish(c.StreamRows(self._sent_seq, offset, count, rows_json))
 
     async def end(self, row_count: int, truncated: bool) -> None:
-        await self._publish({"t": c.STREAM_END, "row_count": row_count, "truncated": truncated})
+        await self._publish(c.StreamEnd(row_count, truncated))
 
     async def fail(self, error: ServiceError) -> None:
         try:
-            await self._publish({"t": c.STREAM_ERROR, "error": error.to_dict()})
+            await self._publish(c.StreamError(c.ErrorBody(error.code, error.message)))
         except Exception as exc:
             log.warning("stream_error_publish_failed", error=str(exc) or type(exc).__name__)
 
@@ -162,19 +162,19 @@ class StreamConsumer:
         self._rows_seen = 0
         self._acked = 0
 
-    async def start(self, sql: str, source: str | None, *, timeout: float = 5.0) -> None:
+    async def start(self, sql: str, source: str | None, *, timeout: float = c.QUERY_START_TIMEOUT_S) -> None:
         """Subscribe to the inbox and ask a query replica to run `sql`; raises ServiceError."""
         inbox = self._nc.new_inbox()
         # No callback: messages wait in the subscription until read; the window bounds them.
         self._sub = await self._nc.subscribe(inbox)
-        req: c.QueryExecute = {"sql": sql, "source": source, "stream_id": self.stream_id, "inbox": inbox, "window": self._window}
+        req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window)
         try:
-            await request(self._nc, self._subjects.query_execute, dict(req), timeout=timeout)
+            await request(self._nc, self._subjects.query_execute, req, timeout=timeout, reply=c.QueryAccepted)
         except BaseException:
             await self.close()
             raise
 
-    async def messages(self, alive: Callable[[], bool] = lambda: True) -> AsyncIterator[dict[str, Any]]:
+    async def messages(self, alive: Callable[[], bool] = lambda: True) -> AsyncIterator[c.StreamMessage]:
         """Yield meta, rows, then end or error; acknowledges each rows message once the caller is done with it.
 
         `alive` is asked at every message, heartbeats included: once it says False (the HTTP
@@ -184,7 +184,7 @@ class StreamConsumer:
         pending_ack: int | None = None
         while True:
             if pending_ack is not None:
-                await self._control({"t": c.CONTROL_ACK, "seq": pending_ack})
+                await self._control(c.Ack(pending_ack))
                 self._acked, pending_ack = pending_ack, None
             try:
                 msg = await self._sub.next_msg(timeout=self._idle_timeout_s)
@@ -196,45 +196,48 @@ class StreamConsumer:
                 raise ServiceError(UNAVAILABLE, f"the query stream broke: {type(exc).__name__}") from None
             if not alive():
                 raise ConnectionResetError("the client went away")
-            data = decode_map(msg.data)
-            kind = data.get("t")
+            try:
+                message = _STREAM_DECODER.decode(msg.data)
+            except msgspec.DecodeError as exc:  # ValidationError included
+                raise ServiceError(INTERNAL, f"unexpected stream message: {exc}") from None
             # NATS delivers at most once: across a reconnect messages can be lost, never reordered.
             # So every loss is caught here rather than shown to the user as a complete result.
-            if kind == c.STREAM_HEARTBEAT:
-                if int(data.get("seq", 0)) >= self._next_seq:  # rows were sent that never came
-                    raise _lost()
-                if self._acked:  # the last ack may have been lost the same way; acks are cumulative
-                    await self._control({"t": c.CONTROL_ACK, "seq": self._acked})
-                continue
-            if kind == c.STREAM_ROWS:
-                if not self._meta_seen or int(data["seq"]) != self._next_seq:
-                    raise _lost()
-                self._next_seq += 1
-                self._rows_seen += int(data["count"])
-                yield data
-                pending_ack = int(data["seq"])
-                continue
-            if kind == c.STREAM_END and (not self._meta_seen or data.get("row_count") != self._rows_seen):
-                raise _lost()
-            if kind in (c.STREAM_END, c.STREAM_ERROR):
-                self._finished = True
-                yield data
-                return
-            if kind == c.STREAM_META:
-                self._meta_seen = True
-                yield data
-                continue
-            raise ServiceError(INTERNAL, f"unexpected stream message {kind!r}")
+            match message:
+                case c.StreamHeartbeat(seq=seq):
+                    if seq >= self._next_seq:  # rows were sent that never came
+                        raise _lost()
+                    if self._acked:  # the last ack may have been lost the same way; acks are cumulative
+                        await self._control(c.Ack(self._acked))
+                case c.StreamRows(seq=seq, count=count):
+                    if not self._meta_seen or seq != self._next_seq:
+                        raise _lost()
+                    self._next_seq += 1
+                    self._rows_seen += count
+                    yield message
+                    pending_ack = seq
+                case c.StreamMeta():
+                    self._meta_seen = True
+                    yield message
+                case c.StreamEnd(row_count=row_count):
+                    if not self._meta_seen or row_count != self._rows_seen:
+                        raise _lost()
+                    self._finished = True
+                    yield message
+                    return
+                case c.StreamError():
+                    self._finished = True
+                    yield message
+                    return
 
-    async def _control(self, message: dict[str, Any]) -> None:
+    async def _control(self, message: c.ControlMessage) -> None:
         if self._nc.is_connected:
-            await self._nc.publish(self._subjects.query_control(self.stream_id), encode(message))
+            await self._nc.publish(self._subjects.query_control(self.stream_id), encode_message(message))
 
     async def close(self) -> None:
         """Release the inbox; if the stream did not finish, tell the producer to stop."""
         if not self._finished:
             try:
-                await self._control({"t": c.CONTROL_CANCEL})
+                await self._control(c.Cancel())
             except Exception:
                 pass
         if self._sub is not None:

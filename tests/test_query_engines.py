@@ -204,7 +204,7 @@ async def test_client_disconnect_stops_the_postgres_query(infra: Infra, database
         consumer = StreamConsumer(nc, subjects, window=1)
         await consumer.start(f"SELECT id, label AS {marker} FROM {pg_schema}.big", None)
         messages = consumer.messages()
-        kinds = [(await anext(messages))["t"], (await anext(messages))["t"]]
+        kinds = [(await anext(messages)).t, (await anext(messages)).t]
         await messages.aclose()  # stop reading: the second rows message is never acknowledged
         assert kinds == ["meta", "rows"]
         assert await _pg_active(databases, marker) == 1  # holding its cursor, idle in transaction

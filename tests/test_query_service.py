@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import nats
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
 from shared.bus import request
-from shared.contracts import Subjects
+from shared.contracts import ErrorBody, StreamError, Subjects
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -82,7 +83,8 @@ async def run_query(nc: NATS, subjects: Subjects, sql: str, source: str | None =
     await consumer.start(sql, source)
     result = Result()
     try:
-        async for message in consumer.messages():
+        async for struct in consumer.messages():
+            message = msgspec.to_builtins(struct, builtin_types=(bytes,))  # the wire's map, "t" included
             kind = message["t"]
             if kind == "meta":
                 result.meta = message
@@ -209,7 +211,7 @@ async def test_a_consumer_that_stops_acknowledging_is_dropped(strict_service: Qu
     consumer = StreamConsumer(nc, strict_service.subjects, window=1)
     await consumer.start(COUNT_TO.format(n=1_000_000), None)
     messages = consumer.messages()
-    assert [(await anext(messages))["t"], (await anext(messages))["t"]] == ["meta", "rows"]
+    assert [(await anext(messages)).t, (await anext(messages)).t] == ["meta", "rows"]
     await messages.aclose()  # vanish: no acknowledgement, no cancel
     line = strict_service.process.wait_for_line(lambda line: '"query_cancelled"' in line and "no acknowledgement" in line)
     assert orjson.loads(line)["reason"] == "no acknowledgement for 0.5s; the consumer is gone"
@@ -221,12 +223,12 @@ async def test_sigterm_cuts_off_a_stalled_stream_with_an_error_and_exits_0(infra
     consumer = StreamConsumer(nc, svc.subjects, window=1)
     await consumer.start(COUNT_TO.format(n=1_000_000), None)
     messages = consumer.messages()
-    assert (await anext(messages))["t"] == "meta"
-    assert (await anext(messages))["t"] == "rows"
+    assert (await anext(messages)).t == "meta"
+    assert (await anext(messages)).t == "rows"
     await messages.aclose()  # the stream now waits for an acknowledgement that does not come
     assert svc.process.proc is not None
     svc.process.proc.send_signal(signal.SIGTERM)
-    assert [m async for m in consumer.messages()] == [{"t": "error", "error": {"code": UNAVAILABLE, "message": "the query service is shutting down; run the query again"}}]
+    assert [m async for m in consumer.messages()] == [StreamError(ErrorBody(UNAVAILABLE, "the query service is shutting down; run the query again"))]
     assert svc.process.stop() == 0
     failed = svc.process.events("query_failed")
     assert [e["code"] for e in failed] == [UNAVAILABLE]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats
 import orjson
 import pytest
@@ -34,6 +35,11 @@ LOST = "was lost while the message bus reconnected"
 def wire(kind: str, **fields: Any) -> bytes:
     """One stream or control message as it travels on NATS."""
     return encode({"t": kind, **fields})
+
+
+def as_map(message: c.StreamMessage) -> dict[str, Any]:
+    """A stream message as the map it travels as, "t" included."""
+    return msgspec.to_builtins(message, builtin_types=(bytes,))
 
 
 def rows(seq: int, offset: int, values: list[list[Any]]) -> bytes:
@@ -103,7 +109,7 @@ async def consume(nc: NATS, subjects: c.Subjects, replica: ScriptedReplica, scri
     seen: list[dict[str, Any]] = []
     try:
         async for message in consumer.messages():
-            seen.append(message)
+            seen.append(as_map(message))
     except ServiceError as exc:
         return seen, exc
     finally:
@@ -202,7 +208,7 @@ class FakeConsumer:
 
 
 async def open_producer(nc: NATS, subjects: c.Subjects, fake: FakeConsumer, **kwargs: Any) -> StreamProducer:
-    producer = StreamProducer(nc, subjects, fake.request(), **kwargs)
+    producer = StreamProducer(nc, subjects, c.QueryExecute(**fake.request()), **kwargs)
     await producer.open()
     await nc.flush()
     return producer
@@ -300,12 +306,12 @@ async def relayed_stream(nc: NATS, subjects: c.Subjects, replica: ScriptedReplic
     relay_sub = await nc.subscribe(relay_inbox, cb=relay)
     await nc.flush()
     # The scripted replica's own control subscription would take the acks too; the producer has its own.
-    producer = StreamProducer(nc, subjects, {**req, "inbox": relay_inbox}, heartbeat_s=0.05)
+    producer = StreamProducer(nc, subjects, c.QueryExecute(**{**req, "inbox": relay_inbox}), heartbeat_s=0.05)
     await producer.open()
     await nc.flush()
 
     async def produce() -> None:
-        await producer.send_meta([{"name": "i", "type": "integer"}], [[1]])
+        await producer.send_meta([c.ColumnInfo("i", "integer")], [[1]])
         for seq in range(1, total + 1):
             await producer.send_rows(orjson.dumps([[seq]]), seq - 1, 1)
         await producer.end(total, False)
@@ -315,7 +321,7 @@ async def relayed_stream(nc: NATS, subjects: c.Subjects, replica: ScriptedReplic
     error: ServiceError | None = None
     try:
         async for message in consumer.messages():
-            seen.append(message)
+            seen.append(as_map(message))
     except ServiceError as exc:
         error = exc
     finally:

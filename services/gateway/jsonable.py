@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import msgpack
+import msgspec
 import orjson
 
 
@@ -40,7 +41,7 @@ def jsonable(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, msgpack.ExtType):  # a namedtuple: before the tuple case
+    if isinstance(value, (msgpack.ExtType, msgspec.msgpack.Ext)):  # ExtType is a namedtuple: before the tuple case
         return {"$ext": {"type": value.code, "data": _b64(value.data)}}
     if isinstance(value, dict):
         return {_key(k): jsonable(v) for k, v in value.items()}

@@ -13,6 +13,7 @@ from typing import Any
 
 from services.gateway import metrics
 from services.gateway.sse import ToolStream
+from shared.contracts import StreamEnd, StreamError, StreamMeta, StreamRows
 from shared.errors import ServiceError
 from shared.stream import StreamConsumer
 
@@ -39,16 +40,16 @@ async def relay(consumer: StreamConsumer, stream: ToolStream, result: QueryResul
     this raises (ConnectionResetError when the client went away).
     """
     async for message in consumer.messages(alive=alive):
-        kind = message["t"]
-        if kind == "rows":
-            await stream.rows(message["offset"], message["rows"])
-            result.row_count += message["count"]
-            metrics.QUERY_ROWS.inc(message["count"])
-        elif kind == "meta":
-            result.columns, result.preview = message["columns"], message["preview"]
-            await stream.output({"columns": result.columns, "preview": result.preview}, preliminary=True)
-        elif kind == "end":
-            result.row_count, result.truncated, result.finished = message["row_count"], message["truncated"], True
-            await stream.output(result.output(), preliminary=False)
-        elif kind == "error":
-            raise ServiceError.from_dict(message["error"])
+        match message:
+            case StreamRows(offset=offset, count=count, rows=rows):
+                await stream.rows(offset, rows)
+                result.row_count += count
+                metrics.QUERY_ROWS.inc(count)
+            case StreamMeta(columns=columns, preview=preview):
+                result.columns, result.preview = [{"name": col.name, "type": col.type} for col in columns], preview
+                await stream.output({"columns": result.columns, "preview": result.preview}, preliminary=True)
+            case StreamEnd(row_count=row_count, truncated=truncated):
+                result.row_count, result.truncated, result.finished = row_count, truncated, True
+                await stream.output(result.output(), preliminary=False)
+            case StreamError(error=error):
+                raise ServiceError(error.code, error.message)

@@ -1,15 +1,17 @@
 """The query.execute and query.ping handlers, and the task that streams one query's rows.
 
-query.execute checks the request, the source and the SQL, then replies `{"accepted": True}`
-at once; a background task runs the query and publishes meta, rows chunks, then end or error
-through a StreamProducer (shared/stream.py), which waits for the consumer's credit.
+query.execute (its request decoded and checked by shared.bus.Server) opens the source, checks
+the SQL, then replies `QueryAccepted` at once; a background task runs the query and publishes
+meta, rows chunks, then end or error through a StreamProducer (shared/stream.py), which waits
+for the consumer's credit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +26,8 @@ from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
-from shared.contracts import Subjects
+from shared.contracts import QUERY_OPEN_TIMEOUT_S, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
-    BAD_REQUEST,
     BUSY,
     INTERNAL,
     QUERY_TIMEOUT,
@@ -37,7 +38,6 @@ from shared.stream import StreamCancelled, StreamProducer
 
 log = structlog.get_logger(__name__)
 
-MAX_SQL_CHARS = 100_000
 LOGGED_SQL_CHARS = 200
 # The first fetch is small so that the preview goes out at once, whatever the result size.
 FIRST_FETCH_ROWS = FETCH_ROWS_AT_LIMIT  # never over the fetch budget, whatever the rows
@@ -82,16 +82,13 @@ def busy(limit: int) -> ServiceError:
     return ServiceError(BUSY, f"this query service replica is running its limit of {limit} queries (QUERY_MAX_CONCURRENT); retry in a moment")
 
 
-def parse_request(req: dict[str, Any]) -> tuple[str, str | None]:
-    sql = req.get("sql")
-    if not isinstance(sql, str) or not sql.strip():
-        raise ServiceError(BAD_REQUEST, "sql must be a non-empty string")
-    if len(sql) > MAX_SQL_CHARS:
-        raise ServiceError(BAD_REQUEST, f"sql is longer than {MAX_SQL_CHARS} characters")
-    source = req.get("source")
-    if source is not None and not isinstance(source, str):
-        raise ServiceError(BAD_REQUEST, "source must be a string or null")
-    return sql, source or None
+def not_answering(source: str) -> ServiceError:
+    return ServiceError(UNAVAILABLE, f"the database {source} is not answering; try again")
+
+
+# Why a stream's work was stopped before it finished (the message of the cancellation).
+CLIENT_GONE = "the client cancelled the stream"
+SHUTTING_DOWN = "the query service is shutting down"
 
 
 class QueryHandlers:
@@ -109,23 +106,27 @@ class QueryHandlers:
     def streams_in_flight(self) -> int:
         return len(self._streams)
 
-    async def ping(self, _req: dict[str, Any], _msg: Msg) -> dict[str, Any]:
+    async def ping(self, _req: Ping, _msg: Msg) -> QueryPong:
         dialects = {name: self._sources.resolve(name).dialect for name in self._sources.names}
-        return {"ok": True, "sources": self._sources.names, "default": self._sources.default, "dialects": dialects}
+        return QueryPong(ok=True, sources=self._sources.names, default=self._sources.default, dialects=dialects)
 
-    async def execute(self, req: dict[str, Any], _msg: Msg) -> dict[str, Any]:
+    async def execute(self, req: QueryExecute, _msg: Msg) -> QueryAccepted:
         started = time.monotonic()
-        raw_source = req.get("source")
-        progress = _Progress(str(raw_source or self._sources.default), str(req.get("sql", "")), started)
+        sql = req.sql
+        progress = _Progress(req.source or self._sources.default, sql, started)
         try:
             if not self.accepting:
                 raise ServiceError(UNAVAILABLE, "the query service is shutting down; try again")
-            sql, source = parse_request(req)
-            engine = self._sources.resolve(source)
+            engine = self._sources.resolve(req.source)
             progress.source = engine.name
             progress.dialect = engine.dialect
-            # Opened first: the guard asks the source's function catalog about every call.
-            await self._sources.open(engine)
+            # Opened first: the guard asks the source's function catalog about every call. Bounded,
+            # so that the gateway, which waits QUERY_START_TIMEOUT_S for this reply, gets this one.
+            try:
+                async with asyncio.timeout(QUERY_OPEN_TIMEOUT_S):
+                    await self._sources.open(engine)
+            except TimeoutError:
+                raise not_answering(engine.name) from None
             policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()))
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
             await asyncio.to_thread(check_read_only, sql, engine.dialect, policy)
@@ -142,7 +143,7 @@ class QueryHandlers:
         self._streams.add(task)
         metrics.STREAMS_IN_FLIGHT.inc()
         task.add_done_callback(self._stream_done)
-        return {"accepted": True}
+        return QueryAccepted(accepted=True)
 
     def _stream_done(self, task: asyncio.Task[None]) -> None:
         self._streams.discard(task)
@@ -161,44 +162,57 @@ class QueryHandlers:
             await asyncio.wait(pending, timeout=10)
 
     async def _stream(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        client_gone = False
-
-        async def stop_when_cancelled() -> None:
-            # A cancel can come while the database works (no send to notice it): stop the task.
-            nonlocal client_gone
-            await producer.cancelled.wait()
-            client_gone = True
-            task.cancel()
-
-        watcher = asyncio.create_task(stop_when_cancelled())
+        """Run the query to its end, unless the client cancels (which can come while the database
+        works, with no send to notice it) or the service shuts down; publish how it ended."""
+        work = asyncio.create_task(self._run_timed(engine, sql, producer, progress))
+        gone = asyncio.create_task(producer.cancelled.wait())
+        stopped: str | None = None
         try:
             try:
-                async with asyncio.timeout(self._config.timeout_s):
-                    await self._run(engine, sql, producer, progress)
-            except TimeoutError:
-                raise ServiceError(QUERY_TIMEOUT, timeout_message(self._config.timeout_s)) from None
+                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                stopped = SHUTTING_DOWN
+            else:
+                if not work.done():
+                    stopped = CLIENT_GONE
+            finally:
+                gone.cancel()
+            if stopped is not None:
+                work.cancel(msg=stopped)
+            await asyncio.wait((work,))
+            await self._report(work, stopped, producer, progress)
+        finally:
+            await producer.close()
+        if stopped == SHUTTING_DOWN:
+            raise asyncio.CancelledError(stopped)
+
+    async def _report(self, work: asyncio.Task[None], stopped: str | None, producer: StreamProducer, progress: _Progress) -> None:
+        """Log, count and publish (as an error message) how the finished `work` ended."""
+        try:
+            work.result()
         except ServiceError as exc:
             await producer.fail(exc)
             self._record_failure(progress, exc)
         except StreamCancelled as exc:
             self._record_cancel(progress, str(exc))
         except asyncio.CancelledError:
-            if client_gone and task.uncancel() == 0:
-                self._record_cancel(progress, "the client cancelled the stream")
+            if stopped == CLIENT_GONE:
+                self._record_cancel(progress, CLIENT_GONE)
                 return
             error = ServiceError(UNAVAILABLE, "the query service is shutting down; run the query again")
             await producer.fail(error)
             self._record_failure(progress, error)
-            raise
         except Exception:
             log.exception("query_failed", code=INTERNAL, **progress.fields())
             metrics.QUERIES.labels(progress.source, INTERNAL).inc()
             await producer.fail(ServiceError(INTERNAL, "internal error in the query service; see its log"))
-        finally:
-            watcher.cancel()
-            await producer.close()
+
+    async def _run_timed(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+        try:
+            async with asyncio.timeout(self._config.timeout_s):
+                await self._run(engine, sql, producer, progress)
+        except TimeoutError:
+            raise ServiceError(QUERY_TIMEOUT, timeout_message(self._config.timeout_s)) from None
 
     async def _run(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
         config = self._config
@@ -206,18 +220,28 @@ class QueryHandlers:
         async with engine.query(sql, config.timeout_s) as cursor:
             first = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
             encoder = RowEncoder(cursor.columns)
-            await producer.send_meta([c.describe() for c in cursor.columns], encoder.preview(first[:PREVIEW_ROWS], config.preview_cell_chars))
+            columns = [ColumnInfo(column.name, column.type) for column in cursor.columns]
+            await producer.send_meta(columns, encoder.preview(first[:PREVIEW_ROWS], config.preview_cell_chars))
             progress.first_rows_ms = round((time.monotonic() - progress.started) * 1000, 1)
             metrics.FIRST_ROWS.labels(progress.source).observe(progress.first_rows_ms / 1000)
-            await self._stream_rows(cursor, encoder, first, producer, progress)
+            # Closed before the engine frees the cursor: a read still running is stopped first.
+            async with aclosing(self._batches(cursor, encoder, first, progress)) as batches:
+                async for chunks in batches:
+                    for count, payload in chunks:
+                        await producer.send_rows(payload, progress.row_count, count)
+                        progress.row_count += count
+                        progress.chunks += 1
+                        progress.bytes += len(payload)
         await producer.end(progress.row_count, progress.truncated)
         self._record_done(progress)
 
-    async def _stream_rows(self, cursor: Cursor, encoder: RowEncoder, first: Sequence[Sequence[Any]], producer: StreamProducer, progress: _Progress) -> None:
-        """Publish `first`, then the rest of the result up to QUERY_MAX_ROWS.
+    async def _batches(self, cursor: Cursor, encoder: RowEncoder, first: Sequence[Sequence[Any]], progress: _Progress) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """`first`, then the rest of the result up to QUERY_MAX_ROWS, as batches of (rows, JSON chunk).
 
-        The next batch is read (and encoded) while the last one is being published, and
-        batches are sized to come to about QUERY_CHUNK_BYTES of JSON each.
+        The next batch is read (and encoded) while the caller publishes the one yielded, and
+        batches are sized to come to about QUERY_CHUNK_BYTES of JSON each; the engine says when
+        the result is finished (a batch may come short of its size before that). Sets
+        `progress.truncated` when rows were left out.
         """
         config = self._config
         # A hard cap per message well under the server's max_payload; batches aim at `target`.
@@ -225,29 +249,26 @@ class QueryHandlers:
         target = min(config.chunk_bytes, limit)
         chunks = encoder.chunks(first, limit)
         asked, got, fetched = min(FIRST_FETCH_ROWS, config.max_rows), len(first), len(first)
-        pending: asyncio.Task[tuple[int, list[tuple[int, bytes]]]] | None = None
+        finished = got < asked  # a first fetch stops early only at the end of the result
+        pending: asyncio.Task[tuple[int, list[tuple[int, bytes]], bool]] | None = None
         try:
             while True:
                 probing = fetched >= config.max_rows  # only to learn whether rows were left out
-                if got == asked:  # fewer than asked would mean the result is exhausted
+                if not finished:
                     size = sum(len(payload) for _, payload in chunks) / max(got, 1)
                     asked = 1 if probing else max(1, min(MAX_FETCH_ROWS, config.max_rows - fetched, int(target / max(size, 1.0))))
                     pending = asyncio.create_task(cursor.fetch_chunks(asked, encoder, limit, fetched))
-                for count, payload in chunks:
-                    await producer.send_rows(payload, progress.row_count, count)
-                    progress.row_count += count
-                    progress.chunks += 1
-                    progress.bytes += len(payload)
+                yield chunks
                 if pending is None:
                     return
-                got, chunks = await pending
+                got, chunks, finished = await pending
                 pending = None
                 if probing:
                     progress.truncated = got > 0
                     return
                 fetched += got
         finally:
-            if pending is not None:  # leaving early: stop the read before the engine frees the cursor
+            if pending is not None:  # left early: stop the read before the engine frees the cursor
                 pending.cancel()
                 await asyncio.wait([pending])
                 if not pending.cancelled():

@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 import structlog
@@ -24,7 +23,7 @@ from nats.aio.msg import Msg
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Catalog, Describes
 from shared.config import env_float, env_int, environ
-from shared.contracts import SchemaColumn, SchemaReply, SchemaRequest, SchemaTable, decode_payload
+from shared.contracts import SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -135,9 +134,8 @@ class SchemaService:
         listed, truncated, note = bound(catalog, tables is not None, config)
         return SchemaReply(source=engine.name, dialect=engine.dialect, tables=listed, truncated=truncated, note=note)
 
-    async def handle(self, _req: dict[str, Any], msg: Msg) -> dict[str, Any]:
-        """The `query.schema` handler; decodes the raw payload itself to name a bad field's path."""
-        request = decode_payload(msg.data, SchemaRequest)
+    async def handle(self, request: SchemaRequest, _msg: Msg) -> SchemaReply:
+        """The `query.schema` handler (shared.bus.Server decodes the request)."""
         started = time.monotonic()
         try:
             reply, cached = await self.describe(request.source, request.tables)
@@ -153,4 +151,4 @@ class SchemaService:
             cached=cached,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return msgspec.to_builtins(reply)
+        return reply

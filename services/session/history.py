@@ -40,7 +40,6 @@ from shared.contracts import (
     ConversationRef,
     StoredMessage,
     TextPart,
-    decode_payload,
 )
 from shared.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, ServiceError
 
@@ -433,45 +432,34 @@ class HistoryHandlers:
             CALLS.labels(op=f"conversation_{op}", outcome=outcome).observe(elapsed)
             log.debug("conversation_call", op=op, outcome=outcome, ms=round(elapsed * 1000, 3))
 
-    async def load(self, _req: Reply, msg: Msg) -> Reply:
-        req = decode_payload(msg.data, ConversationLoad)
+    async def load(self, req: ConversationLoad, _msg: Msg) -> Reply:
         return await self._timed("load", lambda: self._store.load(req))
 
-    async def append(self, _req: Reply, msg: Msg) -> Reply:
-        req = decode_payload(msg.data, ConversationAppend)
-
+    async def append(self, req: ConversationAppend, _msg: Msg) -> Reply:
         async def call() -> Reply:
             return msgspec.to_builtins(await self._store.append(req))
 
         return await self._timed("append", call)
 
-    async def list(self, _req: Reply, msg: Msg) -> Reply:
-        req = decode_payload(msg.data, ConversationList)
-
+    async def list(self, req: ConversationList, _msg: Msg) -> Reply:
         async def call() -> Reply:
             return msgspec.to_builtins(await self._store.list(req))
 
         return await self._timed("list", call)
 
-    async def create(self, _req: Reply, msg: Msg) -> Reply:
-        req = decode_payload(msg.data, ConversationRef)
-
+    async def create(self, req: ConversationRef, _msg: Msg) -> Reply:
         async def call() -> Reply:
             return msgspec.to_builtins(await self._store.create(req))
 
         return await self._timed("create", call)
 
-    async def patch(self, _req: Reply, msg: Msg) -> Reply:
-        req = decode_payload(msg.data, ConversationPatch)
-
+    async def patch(self, req: ConversationPatch, _msg: Msg) -> Reply:
         async def call() -> Reply:
             return msgspec.to_builtins(await self._store.patch(req))
 
         return await self._timed("patch", call)
 
-    async def delete(self, _req: Reply, msg: Msg) -> Reply:
-        req = decode_payload(msg.data, ConversationRef)
-
+    async def delete(self, req: ConversationRef, _msg: Msg) -> Reply:
         async def call() -> Reply:
             if not await self._store.delete(req):
                 raise ServiceError(NOT_FOUND, "no such conversation")

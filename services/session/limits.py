@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import redis.exceptions as rex
 import structlog
 from nats.aio.msg import Msg
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 
 from services.session.metrics import LIMIT_CALLS, REDIS_COMMANDS
 from services.session.redis_store import describe
-from shared.contracts import LimitRequest, LimitResult, LimitWindow, WindowUsage, decode_payload
+from shared.contracts import LimitRequest, LimitResult, LimitWindow, WindowUsage
 from shared.errors import BAD_REQUEST, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -33,8 +32,6 @@ RETRY_REDIS_S = 0.5
 LOCAL_MAX_COUNTERS = 100_000
 """Bound of the in-memory counters kept while Redis is down."""
 SCRIPT = (Path(__file__).with_name("limit.lua")).read_text()
-
-Reply = dict[str, object]
 
 
 class _CountedClient:
@@ -170,11 +167,10 @@ class Limits:
         assert isinstance(reply, list) and len(reply) == 1 + 2 * len(request.windows), reply
         return _result(request.windows, [int(v) for v in reply[1::2]], [int(v) for v in reply[2::2]], reply[0] == 1, local=False)
 
-    async def handle(self, _req: dict[str, object], msg: Msg) -> Reply:
-        """The `session.limit` handler; decodes the raw payload itself to name a bad field's path."""
-        request = decode_payload(msg.data, LimitRequest)
+    async def handle(self, request: LimitRequest, _msg: Msg) -> LimitResult:
+        """The `session.limit` handler (shared.bus.Server decodes the request)."""
         result = await self.hit(request)
         outcome = "allowed" if result.allowed else "refused"
         LIMIT_CALLS.labels(outcome=outcome if request.consume else "read", store="local" if result.local else "redis").inc()
         log.debug("limit", key=request.key, outcome=outcome, local=result.local)
-        return msgspec.to_builtins(result)
+        return result

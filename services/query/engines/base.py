@@ -38,13 +38,15 @@ class Cursor(ABC):
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
         """Up to `n` more rows; fewer than `n` means the result is exhausted."""
 
-    async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
-        """Up to `n` more rows, already encoded as JSON chunks of at most `limit` bytes: (rows, chunks).
+    async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]], bool]:
+        """Up to `n` more rows, already encoded as JSON chunks of at most `limit` bytes: (rows, chunks, finished).
 
-        An engine that reads in a worker thread overrides this to encode there too.
+        `finished` says the result is exhausted. An engine that measures rows as it reads them
+        may stop before `n` rows, at its fetch budget, and say it is not finished; one that
+        reads in a worker thread overrides this to encode there too.
         """
         rows = await self.fetch(n)
-        return len(rows), encoder.chunks(rows, limit, offset)
+        return len(rows), encoder.chunks(rows, limit, offset), len(rows) < n
 
 
 class Engine(ABC):

@@ -97,24 +97,30 @@ class SqliteCursor(Cursor):
         self._typed = False
 
     async def fetch(self, n: int) -> Sequence[Sequence[Any]]:
-        rows = await self._engine._run(self._handle, _fetch_bounded, self._handle, n)
+        rows, _ = await self._engine._run(self._handle, _fetch_bounded, self._handle, n, False)
         if not self._typed and rows:
             self.columns = [Column(name, _infer_type(rows, i)) for i, name in enumerate(self._names)]
             self._typed = True
         return rows
 
-    async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]]]:
+    async def fetch_chunks(self, n: int, encoder: RowEncoder, limit: int, offset: int) -> tuple[int, list[tuple[int, bytes]], bool]:
         # Encoding in the worker too leaves the event loop nothing to do but publish.
-        def fetch_and_encode() -> tuple[int, list[tuple[int, bytes]]]:
-            rows = _fetch_bounded(self._handle, n)
-            return len(rows), encoder.chunks(rows, limit, offset)
+        def fetch_and_encode() -> tuple[int, list[tuple[int, bytes]], bool]:
+            rows, finished = _fetch_bounded(self._handle, n, True)
+            return len(rows), encoder.chunks(rows, limit, offset), finished
 
         return await self._engine._run(self._handle, fetch_and_encode)
 
 
-def _fetch_bounded(handle: _Handle, n: int) -> list[Any]:
-    """Up to `n` rows, each measured as it is read: a value over QUERY_MAX_CELL_BYTES, a row over
-    QUERY_MAX_ROW_BYTES, or a fetch over its budget ends the query before more is read."""
+def _fetch_bounded(handle: _Handle, n: int, by_bytes: bool) -> tuple[list[Any], bool]:
+    """Up to `n` rows, each measured as it is read, and whether the result is exhausted.
+
+    A value over QUERY_MAX_CELL_BYTES or a row over QUERY_MAX_ROW_BYTES ends the query before
+    more is read. The fetch budget (FETCH_ROWS_AT_LIMIT rows at the limit) is never passed:
+    `by_bytes`, the fetch stops, not finished, once one more row could go over it, so rows that
+    suddenly grow far longer than the ones before them only make the fetch short; without it,
+    going over the budget ends the query.
+    """
     assert handle.cursor is not None
     limits = handle.limits
     cell_limit, row_limit, budget = limits.max_cell_bytes, limits.max_row_bytes, limits.max_fetch_bytes
@@ -137,7 +143,9 @@ def _fetch_bounded(handle: _Handle, n: int) -> list[Any]:
         if total > budget:
             raise fetch_error(budget, limits)
         rows.append(row)
-    return rows
+        if by_bytes and total + row_limit > budget and len(rows) < n:
+            return rows, False
+    return rows, len(rows) < n
 
 
 def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:
