@@ -1,6 +1,6 @@
 """The gateway's rules for clients, over HTTP against the real processes.
 
-A client that stops reading is given up after CLIENT_WRITE_TIMEOUT_S and its query cancelled;
+A client that stops reading is given up after CLIENT_WRITE_TIMEOUT_S without progress and its query cancelled (a slow but steady one is not);
 a client that leaves is logged as `client_gone` at info level; errors aiohttp produces
 itself (oversized headers, malformed requests) and non-JSON bodies get our JSON error shape.
 """
