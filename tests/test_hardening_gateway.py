@@ -1,6 +1,6 @@
 """The gateway's rules for clients, over HTTP against the real processes.
 
-A client that stops reading is given up after CLIENT_WRITE_TIMEOUT_S and its query cancelled;
+A client that stops reading is given up after CLIENT_WRITE_TIMEOUT_S without progress and its query cancelled (a slow but steady one is not);
 a client that leaves is logged as `client_gone` at info level; errors aiohttp produces
 itself (oversized headers, malformed requests) and non-JSON bodies get our JSON error shape.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import aiohttp
 import pytest
@@ -218,3 +219,65 @@ def test_client_write_timeout_must_be_a_positive_number(value: str) -> None:
     with pytest.raises(ConfigError, match="CLIENT_WRITE_TIMEOUT_S"):
         GatewayConfig.from_env({"CLIENT_WRITE_TIMEOUT_S": value})
     assert GatewayConfig.from_env({"CLIENT_WRITE_TIMEOUT_S": "2.5"}).client_write_timeout_s == 2.5
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body."""
+    out, pos = bytearray(), 0
+    while True:
+        line_end = body.index(b"\r\n", pos)
+        size = int(body[pos:line_end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[line_end + 2 : line_end + 2 + size]
+        pos = line_end + 2 + size + 2
+
+
+def read_slowly_then_fully(sock: socket.socket, slow_for_s: float) -> tuple[bytes, bytes]:
+    """Read 4 KiB every 0.1 s for `slow_for_s` (a slow but steady client), then the rest at full speed."""
+    sock.settimeout(30)
+    slow = b""
+    end = time.monotonic() + slow_for_s
+    while time.monotonic() < end:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        slow += chunk
+        time.sleep(0.1)  # the client's pace, not a wait for something
+    rest = bytearray()
+    try:
+        while chunk := sock.recv(1 << 20):
+            rest += chunk
+    except ConnectionResetError:  # the gateway gave the client up: what came so far is the answer
+        pass
+    return slow, bytes(rest)
+
+
+async def test_a_slow_but_steady_client_is_not_given_up(make_system: SystemFactory) -> None:
+    """CLIENT_WRITE_TIMEOUT_S counts time without progress: a client that keeps taking bytes, however slowly, gets every row."""
+    system = make_system(CLIENT_WRITE_TIMEOUT_S="1")
+    gateway = system.services["gateway"]
+    async with browser(system.url) as client:
+        await login(client)
+        cookie = next(c for c in client.cookie_jar if c.key == "session")
+    rows = 60_000  # about 13 MB of rows parts: far more than the socket buffers and the slow phase take
+    body = json.dumps({"sql": big_result_sql(rows)}).encode()
+    headers = f"Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nConnection: close\r\nContent-Length: {len(body)}"
+    request = f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n\r\n".encode() + body
+    sock = await asyncio.to_thread(raw_request, system.gateway_port, request, rcvbuf=4096)
+    try:
+        slow, rest = await asyncio.to_thread(read_slowly_then_fully, sock, 3.0)  # three times the timeout
+    finally:
+        sock.close()
+    assert rest, "the stream ended during the slow phase"  # it was still streaming past the timeout
+    head, _, chunked = (slow + rest).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert chunked.endswith(b"\r\n0\r\n\r\n"), "the stream was cut off before its end"
+    parts = [json.loads(line[6:]) for line in dechunk(chunked).split(b"\n\n") if line.startswith(b"data: {")]
+    received = [row for part in parts if part["type"] == "data-query-rows" for row in part["data"]["rows"]]
+    assert [row[0] for row in received] == list(range(1, rows + 1))
+    assert parts[-1]["type"] == "finish"
+    done = await wait_event(gateway, "query_stream", outcome="ok")
+    assert done["rows"] == rows
+    assert gateway.events("query_stream") == [done]  # no client_stalled
+    assert not any("Traceback" in line for line in gateway.lines)

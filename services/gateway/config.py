@@ -91,7 +91,7 @@ class GatewayConfig:
     shutdown_grace_s: float = 20.0
     """SHUTDOWN_GRACE_S: how long in-flight requests and streams may finish after SIGTERM."""
     client_write_timeout_s: float = 30.0
-    """CLIENT_WRITE_TIMEOUT_S: a stream write the client does not take within this long ends the stream and cancels its query."""
+    """CLIENT_WRITE_TIMEOUT_S: a client that accepts no bytes of a stream for this long is given up (the stream ends, its query is cancelled)."""
     log_level: str = "INFO"
     """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
     llm_base_url: str = ""
