@@ -30,8 +30,7 @@ from services.query.guard import check_read_only
 from services.query.guard.policy import MYSQL_ALLOWED, PG_DENIED, PG_REVIEWED_VOLATILE
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, ServiceError
 from tests.client import browser, login, run_query
-from tests.conftest import Databases, Infra, MysqlReader, PostgresReader, System, mysql_connect_args
-from tests.harness import free_port
+from tests.conftest import Databases, Infra, MysqlReader, PostgresReader, System, mysql_connect_args, running_system
 from tests.readers import mariadb_database, postgres_schema
 
 
@@ -70,24 +69,8 @@ async def my_items(my_reader: MysqlReader) -> AsyncIterator[Reader]:
 @pytest.fixture(scope="module")
 def guard_system(infra: Infra, pg_items: Reader, my_items: Reader) -> Iterator[System]:
     """Gateway, session and query services with `pg` and `my` sources, both through reader roles."""
-    prefix = f"g{uuid.uuid4().hex[:10]}"
-    env = {
-        "NATS_URL": infra.nats_url,
-        "NATS_SUBJECT_PREFIX": prefix,
-        "AUTH_MODE": "dev",
-        "REDIS_URL": infra.redis_url,
-        "SESSION_KV_BUCKET": f"sessions_{prefix}",
-        "QUERY_SOURCES": f"pg={pg_items.url},my={my_items.url}",
-        "QUERY_TIMEOUT_S": "20",
-    }
-    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
-    try:
-        for name in ("session", "query", "gateway"):
-            system.start(name)
+    with running_system(infra, "g", QUERY_SOURCES=f"pg={pg_items.url},my={my_items.url}", QUERY_TIMEOUT_S="20") as system:
         yield system
-    finally:
-        codes = system.stop()
-    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
 @dataclass
