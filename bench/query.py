@@ -36,14 +36,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from tests.harness import (
-    NatsServer,
-    RedisServer,
-    Service,
-    free_port,
-    service_env,
-    wait_until,
-)
+from bench.stack import http_ok, running_stack
+from tests.harness import wait_until
 
 COLUMNS = "id, qty, price, name, created"
 TARGET_RATIO = 0.5
@@ -337,38 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  data built in {time.perf_counter() - started:.1f}s", flush=True)
 
     figures = {name: Figures(name) for name, _, _ in engines}
-    nats_server = NatsServer().start()
-    redis_server = RedisServer().start()
-    services: list[Service] = []
     try:
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
-        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
-        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
-        query = Service(
-            "query",
-            service_env(**common, QUERY_SOURCES=",".join(f"{k}={v}" for k, v in sources.items()), QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300"),
-        ).start()
-        services.append(query)
-        gateway_port = free_port()
-        gateway = Service("gateway", service_env(**common, GATEWAY_PORT=str(gateway_port), AUTH_MODE="dev")).start()
-        services.append(gateway)
-        base_url = f"http://127.0.0.1:{gateway_port}"
-        wait_until(lambda: _http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
-        assert query.proc is not None and gateway.proc is not None
-        pids = {"gateway": gateway.proc.pid, "query": query.proc.pid}
-        assert nats_server.proc is not None
-        cpu_pids = {**pids, "nats-server": nats_server.proc.pid}
-        raws: dict[str, Callable[[], Awaitable[float]]] = {
-            "sqlite": lambda: _now(raw_sqlite(sqlite_path)),  # on the loop's own thread, as a plain fetch loop would run
-            "postgresql": lambda: raw_postgres(args.postgres_url, schema),
-        }
-        for name, source, sql in engines:
-            asyncio.run(end_to_end(base_url, pids, cpu_pids, sql, source, args.rows, figures[name], raws[name], args.runs))
+        with running_stack(sources, workdir / "sample.db") as stack:
+            base_url = stack.base_url
+            wait_until(lambda: http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
+            assert stack.query.proc is not None and stack.gateway.proc is not None
+            pids = {"gateway": stack.gateway.proc.pid, "query": stack.query.proc.pid}
+            assert stack.nats.proc is not None
+            cpu_pids = {**pids, "nats-server": stack.nats.proc.pid}
+            raws: dict[str, Callable[[], Awaitable[float]]] = {
+                "sqlite": lambda: _now(raw_sqlite(sqlite_path)),  # on the loop's own thread, as a plain fetch loop would run
+                "postgresql": lambda: raw_postgres(args.postgres_url, schema),
+            }
+            for name, source, sql in engines:
+                asyncio.run(end_to_end(base_url, pids, cpu_pids, sql, source, args.rows, figures[name], raws[name], args.runs))
     finally:
-        for service in reversed(services):
-            service.stop()
-        redis_server.stop()
-        nats_server.cleanup()
         if args.postgres_url:
             asyncio.run(drop_postgres(args.postgres_url, schema))
         for path in workdir.iterdir():
@@ -385,16 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _now(value: float) -> float:
     return value
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":
