@@ -36,6 +36,19 @@ class FunctionPolicy(Protocol):
         """None when casting to / reading a literal of this type runs no unsafe function; else why not."""
 
 
+class CallsOnly:
+    """For an engine where only function calls can reach outside the query: attributes, operators and types pass."""
+
+    def attribute_refusal(self, name: str) -> str | None:
+        return None
+
+    def operator_refusal(self, operator: str) -> str | None:
+        return None
+
+    def type_refusal(self, name: str) -> str | None:
+        return None
+
+
 def _display(schema: str | None, name: str) -> str:
     return f"{schema}.{name}()" if schema else f"{name}()"
 
@@ -398,7 +411,7 @@ MYSQL_ALLOWED = frozenset(
 MYSQL_SYNTAX_CALLS = frozenset({"values", "exists", "any", "all", "some", "row", "interval", "match", "against", "in"})
 
 
-class MysqlPolicy:
+class MysqlPolicy(CallsOnly):
     """The reviewed built-ins plus the operator's QUERY_ALLOWED_FUNCTIONS for this source."""
 
     def __init__(self, allowed: Iterable[FunctionName] = ()) -> None:
@@ -416,15 +429,6 @@ class MysqlPolicy:
         if schema is not None:
             return f"the function {shown} is a stored function; only reviewed built-ins and those in QUERY_ALLOWED_FUNCTIONS may run"
         return f"the function {shown} is not a reviewed built-in (a UDF or stored function?); an operator may allow it in QUERY_ALLOWED_FUNCTIONS"
-
-    def attribute_refusal(self, name: str) -> str | None:
-        return None
-
-    def operator_refusal(self, operator: str) -> str | None:
-        return None
-
-    def type_refusal(self, name: str) -> str | None:
-        return None
 
 
 _MYSQL_REASONS: Mapping[str, str] = {
@@ -455,17 +459,8 @@ _MYSQL_REASONS: Mapping[str, str] = {
 SQLITE_DENIED = frozenset({"load_extension", "writefile", "readfile", "edit", "fts3_tokenizer"})
 
 
-class SqlitePolicy:
+class SqlitePolicy(CallsOnly):
     def refusal(self, schema: str | None, name: str) -> str | None:
         if name.lower() in SQLITE_DENIED:
             return f"the function {_display(schema, name)} reaches outside the database and is not allowed"
-        return None
-
-    def attribute_refusal(self, name: str) -> str | None:
-        return None
-
-    def operator_refusal(self, operator: str) -> str | None:
-        return None
-
-    def type_refusal(self, name: str) -> str | None:
         return None
