@@ -29,10 +29,9 @@ from pathlib import Path
 
 import aiohttp
 import nats
-import orjson
 from openai import AsyncOpenAI
 
-from bench.query import build_sqlite, login, stream_query
+from bench.query import build_sqlite, login, sse_parts, stream_query
 from bench.stack import http_ok, running_stack
 from services.gateway.chat.model import ModelClient, TextDelta
 from services.gateway.chat.prompt import EXECUTE_QUERY, TOOLS
@@ -124,22 +123,15 @@ async def chat_rows(http: aiohttp.ClientSession, base_url: str, expected: int) -
     async with http.post(f"{base_url}/api/chat", json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"/api/chat answered {response.status}: {await response.text()}")
-        buffer = b""
-        async for chunk in response.content.iter_any():
-            buffer += chunk
-            events = buffer.split(b"\n\n")
-            buffer = events.pop()
-            for raw in events:
-                payload = raw.removeprefix(b"data: ")
-                if payload == b"[DONE]":
-                    continue
-                part = orjson.loads(payload)
-                if part["type"] == "data-query-rows":
-                    rows += len(part["data"]["rows"])
-                elif part["type"] == "tool-output-available" and not part.get("preliminary"):
-                    final, seconds = part["output"], time.perf_counter() - started
-                elif part["type"] in ("tool-output-error", "error"):
-                    raise RuntimeError(f"the turn failed: {part}")
+        async for part in sse_parts(response):
+            if part is None:
+                continue
+            if part["type"] == "data-query-rows":
+                rows += len(part["data"]["rows"])
+            elif part["type"] == "tool-output-available" and not part.get("preliminary"):
+                final, seconds = part["output"], time.perf_counter() - started
+            elif part["type"] in ("tool-output-error", "error"):
+                raise RuntimeError(f"the turn failed: {part}")
     if rows != expected or final is None or final.get("row_count") != expected:
         raise RuntimeError(f"incomplete turn: rows={rows} final={final}")
     return rows, seconds

@@ -27,9 +27,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -215,6 +216,18 @@ async def login(http: aiohttp.ClientSession, base_url: str) -> None:
             raise RuntimeError(f"login failed: {response.status} {await response.text()}")
 
 
+async def sse_parts(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any] | None]:
+    """The parts of a `data: ...` event stream as they arrive, decoded; None for `[DONE]`."""
+    buffer = b""
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        events = buffer.split(b"\n\n")
+        buffer = events.pop()
+        for raw in events:
+            payload = raw.removeprefix(b"data: ")
+            yield None if payload == b"[DONE]" else orjson.loads(payload)
+
+
 async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, source: str, expected_rows: int) -> tuple[int, float, float]:
     """POST /api/query and read the SSE stream to [DONE]: (rows, seconds, ms to the preview)."""
     started = time.perf_counter()
@@ -224,28 +237,21 @@ async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, sou
     async with http.post(f"{base_url}/api/query", json={"sql": sql, "source": source}) as response:
         if response.status != 200:
             raise RuntimeError(f"/api/query answered {response.status}: {await response.text()}")
-        buffer = b""
         done = False
-        async for chunk in response.content.iter_any():
-            buffer += chunk
-            events = buffer.split(b"\n\n")
-            buffer = events.pop()
-            for raw in events:
-                payload = raw.removeprefix(b"data: ")
-                if payload == b"[DONE]":
-                    done = True
-                    continue
-                part = orjson.loads(payload)
-                kind = part["type"]
-                if kind == "data-query-rows":
-                    rows += len(part["data"]["rows"])
-                elif kind == "tool-output-available":
-                    if part.get("preliminary"):
-                        preview_ms = (time.perf_counter() - started) * 1000
-                    else:
-                        final = part["output"]
-                elif kind == "tool-output-error":
-                    raise RuntimeError(f"the query failed: {part['errorText']}")
+        async for part in sse_parts(response):
+            if part is None:
+                done = True
+                continue
+            kind = part["type"]
+            if kind == "data-query-rows":
+                rows += len(part["data"]["rows"])
+            elif kind == "tool-output-available":
+                if part.get("preliminary"):
+                    preview_ms = (time.perf_counter() - started) * 1000
+                else:
+                    final = part["output"]
+            elif kind == "tool-output-error":
+                raise RuntimeError(f"the query failed: {part['errorText']}")
         seconds = time.perf_counter() - started
     if not done or rows != expected_rows or final is None or final.get("row_count") != expected_rows:
         raise RuntimeError(f"incomplete stream: done={done} rows={rows} final={final}")
