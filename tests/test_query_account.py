@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,20 +28,12 @@ from services.query.privileges import Grant, mysql_findings, parse_grants
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, UNAVAILABLE, ConfigError, ServiceError
 from tests.client import browser, login, run_query
 from tests.conftest import Databases, MysqlReader, PostgresReader, SystemFactory, mysql_connect_args, with_account
+from tests.harness import eventually
 from tests.readers import mariadb_database, postgres_schema
 
 SETTINGS = EngineSettings(pool_size=1, connect_timeout_s=10.0)
 ROOT = Path(__file__).resolve().parent.parent
 READER_SQL = ROOT / "deploy" / "postgres" / "reader.sql"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    """Poll the real database until `check` holds (for outcomes that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def rows(sources: Sources, source: str, sql: str) -> list[tuple]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -26,17 +25,8 @@ from shared.contracts import Subjects
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, ServiceError
 from shared.stream import StreamConsumer
 from tests.conftest import Databases, Infra, MysqlReader, PostgresReader
-from tests.harness import Service, free_port, service_env
+from tests.harness import Service, eventually, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    """Poll a real system until `check` holds (for outcomes that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def read_all(engine: Engine, sql: str, timeout_s: float = 30.0) -> tuple[list[dict[str, str]], list[list]]:

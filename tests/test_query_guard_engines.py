@@ -13,9 +13,8 @@ executable-comment forms are shown to be code to the server, and refused.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from services.query.guard.policy import MYSQL_ALLOWED, PG_DENIED, PG_REVIEWED_VO
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, ServiceError
 from tests.client import browser, login, run_query
 from tests.conftest import Databases, Infra, MysqlReader, PostgresReader, System, mysql_connect_args, running_system
+from tests.harness import eventually
 from tests.readers import mariadb_database, postgres_schema
 
 
@@ -41,15 +41,6 @@ class Reader:
     url: str
     user: str
     namespace: str  # the PostgreSQL schema or MariaDB database holding `items`
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
-    """Poll the database until `check` holds (for states that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +184,7 @@ async def victim(databases: Databases, pg_items: Reader) -> AsyncIterator[Victim
         async def waiting() -> bool:
             return await admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
 
-        await eventually(waiting, "the victim's query to wait on the lock")
+        await eventually(waiting, "the victim's query to wait on the lock", timeout=15)
         yield Victim(pid, task)
     finally:
         await locker.rollback()
@@ -241,7 +232,7 @@ async def test_the_victim_query_finishes_with_its_rows_after_an_attack(guard_sys
             async def waiting() -> bool:
                 return await admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
 
-            await eventually(waiting, "the victim's query to wait on the lock")
+            await eventually(waiting, "the victim's query to wait on the lock", timeout=15)
             outcome = await query(guard_system, f'SELECT U&"\\0070g_cancel_backend"({pid})', "pg")
             assert_refused(outcome, "pg_cancel_backend()", "signals another backend")
         rows = await asyncio.wait_for(task, 15)
