@@ -265,7 +265,6 @@ class PgPolicy:
 
     def __init__(self, catalog: PgCatalog, allowed: frozenset[FunctionName]) -> None:
         self.allowed = allowed
-        self._allowed = allowed
         self._by_oid = {f.oid: f for f in catalog.functions}
         self._by_name: dict[str, list[PgFunction]] = {}
         for f in catalog.functions:
@@ -287,7 +286,7 @@ class PgPolicy:
                     break
 
     def _operator_allows(self, f: PgFunction) -> bool:
-        return (None, f.name) in self._allowed or (f.schema, f.name) in self._allowed
+        return (None, f.name) in self.allowed or (f.schema, f.name) in self.allowed
 
     def _function_reason(self, f: PgFunction, indirect: bool = False) -> str | None:
         """Why one pg_proc entry may not run (None: it may).
@@ -331,7 +330,7 @@ class PgPolicy:
             return f"the function {shown} {denied}"
         candidates = [f for f in self._by_name.get(name, ()) if schema is None or f.schema == schema]
         if not candidates:
-            if (schema, name) in self._allowed:
+            if (schema, name) in self.allowed:
                 return None
             return f"the function {shown} is not in the database's catalog (as read when the source opened), so the guard cannot tell what it does"
         for f in candidates:
