@@ -29,10 +29,10 @@ from pathlib import Path
 
 import aiohttp
 import nats
-import orjson
 from openai import AsyncOpenAI
 
-from bench.query import _http_ok, build_sqlite, login, stream_query
+from bench.query import build_sqlite, login, sse_parts, stream_query
+from bench.stack import http_ok, running_stack
 from services.gateway.chat.model import ModelClient, TextDelta
 from services.gateway.chat.prompt import EXECUTE_QUERY, TOOLS
 from services.gateway.config import GatewayConfig
@@ -40,14 +40,7 @@ from shared.bus import request
 from shared.contracts import Subjects
 from tests import fake_llm
 from tests.fake_llm import FakeLLM
-from tests.harness import (
-    NatsServer,
-    RedisServer,
-    Service,
-    free_port,
-    service_env,
-    wait_until,
-)
+from tests.harness import wait_until
 
 TARGET_ADDED_MS = 5.0
 TARGET_RATE_RATIO = 0.9
@@ -130,22 +123,15 @@ async def chat_rows(http: aiohttp.ClientSession, base_url: str, expected: int) -
     async with http.post(f"{base_url}/api/chat", json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"/api/chat answered {response.status}: {await response.text()}")
-        buffer = b""
-        async for chunk in response.content.iter_any():
-            buffer += chunk
-            events = buffer.split(b"\n\n")
-            buffer = events.pop()
-            for raw in events:
-                payload = raw.removeprefix(b"data: ")
-                if payload == b"[DONE]":
-                    continue
-                part = orjson.loads(payload)
-                if part["type"] == "data-query-rows":
-                    rows += len(part["data"]["rows"])
-                elif part["type"] == "tool-output-available" and not part.get("preliminary"):
-                    final, seconds = part["output"], time.perf_counter() - started
-                elif part["type"] in ("tool-output-error", "error"):
-                    raise RuntimeError(f"the turn failed: {part}")
+        async for part in sse_parts(response):
+            if part is None:
+                continue
+            if part["type"] == "data-query-rows":
+                rows += len(part["data"]["rows"])
+            elif part["type"] == "tool-output-available" and not part.get("preliminary"):
+                final, seconds = part["output"], time.perf_counter() - started
+            elif part["type"] in ("tool-output-error", "error"):
+                raise RuntimeError(f"the turn failed: {part}")
     if rows != expected or final is None or final.get("row_count") != expected:
         raise RuntimeError(f"incomplete turn: rows={rows} final={final}")
     return rows, seconds
@@ -208,39 +194,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Series, list[flo
     sqlite_path = workdir / "bench.db"
     build_sqlite(sqlite_path, args.rows)
     fake = await FakeLLM().start()
-    nats_server = NatsServer().start()
-    redis_server = RedisServer().start()
-    services: list[Service] = []
     try:
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
-        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
-        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
-        services.append(
-            Service(
-                "query",
-                service_env(**common, QUERY_SOURCES=f"bench_sqlite=sqlite:///{sqlite_path}", QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300"),
-            ).start()
-        )
-        port = free_port()
-        gateway_env = service_env(
-            **common,
-            GATEWAY_PORT=str(port),
-            AUTH_MODE="dev",
-            LLM_BASE_URL=fake.base_url,
-            LLM_MODEL=fake_llm.MODEL,
-            CHAT_QUOTA_PER_MINUTE="0",
-            CHAT_QUOTA_PER_HOUR="0",
-            CHAT_QUOTA_PER_DAY="0",
-        )
-        services.append(Service("gateway", gateway_env).start())
-        base_url = f"http://127.0.0.1:{port}"
-        await asyncio.to_thread(wait_until, lambda: _http_ok(f"{base_url}/healthz"), 30, "the gateway")
-        return await measure(base_url, fake, nats_server.url, prefix, args)
+        gateway_env = {
+            "LLM_BASE_URL": fake.base_url,
+            "LLM_MODEL": fake_llm.MODEL,
+            "CHAT_QUOTA_PER_MINUTE": "0",
+            "CHAT_QUOTA_PER_HOUR": "0",
+            "CHAT_QUOTA_PER_DAY": "0",
+        }
+        with running_stack({"bench_sqlite": f"sqlite:///{sqlite_path}"}, workdir / "sample.db", **gateway_env) as stack:
+            base_url = stack.base_url
+            await asyncio.to_thread(wait_until, lambda: http_ok(f"{base_url}/healthz"), 30, "the gateway")
+            return await measure(base_url, fake, stack.nats.url, stack.prefix, args)
     finally:
-        for service in reversed(services):
-            service.stop()
-        redis_server.stop()
-        nats_server.cleanup()
         await fake.stop()
 
 

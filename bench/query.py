@@ -27,23 +27,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import orjson
 
-from tests.harness import (
-    NatsServer,
-    RedisServer,
-    Service,
-    free_port,
-    service_env,
-    wait_until,
-)
+from bench.stack import http_ok, running_stack
+from tests.harness import wait_until
 
 COLUMNS = "id, qty, price, name, created"
 TARGET_RATIO = 0.5
@@ -221,6 +216,18 @@ async def login(http: aiohttp.ClientSession, base_url: str) -> None:
             raise RuntimeError(f"login failed: {response.status} {await response.text()}")
 
 
+async def sse_parts(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any] | None]:
+    """The parts of a `data: ...` event stream as they arrive, decoded; None for `[DONE]`."""
+    buffer = b""
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        events = buffer.split(b"\n\n")
+        buffer = events.pop()
+        for raw in events:
+            payload = raw.removeprefix(b"data: ")
+            yield None if payload == b"[DONE]" else orjson.loads(payload)
+
+
 async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, source: str, expected_rows: int) -> tuple[int, float, float]:
     """POST /api/query and read the SSE stream to [DONE]: (rows, seconds, ms to the preview)."""
     started = time.perf_counter()
@@ -230,28 +237,21 @@ async def stream_query(http: aiohttp.ClientSession, base_url: str, sql: str, sou
     async with http.post(f"{base_url}/api/query", json={"sql": sql, "source": source}) as response:
         if response.status != 200:
             raise RuntimeError(f"/api/query answered {response.status}: {await response.text()}")
-        buffer = b""
         done = False
-        async for chunk in response.content.iter_any():
-            buffer += chunk
-            events = buffer.split(b"\n\n")
-            buffer = events.pop()
-            for raw in events:
-                payload = raw.removeprefix(b"data: ")
-                if payload == b"[DONE]":
-                    done = True
-                    continue
-                part = orjson.loads(payload)
-                kind = part["type"]
-                if kind == "data-query-rows":
-                    rows += len(part["data"]["rows"])
-                elif kind == "tool-output-available":
-                    if part.get("preliminary"):
-                        preview_ms = (time.perf_counter() - started) * 1000
-                    else:
-                        final = part["output"]
-                elif kind == "tool-output-error":
-                    raise RuntimeError(f"the query failed: {part['errorText']}")
+        async for part in sse_parts(response):
+            if part is None:
+                done = True
+                continue
+            kind = part["type"]
+            if kind == "data-query-rows":
+                rows += len(part["data"]["rows"])
+            elif kind == "tool-output-available":
+                if part.get("preliminary"):
+                    preview_ms = (time.perf_counter() - started) * 1000
+                else:
+                    final = part["output"]
+            elif kind == "tool-output-error":
+                raise RuntimeError(f"the query failed: {part['errorText']}")
         seconds = time.perf_counter() - started
     if not done or rows != expected_rows or final is None or final.get("row_count") != expected_rows:
         raise RuntimeError(f"incomplete stream: done={done} rows={rows} final={final}")
@@ -337,38 +337,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  data built in {time.perf_counter() - started:.1f}s", flush=True)
 
     figures = {name: Figures(name) for name, _, _ in engines}
-    nats_server = NatsServer().start()
-    redis_server = RedisServer().start()
-    services: list[Service] = []
     try:
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
-        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
-        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
-        query = Service(
-            "query",
-            service_env(**common, QUERY_SOURCES=",".join(f"{k}={v}" for k, v in sources.items()), QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300"),
-        ).start()
-        services.append(query)
-        gateway_port = free_port()
-        gateway = Service("gateway", service_env(**common, GATEWAY_PORT=str(gateway_port), AUTH_MODE="dev")).start()
-        services.append(gateway)
-        base_url = f"http://127.0.0.1:{gateway_port}"
-        wait_until(lambda: _http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
-        assert query.proc is not None and gateway.proc is not None
-        pids = {"gateway": gateway.proc.pid, "query": query.proc.pid}
-        assert nats_server.proc is not None
-        cpu_pids = {**pids, "nats-server": nats_server.proc.pid}
-        raws: dict[str, Callable[[], Awaitable[float]]] = {
-            "sqlite": lambda: _now(raw_sqlite(sqlite_path)),  # on the loop's own thread, as a plain fetch loop would run
-            "postgresql": lambda: raw_postgres(args.postgres_url, schema),
-        }
-        for name, source, sql in engines:
-            asyncio.run(end_to_end(base_url, pids, cpu_pids, sql, source, args.rows, figures[name], raws[name], args.runs))
+        with running_stack(sources, workdir / "sample.db") as stack:
+            base_url = stack.base_url
+            wait_until(lambda: http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
+            assert stack.query.proc is not None and stack.gateway.proc is not None
+            pids = {"gateway": stack.gateway.proc.pid, "query": stack.query.proc.pid}
+            assert stack.nats.proc is not None
+            cpu_pids = {**pids, "nats-server": stack.nats.proc.pid}
+            raws: dict[str, Callable[[], Awaitable[float]]] = {
+                "sqlite": lambda: _now(raw_sqlite(sqlite_path)),  # on the loop's own thread, as a plain fetch loop would run
+                "postgresql": lambda: raw_postgres(args.postgres_url, schema),
+            }
+            for name, source, sql in engines:
+                asyncio.run(end_to_end(base_url, pids, cpu_pids, sql, source, args.rows, figures[name], raws[name], args.runs))
     finally:
-        for service in reversed(services):
-            service.stop()
-        redis_server.stop()
-        nats_server.cleanup()
         if args.postgres_url:
             asyncio.run(drop_postgres(args.postgres_url, schema))
         for path in workdir.iterdir():
@@ -385,16 +368,6 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _now(value: float) -> float:
     return value
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
 
 from bench.query import build_sqlite, login, stream_query
-from tests.harness import NatsServer, RedisServer, Service, free_port, service_env, wait_until
+from bench.stack import http_ok, running_stack
+from tests.harness import wait_until
 from tests.web_support import chromium_path, ensure_built, launch_args
 
 TARGET_HEAP_MB = 300.0
@@ -88,28 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"web bench: {args.rows:,} rows x 5 columns, {executable}, {os.cpu_count()} CPUs shared by everything", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     build_sqlite(workdir / "bench.db", args.rows)
-    nats_server = NatsServer().start()
-    redis_server = RedisServer().start()
-    services: list[Service] = []
     try:
-        prefix = f"bench{uuid.uuid4().hex[:8]}"
-        common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
-        services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
-        query_env = service_env(**common, QUERY_SOURCES=f"bench_web=sqlite:///{workdir / 'bench.db'}", QUERY_SAMPLE_PATH=str(workdir / "sample.db"), QUERY_TIMEOUT_S="300")
-        services.append(Service("query", query_env).start())
-        port = free_port()
-        services.append(Service("gateway", service_env(**common, GATEWAY_PORT=str(port), AUTH_MODE="dev")).start())
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
-        started = time.perf_counter()
-        browser = in_browser(base_url, executable, args.rows)
-        raw_preview_ms, raw_s = asyncio.run(raw_client(base_url, args.rows))
-        print(f"  measured in {time.perf_counter() - started:.1f}s", flush=True)
+        with running_stack({"bench_web": f"sqlite:///{workdir / 'bench.db'}"}, workdir / "sample.db") as stack:
+            base_url = stack.base_url
+            wait_until(lambda: http_ok(f"{base_url}/healthz"), timeout=30, what="the gateway")
+            started = time.perf_counter()
+            browser = in_browser(base_url, executable, args.rows)
+            raw_preview_ms, raw_s = asyncio.run(raw_client(base_url, args.rows))
+            print(f"  measured in {time.perf_counter() - started:.1f}s", flush=True)
     finally:
-        for service in reversed(services):
-            service.stop()
-        redis_server.stop()
-        nats_server.cleanup()
         for path in workdir.iterdir():
             path.unlink()
         workdir.rmdir()
@@ -124,16 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| tab JS heap after all rows, after GC (goal < {TARGET_HEAP_MB:.0f} MB) | {browser['heap_mb']:.1f} MB {'ok' if heap_ok else 'MISSED'} | |")
     print(f"| tab JS heap before GC | {browser['heap_before_gc_mb']:.1f} MB | |")
     return 0
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

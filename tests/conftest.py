@@ -6,6 +6,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -252,19 +253,29 @@ def make_system(infra: Infra) -> Iterator[SystemFactory]:
     assert not failures, f"services did not stop cleanly: {failures}"
 
 
-@pytest.fixture(scope="module")
-def system(infra: Infra) -> Iterator[System]:
-    """One running system shared by the tests of a module that do not break anything."""
-    prefix = f"m{uuid.uuid4().hex[:10]}"
-    env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
-    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
+@contextmanager
+def running_system(infra: Infra, tag: str, start: tuple[str, ...] = ("session", "query", "gateway"), **env: str) -> Iterator[System]:
+    """A system on the shared NATS and Redis under a subject prefix of its own (`tag` + uuid), in dev auth mode.
+
+    `env` adds to or overrides its environment. Afterwards every service is stopped with SIGTERM and must exit 0.
+    """
+    prefix = f"{tag}{uuid.uuid4().hex[:10]}"
+    base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
+    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), base | env)
     try:
-        for name in ("session", "query", "gateway"):
+        for name in start:
             system.start(name)
         yield system
     finally:
         codes = system.stop()
     assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra) -> Iterator[System]:
+    """One running system shared by the tests of a module that do not break anything."""
+    with running_system(infra, "m") as system:
+        yield system
 
 
 @pytest.fixture

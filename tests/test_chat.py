@@ -19,7 +19,6 @@ from tests.chat_support import (  # noqa: F401 (fixtures)
     BIG_ROWS,
     PgSource,
     Turn,
-    eventually,
     gateway,
     pg_active,
     pg_source_fixture,
@@ -30,6 +29,7 @@ from tests.chat_support import (  # noqa: F401 (fixtures)
 )
 from tests.conftest import System
 from tests.fake_llm import FakeLLM
+from tests.harness import eventually
 
 
 @pytest.fixture
@@ -328,9 +328,9 @@ async def test_a_client_leaving_during_a_query_stops_the_statement(services: Sys
         async with signed_in(url) as client:
             response = await client.post("/api/chat", json={"id": "c2", "messages": [user_message("Sleep")], "source": "pg"})
             assert response.status == 200
-            await eventually(lambda: _running(pg_source, marker), "the statement to run in PostgreSQL")
+            await eventually(lambda: _running(pg_source, marker), "the statement to run in PostgreSQL", timeout=15)
             response.close()
-        await eventually(lambda: _stopped(pg_source, marker), "the statement to leave pg_stat_activity")
+        await eventually(lambda: _stopped(pg_source, marker), "the statement to leave pg_stat_activity", timeout=15)
     assert len(fake.requests) == 1
 
 
@@ -489,10 +489,10 @@ async def test_a_client_that_stops_reading_is_given_up_and_its_query_stopped(ser
                 await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
                 await asyncio.get_running_loop().sock_sendall(sock, head.encode() + body)
                 # Never read: the gateway must give up on its own.
-                await eventually(lambda: _logged(logs, "chat_turn"), "the turn to end")
+                await eventually(lambda: _logged(logs, "chat_turn"), "the turn to end", timeout=15)
             finally:
                 sock.close()
-            await eventually(lambda: _stopped(pg_source, marker), "the statement to leave pg_stat_activity")
+            await eventually(lambda: _stopped(pg_source, marker), "the statement to leave pg_stat_activity", timeout=15)
     [turn] = [e for e in logs if e["event"] == "chat_turn"]
     assert turn["outcome"] == "client_stalled"
     assert [e for e in logs if e["event"] in ("chat_turn_failed", "request_failed")] == []

@@ -14,9 +14,10 @@ import structlog
 
 from services.gateway.chat import context
 from tests import fake_llm
-from tests.chat_support import API_KEY, eventually, gateway, post_chat, signed_in, user_message
+from tests.chat_support import API_KEY, gateway, post_chat, signed_in, user_message
 from tests.conftest import SystemFactory
 from tests.fake_llm import FakeLLM
+from tests.harness import eventually
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ async def test_an_expired_prompt_is_served_while_the_query_service_is_away_until
             async def renewal_failed() -> bool:
                 return any(entry["event"] == "chat_context_renewal_failed" for entry in logs)
 
-            await eventually(renewal_failed, "the background renewal to fail")
+            await eventually(renewal_failed, "the background renewal to fail", timeout=15)
         monkeypatch.setattr(context, "STALE_S", 0.0)  # now the kept prompt is too old to serve
         third = await post_chat(client, [user_message("Third?")])
     assert first.status == 200 and second.status == 200

@@ -28,6 +28,7 @@ from shared.contracts import Subjects
 from tests.client import browser, login
 from tests.conftest import System, SystemFactory
 from tests.harness import RedisServer, Service, wait_until
+from tests.redis_busy import busy_redis
 from tests.test_session_flask_interop import flask_app
 
 PASSWORD = "pw-" + uuid.uuid4().hex
@@ -370,42 +371,16 @@ async def test_a_redis_busy_running_a_script_degrades_and_is_written_back_after_
     system = make_system(redis_url=redis_server.url, start=("session", "gateway"))
     session = system.services["session"]
     rdb.config_set("busy-reply-threshold", 50)  # ms after which other clients get BUSY
-
-    def endless_script() -> None:
-        blocked = redis.Redis.from_url(redis_server.url)
-        try:
-            with pytest.raises(redis.exceptions.ResponseError, match="killed"):
-                blocked.eval("while true do end", 0)
-        finally:
-            blocked.close()
-
-    script = asyncio.create_task(asyncio.to_thread(endless_script))
-    checker = redis.Redis.from_url(redis_server.url)
-    try:
-
-        def busy() -> bool:
-            try:
-                checker.ping()
-            except redis.exceptions.ResponseError as exc:
-                return "BUSY" in str(exc)
-            return False
-
-        await asyncio.to_thread(wait_until, busy, 10.0, "Redis to answer BUSY")
+    async with busy_redis(redis_server.url) as end_script:
         async with browser(system.url) as client:
             await login(client, "busy@example.com", "Busy")
             sid = sid_of(client)
         degraded = await wait_event(session, "store_degraded")
         assert "BUSY" in degraded["error"]
         mark = len(session.lines)
-        checker.script_kill()
-        await script
+        await end_script()
         await wait_event(session, "store_recovered", start=mark)
         assert msgspec.msgpack.decode(rdb.get(f"session:{sid}"))["user"]["email"] == "busy@example.com"
-    finally:
-        if not script.done():
-            checker.script_kill()
-            await script
-        checker.close()
 
 
 async def test_nan_and_non_string_keys_have_a_json_form(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:

@@ -25,9 +25,10 @@ from shared.contracts import Subjects
 from shared.errors import ServiceError
 from tests import fake_llm
 from tests.auth_issuer import AUDIENCE, running_issuer
-from tests.chat_support import eventually, gateway, signed_in
+from tests.chat_support import gateway, signed_in
 from tests.client import browser
 from tests.fake_llm import FakeLLM, Stream
+from tests.harness import eventually
 from tests.history_support import MAX_MESSAGE_BYTES, MAX_MESSAGES, Stack, ask, commandstats, fake_fixture, send, stack_fixture, stored, user  # noqa: F401 (fixtures)
 from tests.test_chat_ai_sdk import ai_sdk, read_with_ai_sdk  # noqa: F401 (ai_sdk is a fixture)
 
@@ -140,7 +141,7 @@ async def test_a_stopped_turn_keeps_its_partial_answer(stack: Stack, fake: FakeL
         async def saved() -> bool:
             return len((await stored(client, cid))[1]["messages"]) == 2
 
-        await eventually(saved, "the stopped turn to be stored")
+        await eventually(saved, "the stopped turn to be stored", timeout=15)
         _, kept = await stored(client, cid)
     assert kept["messages"][1]["parts"] == [{"type": "step-start"}, {"type": "text", "text": "Half of an ans", "state": "streaming"}]
 

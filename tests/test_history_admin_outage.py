@@ -27,6 +27,7 @@ from tests.conftest import Infra
 from tests.fake_llm import FakeLLM
 from tests.harness import ROOT, RedisServer, service_env, wait_until
 from tests.history_support import Stack, ask, build_stack, fake_fixture, stored, user  # noqa: F401 (fake_fixture is a fixture)
+from tests.redis_busy import busy_redis
 from tests.test_history import me, new_conversation, redis_messages
 
 
@@ -82,14 +83,6 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
     rdb = stack.redis
     rdb.config_set("busy-reply-threshold", 50)
 
-    def endless_script() -> None:
-        blocked = redis.Redis.from_url(stack.redis_server.url)
-        try:
-            with pytest.raises(redis.exceptions.ResponseError, match="killed"):
-                blocked.eval("while true do end", 0)
-        finally:
-            blocked.close()
-
     email = f"outage-{uuid.uuid4().hex[:8]}@example.com"
     async with gateway(stack.gateway_env(fake)) as url, browser(url) as before, browser(url) as client:
         await login(before, email, "Outage")
@@ -97,18 +90,7 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
         cid = await new_conversation(before)
         assert (await ask(before, cid, user("Before the outage?"))).status == 200
 
-        script = asyncio.create_task(asyncio.to_thread(endless_script))
-        checker = redis.Redis.from_url(stack.redis_server.url)
-        try:
-
-            def busy() -> bool:
-                try:
-                    checker.ping()
-                except redis.exceptions.ResponseError as exc:
-                    return "BUSY" in str(exc)
-                return False
-
-            await asyncio.to_thread(wait_until, busy, 10.0, "Redis to answer BUSY")
+        async with busy_redis(stack.redis_server.url) as end_script:
             marks = [len(s.lines) for s in stack.sessions]
             # Sessions held only in Redis are out of reach now: sign in again (that session lives in the fallback).
             await login(client, email, "Outage")
@@ -117,13 +99,7 @@ async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stac
             assert during.status == 200 and during.text() == "During."
             # Every replica serves from the shared fallback; the conversation's outage entry is there.
             await asyncio.to_thread(wait_until, lambda: any('"conversation_append_fallback"' in line for s in stack.sessions for line in s.lines), 10.0, "the append to go to the fallback")
-            checker.script_kill()
-            await script
-        finally:
-            if not script.done():
-                checker.script_kill()
-                await script
-            checker.close()
+            await end_script()
         for session, mark in zip(stack.sessions, marks, strict=True):
             if any('"store_degraded"' in line for line in session.lines[mark:]):
                 await asyncio.to_thread(session.wait_for_line, lambda line: '"store_recovered"' in line, 60.0, mark)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,19 +28,12 @@ from services.query.privileges import Grant, mysql_findings, parse_grants
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, UNAVAILABLE, ConfigError, ServiceError
 from tests.client import browser, login, run_query
 from tests.conftest import Databases, MysqlReader, PostgresReader, SystemFactory, mysql_connect_args, with_account
+from tests.harness import eventually
+from tests.readers import mariadb_database, postgres_schema
 
 SETTINGS = EngineSettings(pool_size=1, connect_timeout_s=10.0)
 ROOT = Path(__file__).resolve().parent.parent
 READER_SQL = ROOT / "deploy" / "postgres" / "reader.sql"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    """Poll the real database until `check` holds (for outcomes that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def rows(sources: Sources, source: str, sql: str) -> list[tuple]:
@@ -63,16 +55,9 @@ def data_rows(parts: list) -> list[list]:
 
 
 @pytest.fixture(scope="module")
-async def acct_schema(databases: Databases, pg_reader: PostgresReader) -> AsyncIterator[str]:
-    schema = f"acct_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(databases.postgres)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (a int, b text); INSERT INTO {schema}.t VALUES (1, 'one')")
-        await pg_reader.grant(schema)
+async def acct_schema(pg_reader: PostgresReader) -> AsyncIterator[str]:
+    async with postgres_schema(pg_reader, "CREATE TABLE {s}.t (a int, b text); INSERT INTO {s}.t VALUES (1, 'one')") as schema:
         yield schema
-    finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
 
 
 PgAccount = Callable[[str], Awaitable[tuple[str, str]]]
@@ -215,20 +200,9 @@ async def test_query_allow_privileged_serves_a_postgres_superuser_with_a_warning
 
 
 @pytest.fixture(scope="module")
-async def acct_db(databases: Databases, my_reader: MysqlReader) -> AsyncIterator[str]:
-    name = f"acct_{uuid.uuid4().hex[:10]}"
-    conn = await asyncmy.connect(**mysql_connect_args(databases.mysql))
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE {name}")
-            await cur.execute(f"CREATE TABLE {name}.t (a INT, b VARCHAR(10))")
-            await cur.execute(f"INSERT INTO {name}.t VALUES (1, 'one')")
-        await my_reader.grant(name)
-        yield name
-    finally:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
+async def acct_db(my_reader: MysqlReader) -> AsyncIterator[str]:
+    async with mariadb_database(my_reader, ("CREATE TABLE t (a INT, b VARCHAR(10))", "INSERT INTO t VALUES (1, 'one')")) as url:
+        yield urlsplit(url).path.lstrip("/")
 
 
 MyAccount = Callable[[str], Awaitable[tuple[str, str]]]

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncmy
 import asyncpg
 import nats
 import orjson
@@ -28,16 +25,8 @@ from shared.contracts import Subjects
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, ServiceError
 from shared.stream import StreamConsumer
 from tests.conftest import Databases, Infra, MysqlReader, PostgresReader
-from tests.harness import Service, free_port, service_env
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    """Poll a real system until `check` holds (for outcomes that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+from tests.harness import Service, eventually, free_port, service_env
+from tests.readers import mariadb_database, postgres_schema
 
 
 async def read_all(engine: Engine, sql: str, timeout_s: float = 30.0) -> tuple[list[dict[str, str]], list[list]]:
@@ -60,29 +49,22 @@ async def refused(engine: Engine, sql: str) -> ServiceError:
 
 
 @pytest.fixture(scope="session")
-async def pg_schema(databases: Databases, pg_reader: PostgresReader) -> AsyncIterator[str]:
-    schema = f"qt_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(databases.postgres)
-    try:
-        await conn.execute(f"""
-            CREATE SCHEMA {schema};
-            CREATE TABLE {schema}.types (
+async def pg_schema(pg_reader: PostgresReader) -> AsyncIterator[str]:
+    setup = """
+            CREATE TABLE {s}.types (
                 i8 bigint, i4 int, num numeric(20, 4), f8 double precision, ts timestamp, tstz timestamptz,
                 d date, t time, ttz timetz, iv interval, u uuid, j json, jb jsonb, arr int8[], b bytea,
                 bo boolean, tx text, nul text);
-            INSERT INTO {schema}.types VALUES (
+            INSERT INTO {s}.types VALUES (
                 9007199254740993, 42, 12345.6789, 'NaN', '2024-05-01 12:00:00', '2024-05-01 12:00:00+02',
                 '2024-05-01', '13:14:15', '13:14:15+02', '1 year 2 mons 3 days 04:05:06',
                 '00000000-0000-0000-0000-000000000001', '{{"a": 1}}', '{{"b": [1, 2]}}', '{{1, 9007199254740993}}',
                 '\\x00ff', true, 'hello', NULL);
-            CREATE TABLE {schema}.big AS SELECT g AS id, md5(g::text) AS label FROM generate_series(1, 200000) g;
-            CREATE SEQUENCE {schema}.seq;
-        """)
-        await pg_reader.grant(schema)
+            CREATE TABLE {s}.big AS SELECT g AS id, md5(g::text) AS label FROM generate_series(1, 200000) g;
+            CREATE SEQUENCE {s}.seq;
+        """
+    async with postgres_schema(pg_reader, setup) as schema:
         yield schema
-    finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
 
 
 @pytest.fixture
@@ -229,27 +211,18 @@ async def test_client_disconnect_stops_the_postgres_query(infra: Infra, database
 
 
 @pytest.fixture(scope="session")
-async def my_url(databases: Databases, my_reader: MysqlReader) -> AsyncIterator[str]:
+async def my_url(my_reader: MysqlReader) -> AsyncIterator[str]:
     """A MariaDB database of this test run, with a types table, as the reader account's URL."""
-    name = f"qt_{uuid.uuid4().hex[:10]}"
-    url = urlsplit(databases.mysql)
-    conn = await asyncmy.connect(host=url.hostname, port=url.port or 3306, user=url.username, password=url.password or "")
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE {name}")
-            await cur.execute(f"""CREATE TABLE {name}.types (
+    setup = (
+        """CREATE TABLE types (
                 ub BIGINT UNSIGNED, i INT, dec_ DECIMAL(20, 4), dbl DOUBLE, dt DATETIME(3), ts TIMESTAMP NULL, d DATE,
-                t TIME, bt BIT(8), bl BLOB, js JSON, e ENUM('a', 'b'), vc VARCHAR(20), nul VARCHAR(5))""")
-            await cur.execute(f"""INSERT INTO {name}.types VALUES (
+                t TIME, bt BIT(8), bl BLOB, js JSON, e ENUM('a', 'b'), vc VARCHAR(20), nul VARCHAR(5))""",
+        """INSERT INTO types VALUES (
                 18446744073709551615, 42, 12345.6789, 1.5, '2024-05-01 12:00:00.250', '2024-05-01 12:00:00',
-                '2024-05-01', '-01:02:03', b'00000101', x'00ff', '{{"a": 1}}', 'b', 'hello', NULL)""")
-            await cur.execute("COMMIT")
-        await my_reader.grant(name)
-        yield my_reader.url(name)
-    finally:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
+                '2024-05-01', '-01:02:03', b'00000101', x'00ff', '{"a": 1}', 'b', 'hello', NULL)""",
+    )
+    async with mariadb_database(my_reader, setup) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """The guard on the real engines: the attack classes of issue 8 through HTTP, checked by effect, and the catalog.
 
 Attacks go through `POST /api/query` with a session cookie, to PostgreSQL and MariaDB
-sources reached through reader roles this module creates (unique names, dropped at the end),
-never as superuser. Each test then looks in the database itself: the named lock is free, the
-file was not written, the other backend's query finished with its rows, the file's content
-did not come back. The catalog tests read pg_proc itself: every VOLATILE function not on the
+sources reached through the session's reader role and account (tests/conftest.py), on a schema
+and a database this module creates (unique names, dropped at the end), never as superuser.
+Each test then looks in the database itself: the named lock is free, the file was not
+written, the other backend's query finished with its rows, the file's content did not come
+back. The catalog tests read pg_proc itself: every VOLATILE function not on the
 reviewed list is refused, and a sample of IMMUTABLE and STABLE ones runs; MariaDB's
 executable-comment forms are shown to be code to the server, and refused.
 """
@@ -12,13 +13,12 @@ executable-comment forms are shown to be code to the server, and refused.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import asyncmy
 import asyncpg
@@ -29,8 +29,9 @@ from services.query.guard import check_read_only
 from services.query.guard.policy import MYSQL_ALLOWED, PG_DENIED, PG_REVIEWED_VOLATILE
 from shared.errors import QUERY_FAILED, QUERY_REFUSED, ServiceError
 from tests.client import browser, login, run_query
-from tests.conftest import Databases, Infra, System
-from tests.harness import free_port
+from tests.conftest import Databases, Infra, MysqlReader, PostgresReader, System, mysql_connect_args, running_system
+from tests.harness import eventually
+from tests.readers import mariadb_database, postgres_schema
 
 
 @dataclass(frozen=True)
@@ -39,104 +40,28 @@ class Reader:
 
     url: str
     user: str
-    password: str
     namespace: str  # the PostgreSQL schema or MariaDB database holding `items`
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
-    """Poll the database until `check` holds (for states that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def _with_user(url: str, user: str, password: str, path: str | None = None) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(user)}:{quote(password)}@{parts.hostname}:{parts.port}"
-    return f"{parts.scheme}://{netloc}{path if path is not None else parts.path}"
-
-
-def _mysql_params(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": parts.username or "root",
-        "password": parts.password or "",
-        "autocommit": True,
-    }
+@pytest.fixture(scope="module")
+async def pg_items(pg_reader: PostgresReader) -> AsyncIterator[Reader]:
+    """The session's PostgreSQL reader role, on a schema of this module holding `items` (1, 2, 3)."""
+    async with postgres_schema(pg_reader, "CREATE TABLE {s}.items AS SELECT g AS id FROM generate_series(1, 3) AS g") as schema:
+        yield Reader(pg_reader.url, pg_reader.role, schema)
 
 
 @pytest.fixture(scope="module")
-async def pg_reader(databases: Databases) -> AsyncIterator[Reader]:
-    suffix = uuid.uuid4().hex[:10]
-    role, schema, password = f"guard_reader_{suffix}", f"guard_{suffix}", f"pw_{suffix}"
-    admin = await asyncpg.connect(databases.postgres)
-    database = await admin.fetchval("SELECT current_database()")
-    try:
-        await admin.execute(f"""
-            CREATE SCHEMA {schema};
-            CREATE TABLE {schema}.items AS SELECT g AS id FROM generate_series(1, 3) AS g;
-            CREATE ROLE {role} LOGIN PASSWORD '{password}';
-            GRANT CONNECT ON DATABASE "{database}" TO {role};
-            GRANT USAGE ON SCHEMA {schema} TO {role};
-            GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};
-        """)
-        yield Reader(_with_user(databases.postgres, role, password), role, password, schema)
-    finally:
-        await admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.execute(f"""DO $$ BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-                EXECUTE 'REVOKE ALL ON DATABASE "{database}" FROM {role}';
-                EXECUTE 'DROP ROLE {role}';
-            END IF; END $$""")
-        await admin.close()
+async def my_items(my_reader: MysqlReader) -> AsyncIterator[Reader]:
+    """The session's MariaDB reader account, on a database of this module holding `items` (1, 2, 3)."""
+    async with mariadb_database(my_reader, ("CREATE TABLE items (id INT)", "INSERT INTO items VALUES (1), (2), (3)")) as url:
+        yield Reader(url, my_reader.user, urlsplit(url).path.lstrip("/"))
 
 
 @pytest.fixture(scope="module")
-async def my_reader(databases: Databases) -> AsyncIterator[Reader]:
-    suffix = uuid.uuid4().hex[:10]
-    user, database, password = f"guard_r_{suffix}", f"guard_{suffix}", f"pw_{suffix}"
-    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE {database}")
-            await cur.execute(f"CREATE TABLE {database}.items (id INT)")
-            await cur.execute(f"INSERT INTO {database}.items VALUES (1), (2), (3)")
-            await cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
-            await cur.execute(f"GRANT SELECT ON {database}.* TO '{user}'@'%'")
-        yield Reader(_with_user(databases.mysql, user, password, f"/{database}"), user, password, database)
-    finally:
-        async with admin.cursor() as cur:
-            await cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
-            await cur.execute(f"DROP DATABASE IF EXISTS {database}")
-        admin.close()
-
-
-@pytest.fixture(scope="module")
-def guard_system(infra: Infra, pg_reader: Reader, my_reader: Reader) -> Iterator[System]:
+def guard_system(infra: Infra, pg_items: Reader, my_items: Reader) -> Iterator[System]:
     """Gateway, session and query services with `pg` and `my` sources, both through reader roles."""
-    prefix = f"g{uuid.uuid4().hex[:10]}"
-    env = {
-        "NATS_URL": infra.nats_url,
-        "NATS_SUBJECT_PREFIX": prefix,
-        "AUTH_MODE": "dev",
-        "REDIS_URL": infra.redis_url,
-        "SESSION_KV_BUCKET": f"sessions_{prefix}",
-        "QUERY_SOURCES": f"pg={pg_reader.url},my={my_reader.url}",
-        "QUERY_TIMEOUT_S": "20",
-    }
-    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
-    try:
-        for name in ("session", "query", "gateway"):
-            system.start(name)
+    with running_system(infra, "g", QUERY_SOURCES=f"pg={pg_items.url},my={my_items.url}", QUERY_TIMEOUT_S="20") as system:
         yield system
-    finally:
-        codes = system.stop()
-    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
 @dataclass
@@ -179,8 +104,8 @@ def assert_refused(outcome: Outcome, *fragments: str) -> None:
     assert "Traceback" not in outcome.error and not outcome.rows
 
 
-async def test_reader_roles_serve_queries(guard_system: System, pg_reader: Reader, my_reader: Reader) -> None:
-    pg = await query(guard_system, f"SELECT count(*) AS n, upper('ok') AS u FROM {pg_reader.namespace}.items", "pg")
+async def test_reader_roles_serve_queries(guard_system: System, pg_items: Reader, my_items: Reader) -> None:
+    pg = await query(guard_system, f"SELECT count(*) AS n, upper('ok') AS u FROM {pg_items.namespace}.items", "pg")
     assert pg.error is None and pg.rows == [[3, "OK"]]
     my = await query(guard_system, "SELECT count(*) AS n, UPPER('ok') AS u FROM items", "my")
     assert my.error is None and my.rows == [[3, "OK"]]
@@ -194,7 +119,7 @@ async def test_executable_comment_cannot_take_a_named_lock(guard_system: System,
     lock = f"guard_lock_{uuid.uuid4().hex[:10]}"
     outcome = await query(guard_system, f"SELECT id {form} , GET_LOCK('{lock}', 0) */ FROM items", "my")
     assert_refused(outcome, "executable comments", "run their content as SQL")
-    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
     try:
         async with admin.cursor() as cur:
             await cur.execute("SELECT IS_FREE_LOCK(%s)", (lock,))
@@ -209,7 +134,7 @@ async def test_executable_comment_cannot_write_a_file(guard_system: System, data
     outcome = await query(guard_system, f"SELECT id FROM items {form} INTO OUTFILE '{path}' */", "my")
     assert_refused(outcome, "executable comments")
     assert not Path(path).exists()
-    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
     try:
         async with admin.cursor() as cur:
             await cur.execute("SELECT LOAD_FILE(%s) IS NULL", (path,))
@@ -221,7 +146,7 @@ async def test_executable_comment_cannot_write_a_file(guard_system: System, data
 @pytest.mark.parametrize("sql", ["SELECT 1 /*! , LOAD_FILE('{path}') */ AS x", "SELECT LOAD_FILE('{path}') AS x", "SELECT 1 --1, LOAD_FILE('{path}')"])
 async def test_server_file_content_does_not_come_back_from_mariadb(guard_system: System, databases: Databases, sql: str) -> None:
     path = "/etc/os-release"
-    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
     try:
         async with admin.cursor() as cur:
             await cur.execute("SELECT LOAD_FILE(%s)", (path,))
@@ -245,21 +170,21 @@ class Victim:
 
 
 @pytest.fixture
-async def victim(databases: Databases, pg_reader: Reader) -> AsyncIterator[Victim]:
+async def victim(databases: Databases, pg_items: Reader) -> AsyncIterator[Victim]:
     """A backend of the same reader role, in the middle of a query (waiting on a lock the admin holds)."""
     admin = await asyncpg.connect(databases.postgres)
-    conn = await asyncpg.connect(pg_reader.url)
+    conn = await asyncpg.connect(pg_items.url)
     locker = admin.transaction()
     await locker.start()
     try:
-        await admin.execute(f"LOCK TABLE {pg_reader.namespace}.items IN ACCESS EXCLUSIVE MODE")
+        await admin.execute(f"LOCK TABLE {pg_items.namespace}.items IN ACCESS EXCLUSIVE MODE")
         pid = await conn.fetchval("SELECT pg_backend_pid()")
-        task = asyncio.create_task(conn.fetch(f"SELECT count(*) AS n FROM {pg_reader.namespace}.items"))
+        task = asyncio.create_task(conn.fetch(f"SELECT count(*) AS n FROM {pg_items.namespace}.items"))
 
         async def waiting() -> bool:
             return await admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
 
-        await eventually(waiting, "the victim's query to wait on the lock")
+        await eventually(waiting, "the victim's query to wait on the lock", timeout=15)
         yield Victim(pid, task)
     finally:
         await locker.rollback()
@@ -294,20 +219,20 @@ async def test_a_query_cannot_signal_another_backend_of_its_role(guard_system: S
     assert not victim.task.done()
 
 
-async def test_the_victim_query_finishes_with_its_rows_after_an_attack(guard_system: System, databases: Databases, pg_reader: Reader) -> None:
+async def test_the_victim_query_finishes_with_its_rows_after_an_attack(guard_system: System, databases: Databases, pg_items: Reader) -> None:
     """End to end: an attack while the victim waits, then the lock goes and the victim gets its rows."""
     admin = await asyncpg.connect(databases.postgres)
-    conn = await asyncpg.connect(pg_reader.url)
+    conn = await asyncpg.connect(pg_items.url)
     try:
         async with admin.transaction():
-            await admin.execute(f"LOCK TABLE {pg_reader.namespace}.items IN ACCESS EXCLUSIVE MODE")
+            await admin.execute(f"LOCK TABLE {pg_items.namespace}.items IN ACCESS EXCLUSIVE MODE")
             pid = await conn.fetchval("SELECT pg_backend_pid()")
-            task = asyncio.create_task(conn.fetch(f"SELECT count(*) AS n FROM {pg_reader.namespace}.items"))
+            task = asyncio.create_task(conn.fetch(f"SELECT count(*) AS n FROM {pg_items.namespace}.items"))
 
             async def waiting() -> bool:
                 return await admin.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid) is True
 
-            await eventually(waiting, "the victim's query to wait on the lock")
+            await eventually(waiting, "the victim's query to wait on the lock", timeout=15)
             outcome = await query(guard_system, f'SELECT U&"\\0070g_cancel_backend"({pid})', "pg")
             assert_refused(outcome, "pg_cancel_backend()", "signals another backend")
         rows = await asyncio.wait_for(task, 15)
@@ -342,12 +267,12 @@ async def test_server_file_content_does_not_come_back_from_postgres(guard_system
     assert first_line not in outcome.text
 
 
-async def test_sql_in_a_string_cannot_advance_a_sequence(guard_system: System, databases: Databases, pg_reader: Reader) -> None:
+async def test_sql_in_a_string_cannot_advance_a_sequence(guard_system: System, databases: Databases, pg_items: Reader) -> None:
     """query_to_xml would run the string; the sequence (which the reader may use) stays where it was."""
-    sequence = f"{pg_reader.namespace}.seq_{uuid.uuid4().hex[:8]}"
+    sequence = f"{pg_items.namespace}.seq_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(databases.postgres)
     try:
-        await admin.execute(f"CREATE SEQUENCE {sequence}; GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {pg_reader.user}")
+        await admin.execute(f"CREATE SEQUENCE {sequence}; GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {pg_items.user}")
         outcome = await query(guard_system, f"SELECT query_to_xml('SELECT nextval(''{sequence}'')', true, false, '')", "pg")
         assert_refused(outcome, "query_to_xml()", "runs SQL given to it as text")
         assert await admin.fetchval(f"SELECT is_called FROM {sequence}") is False
@@ -366,16 +291,16 @@ async def test_valid_sql_the_parser_does_not_understand_says_so(guard_system: Sy
 
 
 @pytest.fixture(scope="module")
-async def pg_engine(pg_reader: Reader) -> AsyncIterator[Engine]:
-    engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=2))
+async def pg_engine(pg_items: Reader) -> AsyncIterator[Engine]:
+    engine = create_engine("pg", pg_items.url, EngineSettings(pool_size=2))
     await engine.open()
     yield engine
     await engine.close()
 
 
 @pytest.fixture(scope="module")
-async def my_engine(my_reader: Reader) -> AsyncIterator[Engine]:
-    engine = create_engine("my", my_reader.url, EngineSettings(pool_size=2))
+async def my_engine(my_items: Reader) -> AsyncIterator[Engine]:
+    engine = create_engine("my", my_items.url, EngineSettings(pool_size=2))
     await engine.open()
     yield engine
     await engine.close()
@@ -471,7 +396,7 @@ async def test_a_catalog_sample_of_immutable_and_stable_functions_passes_and_run
 
 @pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*!100000", "/*M!", "/*M!100000"])
 async def test_executable_comment_forms_are_code_to_mariadb_and_refused(databases: Databases, form: str) -> None:
-    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
     try:
         async with admin.cursor() as cur:
             await cur.execute(f"SELECT 1 {form} , 2 */")
@@ -502,7 +427,7 @@ async def test_reviewed_mariadb_builtins_run(my_engine: Engine, sql: str, expect
 
 async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused(databases: Databases) -> None:
     """MariaDB lists its native functions (information_schema.SQL_FUNCTIONS): those not reviewed are refused."""
-    admin = await asyncmy.connect(**_mysql_params(databases.mysql))
+    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
     try:
         async with admin.cursor() as cur:
             await cur.execute("SELECT LOWER(FUNCTION) FROM information_schema.SQL_FUNCTIONS")

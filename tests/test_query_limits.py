@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -28,18 +27,10 @@ from shared.errors import QUERY_FAILED, ConfigError, ServiceError
 from shared.stream import DEFAULT_WINDOW
 from tests.client import browser, events, login, run_query
 from tests.conftest import Databases, MysqlReader, PostgresReader, SystemFactory
+from tests.harness import eventually
 from tests.readers import mariadb_database
 
 SMALL = ByteLimits(max_cell_bytes=4096, max_row_bytes=8192)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
-    """Poll a real system until `check` holds (for outcomes that send no event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def read_all(engine: Engine, sql: str, batch: int = 1000) -> list[list]:
@@ -128,7 +119,7 @@ async def test_postgres_refuses_what_is_over_a_limit_before_reading_it(pg_small:
     error = await refusal(engine, sql, batch=100)
     assert error.code == QUERY_FAILED
     assert variable in error.message
-    await eventually(lambda: _none(pg_active(databases, role)), "the refused query to end on the server")
+    await eventually(lambda: _none(pg_active(databases, role)), "the refused query to end on the server", timeout=20)
     assert await read_all(engine, "SELECT 1") == [[1]]  # the pool replaced the connection it cut
 
 
@@ -151,7 +142,7 @@ async def test_mariadb_refuses_what_is_over_a_limit_before_reading_it(my_small: 
     error = await refusal(engine, sql, batch=100)
     assert error.code == QUERY_FAILED
     assert variable in error.message
-    await eventually(lambda: _none(my_active(databases, user)), "the refused query to end on the server")
+    await eventually(lambda: _none(my_active(databases, user)), "the refused query to end on the server", timeout=20)
     assert await read_all(engine, "SELECT 1") == [[1]]
 
 
@@ -251,8 +242,8 @@ async def test_five_concurrent_300_mb_cells_stay_within_the_stated_memory_bound(
                     assert "QUERY_MAX_ROW_BYTES" in text
         peak = peak_rss(query.proc.pid)
         assert peak - idle <= bound, f"peak RSS grew by {(peak - idle) >> 20} MiB, over the {bound >> 20} MiB bound"
-        await eventually(lambda: _none(pg_active(databases, role)), "the PostgreSQL queries to end")
-        await eventually(lambda: _none(my_active(databases, user)), "the MariaDB queries to end")
+        await eventually(lambda: _none(pg_active(databases, role)), "the PostgreSQL queries to end", timeout=20)
+        await eventually(lambda: _none(my_active(databases, user)), "the MariaDB queries to end", timeout=20)
 
 
 async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make_system: SystemFactory, databases: Databases, pg_reader: PostgresReader) -> None:

@@ -27,7 +27,7 @@ from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
 from tests.client import browser, login
-from tests.conftest import Databases, Infra, System, SystemFactory
+from tests.conftest import Databases, Infra, System, SystemFactory, running_system
 from tests.harness import free_port
 
 TAG = uuid.uuid4().hex[:10]
@@ -157,17 +157,8 @@ def _sources_env(*sources: Source, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def shop(infra: Infra, pg: Source, my: Source, lite: Source) -> Iterator[System]:
     """Gateway, session and query service; the default source is SQLite, `pg` and `my` the others. Cache: 300 s."""
-    prefix = f"sch{uuid.uuid4().hex[:8]}"
-    env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
-    env.update(_sources_env(lite, pg, my, QUERY_SCHEMA_CACHE_S="300"))
-    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
-    try:
-        for name in ("session", "query", "gateway"):
-            system.start(name)
+    with running_system(infra, "sch", **_sources_env(lite, pg, my, QUERY_SCHEMA_CACHE_S="300")) as system:
         yield system
-    finally:
-        codes = system.stop()
-    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
 
 from tests import fake_llm
-from tests.conftest import Infra, System
+from tests.conftest import Infra, System, running_system
 from tests.harness import Service, free_port, service_env, wait_until
 from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, launch_args, require_chromium
 
@@ -99,13 +99,7 @@ def fake(model: ThreadedFakeLLM) -> ThreadedFakeLLM:
 @pytest.fixture(scope="module")
 def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """Session, query and gateway processes; the gateway's chat uses the fake model, the query service the sample database."""
-    prefix = f"web{uuid.uuid4().hex[:10]}"
     env = {
-        "NATS_URL": infra.nats_url,
-        "NATS_SUBJECT_PREFIX": prefix,
-        "AUTH_MODE": "dev",
-        "REDIS_URL": infra.redis_url,
-        "SESSION_KV_BUCKET": f"sessions_{prefix}",
         "QUERY_SAMPLE_PATH": str(tmp_path_factory.mktemp("web") / "sample.db"),
         "LLM_BASE_URL": model.base_url,
         "LLM_MODEL": fake_llm.MODEL,
@@ -113,14 +107,8 @@ def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPa
         "LLM_MAX_RETRIES": "0",
         "QUERY_MAX_ROWS": str(MAX_ROWS),
     }
-    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
-    try:
-        for name in ("session", "query", "gateway"):
-            system.start(name)
+    with running_system(infra, "web", **env) as system:
         yield system
-    finally:
-        codes = system.stop()
-    assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,8 +21,8 @@ from services.gateway.config import GatewayConfig
 from shared.errors import ConfigError
 from tests.auth_issuer import running_gateway
 from tests.client import browser, login
-from tests.conftest import Infra, System
-from tests.harness import ROOT, free_port
+from tests.conftest import Infra, System, running_system
+from tests.harness import ROOT
 from tests.web_support import STATIC, WEB, ensure_built, require_chromium
 
 FIREBASE_WEB = {"apiKey": "AIzaSyTest-key", "authDomain": "dbgenie-test.firebaseapp.com", "projectId": "dbgenie-test", "appId": "1:2:web:3"}
@@ -33,16 +32,8 @@ HASHED = re.compile(r"^/assets/[a-z]+-[A-Z0-9]{8}\.(js|css)$")
 @pytest.fixture(scope="module")
 def services(infra: Infra) -> Iterator[System]:
     ensure_built()
-    prefix = f"w{uuid.uuid4().hex[:10]}"
-    env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}", "AUTH_MODE": "dev"}
-    system = System(infra.nats_url, infra.redis_url, prefix, free_port(), env)
-    system.start("session")
-    system.start("query")
-    try:
+    with running_system(infra, "w", start=("session", "query")) as system:
         yield system
-    finally:
-        codes = system.stop()
-    assert codes == {"session": 0, "query": 0}, codes
 
 
 class PageScan(HTMLParser):

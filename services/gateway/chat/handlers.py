@@ -26,13 +26,11 @@ from services.gateway.chat.model import ModelClient
 from services.gateway.chat.record import RecordingUIStream
 from services.gateway.chat.turn import TurnStats, run_turn
 from services.gateway.config import GatewayConfig
-from services.gateway.conversations import HISTORY
-from services.gateway.handlers import current_session
+from services.gateway.conversations import HISTORY, caller_uid
 from services.gateway.limits import LimitResult, Window
 from services.gateway.sse import HEADERS, client_outcome
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
-from shared.users import user_id
 
 log = structlog.get_logger(__name__)
 
@@ -77,14 +75,9 @@ def usage(result: LimitResult) -> dict[str, Any]:
     return {name: {"used": w.used, "limit": w.limit, "resets_in": w.resets_in} for name, w in result.windows.items()}
 
 
-async def _session_uid(request: web.Request) -> str:
-    _, session = await current_session(request)
-    return user_id(session)
-
-
 async def quota(request: web.Request) -> web.Response:
     """GET /api/quota: the caller's chat turns in each window, without counting one."""
-    uid = await _session_uid(request)
+    uid = await caller_uid(request)
     result = await request.app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(request.app[keys.CONFIG]), consume=False)
     return web.json_response(usage(result))
 
@@ -97,7 +90,7 @@ async def _disconnected(alive: Callable[[], bool]) -> None:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """POST /api/chat: one assistant turn as a UI message stream."""
-    uid = await _session_uid(request)
+    uid = await caller_uid(request)
     app = request.app
     config = app[keys.CONFIG]
     if MODEL not in app:

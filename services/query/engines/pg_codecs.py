@@ -11,6 +11,7 @@ composite. A value Python can hold becomes a date/datetime (written by orjson as
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -88,28 +89,25 @@ def _timestamp_text(micros: int, zone: str) -> str:
     return f"{text} BC" if bc else text
 
 
-def decode_timestamp(parts: tuple[int]) -> dt.datetime | str:
-    micros = parts[0]
-    if micros == _INT64_MAX:
-        return "infinity"
-    if micros == _INT64_MIN:
-        return "-infinity"
-    try:
-        return _PG_EPOCH + micros * _MICRO
-    except OverflowError:
-        return _timestamp_text(micros, "")
+def _timestamp_decoder(epoch: dt.datetime, zone: str) -> Callable[[tuple[int]], dt.datetime | str]:
+    """The decoder of timestamp (naive epoch, no zone) or timestamptz (UTC epoch, zone "+00")."""
+
+    def decode(parts: tuple[int]) -> dt.datetime | str:
+        micros = parts[0]
+        if micros == _INT64_MAX:
+            return "infinity"
+        if micros == _INT64_MIN:
+            return "-infinity"
+        try:
+            return epoch + micros * _MICRO
+        except OverflowError:
+            return _timestamp_text(micros, zone)
+
+    return decode
 
 
-def decode_timestamptz(parts: tuple[int]) -> dt.datetime | str:
-    micros = parts[0]
-    if micros == _INT64_MAX:
-        return "infinity"
-    if micros == _INT64_MIN:
-        return "-infinity"
-    try:
-        return _PG_EPOCH_UTC + micros * _MICRO
-    except OverflowError:
-        return _timestamp_text(micros, "+00")
+decode_timestamp = _timestamp_decoder(_PG_EPOCH, "")
+decode_timestamptz = _timestamp_decoder(_PG_EPOCH_UTC, "+00")
 
 
 def decode_time(parts: tuple[int]) -> str:

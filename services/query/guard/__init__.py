@@ -26,6 +26,7 @@ from services.query.guard.lexing import CANNOT_ANALYSE, cannot_analyse, check_my
 from services.query.guard.policy import (
     MYSQL_SYNTAX_CALLS,
     PG_SYNTAX_CALLS,
+    CallsOnly,
     FunctionName,
     FunctionPolicy,
     MysqlPolicy,
@@ -167,20 +168,11 @@ def default_policy(dialect: str, allowed: Iterable[FunctionName] = ()) -> Functi
     return _NoFunctions()
 
 
-class _NoFunctions:
+class _NoFunctions(CallsOnly):
     """For a PostgreSQL source whose catalog is not known: no function may run."""
 
     def refusal(self, schema: str | None, name: str) -> str | None:
         return f"the function {schema + '.' if schema else ''}{name}() cannot be checked: the source's function catalog is not loaded"
-
-    def attribute_refusal(self, name: str) -> str | None:
-        return None
-
-    def operator_refusal(self, operator: str) -> str | None:
-        return None
-
-    def type_refusal(self, name: str) -> str | None:
-        return None
 
 
 def _name(token: Token, dialect: str) -> tuple[str, bool]:

@@ -36,6 +36,19 @@ class FunctionPolicy(Protocol):
         """None when casting to / reading a literal of this type runs no unsafe function; else why not."""
 
 
+class CallsOnly:
+    """For an engine where only function calls can reach outside the query: attributes, operators and types pass."""
+
+    def attribute_refusal(self, name: str) -> str | None:
+        return None
+
+    def operator_refusal(self, operator: str) -> str | None:
+        return None
+
+    def type_refusal(self, name: str) -> str | None:
+        return None
+
+
 def _display(schema: str | None, name: str) -> str:
     return f"{schema}.{name}()" if schema else f"{name}()"
 
@@ -252,7 +265,6 @@ class PgPolicy:
 
     def __init__(self, catalog: PgCatalog, allowed: frozenset[FunctionName]) -> None:
         self.allowed = allowed
-        self._allowed = allowed
         self._by_oid = {f.oid: f for f in catalog.functions}
         self._by_name: dict[str, list[PgFunction]] = {}
         for f in catalog.functions:
@@ -274,7 +286,7 @@ class PgPolicy:
                     break
 
     def _operator_allows(self, f: PgFunction) -> bool:
-        return (None, f.name) in self._allowed or (f.schema, f.name) in self._allowed
+        return (None, f.name) in self.allowed or (f.schema, f.name) in self.allowed
 
     def _function_reason(self, f: PgFunction, indirect: bool = False) -> str | None:
         """Why one pg_proc entry may not run (None: it may).
@@ -318,7 +330,7 @@ class PgPolicy:
             return f"the function {shown} {denied}"
         candidates = [f for f in self._by_name.get(name, ()) if schema is None or f.schema == schema]
         if not candidates:
-            if (schema, name) in self._allowed:
+            if (schema, name) in self.allowed:
                 return None
             return f"the function {shown} is not in the database's catalog (as read when the source opened), so the guard cannot tell what it does"
         for f in candidates:
@@ -398,7 +410,7 @@ MYSQL_ALLOWED = frozenset(
 MYSQL_SYNTAX_CALLS = frozenset({"values", "exists", "any", "all", "some", "row", "interval", "match", "against", "in"})
 
 
-class MysqlPolicy:
+class MysqlPolicy(CallsOnly):
     """The reviewed built-ins plus the operator's QUERY_ALLOWED_FUNCTIONS for this source."""
 
     def __init__(self, allowed: Iterable[FunctionName] = ()) -> None:
@@ -416,15 +428,6 @@ class MysqlPolicy:
         if schema is not None:
             return f"the function {shown} is a stored function; only reviewed built-ins and those in QUERY_ALLOWED_FUNCTIONS may run"
         return f"the function {shown} is not a reviewed built-in (a UDF or stored function?); an operator may allow it in QUERY_ALLOWED_FUNCTIONS"
-
-    def attribute_refusal(self, name: str) -> str | None:
-        return None
-
-    def operator_refusal(self, operator: str) -> str | None:
-        return None
-
-    def type_refusal(self, name: str) -> str | None:
-        return None
 
 
 _MYSQL_REASONS: Mapping[str, str] = {
@@ -455,17 +458,8 @@ _MYSQL_REASONS: Mapping[str, str] = {
 SQLITE_DENIED = frozenset({"load_extension", "writefile", "readfile", "edit", "fts3_tokenizer"})
 
 
-class SqlitePolicy:
+class SqlitePolicy(CallsOnly):
     def refusal(self, schema: str | None, name: str) -> str | None:
         if name.lower() in SQLITE_DENIED:
             return f"the function {_display(schema, name)} reaches outside the database and is not allowed"
-        return None
-
-    def attribute_refusal(self, name: str) -> str | None:
-        return None
-
-    def operator_refusal(self, operator: str) -> str | None:
-        return None
-
-    def type_refusal(self, name: str) -> str | None:
         return None
