@@ -214,22 +214,17 @@ class Server:
         self._slots.release()
 
     async def _handle(self, msg: Msg, handler: Handler, decode: Callable[[bytes], Any]) -> None:
-        headers = msg.headers or {}
-        bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
-        try:
-            reply = encode_message(await handler(decode(msg.data), msg))
-        except ServiceError as exc:
-            reply = _error_reply(exc)
-        except Exception:
-            log.exception("handler_failed")
-            reply = _error_reply(ServiceError(INTERNAL, "internal error; see the service log"))
-        await self._reply(msg, reply)
+        await self._dispatch(msg, lambda: _encoded(handler(decode(msg.data), msg)))
 
     async def _handle_bytes(self, msg: Msg, handler: BytesHandler) -> None:
+        await self._dispatch(msg, lambda: handler(msg.data, msg))
+
+    async def _dispatch(self, msg: Msg, call: Callable[[], Awaitable[bytes]]) -> None:
+        """Bind the request id, run the call, map errors to an error reply, and reply."""
         headers = msg.headers or {}
         bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
         try:
-            reply = await handler(msg.data, msg)
+            reply = await call()
         except ServiceError as exc:
             reply = _error_reply(exc)
         except Exception:
@@ -274,3 +269,7 @@ async def close(nc: NATS, timeout_s: float = 10.0) -> None:
             await nc.close()
     except Exception as exc:  # the transport is already gone: nothing is left to flush
         log.info("nats_close_incomplete", error=str(exc) or type(exc).__name__)
+
+
+async def _encoded(reply: Awaitable[Any]) -> bytes:
+    return encode_message(await reply)

@@ -12,7 +12,7 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from services.session.metrics import CALLS
+from services.session.metrics import CALLS, timed_call
 from services.session.store import SessionStore
 from shared.codec import encode
 from shared.contracts import (
@@ -59,19 +59,7 @@ class SessionHandlers:
         self._store = store
 
     async def _timed(self, op: str, sid: str | None, call: Callable[[], Awaitable[Reply]]) -> Reply:
-        start = time.perf_counter()
-        outcome = "error"
-        try:
-            reply = await call()
-            outcome = "ok"
-            return reply
-        except ServiceError as exc:
-            outcome = exc.code
-            raise
-        finally:
-            elapsed = time.perf_counter() - start
-            CALLS.labels(op=op, outcome=outcome).observe(elapsed)
-            log.debug("session_call", op=op, sid=mask(sid), store=self._store.name, outcome=outcome, ms=round(elapsed * 1000, 3))
+        return await timed_call(op, call, "session_call", sid=mask(sid), store=self._store.name)
 
     async def get(self, req: SessionGet, _: Msg) -> Reply:
         sid = req.sid

@@ -24,7 +24,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.session.history_redis import ConversationFull, HistoryRedis, Stored
-from services.session.metrics import CALLS
+from services.session.metrics import timed_call
 from services.session.redis_store import CorruptSession, RedisUnavailable
 from services.session.store import SessionStore
 from shared.codec import encode
@@ -418,19 +418,7 @@ class HistoryHandlers:
         return {"load": self.load, "append": self.append, "list": self.list, "create": self.create, "patch": self.patch, "delete": self.delete}
 
     async def _timed(self, op: str, call: Any) -> Reply:
-        start = time.perf_counter()
-        outcome = "error"
-        try:
-            reply = await call()
-            outcome = "ok"
-            return reply
-        except ServiceError as exc:
-            outcome = exc.code
-            raise
-        finally:
-            elapsed = time.perf_counter() - start
-            CALLS.labels(op=f"conversation_{op}", outcome=outcome).observe(elapsed)
-            log.debug("conversation_call", op=op, outcome=outcome, ms=round(elapsed * 1000, 3))
+        return await timed_call(f"conversation_{op}", call, "conversation_call")
 
     async def load(self, req: ConversationLoad, _msg: Msg) -> Reply:
         return await self._timed("load", lambda: self._store.load(req))

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
 from prometheus_client import Counter, Gauge, Histogram
+
+from shared.errors import ServiceError
+
+log = structlog.get_logger(__name__)
 
 REDIS_COMMANDS = Counter(
     "session_redis_commands_total",
@@ -45,3 +54,20 @@ REDIS_REFUSED = Gauge(
     "session_redis_refused",
     "1 while Redis refuses this service (credentials, ACL permissions, protected mode); the redis_refused log line names the cause.",
 )
+
+
+async def timed_call[T](op: str, call: Callable[[], Awaitable[T]], event: str, **fields: Any) -> T:
+    """Run one call, observe it in CALLS under `op` and its outcome, and log `event` at debug level."""
+    start = time.perf_counter()
+    outcome = "error"
+    try:
+        reply = await call()
+        outcome = "ok"
+        return reply
+    except ServiceError as exc:
+        outcome = exc.code
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        CALLS.labels(op=op, outcome=outcome).observe(elapsed)
+        log.debug(event, op=op, outcome=outcome, ms=round(elapsed * 1000, 3), **fields)
