@@ -114,18 +114,24 @@ async def test_reader_roles_serve_queries(guard_system: System, pg_items: Reader
 # --- 1. MariaDB executable comments -----------------------------------------------------------
 
 
+async def mysql_admin_rows(databases: Databases, sql: str, args: tuple[object, ...] | None = None) -> list[tuple[object, ...]]:
+    """The rows of one statement run as the MariaDB admin, to see the server's state after an attack."""
+    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall())
+    finally:
+        admin.close()
+
+
 @pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*!100000", "/*M!", "/*M!100000"])
 async def test_executable_comment_cannot_take_a_named_lock(guard_system: System, databases: Databases, form: str) -> None:
     lock = f"guard_lock_{uuid.uuid4().hex[:10]}"
     outcome = await query(guard_system, f"SELECT id {form} , GET_LOCK('{lock}', 0) */ FROM items", "my")
     assert_refused(outcome, "executable comments", "run their content as SQL")
-    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute("SELECT IS_FREE_LOCK(%s)", (lock,))
-            assert await cur.fetchone() == (1,), "the named lock is held: the comment's GET_LOCK ran"
-    finally:
-        admin.close()
+    rows = await mysql_admin_rows(databases, "SELECT IS_FREE_LOCK(%s)", (lock,))
+    assert rows[0] == (1,), "the named lock is held: the comment's GET_LOCK ran"
 
 
 @pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*M!"])
@@ -134,25 +140,15 @@ async def test_executable_comment_cannot_write_a_file(guard_system: System, data
     outcome = await query(guard_system, f"SELECT id FROM items {form} INTO OUTFILE '{path}' */", "my")
     assert_refused(outcome, "executable comments")
     assert not Path(path).exists()
-    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute("SELECT LOAD_FILE(%s) IS NULL", (path,))
-            assert await cur.fetchone() == (1,), "the database server sees the file: it was written"
-    finally:
-        admin.close()
+    rows = await mysql_admin_rows(databases, "SELECT LOAD_FILE(%s) IS NULL", (path,))
+    assert rows[0] == (1,), "the database server sees the file: it was written"
 
 
 @pytest.mark.parametrize("sql", ["SELECT 1 /*! , LOAD_FILE('{path}') */ AS x", "SELECT LOAD_FILE('{path}') AS x", "SELECT 1 --1, LOAD_FILE('{path}')"])
 async def test_server_file_content_does_not_come_back_from_mariadb(guard_system: System, databases: Databases, sql: str) -> None:
     path = "/etc/os-release"
-    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute("SELECT LOAD_FILE(%s)", (path,))
-            (content,) = await cur.fetchone()
-    finally:
-        admin.close()
+    rows = await mysql_admin_rows(databases, "SELECT LOAD_FILE(%s)", (path,))
+    (content,) = rows[0]
     assert content, "the admin reads the file, so its content is a real secret to leak"
     first_line = (content.decode() if isinstance(content, bytes) else content).splitlines()[0]
     outcome = await query(guard_system, sql.format(path=path), "my")
@@ -396,13 +392,8 @@ async def test_a_catalog_sample_of_immutable_and_stable_functions_passes_and_run
 
 @pytest.mark.parametrize("form", ["/*!", "/*!50000", "/*!100000", "/*M!", "/*M!100000"])
 async def test_executable_comment_forms_are_code_to_mariadb_and_refused(databases: Databases, form: str) -> None:
-    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute(f"SELECT 1 {form} , 2 */")
-            assert len(await cur.fetchone()) == 2, "this server runs the comment's content"
-    finally:
-        admin.close()
+    rows = await mysql_admin_rows(databases, f"SELECT 1 {form} , 2 */")
+    assert len(rows[0]) == 2, "this server runs the comment's content"
     with pytest.raises(ServiceError) as caught:
         check_read_only(f"SELECT 1 {form} , 2 */", "mysql")
     assert caught.value.code == QUERY_REFUSED and "executable comments" in caught.value.message
@@ -427,13 +418,8 @@ async def test_reviewed_mariadb_builtins_run(my_engine: Engine, sql: str, expect
 
 async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused(databases: Databases) -> None:
     """MariaDB lists its native functions (information_schema.SQL_FUNCTIONS): those not reviewed are refused."""
-    admin = await asyncmy.connect(**mysql_connect_args(databases.mysql))
-    try:
-        async with admin.cursor() as cur:
-            await cur.execute("SELECT LOWER(FUNCTION) FROM information_schema.SQL_FUNCTIONS")
-            native = {row[0] for row in await cur.fetchall()}
-    finally:
-        admin.close()
+    rows = await mysql_admin_rows(databases, "SELECT LOWER(FUNCTION) FROM information_schema.SQL_FUNCTIONS")
+    native = {row[0] for row in rows}
     unreviewed = native - MYSQL_ALLOWED
     assert {"load_file", "get_lock", "release_all_locks", "benchmark", "master_pos_wait", "last_insert_id"} <= unreviewed
     slipped = []
