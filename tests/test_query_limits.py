@@ -175,10 +175,7 @@ async def test_sqlite_refuses_what_is_over_a_limit(lite_small: Engine, sql: str,
 
 async def test_sqlite_values_just_within_the_limits_arrive_whole(lite_small: Engine) -> None:
     # 2,000 characters of 2-byte UTF-8 are 4,000 bytes: within the cell limit, measured as bytes.
-    sql = (
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) "
-        "SELECT printf('%.*c', 4000, 'x'), replace(printf('%.*c', 2000, 'y'), 'y', 'é'), i FROM n"
-    )
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) SELECT printf('%.*c', 4000, 'x'), replace(printf('%.*c', 2000, 'y'), 'y', 'é'), i FROM n"
     rows = await read_all(lite_small, sql, batch=2)
     assert rows == [["x" * 4000, "é" * 2000, i] for i in range(1, 21)]
 
