@@ -23,7 +23,8 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from services.gateway import keys
-from services.gateway.handlers import current_session, json_object
+from services.gateway.auth.identity import caller_uid, identity
+from services.gateway.handlers import json_object
 from shared.bus import request
 from shared.contracts import (
     CONVERSATION_ID_PATTERN,
@@ -36,7 +37,6 @@ from shared.contracts import (
     convert_payload,
 )
 from shared.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, ServiceError
-from shared.users import user_id
 
 GET_MAX_BYTES = 768 * 1024
 """A reload returns the newest messages within this many bytes (a NATS message holds 1 MiB by default)."""
@@ -82,17 +82,8 @@ class HistoryClient:
 HISTORY = web.AppKey("history", HistoryClient)
 
 
-def setup(app: web.Application) -> None:
-    """The routes, and the client once NATS is connected (the app's nats cleanup context runs first)."""
-    app.router.add_get("/api/conversations", list_conversations)
-    app.router.add_post("/api/conversations", create_conversation)
-    app.router.add_get("/api/conversations/{id}", get_conversation)
-    app.router.add_patch("/api/conversations/{id}", patch_conversation)
-    app.router.add_delete("/api/conversations/{id}", delete_conversation)
-    app.cleanup_ctx.append(_client)
-
-
-async def _client(app: web.Application) -> Any:
+async def history_client(app: web.Application) -> Any:
+    """Cleanup context: the client, once NATS is connected (the app's nats cleanup context runs first)."""
     app[HISTORY] = HistoryClient(app[keys.NATS_CLIENT], app[keys.SUBJECTS], app[keys.CONFIG].session_timeout_s)
     yield
 
@@ -106,15 +97,6 @@ def iso(ms: int | None) -> str | None:
 
 def info(item: ConversationInfo) -> dict[str, Any]:
     return {"id": item.id, "title": item.title, "updated_at": iso(item.updated_at)}
-
-
-async def caller_uid(request: web.Request) -> str:
-    """The user id of the session or bearer token; 401 when nobody is signed in."""
-    _, session = await current_session(request)
-    uid = user_id(session)
-    if uid is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
-    return uid
 
 
 def _conversation_id(request: web.Request) -> str:
@@ -178,10 +160,8 @@ async def delete_conversation(request: web.Request) -> web.Response:
 
 async def create_conversation(request: web.Request) -> web.Response:
     """Start a new conversation: its index entry, and (for a cookie session) the session's `conversation_id`."""
-    sid, session = await current_session(request)
-    uid = user_id(session)
-    if uid is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
+    who = await identity(request)
+    uid, sid = who.uid, who.sid
     conversation_id = str(uuid.uuid4())
     created = await request.app[HISTORY].create(uid, conversation_id)
     if sid is not None:  # one atomic field patch, so concurrent requests lose nothing; a bearer client keeps the id itself

@@ -10,7 +10,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from services.gateway import keys
-from services.gateway.handlers import current_session
+from services.gateway.auth.identity import current_session
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import BAD_REQUEST, ServiceError

@@ -14,8 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
-from services.gateway.handlers import current_session
 from shared.bus import request
 from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
 
@@ -111,10 +111,6 @@ async def sources(http_request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """Routes and headers of the web app."""
+    """The security headers on every response (the web app's routes are in routes.py)."""
     app[CSP_KEY] = content_security_policy(app[keys.CONFIG])
     app.on_response_prepare.append(security_headers)
-    app.router.add_get("/", index)
-    app.router.add_get("/assets/{name}", asset)
-    app.router.add_get("/auth/config", auth_config)
-    app.router.add_get("/api/sources", sources)

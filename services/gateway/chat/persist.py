@@ -16,7 +16,7 @@ import msgspec
 import structlog
 
 from services.gateway.chat import prompt
-from services.gateway.chat.history import ChatRequest, Part, UIMessage
+from services.gateway.chat.chat_request import ChatRequest, Part, UIMessage
 from services.gateway.conversations import HistoryClient
 from shared.contracts import CONVERSATION_ID_PATTERN, ConversationLoaded
 from shared.errors import BAD_REQUEST, ServiceError
