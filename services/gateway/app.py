@@ -13,14 +13,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from services.gateway import conversations, keys, metrics, webapp
+from services.gateway import keys, metrics, webapp
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
+from services.gateway.clients import HistoryClient, Limiter, QueryClient, SessionClient
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
-from services.gateway.limits import Limiter
 from services.gateway.routes import setup_routes
-from services.gateway.sessions import SessionClient, SessionCookie
+from services.gateway.sessions import SessionCookie
 from services.gateway.sse import client_outcome
 from shared.bus import close, connect
 from shared.contracts import Subjects
@@ -170,7 +170,6 @@ def create_app(config: GatewayConfig) -> web.Application:
     if config.token_login:
         app.cleanup_ctx.append(token_verifier)
 
-    app.cleanup_ctx.append(conversations.history_client)
     app.cleanup_ctx.append(chat.model_client)
     webapp.setup(app)
     setup_routes(app)
@@ -183,6 +182,8 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     app[keys.NATS_CLIENT] = nc
     app[keys.SESSIONS] = SessionClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.LIMITER] = Limiter(nc, app[keys.SUBJECTS], config.session_timeout_s)
+    app[keys.HISTORY] = HistoryClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
+    app[keys.QUERY] = QueryClient(nc, app[keys.SUBJECTS])
     yield
     await close(nc)
 

@@ -22,6 +22,7 @@ from services.gateway.jsonable import jsonable
 from services.gateway.relay import QueryResult, relay
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.errors import BAD_REQUEST, BUSY, ServiceError
+from shared.limits import MAX_SQL_CHARS
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
 from shared.users import signed_in_user
@@ -125,7 +126,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     """Run execute_query and stream the result as an AI SDK UI message stream."""
     await current_session(request)
     body = await json_object(request)
-    sql = text_field(body, "sql", required=True, max_chars=100_000)
+    sql = text_field(body, "sql", required=True, max_chars=MAX_SQL_CHARS)
     assert sql is not None
     if not sql.strip():
         raise ServiceError(BAD_REQUEST, "'sql' is empty")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from aiohttp import web
 
 from services.gateway import keys
-from shared.bus import request
 from shared.errors import ServiceError
+
+PING_TIMEOUT_S = 1.0
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -18,17 +20,15 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(http_request: web.Request) -> web.Response:
     """Ready when accepting traffic, connected to NATS, and a session and a query replica answer."""
     app = http_request.app
-    nc = app[keys.NATS_CLIENT]
-    subjects = app[keys.SUBJECTS]
 
-    async def answers(subject: str) -> bool:
+    async def answers(ping: Awaitable[object]) -> bool:
         try:
-            await request(nc, subject, {}, timeout=1.0)
+            await ping
             return True
         except ServiceError:
             return False
 
-    session_ok, query_ok = await asyncio.gather(answers(subjects.session_ping), answers(subjects.query_ping))
-    checks = {"accepting": app[keys.LIFECYCLE].accepting, "nats": nc.is_connected, "session": session_ok, "query": query_ok}
+    session_ok, query_ok = await asyncio.gather(answers(app[keys.SESSIONS].ping(PING_TIMEOUT_S)), answers(app[keys.QUERY].ping(PING_TIMEOUT_S)))
+    checks = {"accepting": app[keys.LIFECYCLE].accepting, "nats": app[keys.NATS_CLIENT].is_connected, "session": session_ok, "query": query_ok}
     ready = all(checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

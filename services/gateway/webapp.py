@@ -16,7 +16,6 @@ from aiohttp import web
 from services.gateway import keys
 from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
-from shared.bus import request
 from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -103,11 +102,9 @@ async def auth_config(request: web.Request) -> web.Response:
 async def sources(http_request: web.Request) -> web.Response:
     """GET /api/sources: the query sources with their dialects, and the default (needs a session)."""
     await current_session(http_request)
-    app = http_request.app
-    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=SOURCES_TIMEOUT_S)
-    dialects = reply.get("dialects") or {}
-    listed = [{"name": name, "dialect": dialects.get(name)} for name in reply.get("sources", [])]
-    return web.json_response({"sources": listed, "default": reply.get("default")})
+    reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
+    listed = [{"name": name, "dialect": reply.dialects.get(name)} for name in reply.sources]
+    return web.json_response({"sources": listed, "default": reply.default})
 
 
 def setup(app: web.Application) -> None:

@@ -29,10 +29,10 @@ from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
 from services.gateway.chat.record import RecordingUIStream
 from services.gateway.chat.turn import TurnStats, run_turn
+from services.gateway.clients import Window
 from services.gateway.config import GatewayConfig
-from services.gateway.conversations import HISTORY
-from services.gateway.limits import LimitResult, Window
 from services.gateway.sse import HEADERS, client_outcome
+from shared.contracts import LimitResult
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 
@@ -55,7 +55,7 @@ async def model_client(app: web.Application) -> AsyncIterator[None]:
         return
     client = ModelClient(config)
     app[MODEL] = client
-    app[CONTEXT] = PromptContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], config.llm_schema_max_chars)
+    app[CONTEXT] = PromptContext(app[keys.QUERY], config.llm_schema_max_chars)
     yield
     await app[CONTEXT].close()
     await client.close()
@@ -135,7 +135,7 @@ async def load_context(app: web.Application, uid: str, body: ChatRequest) -> tup
     """
     return await asyncio.gather(
         app[CONTEXT].system_prompt(body.source),
-        persist.prepare(app[HISTORY], uid, body, app[keys.CONFIG].llm_history_max_chars),
+        persist.prepare(app[keys.HISTORY], uid, body, app[keys.CONFIG].llm_history_max_chars),
     )
 
 
@@ -158,12 +158,12 @@ async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.Strea
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
     # A new assistant message every time: on regenerate, useChat has already removed the old one.
-    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", request, config.client_write_timeout_s, lambda message: persist.save(app[HISTORY], turn.stored, message))
+    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", request, config.client_write_timeout_s, lambda message: persist.save(app[keys.HISTORY], turn.stored, message))
 
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, turn.body.source, config.stream_idle_s, alive)
+    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], app[keys.QUERY], ui, turn.body.source, config.stream_idle_s, alive)
     stats = TurnStats()
     started = time.monotonic()
     try:
@@ -216,7 +216,7 @@ async def record(app: web.Application, model: ModelClient, turn: Turn, ui: Recor
     if not ui.saved and ui.builder.started:
         ui.saved = True
         with contextlib.suppress(Exception):
-            await asyncio.shield(persist.save(app[HISTORY], turn.stored, ui.builder.message()))
+            await asyncio.shield(persist.save(app[keys.HISTORY], turn.stored, ui.builder.message()))
     metrics.TURN_SECONDS.observe(elapsed)
     log.info(
         "chat_turn",
