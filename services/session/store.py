@@ -28,8 +28,11 @@ log = structlog.get_logger(__name__)
 _DROP_ATTEMPTS = 5
 
 
-def decode_session(sid: str, raw: bytes | None, store: str) -> dict[str, Any] | None:
-    """Stored bytes to a session map; undecodable bytes count as no session (and are logged)."""
+def checked_session(sid: str, raw: bytes | None, store: str) -> bytes | None:
+    """The stored bytes, untouched, when they hold a MessagePack map; else None (logged and counted as corrupt).
+
+    The bytes go to the caller as stored: decoded here only to check them, never re-encoded.
+    """
     if raw is None:
         return None
     try:
@@ -38,16 +41,15 @@ def decode_session(sid: str, raw: bytes | None, store: str) -> dict[str, Any] | 
         return _corrupt(sid, store, f"{type(exc).__name__}", len(raw))
     if not isinstance(value, dict):
         return _corrupt(sid, store, f"a {type(value).__name__}, not a map", len(raw))
-    return value
+    return raw
 
 
-def _decoded_map(raw: bytes) -> dict[str, Any] | None:
-    """The session map in stored bytes, or None when they are not one (decode_session then says why)."""
+def _is_map(raw: bytes) -> bool:
+    """Whether stored bytes hold a session map (checked_session then says why not)."""
     try:
-        value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        return isinstance(msgpack.unpackb(raw, raw=False, strict_map_key=False), dict)
     except Exception:  # msgpack raises several types, and UnicodeDecodeError for bad str
-        return None
-    return value if isinstance(value, dict) else None
+        return False
 
 
 def _bound(request_id: str | None) -> contextlib.AbstractContextManager[object]:
@@ -105,9 +107,9 @@ class SessionStore:
             await self._redis.close()
 
     @staticmethod
-    async def _session_from_redis(sid: str, read: Awaitable[bytes | None]) -> dict[str, Any] | None:
+    async def _session_from_redis(sid: str, read: Awaitable[bytes | None]) -> bytes | None:
         try:
-            return decode_session(sid, await read, "redis")
+            return checked_session(sid, await read, "redis")
         except CorruptSession as exc:
             return _corrupt(sid, "redis", str(exc), -1)
 
@@ -138,20 +140,22 @@ class SessionStore:
 
     # --- calls ------------------------------------------------------------------------
 
-    async def get(self, sid: str, *, recheck: bool = True) -> dict[str, Any] | None:
-        async def from_fallback() -> dict[str, Any] | None:
+    async def get(self, sid: str, *, recheck: bool = True) -> bytes | None:
+        """The session's stored MessagePack map, or None."""
+
+        async def from_fallback() -> bytes | None:
             entry = await self._fallback.get(sid)
             if entry is None:
                 read, raw = await self._read_through(sid)
                 if read:
-                    return decode_session(sid, raw, "redis")
+                    return checked_session(sid, raw, "redis")
                 if recheck and await self._router.redis_is_back():
                     return await self.get(sid, recheck=False)
-            return decode_session(sid, entry.value if entry else None, self._fallback.name)
+            return checked_session(sid, entry.value if entry else None, self._fallback.name)
 
         return await self._router.call(lambda: self._session_from_redis(sid, self._on_redis.get(sid)), from_fallback, sid)
 
-    async def get_many(self, sids: Sequence[str], request_ids: Sequence[str | None] | None = None) -> list[dict[str, Any] | None | Exception]:
+    async def get_many(self, sids: Sequence[str], request_ids: Sequence[str | None] | None = None) -> list[bytes | None | Exception]:
         """`get` for several sids at once, as the gateway batches them: one result per sid, in order.
 
         On Redis, through the router like every call: during recovery the sids' entries are moved
@@ -163,7 +167,7 @@ class SessionStore:
         logged for each sid.
         """
         rids = request_ids if request_ids is not None else [None] * len(sids)
-        results: list[dict[str, Any] | None | Exception] = [None] * len(sids)
+        results: list[bytes | None | Exception] = [None] * len(sids)
         retry: list[int] = []
 
         async def on_redis() -> None:
@@ -171,11 +175,9 @@ class SessionStore:
             for i, (sid, reply) in enumerate(zip(sids, replies, strict=True)):
                 if reply is None:
                     continue
-                if isinstance(reply, bytes):
-                    session = _decoded_map(reply)
-                    if session is not None:
-                        results[i] = session
-                        continue
+                if isinstance(reply, bytes) and _is_map(reply):
+                    results[i] = reply
+                    continue
                 with _bound(rids[i]):  # only what may log pays for the request id
                     if isinstance(reply, CorruptSession):
                         results[i] = _corrupt(sid, "redis", str(reply), -1)
@@ -185,7 +187,7 @@ class SessionStore:
                     elif isinstance(reply, Exception):
                         results[i] = reply
                     else:
-                        results[i] = decode_session(sid, reply, "redis")  # says why it is no session
+                        results[i] = checked_session(sid, reply, "redis")  # says why it is no session
 
         async def from_fallback() -> None:
             retry[:] = range(len(sids))
@@ -215,12 +217,14 @@ class SessionStore:
 
         await self._router.call(lambda: self._on_redis.set(sid, value, replace_sid), from_fallback, sid, replace_sid)
 
-    async def patch(self, sid: str, changes: dict[str, Any], unset: list[str], *, recheck: bool = True) -> dict[str, Any] | None:
-        async def on_redis() -> dict[str, Any] | None:
+    async def patch(self, sid: str, changes: dict[str, Any], unset: list[str], *, recheck: bool = True) -> bytes | None:
+        """Set and remove top-level fields; the session's new stored map, or None when there is none."""
+
+        async def on_redis() -> bytes | None:
             pairs = [(name, encode(name) + encode(value)) for name, value in changes.items()]
             return await self._session_from_redis(sid, self._on_redis.patch(sid, pairs, unset))
 
-        async def from_fallback() -> dict[str, Any] | None:
+        async def from_fallback() -> bytes | None:
             new = await self._fallback.update(sid, lambda raw: apply_patch(raw, changes, unset))
             if new is None and self._router.redis_readable and await self._fallback.get(sid, touch=False) is None:
                 # Not in the fallback at all (a deletion there leaves an entry, and must not be undone from Redis).
@@ -234,12 +238,12 @@ class SessionStore:
                     # Redis takes no writes now: the patched session lives in the fallback until write-back.
                     await self._fallback.put(sid, new)
                     self._router.changed()
-                    return decode_session(sid, new, self._fallback.name)
+                    return checked_session(sid, new, self._fallback.name)
             if new is None and recheck and await self._router.redis_is_back():
                 return await self.patch(sid, changes, unset, recheck=False)
             if new is not None:
                 self._router.changed()
-            return decode_session(sid, new, self._fallback.name)
+            return checked_session(sid, new, self._fallback.name)
 
         return await self._router.call(on_redis, from_fallback, sid)
 
