@@ -16,7 +16,6 @@ import pytest
 
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 
-
 # Every image the testcontainers fixtures start, and testcontainers' own reaper unless it is turned off.
 IMAGES = {"redis": "redis:7-alpine", "nats": "nats:2.10-alpine", "postgres": "postgres:16-alpine", "mariadb": "mariadb:11"}
 

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from services.gateway.chat import prompt
+from services.gateway.chat.handlers import NOT_CONFIGURED
 from tests import fake_llm
 from tests.chat_support import (  # noqa: F401 (fixtures)
     API_KEY,
@@ -383,7 +384,7 @@ async def test_without_a_model_chat_is_503_and_the_rest_works(services: System) 
     async with gateway(env) as url, signed_in(url) as client:
         async with client.post("/api/chat", json={"id": "c", "messages": [user_message("hi")]}) as response:
             assert response.status == 503
-            assert await response.json() == {"error": {"code": "unavailable", "message": "no language model is configured: set LLM_BASE_URL and LLM_MODEL"}}
+            assert await response.json() == {"error": {"code": "unavailable", "message": NOT_CONFIGURED}}
         async with client.post("/api/query", json={"sql": "SELECT 1"}) as response:
             assert response.status == 200
         async with client.get("/readyz") as response:

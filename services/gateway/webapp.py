@@ -97,7 +97,8 @@ async def asset(request: web.Request) -> web.StreamResponse:
 async def auth_config(request: web.Request) -> web.Response:
     """GET /auth/config: how the page signs in (no session needed); FIREBASE_WEB_CONFIG under firebase."""
     config = request.app[keys.CONFIG]
-    return web.json_response({"auth_mode": config.auth_mode, "firebase": config.firebase_web}, headers={"Cache-Control": "no-store"})
+    # `chat`: whether a language model is configured; without one the page shows how to set one up.
+    return web.json_response({"auth_mode": config.auth_mode, "firebase": config.firebase_web, "chat": bool(config.llm_base_url)}, headers={"Cache-Control": "no-store"})
 
 
 async def sources(http_request: web.Request) -> web.Response:
