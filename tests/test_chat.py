@@ -501,3 +501,45 @@ async def test_a_client_that_stops_reading_is_given_up_and_its_query_stopped(ser
 
 async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
+
+
+# --- show_chart --------------------------------------------------------------------------------
+
+CHART_SQL = "SELECT 'north' AS region, 10 AS id, 2.5 AS amount UNION ALL SELECT 'south', 11, 4"
+
+
+async def test_show_chart_of_the_last_result_reaches_the_page_as_a_checked_spec(services: System, fake: FakeLLM) -> None:
+    fake.then(
+        fake_llm.tool_calls(("execute_query", {"sql": CHART_SQL})),
+        fake_llm.tool_calls(("show_chart", {"type": "pie", "x": "region", "y": "amount", "title": "Amount by region"})),
+        fake_llm.text("Here it is."),
+    )
+    turn = await one_turn(services, fake, "Chart the amounts")
+    assert_complete(turn)
+    query_id = next(p["toolCallId"] for p in turn.of("tool-input-available") if p["toolName"] == "execute_query")
+    chart_id = next(p["toolCallId"] for p in turn.of("tool-input-available") if p["toolName"] == "show_chart")
+    [output] = [p["output"] for p in turn.of("tool-output-available") if p["toolCallId"] == chart_id]
+    assert {k: output[k] for k in ("type", "x", "y", "title", "query")} == {"type": "pie", "x": "region", "y": "amount", "title": "Amount by region", "query": query_id}
+    assert [c["name"] for c in output["columns"]] == ["region", "id", "amount"]
+    assert tool_messages(fake.requests[2])[-1] == {"shown": True, "type": "pie", "x": "region", "y": "amount"}
+
+
+@pytest.mark.parametrize(
+    ("proposal", "first_query", "said"),
+    [
+        ({"type": "bar", "x": "region", "y": "region"}, True, "'y' must be a numeric column"),
+        ({"type": "bar", "x": "nope", "y": "amount"}, True, "'x' must name a column of the last query's result (region, id, amount)"),
+        ({"type": "radar", "x": "region", "y": "amount"}, True, "'type' must be one of bar, line, area, scatter, pie"),
+        ({"type": "bar", "x": "region", "y": "amount"}, False, "call execute_query first"),
+    ],
+    ids=["text-y", "unknown-x", "unknown-type", "no-query"],
+)
+async def test_an_invalid_show_chart_is_a_tool_error_the_model_sees_and_nothing_is_drawn(services: System, fake: FakeLLM, proposal: dict[str, Any], first_query: bool, said: str) -> None:
+    replies = [fake_llm.tool_calls(("execute_query", {"sql": CHART_SQL}))] if first_query else []
+    fake.then(*replies, fake_llm.tool_calls(("show_chart", proposal)), fake_llm.text("Sorry."))
+    turn = await one_turn(services, fake, "Chart it")
+    assert_complete(turn)
+    [refused] = turn.of("tool-input-error")
+    assert refused["toolName"] == "show_chart" and said in refused["errorText"]
+    assert not [p for p in turn.of("tool-output-available") if p["toolCallId"] == refused["toolCallId"]]
+    assert said in tool_messages(fake.requests[-1])[-1]["error"]

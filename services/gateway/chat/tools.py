@@ -1,4 +1,4 @@
-"""The tools the model can call: `execute_query` (through the query service, as POST /api/query) and `describe_schema`.
+"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema` and `show_chart`.
 
 Each tool writes its parts to the client and returns what the model gets back: the summary
 of prompt.query_summary / prompt.schema_summary, or `{"error": message}` so that the model
@@ -8,12 +8,13 @@ can correct itself in its next step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from services.gateway.chat import metrics, prompt
+from services.gateway.chat.charts import QueryColumns, check_chart
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
 from services.gateway.relay import QueryResult, relay
@@ -23,6 +24,7 @@ from shared.errors import ServiceError
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
+KNOWN = {t["function"]["name"] for t in prompt.TOOLS}
 MAX_SQL_CHARS = 100_000
 
 
@@ -36,6 +38,8 @@ class ToolContext:
     source: str | None
     stream_idle_s: float
     alive: Callable[[], bool]
+    last_query: QueryColumns | None = field(default=None)
+    """The latest execute_query of this turn that returned columns: what show_chart may chart."""
 
 
 def _optional_str(args: dict[str, Any], name: str) -> str | None:
@@ -63,16 +67,22 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
             tables = args.get("tables")
             if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
                 raise ValueError("'tables' must be a list of table names")
+        elif call.name == prompt.SHOW_CHART:
+            chart = check_chart(args, ctx.last_query)
         else:
             known = ", ".join(t["function"]["name"] for t in prompt.TOOLS)
             raise ValueError(f"there is no tool named {call.name!r}; the tools are {known}")
     except ValueError as exc:
-        metrics.TOOL_CALLS.labels(call.name if call.name in (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA) else "unknown", "bad_arguments").inc()
+        metrics.TOOL_CALLS.labels(call.name if call.name in KNOWN else "unknown", "bad_arguments").inc()
         await ctx.ui.tool_input_error(call.id, call.name or "unknown", call.arguments, str(exc))
         return {"error": str(exc)}
     await ctx.ui.tool_input_available(call.id, call.name, args)
     if call.name == prompt.EXECUTE_QUERY:
         return await execute_query(ctx, call.id, sql, source or ctx.source)
+    if call.name == prompt.SHOW_CHART:
+        metrics.TOOL_CALLS.labels(prompt.SHOW_CHART, "ok").inc()
+        await ctx.ui.tool(call.id).output(chart, preliminary=False)
+        return {"shown": True, "type": chart["type"], "x": chart["x"], "y": chart["y"]}
     return await _describe_schema(ctx, call.id, source or ctx.source, tables)
 
 
@@ -92,6 +102,8 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
     finally:
         await consumer.close()
     metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, "ok").inc()
+    if result.columns:
+        ctx.last_query = QueryColumns(call_id, result.columns, result.preview)
     return prompt.query_summary(result.output())
 
 

@@ -120,12 +120,19 @@ export class ResultStore {
   }
 }
 
-function csvField(text) {
+// CSV injection (OWASP, "CSV Injection"): a spreadsheet runs a cell that begins with = + - @, a
+// tab or a carriage return as a formula. Such a cell is quoted and gets a leading single quote,
+// which spreadsheets show as text. Plain numbers ("-2", "1e+21") are no formula and stay exact.
+const FORMULA_START = /^[=+\-@\t\r]/;
+const PLAIN_NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+export function csvField(text) {
   if (text === null) return "";
+  if (FORMULA_START.test(text) && !PLAIN_NUMBER.test(text)) return `"'${text.replaceAll('"', '""')}"`;
   return /[",\r\n]/.test(text) || text !== text.trim() ? '"' + text.replaceAll('"', '""') + '"' : text;
 }
 
-/** The received rows as RFC 4180 CSV (CRLF line ends), header first, built in pieces into a Blob. */
+/** The received rows as RFC 4180 CSV (CRLF line ends), header first, formula-like cells neutralised, built in pieces into a Blob. */
 export function csvBlob(store) {
   const width = store.width;
   const names = store.columns.length ? store.columns.map((col) => col.name) : Array.from({ length: width }, (_, i) => `column${i + 1}`);
