@@ -515,7 +515,17 @@ class DescribeSchemaPart(_ToolPart, tag="tool-describe_schema"):
     output: Any = msgspec.UNSET
 
 
-MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart
+class ShowChartPart(_ToolPart, tag="tool-show_chart"):
+    """A chart the model proposed: the checked spec (type, x, y, title, the query's call id and columns)."""
+
+    output: Any = msgspec.UNSET
+
+
+class RecentQueriesPart(_ToolPart, tag="tool-get_recent_queries"):
+    output: Any = msgspec.UNSET
+
+
+MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | ShowChartPart | RecentQueriesPart
 """What history keeps of a UIMessage: text, reasoning, steps and tool calls with their summaries; never `data-*` parts."""
 
 

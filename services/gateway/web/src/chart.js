@@ -126,6 +126,13 @@ function plotSvg(type, points, spec, kind) {
     marks,
   });
   for (const style of svg.querySelectorAll("style")) style.remove();
+  // The whole SVG is one image (role=img with its own label): ARIA labels on its groups, which
+  // have no role, are not allowed (axe: aria-prohibited-attr). They stay as data-plot-label.
+  for (const node of svg.querySelectorAll("[aria-label]")) {
+    node.dataset.plotLabel = node.getAttribute("aria-label");
+    node.removeAttribute("aria-label");
+  }
+  for (const node of svg.querySelectorAll("[aria-description]")) node.removeAttribute("aria-description");
   return svg;
 }
 

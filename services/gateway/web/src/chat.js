@@ -255,8 +255,8 @@ export class ChatView {
     this.bar = el("div", "answer-actions");
     this.bar.setAttribute("role", "group");
     this.bar.setAttribute("aria-label", "Last answer");
-    this.stopButton = button("Stop", () => this.actions.stop(), "Stop the answer");
-    this.regenerateButton = button("Regenerate", () => this.actions.regenerate(), "Regenerate the last answer");
+    this.stopButton = button("Stop", () => this.actions.stop());
+    this.regenerateButton = button("Regenerate", () => this.actions.regenerate());
     this.bar.append(this.stopButton, this.regenerateButton);
   }
 
@@ -315,7 +315,7 @@ export class ChatView {
     if (!live) {
       const copy = button("Copy", async () => {
         copy.textContent = (await this.actions.copy(message)) ? "Copied" : "Copy failed";
-      }, `Copy the message of ${who}`);
+      });
       copy.className = "copy";
       header.append(copy);
     }

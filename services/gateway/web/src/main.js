@@ -307,7 +307,6 @@ function chatChanged(chat) {
     const current = page.chat;
     const busy = current.status === "submitted" || current.status === "streaming";
     chatView.render(current.messages, busy);
-    $("chat-stop").disabled = !busy;
     $("chat-send").disabled = busy || !page.config.chat;
     $("chat-error").textContent = current.error ? chatErrorText(current.error) : "";
   });
@@ -378,7 +377,6 @@ $("chat-input").addEventListener("keydown", (event) => {
   }
 });
 
-$("chat-stop").addEventListener("click", () => page.chat && page.chat.stop());
 
 // --- conversations sidebar -----------------------------------------------------------------------
 
@@ -496,6 +494,10 @@ $("new-conversation").addEventListener("click", async () => {
 
 async function start() {
   page.config = await api("/auth/config");
+  if (!page.config.signed_in) {
+    showSignIn();
+    return;
+  }
   try {
     await signedIn(await api("/api/me"));
   } catch (error) {

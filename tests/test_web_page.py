@@ -1,0 +1,249 @@
+"""The page's first hour in a real browser: final tool cards, a clean console, safe CSV, charts, show_chart, the schema panel, recent queries.
+
+Same setup as tests/test_web.py (its Playwright fixtures), with a system of this module whose
+query service also has a `big` SQLite source of 500 tables linked by foreign keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests import fake_llm
+from tests.conftest import Infra, System, running_system
+from tests.test_web import (  # noqa: F401 (fixtures)
+    ask,
+    browser,
+    browser_type,
+    browser_type_launch_args,
+    built,
+    fake,
+    launch_browser,
+    model,
+    playwright,
+    run_sql,
+    sign_in,
+)
+from tests.web_support import ThreadedFakeLLM, axe_violations
+
+BIG_TABLES = 500
+
+
+def make_big_schema(path: Path) -> None:
+    """500 tables: t000 .. t499, each (but the first) referencing the one before it and t000; one column of each named after it."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t000 (id INTEGER PRIMARY KEY, name TEXT)")
+        for i in range(1, BIG_TABLES):
+            db.execute(f"CREATE TABLE t{i:03d} (id INTEGER PRIMARY KEY, prev_id INTEGER REFERENCES t{i - 1:03d}(id), root_id INTEGER REFERENCES t000(id), c{i:03d} TEXT)")
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    directory = tmp_path_factory.mktemp("webpage")
+    make_big_schema(directory / "big.db")
+    env = {
+        "QUERY_SAMPLE_PATH": str(directory / "sample.db"),
+        "QUERY_SOURCES": f"big=sqlite:///{directory / 'big.db'}",
+        "QUERY_SCHEMA_MAX_TABLES": "600",
+        "QUERY_SCHEMA_MAX_COLUMNS": "3000",
+        "LLM_BASE_URL": model.base_url,
+        "LLM_MODEL": fake_llm.MODEL,
+        "LLM_API_KEY": "sk-test-web",
+        "LLM_MAX_RETRIES": "0",
+    }
+    with running_system(infra, "wp", **env) as system:
+        yield system
+
+
+@pytest.fixture
+def browser_context_args(system: System, built: None) -> dict[str, Any]:
+    return {"base_url": system.url, "accept_downloads": True, "viewport": {"width": 1400, "height": 900}}
+
+
+@pytest.fixture
+def console(page: Page) -> Iterator[list[str]]:
+    """Everything a person would see go wrong in the console: any error line, CSP report, uncaught error, or request that failed or answered >= 400."""
+    seen: list[str] = []
+    page.add_init_script("document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation:', e.violatedDirective, e.sample, e.sourceFile, e.lineNumber))")
+    page.on("console", lambda msg: seen.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: seen.append(f"uncaught: {exc}"))
+    page.on("requestfailed", lambda request: seen.append(f"failed: {request.method} {request.url} {request.failure}"))
+    page.on("response", lambda response: seen.append(f"{response.status}: {response.request.method} {response.url}") if response.status >= 400 else None)
+    yield seen
+    assert not seen, seen
+
+
+def messages_log(page: Page) -> Any:
+    return page.get_by_role("log", name="Conversation messages")
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+
+def test_every_tool_card_ends_in_a_final_state_and_describe_schema_lists_its_tables(page: Page, console: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(
+        fake_llm.tool_calls(("describe_schema", {})),
+        fake_llm.tool_calls(("execute_query", {"sql": "SELECT name FROM customers LIMIT 3"})),
+        fake_llm.text("Three customers."),
+    )
+    sign_in(page)
+    ask(page, "Who are the customers?")
+    log = messages_log(page)
+    expect(log.get_by_text("Three customers.")).to_be_visible()
+    schema = log.get_by_role("article", name="describe_schema")
+    expect(schema.locator(".state")).to_have_text("Described 4 tables")
+    expect(schema.locator("li code")).to_have_text(["customers", "order_items", "orders", "products"])
+    expect(log.get_by_role("article", name="execute_query").locator(".state")).to_have_text("3 rows")
+    expect(log.get_by_text("Receiving rows…")).to_have_count(0)
+    expect(log.get_by_text("Running…")).to_have_count(0)
+
+
+def test_a_message_can_be_copied_and_the_last_answer_regenerated(page: Page, console: list[str], fake: ThreadedFakeLLM) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    fake.then(fake_llm.text("First take."), fake_llm.text("Second take."))
+    sign_in(page)
+    ask(page, "Say something")
+    log = messages_log(page)
+    expect(log.get_by_text("First take.")).to_be_visible()
+    answer = log.get_by_role("article", name="Assistant")
+    answer.get_by_role("button", name="Copy", exact=True).click()
+    expect(answer.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == "First take."
+    page.get_by_role("group", name="Last answer").get_by_role("button", name="Regenerate").click()
+    expect(log.get_by_text("Second take.")).to_be_visible()
+    expect(log.get_by_text("First take.")).to_have_count(0)
+    expect(log.get_by_role("article", name="Assistant")).to_have_count(1)
+
+
+def test_show_chart_from_the_model_draws_in_the_card_and_an_invalid_proposal_does_not(page: Page, console: list[str], fake: ThreadedFakeLLM) -> None:
+    sql = "SELECT name, SUM(quantity) AS units FROM order_items JOIN products ON products.id = product_id GROUP BY name ORDER BY name LIMIT 8"
+    fake.then(
+        fake_llm.tool_calls(("execute_query", {"sql": sql})),
+        fake_llm.tool_calls(("show_chart", {"type": "bar", "x": "name", "y": "name", "title": "Wrong"})),
+        fake_llm.tool_calls(("show_chart", {"type": "bar", "x": "name", "y": "units", "title": "Units sold"})),
+        fake_llm.text("Charted."),
+    )
+    sign_in(page)
+    ask(page, "Chart units per product")
+    log = messages_log(page)
+    expect(log.get_by_text("Charted.")).to_be_visible()
+    cards = log.get_by_role("article", name="show_chart")
+    expect(cards).to_have_count(2)
+    expect(cards.nth(0).locator(".state")).to_contain_text("Failed: 'y' must be a numeric column")
+    expect(cards.nth(0).locator("svg")).to_have_count(0)
+    products = len(sqlite_rows(page, sql))
+    chart = cards.nth(1).get_by_role("img", name=f"Units sold: bar chart of {products} values")
+    expect(chart).to_be_visible()
+    expect(chart.locator("rect")).to_have_count(products)
+
+
+def sqlite_rows(page: Page, sql: str) -> list[Any]:
+    """The rows of `sql` as the server returns them (through the page's own session)."""
+    response = page.request.post("/api/query", data={"sql": sql}, headers={"Origin": page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2]})
+    assert response.ok, response.text()
+    rows: list[Any] = []
+    for line in response.text().split("\n\n"):
+        if '"data-query-rows"' in line:
+            import json
+
+            rows.extend(json.loads(line.removeprefix("data: "))["data"]["rows"])
+    return rows
+
+
+# --- CSV -------------------------------------------------------------------------------------------
+
+FORMULA_SQL = (
+    "SELECT 1 AS id, '=1+1' AS cell UNION ALL SELECT 2, '+SUM(A1:A2)' UNION ALL SELECT 3, '-2+3' UNION ALL SELECT 4, '@cmd' "
+    "UNION ALL SELECT 5, char(9) || '=tab' UNION ALL SELECT 6, '-5' UNION ALL SELECT 7, 'a=b' UNION ALL SELECT 8, '=\"q\"' UNION ALL SELECT -9, '1e+21' ORDER BY id"
+)
+
+
+def test_a_csv_with_formula_like_cells_opens_as_text_and_numbers_stay_exact(page: Page, console: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, FORMULA_SQL)
+    expect(page.get_by_role("status")).to_have_text("9 rows")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    with open(download_info.value.path(), newline="", encoding="utf-8") as handle:
+        raw = handle.read()
+    got = list(csv.reader(raw.splitlines(keepends=True)))
+    assert got == [
+        ["id", "cell"],
+        ["-9", "1e+21"],
+        ["1", "'=1+1"],
+        ["2", "'+SUM(A1:A2)"],
+        ["3", "'-2+3"],
+        ["4", "'@cmd"],
+        ["5", "'\t=tab"],
+        ["6", "-5"],
+        ["7", "a=b"],
+        ["8", '\'="q"'],
+    ]
+    # Every neutralised cell is also quoted, as OWASP advises.
+    assert '"\'=1+1"' in raw and '"\'@cmd"' in raw
+
+
+# --- charts ----------------------------------------------------------------------------------------
+
+SALES_SQL = "SELECT date(ordered_at) AS day, COUNT(*) AS orders, SUM(id) AS id_sum FROM orders GROUP BY day ORDER BY day"
+
+
+@pytest.mark.parametrize(("kind", "mark"), [("bar", "rect"), ("line", "path"), ("area", "path"), ("scatter", "circle"), ("pie", "path")])
+def test_each_chart_type_draws_from_a_real_result(page: Page, console: list[str], kind: str, mark: str) -> None:
+    sign_in(page)
+    run_sql(page, "SELECT c.name AS customer, c.id AS id, COUNT(o.id) AS orders FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id LIMIT 8")
+    expect(page.get_by_role("status")).to_have_text("8 rows")
+    # The defaults: the text column on X, the first numeric column that is not a key on Y.
+    expect(page.get_by_label("X", exact=True)).to_have_value("customer")
+    expect(page.get_by_label("Y (numeric)")).to_have_value("orders")
+    expect(page.get_by_label("Type")).to_have_value("bar")
+    page.get_by_label("Type").select_option(kind)
+    noun = "values" if kind in ("bar", "pie") else "points"
+    chart = page.locator("#chart").get_by_role("img", name=f"orders by customer: {kind} chart of 8 {noun}")
+    expect(chart).to_be_visible()
+    assert chart.locator(mark).count() >= (8 if kind in ("bar", "scatter", "pie") else 1)
+
+
+def test_a_date_column_gets_a_time_axis_and_the_chart_downloads_as_png_and_svg(page: Page, console: list[str]) -> None:
+    sign_in(page)
+    run_sql(page, SALES_SQL)
+    expect(page.get_by_role("status")).to_contain_text("rows")
+    expect(page.get_by_label("X", exact=True)).to_have_value("day")
+    expect(page.get_by_label("Y (numeric)")).to_have_value("orders")
+    expect(page.get_by_label("Type")).to_have_value("line")
+    chart = page.locator("#chart").get_by_role("img")
+    expect(chart).to_have_attribute("aria-label", re.compile(r"^orders by day: line chart of \d+ points$"))
+    # A time axis: ticks are dates (a month name or a year), not the ISO strings of the rows.
+    ticks = chart.locator("[data-plot-label='x-axis tick label'] text").all_text_contents()
+    assert ticks and not any(t.count("-") == 2 for t in ticks), ticks
+    with page.expect_download() as svg_download:
+        page.get_by_role("button", name="Download SVG").click()
+    svg = Path(svg_download.value.path()).read_text()
+    assert svg_download.value.suggested_filename == "chart.svg"
+    assert svg.startswith("<?xml") and "<svg" in svg and 'xmlns="http://www.w3.org/2000/svg"' in svg
+    with page.expect_download() as png_download:
+        page.get_by_role("button", name="Download PNG").click()
+    assert png_download.value.suggested_filename == "chart.png"
+    assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_chart_panel_and_chat_cards_pass_axe_core(page: Page, console: list[str], fake: ThreadedFakeLLM) -> None:
+    fake.then(
+        fake_llm.tool_calls(("describe_schema", {})),
+        fake_llm.tool_calls(("execute_query", {"sql": "SELECT name, price FROM products LIMIT 5"})),
+        fake_llm.tool_calls(("show_chart", {"type": "pie", "x": "name", "y": "price"})),
+        fake_llm.text("Done."),
+    )
+    sign_in(page)
+    ask(page, "Prices?")
+    expect(messages_log(page).get_by_text("Done.")).to_be_visible()
+    run_sql(page, SALES_SQL)
+    expect(page.locator("#chart").get_by_role("img")).to_be_visible()
+    assert axe_violations(page) == []
