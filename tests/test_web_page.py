@@ -16,24 +16,16 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests import fake_llm
+from tests import fake_llm, test_web
 from tests.conftest import Infra, System, running_system
-from tests.test_web import (  # noqa: F401 (fixtures)
-    ask,
-    browser,
-    browser_type,
-    browser_type_launch_args,
-    built,
-    fake,
-    launch_browser,
-    model,
-    playwright,
-    run_sql,
-    sign_in,
-)
+from tests.test_web import ask, run_sql, sign_in
 from tests.web_support import ThreadedFakeLLM, axe_violations
 
 BIG_TABLES = 500
+
+# The Playwright, build and fake-model fixtures of tests/test_web.py, by the same names.
+playwright, browser_type, launch_browser, browser = test_web.playwright, test_web.browser_type, test_web.launch_browser, test_web.browser
+browser_type_launch_args, base_url, built, model, fake = test_web.browser_type_launch_args, test_web.base_url, test_web.built, test_web.model, test_web.fake
 
 
 def make_big_schema(path: Path) -> None:
