@@ -19,6 +19,7 @@ from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_fro
 from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
 from services.gateway.jsonable import jsonable
+from services.gateway.recent import remember
 from services.gateway.relay import QueryResult, relay
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.errors import BAD_REQUEST, BUSY, UNAUTHORIZED, ServiceError
@@ -157,8 +158,8 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def query(request: web.Request) -> web.StreamResponse:
-    """Run execute_query and stream the result as an AI SDK UI message stream."""
-    await current_session(request)
+    """Run execute_query and stream the result as an AI SDK UI message stream; an accepted query joins the caller's recent queries."""
+    _, session = await current_session(request)
     body = await json_object(request)
     sql = text_field(body, "sql", required=True, max_chars=100_000)
     assert sql is not None
@@ -175,6 +176,9 @@ async def query(request: web.Request) -> web.StreamResponse:
         if exc.code == BUSY:
             raise  # before the stream's headers: a real 503 with Retry-After
         start_error = exc  # any other refusal is an error part of the stream, as before
+    uid = user_id(session)
+    if start_error is None and uid is not None:
+        await remember(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], uid, source, sql)
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request)
     started = time.monotonic()

@@ -21,6 +21,7 @@ DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "
 EXECUTE_QUERY = "execute_query"
 DESCRIBE_SCHEMA = "describe_schema"
 SHOW_CHART = "show_chart"
+GET_RECENT_QUERIES = "get_recent_queries"
 
 # Plain JSON Schema only (no `additionalProperties`, no `strict`): Gemini's OpenAI endpoint refuses more.
 TOOLS: list[dict[str, Any]] = [
@@ -79,6 +80,20 @@ TOOLS: list[dict[str, Any]] = [
                     "title": {"type": "string", "description": "A short title."},
                 },
                 "required": ["type", "x", "y"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": GET_RECENT_QUERIES,
+            "description": "The SQL the user ran most recently in their editor on a source, newest first (at most 50), with when each ran.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "source": {"type": "string", "description": "The source; omit for the default source."},
+                    "limit": {"type": "integer", "description": "How many, 1 to 50 (default 10)."},
+                },
             },
         },
     },

@@ -1,4 +1,4 @@
-"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema` and `show_chart`.
+"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema`, `show_chart` and `get_recent_queries`.
 
 Each tool writes its parts to the client and returns what the model gets back: the summary
 of prompt.query_summary / prompt.schema_summary, or `{"error": message}` so that the model
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -17,15 +18,17 @@ from services.gateway.chat import metrics, prompt
 from services.gateway.chat.charts import QueryColumns, check_chart
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
+from services.gateway.recent import DEFAULT_SOURCE, recent_queries
 from services.gateway.relay import QueryResult, relay
 from services.gateway.schema import describe_schema
-from shared.contracts import Subjects
-from shared.errors import ServiceError
+from shared.contracts import RECENT_MAX, Subjects
+from shared.errors import UNAUTHORIZED, ServiceError
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
 KNOWN = {t["function"]["name"] for t in prompt.TOOLS}
 MAX_SQL_CHARS = 100_000
+RECENT_DEFAULT = 10
 
 
 @dataclass
@@ -38,6 +41,8 @@ class ToolContext:
     source: str | None
     stream_idle_s: float
     alive: Callable[[], bool]
+    uid: str | None = None
+    """The caller, whose recent queries get_recent_queries reads."""
     last_query: QueryColumns | None = field(default=None)
     """The latest execute_query of this turn that returned columns: what show_chart may chart."""
 
@@ -69,6 +74,11 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
                 raise ValueError("'tables' must be a list of table names")
         elif call.name == prompt.SHOW_CHART:
             chart = check_chart(args, ctx.last_query)
+        elif call.name == prompt.GET_RECENT_QUERIES:
+            source = _optional_str(args, "source")
+            limit = args.get("limit", RECENT_DEFAULT)
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= RECENT_MAX:
+                raise ValueError(f"'limit' must be a whole number from 1 to {RECENT_MAX}")
         else:
             known = ", ".join(t["function"]["name"] for t in prompt.TOOLS)
             raise ValueError(f"there is no tool named {call.name!r}; the tools are {known}")
@@ -83,7 +93,26 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
         metrics.TOOL_CALLS.labels(prompt.SHOW_CHART, "ok").inc()
         await ctx.ui.tool(call.id).output(chart, preliminary=False)
         return {"shown": True, "type": chart["type"], "x": chart["x"], "y": chart["y"]}
+    if call.name == prompt.GET_RECENT_QUERIES:
+        return await _recent_queries(ctx, call.id, source or ctx.source, limit)
     return await _describe_schema(ctx, call.id, source or ctx.source, tables)
+
+
+async def _recent_queries(ctx: ToolContext, call_id: str, source: str | None, limit: int) -> dict[str, Any]:
+    stream = ctx.ui.tool(call_id)
+    try:
+        if ctx.uid is None:
+            raise ServiceError(UNAUTHORIZED, "no signed-in user")
+        reply = await recent_queries(ctx.nc, ctx.subjects, ctx.uid, source, limit)
+    except ServiceError as exc:
+        metrics.TOOL_CALLS.labels(prompt.GET_RECENT_QUERIES, exc.code).inc()
+        await stream.error(exc.message)
+        return {"error": exc.message}
+    metrics.TOOL_CALLS.labels(prompt.GET_RECENT_QUERIES, "ok").inc()
+    queries = [{"sql": q.sql, "ran_at": datetime.fromtimestamp(q.at / 1000, UTC).isoformat(timespec="seconds")} for q in reply.queries]
+    output = {"source": source or DEFAULT_SOURCE, "queries": queries}
+    await stream.output(output, preliminary=False)
+    return output
 
 
 async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | None) -> dict[str, Any]:
