@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 
 from tests import fake_llm, test_web
 from tests.conftest import Infra, System, running_system
-from tests.test_web import ask, run_sql, sign_in
+from tests.test_web import ask, sign_in
 from tests.web_support import ThreadedFakeLLM, axe_violations
 
 BIG_TABLES = 500
@@ -70,6 +70,19 @@ def console(page: Page) -> Iterator[list[str]]:
     page.on("response", lambda response: seen.append(f"{response.status}: {response.request.method} {response.url}") if response.status >= 400 else None)
     yield seen
     assert not seen, seen
+
+
+def run_sql(page: Page, sql: str) -> None:
+    """Replace the editor's text as a person would (select all, type) and run it.
+
+    Not Playwright's fill(): on a contenteditable it runs the browser's own editing command, which
+    re-creates the line with an inline style that the page's CSP refuses.
+    """
+    editor = page.locator("#editor .cm-content")
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(sql)
+    editor.press("Control+Enter")
 
 
 def messages_log(page: Page) -> Any:
@@ -238,4 +251,73 @@ def test_the_chart_panel_and_chat_cards_pass_axe_core(page: Page, console: list[
     expect(messages_log(page).get_by_text("Done.")).to_be_visible()
     run_sql(page, SALES_SQL)
     expect(page.locator("#chart").get_by_role("img")).to_be_visible()
+    assert axe_violations(page) == []
+
+
+# --- schema panel ----------------------------------------------------------------------------------
+
+
+def open_schema(page: Page, source: str) -> Any:
+    page.get_by_label("Source").select_option(source)
+    page.locator("#schema-panel > summary").click()
+    return page.locator("#schema-panel")
+
+
+def test_the_schema_panel_at_500_tables_searches_and_draws_one_neighbourhood(page: Page, console: list[str]) -> None:
+    sign_in(page)
+    panel = open_schema(page, "big")
+    expect(panel.get_by_text(f"{BIG_TABLES} tables; the first 100 are listed, search to narrow")).to_be_visible()
+    tables = panel.get_by_role("list", name="Tables").get_by_role("button")
+    expect(tables).to_have_count(100)
+    panel.get_by_label("Search tables").fill("t25")
+    expect(panel.get_by_text(f"10 of {BIG_TABLES} tables match")).to_be_visible()
+    expect(tables).to_have_count(10)
+    tables.filter(has_text="t250").click()
+    expect(panel).to_have_attribute("data-keys-loaded", "true", timeout=30_000)
+    # t250 references t249 and t000, and t251 references it: four tables, three foreign keys, no more.
+    diagram = panel.get_by_role("img", name="ER diagram of t250: 4 tables, 3 foreign keys")
+    expect(diagram).to_be_visible()
+    assert sorted(diagram.locator(".er-node").evaluate_all("nodes => nodes.map(n => n.dataset.table)")) == ["t000", "t249", "t250", "t251"]
+    # A node of the diagram selects its own neighbourhood; t000 has 499 and only some are drawn.
+    diagram.locator('.er-node[data-table="t000"]').click()
+    expect(panel.get_by_role("img", name="ER diagram of t000: 25 tables, 25 foreign keys")).to_be_visible()
+    expect(panel.get_by_text("475 more related tables not drawn")).to_be_visible()
+    assert panel.locator(".er-node").count() == 25
+
+
+def test_clicking_a_table_or_column_in_the_schema_panel_inserts_its_name(page: Page, console: list[str]) -> None:
+    sign_in(page)
+    panel = open_schema(page, "default")
+    panel.get_by_role("button", name="orders", exact=True).click()
+    expect(panel.get_by_role("img", name="ER diagram of orders: 3 tables, 2 foreign keys")).to_be_visible()
+    editor = page.locator("#editor .cm-content")
+    editor.click()
+    page.keyboard.type("SELECT  FROM ")
+    panel.get_by_role("button", name="Insert table orders").click()
+    page.keyboard.press("Control+Home")
+    for _ in range(len("SELECT ")):
+        page.keyboard.press("ArrowRight")
+    panel.get_by_role("button", name="Insert column customer_id").click()
+    expect(editor).to_have_text("SELECT customer_id FROM orders")
+    expect(panel.get_by_text("(FK → customers.id)")).to_be_visible()
+    assert axe_violations(page) == []
+
+
+# --- recent queries --------------------------------------------------------------------------------
+
+
+def test_recent_queries_survive_a_reload_and_a_pick_fills_the_editor(page: Page, console: list[str]) -> None:
+    sign_in(page)
+    for sql in ("SELECT 1 AS one", "SELECT 2 AS two", "SELECT 1 AS one"):
+        run_sql(page, sql)
+        expect(page.get_by_role("status")).to_have_text("1 row")
+    picker = page.get_by_label("Recent queries")
+    expect(picker.locator("option")).to_have_text(["Recent queries (2)", "SELECT 1 AS one", "SELECT 2 AS two"])
+    page.reload()
+    expect(picker.locator("option")).to_have_text(["Recent queries (2)", "SELECT 1 AS one", "SELECT 2 AS two"])
+    picker.select_option(label="SELECT 2 AS two")
+    expect(page.locator("#editor .cm-content")).to_have_text("SELECT 2 AS two")
+    # Per source: the other source has its own (empty) list.
+    page.get_by_label("Source").select_option("big")
+    expect(picker.locator("option")).to_have_text(["No recent queries"])
     assert axe_violations(page) == []

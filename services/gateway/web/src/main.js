@@ -9,7 +9,9 @@ import { ChatView, chatErrorText, createChat, messageText } from "./chat.js";
 import { SqlEditor } from "./editor.js";
 import { VirtualGrid } from "./grid.js";
 import { runQuery } from "./query.js";
+import { RecentPicker } from "./recent.js";
 import { csvBlob, ResultStore } from "./results.js";
+import { SchemaPanel } from "./schema_panel.js";
 
 const $ = (id) => document.getElementById(id);
 const number = (n) => n.toLocaleString("en");
@@ -93,6 +95,8 @@ $("sign-out").addEventListener("click", async () => {
 const grid = new VirtualGrid($("result"), { label: "Query result" });
 const editor = new SqlEditor($("editor"), { onRun: () => run(), label: "SQL query" });
 grid.clear("Run a query to see its rows here.");
+const recent = new RecentPicker($("recent"), { api, onPick: (sql) => { editor.text = sql; editor.focus(); } });
+const schemaPanel = new SchemaPanel($("schema-panel"), { api, insert: (text) => editor.insert(text) });
 
 async function loadSources() {
   const select = $("source");
@@ -125,7 +129,14 @@ async function configureEditor() {
     }
   }
   editor.configure(source ? source.dialect : null, schema);
+  recent.load(name);
+  if ($("schema-panel").open) schemaPanel.show(name, schema);
 }
+
+$("schema-panel").addEventListener("toggle", () => {
+  const name = $("source").value;
+  if ($("schema-panel").open && schemaPanel.source !== name) schemaPanel.show(name, page.schemaCache.get(name));
+});
 
 $("source").addEventListener("change", configureEditor);
 $("run").addEventListener("click", () => run());
@@ -185,6 +196,7 @@ async function run() {
       },
     });
     performance.mark("query-done");
+    recent.load($("source").value);
     if (shown !== store) grid.show(store);
     grid.refresh();
     showResult(store, { running: false });
