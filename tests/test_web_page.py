@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,11 @@ from playwright.sync_api import Page, expect
 from tests import fake_llm, test_web
 from tests.conftest import Infra, System, running_system
 from tests.test_web import ask, sign_in
-from tests.web_support import ThreadedFakeLLM, axe_violations
-
-BIG_TABLES = 500
+from tests.web_support import BIG_TABLES, ThreadedFakeLLM, axe_violations, make_big_schema
 
 # The Playwright, build and fake-model fixtures of tests/test_web.py, by the same names.
 playwright, browser_type, launch_browser, browser = test_web.playwright, test_web.browser_type, test_web.launch_browser, test_web.browser
 browser_type_launch_args, base_url, built, model, fake = test_web.browser_type_launch_args, test_web.base_url, test_web.built, test_web.model, test_web.fake
-
-
-def make_big_schema(path: Path) -> None:
-    """500 tables: t000 .. t499, each (but the first) referencing the one before it and t000; one column of each named after it."""
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE t000 (id INTEGER PRIMARY KEY, name TEXT)")
-        for i in range(1, BIG_TABLES):
-            db.execute(f"CREATE TABLE t{i:03d} (id INTEGER PRIMARY KEY, prev_id INTEGER REFERENCES t{i - 1:03d}(id), root_id INTEGER REFERENCES t000(id), c{i:03d} TEXT)")
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ export class SchemaPanel {
       if (this.selected) this.drawSelected();
     }
     if (token === this.loading) {
+      performance.mark("schema-keys-loaded");
       this.root.dataset.keysLoaded = "true";
       this.drawStatus(note);
       if (this.selected) this.drawSelected();
