@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect
 
 from tests import fake_llm, test_web
 from tests.conftest import Infra, System, running_system
+from tests.harness import Service, free_port, service_env
 from tests.test_web import ask, sign_in
 from tests.web_support import BIG_TABLES, ThreadedFakeLLM, axe_violations, make_big_schema
 
@@ -310,3 +311,40 @@ def test_recent_queries_survive_a_reload_and_a_pick_fills_the_editor(page: Page,
     page.get_by_label("Source").select_option("big")
     expect(picker.locator("option")).to_have_text(["No recent queries"])
     assert axe_violations(page) == []
+
+
+def test_a_card_still_receiving_rows_when_the_answer_is_stopped_ends_interrupted(page: Page, console: list[str], fake: ThreadedFakeLLM) -> None:
+    slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 900000) SELECT i, 'row ' || i AS label FROM n"
+    fake.then(fake_llm.tool_calls(("execute_query", {"sql": slow})), fake_llm.text("unused"))
+    sign_in(page)
+    ask(page, "Count slowly")
+    card = messages_log(page).get_by_role("article", name="execute_query")
+    expect(card.locator(".state")).to_have_text("Receiving rows…", timeout=30_000)
+    page.get_by_role("group", name="Last answer").get_by_role("button", name="Stop").click()
+    expect(card.locator(".state")).to_have_text("Interrupted: the answer ended before the result was complete")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    # Stop aborts the chat request on purpose: that one abort is expected, and nothing else.
+    aborted = [line for line in console if line.startswith("failed: POST") and "/api/chat" in line and "ERR_ABORTED" in line]
+    assert len(aborted) == 1, console
+    console.remove(aborted[0])
+
+
+def test_without_a_model_the_chat_says_how_to_configure_one(browser: Any, system: System) -> None:
+    port = free_port()
+    env = {k: v for k, v in system.env.items() if not k.startswith("LLM_")}
+    gateway = Service("gateway", service_env(**env, GATEWAY_PORT=str(port))).start()
+    context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        sign_in(page)
+        guidance = page.locator("#no-model")
+        expect(guidance).to_be_visible()
+        expect(guidance).to_contain_text("No language model is configured")
+        expect(guidance).to_contain_text("LLM_BASE_URL=http://127.0.0.1:11434/v1")
+        expect(page.get_by_role("button", name="Send")).to_be_disabled()
+        assert errors == []
+    finally:
+        context.close()
+        assert gateway.stop() == 0

@@ -72,17 +72,7 @@ function xValue(store, r, c, kind) {
 
 /** Sums of Y per X value, in the order the X values first come; `limit` of them at most. */
 function totals(store, xc, yc, limit) {
-  const sums = new Map();
-  let dropped = 0;
-  for (let r = 0; r < store.rowCount; r++) {
-    const y = store.number(r, yc);
-    if (!Number.isFinite(y)) continue;
-    const key = store.cell(r, xc) ?? "NULL";
-    const sum = sums.get(key);
-    if (sum !== undefined) sums.set(key, sum + y);
-    else if (sums.size < limit) sums.set(key, y);
-    else dropped++;
-  }
+  const { sums, dropped } = store.sumBy(xc, yc, limit);
   return { points: Array.from(sums, ([x, y]) => ({ x, y })), dropped };
 }
 
