@@ -12,22 +12,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from services.gateway.chat import metrics, prompt
 from services.gateway.chat.charts import QueryColumns, check_chart
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
-from services.gateway.recent import DEFAULT_SOURCE, recent_queries
+from services.gateway.clients import RECENT_DEFAULT_SOURCE, QueryClient, RecentClient
 from services.gateway.relay import QueryResult, relay
-from services.gateway.schema import describe_schema
 from shared.contracts import RECENT_MAX, Subjects
 from shared.errors import UNAUTHORIZED, ServiceError
+from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
 KNOWN = {t["function"]["name"] for t in prompt.TOOLS}
-MAX_SQL_CHARS = 100_000
 RECENT_DEFAULT = 10
 
 
@@ -37,12 +37,14 @@ class ToolContext:
 
     nc: NATS
     subjects: Subjects
+    query: QueryClient
     ui: UIStream
     source: str | None
     stream_idle_s: float
     alive: Callable[[], bool]
     uid: str | None = None
     """The caller, whose recent queries get_recent_queries reads."""
+    recent: RecentClient | None = None
     last_query: QueryColumns | None = field(default=None)
     """The latest execute_query of this turn that returned columns: what show_chart may chart."""
 
@@ -101,16 +103,16 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
 async def _recent_queries(ctx: ToolContext, call_id: str, source: str | None, limit: int) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        if ctx.uid is None:
+        if ctx.uid is None or ctx.recent is None:
             raise ServiceError(UNAUTHORIZED, "no signed-in user")
-        reply = await recent_queries(ctx.nc, ctx.subjects, ctx.uid, source, limit)
+        reply = await ctx.recent.list(ctx.uid, source, limit)
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.GET_RECENT_QUERIES, exc.code).inc()
         await stream.error(exc.message)
         return {"error": exc.message}
     metrics.TOOL_CALLS.labels(prompt.GET_RECENT_QUERIES, "ok").inc()
     queries = [{"sql": q.sql, "ran_at": datetime.fromtimestamp(q.at / 1000, UTC).isoformat(timespec="seconds")} for q in reply.queries]
-    output = {"source": source or DEFAULT_SOURCE, "queries": queries}
+    output = {"source": source or RECENT_DEFAULT_SOURCE, "queries": queries}
     await stream.output(output, preliminary=False)
     return output
 
@@ -139,7 +141,7 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
 async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        reply = await describe_schema(ctx.nc, ctx.subjects, source, tables, SCHEMA_TIMEOUT_S)
+        reply = msgspec.to_builtins(await ctx.query.schema(source, tables, SCHEMA_TIMEOUT_S))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)
