@@ -8,12 +8,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
+from services.session.recent import RecentStore
+from shared.contracts import RecentAdd, RecentList
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, user_message
 from tests.client import browser, login, run_query
 from tests.conftest import System
 from tests.fake_llm import FakeLLM
+from tests.harness import RedisServer
 
 
 @pytest.fixture
@@ -90,3 +94,22 @@ async def test_the_model_reads_them_with_get_recent_queries(system: System, fake
     assert [q["sql"] for q in output["queries"]] == ["SELECT COUNT(*) FROM customers", "SELECT COUNT(*) FROM products"]
     seen = json.loads(next(m["content"] for m in fake.requests[1]["messages"] if m["role"] == "tool"))
     assert seen["source"] == "default" and [q["sql"] for q in seen["queries"]] == [q["sql"] for q in output["queries"]]
+
+
+async def test_while_redis_is_down_a_replica_keeps_them_in_its_memory_and_says_so(redis_server: RedisServer) -> None:
+    client = aioredis.from_url(redis_server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    store = RecentStore(client, lifetime_s=60)
+    try:
+        await store.add(RecentAdd("ada", "default", "SELECT 1"))
+        on_redis = await store.list(RecentList("ada", "default"))
+        assert [q.sql for q in on_redis.queries] == ["SELECT 1"] and on_redis.local is False
+        redis_server.kill()
+        with structlog.testing.capture_logs() as logs:
+            await store.add(RecentAdd("ada", "default", "SELECT 2"))
+            await store.add(RecentAdd("ada", "default", "SELECT 3"))
+            await store.add(RecentAdd("ada", "default", "SELECT 2"))
+            local = await store.list(RecentList("ada", "default"))
+        assert [q.sql for q in local.queries] == ["SELECT 2", "SELECT 3"] and local.local is True
+        assert {entry["event"] for entry in logs} == {"recent_local"}
+    finally:
+        await store.close()

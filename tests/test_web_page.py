@@ -348,3 +348,34 @@ def test_without_a_model_the_chat_says_how_to_configure_one(browser: Any, system
     finally:
         context.close()
         assert gateway.stop() == 0
+
+
+def test_a_whole_session_leaves_the_console_clean(page: Page, console: list[str], fake: ThreadedFakeLLM) -> None:
+    """Sign in, chat with every tool, run queries, chart, browse the schema, pick a recent query, reload, start a new conversation, sign out."""
+    fake.then(
+        fake_llm.tool_calls(("describe_schema", {"tables": ["orders"]})),
+        fake_llm.tool_calls(("execute_query", {"sql": "SELECT status, COUNT(*) AS n FROM orders GROUP BY status"})),
+        fake_llm.tool_calls(("show_chart", {"type": "pie", "x": "status", "y": "n", "title": "Orders by status"})),
+        fake_llm.tool_calls(("get_recent_queries", {})),
+        fake_llm.text("All done."),
+    )
+    sign_in(page)
+    run_sql(page, SALES_SQL)
+    expect(page.locator("#chart").get_by_role("img")).to_be_visible()
+    ask(page, "Show me the orders")
+    log = messages_log(page)
+    expect(log.get_by_text("All done.")).to_be_visible()
+    expect(log.get_by_role("img", name=re.compile("^Orders by status: pie chart"))).to_be_visible()
+    expect(log.locator("details.tool-card summary")).to_have_text(["get_recent_queries: 1 recent query"])
+    page.get_by_label("Type").select_option("area")
+    panel = open_schema(page, "default")
+    panel.get_by_role("button", name="customers", exact=True).click()
+    expect(panel.get_by_role("img", name="ER diagram of customers: 2 tables, 1 foreign key")).to_be_visible()
+    page.get_by_label("Recent queries").select_option(index=1)  # long queries are listed cut to 90 characters
+    expect(page.locator("#editor .cm-content")).to_have_text(SALES_SQL)
+    page.reload()
+    expect(log.get_by_text("All done.")).to_be_visible()
+    page.get_by_role("button", name="New conversation").click()
+    expect(log.get_by_text("All done.")).to_have_count(0)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()

@@ -84,5 +84,5 @@ class RecentStore:
             except (rex.RedisError, OSError, TimeoutError) as exc:
                 log.warning("recent_local", reason=describe(exc), consequence="this replica answers recent queries from its memory until Redis answers")
         entries = self._local.get((req.uid, req.source), {})
-        newest = sorted(entries.items(), key=lambda item: item[1], reverse=True)[: req.limit]
+        newest = list(reversed(entries.items()))[: req.limit]  # the newest was inserted last
         return RecentQueries([RecentQuery(sql=sql, at=at) for sql, at in newest], local=True)
