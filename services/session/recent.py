@@ -1,7 +1,7 @@
 """The user's recent queries (`session.recent.add` / `list`): the last RECENT_MAX per user and source, newest first.
 
 In Redis each user and source has one sorted set, `recent:<uid>:<source>`, of SQL texts scored by
-when they last ran: a repeated query moves to the top instead of being listed twice. One
+when they last ran (in microseconds, so that two queries of one millisecond keep their order): a repeated query moves to the top instead of being listed twice. One
 MULTI adds, trims to RECENT_MAX and renews the expiry (CONVERSATION_LIFETIME, as history).
 While Redis cannot be reached, this replica keeps them in its memory (bounded) and says so
 (`local: true`), as the limiter does.
@@ -50,14 +50,15 @@ class RecentStore:
         return self._client if self._client is not None and self._redis_usable() else None
 
     async def add(self, req: RecentAdd, _msg: Msg | None = None) -> Ok:
-        now = int(time.time() * 1000)
+        now_us = time.time_ns() // 1000
+        now = now_us // 1000
         client = self._redis()
         if client is not None:
             key = self._key(req.uid, req.source)
             try:
                 self._commands["multi_recent"].inc()
                 async with client.pipeline(transaction=True) as pipe:
-                    pipe.zadd(key, {req.sql: now})
+                    pipe.zadd(key, {req.sql: now_us})
                     pipe.zremrangebyrank(key, 0, -(RECENT_MAX + 1))
                     pipe.expire(key, self._lifetime_s)
                     await pipe.execute()
@@ -80,7 +81,7 @@ class RecentStore:
             try:
                 self._commands["zrevrange"].inc()
                 rows = await client.zrevrange(self._key(req.uid, req.source), 0, req.limit - 1, withscores=True)
-                return RecentQueries([RecentQuery(sql=member.decode() if isinstance(member, bytes) else member, at=int(score)) for member, score in rows])
+                return RecentQueries([RecentQuery(sql=member.decode() if isinstance(member, bytes) else member, at=int(score) // 1000) for member, score in rows])
             except (rex.RedisError, OSError, TimeoutError) as exc:
                 log.warning("recent_local", reason=describe(exc), consequence="this replica answers recent queries from its memory until Redis answers")
         entries = self._local.get((req.uid, req.source), {})
