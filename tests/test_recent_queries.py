@@ -8,14 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-import structlog
 
-from services.session.recent import RecentStore
-from shared.contracts import RecentAdd, RecentList
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, user_message
 from tests.client import browser, login, run_query
-from tests.conftest import System
+from tests.conftest import System, SystemFactory
 from tests.fake_llm import FakeLLM
 from tests.harness import RedisServer
 
@@ -96,20 +93,14 @@ async def test_the_model_reads_them_with_get_recent_queries(system: System, fake
     assert seen["source"] == "default" and [q["sql"] for q in seen["queries"]] == [q["sql"] for q in output["queries"]]
 
 
-async def test_while_redis_is_down_a_replica_keeps_them_in_its_memory_and_says_so(redis_server: RedisServer) -> None:
-    client = aioredis.from_url(redis_server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    store = RecentStore(client, lifetime_s=60)
-    try:
-        await store.add(RecentAdd("ada", "default", "SELECT 1"))
-        on_redis = await store.list(RecentList("ada", "default"))
-        assert [q.sql for q in on_redis.queries] == ["SELECT 1"] and on_redis.local is False
-        redis_server.kill()
-        with structlog.testing.capture_logs() as logs:
-            await store.add(RecentAdd("ada", "default", "SELECT 2"))
-            await store.add(RecentAdd("ada", "default", "SELECT 3"))
-            await store.add(RecentAdd("ada", "default", "SELECT 2"))
-            local = await store.list(RecentList("ada", "default"))
-        assert [q.sql for q in local.queries] == ["SELECT 2", "SELECT 3"] and local.local is True
-        assert {entry["event"] for entry in logs} == {"recent_local"}
-    finally:
-        await store.close()
+async def test_while_redis_is_down_a_replica_keeps_them_in_its_memory_and_says_so(make_system: SystemFactory, redis_server: RedisServer) -> None:
+    system = make_system(redis_url=redis_server.url)
+    redis_server.kill()
+    async with browser(system.url) as client:
+        await login(client, f"outage-{uuid.uuid4().hex[:8]}@example.com", "Outage")
+        for sql in ("SELECT 1", "SELECT 2", "SELECT 1"):
+            response, _ = await run_query(client, sql)
+            assert response.status == 200
+        got = await recent(client)
+    assert [q["sql"] for q in got["queries"]] == ["SELECT 1", "SELECT 2"]
+    assert got["local"] is True
