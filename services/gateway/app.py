@@ -14,6 +14,9 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 from aiohttp.web_protocol import RequestHandler
 
 from services.gateway import conversations, handlers, keys, metrics, webapp
+from services.gateway.access import log_unreachable_sources
+from services.gateway.audit import audit_trail
+from services.gateway.audit_http import get_audit
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
@@ -191,6 +194,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[keys.COOKIE] = SessionCookie(config)
     app[keys.LIFECYCLE] = keys.Lifecycle()
     app.cleanup_ctx.append(nats_connection)
+    app.cleanup_ctx.append(audit_trail)
+    app.cleanup_ctx.append(log_unreachable_sources)
     if config.token_login:
         app.cleanup_ctx.append(token_verifier)
 
@@ -199,6 +204,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/api/me", handlers.me)
     app.router.add_post("/api/query", handlers.query)
     app.router.add_get("/api/schema", get_schema)
+    app.router.add_get("/api/audit", get_audit)
     conversations.setup(app)
     chat.setup(app)
     app.router.add_get("/healthz", healthz)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from shared.access import EMPTY, AccessPolicy, parse_policy
 from shared.bus import redact_url
 from shared.config import (
     common_nats,
@@ -118,6 +119,26 @@ class GatewayConfig:
     """CHAT_QUOTA_PER_HOUR: chat turns per user per hour (0: no limit)."""
     chat_quota_per_day: int = 1000
     """CHAT_QUOTA_PER_DAY: chat turns per user per day (0: no limit)."""
+    access_policy: AccessPolicy = EMPTY
+    """ACCESS_POLICY: who may use which source, as which database role (JSON, or a path to a JSON or YAML file; docs/access.md)."""
+    groups_claim: str = ""
+    """AUTH_GROUPS_CLAIM: the ID-token claim holding the user's groups (e.g. `groups`); kept in the session."""
+    admin_emails: tuple[str, ...] = ()
+    """ADMIN_EMAILS: comma list of emails that may read the audit trail (GET /api/audit)."""
+    admin_group: str = ""
+    """ADMIN_GROUP: members of this group may read the audit trail too."""
+    audit_stream: str = "AUDIT"
+    """AUDIT_STREAM: the JetStream stream of the audit trail (subjects `<prefix>.audit.>`)."""
+    audit_replicas: int = 1
+    """AUDIT_REPLICAS: the audit stream's replicas (up to 5, within a JetStream cluster)."""
+    audit_max_age_s: float = 365 * 86400.0
+    """AUDIT_MAX_AGE: seconds an audit event is kept (0: forever)."""
+    audit_max_bytes: int = -1
+    """AUDIT_MAX_BYTES: the audit stream's size limit in bytes; the oldest events go first (-1: none)."""
+    audit_required: bool = False
+    """AUDIT_REQUIRED: refuse queries (503) while the audit stream cannot take events, instead of buffering them."""
+    audit_buffer: int = 10000
+    """AUDIT_BUFFER: audit events kept in memory while the stream cannot take them; more are dropped and counted."""
 
     def __post_init__(self) -> None:
         if self.auth_mode not in AUTH_MODES:
@@ -219,7 +240,23 @@ class GatewayConfig:
             chat_quota_per_minute=env_int(env, "CHAT_QUOTA_PER_MINUTE", 10, minimum=0),
             chat_quota_per_hour=env_int(env, "CHAT_QUOTA_PER_HOUR", 200, minimum=0),
             chat_quota_per_day=env_int(env, "CHAT_QUOTA_PER_DAY", 1000, minimum=0),
+            access_policy=parse_policy(env.get("ACCESS_POLICY", "")),
+            groups_claim=env_str(env, "AUTH_GROUPS_CLAIM", ""),
+            admin_emails=tuple(e.lower() for e in _comma_list(env_str(env, "ADMIN_EMAILS", ""))),
+            admin_group=env_str(env, "ADMIN_GROUP", ""),
+            audit_stream=_stream_name(env_str(env, "AUDIT_STREAM", "AUDIT")),
+            audit_replicas=env_int(env, "AUDIT_REPLICAS", 1, minimum=1),
+            audit_max_age_s=env_float(env, "AUDIT_MAX_AGE", 365 * 86400.0, minimum=0),
+            audit_max_bytes=env_int(env, "AUDIT_MAX_BYTES", -1, minimum=-1),
+            audit_required=env_bool(env, "AUDIT_REQUIRED", False),
+            audit_buffer=env_int(env, "AUDIT_BUFFER", 10000, minimum=1),
         )
+
+
+def _stream_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
+        raise ConfigError(f"AUDIT_STREAM must be 1-64 letters, digits, '_' or '-', got {raw!r}")
+    return raw
 
 
 def _comma_list(raw: str) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.access import visible_sources
 from services.gateway.config import GatewayConfig
 from services.gateway.handlers import current_session
 from shared.bus import request
@@ -101,13 +102,16 @@ async def auth_config(request: web.Request) -> web.Response:
 
 
 async def sources(http_request: web.Request) -> web.Response:
-    """GET /api/sources: the query sources with their dialects, and the default (needs a session)."""
-    await current_session(http_request)
+    """GET /api/sources: the sources this user may use (ACCESS_POLICY), with their dialects and the database
+    role each is used with (null: the source's own account), and the default (needs a session)."""
+    _, session = await current_session(http_request)
     app = http_request.app
     reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=SOURCES_TIMEOUT_S)
     dialects = reply.get("dialects") or {}
-    listed = [{"name": name, "dialect": dialects.get(name)} for name in reply.get("sources", [])]
-    return web.json_response({"sources": listed, "default": reply.get("default")})
+    grants = visible_sources(app[keys.CONFIG], session, reply.get("sources", []))
+    listed = [{"name": name, "dialect": dialects.get(name), "role": grant.role} for name, grant in grants.items()]
+    default = reply.get("default")
+    return web.json_response({"sources": listed, "default": default if default in grants else None})
 
 
 def setup(app: web.Application) -> None:

@@ -10,10 +10,10 @@ from types import MappingProxyType
 
 import orjson
 
+from shared.access import DEFAULT_SOURCE, parse_policy
 from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
 from shared.errors import ConfigError
 
-DEFAULT_SOURCE = "default"
 PREVIEW_ROWS = 5
 SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
@@ -61,6 +61,10 @@ class QueryConfig:
     allow_privileged: bool = False
     # Source name -> the operator's own read-only functions, (schema or None, name), added to the guard's allow rule.
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = field(default_factory=dict)
+    # ACCESS_POLICY's database roles per source (docs/access.md): each checked when its source opens.
+    roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # QUERY_ALLOW_ACTIVITY_VIEWS: let queries read views of other sessions' SQL (pg_stat_activity, processlists).
+    allow_activity_views: bool = False
 
     def __post_init__(self) -> None:
         if self.max_cell_bytes > self.max_row_bytes:
@@ -93,6 +97,7 @@ class QueryConfig:
         if chunk_bytes > 768 * 1024:
             raise ConfigError(f"QUERY_CHUNK_BYTES must be at most {768 * 1024} (NATS messages are capped at 1 MB), got {chunk_bytes}")
         timeout_s = env_float(env, "QUERY_TIMEOUT_S", 30.0, minimum=0.001)
+        policy = parse_policy(env.get("ACCESS_POLICY", ""))
         return cls(
             nats_url=nats_url,
             subject_prefix=prefix,
@@ -113,6 +118,8 @@ class QueryConfig:
             max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
             allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
             allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
+            roles=MappingProxyType({name: roles for name in policy.rules if (roles := policy.roles(name))}),
+            allow_activity_views=env_bool(env, "QUERY_ALLOW_ACTIVITY_VIEWS", False),
         )
 
 

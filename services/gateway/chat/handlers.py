@@ -20,6 +20,8 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.access import caller, source_grant, visible_sources
+from services.gateway.audit import query_audit
 from services.gateway.chat import history, metrics, persist, tools
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
@@ -27,10 +29,12 @@ from services.gateway.chat.record import RecordingUIStream
 from services.gateway.chat.turn import TurnStats, run_turn
 from services.gateway.config import GatewayConfig
 from services.gateway.conversations import HISTORY, caller_uid
+from services.gateway.handlers import current_session
 from services.gateway.limits import LimitResult, Window
 from services.gateway.sse import HEADERS, client_outcome
-from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
+from shared.errors import BAD_REQUEST, UNAUTHORIZED, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
+from shared.users import user_id
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +94,10 @@ async def _disconnected(alive: Callable[[], bool]) -> None:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """POST /api/chat: one assistant turn as a UI message stream."""
-    uid = await caller_uid(request)
+    _, session = await current_session(request)
+    uid = user_id(session)
+    if uid is None:
+        raise ServiceError(UNAUTHORIZED, "not logged in")
     app = request.app
     config = app[keys.CONFIG]
     if MODEL not in app:
@@ -100,9 +107,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     except history.BodyError as exc:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
     # Refusals that must come before the quota counts the turn, looked up together: an unknown
-    # source (the prompt is usually kept, so costs nothing) and a full conversation (a load).
+    # source or one this user may not use (the prompt is usually kept, so costs nothing) and a
+    # full conversation (a load).
+    grant = source_grant(config, session, body.source)
     system, stored = await asyncio.gather(
-        app[CONTEXT].system_prompt(body.source),
+        app[CONTEXT].system_prompt(grant, lambda names: visible_sources(config, session, names)),
         persist.prepare(app[HISTORY], uid, body, config.llm_history_max_chars),
     )
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
@@ -123,7 +132,17 @@ async def chat(request: web.Request) -> web.StreamResponse:
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive)
+    ctx = tools.ToolContext(
+        app[keys.NATS_CLIENT],
+        app[keys.SUBJECTS],
+        ui,
+        body.source,
+        config.stream_idle_s,
+        alive,
+        grant_for=lambda source: source_grant(config, session, source),
+        caller_for=lambda grant: caller(session, grant),
+        audit=lambda source, sql: query_audit(app, session, source, sql, conversation_id=body.id, model=model.model, turn=ui.message_id),
+    )
     stats = TurnStats()
     started = time.monotonic()
     turn = asyncio.create_task(run_turn(model, ui, ctx, messages, config.llm_max_steps, stats))

@@ -25,10 +25,11 @@ from asyncmy.cursors import SSCursor
 
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
-from services.query.privileges import Account, mysql_account
+from services.query.privileges import Account, mysql_account, mysql_role_findings, quote_role
 from services.query.values import Column
 from services.query.wire import WireGuard, install
 from shared.bus import redact_url
+from shared.contracts import Caller
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -126,6 +127,15 @@ class MysqlCursor(Cursor):
         return rows
 
 
+async def act_as(conn: Any, caller: Caller | None) -> None:
+    """Inside the read-only transaction: SET ROLE to the caller's role, whose grants then apply beside the
+    account's own (give the account none of its own on the data; docs/access.md). COM_RESET_CONNECTION
+    clears it before the connection is reused."""
+    if caller is not None and caller.role is not None:
+        async with conn.cursor() as cur:
+            await cur.execute(f"SET ROLE {quote_role(caller.role)}")
+
+
 class MysqlEngine(Engine):
     """A MySQL or MariaDB source (mysql:// or mariadb:// URL)."""
 
@@ -164,8 +174,15 @@ class MysqlEngine(Engine):
         finally:
             conn.close()
 
+    async def role_findings(self, role: str) -> list[str]:
+        conn = await asyncio.wait_for(asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s)
+        try:
+            return await asyncio.wait_for(mysql_role_findings(conn, role), self.settings.connect_timeout_s)
+        finally:
+            conn.close()
+
     @asynccontextmanager
-    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+    async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         if self._pool is None:
             raise ServiceError(UNAVAILABLE, "the query service is shutting down")
         try:
@@ -180,6 +197,7 @@ class MysqlEngine(Engine):
             guard = install(conn._transport, self.settings.limits, mysql=True)
             try:
                 await self._prepare_session(conn, timeout_s)
+                await act_as(conn, caller)
                 raw = conn.cursor(SSCursor)
                 await raw.execute(sql)
             except (asyncmy.errors.MySQLError, OSError) as exc:
@@ -264,22 +282,21 @@ class MysqlEngine(Engine):
             return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
         return ServiceError(QUERY_FAILED, _text(exc))
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from information_schema, as this account sees them."""
         listed = [
             catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
-            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s)
+            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s, caller=caller)
         ]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
-        columns = [
-            ((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
-        ]
+        rows = self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s, caller=caller)
+        columns = [((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in rows]
         foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
         if wanted is not None:
-            async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s):
+            async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s, caller=caller):
                 entry = foreign_keys.setdefault((schema, table, constraint), ([], catalog.qualified(ref_schema, ref_table, bool(home)), []))
                 entry[0].append(column)
                 entry[2].append(ref_column)
