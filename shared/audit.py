@@ -54,6 +54,19 @@ class AuditFilter:
         return self.since is None or event.time >= self.since
 
 
+def parse_since(raw: str) -> float:
+    """A time as seconds since the epoch, or an ISO 8601 time (UTC when no zone is given); ValueError otherwise."""
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"give an ISO 8601 time or seconds since the epoch, got {raw[:40]!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+
+
 def event_kind(event: AuditEvent) -> str:
     """The event's tag (`query`, `sign_in`, ...)."""
     return type(event).__struct_config__.tag  # type: ignore[return-value]

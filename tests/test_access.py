@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,8 +23,8 @@ import asyncmy
 import asyncpg
 import nats
 import pytest
-from nats.js.errors import NotFoundError
 from aiohttp.test_utils import TestClient, TestServer
+from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from services.gateway import keys
@@ -42,7 +43,7 @@ from tests.chat_support import parse_sse
 from tests.client import events
 from tests.conftest import Infra, MysqlReader, PostgresReader, mysql_connect_args, with_account
 from tests.fake_llm import FakeLLM
-from tests.harness import NatsServer, eventually
+from tests.harness import NatsServer, eventually, service_env
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
@@ -515,6 +516,13 @@ async def test_the_audit_trail_is_for_admins_only_and_filters(setup: Setup, gate
     await eventually(lambda: _nonempty(listed), "the event")
     found = await listed()
     assert [(e["kind"], e["sql"], e["source"]) for e in found] == [("query", "SELECT 1 AS one", "sales")]
+    # The same through the operator's command, as JSON lines.
+    env = service_env(NATS_URL=setup.env["NATS_URL"], NATS_SUBJECT_PREFIX=setup.env["NATS_SUBJECT_PREFIX"], AUDIT_STREAM=setup.env["AUDIT_STREAM"])
+    command = [sys.executable, "-m", "services.session.admin", "audit", "--user", uid, "--source", "sales", "--kind", "query", "--format", "jsonl"]
+    process = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert [(e["kind"], e["sql"], e["user_id"]) for e in map(json.loads, out.decode().splitlines())] == [("query", "SELECT 1 AS one", uid)]
     async with admin.get("/api/audit?limit=0") as response:
         assert response.status == 400
     async with admin.get("/api/audit?since=yesterday") as response:

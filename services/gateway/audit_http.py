@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from aiohttp import web
@@ -11,21 +10,15 @@ from services.gateway import keys
 from services.gateway.access import is_admin
 from services.gateway.audit import ERRORS
 from services.gateway.handlers import current_session
-from shared.audit import MAX_READ, AuditFilter, as_record, read_events
+from shared.audit import MAX_READ, AuditFilter, as_record, parse_since, read_events
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 
 
 def _since(raw: str) -> float:
-    """`since`: seconds since the epoch, or an ISO 8601 time (UTC when no zone is given)."""
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ServiceError(BAD_REQUEST, f"'since' must be an ISO 8601 time or seconds since the epoch, got {raw[:40]!r}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+        return parse_since(raw)
+    except ValueError as exc:
+        raise ServiceError(BAD_REQUEST, f"'since': {exc}") from None
 
 
 def audit_filter(query: Any) -> AuditFilter:
