@@ -592,3 +592,14 @@ async def test_a_jetstream_restart_mid_run_loses_no_audit_event(
         await eventually(all_there, "every audit event", timeout=30)
         found = await audit_events(env, user=uid, kind="query")
         assert len(found) == len({e.id for e in found}) == sent
+
+
+async def test_an_erasure_by_the_admin_command_is_in_the_audit_trail(setup: Setup, gateway: Gateway) -> None:
+    """(The gateway declares the audit stream at start.)"""
+    uid = f"erase-{uuid.uuid4().hex[:8]}"
+    env = service_env(**{k: setup.env[k] for k in ("NATS_URL", "NATS_SUBJECT_PREFIX", "REDIS_URL")})
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.session.admin", "erase", "--user", uid, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0 and b"erased" in out and not err, err.decode()
+    found = await audit_events(setup.env, user=uid, kind="erasure")
+    assert [(type(e).__name__, e.user_id, e.by) for e in found] == [("AuditErasure", uid, "admin erase")]

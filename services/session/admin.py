@@ -7,7 +7,7 @@
     python -m services.session.admin delete --prefix P
     python -m services.session.admin delete --user UID    # sign a user out everywhere
     python -m services.session.admin conversations list --user UID
-    python -m services.session.admin erase --user UID     # every conversation and every session of a user
+    python -m services.session.admin erase --user UID     # every conversation and every session of a user (audited when NATS_URL is set)
     python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service; `audit`
@@ -23,11 +23,14 @@ import datetime as dt
 import json
 import re
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
 import msgpack
+import msgspec
 import nats
 from redis import Redis
 from redis.exceptions import RedisError
@@ -37,7 +40,7 @@ from services.session.history_redis import index_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.audit import AuditFilter, as_record, parse_since, read_events
 from shared.config import common_nats, env_str, environ
-from shared.contracts import CONVERSATION_ID_PATTERN, AuditEvent, Subjects
+from shared.contracts import AUDIT_ERASURE, CONVERSATION_ID_PATTERN, AuditErasure, AuditEvent, Subjects
 from shared.errors import ConfigError
 from shared.logging import mask
 from shared.users import user_id
@@ -255,6 +258,27 @@ async def _read_audit(env: dict[str, str], wanted: AuditFilter) -> list[AuditEve
         await nc.close()
 
 
+async def _publish_erasure(env: dict[str, str], uid: str) -> None:
+    nats_url, prefix = common_nats(env)
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        event = AuditErasure(id=uuid.uuid4().hex, time=time.time(), user_id=uid, by="admin erase")
+        await nc.jetstream().publish(Subjects(prefix).audit(AUDIT_ERASURE), msgspec.msgpack.encode(event), timeout=5, headers={"Nats-Msg-Id": event.id})
+    finally:
+        await nc.close()
+
+
+def record_erasure(env: dict[str, str], uid: str) -> None:
+    """The erasure's audit event (docs/access.md), when NATS_URL is set; a failure is said, the erasure stands."""
+    if not env.get("NATS_URL"):
+        print("note: NATS_URL is not set, so the erasure is not in the audit trail", file=sys.stderr)
+        return
+    try:
+        asyncio.run(_publish_erasure(env, uid))
+    except Exception as exc:
+        print(f"warning: the erasure is done but not in the audit trail: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def audit(args: argparse.Namespace, env: dict[str, str], out: Any = sys.stdout) -> int:
     """`admin audit`: print the matching events as JSON lines or a table."""
     try:
@@ -311,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "conversations":
                 return admin.conversations(args.uid.strip())
             if args.command == "erase":
-                return admin.erase(args.uid.strip())
+                code = admin.erase(args.uid.strip())
+                record_erasure(env, args.uid.strip())
+                return code
         if args.uid is not None:
             if not args.uid.strip():
                 print("error: --user needs a user id", file=sys.stderr)
