@@ -119,7 +119,7 @@ class AuditTrail:
             self._wake.clear()
             while self._buffer:
                 batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
-                results = await asyncio.gather(*(self._publish(event) for event in batch), return_exceptions=True)
+                results = await self._publish_all(batch)
                 done = 0
                 for result in results:  # in order: the first failure and everything after it are sent again
                     if isinstance(result, BaseException):
@@ -145,6 +145,16 @@ class AuditTrail:
                         await self._declare()  # the stream was lost (JetStream restarted without its store): declare it again
                     except ERRORS:
                         pass
+
+    async def _publish_all(self, batch: list[AuditEvent]) -> list[BaseException | None]:
+        """Publish a batch concurrently (one event, the usual case under light load, without a task)."""
+        if len(batch) == 1:
+            try:
+                await self._publish(batch[0])
+            except Exception as exc:
+                return [exc]
+            return [None]
+        return await asyncio.gather(*(self._publish(event) for event in batch), return_exceptions=True)
 
     async def _publish(self, event: AuditEvent) -> None:
         data = msgspec.msgpack.encode(event)
