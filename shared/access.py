@@ -60,9 +60,10 @@ class Grant:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """The parsed ACCESS_POLICY; empty when unset (then every source is without a rule)."""
+    """The parsed ACCESS_POLICY; `configured` is False when it is unset (then every source is without a rule)."""
 
     rules: Mapping[str, tuple[Rule, ...]]
+    configured: bool = True
 
     def grant(self, source: str, who: Principal, *, open_without_rule: bool) -> Grant | None:
         """The first rule of `source` that matches `who`; a source without rules is open only if `open_without_rule`."""
@@ -88,7 +89,7 @@ def _matches(rule: Rule, email: str | None, domain: str | None, groups: frozense
     return bool(rule.groups and groups.intersection(rule.groups))
 
 
-EMPTY = AccessPolicy({})
+EMPTY = AccessPolicy({}, configured=False)
 
 
 def parse_policy(raw: str, variable: str = "ACCESS_POLICY") -> AccessPolicy:

@@ -23,6 +23,7 @@ import asyncmy
 import asyncpg
 import nats
 import pytest
+import structlog.testing
 from aiohttp.test_utils import TestClient, TestServer
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
@@ -314,6 +315,10 @@ def test_under_oidc_a_source_without_a_rule_is_closed_and_in_dev_open() -> None:
     assert list(visible_sources(dev, session, ["default", "sales", "other"])) == ["default", "sales", "other"]
     stranger = {"user": {"uid": "v", "email": "v@elsewhere.org"}}
     assert list(visible_sources(oidc, stranger, ["default", "sales"])) == []
+    unset = GatewayConfig.from_env({"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://issuer.example.com", "OIDC_AUDIENCE": "app"})
+    assert list(visible_sources(unset, stranger, ["default", "sales"])) == ["default", "sales"]  # no policy: as before policies
+    closed = GatewayConfig.from_env({"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://issuer.example.com", "OIDC_AUDIENCE": "app", "ACCESS_POLICY": '{"sources": {}}'})
+    assert list(visible_sources(closed, session, ["default", "sales"])) == []
 
 
 async def test_dev_login_refuses_malformed_groups(gateway: Gateway) -> None:
@@ -603,3 +608,77 @@ async def test_an_erasure_by_the_admin_command_is_in_the_audit_trail(setup: Setu
     assert process.returncode == 0 and b"erased" in out and not err, err.decode()
     found = await audit_events(setup.env, user=uid, kind="erasure")
     assert [(type(e).__name__, e.user_id, e.by) for e in found] == [("AuditErasure", uid, "admin erase")]
+
+
+def test_groups_come_from_the_claim_auth_groups_claim_names() -> None:
+    from services.gateway.auth.tokens import user_from_claims
+
+    claims = {"sub": "u1", "email": "u@example.com", "email_verified": True, "roles": ["analysts", 7, "hr"], "groups": ["ignored"]}
+    assert user_from_claims(claims, "roles")["groups"] == ["analysts", "hr"]
+    assert user_from_claims({**claims, "roles": "analysts"}, "roles")["groups"] == ["analysts"]
+    assert "groups" not in user_from_claims(claims)
+
+
+async def test_under_oidc_the_gateway_logs_once_which_sources_nobody_can_reach(setup: Setup, aiohttp_server: ServerFactory) -> None:
+    env = setup.env | {"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://issuer.example.com", "OIDC_AUDIENCE": "app"}
+    with structlog.testing.capture_logs() as logs:
+        await aiohttp_server(create_app(GatewayConfig.from_env(env)))
+
+        async def logged() -> bool:
+            return any(entry["event"] == "sources_unreachable" for entry in logs)
+
+        await eventually(logged, "the sources_unreachable line")
+    [entry] = [entry for entry in logs if entry["event"] == "sources_unreachable"]
+    assert entry["sources"] == ["default"]
+
+
+def test_activity_views_pass_the_guard_only_with_query_allow_activity_views() -> None:
+    from services.query.guard import check_read_only
+
+    with pytest.raises(ServiceError, match="QUERY_ALLOW_ACTIVITY_VIEWS"):
+        check_read_only("SELECT query FROM pg_stat_activity", "postgres")
+    check_read_only("SELECT query FROM pg_stat_activity", "postgres", allow_activity_views=True)
+    check_read_only("SELECT * FROM information_schema.processlist", "mysql", allow_activity_views=True)
+    assert QueryConfig.from_env({"QUERY_ALLOW_ACTIVITY_VIEWS": "1"}).allow_activity_views is True
+
+
+async def test_sign_out_is_in_the_audit_trail(setup: Setup, gateway: Gateway) -> None:
+    email = f"out-{uuid.uuid4().hex[:6]}@example.com"
+    user = await gateway.user(email, [])
+    async with user.post("/auth/logout") as response:
+        assert response.status == 200
+
+    async def recorded() -> bool:
+        return len(await audit_events(setup.env, user=email, kind="sign_out")) == 1
+
+    await eventually(recorded, "the sign-out event")
+
+
+async def test_while_the_stream_cannot_take_events_a_full_buffer_drops_them_and_counts_the_drops() -> None:
+    from services.gateway.audit import AuditTrail
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("gateway_audit_events_dropped_total") or 0.0
+
+    server = NatsServer(jetstream=False).start()  # a real NATS without JetStream: nothing can be stored
+    try:
+        nc = await nats.connect(server.url)
+        config = GatewayConfig.from_env({"AUDIT_BUFFER": "2"})
+        trail = AuditTrail(nc, Subjects("drop"), config)
+        before = dropped()
+        with structlog.testing.capture_logs() as logs:
+            await trail.start()
+            for i in range(5):
+                trail.record(AuditSignIn(id=f"e{i}", time=0.0, user_id=f"u{i}", method="dev"))
+
+            async def warned() -> bool:
+                return any(entry["event"] == "audit_events_buffered" for entry in logs)
+
+            await eventually(warned, "the buffered warning")
+            await trail.stop()
+            await nc.close()
+        assert dropped() - before == 3
+        assert [entry["user_id"] for entry in logs if entry["event"] == "audit_event_dropped"] == ["u2", "u3", "u4"]
+        assert [entry["events"] for entry in logs if entry["event"] == "audit_events_lost_on_stop"] == [2]
+    finally:
+        server.cleanup()

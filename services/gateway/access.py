@@ -1,8 +1,10 @@
 """Which operator sources a user may use, and as which database role: the one place handlers ask.
 
-The policy is ACCESS_POLICY (shared/access.py). A source without a rule is open in dev mode
-and closed under AUTH_MODE=firebase|oidc. A source the user may not use is answered exactly as
-an unknown one is (404 `unknown_source`), so its name is not given away.
+The policy is ACCESS_POLICY (shared/access.py). Once a policy is set, a source without a rule
+is open in dev mode and closed under AUTH_MODE=firebase|oidc; with no policy at all every
+source is open, as before policies existed (a warning says so at start under firebase/oidc).
+A source the user may not use is answered exactly as an unknown one is (404 `unknown_source`),
+so its name is not given away.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ def unknown_source(name: str) -> ServiceError:
     return ServiceError(UNKNOWN_SOURCE, f"unknown source {name!r}; GET /api/sources lists yours")
 
 
+def _open_without_rule(config: GatewayConfig) -> bool:
+    return not config.token_login or not config.access_policy.configured
+
+
 def source_grant(config: GatewayConfig, session: Mapping[str, Any], source: str | None) -> Grant:
     """The grant for `source` (None: the default source), or raise unknown_source (404)."""
     name = source or DEFAULT_SOURCE
-    found = config.access_policy.grant(name, principal(signed_in_user(session)), open_without_rule=not config.token_login)
+    found = config.access_policy.grant(name, principal(signed_in_user(session)), open_without_rule=_open_without_rule(config))
     if found is None:
         raise unknown_source(name)
     return found
@@ -48,7 +54,7 @@ def source_grant(config: GatewayConfig, session: Mapping[str, Any], source: str 
 def visible_sources(config: GatewayConfig, session: Mapping[str, Any], names: Iterable[str]) -> dict[str, Grant]:
     """The sources among `names` this user may use, with their grants, in order."""
     who = principal(signed_in_user(session))
-    open_without_rule = not config.token_login
+    open_without_rule = _open_without_rule(config)
     return {name: grant for name in names if (grant := config.access_policy.grant(name, who, open_without_rule=open_without_rule)) is not None}
 
 
@@ -74,7 +80,11 @@ UNREACHABLE_CHECK_WAIT_S = 2.0
 async def log_unreachable_sources(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: under firebase/oidc, log once which configured sources have no rule, so nobody can reach them."""
     config = app[keys.CONFIG]
-    task = asyncio.create_task(_check_unreachable(app)) if config.token_login else None
+    task = None
+    if config.token_login and not config.access_policy.configured:
+        log.warning("access_policy_unset", message=f"AUTH_MODE={config.auth_mode} and no ACCESS_POLICY: every signed-in user may use every source (docs/access.md)")
+    elif config.token_login:
+        task = asyncio.create_task(_check_unreachable(app))
     yield
     if task is not None:
         task.cancel()
