@@ -28,7 +28,6 @@ _POSTGRES = frozenset(
         "pg_stat_statements_info",
         "pg_stat_replication",
         "pg_stat_wal_receiver",
-        "pg_blocking_pids",
     }
 )
 # MySQL/MariaDB: anything named processlist, the statement-event tables, threads, and sys's session views.
