@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from shared.errors import ConfigError
+from shared.errors import UNKNOWN_SOURCE, ConfigError, ServiceError
 
 DEFAULT_SOURCE = "default"
 """The source a request that names none runs on (QUERY_DATABASE_URL)."""
@@ -36,6 +36,11 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sources: dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")], list[Rule]]
+
+
+def unknown_source(name: str) -> ServiceError:
+    """The error for a source that does not exist or that this user may not use: the same for both (404)."""
+    return ServiceError(UNKNOWN_SOURCE, f"unknown source {name!r}; GET /api/sources lists yours")
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ from aiohttp import web
 
 from services.gateway import keys
 from services.gateway.config import GatewayConfig
-from shared.access import DEFAULT_SOURCE, Grant, Principal, groups_of
-from shared.bus import request
+from shared.access import DEFAULT_SOURCE, Grant, Principal, groups_of, unknown_source
 from shared.contracts import Caller
-from shared.errors import UNKNOWN_SOURCE, ServiceError
+from shared.errors import ServiceError
 from shared.users import signed_in_user, user_id
 
 log = structlog.get_logger(__name__)
@@ -31,11 +30,6 @@ def principal(user: Mapping[str, Any] | str | None) -> Principal:
     """What a rule matches on, from a session's user map."""
     email = user.get("email") if isinstance(user, Mapping) else None
     return Principal(email if isinstance(email, str) else None, groups_of(user))
-
-
-def unknown_source(name: str) -> ServiceError:
-    """The error for a source that does not exist or that this user may not use: the same for both."""
-    return ServiceError(UNKNOWN_SOURCE, f"unknown source {name!r}; GET /api/sources lists yours")
 
 
 def _open_without_rule(config: GatewayConfig) -> bool:
@@ -95,11 +89,11 @@ async def _check_unreachable(app: web.Application) -> None:
     config = app[keys.CONFIG]
     for _ in range(UNREACHABLE_CHECK_TRIES):
         try:
-            reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=1.0)
+            reply = await app[keys.QUERY].ping(1.0)
         except ServiceError:
             await asyncio.sleep(UNREACHABLE_CHECK_WAIT_S)  # the query service is not up yet
             continue
-        closed = [name for name in reply.get("sources", []) if name not in config.access_policy.rules]
+        closed = [name for name in reply.sources if name not in config.access_policy.rules]
         if closed:
             log.warning("sources_unreachable", sources=closed, reason=f"no ACCESS_POLICY rule and AUTH_MODE={config.auth_mode} denies by default")
         return

@@ -9,7 +9,7 @@ from aiohttp import web
 from services.gateway import keys
 from services.gateway.access import is_admin
 from services.gateway.audit import ERRORS
-from services.gateway.handlers import current_session
+from services.gateway.auth.identity import current_session
 from shared.audit import MAX_READ, AuditFilter, as_record, parse_since, read_events
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 

@@ -15,9 +15,8 @@ from aiohttp import web
 
 from services.gateway import keys
 from services.gateway.access import visible_sources
+from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
-from services.gateway.handlers import current_session
-from shared.bus import request
 from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -105,20 +104,13 @@ async def sources(http_request: web.Request) -> web.Response:
     """GET /api/sources: the sources this user may use (ACCESS_POLICY), with their dialects and the database
     role each is used with (null: the source's own account), and the default (needs a session)."""
     _, session = await current_session(http_request)
-    app = http_request.app
-    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=SOURCES_TIMEOUT_S)
-    dialects = reply.get("dialects") or {}
-    grants = visible_sources(app[keys.CONFIG], session, reply.get("sources", []))
-    listed = [{"name": name, "dialect": dialects.get(name), "role": grant.role} for name, grant in grants.items()]
-    default = reply.get("default")
-    return web.json_response({"sources": listed, "default": default if default in grants else None})
+    reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
+    grants = visible_sources(http_request.app[keys.CONFIG], session, reply.sources)
+    listed = [{"name": name, "dialect": reply.dialects.get(name), "role": grant.role} for name, grant in grants.items()]
+    return web.json_response({"sources": listed, "default": reply.default if reply.default in grants else None})
 
 
 def setup(app: web.Application) -> None:
-    """Routes and headers of the web app."""
+    """The security headers on every response (the web app's routes are in routes.py)."""
     app[CSP_KEY] = content_security_policy(app[keys.CONFIG])
     app.on_response_prepare.append(security_headers)
-    app.router.add_get("/", index)
-    app.router.add_get("/assets/{name}", asset)
-    app.router.add_get("/auth/config", auth_config)
-    app.router.add_get("/api/sources", sources)

@@ -39,7 +39,7 @@ from services.session.config import key_prefix, redis_target
 from services.session.history_redis import index_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.audit import AuditFilter, as_record, parse_since, read_events
-from shared.config import common_nats, env_str, environ
+from shared.config import ServiceSettings, env_str, environ, read_one
 from shared.contracts import AUDIT_ERASURE, CONVERSATION_ID_PATTERN, AuditErasure, AuditEvent, Subjects
 from shared.errors import ConfigError
 from shared.logging import mask
@@ -249,8 +249,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _nats(env: dict[str, str]) -> tuple[str, str]:
+    """NATS_URL and NATS_SUBJECT_PREFIX, read as every service reads them."""
+    return read_one(ServiceSettings, "nats_url", env), read_one(ServiceSettings, "subject_prefix", env)
+
+
 async def _read_audit(env: dict[str, str], wanted: AuditFilter) -> list[AuditEvent]:
-    nats_url, prefix = common_nats(env)
+    nats_url, prefix = _nats(env)
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
     try:
         return await read_events(nc, env_str(env, "AUDIT_STREAM", "AUDIT"), Subjects(prefix), wanted)
@@ -259,7 +264,7 @@ async def _read_audit(env: dict[str, str], wanted: AuditFilter) -> list[AuditEve
 
 
 async def _publish_erasure(env: dict[str, str], uid: str) -> None:
-    nats_url, prefix = common_nats(env)
+    nats_url, prefix = _nats(env)
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
     try:
         event = AuditErasure(id=uuid.uuid4().hex, time=time.time(), user_id=uid, by="admin erase")

@@ -15,15 +15,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
-from nats.aio.client import Client as NATS
 
-from services.gateway.access import unknown_source
 from services.gateway.chat import prompt
-from services.gateway.schema import describe_schema
-from shared.access import Grant
-from shared.bus import request
-from shared.contracts import Subjects
+from services.gateway.clients import QueryClient
+from shared.access import Grant, unknown_source
+from shared.contracts import SchemaReply
 from shared.errors import UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -57,9 +55,8 @@ _Key = tuple[str, str | None]
 class PromptContext:
     """System prompts per source and role, fetched over NATS at most every CACHE_S; each lists only the caller's sources."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, schema_max_chars: int) -> None:
-        self._nc = nc
-        self._subjects = subjects
+    def __init__(self, query: QueryClient, schema_max_chars: int) -> None:
+        self._query = query
         self._schema_max_chars = schema_max_chars
         self._entries: dict[_Key, _Entry] = {}
         self._renewing: dict[_Key, asyncio.Task[None]] = {}
@@ -103,16 +100,16 @@ class PromptContext:
     async def _fetch(self, key: _Key) -> _Entry:
         source, role = key
         ping, overview = await asyncio.gather(
-            request(self._nc, self._subjects.query_ping, {}, timeout=TIMEOUT_S),
-            describe_schema(self._nc, self._subjects, source, None, TIMEOUT_S, role=role),
+            self._query.ping(TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S, role=role),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
             raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
-        names = tuple(str(n) for n in ping.get("sources") or ())
-        dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
-        default = str(ping.get("default") or (names[0] if names else "default"))
-        schema = overview if isinstance(overview, dict) else None
+        names = tuple(ping.sources)
+        dialects = ping.dialects
+        default = ping.default or (names[0] if names else "default")
+        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
         if schema is None:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))

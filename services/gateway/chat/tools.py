@@ -11,23 +11,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
-from services.gateway.access import unknown_source
 from services.gateway.audit import QueryAudit
 from services.gateway.chat import metrics, prompt
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
+from services.gateway.clients import QueryClient
 from services.gateway.relay import QueryResult, relay
-from services.gateway.schema import describe_schema
 from services.gateway.sse import client_outcome
-from shared.access import Grant
+from shared.access import Grant, unknown_source
 from shared.contracts import Caller, Subjects
 from shared.errors import UNKNOWN_SOURCE, ServiceError
+from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
-MAX_SQL_CHARS = 100_000
 
 
 @dataclass
@@ -37,6 +37,7 @@ class ToolContext:
 
     nc: NATS
     subjects: Subjects
+    query: QueryClient
     ui: UIStream
     source: str | None
     stream_idle_s: float
@@ -119,7 +120,7 @@ async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, t
     stream = ctx.ui.tool(call_id)
     try:
         grant = ctx.grant_for(source)
-        reply = await describe_schema(ctx.nc, ctx.subjects, grant.source, tables, SCHEMA_TIMEOUT_S, role=grant.role)
+        reply = msgspec.to_builtins(await ctx.query.schema(grant.source, tables, SCHEMA_TIMEOUT_S, role=grant.role))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)
