@@ -37,7 +37,7 @@ from services.query.service import create_service as create_query_service
 from services.session.config import SessionConfig
 from services.session.service import create_service as create_session_service
 from shared.audit import AuditFilter, read_events
-from shared.contracts import AuditQuery, AuditSignIn, Subjects
+from shared.contracts import AuditQuery, AuditSignIn, Caller, Subjects
 from shared.errors import ConfigError, ServiceError
 from tests import fake_llm
 from tests.chat_support import parse_sse
@@ -402,6 +402,17 @@ async def test_a_policy_role_that_can_write_or_is_not_granted_refuses_its_source
     finally:
         await admin.execute(f"DROP OWNED BY {writer}; DROP ROLE {login}; DROP ROLE {writer}; DROP ROLE {stranger}")
         await admin.close()
+
+
+async def test_a_mariadb_connection_keeps_no_role_after_the_query_that_took_it(setup: Setup, my_reader: MysqlReader) -> None:
+    sources = Sources({"m": my_reader.url(setup.my_database)}, EngineSettings(pool_size=1), roles={"m": (setup.my_a,)})
+    try:
+        engine = await sources.open(sources.resolve("m"))
+        assert [row async for row in engine.iterate("SELECT v FROM t_a", 5.0, caller=Caller(role=setup.my_a))] == [("for-a",)]
+        with pytest.raises(ServiceError, match="denied"):  # the one pooled connection, reset: the account alone
+            [row async for row in engine.iterate("SELECT v FROM t_a", 5.0)]
+    finally:
+        await sources.close()
 
 
 # --- no cross-user visibility -----------------------------------------------------------------

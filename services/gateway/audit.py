@@ -10,6 +10,7 @@ refused with 503 before it runs while the stream cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -65,6 +66,8 @@ class AuditTrail:
         self._stream = config.audit_stream
         self._buffer: deque[AuditEvent] = deque()
         self._wake = asyncio.Event()
+        self._empty = asyncio.Event()  # set while nothing waits to be published
+        self._empty.set()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -83,10 +86,9 @@ class AuditTrail:
         """Give the buffered events FLUSH_ON_STOP_S to reach the stream, then log what is lost."""
         if self._task is None:
             return
-        deadline = time.monotonic() + FLUSH_ON_STOP_S
-        while self._buffer and not self._failing and time.monotonic() < deadline:
-            self._wake.set()
-            await asyncio.sleep(0.01)
+        if not self._failing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), FLUSH_ON_STOP_S)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         if self._buffer:
@@ -110,6 +112,7 @@ class AuditTrail:
             return
         self._buffer.append(event)
         BUFFERED.set(len(self._buffer))
+        self._empty.clear()
         self._wake.set()
 
     async def _publish_loop(self) -> None:
@@ -128,6 +131,8 @@ class AuditTrail:
                 for _ in range(done):
                     PUBLISHED.labels(event_kind(self._buffer.popleft())).inc()
                 BUFFERED.set(len(self._buffer))
+                if not self._buffer:
+                    self._empty.set()
                 if done == len(batch):
                     if self._failing:
                         log.info("audit_stream_recovered", stream=self._stream, buffered=len(self._buffer))

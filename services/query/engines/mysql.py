@@ -130,7 +130,7 @@ class MysqlCursor(Cursor):
 async def act_as(conn: Any, caller: Caller | None) -> None:
     """Inside the read-only transaction: SET ROLE to the caller's role, whose grants then apply beside the
     account's own (give the account none of its own on the data; docs/access.md). COM_RESET_CONNECTION
-    clears it before the connection is reused."""
+    keeps the current role, so `_reset` sets it to NONE before the connection is reused."""
     if caller is not None and caller.role is not None:
         async with conn.cursor() as cur:
             await cur.execute(f"SET ROLE {quote_role(caller.role)}")
@@ -209,7 +209,7 @@ class MysqlEngine(Engine):
         finally:
             if cursor is not None and cursor.exhausted:
                 finished = True
-            await asyncio.shield(self._release(conn, finished))
+            await asyncio.shield(self._release(conn, finished, had_role=caller is not None and caller.role is not None))
 
     async def _prepare_session(self, conn: Any, timeout_s: float) -> None:
         await conn._execute_command(_COM_SET_OPTION, _MULTI_STATEMENTS_OFF)
@@ -222,11 +222,11 @@ class MysqlEngine(Engine):
             await cur.execute(limit)
             await cur.execute("START TRANSACTION READ ONLY")
 
-    async def _release(self, conn: Any, finished: bool) -> None:
+    async def _release(self, conn: Any, finished: bool, *, had_role: bool = False) -> None:
         """Back to the pool, reset, when the result was read to the end; else KILL QUERY and drop it."""
         if finished and conn.connected:
             try:
-                await asyncio.wait_for(self._reset(conn), self.settings.connect_timeout_s)
+                await asyncio.wait_for(self._reset(conn, had_role), self.settings.connect_timeout_s)
             except Exception as exc:
                 log.warning("mysql_reset_failed", source=self.name, error=_text(exc))
                 conn.close()
@@ -237,17 +237,20 @@ class MysqlEngine(Engine):
             conn.close()
         self._pool.release(conn)
 
-    async def _reset(self, conn: Any) -> None:
+    async def _reset(self, conn: Any, had_role: bool = False) -> None:
         """Nothing the query did outlives it: roll back, free named locks, reset the session.
 
         COM_RESET_CONNECTION (asyncmy has no call for it; MySQL 5.7+, MariaDB 10.2+) clears
         user variables, session variables, temporary tables and prepared statements, and
         keeps the connection's character set. RELEASE_ALL_LOCKS() comes first because not
-        every server version frees GET_LOCK() locks on a reset.
+        every server version frees GET_LOCK() locks on a reset. It keeps the current role
+        (MariaDB 10.11), so a query run as an ACCESS_POLICY role (`had_role`) ends with SET ROLE NONE.
         """
         await conn.rollback()
         async with conn.cursor() as cur:
             await cur.execute("SELECT RELEASE_ALL_LOCKS()")
+            if had_role:
+                await cur.execute("SET ROLE NONE")
         await conn._execute_command(_COM_RESET_CONNECTION, b"")
         await conn._read_ok_packet()
         if not conn.get_autocommit():  # the reset takes the server's default
