@@ -1,12 +1,14 @@
 """`python -m bench.audit`: what the audit trail costs a query, with and without it, in one run.
 
 nats-server (JetStream), redis-server, and the session and query services run as processes;
-two gateways run in this process (on uvloop, as the gateway runs), built by `create_app` from the same settings. One records
-every query in the AUDIT stream as in production; the other has its trail's `record` replaced
-by one that drops the event, so nothing is published. The client alternates between them in
-rounds, so that both see the same load on a shared machine:
+two gateways run in this process (on uvloop, as the gateway runs), built by `create_app` from
+the same settings. One records every query in the AUDIT stream as in production; the other has
+its trail's `record` replaced by one that drops the event, so nothing is published. The client
+alternates between them, one query each in turn, so that both see the same load on a shared
+machine:
 
-- small-query latency: POST /api/query of `SELECT 1` read to [DONE], median and p95;
+- small-query latency: POST /api/query of `SELECT 1` read to [DONE], median and p95, and the
+  median of the differences of back-to-back pairs (one query through each gateway, in turn);
 - rows/s of a 100,000-row x 5-column result.
 
 Goal: the audit trail adds at most 5 % or 0.3 ms to the small query's median latency.
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -85,10 +88,9 @@ async def measure(env: dict[str, str], rounds: int, per_round: int, big_runs: in
                 for _ in range(20):  # warm: connections, pools, the stream
                     await small_query(sessions[name], url)
             order = list(urls)
-            for r in range(rounds):
-                for name in order if r % 2 == 0 else reversed(order):
-                    for _ in range(per_round):
-                        results[name]["latency_ms"].append(await small_query(sessions[name], urls[name]))
+            for i in range(rounds * per_round):  # one query each, in turn: a pair sees the same load
+                for name in order if i % 2 == 0 else reversed(order):
+                    results[name]["latency_ms"].append(await small_query(sessions[name], urls[name]))
             for r in range(big_runs):
                 for name in order if r % 2 == 0 else reversed(order):
                     rows, seconds, _ = await stream_query(sessions[name], urls[name], "SELECT id, qty, price, name, created FROM t", "bench", ROWS)
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir.rmdir()
 
     with_audit, without = results["with audit"], results["without audit"]
-    med_with, med_without = statistics.median(with_audit["latency_ms"]), statistics.median(without["latency_ms"])
-    added = med_with - med_without
+    med_without = statistics.median(without["latency_ms"])
+    # The median of paired differences: each pair ran back to back, so load spikes mostly cancel.
+    added = statistics.median(a - b for a, b in zip(with_audit["latency_ms"], without["latency_ms"], strict=True))
     ratio = added / med_without if med_without else 0.0
     print()
     print(f"| gateway | small query median ms | p95 ms | rows/s ({ROWS:,} rows, median) |")
@@ -155,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {statistics.median(figures['latency_ms']):.2f} | {p95(figures['latency_ms']):.2f} | {statistics.median(figures['rows_per_s']):,.0f} |")
     rows_ratio = statistics.median(with_audit["rows_per_s"]) / statistics.median(without["rows_per_s"]) - 1
     met = added <= GOAL_MS or ratio <= GOAL_RATIO
-    print(f"\naudit adds {added:+.3f} ms ({ratio:+.1%}) to the small query's median, {rows_ratio:+.1%} to rows/s; goal <= 5 % or <= 0.3 ms: {'met' if met else 'MISSED'}")
+    pairs = len(without["latency_ms"])
+    print(f"\naudit adds {added:+.3f} ms ({ratio:+.1%}) to a small query (median of {pairs} back-to-back pairs), {rows_ratio:+.1%} to rows/s")
+    print(f"goal <= 5 % or <= 0.3 ms: {'met' if met else 'MISSED'}")
     sent = 20 + args.rounds * args.per_round + args.big_runs
     print(f"audit events stored: {events} (the audited gateway sent {sent} queries and 1 sign-in)")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
