@@ -22,7 +22,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.parser import Parser
 from sqlglot.tokens import Token, TokenType
 
-from services.query.guard.lexing import CANNOT_ANALYSE, cannot_analyse, check_mysql_comments, normalize_postgres, postgres_name
+from services.query.guard.lexing import CANNOT_ANALYSE, cannot_analyse, normalize_mysql, normalize_postgres, postgres_name
 from services.query.guard.policy import (
     MYSQL_SYNTAX_CALLS,
     PG_SYNTAX_CALLS,
@@ -82,6 +82,9 @@ _REFUSED_NODES: tuple[type[exp.Expression], ...] = (
     exp.Show,
 )
 
+# Each server's own tokenisation, before sqlglot's (guard/lexing.py); SQLite's is sqlglot's.
+_LEXERS = {"postgres": normalize_postgres, "mysql": normalize_mysql}
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}
 
@@ -122,9 +125,7 @@ def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None
     """
     if policy is None:
         policy = default_policy(dialect)
-    if dialect == "mysql":
-        check_mysql_comments(sql)
-    text = normalize_postgres(sql) if dialect == "postgres" else sql
+    text = _LEXERS[dialect](sql) if dialect in _LEXERS else sql
     grammar = Dialect.get_or_raise(dialect)
     try:
         tokens = grammar.tokenize(text)
