@@ -59,6 +59,12 @@ class QueryConfig:
     # Serve sources whose database account can do more than read (docs/query-account.md);
     # a warning is logged on every start while it is on.
     allow_privileged: bool = False
+    # Server-side bounds per statement (docs/query-guard.md#server-side-resources): PostgreSQL's
+    # work_mem and temp_file_limit (memory units as the server writes them; "-1" turns the
+    # temp-file limit off), MariaDB's max_session_mem_used in bytes.
+    pg_work_mem: str = "4MB"
+    pg_temp_file_limit: str = "1GB"
+    mysql_max_mem_bytes: int = 256 * 1024 * 1024
     # Source name -> the operator's own read-only functions, (schema or None, name), added to the guard's allow rule.
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = field(default_factory=dict)
 
@@ -113,7 +119,21 @@ class QueryConfig:
             max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
             allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
             allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
+            pg_work_mem=pg_memory(env, "QUERY_PG_WORK_MEM", "4MB"),
+            pg_temp_file_limit=pg_memory(env, "QUERY_PG_TEMP_FILE_LIMIT", "1GB", off="-1"),
+            mysql_max_mem_bytes=env_int(env, "QUERY_MYSQL_MAX_MEM_BYTES", 256 * 1024 * 1024, minimum=8192),
         )
+
+
+_PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
+
+
+def pg_memory(env: Mapping[str, str], name: str, default: str, off: str | None = None) -> str:
+    """A PostgreSQL memory setting as the server writes it (`64MB`, `512kB`, `1GB`; bare numbers are kB)."""
+    value = env_str(env, name, default)
+    if value == off or _PG_MEMORY.match(value):
+        return value
+    raise ConfigError(f"{name} must be a PostgreSQL memory size such as 64MB, 512kB or 1GB{f' (or {off} for no limit)' if off else ''}, got {value!r}")
 
 
 def parse_sources(raw: str) -> dict[str, str]:

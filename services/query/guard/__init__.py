@@ -97,6 +97,7 @@ _GRAMMAR_WORDS = frozenset(
     rows range groups ordinality similar to escape at zone collate operator interval div regexp rlike match against
     mode natural straight_join fetch first next percent ties for both leading trailing placing passing columns path
     default asc desc last nulls symmetric asymmetric current preceding following unbounded exclude end null true false
+    year month day hour minute second
     """.split()
 ) | {"partition by", "group by", "order by", "grouping sets", "within group", "union all", "distinct on", "cluster by", "sort by"}
 # PostgreSQL's reserved keywords: unquoted, one of these before `(` is never a function call.
@@ -184,8 +185,14 @@ def _name(token: Token, dialect: str) -> tuple[str, bool]:
 
 
 def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, policy: FunctionPolicy) -> None:
-    """Every `name(` in the token stream is a call to check, unless the AST shows it is an alias's column list."""
+    """Every `name(` in the token stream is a call to check, unless the server reads it as grammar.
+
+    What sqlglot calls a token (a keyword, a type, JSON or collation syntax) does not decide
+    it: a name is grammar only when the server's own keywords say so (`policy.grammar`), or
+    when it looks like grammar and no function of that name exists (`policy.knows`).
+    """
     alias_starts = {node.meta["start"] for node in statement.find_all(exp.Identifier) if isinstance(node.parent, exp.TableAlias) and "start" in node.meta}
+    relations = _relations(statement, dialect)
     count = len(tokens)
     run: list[Token] = []
     for i, token in enumerate(tokens):
@@ -207,7 +214,8 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
         before = tokens[i - 1].token_type if i > 0 else None
         calls = i + 1 < count and tokens[i + 1].token_type == TokenType.L_PAREN
         if before == TokenType.DOT and not calls:
-            reason = policy.attribute_refusal(name)
+            qualifier = _name(tokens[i - 2], dialect)[0] if i >= 2 and tokens[i - 2].token_type in _NAME_TOKENS else None
+            reason = policy.attribute_refusal(name, relations.get(qualifier) if qualifier else None)
             if reason:
                 raise ServiceError(QUERY_REFUSED, reason)
             continue
@@ -218,24 +226,51 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
                 raise cannot_analyse(f"a call to .{name}() without a schema")
             schema, _ = _name(tokens[i - 2], dialect)
             _refuse_unless_allowed(policy, schema, name)
-        elif token.token_type in _NAME_TOKENS:
-            if token.start in alias_starts:
-                continue
-            if not quoted and dialect == "postgres" and name in _PG_RESERVED:
-                continue
-            if before == TokenType.TABLE_SAMPLE:
-                if name not in _TABLESAMPLE_METHODS:
-                    raise ServiceError(QUERY_REFUSED, f"the TABLESAMPLE method {name} is not allowed (only BERNOULLI and SYSTEM)")
-                continue
-            if not quoted and (name in _syntax_calls(dialect) or (name == "repeatable" and _after_tablesample(tokens, i))):
-                continue
-            _refuse_unless_allowed(policy, None, name)
-        elif not _WORD_TEXT.match(token.text) or name in _GRAMMAR_WORDS or name in _syntax_calls(dialect) or _is_type_modifier(tokens, i):
-            continue  # punctuation such as `, (` or `) (`, or grammar
-        else:
-            _refuse_unless_allowed(policy, None, name)
+            continue
+        word = token.token_type in _NAME_TOKENS or bool(_WORD_TEXT.match(token.text))
+        if not word or token.start in alias_starts:
+            continue  # punctuation such as `, (` or `) (`, or an alias's column list
+        if before == TokenType.TABLE_SAMPLE:
+            if name not in _TABLESAMPLE_METHODS:
+                raise ServiceError(QUERY_REFUSED, f"the TABLESAMPLE method {name} is not allowed (only BERNOULLI and SYSTEM)")
+            continue
+        if not quoted and _is_grammar(tokens, i, name, dialect, policy):
+            continue
+        _refuse_unless_allowed(policy, None, name)
     if run:
         _check_operator(run, policy)
+
+
+def _is_grammar(tokens: list[Token], i: int, name: str, dialect: str, policy: FunctionPolicy) -> bool:
+    """Whether the unquoted `name (` at `i` is grammar to the server (see `_check_calls`)."""
+    if policy.grammar(name) or (dialect == "postgres" and name in _PG_RESERVED):
+        return True
+    if name == "repeatable" and _after_tablesample(tokens, i):
+        return True
+    before = tokens[i - 1].token_type if i > 0 else None
+    if dialect == "mysql" and (before == TokenType.R_PAREN or (name == "columns" and before == TokenType.STRING)):
+        return True  # `MATCH (a) AGAINST (`, JSON_TABLE's `'$' COLUMNS (`: no call can follow a value directly
+    looks_like_grammar = tokens[i].token_type not in _NAME_TOKENS or name in _GRAMMAR_WORDS or name in _syntax_calls(dialect) or _is_type_modifier(tokens, i)
+    return looks_like_grammar and not policy.knows(name)
+
+
+def _relations(statement: exp.Expression, dialect: str) -> dict[str, str]:
+    """Names a query uses for its tables (alias, or the table's own name), each mapped to the table; CTEs left out."""
+    ctes = {cte.alias_or_name for cte in statement.find_all(exp.CTE)}
+    found: dict[str, str | None] = {}
+    for table in statement.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier) or table.name in ctes:
+            continue
+        key = table.alias_or_name
+        if dialect == "postgres":
+            alias = table.args.get("alias")
+            ident = alias.this if alias is not None and isinstance(alias.this, exp.Identifier) else table.this
+            key = postgres_name(ident.name, bool(ident.args.get("quoted")))
+            relation = postgres_name(table.this.name, bool(table.this.args.get("quoted")))
+        else:
+            relation = table.name
+        found[key] = relation if found.get(key, relation) == relation else None
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _syntax_calls(dialect: str) -> frozenset[str]:
