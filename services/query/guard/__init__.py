@@ -243,14 +243,17 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
 
 def _is_grammar(tokens: list[Token], i: int, name: str, dialect: str, policy: FunctionPolicy) -> bool:
     """Whether the unquoted `name (` at `i` is grammar to the server (see `_check_calls`)."""
-    if policy.grammar(name) or (dialect == "postgres" and name in _PG_RESERVED):
-        return True
     if name == "repeatable" and _after_tablesample(tokens, i):
         return True
     before = tokens[i - 1].token_type if i > 0 else None
-    if dialect == "mysql" and (before == TokenType.R_PAREN or (name == "columns" and before == TokenType.STRING)):
-        return True  # `MATCH (a) AGAINST (`, JSON_TABLE's `'$' COLUMNS (`: no call can follow a value directly
     looks_like_grammar = tokens[i].token_type not in _NAME_TOKENS or name in _GRAMMAR_WORDS or name in _syntax_calls(dialect) or _is_type_modifier(tokens, i)
+    if dialect == "mysql":
+        if before == TokenType.R_PAREN or (name == "columns" and before == TokenType.STRING):
+            return True  # `MATCH (a) AGAINST (`, JSON_TABLE's `'$' COLUMNS (`: no call can follow a value directly
+        # A stored function may take any name but a reserved word; MariaDB's native functions are checked by name.
+        return looks_like_grammar and policy.grammar(name)
+    if policy.grammar(name) or (dialect == "postgres" and name in _PG_RESERVED):
+        return True
     return looks_like_grammar and not policy.knows(name)
 
 
