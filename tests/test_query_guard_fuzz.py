@@ -36,7 +36,7 @@ from services.query.engines.mysql import lexing_sql_mode
 from services.query.guard import FunctionPolicy, PgCatalog, check_read_only, default_policy
 from services.query.guard.lexing import check_mysql_comments
 from shared.errors import ServiceError
-from tests.conftest import Databases, MysqlReader, PostgresReader, mysql_connect_args
+from tests.conftest import MysqlReader, PostgresReader, mysql_connect_args
 from tests.readers import mariadb_database, postgres_schema
 
 EXAMPLES = int(os.environ.get("GUARD_FUZZ_EXAMPLES", "100"))
@@ -54,12 +54,12 @@ def _pg_calls(schema: str) -> list[str]:
     calls = [f"{name}(1)" for name in PG_CANARIES] + [
         '"canary"(1)',
         'U&"\\0063anary"(1)',
-        'U&"!0063anary" UESCAPE \'!\' (1)',
+        "U&\"!0063anary\" UESCAPE '!' (1)",
         f"{schema}.canary(1)",
         f'"{schema}"."canary"(1)',
         "CANARY(1)",
         "(1).canary",
-        "(1).\"canary\"",
+        '(1)."canary"',
         "t.canary",
         "(t.x).canary",
         "x.canary",
@@ -88,7 +88,7 @@ def statements(calls: list[str], columns: str) -> st.SearchStrategy[str]:
     char = st.sampled_from(PLAIN_CHARS + ODD_CHARS)
     filler = st.text(alphabet=char, max_size=3)
     opener = st.one_of(
-        st.sampled_from(["", "-- ", "#", "/*", "/* /*", "/*!", "/*M!", "/*+", "'", '"', "`", "$$", "$a$", "E'", "e'\\", "U&'", "U&\"", "N'", "X'", "_utf8mb4'", "\\"]),
+        st.sampled_from(["", "-- ", "#", "/*", "/* /*", "/*!", "/*M!", "/*+", "'", '"', "`", "$$", "$a$", "E'", "e'\\", "U&'", 'U&"', "N'", "X'", "_utf8mb4'", "\\"]),
         st.builds(lambda c: "--" + c, char),
     )
     closer = st.sampled_from(["", "\n", "\r\n", "*/", "'", '"', "`", "$$", "$a$", "\\'", "''", "' UESCAPE '!'"])

@@ -352,8 +352,7 @@ def undecodable_text(exc: UnicodeDecodeError) -> ServiceError:
     """A text column whose bytes are not valid UTF-8 (`CAST(X'EDA080' AS CHAR)`): a clear error, as SQLite gives."""
     return ServiceError(
         QUERY_FAILED,
-        f"a text value of the result is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-        "select it as bytes instead (CAST(… AS BINARY) comes back as base64)",
+        f"a text value of the result is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); select it as bytes instead (CAST(… AS BINARY) comes back as base64)",
     )
 
 

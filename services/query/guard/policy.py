@@ -286,9 +286,7 @@ class PgCatalog:
     async def load(cls, conn: Any) -> PgCatalog:
         """Read the catalog through an asyncpg connection."""
         functions = [
-            PgFunction(
-                r["oid"], r["nspname"], r["proname"], r["volatility"], r["kind"], r["lanname"], r["nargs"], r["type_io"], tuple(r["support"] or ()), r["nargdefaults"], r["variadic"]
-            )
+            PgFunction(r["oid"], r["nspname"], r["proname"], r["volatility"], r["kind"], r["lanname"], r["nargs"], r["type_io"], tuple(r["support"] or ()), r["nargdefaults"], r["variadic"])
             for r in await conn.fetch(CATALOG_SQL)
         ]
         operators = [(r["oprname"], r["code"]) for r in await conn.fetch(OPERATORS_SQL)]
