@@ -433,3 +433,84 @@ async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused
             else:
                 slipped.append(sql)
     assert not slipped, "native functions the guard let through:\n" + "\n".join(slipped)
+
+
+# --- Issue 18: what the guard used to refuse, and now runs; server-side resources ---------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT interval '1.5' second(1)::text", [("PT1.5S",)]),
+        ("SELECT COLLATION FOR ('a'::text), collation for ('b' COLLATE \"C\")", [('"default"', '"C"')]),
+        ("SELECT count(*) OVER () FROM generate_series(1, 2) g", [(2,), (2,)]),
+        ("SELECT count(*) FILTER (WHERE g > 1) FROM generate_series(1, 2) g", [(1,)]),
+        ("SELECT s.setseed FROM (SELECT 3 AS setseed) s", [(3,)]),
+        ("WITH c AS (SELECT 4 AS nextval) SELECT c.nextval FROM c", [(4,)]),
+    ],
+)
+async def test_postgres_syntax_the_guard_used_to_refuse_runs(pg_engine: Engine, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    assert await guarded_rows(pg_engine, sql) == expected
+
+
+async def test_a_column_named_like_a_function_is_read_as_the_column(pg_reader: PostgresReader) -> None:
+    """`t.setseed` is the column when the table has one (the server resolves columns first), so it runs."""
+    async with postgres_schema(pg_reader, "CREATE TABLE {s}.seeds AS SELECT 7 AS setseed, 8 AS nextval") as schema:
+        engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=1))
+        await engine.open()
+        try:
+            assert await guarded_rows(engine, f"SELECT t.setseed, seeds.nextval FROM {schema}.seeds t, {schema}.seeds") == [(7, 8)]
+            with pytest.raises(ServiceError) as caught:  # a subquery without that column: the server would call setseed(x)
+                check_read_only(f"SELECT x.setseed FROM (SELECT 0.5 AS y) x, {schema}.seeds t", "postgres", engine.function_policy())
+            assert caught.value.code == QUERY_REFUSED and "setseed" in caught.value.message
+        finally:
+            await engine.close()
+
+
+async def test_mariadb_json_table_columns_runs(my_engine: Engine) -> None:
+    sql = "SELECT jt.a, jt.b FROM JSON_TABLE('[{\"a\": 1, \"b\": [5]}]', '$[*]' COLUMNS (a INT PATH '$.a', NESTED PATH '$.b[*]' COLUMNS (b INT PATH '$'))) AS jt"
+    assert await guarded_rows(my_engine, sql) == [(1, 5)]
+
+
+async def test_mariadb_text_that_is_not_utf8_is_a_clear_error(my_engine: Engine) -> None:
+    with pytest.raises(ServiceError) as caught:
+        await guarded_rows(my_engine, "SELECT CAST(X'EDA080' AS CHAR)")
+    assert caught.value.code == QUERY_FAILED and "not valid UTF-8" in caught.value.message
+    assert await guarded_rows(my_engine, "SELECT 1") == [(1,)], "the source still serves queries"
+
+
+async def test_txid_current_runs_in_a_read_only_transaction_and_the_refusal_says_so(pg_reader: PostgresReader, pg_engine: Engine) -> None:
+    conn = await asyncpg.connect(pg_reader.url)
+    try:
+        async with conn.transaction(readonly=True):
+            assert await conn.fetchval("SELECT txid_current()") > 0
+    finally:
+        await conn.close()
+    with pytest.raises(ServiceError) as caught:
+        check_read_only("SELECT txid_current()", "postgres", pg_engine.function_policy())
+    assert "even a read-only transaction" in caught.value.message and "refuses it anyway" not in caught.value.message
+
+
+async def test_postgres_statements_run_under_the_configured_work_mem_and_temp_file_limit(pg_items: Reader) -> None:
+    engine = create_engine("pg", pg_items.url, EngineSettings(pool_size=1, pg_work_mem="1234kB", pg_temp_file_limit="2MB"))
+    await engine.open()
+    try:
+        rows = await guarded_rows(engine, "SELECT current_setting('work_mem'), current_setting('temp_file_limit')")
+        assert rows == [("1234kB", "2MB")]
+        with pytest.raises(ServiceError) as caught:  # a sort that spills more than 2 MB to disk is stopped by the server
+            await guarded_rows(engine, "SELECT count(*) FROM (SELECT g, md5(g::text) FROM generate_series(1, 300000) g ORDER BY 2) s")
+        assert caught.value.code == QUERY_FAILED and "temp_file_limit" in caught.value.message
+    finally:
+        await engine.close()
+
+
+async def test_mariadb_statements_run_under_a_memory_bound(my_items: Reader) -> None:
+    engine = create_engine("my", my_items.url, EngineSettings(pool_size=1, mysql_max_mem_bytes=8 * 1024 * 1024))
+    await engine.open()
+    try:
+        assert await guarded_rows(engine, "SELECT @@max_session_mem_used") == [(8 * 1024 * 1024,)]
+        with pytest.raises(ServiceError) as caught:
+            await guarded_rows(engine, "SELECT COUNT(*) FROM (SELECT MD5(seq) AS m FROM seq_1_to_300000 GROUP BY m) AS t")
+        assert caught.value.code == QUERY_FAILED and "max-session-mem-used" in caught.value.message
+    finally:
+        await engine.close()

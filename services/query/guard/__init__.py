@@ -193,6 +193,7 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
     """
     alias_starts = {node.meta["start"] for node in statement.find_all(exp.Identifier) if isinstance(node.parent, exp.TableAlias) and "start" in node.meta}
     relations = _relations(statement, dialect)
+    derived = _derived_columns(statement, dialect)
     count = len(tokens)
     run: list[Token] = []
     for i, token in enumerate(tokens):
@@ -215,6 +216,8 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
         calls = i + 1 < count and tokens[i + 1].token_type == TokenType.L_PAREN
         if before == TokenType.DOT and not calls:
             qualifier = _name(tokens[i - 2], dialect)[0] if i >= 2 and tokens[i - 2].token_type in _NAME_TOKENS else None
+            if qualifier is not None and name in derived.get(qualifier, ()):
+                continue  # a column of a subquery or CTE the query names
             reason = policy.attribute_refusal(name, relations.get(qualifier) if qualifier else None)
             if reason:
                 raise ServiceError(QUERY_REFUSED, reason)
@@ -246,15 +249,45 @@ def _is_grammar(tokens: list[Token], i: int, name: str, dialect: str, policy: Fu
     if name == "repeatable" and _after_tablesample(tokens, i):
         return True
     before = tokens[i - 1].token_type if i > 0 else None
+    if before in (TokenType.R_PAREN, TokenType.STRING):
+        # No call can follow a value directly: `count(*) FILTER (`, `OVER (`, `MATCH (a) AGAINST (`,
+        # `interval '1' second(3)`, JSON_TABLE's `'$' COLUMNS (`.
+        return True
     looks_like_grammar = tokens[i].token_type not in _NAME_TOKENS or name in _GRAMMAR_WORDS or name in _syntax_calls(dialect) or _is_type_modifier(tokens, i)
     if dialect == "mysql":
-        if before == TokenType.R_PAREN or (name == "columns" and before == TokenType.STRING):
-            return True  # `MATCH (a) AGAINST (`, JSON_TABLE's `'$' COLUMNS (`: no call can follow a value directly
-        # A stored function may take any name but a reserved word; MariaDB's native functions are checked by name.
-        return looks_like_grammar and policy.grammar(name)
+        # A stored function may take any name but a reserved word or a type (`DATETIME(6)`); native functions are checked by name.
+        return _is_type_modifier(tokens, i) or (looks_like_grammar and policy.grammar(name))
     if policy.grammar(name) or (dialect == "postgres" and name in _PG_RESERVED):
         return True
     return looks_like_grammar and not policy.knows(name)
+
+
+def _derived_columns(statement: exp.Expression, dialect: str) -> dict[str, frozenset[str]]:
+    """The output columns of each aliased subquery and CTE whose select list names them all (no `*`)."""
+    found: dict[str, frozenset[str]] = {}
+    for node in (*statement.find_all(exp.Subquery), *statement.find_all(exp.CTE)):
+        query, alias = node.this, node.args.get("alias")
+        if alias is None or not isinstance(alias.this, exp.Identifier) or not isinstance(query, exp.Select) or alias.columns:
+            continue
+        if any(isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star) for e in query.expressions):
+            continue
+        names = [_identifier_name(e.args["alias"] if isinstance(e, exp.Alias) else e.this, dialect) for e in query.expressions if isinstance(e, (exp.Alias, exp.Column))]
+        key = _identifier_name(alias.this, dialect)
+        found[key] = found[key] & frozenset(names) if key in found else frozenset(names)
+    ctes = {cte.alias_or_name for cte in statement.find_all(exp.CTE)}
+    for table in statement.find_all(exp.Table):  # a table of the same name elsewhere: not sure which one `x.` means
+        alias = table.args.get("alias")
+        if alias is None and table.name in ctes:
+            continue
+        found.pop(_identifier_name(alias.this if alias is not None else table.this, dialect), None)
+    return found
+
+
+def _identifier_name(ident: exp.Expression, dialect: str) -> str:
+    if not isinstance(ident, exp.Identifier):
+        return ""
+    quoted = bool(ident.args.get("quoted"))
+    return postgres_name(ident.name, quoted) if dialect == "postgres" else ident.name.lower()
 
 
 def _relations(statement: exp.Expression, dialect: str) -> dict[str, str]:

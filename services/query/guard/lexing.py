@@ -248,6 +248,10 @@ def normalize_postgres(sql: str) -> str:
                 end = _escape_string_end(sql, j)
                 out.append(sql[i:end])
                 i = end
+            elif word.lower() == "collation" and (call := _collation_for(sql, j)):
+                # `COLLATION FOR (x)` is the server's grammar for pg_catalog.pg_collation_for(x); sqlglot cannot read it.
+                out.append("pg_catalog.pg_collation_for")
+                i = call
             else:
                 out.append(word)
                 i = j
@@ -255,6 +259,16 @@ def normalize_postgres(sql: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
+
+
+def _collation_for(sql: str, i: int) -> int | None:
+    """After the word COLLATION ending at `i`: where the `(` of a following `FOR (` is, if there is one."""
+    j = _skip_space(sql, i)
+    word = _WORD.match(sql, j)
+    if word is None or sql[j : word.end()].lower() != "for":
+        return None
+    k = _skip_space(sql, word.end())
+    return k if sql.startswith("(", k) else None
 
 
 def _line_end(sql: str, i: int) -> int:
