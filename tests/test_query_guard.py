@@ -404,3 +404,30 @@ def test_allowed_functions_for_an_unknown_source_fail_at_start() -> None:
     with pytest.raises(ConfigError) as caught:
         QueryConfig.from_env({"QUERY_DATABASE_URL": "sqlite:///x.db", "QUERY_ALLOWED_FUNCTIONS": "nosuch:f"})
     assert "QUERY_ALLOWED_FUNCTIONS names source 'nosuch'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql", "builder"),
+    [
+        *[
+            (dialect, sql, builder)
+            for dialect in ("mysql", "postgres")
+            for sql, builder in [
+                ("SELECT repeat('ab', 300000)", "repeat()"),
+                ("SELECT lpad('x', 1e9)", "lpad()"),
+                ("SELECT RPAD('x', 600000, '-')", "rpad()"),
+                ("SELECT repeat(repeat('a', 1000), 1000)", "repeat()"),
+            ]
+        ],
+        ("mysql", "SELECT SPACE(2000000)", "space()"),
+    ],
+)
+def test_a_value_builder_with_literal_sizes_over_the_cell_limit_is_refused(dialect: str, sql: str, builder: str, pg_catalog: PgCatalog) -> None:
+    with pytest.raises(ServiceError) as caught:
+        check_read_only(sql, dialect, policy_for(dialect, pg_catalog), max_value_bytes=512 * 1024)
+    assert caught.value.code == QUERY_REFUSED and builder in caught.value.message and "QUERY_MAX_CELL_BYTES" in caught.value.message
+
+
+@pytest.mark.parametrize("sql", ["SELECT repeat('ab', 3), lpad('x', 10), rpad('x', 600000, '')", "SELECT repeat(name, 1000000) FROM t"])
+def test_value_builders_within_the_limit_or_of_unknown_size_pass(sql: str) -> None:
+    check_read_only(sql, "mysql", max_value_bytes=512 * 1024)

@@ -34,6 +34,7 @@ from services.query.guard.policy import (
     PgPolicy,
     SqlitePolicy,
 )
+from services.query.guard.sizes import check_value_sizes
 from shared.errors import BAD_REQUEST, QUERY_FAILED, QUERY_REFUSED, ServiceError
 
 __all__ = ["FunctionName", "FunctionPolicy", "MysqlPolicy", "PgCatalog", "PgPolicy", "SqlitePolicy", "check_read_only", "default_policy", "describe"]
@@ -117,12 +118,14 @@ _OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
 _TABLESAMPLE_METHODS = frozenset({"bernoulli", "system"})
 
 
-def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None) -> None:
+def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None, max_value_bytes: int | None = None) -> None:
     """Raise ServiceError unless `sql` is exactly one read-only query in `dialect` whose every call `policy` allows.
 
     `dialect` is a sqlglot dialect name: "postgres", "mysql" or "sqlite". Without a policy,
     PostgreSQL allows no function (its policy comes from the source's catalog), MySQL the
-    reviewed built-ins and SQLite all but its file-system extensions.
+    reviewed built-ins and SQLite all but its file-system extensions. With `max_value_bytes`
+    (QUERY_MAX_CELL_BYTES), a value builder whose literal arguments make a larger value is
+    refused too (guard/sizes.py).
     """
     if policy is None:
         policy = default_policy(dialect)
@@ -159,6 +162,8 @@ def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None
         if dialect == "mysql" and isinstance(node, exp.PropertyEQ):
             raise ServiceError(QUERY_REFUSED, f"{_ONLY_ONE}: found a variable assignment (:=)")
     _check_calls(statement, tokens, dialect, policy)
+    if max_value_bytes is not None:
+        check_value_sizes(statement, max_value_bytes)
 
 
 def default_policy(dialect: str, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
