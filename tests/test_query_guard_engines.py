@@ -424,7 +424,9 @@ async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused
     assert {"load_file", "get_lock", "release_all_locks", "benchmark", "master_pos_wait", "last_insert_id"} <= unreviewed
     slipped = []
     for name in sorted(unreviewed):
-        for sql in (f"SELECT {name}(1)", f"SELECT `{name}`(1)", f"SELECT {name.upper()} (1, 2)"):
+        # Every case, quoted, spaced, and with letters MariaDB's collation folds to ASCII ones (ſ is s, ı is i, K is k).
+        folded = name.replace("s", "\u017f").replace("i", "\u0131").replace("k", "\u212a")
+        for sql in (f"SELECT {name}(1)", f"SELECT `{name}`(1)", f"SELECT {name.upper()} (1, 2)", f"SELECT {name.title()}(1)", f"SELECT `{folded}`(1)", f"SELECT {folded}(1)"):
             try:
                 check_read_only(sql, "mysql")
             except ServiceError as exc:
@@ -514,3 +516,44 @@ async def test_mariadb_statements_run_under_a_memory_bound(my_items: Reader) -> 
         assert caught.value.code == QUERY_FAILED and "max-session-mem-used" in caught.value.message
     finally:
         await engine.close()
+
+
+def _spellings(schema: str, name: str) -> list[str]:
+    """Every way a query can name a function: quoted, qualified, Unicode-escaped, and unquoted in another case."""
+    escaped = "".join(f"\\{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\+{ord(c):06X}" for c in name)
+    forms = [_quoted(name), f"{_quoted(schema)}.{_quoted(name)}", f'U&"{escaped}"']
+    if name.isascii() and name.isidentifier() and name == name.lower():
+        forms.append(name.upper())
+    return forms
+
+
+async def test_every_refused_postgres_function_is_refused_under_every_spelling_and_in_column_notation(pg_engine: Engine, databases: Databases) -> None:
+    """The catalog sweep: each pg_proc entry (defaults and VARIADIC counted) is refused however it is called, or allowed."""
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        rows = await admin.fetch(
+            "SELECT DISTINCT n.nspname, p.proname, p.pronargs - p.pronargdefaults <= 1 AND (p.pronargs >= 1 OR p.provariadic <> 0) AS takes_one"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        )
+    finally:
+        await admin.close()
+    policy = pg_engine.function_policy()
+    slipped, refused = [], 0
+    for row in rows:
+        schema, name = row["nspname"], row["proname"]
+        if policy.refusal(None, name) is None:
+            continue  # allowed by the rule (IMMUTABLE/STABLE, trusted) or on the reviewed list
+        refused += 1
+        statements = [f"SELECT {form}()" for form in _spellings(schema, name)]
+        if row["takes_one"] or name in PG_DENIED:
+            statements += [f"SELECT (1).{_quoted(name)}", f"SELECT x.{_quoted(name)} FROM (SELECT 1 AS y) x"]
+        for sql in statements:
+            try:
+                check_read_only(sql, "postgres", policy)
+            except ServiceError as exc:
+                if exc.code not in (QUERY_REFUSED, QUERY_FAILED):
+                    slipped.append(f"{sql}: {exc.code}")
+            else:
+                slipped.append(sql)
+    assert refused > 200
+    assert not slipped, f"{len(slipped)} calls the guard let through:\n" + "\n".join(slipped[:50])
