@@ -119,8 +119,8 @@ class QueryConfig:
             max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
             allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
             allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
-            pg_work_mem=pg_memory(env, "QUERY_PG_WORK_MEM", "4MB"),
-            pg_temp_file_limit=pg_memory(env, "QUERY_PG_TEMP_FILE_LIMIT", "1GB", off="-1"),
+            pg_work_mem=pg_memory("QUERY_PG_WORK_MEM", env_str(env, "QUERY_PG_WORK_MEM", "4MB")),
+            pg_temp_file_limit=pg_memory("QUERY_PG_TEMP_FILE_LIMIT", env_str(env, "QUERY_PG_TEMP_FILE_LIMIT", "1GB"), off="-1"),
             mysql_max_mem_bytes=env_int(env, "QUERY_MYSQL_MAX_MEM_BYTES", 256 * 1024 * 1024, minimum=8192),
         )
 
@@ -128,9 +128,8 @@ class QueryConfig:
 _PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
 
 
-def pg_memory(env: Mapping[str, str], name: str, default: str, off: str | None = None) -> str:
-    """A PostgreSQL memory setting as the server writes it (`64MB`, `512kB`, `1GB`; bare numbers are kB)."""
-    value = env_str(env, name, default)
+def pg_memory(name: str, value: str, off: str | None = None) -> str:
+    """The variable `name`'s value, checked to be a PostgreSQL memory size as the server writes it (`64MB`, `512kB`, `1GB`; bare numbers are kB)."""
     if value == off or _PG_MEMORY.match(value):
         return value
     raise ConfigError(f"{name} must be a PostgreSQL memory size such as 64MB, 512kB or 1GB{f' (or {off} for no limit)' if off else ''}, got {value!r}")
