@@ -193,6 +193,9 @@ async def my_target(my_reader: MysqlReader) -> AsyncIterator[Target]:
             yield Target("mysql", default_policy("mysql"), _my_calls(database), columns, run, count)
         finally:
             reader.close()
+            async with admin.cursor() as cur:  # MariaDB keeps routine grants past DROP DATABASE: the reader must stay a reader
+                for name in MY_CANARIES:
+                    await cur.execute(f"REVOKE EXECUTE ON FUNCTION `{database}`.`{name}` FROM '{my_reader.user}'@'%'")
             admin.close()
 
 
