@@ -417,6 +417,8 @@ def test_allowed_functions_for_an_unknown_source_fail_at_start() -> None:
                 ("SELECT lpad('x', 1e9)", "lpad()"),
                 ("SELECT RPAD('x', 600000, '-')", "rpad()"),
                 ("SELECT repeat(repeat('a', 1000), 1000)", "repeat()"),
+                ("SELECT repeat('x', 10000000 + 0)", "repeat()"),
+                ("SELECT lpad('x', (1000 * 1000))", "lpad()"),
             ]
         ],
         ("mysql", "SELECT SPACE(2000000)", "space()"),
@@ -428,7 +430,7 @@ def test_a_value_builder_with_literal_sizes_over_the_cell_limit_is_refused(diale
     assert caught.value.code == QUERY_REFUSED and builder in caught.value.message and "QUERY_MAX_CELL_BYTES" in caught.value.message
 
 
-@pytest.mark.parametrize("sql", ["SELECT repeat('ab', 3), lpad('x', 10), rpad('x', 600000, '')", "SELECT repeat(name, 1000000) FROM t"])
+@pytest.mark.parametrize("sql", ["SELECT repeat('ab', 3), lpad('x', 10), rpad('x', 600000, '')", "SELECT repeat(name, 1000000) FROM t", "SELECT repeat('x', (SELECT 1000000))"])
 def test_value_builders_within_the_limit_or_of_unknown_size_pass(sql: str) -> None:
     check_read_only(sql, "mysql", max_value_bytes=512 * 1024)
 

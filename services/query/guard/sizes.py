@@ -4,7 +4,7 @@ The wire check (services/query/wire.py) stops such a value when the server sends
 the server has built it by then, and on MariaDB some builders (REPLACE, REGEXP_REPLACE
 over the result) cannot be interrupted even by the statement time limit. Where the sizes are
 literals in the SQL, the guard refuses the statement before it runs. Computed sizes
-(`repeat('x', n)` with `n` from a column) it cannot tell; docs/query-guard.md says what
+(`repeat('x', n)` with `n` from a column or a subquery) it cannot tell; arithmetic on literals it computes; docs/query-guard.md says what
 then bounds them.
 """
 
@@ -47,9 +47,34 @@ def literal_size(node: exp.Expression) -> int | None:
 
 
 def _number(node: exp.Expression | None) -> int | None:
+    """A size written as a literal or as arithmetic on literals (`10000000 + 0`, `1e3 * 1e3`); else None."""
+    value = _constant(node)
+    if value is None:
+        return None
+    try:
+        return max(0, int(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+_ARITHMETIC = {exp.Add: float.__add__, exp.Sub: float.__sub__, exp.Mul: float.__mul__}
+
+
+def _constant(node: exp.Expression | None) -> float | None:
     if isinstance(node, exp.Literal) and node.is_number:
         try:
-            return max(0, int(float(node.this)))
-        except (ValueError, OverflowError):
+            return float(node.this) if not node.this.lower().startswith(("0x", "0b")) else float(int(node.this, 0))
+        except ValueError:
             return None
+    if isinstance(node, exp.Paren):
+        return _constant(node.this)
+    if isinstance(node, exp.Neg):
+        inner = _constant(node.this)
+        return -inner if inner is not None else None
+    if isinstance(node, exp.Cast):
+        return _constant(node.this)
+    operation = _ARITHMETIC.get(type(node))
+    if operation is not None:
+        left, right = _constant(node.this), _constant(node.expression)
+        return operation(left, right) if left is not None and right is not None else None
     return None
