@@ -252,6 +252,10 @@ def normalize_postgres(sql: str) -> str:
                 # `COLLATION FOR (x)` is the server's grammar for pg_catalog.pg_collation_for(x); sqlglot cannot read it.
                 out.append("pg_catalog.pg_collation_for")
                 i = call
+            elif not word.isascii():
+                # A name to the server (bytes from 0x80 up are name characters, U+00A0 included); no keyword is one.
+                out.append('"' + word.translate(_ASCII_LOWER).replace('"', '""') + '"')
+                i = j
             else:
                 out.append(word)
                 i = j
