@@ -4,6 +4,7 @@
 import "./csp.js"; // first: settings that keep libraries within the page's CSP
 import { api, ApiError } from "./api.js";
 import { devSignIn, googleSignIn, signOutOfGateway } from "./auth.js";
+import { AuditView } from "./audit.js";
 import { CHART_TYPES, columnKinds, defaultSpec, drawChart, pngBlob, svgMarkup } from "./chart.js";
 import { ChatView, chatErrorText, createChat, messageText } from "./chat.js";
 import { SqlEditor } from "./editor.js";
@@ -53,6 +54,7 @@ async function signedIn(me) {
   $("loading").hidden = true;
   $("account").hidden = false;
   $("account-name").textContent = `Signed in as ${me.user.name || me.user.email || me.user.uid}`;
+  $("open-audit").hidden = !me.admin;
   $("workspace").hidden = false;
   $("conversations").hidden = false;
   $("no-model").hidden = Boolean(page.config.chat);
@@ -67,7 +69,8 @@ $("dev-login").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("sign-in-error").textContent = "";
   try {
-    await signedIn(await devSignIn($("login-email").value, $("login-name").value));
+    const groups = $("login-groups").value.split(",").map((g) => g.trim()).filter(Boolean);
+    await signedIn(await devSignIn($("login-email").value, $("login-name").value, groups));
   } catch (error) {
     $("sign-in-error").textContent = error.message;
   }
@@ -105,7 +108,8 @@ async function loadSources() {
     page.sources = reply.sources;
     select.replaceChildren(
       ...reply.sources.map((s) => {
-        const option = new Option(`${s.name}${s.dialect ? ` (${s.dialect})` : ""}`, s.name);
+        const details = [s.dialect, s.role ? `as role ${s.role}` : null].filter(Boolean).join(", ");
+        const option = new Option(`${s.name}${details ? ` (${details})` : ""}`, s.name);
         option.selected = s.name === reply.default;
         return option;
       }),
@@ -144,6 +148,19 @@ $("schema-panel").addEventListener("toggle", () => {
 });
 
 $("source").addEventListener("change", configureEditor);
+
+const audit = new AuditView({
+  section: $("audit"),
+  workspace: $("workspace"),
+  form: $("audit-filters"),
+  table: $("audit-table"),
+  status: $("audit-status"),
+  error: $("audit-error"),
+  csv: $("audit-csv"),
+  fields: { user: $("audit-user"), source: $("audit-source"), kind: $("audit-kind"), since: $("audit-since") },
+});
+$("open-audit").addEventListener("click", () => audit.open());
+$("close-audit").addEventListener("click", () => audit.close());
 $("run").addEventListener("click", () => run());
 $("cancel-query").addEventListener("click", () => page.queryAbort && page.queryAbort.abort());
 
