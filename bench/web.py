@@ -61,7 +61,7 @@ def in_browser(base_url: str, executable: str, rows: int) -> dict[str, float]:
             page.get_by_label("Name").fill("Bench")
             page.get_by_label("Name").press("Enter")
             expect(page.get_by_text("Signed in as Bench")).to_be_visible()
-            page.get_by_label("Source").select_option("bench_web")
+            page.get_by_role("region", name="SQL editor").get_by_label("Source").select_option("bench_web")
             editor = page.locator("#editor .cm-content")
             editor.fill(SQL)
             page.get_by_role("button", name="Run").click()
@@ -115,7 +115,7 @@ def schema_times(page: Any, source: str) -> tuple[float, float]:
     panel = page.locator("#schema-panel")
     if panel.get_attribute("open") is not None:
         panel.locator("summary").click()
-    page.get_by_label("Source").select_option(source)
+    page.get_by_role("region", name="SQL editor").get_by_label("Source").select_option(source)
     page.evaluate("performance.clearMarks('schema-open'); performance.clearMarks('schema-first-paint'); performance.clearMarks('schema-keys-loaded')")
     panel.locator("summary").click()
     expect(panel).to_have_attribute("data-keys-loaded", "true", timeout=120_000)

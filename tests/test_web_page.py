@@ -248,7 +248,7 @@ def test_the_chart_panel_and_chat_cards_pass_axe_core(page: Page, console: list[
 
 
 def open_schema(page: Page, source: str) -> Any:
-    page.get_by_label("Source").select_option(source)
+    page.get_by_role("region", name="SQL editor").get_by_label("Source").select_option(source)
     page.locator("#schema-panel > summary").click()
     return page.locator("#schema-panel")
 
@@ -308,7 +308,7 @@ def test_recent_queries_survive_a_reload_and_a_pick_fills_the_editor(page: Page,
     picker.select_option(label="SELECT 2 AS two")
     expect(page.locator("#editor .cm-content")).to_have_text("SELECT 2 AS two")
     # Per source: the other source has its own (empty) list.
-    page.get_by_label("Source").select_option("big")
+    page.get_by_role("region", name="SQL editor").get_by_label("Source").select_option("big")
     expect(picker.locator("option")).to_have_text(["No recent queries"])
     assert axe_violations(page) == []
 
