@@ -14,9 +14,11 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 from aiohttp.web_protocol import RequestHandler
 
 from services.gateway import keys, metrics, webapp
+from services.gateway.access import log_unreachable_sources
+from services.gateway.audit import audit_trail
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
-from services.gateway.clients import HistoryClient, Limiter, QueryClient, SessionClient
+from services.gateway.clients import HistoryClient, Limiter, QueryClient, RecentClient, SessionClient
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.routes import setup_routes
@@ -167,6 +169,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[keys.COOKIE] = SessionCookie(config)
     app[keys.LIFECYCLE] = keys.Lifecycle()
     app.cleanup_ctx.append(nats_connection)
+    app.cleanup_ctx.append(audit_trail)
+    app.cleanup_ctx.append(log_unreachable_sources)
     if config.token_login:
         app.cleanup_ctx.append(token_verifier)
 
@@ -184,6 +188,7 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     app[keys.LIMITER] = Limiter(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.HISTORY] = HistoryClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.QUERY] = QueryClient(nc, app[keys.SUBJECTS])
+    app[keys.RECENT] = RecentClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     yield
     await close(nc)
 
