@@ -83,12 +83,13 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
 
         stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
-        server = Server(nc)
+        server = Server(nc, "query", metadata={"subject_prefix": config.subject_prefix}, description="Read-only SQL on the configured sources")
         service = QueryService(config, nc, sources, handlers, server, subjects)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
         schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
+        await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
