@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,13 +23,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
-from services.session.config import SessionConfig
-from services.session.service import create_service as create_session_service
 from shared.bus import SERVICE_VERSION, Server, request
-from shared.contracts import Subjects
 from shared.errors import ServiceError
 from shared.ops import build_ops_app
-from tests.conftest import Infra
+from tests.conftest import Infra, InProcessFactory
 from tests.metrics import sample_value
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -170,20 +168,28 @@ async def test_a_slow_request_does_not_hold_the_next_one_on_the_same_subject(nc:
         await server.drain(1.0)
 
 
-async def test_the_session_service_is_discoverable_with_every_endpoint(nc: NATS, infra: Infra) -> None:
-    prefix = f"d{uuid.uuid4().hex[:10]}"
-    env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}", "OPS_PORT": "0"}
-    async with create_session_service(SessionConfig.from_env(env)) as service:
-        info = ServiceInfo.from_dict(await discover(nc, f"$SRV.INFO.session.{service.server.id}"))
-        subjects = Subjects(prefix)
-        assert info.metadata == {"subject_prefix": prefix}
-        endpoints = {e.name: e.subject for e in info.endpoints}
-        assert endpoints["get"] == subjects.session_get and endpoints["get_many"] == subjects.session_get_many
-        assert endpoints["conversation_load"] == subjects.session_conversation("load")
-        assert all(e.queue_group == "session" for e in info.endpoints)
+async def test_the_session_service_is_discoverable_with_every_endpoint(nc: NATS, start_inprocess: InProcessFactory) -> None:
+    running = await start_inprocess(("session",))
+    assert running.session is not None
+    service_id, subjects = running.session.server.id, running.subjects
+    info = ServiceInfo.from_dict(await discover(nc, f"$SRV.INFO.session.{service_id}"))
+    assert info.metadata == {"subject_prefix": running.prefix}
+    endpoints = {e.name: e.subject for e in info.endpoints}
+    assert endpoints["get"] == subjects.session_get and endpoints["get_many"] == subjects.session_get_many
+    assert endpoints["conversation_load"] == subjects.session_conversation("load")
+    assert all(e.queue_group == "session" for e in info.endpoints)
 
-        with pytest.raises(ServiceError, match=r"\$\.sid"):  # refused before any handler runs
-            await request(nc, subjects.session_get, {"sid": 7})
-        stats = {e.name: e for e in ServiceStats.from_dict(await discover(nc, f"$SRV.STATS.session.{service.server.id}")).endpoints}
-        assert (stats["get"].num_requests, stats["get"].num_errors) == (1, 1)
-        assert stats["set"].num_requests == 0
+    with pytest.raises(ServiceError, match=r"\$\.sid"):  # refused before any handler runs
+        await request(nc, subjects.session_get, {"sid": 7})
+    stats = {e.name: e for e in ServiceStats.from_dict(await discover(nc, f"$SRV.STATS.session.{service_id}")).endpoints}
+    assert (stats["get"].num_requests, stats["get"].num_errors) == (1, 1)
+    assert stats["set"].num_requests == 0
+
+
+async def test_the_query_service_is_discoverable(nc: NATS, start_inprocess: InProcessFactory, tmp_path: Path) -> None:
+    running = await start_inprocess(("query",), QUERY_SAMPLE_PATH=str(tmp_path / "sample.db"))
+    assert running.query is not None
+    ping = ServicePing.from_dict(await discover(nc, f"$SRV.PING.query.{running.query.server.id}"))
+    assert (ping.name, ping.metadata) == ("query", {"subject_prefix": running.prefix})
+    info = ServiceInfo.from_dict(await discover(nc, f"$SRV.INFO.query.{running.query.server.id}"))
+    assert {e.subject for e in info.endpoints} == {running.subjects.query_execute, running.subjects.query_ping, running.subjects.query_schema}

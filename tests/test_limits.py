@@ -30,7 +30,7 @@ from tests.test_session_service import Caller, commandstats
 
 # Fixtures shared with the session service tests: replicas on subject prefixes of their own, a NATS client, Redis.
 start_replica = test_session_service.start_replica
-start_inprocess = test_session_service.start_inprocess
+start_session = test_session_service.start_session
 nc = test_session_service.nc
 rdb = test_session_service.rdb
 
@@ -50,8 +50,8 @@ def redis_now(rdb: redis.Redis) -> int:
     return int(rdb.time()[0])
 
 
-async def test_each_window_counts_and_reports_its_use(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_each_window_counts_and_reports_its_use(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 3), Window("hour", 3600, 100), Window("day", 86400, 0)]
 
@@ -74,8 +74,8 @@ async def test_each_window_counts_and_reports_its_use(start_inprocess, rdb, nc) 
     assert not rdb.keys(f"limit:{key}:day:*")
 
 
-async def test_a_refused_call_counts_in_no_window(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_a_refused_call_counts_in_no_window(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 2), Window("hour", 3600, 10)]
     client = limiter(nc, replica)
@@ -90,8 +90,8 @@ async def test_a_refused_call_counts_in_no_window(start_inprocess, rdb, nc) -> N
     assert sorted(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == [2, 2]
 
 
-async def test_reading_does_not_count(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_reading_does_not_count(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 1)]
     client = limiter(nc, replica)
@@ -105,8 +105,8 @@ async def test_reading_does_not_count(start_inprocess, rdb, nc) -> None:
     assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [1]
 
 
-async def test_a_new_window_starts_afresh(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_a_new_window_starts_afresh(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key("login")
     windows = [Window("second", 1, 1)]
     client = limiter(nc, replica)
@@ -122,8 +122,8 @@ async def test_a_new_window_starts_afresh(start_inprocess, rdb, nc) -> None:
     assert result.windows["second"].used == 1
 
 
-async def test_concurrent_hits_never_exceed_the_limit(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_concurrent_hits_never_exceed_the_limit(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 10), Window("hour", 3600, 1000)]
     client = limiter(nc, replica)
@@ -151,8 +151,8 @@ async def test_two_replicas_share_one_count(start_replica, infra: Infra, redis_s
     assert all(n > 0 for n in evalsha) and sum(evalsha) == 50
 
 
-async def test_one_redis_command_per_call(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_one_redis_command_per_call(start_session, rdb, nc) -> None:
+    replica = await start_session()
     client = limiter(nc, replica)
     windows = [Window("minute", 60, 5), Window("hour", 3600, 50), Window("day", 86400, 500)]
     await client.hit(new_key(), windows)  # connections are set up before counting
@@ -247,8 +247,8 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-async def test_a_bad_request_is_refused_naming_the_field(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_a_bad_request_is_refused_naming_the_field(start_session, rdb, nc) -> None:
+    replica = await start_session()
 
     for payload, path in BAD_REQUESTS:
         with pytest.raises(ServiceError) as raised:
@@ -260,8 +260,8 @@ async def test_a_bad_request_is_refused_naming_the_field(start_inprocess, rdb, n
     assert (await limiter(nc, replica).hit(new_key(), [Window("m", 60, 1)])).allowed  # and the replica still serves
 
 
-async def test_the_gateway_app_holds_a_limiter(infra: Infra, start_inprocess, aiohttp_client) -> None:
-    replica = await start_inprocess()
+async def test_the_gateway_app_holds_a_limiter(infra: Infra, start_session, aiohttp_client) -> None:
+    replica = await start_session()
     config = GatewayConfig.from_env({"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": replica.subjects.prefix})
     app = create_app(config)
     seen: list[LimitResult] = []

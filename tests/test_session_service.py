@@ -14,7 +14,6 @@ import re
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +24,10 @@ import redis
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
-from services.session.config import SessionConfig
-from services.session.service import create_service
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
-from tests.conftest import Infra
+from tests.conftest import Infra, InProcessFactory
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 from tests.metrics import sample_value
 
@@ -99,7 +96,7 @@ def start_replica() -> Iterator[Callable[..., Any]]:
 
 
 @dataclass
-class InProcess(Caller):
+class InProcessReplica(Caller):
     """A session service running in this test's process; its metrics are in this process's registry."""
 
     def metric(self, name: str, **labels: str) -> float:
@@ -107,17 +104,13 @@ class InProcess(Caller):
 
 
 @pytest.fixture
-async def start_inprocess(infra: Infra, redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[InProcess]]]:
-    """Start session services in this process on the test's Redis; each is drained and closed at the end of the test."""
-    async with AsyncExitStack() as stack:
+def start_session(start_inprocess: InProcessFactory, redis_server: RedisServer) -> Callable[..., Awaitable[InProcessReplica]]:
+    """Start a session service in this process on the test's own Redis (stopped at the end of the test)."""
 
-        async def start(**extra: str) -> InProcess:
-            prefix = f"s{uuid.uuid4().hex[:10]}"
-            env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "REDIS_URL": redis_server.url, "SESSION_KV_BUCKET": f"sessions_{prefix}", "OPS_PORT": "0"}
-            await stack.enter_async_context(create_service(SessionConfig.from_env(env | extra)))
-            return InProcess(Subjects(prefix))
+    async def start(**extra: str) -> InProcessReplica:
+        return InProcessReplica((await start_inprocess(("session",), REDIS_URL=redis_server.url, **extra)).subjects)
 
-        yield start
+    return start
 
 
 @pytest.fixture
@@ -142,8 +135,8 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 # --- what lands in Redis ------------------------------------------------------------------
 
 
-async def test_set_stores_a_plain_msgpack_map_with_the_session_lifetime(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess(SESSION_LIFETIME=str(LIFETIME))
+async def test_set_stores_a_plain_msgpack_map_with_the_session_lifetime(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_LIFETIME=str(LIFETIME))
     sid = new_sid()
     data = {"_permanent": True, "user": {"uid": "u-1", "email": "a@example.com", "roles": [], "prefs": {}}, "n": 3, "ratio": 0.5, "raw": b"\x00\xff"}
 
@@ -156,8 +149,8 @@ async def test_set_stores_a_plain_msgpack_map_with_the_session_lifetime(start_in
     assert (await replica.call(nc, "get", sid=sid))["session"] == data
 
 
-async def test_get_slides_the_expiry(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess(SESSION_LIFETIME=str(LIFETIME))
+async def test_get_slides_the_expiry(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_LIFETIME=str(LIFETIME))
     sid = new_sid()
     await replica.call(nc, "set", sid=sid, data={"user": "u-1"})
     rdb.expire(f"session:{sid}", 50)
@@ -166,15 +159,15 @@ async def test_get_slides_the_expiry(start_inprocess, rdb, nc) -> None:
     assert rdb.ttl(f"session:{sid}") > 50
 
 
-async def test_key_prefix_is_configurable(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess(SESSION_KEY_PREFIX="app1:sess:")
+async def test_key_prefix_is_configurable(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_KEY_PREFIX="app1:sess:")
     sid = new_sid()
     await replica.call(nc, "set", sid=sid, data={"a": 1})
     assert msgspec.msgpack.decode(rdb.get(f"app1:sess:{sid}")) == {"a": 1}
 
 
-async def test_patch_keeps_untouched_fields_byte_for_byte(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess(SESSION_LIFETIME=str(LIFETIME))
+async def test_patch_keeps_untouched_fields_byte_for_byte(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_LIFETIME=str(LIFETIME))
     sid = new_sid()
     # Written the way Flask-Session writes it, with types a Lua cmsgpack round trip would change.
     original = {"user": {"uid": "u-1", "roles": [], "prefs": {}}, "f": 1.0, "big": 2**63 - 1, "raw": b"\x00\xff", "gone": 1}
@@ -191,15 +184,15 @@ async def test_patch_keeps_untouched_fields_byte_for_byte(start_inprocess, rdb, 
     assert rdb.ttl(f"session:{sid}") > 50
 
 
-async def test_patch_of_a_missing_session_creates_nothing(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_patch_of_a_missing_session_creates_nothing(start_session, rdb, nc) -> None:
+    replica = await start_session()
     sid = new_sid()
     assert await replica.call(nc, "patch", sid=sid, set={"a": 1}) == {"session": None}
     assert rdb.exists(f"session:{sid}") == 0
 
 
-async def test_login_rotation_deletes_the_old_sid(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_login_rotation_deletes_the_old_sid(start_session, rdb, nc) -> None:
+    replica = await start_session()
     old, new = new_sid(), new_sid()
     await replica.call(nc, "set", sid=old, data={"cart": 1})
 
@@ -209,8 +202,8 @@ async def test_login_rotation_deletes_the_old_sid(start_inprocess, rdb, nc) -> N
     assert msgspec.msgpack.decode(rdb.get(f"session:{new}")) == {"user": "u-1"}
 
 
-async def test_delete_removes_the_key(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_delete_removes_the_key(start_session, rdb, nc) -> None:
+    replica = await start_session()
     sid = new_sid()
     await replica.call(nc, "set", sid=sid, data={"user": "u-1"})
 
@@ -223,8 +216,8 @@ async def test_delete_removes_the_key(start_inprocess, rdb, nc) -> None:
 # --- one command per call -------------------------------------------------------------------
 
 
-async def test_each_call_is_one_redis_command(start_inprocess, rdb, nc) -> None:
-    replica = await start_inprocess()
+async def test_each_call_is_one_redis_command(start_session, rdb, nc) -> None:
+    replica = await start_session()
     sids = [new_sid() for _ in range(10)]
     for sid in sids:  # warm the connection pool so connection set-up is not counted
         await replica.call(nc, "set", sid=sid, data={"user": "u-1"})
@@ -292,8 +285,8 @@ async def test_corrupt_bytes_are_no_session_and_are_logged(start_replica, infra,
         ("delete", {"sid": None}, "invalid SessionDelete: Expected `str`, got `None` - at `$.sid`"),
     ],
 )
-async def test_bad_requests_get_a_clear_bad_request_error(start_inprocess, nc, op: str, payload: dict[str, Any], message: str) -> None:
-    replica = await start_inprocess()
+async def test_bad_requests_get_a_clear_bad_request_error(start_session, nc, op: str, payload: dict[str, Any], message: str) -> None:
+    replica = await start_session()
     with pytest.raises(ServiceError) as caught:
         await replica.call(nc, op, **payload)
     assert caught.value.code == "bad_request"
@@ -301,8 +294,8 @@ async def test_bad_requests_get_a_clear_bad_request_error(start_inprocess, nc, o
     assert (await replica.call(nc, "ping"))["ok"] is True
 
 
-async def test_an_impossible_sid_reads_as_no_session(start_inprocess, nc) -> None:
-    replica = await start_inprocess()
+async def test_an_impossible_sid_reads_as_no_session(start_session, nc) -> None:
+    replica = await start_session()
     assert await replica.call(nc, "get", sid="not a sid!") == {"session": None}
     assert await replica.call(nc, "delete", sid="../../etc") == {"deleted": False}
 

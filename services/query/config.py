@@ -37,6 +37,20 @@ def _chunk_bytes(name: str, raw: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class SchemaConfig:
+    """The query service's describe_schema settings."""
+
+    cache_s: float = setting("QUERY_SCHEMA_CACHE_S", 30.0, "how long a source's description is reused; 0 reads the catalog every time", minimum=0)
+    max_tables: int = setting("QUERY_SCHEMA_MAX_TABLES", 200, "tables per reply at most", minimum=1)
+    max_columns: int = setting("QUERY_SCHEMA_MAX_COLUMNS", 3000, "columns per reply at most, over all its tables", minimum=1)
+    timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SchemaConfig:
+        return load(cls, environ() if env is None else env)
+
+
 @dataclass(frozen=True, kw_only=True)
 class QueryConfig(ServiceSettings):
     """Everything the query service reads from its environment (see docs/query.md)."""
@@ -62,6 +76,7 @@ class QueryConfig(ServiceSettings):
     max_row_bytes: int = setting("QUERY_MAX_ROW_BYTES", 1024 * 1024, "a row larger than this many bytes ends the query with an error before it is read", minimum=1024)
     max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is refused with code busy (HTTP 503)", minimum=1)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
+    schema: SchemaConfig = field(default_factory=SchemaConfig)  # read from the same environment by from_env
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = setting(
         "QUERY_ALLOWED_FUNCTIONS",
         MappingProxyType({}),
@@ -95,7 +110,7 @@ class QueryConfig(ServiceSettings):
             sources[DEFAULT_SOURCE] = database_url
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
-        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample)
+        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample, schema=SchemaConfig.from_env(env))
 
 
 def parse_sources(raw: str) -> dict[str, str]:

@@ -87,7 +87,7 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
         service = QueryService(config, nc, sources, handlers, server, subjects)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
-        schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
+        schemas = schema.SchemaService(sources, config.schema)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
         await server.start()  # discovery last: a service found there serves every endpoint
 
