@@ -29,7 +29,7 @@ from tests.client import browser, login
 from tests.conftest import Infra, SystemFactory
 from tests.harness import RedisServer, wait_until
 from tests.test_hardening_store import redis_with, wait_event
-from tests.test_session_service import commandstats, new_sid, rdb, start_replica  # noqa: F401 - fixtures
+from tests.test_session_service import commandstats, new_sid, rdb, start_replica, start_session  # noqa: F401 - fixtures
 
 LIFETIME = 1000
 SHORT_TTL = 50
@@ -83,8 +83,8 @@ async def test_reads_started_together_go_as_one_message_and_each_gets_its_own_se
         await nc.close()
 
 
-async def test_more_reads_than_a_batch_holds_are_split_and_each_answered(start_replica, infra: Infra, redis_server: RedisServer, rdb: redis.Redis) -> None:  # noqa: F811
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_more_reads_than_a_batch_holds_are_split_and_each_answered(start_session, infra: Infra, rdb: redis.Redis) -> None:  # noqa: F811
+    replica = await start_session()
     sids = [new_sid() for _ in range(MAX_SESSION_BATCH + 88)]
     pipe = rdb.pipeline(transaction=False)
     for i, sid in enumerate(sids):
@@ -238,8 +238,8 @@ async def test_a_batch_that_finds_redis_read_only_is_read_through_without_slidin
     [(b"\x81\xa5reads\x90", "$.reads"), (b"\x81\xa5reads\x91\x81\xa3sid\x05", "$.reads[0].sid"), (b"\xc1", "not valid MessagePack")],
     ids=["empty", "sid-not-a-string", "not-msgpack"],
 )
-async def test_a_malformed_batch_gets_a_bad_request_naming_the_field(start_replica, infra: Infra, redis_server: RedisServer, payload: bytes, named: str) -> None:  # noqa: F811
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_a_malformed_batch_gets_a_bad_request_naming_the_field(start_session, infra: Infra, payload: bytes, named: str) -> None:  # noqa: F811
+    replica = await start_session()
     nc = await nats.connect(infra.nats_url)
     try:
         reply = msgpack.unpackb((await nc.request(replica.subjects.session_get_many, payload, timeout=5.0)).data)
