@@ -278,6 +278,11 @@ class Server:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self.accepting = True  # False from drain() on
+
+    async def readiness(self) -> dict[str, bool]:
+        """The checks of /readyz: not draining, and connected to NATS (requests already routed here are still served)."""
+        return {"accepting": self.accepting, "nats": self._nc.is_connected}
 
     async def start(self) -> None:
         """Answer discovery: `$SRV.<VERB>`, `$SRV.<VERB>.<name>` and `$SRV.<VERB>.<name>.<id>`, on every instance (no queue group)."""
@@ -386,8 +391,12 @@ class Server:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, grace_s: float = 20.0) -> None:
-        """Stop taking messages (and answering discovery), then wait (up to `grace_s`) for those in hand to finish."""
+    async def drain(self, grace_s: float = 20.0, **log_fields: Any) -> None:
+        """Stop taking messages (and answering discovery), then wait (up to `grace_s`) for those in hand to finish; later calls do nothing."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        log.info("shutting_down", grace_s=grace_s, in_flight=self.in_flight, **log_fields)
         for sub in self._subs:
             try:
                 await sub.drain()

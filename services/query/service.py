@@ -38,20 +38,16 @@ class QueryService:
     handlers: QueryHandlers
     server: Server
     subjects: Subjects
-    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        # False from the stop on; requests already routed here are still served.
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Take no more queries, then give running streams what is left of SHUTDOWN_GRACE_S; later calls do nothing."""
-        if not self.accepting:
+        if not self.server.accepting:
             return
-        self.accepting = False
         deadline = time.monotonic() + self.config.shutdown_grace_s
-        log.info("shutting_down", streams=self.handlers.streams_in_flight, grace_s=self.config.shutdown_grace_s)
-        await self.server.drain(self.config.shutdown_grace_s)
+        await self.server.drain(self.config.shutdown_grace_s, streams=self.handlers.streams_in_flight)
         await self.handlers.shutdown(max(0.0, deadline - time.monotonic()))
 
 

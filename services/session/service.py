@@ -72,17 +72,12 @@ class SessionService:
     store: SessionStore
     server: Server
     subjects: Subjects
-    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Stop taking messages and finish those in hand (within SHUTDOWN_GRACE_S); later calls do nothing."""
-        if not self.accepting:
-            return
-        self.accepting = False
-        log.info("shutting_down", grace_s=self.config.shutdown_grace_s, in_flight=self.server.in_flight)
         await self.server.drain(self.config.shutdown_grace_s)
 
 
