@@ -12,7 +12,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncmy
 import asyncpg
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from services.query.config import QueryConfig
 from services.query.service import QueryService
@@ -321,6 +323,14 @@ async def start_inprocess(infra: Infra) -> AsyncIterator[InProcessFactory]:
             return await stack.enter_async_context(inprocess_services(infra, services, **env))
 
         yield start
+
+
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[NATS]:
+    """A NATS client of the test's own on the shared NATS."""
+    client = await nats.connect(infra.nats_url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import nats.micro.request as micro_request
 import pytest
 from aiohttp.test_utils import TestClient
@@ -26,7 +25,7 @@ from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 from shared.bus import SERVICE_VERSION, Server, request
 from shared.errors import ServiceError
 from shared.ops import build_ops_app
-from tests.conftest import Infra, InProcessFactory
+from tests.conftest import InProcessFactory
 from tests.metrics import sample_value
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -38,13 +37,6 @@ class Echo(msgspec.Struct):
 
 class Echoed(msgspec.Struct):
     text: str
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

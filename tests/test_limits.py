@@ -28,10 +28,9 @@ from tests.conftest import Infra
 from tests.harness import RedisServer
 from tests.test_session_service import Caller, commandstats
 
-# Fixtures shared with the session service tests: replicas on subject prefixes of their own, a NATS client, Redis.
+# Fixtures shared with the session service tests: replicas on subject prefixes of their own, Redis (the NATS client `nc` is conftest's).
 start_replica = test_session_service.start_replica
 start_session = test_session_service.start_session
-nc = test_session_service.nc
 rdb = test_session_service.rdb
 
 # Run inside the limit script: Redis counts them in commandstats, but they never cross the network.

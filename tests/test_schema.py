@@ -19,7 +19,6 @@ import aiohttp
 import asyncmy
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -160,13 +159,6 @@ def shop(infra: Infra, pg: Source, my: Source, lite: Source) -> Iterator[System]
     """Gateway, session and query service; the default source is SQLite, `pg` and `my` the others. Cache: 300 s."""
     with running_system(infra, "sch", **_sources_env(lite, pg, my, QUERY_SCHEMA_CACHE_S="300")) as system:
         yield system
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 async def describe(nc: NATS, system: System | InProcess, source: str | None = None, tables: list[str] | None = None) -> dict[str, Any]:

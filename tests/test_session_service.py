@@ -13,7 +13,7 @@ import json
 import re
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
-from tests.conftest import Infra, InProcessFactory
+from tests.conftest import InProcessFactory
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 from tests.metrics import sample_value
 
@@ -111,13 +111,6 @@ def start_session(start_inprocess: InProcessFactory, redis_server: RedisServer) 
         return InProcessReplica((await start_inprocess(("session",), REDIS_URL=redis_server.url, **extra)).subjects)
 
     return start
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
