@@ -291,7 +291,7 @@ class Server:
             for subject in (micro.control_subject(verb), micro.control_subject(verb, name), micro.control_subject(verb, name, self.id)):
                 self._subs.append(await self._nc.subscribe(subject, cb=self._discovery(answer)))
         self._started = datetime.now(UTC)
-        await self._nc.flush()
+        await subscribed(self._nc)
 
     def _discovery(self, answer: Callable[[], Any]) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:
@@ -346,8 +346,7 @@ class Server:
 
         self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=on_message))
         self._endpoints.append(endpoint)
-        # nats-py sends SUB lazily: flush so the server routes to us before we report ready.
-        await self._nc.flush()
+        await subscribed(self._nc)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -406,6 +405,18 @@ class Server:
             done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in pending:
                 task.cancel()
+
+
+async def subscribed(nc: NATS) -> None:
+    """Return once the server has every subscription made so far on `nc`, so it routes to them.
+
+    nats-py sends SUB lazily, from a buffer its flusher task writes, and (2.16) its `flush()`
+    writes the PING straight to the socket, ahead of that buffer: the PONG can come back before
+    the server has seen the SUBs (a request right after then gets "no responders"). The first
+    flush sets the flusher writing the buffer; the second PING goes out behind it.
+    """
+    await nc.flush()
+    await nc.flush()
 
 
 async def _never_called(_: micro_request.Request) -> None:
