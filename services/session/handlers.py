@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 import msgspec
 import structlog
@@ -46,8 +45,9 @@ _NO_SESSION = SessionReadResult()
 _READ_OK = BATCH_READS.labels(outcome="ok")
 
 
-def _session(session: dict[str, Any] | None) -> SessionReply:
-    return SessionReply(NO_SESSION if session is None else msgspec.Raw(encode(session)))
+def _session(stored: bytes | None) -> SessionReply:
+    """The reply carries the stored map's bytes as they are (the store checked that they are a map)."""
+    return SessionReply(NO_SESSION if stored is None else msgspec.Raw(stored))
 
 
 class SessionHandlers:
@@ -91,7 +91,7 @@ class SessionHandlers:
                     log.error("handler_failed", op="get", exc_info=outcome)
                 results[i] = SessionReadResult(error=ErrorBody(INTERNAL, "internal error; see the service log"))
             else:
-                results[i] = SessionReadResult(session=msgspec.Raw(encode(outcome)))
+                results[i] = SessionReadResult(session=msgspec.Raw(outcome))
         self._count_reads(reads, results)
         return _ENCODER.encode(SessionGetManyReply(results=results))
 
