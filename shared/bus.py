@@ -36,7 +36,7 @@ import logging
 import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -228,36 +228,28 @@ def request_decoder(handler: Handler) -> Callable[[bytes], Any]:
 
 @dataclass
 class _Endpoint:
-    """One served subject and what the dispatcher has measured of it (micro's endpoint stats)."""
+    """One served subject and what the dispatcher has measured of it, under the names of micro's endpoint stats."""
 
     name: str
     subject: str
-    queue: str
-    requests: int = 0
-    errors: int = 0
-    processing_ns: int = 0
+    queue_group: str
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time: int = 0  # ns, as micro counts it
     last_error: str = ""
     _observers: dict[str, Any] = field(default_factory=dict)
 
     def observe(self, outcome: str, elapsed_ns: int) -> None:
-        self.requests += 1
-        self.processing_ns += elapsed_ns
+        self.num_requests += 1
+        self.processing_time += elapsed_ns
         child = self._observers.get(outcome)
         if child is None:  # the labelled series, looked up once per outcome
             child = self._observers[outcome] = REQUESTS.labels(subject=self.subject, outcome=outcome)
         child.observe(elapsed_ns / 1e9)
 
     def stats(self) -> micro.EndpointStats:
-        return micro.EndpointStats(
-            name=self.name,
-            subject=self.subject,
-            queue_group=self.queue,
-            num_requests=self.requests,
-            num_errors=self.errors,
-            processing_time=self.processing_ns,
-            average_processing_time=self.processing_ns // self.requests if self.requests else 0,
-            last_error=self.last_error,
-        )
+        counted = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        return micro.EndpointStats(**counted, average_processing_time=self.processing_time // self.num_requests if self.num_requests else 0)
 
 
 class Server:
@@ -308,7 +300,7 @@ class Server:
             id=self.id,
             version=self._config.version,
             description=self._config.description,
-            endpoints=[micro.EndpointInfo(name=e.name, subject=e.subject, queue_group=e.queue) for e in self._endpoints],
+            endpoints=[micro.EndpointInfo(name=e.name, subject=e.subject, queue_group=e.queue_group) for e in self._endpoints],
             metadata=self._config.metadata or {},
         )
 
@@ -371,7 +363,7 @@ class Server:
         else:
             # The error travels in the body (what our clients decode) and in micro's headers (what `nats micro` shows).
             await self._reply(msg, _error_reply(error), {micro_request.ERROR_HEADER: error.message, micro_request.ERROR_CODE_HEADER: error.code})
-            endpoint.errors += 1
+            endpoint.num_errors += 1
             endpoint.last_error = f"{error.code}:{error.message}"
             outcome = error.code
         elapsed_ns = time.perf_counter_ns() - start
