@@ -183,7 +183,11 @@ async def query(request: web.Request) -> web.StreamResponse:
             outcome, error = exc.code, exc
             await stream.error(exc.message)
         await stream.end()
-    except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+    except ConnectionError as exc:  # the client went away, or stopped reading (ClientStalled)
+        # aiohttp raises a plain ConnectionError("Connection lost") to a write that waited for the
+        # client when the client hangs up; any other ConnectionError is not the client's doing.
+        if not isinstance(exc, ConnectionResetError) and request.transport is not None and not request.transport.is_closing():
+            raise
         outcome = client_outcome(exc)
     except asyncio.CancelledError:  # cut off: the shutdown grace ran out
         outcome = "cancelled"

@@ -51,6 +51,16 @@ class SchemaConfig:
         return load(cls, environ() if env is None else env)
 
 
+_PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
+
+
+def pg_memory(name: str, value: str, off: str | None = None) -> str:
+    """The variable `name`'s value, checked to be a PostgreSQL memory size as the server writes it (`64MB`, `512kB`, `1GB`; bare numbers are kB)."""
+    if value == off or _PG_MEMORY.match(value):
+        return value
+    raise ConfigError(f"{name} must be a PostgreSQL memory size such as 64MB, 512kB or 1GB{f' (or {off} for no limit)' if off else ''}, got {value!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class QueryConfig(ServiceSettings):
     """Everything the query service reads from its environment (see docs/query.md)."""
@@ -77,6 +87,12 @@ class QueryConfig(ServiceSettings):
     max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is refused with code busy (HTTP 503)", minimum=1)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
     schema: SchemaConfig = field(default_factory=SchemaConfig)  # read from the same environment by from_env
+    # Server-side bounds per statement (docs/query-guard.md#server-side-resources).
+    pg_work_mem: str = setting("QUERY_PG_WORK_MEM", "4MB", "PostgreSQL work_mem set for every statement (memory units as the server writes them)", parse=pg_memory)
+    pg_temp_file_limit: str = setting(
+        "QUERY_PG_TEMP_FILE_LIMIT", "1GB", "PostgreSQL temp_file_limit set for every statement when the role may set it; -1 sets none", parse=lambda n, raw: pg_memory(n, raw, off="-1")
+    )
+    mysql_max_mem_bytes: int = setting("QUERY_MYSQL_MAX_MEM_BYTES", 256 * 1024 * 1024, "MariaDB max_session_mem_used set for every statement, in bytes", minimum=8192)
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = setting(
         "QUERY_ALLOWED_FUNCTIONS",
         MappingProxyType({}),
