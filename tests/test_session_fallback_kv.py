@@ -34,28 +34,29 @@ async def kv_fixture(nc: NATS, bucket: str) -> KvFallback:
     return await KvFallback.open(nc.jetstream(), bucket, 3600)
 
 
+async def _remove_all(kv: KvFallback, keys: set[str]) -> None:
+    for key in sorted(keys):  # as the write-back does: the version read, then a CAS delete and a purge
+        entry = await kv.get(key, touch=False)
+        assert entry is not None
+        assert await kv.remove(key, entry.version)
+
+
+async def _list_repeatedly(kv: KvFallback, round_: int) -> list[list[str]]:
+    listings = []
+    for _ in range(LISTINGS):
+        try:
+            listings.append(await asyncio.wait_for(kv.pending(), HANG_S))
+        except TimeoutError:
+            pytest.fail(f"round {round_}: listing the bucket never answered while entries were removed")
+    return listings
+
+
 async def test_listing_the_bucket_while_entries_are_removed_always_answers(kv: KvFallback) -> None:
     for round_ in range(ROUNDS):
         keys = {f"s{round_}-{i}" for i in range(5)}
         for key in sorted(keys):
             await kv.put(key, b"\x80")
-
-        async def remove_all() -> None:
-            for key in sorted(keys):  # as the write-back does: the version read, then a CAS delete and a purge
-                entry = await kv.get(key, touch=False)
-                assert entry is not None
-                assert await kv.remove(key, entry.version)
-
-        async def list_repeatedly() -> list[list[str]]:
-            listings = []
-            for _ in range(LISTINGS):
-                try:
-                    listings.append(await asyncio.wait_for(kv.pending(), HANG_S))
-                except TimeoutError:
-                    pytest.fail(f"round {round_}: listing the bucket never answered while entries were removed")
-            return listings
-
-        _, listings = await asyncio.gather(remove_all(), list_repeatedly())
+        _, listings = await asyncio.gather(_remove_all(kv, keys), _list_repeatedly(kv, round_))
         assert all(set(listing) <= keys for listing in listings), listings
         assert await kv.pending() == [], "every removed entry is gone from the listing"
 
