@@ -71,6 +71,10 @@ class Subjects:
     def query_schema(self) -> str:
         return f"{self.prefix}.query.schema"
 
+    @property
+    def query_schema_search(self) -> str:
+        return f"{self.prefix}.query.schema.search"
+
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
 
@@ -417,6 +421,8 @@ class SchemaColumn(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     nullable: bool | msgspec.UnsetType = msgspec.UNSET
     primary_key: bool | msgspec.UnsetType = msgspec.UNSET
+    comment: str | msgspec.UnsetType = msgspec.UNSET
+    """The column's comment in the catalog (details only, when it has one)."""
 
 
 class SchemaReference(msgspec.Struct, frozen=True):
@@ -439,6 +445,8 @@ class SchemaTable(msgspec.Struct, frozen=True, omit_defaults=True):
     columns: list[SchemaColumn]
     foreign_keys: list[SchemaForeignKey] | msgspec.UnsetType = msgspec.UNSET
     row_estimate: int | None | msgspec.UnsetType = msgspec.UNSET
+    comment: str | msgspec.UnsetType = msgspec.UNSET
+    """The table's comment in the catalog (details only, when it has one)."""
 
 
 class SchemaReply(msgspec.Struct, frozen=True):
@@ -449,6 +457,60 @@ class SchemaReply(msgspec.Struct, frozen=True):
     dialect: str
     tables: list[SchemaTable]
     truncated: bool = False
+    note: str | None = None
+
+
+# --- search_schema ---------------------------------------------------------------------
+# `query.schema.search` (queue "query"): the tables of a source most relevant to a question,
+# ranked by a per-source full-text index (services/query/search.py).
+
+SEARCH_QUERY_MAX_CHARS = 2000
+
+
+class SchemaSearchRequest(msgspec.Struct, frozen=True):
+    """`query.schema.search` request: the question or keywords, on `source` (the default one when None)."""
+
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=SEARCH_QUERY_MAX_CHARS)]
+    source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+
+
+class SearchColumn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A column of a found table: `values` are a few distinct values of a low-cardinality text column."""
+
+    name: str
+    type: str
+    primary_key: bool = False
+    comment: str | None = None
+    values: list[str] = []
+
+
+class SearchTable(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A found table, with its foreign keys and its rank score (higher is more relevant)."""
+
+    name: str
+    score: float
+    columns: list[SearchColumn]
+    foreign_keys: list[SchemaForeignKey] = []
+    comment: str | None = None
+    row_estimate: int | None = None
+
+
+class JoinPath(msgspec.Struct, frozen=True):
+    """How two found tables join: the chain of `a.x = b.y` conditions along foreign keys (through tables not found, if need be)."""
+
+    tables: list[str]
+    on: list[str]
+
+
+class SchemaSearchReply(msgspec.Struct, frozen=True):
+    """`query.schema.search` reply: the tables best first, the join paths between them, and the index's size."""
+
+    source: str
+    dialect: str
+    tables: list[SearchTable]
+    joins: list[JoinPath]
+    indexed_tables: int
     note: str | None = None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 
-from services.query import schema
+from services.query import schema, search
 from services.query.config import QueryConfig
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
@@ -89,6 +89,9 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
         schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
+        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), config.allowed_functions, config.timeout_s)
+        stack.push_async_callback(searches.close)
+        await server.add(subjects.query_schema_search, QUERY_QUEUE, searches.handle)
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile

@@ -267,15 +267,16 @@ class MysqlEngine(Engine):
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from information_schema, as this account sees them."""
         listed = [
-            catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
-            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s)
+            catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view), None if view else comment or None)
+            async for schema, name, home, estimate, view, comment in self.iterate(_MY_TABLES, timeout_s)
         ]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
         columns = [
-            ((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
+            ((schema, table), name, type_, bool(nullable), bool(primary_key), comment or None)
+            async for schema, table, name, type_, nullable, primary_key, comment in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
         ]
         foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
         if wanted is not None:
@@ -290,13 +291,13 @@ class MysqlEngine(Engine):
 # Catalog queries of `describe`. information_schema lists only what the account holds a
 # privilege on; TABLE_ROWS is InnoDB's estimate (NULL for views).
 _MY_TABLES = """
-SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_SCHEMA = DATABASE(), TABLE_ROWS, TABLE_TYPE = 'VIEW'
+SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_SCHEMA = DATABASE(), TABLE_ROWS, TABLE_TYPE = 'VIEW', TABLE_COMMENT
 FROM information_schema.TABLES
 WHERE TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys') AND TABLE_TYPE <> 'SEQUENCE'
 ORDER BY TABLE_SCHEMA = DATABASE() DESC, TABLE_SCHEMA, TABLE_NAME
 """
 _MY_COLUMNS = """
-SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI'
+SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI', COLUMN_COMMENT
 FROM information_schema.COLUMNS
 WHERE (TABLE_SCHEMA, TABLE_NAME) IN {pairs}
 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION
