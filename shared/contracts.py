@@ -577,7 +577,11 @@ class DescribeSchemaPart(_ToolPart, tag="tool-describe_schema"):
     output: Any = msgspec.UNSET
 
 
-MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart
+class SearchSchemaPart(_ToolPart, tag="tool-search_schema"):
+    output: Any = msgspec.UNSET
+
+
+MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | SearchSchemaPart
 """What history keeps of a UIMessage: text, reasoning, steps and tool calls with their summaries; never `data-*` parts."""
 
 

@@ -110,6 +110,8 @@ class GatewayConfig:
     """LLM_MAX_STEPS: model calls per chat turn at most; then the turn ends with a final text."""
     llm_schema_max_chars: int = 6000
     """LLM_SCHEMA_MAX_CHARS: the schema overview goes into the system prompt when it is at most this long."""
+    llm_schema_search_max_chars: int = 8000
+    """LLM_SCHEMA_SEARCH_MAX_CHARS: a search_schema result the model gets is at most this long (the least relevant tables are left out)."""
     llm_history_max_chars: int = 60000
     """LLM_HISTORY_MAX_CHARS: the conversation sent to the model; the oldest turns are dropped past it."""
     chat_quota_per_minute: int = 10
@@ -215,6 +217,7 @@ class GatewayConfig:
             llm_max_retries=env_int(env, "LLM_MAX_RETRIES", 2, minimum=0),
             llm_max_steps=env_int(env, "LLM_MAX_STEPS", 8, minimum=1),
             llm_schema_max_chars=env_int(env, "LLM_SCHEMA_MAX_CHARS", 6000, minimum=0),
+            llm_schema_search_max_chars=env_int(env, "LLM_SCHEMA_SEARCH_MAX_CHARS", 8000, minimum=500),
             llm_history_max_chars=env_int(env, "LLM_HISTORY_MAX_CHARS", 60000, minimum=1000),
             chat_quota_per_minute=env_int(env, "CHAT_QUOTA_PER_MINUTE", 10, minimum=0),
             chat_quota_per_hour=env_int(env, "CHAT_QUOTA_PER_HOUR", 200, minimum=0),

@@ -123,7 +123,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive)
+    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive, config.llm_schema_search_max_chars)
     stats = TurnStats()
     started = time.monotonic()
     turn = asyncio.create_task(run_turn(model, ui, ctx, messages, config.llm_max_steps, stats))

@@ -1,4 +1,4 @@
-"""The tools the model can call: `execute_query` (through the query service, as POST /api/query) and `describe_schema`.
+"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema` and `search_schema`.
 
 Each tool writes its parts to the client and returns what the model gets back: the summary
 of prompt.query_summary / prompt.schema_summary, or `{"error": message}` so that the model
@@ -13,7 +13,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from services.gateway.chat import metrics, prompt
+from services.gateway.chat import metrics, prompt, search
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
 from services.gateway.relay import QueryResult, relay
@@ -36,6 +36,7 @@ class ToolContext:
     source: str | None
     stream_idle_s: float
     alive: Callable[[], bool]
+    search_max_chars: int = 8000
 
 
 def _optional_str(args: dict[str, Any], name: str) -> str | None:
@@ -58,6 +59,12 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
             if len(sql) > MAX_SQL_CHARS:
                 raise ValueError(f"'sql' is longer than {MAX_SQL_CHARS} characters")
             source = _optional_str(args, "source")
+        elif call.name == prompt.SEARCH_SCHEMA:
+            source = _optional_str(args, "source")
+            query = args.get("query")
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError("'query' must be a non-empty string: the question, or keywords")
+            query = query[: search.MAX_QUERY_CHARS]
         elif call.name == prompt.DESCRIBE_SCHEMA:
             source = _optional_str(args, "source")
             tables = args.get("tables")
@@ -67,12 +74,14 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
             known = ", ".join(t["function"]["name"] for t in prompt.TOOLS)
             raise ValueError(f"there is no tool named {call.name!r}; the tools are {known}")
     except ValueError as exc:
-        metrics.TOOL_CALLS.labels(call.name if call.name in (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA) else "unknown", "bad_arguments").inc()
+        metrics.TOOL_CALLS.labels(call.name if call.name in (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA, prompt.SEARCH_SCHEMA) else "unknown", "bad_arguments").inc()
         await ctx.ui.tool_input_error(call.id, call.name or "unknown", call.arguments, str(exc))
         return {"error": str(exc)}
     await ctx.ui.tool_input_available(call.id, call.name, args)
     if call.name == prompt.EXECUTE_QUERY:
         return await execute_query(ctx, call.id, sql, source or ctx.source)
+    if call.name == prompt.SEARCH_SCHEMA:
+        return await _search_schema(ctx, call.id, query, source or ctx.source)
     return await _describe_schema(ctx, call.id, source or ctx.source, tables)
 
 
@@ -106,3 +115,17 @@ async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, t
     metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, "ok").inc()
     await stream.output(reply, preliminary=False)
     return prompt.schema_summary(reply)
+
+
+async def _search_schema(ctx: ToolContext, call_id: str, query: str, source: str | None) -> dict[str, Any]:
+    stream = ctx.ui.tool(call_id)
+    try:
+        reply = await search.search_schema(ctx.nc, ctx.subjects, query, source)
+    except ServiceError as exc:
+        metrics.TOOL_CALLS.labels(prompt.SEARCH_SCHEMA, exc.code).inc()
+        await stream.error(exc.message)
+        return {"error": exc.message}
+    metrics.TOOL_CALLS.labels(prompt.SEARCH_SCHEMA, "ok").inc()
+    result = search.render(reply, ctx.search_max_chars)
+    await stream.output(result, preliminary=False)
+    return result
