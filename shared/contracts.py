@@ -58,6 +58,10 @@ class Subjects:
         """`session.conversation.<op>`, op one of CONVERSATION_OPS."""
         return f"{self.prefix}.session.conversation.{op}"
 
+    def session_examples(self, op: str) -> str:
+        """`session.examples.<op>`, op one of EXAMPLE_OPS."""
+        return f"{self.prefix}.session.examples.{op}"
+
     # Query service, queue group "query".
     @property
     def query_execute(self) -> str:
@@ -675,3 +679,88 @@ class ConversationPatch(msgspec.Struct, frozen=True):
     uid: UserId
     id: ConversationId
     title: Title
+
+
+# --- verified examples -----------------------------------------------------------------
+# `session.examples.<op>` (queue "session"): questions with the SQL that answered them, taught
+# by a person's thumbs-up, kept per source by the session service (services/session/examples.py).
+
+EXAMPLE_OPS = ("propose", "list", "approve", "delete", "similar", "flag")
+ExampleStatus = Literal["pending", "approved"]
+SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ExampleId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]
+EXAMPLE_QUESTION_MAX_CHARS = 4000
+EXAMPLE_SQL_MAX_CHARS = 100_000
+
+
+class Example(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A verified example: `columns` are the result's column names when it was taught (`verify` compares them)."""
+
+    id: str
+    source: str
+    question: str
+    sql: str
+    author: str
+    status: ExampleStatus
+    created_at: int
+    """Milliseconds since the epoch."""
+    columns: list[str] = []
+    model: str | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+    approved_by: str | None = None
+    flag: str | None = None
+    """Set by `examples verify` when the SQL now fails or its result has other columns; a flagged example is not used."""
+
+
+class ExamplePropose(msgspec.Struct, frozen=True):
+    """`session.examples.propose` request; reply ExampleReply. The same source, question and SQL make the same example."""
+
+    source: SourceName
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_QUESTION_MAX_CHARS)]
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_SQL_MAX_CHARS)]
+    author: UserId
+    approved: bool
+    columns: list[str] = []
+    model: str | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+
+
+class ExampleRef(msgspec.Struct, frozen=True):
+    """`session.examples.approve` / `delete` request; `by` is who approves."""
+
+    source: SourceName
+    id: ExampleId
+    by: str | None = None
+
+
+class ExampleFlag(msgspec.Struct, frozen=True):
+    """`session.examples.flag` request: set (or, with None, clear) an example's flag."""
+
+    source: SourceName
+    id: ExampleId
+    flag: str | None = None
+
+
+class ExampleList(msgspec.Struct, frozen=True):
+    """`session.examples.list` request: one source's examples, or every source's; reply ExamplesReply."""
+
+    source: SourceName | None = None
+    status: ExampleStatus | None = None
+
+
+class ExampleSimilar(msgspec.Struct, frozen=True):
+    """`session.examples.similar` request: the approved, unflagged examples of `source` most like `question`."""
+
+    source: SourceName
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_QUESTION_MAX_CHARS)]
+    limit: Annotated[int, msgspec.Meta(ge=0, le=20)] = 3
+
+
+class ExampleReply(msgspec.Struct, frozen=True):
+    example: Example
+
+
+class ExamplesReply(msgspec.Struct, frozen=True):
+    examples: list[Example]

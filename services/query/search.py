@@ -34,6 +34,7 @@ from services.query.guard import FunctionName, FunctionPolicy, check_read_only
 from shared.config import env_float, env_int, environ
 from shared.contracts import JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.words import terms, words
 
 log = structlog.get_logger(__name__)
 
@@ -54,12 +55,6 @@ MAX_JOIN_EDGES = 3
 # Field weights of bm25: table name, column names, comments, values.
 _WEIGHTS = (10.0, 3.0, 2.0, 1.5)
 _TEXT_TYPE = re.compile(r"char|text|string|enum|clob|name", re.IGNORECASE)
-_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from has have how i in is it its list many me much of on or our per show than that the their them there these this those to "
-    "was we were what when where which who whose with would all each every give get find tell do does did my any most top".split()
-)
 
 
 @dataclass(frozen=True)
@@ -85,16 +80,6 @@ class SearchConfig:
             cache_s=env_float(env, "QUERY_SCHEMA_CACHE_S", 30.0, minimum=0),
             timeout_s=env_float(env, "QUERY_SCHEMA_TIMEOUT_S", 10.0, minimum=0.1),
         )
-
-
-def words(text: str) -> list[str]:
-    """`text` as lower-case words, names split at `_` and camelCase: `orderItems_2024` -> order items 2024."""
-    return [w.lower() for w in _WORD.findall(_CAMEL.sub(r"\1 \2", text))]
-
-
-def terms(question: str) -> list[str]:
-    """The words of a question worth matching, each once, in order."""
-    return list(dict.fromkeys(w for w in words(question) if w not in _STOPWORDS))
 
 
 def _is_text(type_: str) -> bool:

@@ -13,6 +13,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from services.session.config import SessionConfig
+from services.session.examples import ExampleHandlers, ExampleStore
 from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
 from services.session.history import HistoryHandlers, HistoryLimits, HistoryStore
@@ -21,7 +22,7 @@ from services.session.limits import Limits
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import Mode, SessionStore
 from shared.bus import Server, close, connect
-from shared.contracts import CONVERSATION_OPS, SESSION_QUEUE, Subjects
+from shared.contracts import CONVERSATION_OPS, EXAMPLE_OPS, SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -127,6 +128,11 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
             await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
+        examples = ExampleStore(create_client(config.redis, max_connections=8) if config.redis else None)
+        stack.push_async_callback(examples.close)
+        example_handlers = ExampleHandlers(examples).routes()
+        for op in EXAMPLE_OPS:
+            await server.add(subjects.session_examples(op), SESSION_QUEUE, example_handlers[op])
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
