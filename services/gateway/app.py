@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from services.gateway import conversations, handlers, keys, metrics, webapp
+from services.gateway import conversations, feedback, handlers, keys, metrics, webapp
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
@@ -201,6 +201,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_get("/api/schema", get_schema)
     conversations.setup(app)
     chat.setup(app)
+    feedback.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -112,6 +112,10 @@ class GatewayConfig:
     """LLM_SCHEMA_MAX_CHARS: the schema overview goes into the system prompt when it is at most this long."""
     llm_schema_search_max_chars: int = 8000
     """LLM_SCHEMA_SEARCH_MAX_CHARS: a search_schema result the model gets is at most this long (the least relevant tables are left out)."""
+    llm_examples: int = 3
+    """LLM_EXAMPLES: approved verified examples like the question put into the model's context per turn; 0 none."""
+    examples_require_approval: bool = False
+    """EXAMPLES_REQUIRE_APPROVAL: a thumbs-up proposes an example that an admin must approve before it is used (default on under firebase/oidc)."""
     llm_history_max_chars: int = 60000
     """LLM_HISTORY_MAX_CHARS: the conversation sent to the model; the oldest turns are dropped past it."""
     chat_quota_per_minute: int = 10
@@ -218,6 +222,8 @@ class GatewayConfig:
             llm_max_steps=env_int(env, "LLM_MAX_STEPS", 8, minimum=1),
             llm_schema_max_chars=env_int(env, "LLM_SCHEMA_MAX_CHARS", 6000, minimum=0),
             llm_schema_search_max_chars=env_int(env, "LLM_SCHEMA_SEARCH_MAX_CHARS", 8000, minimum=500),
+            llm_examples=env_int(env, "LLM_EXAMPLES", 3, minimum=0),
+            examples_require_approval=env_bool(env, "EXAMPLES_REQUIRE_APPROVAL", auth_mode in TOKEN_MODES),
             llm_history_max_chars=env_int(env, "LLM_HISTORY_MAX_CHARS", 60000, minimum=1000),
             chat_quota_per_minute=env_int(env, "CHAT_QUOTA_PER_MINUTE", 10, minimum=0),
             chat_quota_per_hour=env_int(env, "CHAT_QUOTA_PER_HOUR", 200, minimum=0),

@@ -8,6 +8,7 @@
     python -m services.session.admin delete --user UID    # sign a user out everywhere
     python -m services.session.admin conversations list --user UID
     python -m services.session.admin erase --user UID     # every conversation and every session of a user
+    python -m services.session.admin examples list|approve|delete|verify   # verified examples, over NATS
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service.
 Session ids are masked unless --show-sids is given.
@@ -28,6 +29,7 @@ import msgpack
 from redis import Redis
 from redis.exceptions import RedisError
 
+from services.session import examples_admin
 from services.session.config import key_prefix, redis_target
 from services.session.history_redis import index_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
@@ -231,12 +233,15 @@ def parser() -> argparse.ArgumentParser:
     conversations_list.add_argument("--user", dest="uid", required=True)
     erase = sub.add_parser("erase", help="delete every conversation and every session of a user (erasure on request); safe to repeat")
     erase.add_argument("--user", dest="uid", required=True)
+    examples_admin.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     env = dict(environ())
+    if args.command == "examples":
+        return examples_admin.main(args, env)
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
         env.pop("UPSTASH_REDIS_URL", None)

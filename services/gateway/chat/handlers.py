@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.chat import history, metrics, persist, tools
+from services.gateway.chat import examples, history, metrics, persist, tools
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
 from services.gateway.chat.record import RecordingUIStream
@@ -112,7 +112,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
     turns = history.to_model_messages(stored.messages)
     kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
-    messages = [{"role": "system", "content": system}, *kept]
+    taught = await examples.similar(app[keys.NATS_CLIENT], app[keys.SUBJECTS], body.source, examples.question_of(stored.messages), config.llm_examples, config.session_timeout_s)
+    messages = [{"role": "system", "content": system + examples.section(taught)}, *kept]
 
     model = app[MODEL]
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
