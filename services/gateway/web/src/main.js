@@ -252,7 +252,12 @@ $("chart-y").addEventListener("change", redrawChart);
 
 // --- chat ----------------------------------------------------------------------------------------
 
-const chatView = new ChatView($("messages"), openInEditor);
+const chatView = new ChatView($("messages"), openInEditor, rateAnswer);
+
+/** 👍 or 👎 on an answer of the open conversation: POST /api/feedback. */
+function rateAnswer(message, rating) {
+  return api("/api/feedback", { method: "POST", body: { conversation_id: page.chat.id, message_id: message.id, rating } });
+}
 let renderScheduled = false;
 
 function chatChanged(chat) {
