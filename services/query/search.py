@@ -44,6 +44,8 @@ SAMPLE_ROWS = 1000
 """Values are sampled from a column's first rows only, so that a sample never reads a whole big table."""
 MAX_VALUE_CHARS = 60
 """A column with a longer value is not a column of codes or categories: its values are not kept."""
+SAMPLE_CONCURRENCY = 3
+"""Samples of one index build read at once (fewer than a source's pool of connections, so users' queries still get one)."""
 CANDIDATES = 40
 """Full-text hits ranked before the foreign-key expansion."""
 EXPANDED_FROM = 8
@@ -114,7 +116,7 @@ class SchemaIndex:
         """Index `tables` (details: columns, comments, foreign keys) with the sampled `values` by (table, column)."""
         db = sqlite3.connect(":memory:", check_same_thread=False)
         db.execute("PRAGMA cache_size = -2048")  # a page cache of 2 MiB: the database itself is in memory
-        db.execute("CREATE VIRTUAL TABLE doc USING fts5(name, columns, comments, vals, tokenize = 'porter unicode61', detail = column)")
+        db.execute("CREATE VIRTUAL TABLE doc USING fts5(name, columns, comments, vals, tokenize = 'porter unicode61')")
         db.execute("CREATE TABLE detail (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
         ids = {t.name: i for i, t in enumerate(tables)}
         graph: list[list[_Edge]] = [[] for _ in tables]
@@ -240,23 +242,26 @@ async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: F
     if config.sample_values <= 0:
         return found
     deadline = time.monotonic() + config.sample_s
-    for table in tables:
-        for column in table.columns:
-            if not _is_text(column.type):
-                continue
-            if time.monotonic() >= deadline:
-                return found
-            sql = sample_sql(table.name, column.name, engine.dialect, config.sample_values)
-            try:
-                check_read_only(sql, engine.dialect, policy)
-                async with asyncio.timeout(timeout_s):
-                    async with engine.query(sql, timeout_s) as cursor:
-                        rows = await cursor.fetch(config.sample_values + 1)
-            except (ServiceError, TimeoutError):
-                continue
-            values = [row[0] for row in rows]
-            if len(values) <= config.sample_values and all(isinstance(v, str) and 0 < len(v) <= MAX_VALUE_CHARS for v in values):
-                found[(table.name, column.name)] = values
+    wanted = deque((table.name, column.name) for table in tables for column in table.columns if _is_text(column.type))
+
+    async def sample(table: str, column: str) -> None:
+        sql = sample_sql(table, column, engine.dialect, config.sample_values)
+        try:
+            check_read_only(sql, engine.dialect, policy)
+            async with asyncio.timeout(timeout_s):
+                async with engine.query(sql, timeout_s) as cursor:
+                    rows = await cursor.fetch(config.sample_values + 1)
+        except (ServiceError, TimeoutError):
+            return
+        values = [row[0] for row in rows]
+        if len(values) <= config.sample_values and all(isinstance(v, str) and 0 < len(v) <= MAX_VALUE_CHARS for v in values):
+            found[(table, column)] = values
+
+    async def worker() -> None:
+        while wanted and time.monotonic() < deadline:
+            await sample(*wanted.popleft())
+
+    await asyncio.gather(*(worker() for _ in range(SAMPLE_CONCURRENCY)))
     return found
 
 
