@@ -15,13 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.search import synthetic_tables
 from evals import enterprise
 from evals.harness import gold_tables, load_questions, recall_at
 from services.gateway.chat import prompt
 from services.gateway.chat.search import render
 from services.query.engines import EngineSettings, Sources
 from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
-from shared.contracts import SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, signed_in, started_fake, user_message
 from tests.conftest import Infra, System, running_system
@@ -89,20 +89,8 @@ async def test_words_that_match_nothing_say_so(search: SchemaSearch) -> None:
     assert reply.tables == [] and "no table matches" in (reply.note or "")
 
 
-def _synthetic(count: int) -> list[SchemaTable]:
-    domains = ["sales", "billing", "stock", "payroll", "fleet", "helpdesk", "campaign", "vendor", "asset", "project"]
-    tables = []
-    for i in range(count):
-        name = f"{domains[i % len(domains)]}_entity_{i}"
-        columns = [SchemaColumn(name="id", type="bigint", primary_key=True, comment=f"Identifier of entity {i}")]
-        columns += [SchemaColumn(name=f"attribute_{j}_{domains[j % len(domains)]}Value", type="varchar(200)", comment=f"Attribute {j} of the {name} record") for j in range(11)]
-        fks = [SchemaForeignKey(columns=["attribute_0_salesValue"], references=SchemaReference(table=f"{domains[(i - 1) % len(domains)]}_entity_{i - 1}", columns=["id"]))] if i else []
-        tables.append(SchemaTable(name=name, columns=columns, foreign_keys=fks, row_estimate=1000, comment=f"Records of kind {i} in the {domains[i % 10]} domain"))
-    return tables
-
-
 def test_an_index_of_5000_tables_stays_within_its_stated_memory() -> None:
-    tables = _synthetic(5000)
+    tables = synthetic_tables(5000)
     values = {(t.name, t.columns[1].name): ["open", "closed", "pending"] for t in tables}
     tracemalloc.start()
     try:
