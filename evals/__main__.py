@@ -21,7 +21,9 @@ import aiohttp
 
 from bench.stack import http_ok, running_stack
 from evals import enterprise
-from evals.harness import Outcome, Question, Summary, compare, evaluate, load_questions, report, summarise
+from evals.harness import Outcome, Question, Summary, compare, evaluate, load_questions, report, schema_recall, summarise
+from services.query.engines import EngineSettings, Sources
+from services.query.search import SchemaSearch, SearchConfig
 from tests.harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +52,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="name of the run in the report (default: the model)")
     p.add_argument("--compare", metavar="KEY=VALUE,...", help="run again with these gateway settings changed, and compare")
     p.add_argument("--gateway", action="append", metavar="URL", help="use a running gateway (dev auth) instead of starting one; twice with --compare")
+    p.add_argument("--recall", action="store_true", help="only schema-search recall@5 on the bundled 336-table schema: no model, no stack")
     return p
+
+
+async def recall_report() -> str:
+    """Schema-search recall@5 of the enterprise questions, with the query service's own index over the bundled schema."""
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    path = enterprise.ensure(WORKDIR / "enterprise.db")
+    sources = Sources({"enterprise": f"sqlite:///{path}"}, EngineSettings())
+    searches = SchemaSearch(sources, SearchConfig())
+    try:
+        index = await searches.index("enterprise")
+        questions = load_questions(QUESTION_SETS["enterprise"])
+        return f"schema-search recall@5: {schema_recall(index, questions, 5):.3f} ({len(questions)} questions, {len(index.names)} tables, no model)"
+    finally:
+        await searches.close()
+        await sources.close()
 
 
 def select(args: argparse.Namespace) -> list[Question]:
@@ -84,6 +102,8 @@ async def _run_own(questions: Sequence[Question], label: str, overrides: dict[st
 async def main_async(argv: Sequence[str] | None = None) -> str:
     """Run the evaluation the arguments ask for; returns the report."""
     args = _parser().parse_args(argv)
+    if args.recall:
+        return await recall_report()
     questions = select(args)
     if not questions:
         raise SystemExit("no question selected")

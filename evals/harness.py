@@ -17,12 +17,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 import sqlglot
 from sqlglot import exp
+
+from shared.contracts import SchemaSearchReply
 
 FLOAT_DIGITS = 9
 """Floats are compared rounded to this many significant digits (sums in another order differ in the last bits)."""
@@ -70,6 +72,18 @@ def gold_tables(sql: str, dialect: str = "sqlite") -> set[str]:
 def recall_at(gold: set[str], found: Sequence[str]) -> float:
     """The share of `gold` among `found`."""
     return len(gold & set(found)) / len(gold) if gold else 1.0
+
+
+class Searches(Protocol):
+    """What schema_recall needs of an index (services.query.search.SchemaIndex)."""
+
+    def search(self, question: str, limit: int) -> SchemaSearchReply: ...
+
+
+def schema_recall(index: Searches, questions: Iterable[Question], k: int = 5) -> float:
+    """Mean recall@k of the gold SQL's tables among the tables a schema search returns (no model involved)."""
+    recalls = [recall_at(gold_tables(q.gold_sql), [t.name for t in index.search(q.question, k).tables]) for q in questions]
+    return statistics.fmean(recalls) if recalls else 0.0
 
 
 def orders(sql: str, dialect: str = "sqlite") -> bool:

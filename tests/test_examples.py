@@ -28,13 +28,14 @@ from tests.conftest import Infra, System, running_system
 SOURCE = f"shop_{uuid.uuid4().hex[:8]}"
 GADGETS = "SELECT name, colour FROM gadgets WHERE colour = 'red'"
 QUESTION = "Which gadgets are red?"
+GADGETS_TABLE = "CREATE TABLE gadgets (id INTEGER PRIMARY KEY, name TEXT, colour TEXT); INSERT INTO gadgets VALUES (1, 'Widget', 'red'), (2, 'Gizmo', 'blue');"
 
 
 @pytest.fixture(scope="module")
 def shop_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("examples") / "shop.db"
     conn = sqlite3.connect(path)
-    conn.executescript("CREATE TABLE gadgets (id INTEGER PRIMARY KEY, name TEXT, colour TEXT); INSERT INTO gadgets VALUES (1, 'Widget', 'red'), (2, 'Gizmo', 'blue');")
+    conn.executescript(GADGETS_TABLE)
     conn.close()
     return path
 
@@ -153,7 +154,7 @@ async def test_approval_gates_use_and_only_similar_questions_get_the_example(ser
             # verify flags it once its table is gone, and a flagged example is not used.
             assert "0 flagged" in await admin(services, "verify", SOURCE)
             conn = sqlite3.connect(shop_db)
-            conn.executescript("ALTER TABLE gadgets RENAME TO gadgets_old")
+            conn.executescript("DROP TABLE gadgets")
             conn.close()
             try:
                 report = await admin(services, "verify", SOURCE)
@@ -165,7 +166,7 @@ async def test_approval_gates_use_and_only_similar_questions_get_the_example(ser
                 assert GADGETS not in system_prompt(fake)
             finally:
                 conn = sqlite3.connect(shop_db)
-                conn.executescript("ALTER TABLE gadgets_old RENAME TO gadgets")
+                conn.executescript(GADGETS_TABLE)
                 conn.close()
     finally:
         await fake.stop()

@@ -17,7 +17,7 @@ import pytest
 
 from bench.search import synthetic_tables
 from evals import enterprise
-from evals.harness import gold_tables, load_questions, recall_at
+from evals.harness import load_questions, schema_recall
 from services.gateway.chat import prompt
 from services.gateway.chat.search import render
 from services.query.engines import EngineSettings, Sources
@@ -47,11 +47,7 @@ async def test_recall_at_5_on_the_bundled_schema_is_at_least_0_9(search: SchemaS
     index = await search.index("enterprise")
     questions = load_questions(QUESTIONS / "enterprise.jsonl")
     assert len(index.names) == len(enterprise.table_names()) >= 300
-    recalls = []
-    for q in questions:
-        found = [t.name for t in index.search(q.question, 5).tables]
-        recalls.append(recall_at(gold_tables(q.gold_sql), found))
-    recall = sum(recalls) / len(recalls)
+    recall = schema_recall(index, questions, 5)
     print(f"\nschema-search recall@5 over {len(questions)} questions on {len(index.names)} tables: {recall:.3f}")
     assert recall >= 0.9
 
