@@ -7,6 +7,7 @@ fake model (tests/fake_llm.py) scripting the calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,8 @@ from services.query.engines import EngineSettings, Sources
 from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, signed_in, started_fake, user_message
-from tests.conftest import Infra, System, running_system
+from tests.conftest import Infra, MysqlReader, PostgresReader, System, running_system
+from tests.readers import mariadb_database, postgres_schema
 
 QUESTIONS = Path(__file__).resolve().parent.parent / "evals" / "questions"
 
@@ -139,3 +141,66 @@ async def test_a_turn_searches_the_schema_then_queries_the_tables_found(services
     assert outputs[0]["output"] == found  # the person sees what the model saw
     assert outputs[1]["output"]["row_count"] == 1 and turn.rows() == [[19]]
     assert turn.text() == "19 invoices are overdue."
+
+
+# --- PostgreSQL and MariaDB sources ----------------------------------------------------
+
+PG_SETUP = """
+    CREATE TABLE {s}.depot_sites (id int PRIMARY KEY, site_name text, climate text);
+    COMMENT ON TABLE {s}.depot_sites IS 'Depots where pallets are stored';
+    CREATE TABLE {s}.pallet_moves (id int PRIMARY KEY, site_id int REFERENCES {s}.depot_sites (id), move_kind text, tracking_code text);
+    COMMENT ON COLUMN {s}.pallet_moves.move_kind IS 'inbound or outbound';
+    INSERT INTO {s}.depot_sites SELECT g, 'site ' || g, CASE WHEN g % 2 = 0 THEN 'frozen' ELSE 'chilled' END FROM generate_series(1, 10) g;
+    INSERT INTO {s}.pallet_moves SELECT g, 1 + g % 10, CASE WHEN g % 3 = 0 THEN 'outbound' ELSE 'inbound' END, 'T-' || g FROM generate_series(1, 50) g;
+"""
+MY_SETUP = (
+    "CREATE TABLE depot_sites (id INT PRIMARY KEY, site_name VARCHAR(50), climate VARCHAR(20)) COMMENT = 'Depots where pallets are stored'",
+    "CREATE TABLE pallet_moves (id INT PRIMARY KEY, site_id INT, move_kind VARCHAR(20) COMMENT 'inbound or outbound', tracking_code VARCHAR(20), FOREIGN KEY (site_id) REFERENCES depot_sites (id))",
+    "INSERT INTO depot_sites VALUES " + ", ".join(f"({i}, 'site {i}', '{'frozen' if i % 2 == 0 else 'chilled'}')" for i in range(1, 11)),
+    "INSERT INTO pallet_moves VALUES " + ", ".join(f"({i}, {1 + i % 10}, '{'outbound' if i % 3 == 0 else 'inbound'}', 'T-{i}')" for i in range(1, 51)),
+)
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+async def test_postgres_and_mariadb_tables_are_found_with_comments_values_and_joins(engine: str, pg_reader: PostgresReader, my_reader: MysqlReader) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        if engine == "postgres":
+            schema = await stack.enter_async_context(postgres_schema(pg_reader, PG_SETUP))
+            url, prefix = pg_reader.url, f"{schema}."
+        else:
+            url, prefix = await stack.enter_async_context(mariadb_database(my_reader, MY_SETUP)), ""
+        sources = Sources({"db": url}, EngineSettings(pool_size=2))
+        searches = SchemaSearch(sources, SearchConfig())
+        stack.push_async_callback(sources.close)
+        stack.push_async_callback(searches.close)
+        reply = (await searches.index("db")).search("Which frozen depots had outbound pallet moves?", 5)
+    found = {t.name: t for t in reply.tables}
+    sites, moves = found[f"{prefix}depot_sites"], found[f"{prefix}pallet_moves"]
+    assert sites.comment == "Depots where pallets are stored"
+    assert {c.name: c.values for c in sites.columns}["climate"] == ["chilled", "frozen"]  # sampled on the source's own role, through the guard
+    columns = {c.name: c for c in moves.columns}
+    assert columns["move_kind"].comment == "inbound or outbound" and columns["move_kind"].values == ["inbound", "outbound"]
+    assert columns["tracking_code"].values == []  # 50 distinct codes: not a category
+    assert any(set(j.tables) == {sites.name, moves.name} and j.on == [f"{moves.name}.site_id = {sites.name}.id"] for j in reply.joins)
+
+
+async def test_a_bad_search_call_gives_the_model_an_error_to_correct(services: System) -> None:
+    fake = await started_fake(
+        fake_llm.tool_calls(("search_schema", {"source": "enterprise"})),
+        fake_llm.tool_calls(("search_schema", {"query": "invoices", "source": "nope"})),
+        fake_llm.text("I cannot search that."),
+    )
+    env = {"NATS_URL": services.nats_url, "NATS_SUBJECT_PREFIX": services.prefix, "LLM_BASE_URL": fake.base_url, "LLM_MODEL": fake_llm.MODEL, "LLM_API_KEY": API_KEY}
+    try:
+        async with gateway(env) as url, signed_in(url) as client:
+            turn = await post_chat(client, [user_message("Find invoices")])
+    finally:
+        await fake.stop()
+    assert turn.status == 200
+    first = json.loads(fake.requests[1]["messages"][-1]["content"])
+    assert first == {"error": "'query' must be a non-empty string: the question, or keywords"}
+    assert turn.of("tool-input-error")[0]["toolName"] == "search_schema"
+    second = json.loads(fake.requests[2]["messages"][-1]["content"])
+    assert second["error"].startswith("unknown source 'nope'")
+    assert turn.of("tool-output-error")[0]["errorText"] == second["error"]
+    assert turn.text() == "I cannot search that."
