@@ -22,6 +22,7 @@ from evals import enterprise
 from evals.harness import gold_tables, load_questions, recall_at, schema_recall
 from services.query import search
 from services.query.engines import EngineSettings, Sources
+from services.query.schema import SchemaConfig
 from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
 from shared.contracts import SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
 from shared.words import terms, words
@@ -98,7 +99,7 @@ async def recall() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = enterprise.ensure(Path(tmp) / "enterprise.db")
         sources = Sources({"enterprise": f"sqlite:///{db}"}, EngineSettings())
-        searches = SchemaSearch(sources, SearchConfig())
+        searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
         try:
             started = time.perf_counter()
             index = await searches.index("enterprise")

@@ -23,6 +23,7 @@ from bench.stack import http_ok, running_stack
 from evals import enterprise
 from evals.harness import Outcome, Question, Summary, compare, evaluate, load_questions, report, schema_recall, summarise
 from services.query.engines import EngineSettings, Sources
+from services.query.schema import SchemaConfig
 from services.query.search import SchemaSearch, SearchConfig
 from tests.harness import wait_until
 
@@ -61,7 +62,7 @@ async def recall_report() -> str:
     WORKDIR.mkdir(parents=True, exist_ok=True)
     path = enterprise.ensure(WORKDIR / "enterprise.db")
     sources = Sources({"enterprise": f"sqlite:///{path}"}, EngineSettings())
-    searches = SchemaSearch(sources, SearchConfig())
+    searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
     try:
         index = await searches.index("enterprise")
         questions = load_questions(QUESTION_SETS["enterprise"])

@@ -22,6 +22,7 @@ from evals.harness import load_questions, schema_recall
 from services.gateway.chat import prompt
 from services.gateway.chat.search import render
 from services.query.engines import EngineSettings, Sources
+from services.query.schema import SchemaConfig
 from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, signed_in, started_fake, user_message
@@ -39,7 +40,7 @@ def enterprise_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 async def search(enterprise_db: Path) -> AsyncIterator[SchemaSearch]:
     sources = Sources({"enterprise": f"sqlite:///{enterprise_db}"}, EngineSettings())
-    searches = SchemaSearch(sources, SearchConfig())
+    searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
     yield searches
     await searches.close()
     await sources.close()
@@ -170,7 +171,7 @@ async def test_postgres_and_mariadb_tables_are_found_with_comments_values_and_jo
         else:
             url, prefix = await stack.enter_async_context(mariadb_database(my_reader, MY_SETUP)), ""
         sources = Sources({"db": url}, EngineSettings(pool_size=2))
-        searches = SchemaSearch(sources, SearchConfig())
+        searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
         stack.push_async_callback(sources.close)
         stack.push_async_callback(searches.close)
         reply = (await searches.index("db")).search("Which frozen depots had outbound pallet moves?", 5)

@@ -19,13 +19,12 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.conversations import GET_MAX_BYTES, HISTORY, caller_uid
-from shared.bus import request
+from services.gateway.auth.identity import caller_uid
+from services.gateway.conversations import GET_MAX_BYTES
 from shared.contracts import (
     CONVERSATION_ID_PATTERN,
     EXAMPLE_QUESTION_MAX_CHARS,
     ExamplePropose,
-    ExampleReply,
     ExecuteQueryPart,
     StoredMessage,
     TextPart,
@@ -46,10 +45,6 @@ class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _decoder = msgspec.json.Decoder(Feedback)
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_post("/api/feedback", post_feedback)
 
 
 def parse(body: bytes) -> Feedback:
@@ -95,7 +90,7 @@ async def post_feedback(http_request: web.Request) -> web.Response:
     uid = await caller_uid(http_request)
     rated = parse(await http_request.read())
     app = http_request.app
-    loaded = await app[HISTORY].load(uid, rated.conversation_id, max_bytes=GET_MAX_BYTES, min_messages=2)
+    loaded = await app[keys.HISTORY].load(uid, rated.conversation_id, max_bytes=GET_MAX_BYTES, min_messages=2)
     if not loaded.exists:
         if loaded.partial:
             raise ServiceError(UNAVAILABLE, "conversation history is unavailable while Redis is down; try again shortly")
@@ -108,5 +103,5 @@ async def post_feedback(http_request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "example": None, "note": "no query of this answer succeeded: there is nothing to learn from it"})
     config = app[keys.CONFIG]
     propose = proposal(uid, rated, *found, approved=not config.examples_require_approval)
-    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].session_examples("propose"), propose, timeout=config.session_timeout_s, reply=ExampleReply)
-    return web.json_response({"ok": True, "example": {"id": reply.example.id, "status": reply.example.status}})
+    example = await app[keys.EXAMPLES].propose(propose)
+    return web.json_response({"ok": True, "example": {"id": example.id, "status": example.status}})

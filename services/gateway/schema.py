@@ -1,33 +1,19 @@
-"""describe_schema for the gateway: the NATS client of `query.schema`, and `GET /api/schema`."""
+"""`GET /api/schema`: describe_schema over HTTP (the `query.schema` client is clients.QueryClient)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from aiohttp import web
-from nats.aio.client import Client as NATS
 
 from services.gateway import keys
-from services.gateway.handlers import current_session
-from shared.bus import request
-from shared.contracts import Subjects
+from services.gateway.auth.identity import current_session
 from shared.errors import BAD_REQUEST, ServiceError
 
-SCHEMA_TIMEOUT_S = 15.0
-"""How long the gateway waits for a description (the query service stops at QUERY_SCHEMA_TIMEOUT_S, 10 s by default)."""
 MAX_TABLES_ASKED = 50
 _SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-async def describe_schema(nc: NATS, subjects: Subjects, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S) -> dict[str, Any]:
-    """The `query.schema` reply for `source` (None: the default source): an overview, or details of `tables`.
-
-    Raises ServiceError: bad_request, unknown_source, query_timeout, unavailable, timeout.
-    """
-    payload: dict[str, Any] = {"source": source, "tables": list(tables) if tables is not None else None}
-    return await request(nc, subjects.query_schema, payload, timeout=timeout)
 
 
 def _parameters(query: Any) -> tuple[str | None, list[str] | None]:
@@ -56,6 +42,5 @@ async def get_schema(http_request: web.Request) -> web.Response:
     if any(len(http_request.query.getall(name)) > 1 for name in http_request.query):
         raise ServiceError(BAD_REQUEST, "give each parameter once")
     source, tables = _parameters(http_request.query)
-    app = http_request.app
-    reply = await describe_schema(app[keys.NATS_CLIENT], app[keys.SUBJECTS], source, tables)
-    return web.json_response(reply)
+    reply = await http_request.app[keys.QUERY].schema(source, tables)
+    return web.json_response(msgspec.to_builtins(reply))

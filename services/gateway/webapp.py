@@ -14,9 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
-from services.gateway.handlers import current_session
-from shared.bus import request
 from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -103,18 +102,12 @@ async def auth_config(request: web.Request) -> web.Response:
 async def sources(http_request: web.Request) -> web.Response:
     """GET /api/sources: the query sources with their dialects, and the default (needs a session)."""
     await current_session(http_request)
-    app = http_request.app
-    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=SOURCES_TIMEOUT_S)
-    dialects = reply.get("dialects") or {}
-    listed = [{"name": name, "dialect": dialects.get(name)} for name in reply.get("sources", [])]
-    return web.json_response({"sources": listed, "default": reply.get("default")})
+    reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
+    listed = [{"name": name, "dialect": reply.dialects.get(name)} for name in reply.sources]
+    return web.json_response({"sources": listed, "default": reply.default})
 
 
 def setup(app: web.Application) -> None:
-    """Routes and headers of the web app."""
+    """The security headers on every response (the web app's routes are in routes.py)."""
     app[CSP_KEY] = content_security_policy(app[keys.CONFIG])
     app.on_response_prepare.append(security_headers)
-    app.router.add_get("/", index)
-    app.router.add_get("/assets/{name}", asset)
-    app.router.add_get("/auth/config", auth_config)
-    app.router.add_get("/api/sources", sources)

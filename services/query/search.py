@@ -31,7 +31,8 @@ from nats.aio.msg import Msg
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Describes
 from services.query.guard import FunctionName, FunctionPolicy, check_read_only
-from shared.config import env_float, env_int, environ
+from services.query.schema import SchemaConfig
+from shared.config import environ, load, setting
 from shared.contracts import JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 from shared.words import terms, words
@@ -61,27 +62,15 @@ _TEXT_TYPE = re.compile(r"char|text|string|enum|clob|name", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The query service's search_schema settings (the refresh period is QUERY_SCHEMA_CACHE_S)."""
+    """The query service's search_schema settings; the refresh period and the catalog's time limit are describe_schema's (SchemaConfig)."""
 
-    max_tables: int = 5000
-    """QUERY_SCHEMA_INDEX_MAX_TABLES: tables indexed per source at most (the first in catalog order)."""
-    sample_values: int = 8
-    """QUERY_SCHEMA_SAMPLE_VALUES: a text column with at most this many distinct values in its first rows has them kept; 0 samples none."""
-    sample_s: float = 20.0
-    """QUERY_SCHEMA_SAMPLE_S: time one index build may spend sampling values; the tables not reached by then have none."""
-    cache_s: float = 30.0
-    timeout_s: float = 10.0
+    max_tables: int = setting("QUERY_SCHEMA_INDEX_MAX_TABLES", 5000, "tables indexed per source at most (the first in catalog order)", minimum=1)
+    sample_values: int = setting("QUERY_SCHEMA_SAMPLE_VALUES", 8, "a text column with at most this many distinct values in its first rows has them kept; 0 samples none", minimum=0)
+    sample_s: float = setting("QUERY_SCHEMA_SAMPLE_S", 20.0, "time one index build may spend sampling values; the tables not reached by then have none", minimum=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SearchConfig:
-        env = environ() if env is None else env
-        return cls(
-            max_tables=env_int(env, "QUERY_SCHEMA_INDEX_MAX_TABLES", 5000, minimum=1),
-            sample_values=env_int(env, "QUERY_SCHEMA_SAMPLE_VALUES", 8, minimum=0),
-            sample_s=env_float(env, "QUERY_SCHEMA_SAMPLE_S", 20.0, minimum=0),
-            cache_s=env_float(env, "QUERY_SCHEMA_CACHE_S", 30.0, minimum=0),
-            timeout_s=env_float(env, "QUERY_SCHEMA_TIMEOUT_S", 10.0, minimum=0.1),
-        )
+        return load(cls, environ() if env is None else env)
 
 
 def _is_text(type_: str) -> bool:
@@ -268,9 +257,17 @@ async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: F
 class SchemaSearch:
     """Serves `query.schema.search`: an index per source, built on first use and rebuilt past QUERY_SCHEMA_CACHE_S."""
 
-    def __init__(self, sources: Sources, config: SearchConfig, allowed_functions: Mapping[str, frozenset[FunctionName]] | None = None, query_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        sources: Sources,
+        config: SearchConfig,
+        schema: SchemaConfig,
+        allowed_functions: Mapping[str, frozenset[FunctionName]] | None = None,
+        query_timeout_s: float = 30.0,
+    ) -> None:
         self._sources = sources
         self._config = config
+        self._schema = schema
         self._allowed = allowed_functions or {}
         self._query_timeout_s = query_timeout_s
         self._indexes: dict[str, SchemaIndex] = {}
@@ -280,7 +277,7 @@ class SchemaSearch:
         """The index of `source`: built now if there is none, else the one there (a rebuild starts when it is old)."""
         engine = self._sources.resolve(source)
         current = self._indexes.get(engine.name)
-        if current is not None and time.monotonic() < current.built + self._config.cache_s:
+        if current is not None and time.monotonic() < current.built + self._schema.cache_s:
             return current
         building = self._building.get(engine.name)
         if building is None:
@@ -307,12 +304,13 @@ class SchemaSearch:
         if not isinstance(engine, Describes):
             raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
-            async with asyncio.timeout(config.timeout_s):
-                listed = await engine.describe(None, config.max_tables, config.timeout_s)
+            timeout_s = self._schema.timeout_s
+            async with asyncio.timeout(timeout_s):
+                listed = await engine.describe(None, config.max_tables, timeout_s)
                 names = [t.name for t in listed.tables]
-                catalog = await engine.describe(names, config.max_tables, config.timeout_s) if names else listed
+                catalog = await engine.describe(names, config.max_tables, timeout_s) if names else listed
         except TimeoutError:
-            raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {config.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
+            raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {self._schema.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
         policy = engine.function_policy(self._allowed.get(engine.name, frozenset()))
         values = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s)
         index = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, values, listed.total)

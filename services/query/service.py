@@ -87,9 +87,10 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
         service = QueryService(config, nc, sources, handlers, server, subjects)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
-        schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
+        schema_config = schema.SchemaConfig.from_env()
+        schemas = schema.SchemaService(sources, schema_config)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
-        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), config.allowed_functions, config.timeout_s)
+        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), schema_config, config.allowed_functions, config.timeout_s)
         stack.push_async_callback(searches.close)
         await server.add(subjects.query_schema_search, QUERY_QUEUE, searches.handle)
 

@@ -13,13 +13,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import msgspec
 import structlog
-from nats.aio.client import Client as NATS
 
 from services.gateway.chat import prompt
-from services.gateway.schema import describe_schema
-from shared.bus import request
-from shared.contracts import Subjects
+from services.gateway.clients import QueryClient
+from shared.contracts import SchemaReply
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -47,9 +46,8 @@ class _Entry:
 class PromptContext:
     """System prompts per source, fetched over NATS at most every CACHE_S."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, schema_max_chars: int) -> None:
-        self._nc = nc
-        self._subjects = subjects
+    def __init__(self, query: QueryClient, schema_max_chars: int) -> None:
+        self._query = query
         self._schema_max_chars = schema_max_chars
         self._entries: dict[str | None, _Entry] = {}
         self._renewing: dict[str | None, asyncio.Task[None]] = {}
@@ -86,16 +84,16 @@ class PromptContext:
 
     async def _fetch(self, source: str | None) -> _Entry:
         ping, overview = await asyncio.gather(
-            request(self._nc, self._subjects.query_ping, {}, timeout=TIMEOUT_S),
-            describe_schema(self._nc, self._subjects, source, None, TIMEOUT_S),
+            self._query.ping(TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
             raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
-        names = tuple(str(n) for n in ping.get("sources") or ())
-        dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
-        default = str(ping.get("default") or (names[0] if names else "default"))
-        schema = overview if isinstance(overview, dict) else None
+        names = tuple(ping.sources)
+        dialects = ping.dialects
+        default = ping.default or (names[0] if names else "default")
+        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
         if schema is None:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))

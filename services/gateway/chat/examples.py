@@ -7,11 +7,12 @@ many at most (0: none). A turn goes on without them when the session service can
 from __future__ import annotations
 
 import structlog
-from nats.aio.client import Client as NATS
+from aiohttp import web
 
-from services.gateway.chat.history import UIMessage
-from shared.bus import request
-from shared.contracts import EXAMPLE_QUESTION_MAX_CHARS, Example, ExampleSimilar, ExamplesReply, Subjects
+from services.gateway import keys
+from services.gateway.chat.chat_request import UIMessage
+from services.gateway.clients import ExamplesClient
+from shared.contracts import EXAMPLE_QUESTION_MAX_CHARS, Example
 from shared.errors import ServiceError
 
 log = structlog.get_logger(__name__)
@@ -27,16 +28,15 @@ def question_of(messages: list[UIMessage]) -> str:
     return ""
 
 
-async def similar(nc: NATS, subjects: Subjects, source: str | None, question: str, limit: int, timeout: float) -> list[Example]:
+async def similar(client: ExamplesClient, source: str | None, question: str, limit: int) -> list[Example]:
     """The examples for this question, or none (and a warning) when they cannot be had."""
     if limit <= 0 or not question:
         return []
     try:
-        reply = await request(nc, subjects.session_examples("similar"), ExampleSimilar(source=source or DEFAULT_SOURCE, question=question, limit=limit), timeout=timeout, reply=ExamplesReply)
+        return await client.similar(source or DEFAULT_SOURCE, question, limit)
     except ServiceError as exc:
         log.warning("chat_examples_unavailable", code=exc.code, error=exc.message)
         return []
-    return reply.examples
 
 
 def section(examples: list[Example]) -> str:
@@ -47,3 +47,8 @@ def section(examples: list[Example]) -> str:
     for example in examples:
         lines += [f"- Question: {example.question}", f"  SQL: {' '.join(example.sql.split())}"]
     return "\n".join(lines)
+
+
+async def for_turn(app: web.Application, source: str | None, messages: list[UIMessage]) -> str:
+    """The system prompt's part for this turn: the LLM_EXAMPLES approved examples most like its question (may be empty)."""
+    return section(await similar(app[keys.EXAMPLES], source, question_of(messages), app[keys.CONFIG].llm_examples))

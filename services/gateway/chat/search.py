@@ -1,4 +1,4 @@
-"""search_schema for the model: the NATS client of `query.schema.search`, and the found tables as text within LLM_SCHEMA_SEARCH_MAX_CHARS.
+"""search_schema for the model: the found tables (`query.schema.search`, asked through clients.QueryClient) as text within LLM_SCHEMA_SEARCH_MAX_CHARS.
 
 The query service ranks the tables (services/query/search.py); here they are written as the
 model reads them best, one block per table (columns, types, keys, comments, sampled
@@ -11,22 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from nats.aio.client import Client as NATS
 
-from shared.bus import request
-from shared.contracts import SEARCH_QUERY_MAX_CHARS, SchemaSearchReply, SchemaSearchRequest, SearchTable, Subjects
+from shared.contracts import SEARCH_QUERY_MAX_CHARS, SchemaSearchReply, SearchTable
 
-SEARCH_TIMEOUT_S = 45.0
-"""A source's first search builds its index: the catalog (QUERY_SCHEMA_TIMEOUT_S) and the value samples (QUERY_SCHEMA_SAMPLE_S)."""
 SEARCH_LIMIT = 10
 """Tables asked of the query service; the budget may keep fewer."""
 MIN_BUDGET = 500
 MAX_QUERY_CHARS = SEARCH_QUERY_MAX_CHARS
-
-
-async def search_schema(nc: NATS, subjects: Subjects, query: str, source: str | None, limit: int = SEARCH_LIMIT, timeout: float = SEARCH_TIMEOUT_S) -> SchemaSearchReply:
-    """The `query.schema.search` reply. Raises ServiceError: bad_request, unknown_source, query_timeout, unavailable, timeout."""
-    return await request(nc, subjects.query_schema_search, SchemaSearchRequest(query=query, source=source, limit=limit), timeout=timeout, reply=SchemaSearchReply)
 
 
 def _table_block(table: SearchTable) -> str:

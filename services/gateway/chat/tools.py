@@ -11,19 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from services.gateway.chat import metrics, prompt, search
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
+from services.gateway.clients import QueryClient
 from services.gateway.relay import QueryResult, relay
-from services.gateway.schema import describe_schema
 from shared.contracts import Subjects
 from shared.errors import ServiceError
+from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
-MAX_SQL_CHARS = 100_000
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ToolContext:
 
     nc: NATS
     subjects: Subjects
+    query: QueryClient
     ui: UIStream
     source: str | None
     stream_idle_s: float
@@ -107,7 +109,7 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
 async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        reply = await describe_schema(ctx.nc, ctx.subjects, source, tables, SCHEMA_TIMEOUT_S)
+        reply = msgspec.to_builtins(await ctx.query.schema(source, tables, SCHEMA_TIMEOUT_S))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)
@@ -120,7 +122,7 @@ async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, t
 async def _search_schema(ctx: ToolContext, call_id: str, query: str, source: str | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        reply = await search.search_schema(ctx.nc, ctx.subjects, query, source)
+        reply = await ctx.query.search(query, source, search.SEARCH_LIMIT)
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.SEARCH_SCHEMA, exc.code).inc()
         await stream.error(exc.message)
