@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from evals import enterprise
 from evals.harness import load_questions, schema_recall
 from services.gateway.chat import prompt
 from services.gateway.chat.search import render
+from services.query import search as search_module
 from services.query.engines import EngineSettings, Sources
 from services.query.schema import SchemaConfig
 from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
@@ -205,3 +207,28 @@ async def test_a_bad_search_call_gives_the_model_an_error_to_correct(services: S
     assert second["error"].startswith("unknown source 'nope'")
     assert turn.of("tool-output-error")[0]["errorText"] == second["error"]
     assert turn.text() == "I cannot search that."
+
+
+async def test_a_rebuild_samples_only_new_or_changed_tables_until_the_values_are_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "depot.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE crates (id INTEGER PRIMARY KEY, colour TEXT); INSERT INTO crates (colour) VALUES ('red'), ('blue');")
+    conn.close()
+    sources = Sources({"depot": f"sqlite:///{path}"}, EngineSettings())
+    searches = SchemaSearch(sources, SearchConfig(), SchemaConfig(cache_s=0))
+    try:
+        first = await searches.rebuild("depot")
+        assert first.search("crates colour", 1).tables[0].columns[1].values == ["blue", "red"]
+        conn = sqlite3.connect(path)
+        conn.executescript("INSERT INTO crates (colour) VALUES ('green'); CREATE TABLE lids (id INTEGER PRIMARY KEY, size TEXT); INSERT INTO lids (size) VALUES ('S'), ('L');")
+        conn.close()
+        second = await searches.rebuild("depot")
+        assert second.search("crates colour", 1).tables[0].columns[1].values == ["blue", "red"]  # kept: the table did not change
+        assert second.search("lids size", 1).tables[0].columns[1].values == ["L", "S"]  # a new table is sampled
+        monkeypatch.setattr(search_module, "VALUES_REFRESH_S", 0.0)
+        third = await searches.rebuild("depot")
+        assert third.search("crates colour", 1).tables[0].columns[1].values == ["blue", "green", "red"]  # old values are read again
+        assert await searches.index("depot") is third
+    finally:
+        await searches.close()
+        await sources.close()

@@ -10,7 +10,8 @@ foreign-key join paths between them.
 Values are sampled as a user's query is run: each statement passes the read-only guard
 with the source's function policy and runs under QUERY_TIMEOUT_S, on the source's own role.
 An index is rebuilt when it is older than QUERY_SCHEMA_CACHE_S, as the describe_schema
-cache is; until the new one is built, searches use the old one. An index of INDEX_MEMORY_BOUND
+cache is; until the new one is built, searches use the old one. A rebuild samples only the
+tables that are new or changed, for VALUES_REFRESH_S; then every table again. An index of INDEX_MEMORY_BOUND
 bytes holds 5,000 tables of a dozen columns (tests/test_schema_search.py measures it).
 """
 
@@ -46,7 +47,9 @@ SAMPLE_ROWS = 1000
 MAX_VALUE_CHARS = 60
 """A column with a longer value is not a column of codes or categories: its values are not kept."""
 SAMPLE_CONCURRENCY = 3
-"""Samples of one index build read at once (fewer than a source's pool of connections, so users' queries still get one)."""
+"""Tables sampled at once by one index build (fewer than a source's pool of connections, so users' queries still get one)."""
+VALUES_REFRESH_S = 600.0
+"""Sampled values are kept across index rebuilds (every QUERY_SCHEMA_CACHE_S) for this long, for tables whose text columns did not change."""
 CANDIDATES = 40
 """Full-text hits ranked before the foreign-key expansion."""
 EXPANDED_FROM = 8
@@ -222,16 +225,43 @@ def sample_sql(table: str, column: str, dialect: str, keep: int) -> str:
     return f"SELECT DISTINCT v FROM (SELECT {c} AS v FROM {t} LIMIT {SAMPLE_ROWS}) AS s WHERE v IS NOT NULL ORDER BY v LIMIT {keep + 1}"
 
 
-async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: FunctionPolicy, config: SearchConfig, timeout_s: float) -> dict[tuple[str, str], list[str]]:
+@dataclass
+class Samples:
+    """The values sampled for a source: by (table, column), and which tables were sampled (by a hash of their text columns)."""
+
+    values: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
+    taken: float = field(default_factory=time.monotonic)
+
+    def fresh(self, now: float) -> bool:
+        return now < self.taken + VALUES_REFRESH_S
+
+
+def _text_columns(table: SchemaTable) -> list[str]:
+    return [c.name for c in table.columns if _is_text(c.type)]
+
+
+async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: FunctionPolicy, config: SearchConfig, timeout_s: float, previous: Samples | None = None) -> Samples:
     """The values of each low-cardinality text column, read as a user's query is: guard first, then the engine, under `timeout_s`.
 
-    Stops at QUERY_SCHEMA_SAMPLE_S; a column the role cannot read, or whose sample fails, has none.
+    A table `previous` sampled with the same text columns less than VALUES_REFRESH_S ago keeps
+    its values; the others are sampled, until QUERY_SCHEMA_SAMPLE_S. A column the role cannot
+    read, or whose sample fails, has none.
     """
-    found: dict[tuple[str, str], list[str]] = {}
+    reuse = previous is not None and previous.fresh(time.monotonic())
+    samples = Samples(taken=previous.taken if reuse and previous is not None else time.monotonic())
     if config.sample_values <= 0:
-        return found
+        return samples
     deadline = time.monotonic() + config.sample_s
-    wanted = deque((table.name, column.name) for table in tables for column in table.columns if _is_text(column.type))
+    wanted: deque[tuple[str, list[str], int]] = deque()
+    for table in tables:
+        columns = _text_columns(table)
+        signature = hash(tuple(columns))
+        if reuse and previous is not None and previous.tables.get(table.name) == signature:
+            samples.tables[table.name] = signature
+            samples.values.update({(table.name, c): previous.values[(table.name, c)] for c in columns if (table.name, c) in previous.values})
+        elif columns:
+            wanted.append((table.name, columns, signature))
 
     async def sample(table: str, column: str) -> None:
         sql = sample_sql(table, column, engine.dialect, config.sample_values)
@@ -244,14 +274,17 @@ async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: F
             return
         values = [row[0] for row in rows]
         if len(values) <= config.sample_values and all(isinstance(v, str) and 0 < len(v) <= MAX_VALUE_CHARS for v in values):
-            found[(table, column)] = values
+            samples.values[(table, column)] = values
 
     async def worker() -> None:
         while wanted and time.monotonic() < deadline:
-            await sample(*wanted.popleft())
+            table, columns, signature = wanted.popleft()
+            for column in columns:
+                await sample(table, column)
+            samples.tables[table] = signature  # a table cut off by the deadline is sampled next time
 
     await asyncio.gather(*(worker() for _ in range(SAMPLE_CONCURRENCY)))
-    return found
+    return samples
 
 
 class SchemaSearch:
@@ -271,6 +304,7 @@ class SchemaSearch:
         self._allowed = allowed_functions or {}
         self._query_timeout_s = query_timeout_s
         self._indexes: dict[str, SchemaIndex] = {}
+        self._samples: dict[str, Samples] = {}
         self._building: dict[str, asyncio.Task[SchemaIndex]] = {}
 
     async def index(self, source: str | None) -> SchemaIndex:
@@ -279,14 +313,22 @@ class SchemaSearch:
         current = self._indexes.get(engine.name)
         if current is not None and time.monotonic() < current.built + self._schema.cache_s:
             return current
+        building = self._start(engine)
+        if current is not None:
+            return current  # served while the new one is built
+        return await asyncio.shield(building)
+
+    async def rebuild(self, source: str | None) -> SchemaIndex:
+        """Build `source`'s index now (sharing a build under way) and use it from now on."""
+        return await asyncio.shield(self._start(self._sources.resolve(source)))
+
+    def _start(self, engine: Engine) -> asyncio.Task[SchemaIndex]:
         building = self._building.get(engine.name)
         if building is None:
             building = asyncio.create_task(self._build(engine))
             self._building[engine.name] = building
             building.add_done_callback(lambda done: self._built(engine.name, done))
-        if current is not None:
-            return current  # served while the new one is built
-        return await asyncio.shield(building)
+        return building
 
     def _built(self, name: str, done: asyncio.Task[SchemaIndex]) -> None:
         self._building.pop(name, None)
@@ -312,14 +354,15 @@ class SchemaSearch:
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {self._schema.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
         policy = engine.function_policy(self._allowed.get(engine.name, frozenset()))
-        values = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s)
-        index = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, values, listed.total)
+        samples = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s, self._samples.get(engine.name))
+        self._samples[engine.name] = samples
+        index = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, samples.values, listed.total)
         log.info(
             "schema_indexed",
             source=engine.name,
             tables=len(index.names),
             of=listed.total,
-            sampled_columns=len(values),
+            sampled_columns=len(samples.values),
             bytes=index.database_bytes(),
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
