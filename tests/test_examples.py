@@ -187,3 +187,16 @@ async def test_without_required_approval_a_thumbs_up_teaches_at_once(services: S
         await fake.stop()
         for example in await stored(services):
             await admin(services, "delete", SOURCE, example.id)
+
+
+async def test_without_redis_a_thumbs_up_is_refused_clearly_and_chat_goes_on(infra: Infra, shop_db: Path, tmp_path: Path) -> None:
+    with running_system(infra, "exr", start=("session", "query"), REDIS_URL="", QUERY_SOURCES=f"{SOURCE}=sqlite:///{shop_db}", QUERY_SAMPLE_PATH=str(tmp_path / "s.db")) as system:
+        fake = await started_fake()
+        try:
+            async with gateway(env_of(system, fake, EXAMPLES_REQUIRE_APPROVAL="0")) as url, signed_in(url) as client:
+                cid, turn = await answered_turn(client, fake)  # the turn goes on without examples
+                assert "Verified examples" not in system_prompt(fake)
+                status, reply = await rate(client, {"conversation_id": cid, "message_id": message_id(turn), "rating": "up"})
+        finally:
+            await fake.stop()
+    assert status == 503 and reply["error"]["code"] == "unavailable" and "REDIS_URL" in reply["error"]["message"]
