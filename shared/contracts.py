@@ -696,7 +696,8 @@ ExampleStatus = Literal["pending", "approved"]
 SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 ExampleId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]
 EXAMPLE_QUESTION_MAX_CHARS = 4000
-EXAMPLE_SQL_MAX_CHARS = 100_000
+EXAMPLE_SQL_MAX_CHARS = 8000
+"""A longer query is not taught: it would crowd the model's context (LLM_EXAMPLES of them go into every turn like it)."""
 
 
 class Example(msgspec.Struct, frozen=True, omit_defaults=True):

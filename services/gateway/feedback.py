@@ -24,6 +24,7 @@ from services.gateway.conversations import GET_MAX_BYTES
 from shared.contracts import (
     CONVERSATION_ID_PATTERN,
     EXAMPLE_QUESTION_MAX_CHARS,
+    EXAMPLE_SQL_MAX_CHARS,
     ExamplePropose,
     ExecuteQueryPart,
     StoredMessage,
@@ -103,5 +104,7 @@ async def post_feedback(http_request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "example": None, "note": "no query of this answer succeeded: there is nothing to learn from it"})
     config = app[keys.CONFIG]
     propose = proposal(uid, rated, *found, approved=not config.examples_require_approval)
+    if len(propose.sql) > EXAMPLE_SQL_MAX_CHARS:
+        return web.json_response({"ok": True, "example": None, "note": f"the query is longer than {EXAMPLE_SQL_MAX_CHARS} characters: too long to teach"})
     example = await app[keys.EXAMPLES].propose(propose)
     return web.json_response({"ok": True, "example": {"id": example.id, "status": example.status}})

@@ -42,7 +42,7 @@ from shared.words import similarity
 log = structlog.get_logger(__name__)
 
 SOURCES_KEY = "examples:sources"
-MAX_PER_SOURCE = 1000
+MAX_PER_SOURCE = 500
 """Examples kept per source at most; a proposal past it is refused."""
 MIN_SIMILARITY = 0.4
 """An example is offered for a question only when they share at least this much (shared.words.similarity)."""
