@@ -11,8 +11,9 @@ Values are sampled as a user's query is run: each statement passes the read-only
 with the source's function policy and runs under QUERY_TIMEOUT_S, on the source's own role.
 An index is rebuilt when it is older than QUERY_SCHEMA_CACHE_S, as the describe_schema
 cache is; until the new one is built, searches use the old one. A rebuild samples only the
-tables that are new or changed, for VALUES_REFRESH_S; then every table again. An index of INDEX_MEMORY_BOUND
-bytes holds 5,000 tables of a dozen columns (tests/test_schema_search.py measures it).
+tables that are new or changed, for VALUES_REFRESH_S; then every table again. An index of
+INDEX_MEMORY_BOUND bytes holds 5,000 tables of a dozen columns (tests/test_schema_search.py
+checks it, bench/search.py times it).
 """
 
 from __future__ import annotations
