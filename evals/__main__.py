@@ -120,6 +120,8 @@ async def main_async(argv: Sequence[str] | None = None) -> str:
             raise SystemExit("set LLM_BASE_URL, LLM_MODEL and LLM_API_KEY (see docs/accuracy.md), or give --gateway URL")
         first = await _run_own(questions, label, {})
     text = report(*first)
+    if not args.questions and args.set in ("all", "enterprise"):
+        text = await recall_report() + "\n\n" + text  # the bundled schema's search quality, without a model
     if overrides is None:
         return text
     other = ",".join(f"{k}={v}" for k, v in overrides.items())
