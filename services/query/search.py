@@ -42,7 +42,7 @@ from shared.words import terms, words
 log = structlog.get_logger(__name__)
 
 INDEX_MEMORY_BOUND = 48 * 1024 * 1024
-"""What an index of 5,000 tables of 12 columns each may take (its SQLite pages and its Python objects)."""
+"""What an index of 5,000 tables of 12 columns each (4 of them categories with their values) may take: its SQLite pages and its Python objects."""
 SAMPLE_ROWS = 1000
 """Values are sampled from a column's first rows only, so that a sample never reads a whole big table."""
 MAX_VALUE_CHARS = 60
