@@ -696,6 +696,7 @@ ExampleStatus = Literal["pending", "approved"]
 SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 ExampleId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]
 EXAMPLE_QUESTION_MAX_CHARS = 4000
+EXAMPLE_NOTE_MAX_CHARS = 2000
 EXAMPLE_SQL_MAX_CHARS = 8000
 """A longer query is not taught: it would crowd the model's context (LLM_EXAMPLES of them go into every turn like it)."""
 
@@ -716,6 +717,8 @@ class Example(msgspec.Struct, frozen=True, omit_defaults=True):
     conversation_id: str | None = None
     message_id: str | None = None
     approved_by: str | None = None
+    note: str | None = None
+    """What the person who gave the thumbs-up wrote with it, for the admin who approves it."""
     flag: str | None = None
     """Set by `examples verify` when the SQL now fails or its result has other columns; a flagged example is not used."""
 
@@ -732,6 +735,7 @@ class ExamplePropose(msgspec.Struct, frozen=True):
     model: str | None = None
     conversation_id: str | None = None
     message_id: str | None = None
+    note: Annotated[str, msgspec.Meta(max_length=EXAMPLE_NOTE_MAX_CHARS)] | None = None
 
 
 class ExampleRef(msgspec.Struct, frozen=True):

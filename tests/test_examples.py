@@ -119,11 +119,12 @@ async def test_only_the_owner_rates_and_a_thumbs_down_never_saves(services: Syst
             status, reply = await rate(owner, {**body, "message_id": "msg_nope"})
             assert status == 404
             assert await stored(services) == []
-            status, reply = await rate(owner, body)
+            status, reply = await rate(owner, {**body, "note": "the red ones, as sales counts them"})
             assert status == 200 and reply["example"]["status"] == "pending"
             [example] = await stored(services)
             assert (example.question, example.sql, example.source, example.model, example.columns) == (QUESTION, GADGETS, SOURCE, fake_llm.MODEL, ["name", "colour"])
-            assert example.author.startswith("dev-") and example.conversation_id == cid
+            assert example.author.startswith("dev-") and example.conversation_id == cid and example.note == "the red ones, as sales counts them"
+            assert "note: the red ones, as sales counts them" in await admin(services, "list", SOURCE)
             assert (await rate(owner, body))[1]["example"]["id"] == example.id  # a second thumbs-up: the same example
             assert len(await stored(services)) == 1
     finally:

@@ -23,6 +23,7 @@ from services.gateway.auth.identity import caller_uid
 from services.gateway.conversations import GET_MAX_BYTES
 from shared.contracts import (
     CONVERSATION_ID_PATTERN,
+    EXAMPLE_NOTE_MAX_CHARS,
     EXAMPLE_QUESTION_MAX_CHARS,
     EXAMPLE_SQL_MAX_CHARS,
     ExamplePropose,
@@ -35,14 +36,13 @@ from shared.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, ServiceError
 log = structlog.get_logger(__name__)
 
 DEFAULT_SOURCE = "default"
-NOTE_MAX_CHARS = 2000
 
 
 class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     conversation_id: Annotated[str, msgspec.Meta(pattern=CONVERSATION_ID_PATTERN)]
     message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     rating: Literal["up", "down"]
-    note: Annotated[str, msgspec.Meta(max_length=NOTE_MAX_CHARS)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=EXAMPLE_NOTE_MAX_CHARS)] | None = None
 
 
 _decoder = msgspec.json.Decoder(Feedback)
@@ -83,6 +83,7 @@ def proposal(uid: str, rated: Feedback, question: str, query: ExecuteQueryPart, 
         model=str(metadata["model"]) if metadata.get("model") else None,
         conversation_id=rated.conversation_id,
         message_id=rated.message_id,
+        note=rated.note,
     )
 
 

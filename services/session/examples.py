@@ -115,6 +115,7 @@ class ExampleStore:
             model=req.model,
             conversation_id=req.conversation_id,
             message_id=req.message_id,
+            note=req.note,
         )
         await self._put(example)
         log.info("example_proposed", source=req.source, id=eid, status=example.status)

@@ -86,7 +86,8 @@ async def verify(nc: NATS, subjects: Subjects, examples: list[Example], out: Tex
 def _line(e: Example) -> str:
     when = dt.datetime.fromtimestamp(e.created_at / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
     state = e.status + (" FLAGGED" if e.flag else "")
-    return f"{e.source:<16} {e.id:<16} {state:<17} {when}  {e.author}  {e.question!r}\n    {' '.join(e.sql.split())}" + (f"\n    flag: {e.flag}" if e.flag else "")
+    extra = (f"\n    note: {e.note}" if e.note else "") + (f"\n    flag: {e.flag}" if e.flag else "")
+    return f"{e.source:<16} {e.id:<16} {state:<17} {when}  {e.author}  {e.question!r}\n    {' '.join(e.sql.split())}" + extra
 
 
 async def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
