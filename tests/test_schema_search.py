@@ -14,6 +14,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import orjson
 import pytest
 
@@ -26,12 +27,16 @@ from services.query import search as search_module
 from services.query.engines import EngineSettings, Sources
 from services.query.schema import SchemaConfig
 from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
+from shared.bus import request
+from shared.contracts import SchemaSearchReply, SchemaSearchRequest, Subjects
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, signed_in, started_fake, user_message
 from tests.conftest import Infra, MysqlReader, PostgresReader, System, running_system
 from tests.readers import mariadb_database, postgres_schema
 
 QUESTIONS = Path(__file__).resolve().parent.parent / "evals" / "questions"
+SAMPLE_S = 300.0
+"""Time to sample every value of the bundled schema even on a loaded CI machine (the default, 20 s, could cut it short there)."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def enterprise_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 async def search(enterprise_db: Path) -> AsyncIterator[SchemaSearch]:
     sources = Sources({"enterprise": f"sqlite:///{enterprise_db}"}, EngineSettings())
-    searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
+    searches = SchemaSearch(sources, SearchConfig(sample_s=SAMPLE_S), SchemaConfig())
     yield searches
     await searches.close()
     await sources.close()
@@ -114,10 +119,21 @@ def test_an_index_of_5000_tables_stays_within_its_stated_memory() -> None:
 
 
 @pytest.fixture(scope="module")
-def services(infra: Infra, enterprise_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def started(infra: Infra, enterprise_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     sample = tmp_path_factory.mktemp("search-sample") / "sample.db"
-    with running_system(infra, "ss", start=("session", "query"), QUERY_SOURCES=f"enterprise=sqlite:///{enterprise_db}", QUERY_SAMPLE_PATH=str(sample)) as system:
+    with running_system(infra, "ss", start=("session", "query"), QUERY_SOURCES=f"enterprise=sqlite:///{enterprise_db}", QUERY_SAMPLE_PATH=str(sample), QUERY_SCHEMA_SAMPLE_S=str(SAMPLE_S)) as system:
         yield system
+
+
+@pytest.fixture(scope="module")
+async def services(started: System) -> System:
+    """The system once its enterprise index is built (a first search waits for it; on a loaded machine longer than the gateway does)."""
+    nc = await nats.connect(started.nats_url)
+    try:
+        await request(nc, Subjects(started.prefix).query_schema_search, SchemaSearchRequest(query="warm up", source="enterprise"), timeout=SAMPLE_S, reply=SchemaSearchReply)
+    finally:
+        await nc.close()
+    return started
 
 
 async def test_a_turn_searches_the_schema_then_queries_the_tables_found(services: System) -> None:
@@ -174,7 +190,7 @@ async def test_postgres_and_mariadb_tables_are_found_with_comments_values_and_jo
         else:
             url, prefix = await stack.enter_async_context(mariadb_database(my_reader, MY_SETUP)), ""
         sources = Sources({"db": url}, EngineSettings(pool_size=2))
-        searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
+        searches = SchemaSearch(sources, SearchConfig(sample_s=SAMPLE_S), SchemaConfig())
         stack.push_async_callback(sources.close)
         stack.push_async_callback(searches.close)
         reply = (await searches.index("db")).search("Which frozen depots had outbound pallet moves?", 5)
