@@ -102,7 +102,7 @@ async def recall() -> None:
         searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
         try:
             started = time.perf_counter()
-            index = await searches.index("enterprise")
+            index = await searches.rebuild("enterprise")
             build_s = time.perf_counter() - started
             questions = load_questions(QUESTIONS)
             lifted = search.NEIGHBOUR_WEIGHT

@@ -64,7 +64,7 @@ async def recall_report() -> str:
     sources = Sources({"enterprise": f"sqlite:///{path}"}, EngineSettings())
     searches = SchemaSearch(sources, SearchConfig(), SchemaConfig())
     try:
-        index = await searches.index("enterprise")
+        index = await searches.rebuild("enterprise")
         questions = load_questions(QUESTION_SETS["enterprise"])
         return f"schema-search recall@5: {schema_recall(index, questions, 5):.3f} ({len(questions)} questions, {len(index.names)} tables, no model)"
     finally:

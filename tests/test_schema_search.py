@@ -32,6 +32,7 @@ from shared.contracts import SchemaSearchReply, SchemaSearchRequest, Subjects
 from tests import fake_llm
 from tests.chat_support import API_KEY, gateway, post_chat, signed_in, started_fake, user_message
 from tests.conftest import Infra, MysqlReader, PostgresReader, System, running_system
+from tests.harness import eventually
 from tests.readers import mariadb_database, postgres_schema
 
 QUESTIONS = Path(__file__).resolve().parent.parent / "evals" / "questions"
@@ -48,6 +49,7 @@ def enterprise_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def search(enterprise_db: Path) -> AsyncIterator[SchemaSearch]:
     sources = Sources({"enterprise": f"sqlite:///{enterprise_db}"}, EngineSettings())
     searches = SchemaSearch(sources, SearchConfig(sample_s=SAMPLE_S), SchemaConfig())
+    await searches.rebuild("enterprise")  # with every value sampled; index() serves it from now on
     yield searches
     await searches.close()
     await sources.close()
@@ -127,10 +129,16 @@ def started(infra: Infra, enterprise_db: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 async def services(started: System) -> System:
-    """The system once its enterprise index is built (a first search waits for it; on a loaded machine longer than the gateway does)."""
+    """The system once the enterprise index has its values (the first index, served at once, has none)."""
     nc = await nats.connect(started.nats_url)
+
+    async def sampled() -> bool:
+        ask = SchemaSearchRequest(query="invoice status", source="enterprise", limit=1)
+        reply = await request(nc, Subjects(started.prefix).query_schema_search, ask, timeout=30, reply=SchemaSearchReply)
+        return any(c.values for t in reply.tables for c in t.columns)
+
     try:
-        await request(nc, Subjects(started.prefix).query_schema_search, SchemaSearchRequest(query="warm up", source="enterprise"), timeout=SAMPLE_S, reply=SchemaSearchReply)
+        await eventually(sampled, "the enterprise index's values", timeout=SAMPLE_S)
     finally:
         await nc.close()
     return started
@@ -193,7 +201,7 @@ async def test_postgres_and_mariadb_tables_are_found_with_comments_values_and_jo
         searches = SchemaSearch(sources, SearchConfig(sample_s=SAMPLE_S), SchemaConfig())
         stack.push_async_callback(sources.close)
         stack.push_async_callback(searches.close)
-        reply = (await searches.index("db")).search("Which frozen depots had outbound pallet moves?", 5)
+        reply = (await searches.rebuild("db")).search("Which frozen depots had outbound pallet moves?", 5)
     found = {t.name: t for t in reply.tables}
     sites, moves = found[f"{prefix}depot_sites"], found[f"{prefix}pallet_moves"]
     assert sites.comment == "Depots where pallets are stored"
@@ -234,7 +242,10 @@ async def test_a_rebuild_samples_only_new_or_changed_tables_until_the_values_are
     sources = Sources({"depot": f"sqlite:///{path}"}, EngineSettings())
     searches = SchemaSearch(sources, SearchConfig(), SchemaConfig(cache_s=0))
     try:
-        first = await searches.rebuild("depot")
+        at_once = await searches.index("depot")  # a first index comes without values, before the sampling
+        assert at_once.search("crates colour", 1).tables[0].columns[1].values == []
+        first = await searches.rebuild("depot")  # the same build, to its end
+        assert first is not at_once
         assert first.search("crates colour", 1).tables[0].columns[1].values == ["blue", "red"]
         conn = sqlite3.connect(path)
         conn.executescript("INSERT INTO crates (colour) VALUES ('green'); CREATE TABLE lids (id INTEGER PRIMARY KEY, size TEXT); INSERT INTO lids (size) VALUES ('S'), ('L');")

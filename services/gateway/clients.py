@@ -76,8 +76,8 @@ Window = LimitWindow
 
 SCHEMA_TIMEOUT_S = 15.0
 """How long the gateway waits for a description (the query service stops at QUERY_SCHEMA_TIMEOUT_S, 10 s by default)."""
-SEARCH_TIMEOUT_S = 45.0
-"""A source's first search builds its index: the catalog (QUERY_SCHEMA_TIMEOUT_S) and the value samples (QUERY_SCHEMA_SAMPLE_S)."""
+SEARCH_TIMEOUT_S = 20.0
+"""A source's first search waits for its catalog (QUERY_SCHEMA_TIMEOUT_S, 10 s by default), not for the value samples."""
 
 
 async def _call[R: msgspec.Struct](nc: NATS, subject: str, payload: msgspec.Struct, reply: type[R], timeout: float) -> R:

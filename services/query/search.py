@@ -9,8 +9,10 @@ foreign-key join paths between them.
 
 Values are sampled as a user's query is run: each statement passes the read-only guard
 with the source's function policy and runs under QUERY_TIMEOUT_S, on the source's own role.
-An index is rebuilt when it is older than QUERY_SCHEMA_CACHE_S, as the describe_schema
-cache is; until the new one is built, searches use the old one. A rebuild samples only the
+A source's first search waits only for its catalog (a first index without values); the
+full index replaces it once the values are sampled. An index is rebuilt when it is older
+than QUERY_SCHEMA_CACHE_S, as the describe_schema cache is; until the new one is built,
+searches use the old one. A rebuild samples only the
 tables that are new or changed, for VALUES_REFRESH_S; then every table again. An index of
 INDEX_MEMORY_BOUND bytes holds 5,000 tables of a dozen columns (tests/test_schema_search.py
 checks it, bench/search.py times it).
@@ -307,9 +309,14 @@ class SchemaSearch:
         self._indexes: dict[str, SchemaIndex] = {}
         self._samples: dict[str, Samples] = {}
         self._building: dict[str, asyncio.Task[SchemaIndex]] = {}
+        self._first: dict[str, asyncio.Future[SchemaIndex]] = {}
 
     async def index(self, source: str | None) -> SchemaIndex:
-        """The index of `source`: built now if there is none, else the one there (a rebuild starts when it is old)."""
+        """The index of `source`: the one there (a rebuild starts when it is old), else the first one.
+
+        A source's first index comes as soon as its catalog is read, without values; the build
+        goes on sampling them, and its full index replaces the first one when it is done.
+        """
         engine = self._sources.resolve(source)
         current = self._indexes.get(engine.name)
         if current is not None and time.monotonic() < current.built + self._schema.cache_s:
@@ -317,7 +324,9 @@ class SchemaSearch:
         building = self._start(engine)
         if current is not None:
             return current  # served while the new one is built
-        return await asyncio.shield(building)
+        first = self._first.setdefault(engine.name, asyncio.get_running_loop().create_future())
+        await asyncio.wait((building, first), return_when=asyncio.FIRST_COMPLETED)  # neither is cancelled if this caller is
+        return first.result() if first.done() and not first.cancelled() else building.result()
 
     async def rebuild(self, source: str | None) -> SchemaIndex:
         """Build `source`'s index now (sharing a build under way) and use it from now on."""
@@ -333,6 +342,9 @@ class SchemaSearch:
 
     def _built(self, name: str, done: asyncio.Task[SchemaIndex]) -> None:
         self._building.pop(name, None)
+        first = self._first.pop(name, None)
+        if first is not None and not first.done():
+            first.cancel()  # the build ended before its first index: its callers get its result or error
         if done.cancelled():
             return
         if done.exception() is not None:
@@ -354,6 +366,12 @@ class SchemaSearch:
                 catalog = await engine.describe(names, config.max_tables, timeout_s) if names else listed
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {self._schema.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
+        if engine.name not in self._indexes:  # searches need not wait for the values: a first index without them
+            first = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, {}, listed.total)
+            self._indexes[engine.name] = first
+            waiting = self._first.pop(engine.name, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(first)
         policy = engine.function_policy(self._allowed.get(engine.name, frozenset()))
         samples = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s, self._samples.get(engine.name))
         self._samples[engine.name] = samples
