@@ -201,3 +201,21 @@ async def test_without_redis_a_thumbs_up_is_refused_clearly_and_chat_goes_on(inf
         finally:
             await fake.stop()
     assert status == 503 and reply["error"]["code"] == "unavailable" and "REDIS_URL" in reply["error"]["message"]
+
+
+async def test_a_thumbs_up_on_an_answer_without_a_successful_query_teaches_nothing(services: System) -> None:
+    fake = await started_fake(
+        fake_llm.tool_calls(("execute_query", {"sql": "SELECT nope FROM gadgets"})),
+        fake_llm.text("That failed."),
+        fake_llm.text("Just words."),
+    )
+    try:
+        async with gateway(env_of(services, fake, EXAMPLES_REQUIRE_APPROVAL="0")) as url, signed_in(url) as client:
+            for question in ("Which gadgets have a nope?", "Say something"):
+                cid = f"conv-{uuid.uuid4().hex[:10]}"
+                turn = await post_chat(client, [user_message(question)], id=cid, source=SOURCE)
+                status, reply = await rate(client, {"conversation_id": cid, "message_id": message_id(turn), "rating": "up"})
+                assert status == 200 and reply["example"] is None and "nothing to learn" in reply["note"]
+        assert await stored(services) == []
+    finally:
+        await fake.stop()
