@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
 from services.session.metrics import timed_call
+from services.session.outage import OutageRouter
 from shared.contracts import (
     Example,
     ExampleFlag,
@@ -69,14 +70,21 @@ def rank(examples: list[Example], question: str, limit: int) -> list[Example]:
 
 
 class ExampleStore:
-    """The examples of every source, in Redis (None: no Redis is configured, and examples are unavailable)."""
+    """The examples of every source, in Redis (None: no Redis is configured, and examples are unavailable).
 
-    def __init__(self, client: Redis | None) -> None:
+    During a Redis outage (the OutageRouter's mode, when one is given) calls fail at once
+    rather than wait for Redis: a chat turn then goes on without examples at no cost.
+    """
+
+    def __init__(self, client: Redis | None, router: OutageRouter | None = None) -> None:
         self._client = client
+        self._router = router
 
     def _redis(self) -> Redis:
         if self._client is None:
             raise ServiceError(UNAVAILABLE, "verified examples need Redis (REDIS_URL); none is configured")
+        if self._router is not None and not self._router.on_redis:
+            raise ServiceError(UNAVAILABLE, "verified examples are unavailable while Redis is down; try again shortly")
         return self._client
 
     async def close(self) -> None:

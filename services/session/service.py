@@ -133,7 +133,7 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
             await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
-        examples = ExampleStore(create_client(config.redis, max_connections=8) if config.redis else None)
+        examples = ExampleStore(create_client(config.redis, max_connections=8) if config.redis else None, router)
         stack.push_async_callback(examples.close)
         example_handlers = ExampleHandlers(examples).routes()
         for op in EXAMPLE_OPS:
