@@ -7,7 +7,9 @@ Only the owner of the conversation can rate it (another user's conversation is n
 A thumbs-down is logged and saves nothing. A thumbs-up on an answer whose `execute_query`
 succeeded proposes an example (the question, that SQL, the source, the author, the model,
 the time) to the session service; with EXAMPLES_REQUIRE_APPROVAL it waits for an admin.
-Nothing else ever creates an example.
+Nothing else ever creates an example. The answer's source must be one the caller may use
+now (ACCESS_POLICY, services/gateway/access.py); else the reply is 404 `unknown_source` and
+nothing is proposed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.auth.identity import caller_uid
+from services.gateway.access import source_grant
+from services.gateway.auth.identity import identity
 from services.gateway.conversations import GET_MAX_BYTES
+from shared.access import DEFAULT_SOURCE
 from shared.contracts import (
     CONVERSATION_ID_PATTERN,
     EXAMPLE_NOTE_MAX_CHARS,
@@ -34,8 +38,6 @@ from shared.contracts import (
 from shared.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_SOURCE = "default"
 
 
 class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,7 +91,8 @@ def proposal(uid: str, rated: Feedback, question: str, query: ExecuteQueryPart, 
 
 async def post_feedback(http_request: web.Request) -> web.Response:
     """Authenticate, parse, find the rated answer in the caller's own conversation, then propose (thumbs-up) or only log."""
-    uid = await caller_uid(http_request)
+    who = await identity(http_request)
+    uid = who.uid
     rated = parse(await http_request.read())
     app = http_request.app
     loaded = await app[keys.HISTORY].load(uid, rated.conversation_id, max_bytes=GET_MAX_BYTES, min_messages=2)
@@ -105,6 +108,8 @@ async def post_feedback(http_request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "example": None, "note": "no query of this answer succeeded: there is nothing to learn from it"})
     config = app[keys.CONFIG]
     propose = proposal(uid, rated, *found, approved=not config.examples_require_approval)
+    # Only a source this user may use now is taught (ACCESS_POLICY may have changed since the answer): else 404, as anywhere
+    source_grant(config, who.session, propose.source)
     if len(propose.sql) > EXAMPLE_SQL_MAX_CHARS:
         return web.json_response({"ok": True, "example": None, "note": f"the query is longer than {EXAMPLE_SQL_MAX_CHARS} characters: too long to teach"})
     example = await app[keys.EXAMPLES].propose(propose)

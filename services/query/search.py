@@ -8,7 +8,11 @@ best hits (a bridge table between two hits the most), and returns the tables wit
 foreign-key join paths between them.
 
 Values are sampled as a user's query is run: each statement passes the read-only guard
-with the source's function policy and runs under QUERY_TIMEOUT_S, on the source's own role.
+with the source's function policy and runs under QUERY_TIMEOUT_S, as the reader the search
+is for. An index is kept per source and database role (ACCESS_POLICY, docs/access.md): a
+caller with a role gets the index whose catalog was read, and whose values were sampled, as
+that role, so it finds only tables (and shows only values) the role may read; a caller
+without one gets the source account's.
 A source's first search waits only for its catalog (a first index without values); the
 full index replaces it once the values are sampled. An index is rebuilt when it is older
 than QUERY_SCHEMA_CACHE_S, as the describe_schema cache is; until the new one is built,
@@ -37,7 +41,7 @@ from services.query.engines.catalog import Describes
 from services.query.guard import FunctionName, FunctionPolicy, check_read_only
 from services.query.schema import SchemaConfig
 from shared.config import environ, load, setting
-from shared.contracts import JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
+from shared.contracts import Caller, JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 from shared.words import terms, words
 
@@ -63,6 +67,8 @@ MAX_JOIN_EDGES = 3
 """Join paths longer than this (through tables not found) are not given."""
 # Field weights of bm25: table name, column names, comments, values.
 _WEIGHTS = (10.0, 3.0, 2.0, 1.5)
+IndexKey = tuple[str, str | None]
+"""An index's key: the source, and the database role it was read as (None: the source's account)."""
 _TEXT_TYPE = re.compile(r"char|text|string|enum|clob|name", re.IGNORECASE)
 
 
@@ -244,8 +250,10 @@ def _text_columns(table: SchemaTable) -> list[str]:
     return [c.name for c in table.columns if _is_text(c.type)]
 
 
-async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: FunctionPolicy, config: SearchConfig, timeout_s: float, previous: Samples | None = None) -> Samples:
-    """The values of each low-cardinality text column, read as a user's query is: guard first, then the engine, under `timeout_s`.
+async def sample_values(
+    engine: Engine, tables: Iterable[SchemaTable], policy: FunctionPolicy, config: SearchConfig, timeout_s: float, previous: Samples | None = None, caller: Caller | None = None
+) -> Samples:
+    """The values of each low-cardinality text column, read as a user's query is (as `caller`'s role): guard first, then the engine, under `timeout_s`.
 
     A table `previous` sampled with the same text columns less than VALUES_REFRESH_S ago keeps
     its values; the others are sampled, until QUERY_SCHEMA_SAMPLE_S. A column the role cannot
@@ -271,7 +279,7 @@ async def sample_values(engine: Engine, tables: Iterable[SchemaTable], policy: F
         try:
             check_read_only(sql, engine.dialect, policy)
             async with asyncio.timeout(timeout_s):
-                async with engine.query(sql, timeout_s) as cursor:
+                async with engine.query(sql, timeout_s, caller) as cursor:
                     rows = await cursor.fetch(config.sample_values + 1)
         except (ServiceError, TimeoutError):
             return
@@ -306,79 +314,88 @@ class SchemaSearch:
         self._schema = schema
         self._allowed = allowed_functions or {}
         self._query_timeout_s = query_timeout_s
-        self._indexes: dict[str, SchemaIndex] = {}
-        self._samples: dict[str, Samples] = {}
-        self._building: dict[str, asyncio.Task[SchemaIndex]] = {}
-        self._first: dict[str, asyncio.Future[SchemaIndex]] = {}
+        self._indexes: dict[IndexKey, SchemaIndex] = {}
+        self._samples: dict[IndexKey, Samples] = {}
+        self._building: dict[IndexKey, asyncio.Task[SchemaIndex]] = {}
+        self._first: dict[IndexKey, asyncio.Future[SchemaIndex]] = {}
 
-    async def index(self, source: str | None) -> SchemaIndex:
-        """The index of `source`: the one there (a rebuild starts when it is old), else the first one.
+    def _resolve(self, source: str | None, role: str | None) -> tuple[Engine, IndexKey]:
+        engine = self._sources.resolve(source)
+        self._sources.check_caller(engine, Caller(role=role))  # only a role ACCESS_POLICY names for this source
+        return engine, (engine.name, role)
+
+    async def index(self, source: str | None, role: str | None = None) -> SchemaIndex:
+        """The index of `source` as database role `role` reads it (None: the source's account): the one
+        there (a rebuild starts when it is old), else the first one.
 
         A source's first index comes as soon as its catalog is read, without values; the build
         goes on sampling them, and its full index replaces the first one when it is done.
         """
-        engine = self._sources.resolve(source)
-        current = self._indexes.get(engine.name)
+        engine, key = self._resolve(source, role)
+        current = self._indexes.get(key)
         if current is not None and time.monotonic() < current.built + self._schema.cache_s:
             return current
-        building = self._start(engine)
+        building = self._start(engine, key)
         if current is not None:
             return current  # served while the new one is built
-        first = self._first.setdefault(engine.name, asyncio.get_running_loop().create_future())
+        first = self._first.setdefault(key, asyncio.get_running_loop().create_future())
         await asyncio.wait((building, first), return_when=asyncio.FIRST_COMPLETED)  # neither is cancelled if this caller is
         return first.result() if first.done() and not first.cancelled() else building.result()
 
-    async def rebuild(self, source: str | None) -> SchemaIndex:
-        """Build `source`'s index now (sharing a build under way) and use it from now on."""
-        return await asyncio.shield(self._start(self._sources.resolve(source)))
+    async def rebuild(self, source: str | None, role: str | None = None) -> SchemaIndex:
+        """Build `source`'s index (as `role`) now, sharing a build under way, and use it from now on."""
+        return await asyncio.shield(self._start(*self._resolve(source, role)))
 
-    def _start(self, engine: Engine) -> asyncio.Task[SchemaIndex]:
-        building = self._building.get(engine.name)
+    def _start(self, engine: Engine, key: IndexKey) -> asyncio.Task[SchemaIndex]:
+        building = self._building.get(key)
         if building is None:
-            building = asyncio.create_task(self._build(engine))
-            self._building[engine.name] = building
-            building.add_done_callback(lambda done: self._built(engine.name, done))
+            building = asyncio.create_task(self._build(engine, key))
+            self._building[key] = building
+            building.add_done_callback(lambda done: self._built(key, done))
         return building
 
-    def _built(self, name: str, done: asyncio.Task[SchemaIndex]) -> None:
-        self._building.pop(name, None)
-        first = self._first.pop(name, None)
+    def _built(self, key: IndexKey, done: asyncio.Task[SchemaIndex]) -> None:
+        name = key[0]
+        self._building.pop(key, None)
+        first = self._first.pop(key, None)
         if first is not None and not first.done():
             first.cancel()  # the build ended before its first index: its callers get its result or error
         if done.cancelled():
             return
         if done.exception() is not None:
-            log.warning("schema_index_failed", source=name, error=getattr(done.exception(), "message", type(done.exception()).__name__))
+            log.warning("schema_index_failed", source=name, role=key[1], error=getattr(done.exception(), "message", type(done.exception()).__name__))
             return
-        self._indexes[name] = done.result()  # the old one is closed when the last search on it lets it go
+        self._indexes[key] = done.result()  # the old one is closed when the last search on it lets it go
 
-    async def _build(self, engine: Engine) -> SchemaIndex:
+    async def _build(self, engine: Engine, key: IndexKey) -> SchemaIndex:
         started = time.monotonic()
         config = self._config
+        caller = Caller(role=key[1]) if key[1] else None
         await self._sources.open(engine)
         if not isinstance(engine, Describes):
             raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
             timeout_s = self._schema.timeout_s
             async with asyncio.timeout(timeout_s):
-                listed = await engine.describe(None, config.max_tables, timeout_s)
+                listed = await engine.describe(None, config.max_tables, timeout_s, caller)
                 names = [t.name for t in listed.tables]
-                catalog = await engine.describe(names, config.max_tables, timeout_s) if names else listed
+                catalog = await engine.describe(names, config.max_tables, timeout_s, caller) if names else listed
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {self._schema.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
-        if engine.name not in self._indexes:  # searches need not wait for the values: a first index without them
+        if key not in self._indexes:  # searches need not wait for the values: a first index without them
             first = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, {}, listed.total)
-            self._indexes[engine.name] = first
-            waiting = self._first.pop(engine.name, None)
+            self._indexes[key] = first
+            waiting = self._first.pop(key, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(first)
         policy = engine.function_policy(self._allowed.get(engine.name, frozenset()))
-        samples = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s, self._samples.get(engine.name))
-        self._samples[engine.name] = samples
+        samples = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s, self._samples.get(key), caller)
+        self._samples[key] = samples
         index = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, samples.values, listed.total)
         log.info(
             "schema_indexed",
             source=engine.name,
+            role=key[1],
             tables=len(index.names),
             of=listed.total,
             sampled_columns=len(samples.values),
@@ -399,7 +416,7 @@ class SchemaSearch:
         """The `query.schema.search` handler (shared.bus.Server decodes the request)."""
         started = time.monotonic()
         try:
-            index = await self.index(request.source)
+            index = await self.index(request.source, request.caller.role if request.caller else None)
             reply = index.search(request.query, request.limit)  # milliseconds, even at 5,000 tables
         except ServiceError as exc:
             log.info("schema_search_failed", source=request.source, code=exc.code, message=exc.message)

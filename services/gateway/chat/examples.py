@@ -12,12 +12,11 @@ from aiohttp import web
 from services.gateway import keys
 from services.gateway.chat.chat_request import UIMessage
 from services.gateway.clients import ExamplesClient
+from shared.access import DEFAULT_SOURCE
 from shared.contracts import EXAMPLE_QUESTION_MAX_CHARS, Example
 from shared.errors import ServiceError
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_SOURCE = "default"
 
 
 def question_of(messages: list[UIMessage]) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from shared.contracts import SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
+from shared.contracts import Caller, SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Catalog:
 class Describes(Protocol):
     """An engine that can describe its source's tables (every engine in services/query/engines)."""
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog: ...
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> Catalog: ...
 
 
 def pick(tables: Sequence[CatalogTable], wanted: Sequence[str] | None, max_tables: int) -> tuple[list[CatalogTable], list[str]]:
