@@ -8,14 +8,18 @@ writes one. Keys:
 * `examples:sources`: the set of sources that have examples.
 
 An example's id is a hash of its source, question and SQL, so a second thumbs-up on the
-same answer does not make a second example. Examples do not expire. While Redis is down
-they are unavailable (a chat turn then goes on without them).
+same answer does not make a second example. Examples do not expire. Every operation goes
+through the OutageRouter (services/session/outage.py), as history does: a Redis failure it
+meets moves the session service to the fallback, and while Redis is down examples are
+unavailable at once (they are not kept in the fallback; a chat turn goes on without them,
+and a thumbs-up is answered 503, to try again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -26,6 +30,7 @@ from redis.asyncio import Redis
 
 from services.session.metrics import timed_call
 from services.session.outage import OutageRouter
+from services.session.redis_store import RedisUnavailable, classify
 from shared.contracts import (
     Example,
     ExampleFlag,
@@ -69,23 +74,43 @@ def rank(examples: list[Example], question: str, limit: int) -> list[Example]:
     return [e for _, e in scored[:limit]]
 
 
+DOWN = "verified examples are unavailable while Redis is down; try again shortly"
+
+
 class ExampleStore:
     """The examples of every source, in Redis (None: no Redis is configured, and examples are unavailable).
 
-    During a Redis outage (the OutageRouter's mode, when one is given) calls fail at once
-    rather than wait for Redis: a chat turn then goes on without examples at no cost.
+    Each operation is one `router.call`: on Redis while it serves; during an outage (the
+    router's mode) the fallback side fails at once rather than wait for Redis, so a chat turn
+    goes on without examples at no cost.
     """
 
-    def __init__(self, client: Redis | None, router: OutageRouter | None = None) -> None:
+    def __init__(self, client: Redis | None, router: OutageRouter) -> None:
         self._client = client
         self._router = router
 
     def _redis(self) -> Redis:
+        assert self._client is not None  # _call checked it
+        return self._client
+
+    async def _call[R](self, operation: Callable[[], Awaitable[R]]) -> R:
+        """Run `operation` (its Redis calls) through the outage router; a Redis outage it meets is reported to it."""
         if self._client is None:
             raise ServiceError(UNAVAILABLE, "verified examples need Redis (REDIS_URL); none is configured")
-        if self._router is not None and not self._router.on_redis:
-            raise ServiceError(UNAVAILABLE, "verified examples are unavailable while Redis is down; try again shortly")
-        return self._client
+
+        async def on_redis() -> R:
+            try:
+                return await operation()
+            except (rex.RedisError, OSError, TimeoutError) as exc:
+                mapped = classify(exc)
+                if isinstance(mapped, RedisUnavailable):
+                    raise mapped from exc  # the router moves every store to the fallback until Redis is back
+                raise ServiceError(UNAVAILABLE, f"verified examples: Redis refused the call ({type(exc).__name__})") from None
+
+        async def on_fallback() -> R:
+            raise ServiceError(UNAVAILABLE, DOWN)
+
+        return await self._router.call(on_redis, on_fallback)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -102,6 +127,9 @@ class ExampleStore:
         await pipe.execute()
 
     async def propose(self, req: ExamplePropose) -> Example:
+        return await self._call(lambda: self._propose(req))
+
+    async def _propose(self, req: ExamplePropose) -> Example:
         eid = example_id(req.source, req.question, req.sql)
         existing = await self._get(req.source, eid)
         if existing is not None:
@@ -130,6 +158,9 @@ class ExampleStore:
         return example
 
     async def list(self, req: ExampleList) -> list[Example]:
+        return await self._call(lambda: self._list(req))
+
+    async def _list(self, req: ExampleList) -> list[Example]:
         client = self._redis()
         sources = [req.source] if req.source is not None else sorted(s.decode() if isinstance(s, bytes) else s for s in await client.smembers(SOURCES_KEY))
         out = []
@@ -142,6 +173,9 @@ class ExampleStore:
         return out
 
     async def approve(self, req: ExampleRef) -> Example:
+        return await self._call(lambda: self._approve(req))
+
+    async def _approve(self, req: ExampleRef) -> Example:
         example = await self._found(req.source, req.id)
         example = msgspec.structs.replace(example, status="approved", approved_by=req.by or example.approved_by, flag=None)
         await self._put(example)
@@ -149,16 +183,25 @@ class ExampleStore:
         return example
 
     async def flag(self, req: ExampleFlag) -> Example:
+        return await self._call(lambda: self._flag(req))
+
+    async def _flag(self, req: ExampleFlag) -> Example:
         example = msgspec.structs.replace(await self._found(req.source, req.id), flag=req.flag)
         await self._put(example)
         return example
 
     async def delete(self, req: ExampleRef) -> None:
+        return await self._call(lambda: self._delete(req))
+
+    async def _delete(self, req: ExampleRef) -> None:
         if not await self._redis().hdel(source_key(req.source), req.id):
             raise ServiceError(NOT_FOUND, f"no example {req.id} in source {req.source!r}")
         log.info("example_deleted", source=req.source, id=req.id)
 
     async def similar(self, req: ExampleSimilar) -> list[Example]:
+        return await self._call(lambda: self._similar(req))
+
+    async def _similar(self, req: ExampleSimilar) -> list[Example]:
         if req.limit == 0:
             return []
         raw = await self._redis().hgetall(source_key(req.source))
