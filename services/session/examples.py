@@ -114,7 +114,7 @@ class ExampleStore:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
 
     async def _get(self, source: str, eid: str) -> Example | None:
         raw = await self._redis().hget(source_key(source), eid)
