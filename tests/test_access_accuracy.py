@@ -49,8 +49,9 @@ def outputs(parts: list[Any]) -> list[Any]:
 
 
 def calls(op: str) -> float:
-    """How many `op` calls the in-process session service served, whatever their outcome."""
-    return sum(s.value for m in REGISTRY.collect() if m.name == "session_call_seconds" for s in m.samples if s.name == "session_call_seconds_count" and s.labels.get("op") == op)
+    """How many `session.examples.<op>` requests the in-process session service served, whatever their outcome."""
+    subject = f".session.examples.{op}"
+    return sum(s.value for m in REGISTRY.collect() if m.name == "bus_request_seconds" for s in m.samples if s.name == "bus_request_seconds_count" and s.labels.get("subject", "").endswith(subject))
 
 
 async def examples_of(setup: Setup, source: str) -> list[Any]:
@@ -109,13 +110,13 @@ async def test_a_turn_on_another_groups_source_asks_no_examples(setup: Setup, ai
     try:
         chat = Gateway(await aiohttp_server(create_app(GatewayConfig.from_env(chat_env(setup, fake)))), aiohttp_client)
         hr = await chat.user(f"h-{uuid.uuid4().hex[:6]}@example.com", ["hr"])
-        before = calls("examples_similar")
+        before = calls("similar")
         async with hr.post("/api/chat", json=chat_body("How many staff are there?", source="sales")) as response:
             assert response.status == 404 and (await response.json())["error"]["code"] == "unknown_source"
-        assert calls("examples_similar") == before and fake.requests == []
+        assert calls("similar") == before and fake.requests == []
         fake.then(fake_llm.text("done"))
         await turn(hr, chat_body("How many notes are there?", source="hr"))
-        assert calls("examples_similar") == before + 1  # the control: a granted source's turn asks for them
+        assert calls("similar") == before + 1  # the control: a granted source's turn asks for them
     finally:
         await fake.stop()
 
@@ -138,11 +139,11 @@ async def test_a_thumbs_up_on_a_source_the_user_may_no_longer_use_is_404_and_tea
         rated = {"conversation_id": body["id"], "message_id": next(p["messageId"] for p in parts if isinstance(p, dict) and p["type"] == "start"), "rating": "up"}
 
         ran = executed("sales")
-        proposals = calls("examples_propose")
+        proposals = calls("propose")
         later = await after.user(email, ["analysts"], uid=uid)
         async with later.post("/api/feedback", json=rated) as response:
             assert response.status == 404 and (await response.json())["error"]["code"] == "unknown_source"
-        assert calls("examples_propose") == proposals  # it never reached the session service
+        assert calls("propose") == proposals  # it never reached the session service
         assert executed("sales") == ran
         assert [e for e in await examples_of(setup, "sales") if e.conversation_id == body["id"]] == []
 

@@ -10,6 +10,7 @@ malformed reply is an `internal` error naming the field, never a KeyError in a h
 * QueryClient: `query.ping` (sources and dialects), `query.schema` (describe_schema) and
   `query.schema.search` (search_schema).
 * ExamplesClient: `session.examples.*`, the verified examples of each source.
+* RecentClient: `session.recent.*`, a user's recent queries per source.
 
 The query stream (`query.execute`) has its own consumer, shared/stream.py, used by relay.py.
 The session maps themselves (a session's `data`, a patch's reply) stay open maps: they are
@@ -52,8 +53,12 @@ from shared.contracts import (
     LimitRequest,
     LimitResult,
     LimitWindow,
+    Ok,
     Ping,
     QueryPong,
+    RecentAdd,
+    RecentList,
+    RecentQueries,
     SchemaReply,
     SchemaRequest,
     SchemaSearchReply,
@@ -304,13 +309,17 @@ class QueryClient:
             raise
 
 
-class ExamplesClient:
-    """The gateway's client of `session.examples.*`: propose one (a thumbs-up), and the approved ones like a question."""
+class _SessionOps:
+    """A client of one group of `session.*` requests, each with the same time limit."""
 
     def __init__(self, nc: NATS, subjects: Subjects, timeout: float) -> None:
         self._nc = nc
         self._subjects = subjects
         self._timeout = timeout
+
+
+class ExamplesClient(_SessionOps):
+    """The gateway's client of `session.examples.*`: propose one (a thumbs-up), and the approved ones like a question."""
 
     async def propose(self, proposal: ExamplePropose) -> Example:
         return (await _call(self._nc, self._subjects.session_examples("propose"), proposal, ExampleReply, self._timeout)).example
@@ -318,3 +327,19 @@ class ExamplesClient:
     async def similar(self, source: str, question: str, limit: int) -> list[Example]:
         request = ExampleSimilar(source=source, question=question, limit=limit)
         return (await _call(self._nc, self._subjects.session_examples("similar"), request, ExamplesReply, self._timeout)).examples
+
+
+RECENT_DEFAULT_SOURCE = "default"
+"""The query service's name for the source used when a request names none."""
+
+
+class RecentClient(_SessionOps):
+    """The gateway's client of `session.recent.*`: the last RECENT_MAX queries of a user per source."""
+
+    async def add(self, uid: str, source: str | None, sql: str) -> None:
+        """Record `sql` as the user's newest query on `source` (None: the default source)."""
+        await _call(self._nc, self._subjects.session_recent("add"), RecentAdd(uid, source or RECENT_DEFAULT_SOURCE, sql), Ok, self._timeout)
+
+    async def list(self, uid: str, source: str | None, limit: int) -> RecentQueries:
+        """The user's newest `limit` queries on `source` (None: the default source), newest first."""
+        return await _call(self._nc, self._subjects.session_recent("list"), RecentList(uid, source or RECENT_DEFAULT_SOURCE, limit), RecentQueries, self._timeout)

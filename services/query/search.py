@@ -36,10 +36,10 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
+from services.query.config import SchemaConfig
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Describes
 from services.query.guard import FunctionName, FunctionPolicy, check_read_only
-from services.query.schema import SchemaConfig
 from shared.config import environ, load, setting
 from shared.contracts import Caller, JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError

@@ -38,20 +38,16 @@ class QueryService:
     handlers: QueryHandlers
     server: Server
     subjects: Subjects
-    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        # False from the stop on; requests already routed here are still served.
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Take no more queries, then give running streams what is left of SHUTDOWN_GRACE_S; later calls do nothing."""
-        if not self.accepting:
+        if not self.server.accepting:
             return
-        self.accepting = False
         deadline = time.monotonic() + self.config.shutdown_grace_s
-        log.info("shutting_down", streams=self.handlers.streams_in_flight, grace_s=self.config.shutdown_grace_s)
-        await self.server.drain(self.config.shutdown_grace_s)
+        await self.server.drain(self.config.shutdown_grace_s, streams=self.handlers.streams_in_flight)
         await self.handlers.shutdown(max(0.0, deadline - time.monotonic()))
 
 
@@ -94,16 +90,16 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
 
         stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
-        server = Server(nc)
+        server = Server(nc, "query", metadata={"subject_prefix": config.subject_prefix}, description="Read-only SQL on the configured sources")
         service = QueryService(config, nc, sources, handlers, server, subjects)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
-        schema_config = schema.SchemaConfig.from_env()
-        schemas = schema.SchemaService(sources, schema_config)
+        schemas = schema.SchemaService(sources, config.schema)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
-        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), schema_config, config.allowed_functions, config.timeout_s)
+        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), config.schema, config.allowed_functions, config.timeout_s)
         stack.push_async_callback(searches.close)
         await server.add(subjects.query_schema_search, QUERY_QUEUE, searches.handle)
+        await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile

@@ -28,7 +28,6 @@ import structlog
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
-from services.session.metrics import timed_call
 from services.session.outage import OutageRouter
 from services.session.redis_store import RedisUnavailable, classify
 from shared.contracts import (
@@ -223,42 +222,40 @@ class ExampleHandlers:
     def routes(self) -> dict[str, Any]:
         return {"propose": self.propose, "list": self.list, "approve": self.approve, "delete": self.delete, "similar": self.similar, "flag": self.flag}
 
-    async def _timed(self, op: str, call: Any) -> Any:
-        async def guarded() -> Any:
-            try:
-                return await call()
-            except (rex.RedisError, OSError, TimeoutError):
-                raise ServiceError(UNAVAILABLE, "verified examples are unavailable while Redis does not answer; try again shortly") from None
-
-        return await timed_call(f"examples_{op}", guarded, "examples_call")
+    async def _guarded(self, op: str, call: Any) -> Any:
+        """Run one operation (shared.bus.Server measures it as bus_request_seconds); a Redis error that is no outage is `unavailable`."""
+        try:
+            return await call()
+        except (rex.RedisError, OSError, TimeoutError):
+            raise ServiceError(UNAVAILABLE, "verified examples are unavailable while Redis does not answer; try again shortly") from None
 
     async def propose(self, req: ExamplePropose, _msg: Msg) -> ExampleReply:
-        return await self._timed("propose", lambda: self._wrap(self._store.propose(req)))
+        return await self._guarded("propose", lambda: self._wrap(self._store.propose(req)))
 
     async def approve(self, req: ExampleRef, _msg: Msg) -> ExampleReply:
-        return await self._timed("approve", lambda: self._wrap(self._store.approve(req)))
+        return await self._guarded("approve", lambda: self._wrap(self._store.approve(req)))
 
     async def flag(self, req: ExampleFlag, _msg: Msg) -> ExampleReply:
-        return await self._timed("flag", lambda: self._wrap(self._store.flag(req)))
+        return await self._guarded("flag", lambda: self._wrap(self._store.flag(req)))
 
     async def delete(self, req: ExampleRef, _msg: Msg) -> Ok:
         async def call() -> Ok:
             await self._store.delete(req)
             return Ok()
 
-        return await self._timed("delete", call)
+        return await self._guarded("delete", call)
 
     async def list(self, req: ExampleList, _msg: Msg) -> ExamplesReply:
         async def call() -> ExamplesReply:
             return ExamplesReply(await self._store.list(req))
 
-        return await self._timed("list", call)
+        return await self._guarded("list", call)
 
     async def similar(self, req: ExampleSimilar, _msg: Msg) -> ExamplesReply:
         async def call() -> ExamplesReply:
             return ExamplesReply(await self._store.similar(req))
 
-        return await self._timed("similar", call)
+        return await self._guarded("similar", call)
 
     @staticmethod
     async def _wrap(pending: Any) -> ExampleReply:
