@@ -20,7 +20,6 @@ from tests.conftest import Infra
 from tests.harness import RedisServer
 
 start_replica = test_session_service.start_replica
-nc = test_session_service.nc
 
 
 async def test_an_examples_call_that_finds_redis_down_sends_the_replica_to_its_fallback(start_replica, infra: Infra, redis_server: RedisServer, nc) -> None:
