@@ -25,17 +25,20 @@ class RedisProxy:
         """Set once a held command was passed on to Redis."""
         self.dropped = asyncio.Event()
         """Set once the client closed the connection whose reply was held."""
+        self._every = False
         self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def hold_reply_to(self, command: str) -> None:
-        """The next connection that sends `command` gets no more bytes back from Redis."""
+    def hold_reply_to(self, command: str, *, every: bool = False) -> None:
+        """The next connection that sends `command` gets no more bytes back from Redis; with `every`, each one that does."""
         name = command.upper().encode()
         self._hold = b"$%d\r\n%b\r\n" % (len(name), name)
+        self._every = every
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
@@ -43,24 +46,24 @@ class RedisProxy:
     async def close(self) -> None:
         assert self._server is not None
         self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for writer in self._clients:
+            writer.close()  # each relay then ends on its own
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._clients.add(client_w)
         redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self._redis_port)
         holding = asyncio.Event()
         replies = asyncio.create_task(self._replies(redis_r, client_w, holding))
         try:
-            while data := await client_r.read(65536):
+            while data := await _read(client_r):
                 if self._hold is not None and self._hold in data.upper():
-                    self._hold = None
+                    if not self._every:
+                        self._hold = None
                     holding.set()
                     redis_w.write(data)
                     await redis_w.drain()
@@ -76,14 +79,24 @@ class RedisProxy:
                 await replies
             for writer in (redis_w, client_w):
                 writer.close()
+            self._clients.discard(client_w)
             self._tasks.discard(task)
 
     async def _replies(self, redis_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, holding: asyncio.Event) -> None:
-        while data := await redis_r.read(65536):
+        while data := await _read(redis_r):
             if holding.is_set():
                 continue  # the command ran in Redis; its reply, and anything after it, is lost on the way
             client_w.write(data)
-            await client_w.drain()
+            with contextlib.suppress(OSError):
+                await client_w.drain()
+
+
+async def _read(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes, or b"" once the peer closed or reset the connection."""
+    try:
+        return await reader.read(65536)
+    except OSError:
+        return b""
 
 
 @contextlib.asynccontextmanager
