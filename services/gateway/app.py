@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from services.gateway import conversations, handlers, keys, metrics, webapp
+from services.gateway import connections, conversations, handlers, keys, metrics, webapp
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
 from services.gateway.config import GatewayConfig
@@ -200,6 +200,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_post("/api/query", handlers.query)
     app.router.add_get("/api/schema", get_schema)
     conversations.setup(app)
+    connections.setup(app)
     chat.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -20,6 +20,7 @@ from services.gateway.auth.web import bearer_token, verifier
 from services.gateway.errors import error_response
 from services.gateway.jsonable import jsonable
 from services.gateway.relay import QueryResult, relay
+from services.gateway.sources import user_source
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.errors import BAD_REQUEST, BUSY, UNAUTHORIZED, ServiceError
 from shared.logging import current_request_id
@@ -158,7 +159,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def query(request: web.Request) -> web.StreamResponse:
     """Run execute_query and stream the result as an AI SDK UI message stream."""
-    await current_session(request)
+    who = await identity(request)
     body = await json_object(request)
     sql = text_field(body, "sql", required=True, max_chars=100_000)
     assert sql is not None
@@ -170,7 +171,8 @@ async def query(request: web.Request) -> web.StreamResponse:
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
     start_error: ServiceError | None = None
     try:
-        await consumer.start(sql, source)
+        connection = await user_source(request.app, user_id(who.session), source)
+        await consumer.start(sql, None if connection else source, connection=connection)
     except ServiceError as exc:
         if exc.code == BUSY:
             raise  # before the stream's headers: a real 503 with Retry-After

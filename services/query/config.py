@@ -10,6 +10,8 @@ from types import MappingProxyType
 
 import orjson
 
+from services.query.connections.address import IPNetwork, parse_networks, parse_ports
+from services.query.connections.seal import Keyring
 from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
 from shared.errors import ConfigError
 
@@ -61,6 +63,19 @@ class QueryConfig:
     allow_privileged: bool = False
     # Source name -> the operator's own read-only functions, (schema or None, name), added to the guard's allow rule.
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = field(default_factory=dict)
+    # Users' own connections (docs/connections.md): off (None) without CONNECTIONS_KEYS.
+    connections_keys: Keyring | None = field(default=None, repr=False)
+    # Private ranges users' connections may reach after all; ports they may use (None: 1-65535).
+    connections_allowed_networks: tuple[IPNetwork, ...] = ()
+    connections_allowed_ports: frozenset[int] | None = None
+    # How long a user's database gets to answer; every unreachable answer waits this long.
+    connections_connect_timeout_s: float = 3.0
+    connections_max_per_user: int = 10
+    # Users' connection pools open in this replica (least recently used closed first), and how long an idle one stays.
+    max_pools: int = 100
+    pool_idle_s: float = 300.0
+    # Queries (and schema reads) one user runs at once on their own connections, in this replica.
+    max_concurrent_per_user: int = 4
 
     def __post_init__(self) -> None:
         if self.max_cell_bytes > self.max_row_bytes:
@@ -113,6 +128,14 @@ class QueryConfig:
             max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
             allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
             allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
+            connections_keys=Keyring.parse(env.get("CONNECTIONS_KEYS", "")),
+            connections_allowed_networks=parse_networks(env.get("CONNECTIONS_ALLOWED_NETWORKS", "")),
+            connections_allowed_ports=parse_ports(env.get("CONNECTIONS_ALLOWED_PORTS", "")),
+            connections_connect_timeout_s=env_float(env, "CONNECTIONS_CONNECT_TIMEOUT_S", 3.0, minimum=0.05),
+            connections_max_per_user=env_int(env, "CONNECTIONS_MAX_PER_USER", 10, minimum=1),
+            max_pools=env_int(env, "QUERY_MAX_POOLS", 100, minimum=1),
+            pool_idle_s=env_float(env, "QUERY_POOL_IDLE_S", 300.0, minimum=0.05),
+            max_concurrent_per_user=env_int(env, "QUERY_MAX_CONCURRENT_PER_USER", 4, minimum=1),
         )
 
 

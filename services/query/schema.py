@@ -20,10 +20,11 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
+from services.query.connections.pools import UserPools
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Catalog, Describes
 from shared.config import env_float, env_int, environ
-from shared.contracts import SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
+from shared.contracts import ConnectionRef, SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -90,14 +91,24 @@ def bound(catalog: Catalog, details: bool, config: SchemaConfig) -> tuple[list[S
 class SchemaService:
     """Serves `query.schema`: one catalog read per source and request at a time, then cached."""
 
-    def __init__(self, sources: Sources, config: SchemaConfig) -> None:
+    def __init__(self, sources: Sources, config: SchemaConfig, pools: UserPools | None = None) -> None:
         self._sources = sources
         self._config = config
+        self._pools = pools
         self._cache: OrderedDict[tuple[str, tuple[str, ...] | None], tuple[float, SchemaReply]] = OrderedDict()
         self._reading: dict[tuple[str, tuple[str, ...] | None], asyncio.Future[SchemaReply]] = {}
 
-    async def describe(self, source: str | None, tables: Sequence[str] | None) -> tuple[SchemaReply, bool]:
+    async def describe(self, source: str | None, tables: Sequence[str] | None, connection: ConnectionRef | None = None) -> tuple[SchemaReply, bool]:
         """The reply for one request, and whether it came from the cache."""
+        if connection is not None:
+            if self._pools is None:
+                raise ServiceError(UNAVAILABLE, "users' connections are not served here")
+            # A user's own database: read each time (checked out, so it counts against the user's cap).
+            engine = await self._pools.checkout(connection)
+            try:
+                return await self._read(engine, tuple(dict.fromkeys(tables)) if tables is not None else None), False
+            finally:
+                self._pools.checkin(engine)
         engine = self._sources.resolve(source)
         key = (engine.name, tuple(dict.fromkeys(tables)) if tables is not None else None)
         cached = self._cache.get(key)
@@ -123,7 +134,8 @@ class SchemaService:
 
     async def _read(self, engine: Engine, tables: tuple[str, ...] | None) -> SchemaReply:
         config = self._config
-        await self._sources.open(engine)
+        if engine.owner is None:
+            await self._sources.open(engine)
         if not isinstance(engine, Describes):
             raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
@@ -138,7 +150,7 @@ class SchemaService:
         """The `query.schema` handler (shared.bus.Server decodes the request)."""
         started = time.monotonic()
         try:
-            reply, cached = await self.describe(request.source, request.tables)
+            reply, cached = await self.describe(request.source, request.tables, request.connection)
         except ServiceError as exc:
             log.info("schema_failed", source=request.source, code=exc.code, message=exc.message, duration_ms=round((time.monotonic() - started) * 1000, 1))
             raise

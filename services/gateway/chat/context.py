@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -19,7 +21,7 @@ from nats.aio.client import Client as NATS
 from services.gateway.chat import prompt
 from services.gateway.schema import describe_schema
 from shared.bus import request
-from shared.contracts import Subjects
+from shared.contracts import ConnectionRef, Subjects
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -33,7 +35,9 @@ TIMEOUT_S = 5.0
 class _Entry:
     fetched: float
     sources: tuple[str, ...]
-    system: str
+    dialects: dict[str, str]
+    default: str
+    schema: dict[str, Any] | None
     complete: bool  # with the schema overview; a prompt without it is fetched again for the next turn
 
     def fresh(self, now: float) -> bool:
@@ -54,8 +58,14 @@ class PromptContext:
         self._entries: dict[str | None, _Entry] = {}
         self._renewing: dict[str | None, asyncio.Task[None]] = {}
 
-    async def system_prompt(self, source: str | None) -> str:
-        """The system message for a turn on `source` (None: the default); bad_request for an unknown source."""
+    async def system_prompt(self, source: str | None, own: Mapping[str, str] | None = None, connection: ConnectionRef | None = None) -> str:
+        """The system message for a turn on `source` (None: the default); bad_request for an unknown source.
+
+        `own`: the user's own connections (name -> dialect), listed too; `connection`: the one
+        `source` names, whose schema overview is then read for this turn (never cached across users).
+        """
+        if connection is not None:
+            return await self._own_prompt(source or "", own or {}, connection)
         entry = self._entries.get(source)
         now = time.monotonic()
         if entry is None or not entry.usable(now):
@@ -63,8 +73,23 @@ class PromptContext:
         elif not entry.fresh(now) and source not in self._renewing:
             self._renewing[source] = asyncio.create_task(self._renew(source))
         if source is not None and source not in entry.sources:
-            raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join(entry.sources)}")
-        return entry.system
+            raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join([*entry.sources, *(own or {})])}")
+        return prompt.system_prompt(entry.dialects, entry.default, entry.schema, self._schema_max_chars, own)
+
+    async def _own_prompt(self, source: str, own: Mapping[str, str], connection: ConnectionRef) -> str:
+        ping, overview = await asyncio.gather(
+            request(self._nc, self._subjects.query_ping, {}, timeout=TIMEOUT_S),
+            describe_schema(self._nc, self._subjects, source, None, TIMEOUT_S, connection=connection),
+            return_exceptions=True,
+        )
+        if isinstance(ping, BaseException):
+            raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
+        if isinstance(overview, BaseException):
+            log.warning("chat_schema_unavailable", source="connection", error=getattr(overview, "message", type(overview).__name__))
+        names = tuple(str(n) for n in ping.get("sources") or ())
+        dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
+        operator = {name: str(dialects.get(name, "")) for name in names if name not in own}
+        return prompt.system_prompt(operator, source, overview if isinstance(overview, dict) else None, self._schema_max_chars, own)
 
     async def close(self) -> None:
         """Stop the background fetches still under way."""
@@ -99,8 +124,7 @@ class PromptContext:
         if schema is None:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
-        system = prompt.system_prompt({name: str(dialects.get(name, "")) for name in names}, default, schema, self._schema_max_chars)
-        entry = _Entry(time.monotonic(), names, system, complete=schema is not None)
+        entry = _Entry(time.monotonic(), names, {name: str(dialects.get(name, "")) for name in names}, default, schema, complete=schema is not None)
         if source is None or source in names:
             self._entries[source] = entry
         return entry

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.chat import history, metrics, persist, tools
+from services.gateway.chat import history, metrics, persist, prompt, tools
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
 from services.gateway.chat.record import RecordingUIStream
@@ -28,7 +28,9 @@ from services.gateway.chat.turn import TurnStats, run_turn
 from services.gateway.config import GatewayConfig
 from services.gateway.conversations import HISTORY, caller_uid
 from services.gateway.limits import LimitResult, Window
+from services.gateway.sources import DIALECTS, user_connections
 from services.gateway.sse import HEADERS, client_outcome
+from shared.contracts import ConnectionRecord, ConnectionRef
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 
@@ -82,6 +84,15 @@ async def quota(request: web.Request) -> web.Response:
     return web.json_response(usage(result))
 
 
+async def own_connections(app: web.Application, uid: str) -> list[ConnectionRecord]:
+    """The user's own connections, or none when the session service cannot say (the turn goes on with the operator's sources)."""
+    try:
+        return await user_connections(app, uid)
+    except ServiceError as exc:
+        log.warning("chat_connections_unavailable", error=exc.message)
+        return []
+
+
 async def _disconnected(alive: Callable[[], bool]) -> None:
     """Return once the client's connection is gone (aiohttp does not cancel handlers for it)."""
     while alive():
@@ -101,8 +112,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
     # Refusals that must come before the quota counts the turn, looked up together: an unknown
     # source (the prompt is usually kept, so costs nothing) and a full conversation (a load).
+    own = await own_connections(app, uid)
+    refs = {record.name: ConnectionRef(uid, record.id) for record in own}
+    own_dialects = {record.name: DIALECTS[record.dialect] for record in own}
     system, stored = await asyncio.gather(
-        app[CONTEXT].system_prompt(body.source),
+        app[CONTEXT].system_prompt(body.source, own_dialects, refs.get(body.source or "")),
         persist.prepare(app[HISTORY], uid, body, config.llm_history_max_chars),
     )
     limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
@@ -123,7 +137,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive)
+    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive, refs, prompt.tools_for(list(refs)))
     stats = TurnStats()
     started = time.monotonic()
     turn = asyncio.create_task(run_turn(model, ui, ctx, messages, config.llm_max_steps, stats))

@@ -7,8 +7,8 @@ can correct itself in its next step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -18,7 +18,7 @@ from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
 from services.gateway.relay import QueryResult, relay
 from services.gateway.schema import describe_schema
-from shared.contracts import Subjects
+from shared.contracts import ConnectionRef, Subjects
 from shared.errors import ServiceError
 from shared.stream import StreamConsumer
 
@@ -36,6 +36,9 @@ class ToolContext:
     source: str | None
     stream_idle_s: float
     alive: Callable[[], bool]
+    # The user's own connections by name (services/gateway/sources.py), and the tools as the model sees them.
+    connections: Mapping[str, ConnectionRef] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=lambda: prompt.TOOLS)
 
 
 def _optional_str(args: dict[str, Any], name: str) -> str | None:
@@ -83,7 +86,8 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
     result = QueryResult()
     try:
         try:
-            await consumer.start(sql, source)
+            connection = ctx.connections.get(source or "")
+            await consumer.start(sql, None if connection else source, connection=connection)
             await relay(consumer, stream, result, ctx.alive)
         except ServiceError as exc:
             metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, exc.code).inc()
@@ -98,7 +102,7 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
 async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        reply = await describe_schema(ctx.nc, ctx.subjects, source, tables, SCHEMA_TIMEOUT_S)
+        reply = await describe_schema(ctx.nc, ctx.subjects, source, tables, SCHEMA_TIMEOUT_S, connection=ctx.connections.get(source or ""))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)

@@ -59,6 +59,9 @@ class Engine(ABC):
     """
 
     dialect: ClassVar[str]  # the sqlglot dialect the guard parses with
+    # Set for a user's own connection (services/query/connections): whose it is, and its record id.
+    owner: str | None = None
+    connection_id: str | None = None
 
     def __init__(self, name: str, url: str, settings: EngineSettings) -> None:
         self.name = name
@@ -80,6 +83,10 @@ class Engine(ABC):
         read-only by this service whatever the file's permissions (see docs/query-account.md).
         """
         return None
+
+    async def server_version(self) -> str:
+        """The database server's version (after `open`)."""
+        return ""
 
     def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
         """Which functions the guard lets a query on this source call; `allowed` is the operator's additions."""
