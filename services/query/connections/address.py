@@ -24,6 +24,7 @@ METADATA = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_addr
 _ULA = ipaddress.ip_network("fc00::/7")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
+_PRIVATE = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("172.16.0.0/12"), ipaddress.ip_network("192.168.0.0/16"))
 
 
 def embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -62,10 +63,10 @@ def classify(ip: IPAddress) -> str | None:
         return "unique-local"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED:
         return "shared (carrier-grade NAT)"
-    if ip.is_private:
+    if isinstance(ip, ipaddress.IPv4Address) and any(ip in net for net in _PRIVATE):
         return "private"
-    if ip.is_reserved or not ip.is_global:
-        return "reserved"
+    if ip.is_reserved or ip.is_private or not ip.is_global:
+        return "reserved"  # documentation, benchmarking, broadcast, future use and the other special ranges
     return None
 
 

@@ -78,8 +78,13 @@ def tls_context(tls: ConnectionTls, host: str) -> ssl.SSLContext | None:
 
 def display_url(target: Target) -> str:
     """For logs and error messages: no password, the host as given."""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    return f"{target.dialect}://{target.user}@{host}:{target.port}/{target.database}"
+    return f"{target.dialect}://{target.user}@{host_port(target)}/{target.database}"
+
+
+def host_port(target: Target) -> str:
+    """host:port, an IPv6 address in brackets (once)."""
+    host = f"[{target.host}]" if ":" in target.host and not target.host.startswith("[") else target.host
+    return f"{host}:{target.port}"
 
 
 class Opener:
@@ -134,9 +139,9 @@ class Opener:
     async def _unreachable(self, target: Target, started: float) -> None:
         """Wait out CONNECTIONS_CONNECT_TIMEOUT_S from `started`, then say the one thing every unreachable address hears."""
         await asyncio.sleep(max(0.0, started + self._connect_timeout_s - time.monotonic()))
-        host = f"[{target.host}]" if ":" in target.host else target.host
         raise ServiceError(
-            CONNECTION_FAILED, f"cannot reach a database at {host}:{target.port}; check the host and the port (an address this service may not reach gets this same answer, see docs/connections.md)"
+            CONNECTION_FAILED,
+            f"cannot reach a database at {host_port(target)}; check the host and the port (an address this service may not reach gets this same answer, see docs/connections.md)",
         )
 
     async def _failure(self, exc: Exception, target: Target, started: float) -> ServiceError:
