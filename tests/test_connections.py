@@ -23,9 +23,13 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from services.gateway.chat import prompt
 from shared.contracts import ConnectionRecord
+from tests import fake_llm
+from tests.chat_support import gateway, post_chat, user_message
 from tests.client import browser, login, run_query
 from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, running_system
+from tests.fake_llm import FakeLLM
 from tests.harness import ROOT, RedisServer, Service, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
 
@@ -129,6 +133,34 @@ async def test_reader_connects_and_queries_run_on_it(system: System, infra: Infr
 
     async with client.post(f"/api/connections/{body['id']}/test") as response:
         assert response.status == 200 and (await response.json())["ok"] is True
+
+
+async def test_a_chat_turn_runs_on_the_users_connection(system: System, pg_reader: PostgresReader, pg_schema: str) -> None:
+    """The model is told of the user's own database (prompt, tool schema, schema overview), and its query runs there."""
+    sql = f"SELECT count(*) FROM {pg_schema}.planets"
+    fake = await FakeLLM().then(fake_llm.tool_calls((prompt.EXECUTE_QUERY, {"sql": sql, "source": "chatdb"})), fake_llm.text("Two planets.")).start()
+    env = {"NATS_URL": system.nats_url, "NATS_SUBJECT_PREFIX": system.prefix, "LLM_BASE_URL": fake.base_url, "LLM_MODEL": fake_llm.MODEL, "LLM_API_KEY": "sk-test"}
+    try:
+        async with gateway(env) as url, browser(url) as client:
+            await login(client, email=f"chat-{uuid.uuid4().hex[:8]}@example.com")
+            status, body = await create(client, pg_fields(pg_reader, "chatdb"))
+            assert status == 201, body
+            turn = await post_chat(client, [user_message("How many planets?")], source="chatdb")
+            assert turn.status == 200, turn.body
+            assert turn.rows() == [[2]] and turn.text() == "Two planets."
+            async with browser(url) as eve:
+                await login(eve, email=f"eve-{uuid.uuid4().hex[:8]}@example.com")
+                refused = await post_chat(eve, [user_message("And for me?")], source="chatdb")
+                assert refused.status == 400 and "unknown source 'chatdb'" in refused.body["error"]["message"]
+    finally:
+        await fake.stop()
+    first = fake.requests[0]
+    system_prompt = first["messages"][0]["content"]
+    assert "chatdb (default): PostgreSQL, the user's own database" in system_prompt
+    assert f"{pg_schema}.planets: name text, moons integer" in system_prompt
+    [query_tool] = [t for t in first["tools"] if t["function"]["name"] == prompt.EXECUTE_QUERY]
+    assert "chatdb" in query_tool["function"]["parameters"]["properties"]["source"]["description"]
+    assert len(fake.requests) == 2
 
 
 async def test_mariadb_reader_by_url(system: System, ada: tuple[aiohttp.ClientSession, str], my_reader: MysqlReader) -> None:

@@ -61,12 +61,12 @@ async def owner(http_request: web.Request) -> str:
 
 async def enabled(app: web.Application) -> bool:
     """Whether the query service holds CONNECTIONS_KEYS (a yes is kept a few seconds; a no is asked again each time)."""
-    cached = app.get(_ENABLED)
-    if cached and time.monotonic() < cached[0]:
+    until = app[_ENABLED]
+    if time.monotonic() < until[0]:
         return True
     pong = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=STORE_TIMEOUT_S, reply=QueryPong)
     if pong.connections:
-        app[_ENABLED] = [time.monotonic() + _ENABLED_CACHE_S]
+        until[0] = time.monotonic() + _ENABLED_CACHE_S
     return pong.connections
 
 
@@ -188,6 +188,7 @@ async def test_connection(http_request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app[_ENABLED] = [0.0]  # until when the query service was last seen to hold CONNECTIONS_KEYS
     app.router.add_get("/api/connections", list_connections)
     app.router.add_post("/api/connections", create_connection)
     app.router.add_get("/api/connections/{id}", get_connection)
