@@ -6,6 +6,7 @@ import { api, ApiError } from "./api.js";
 import { devSignIn, googleSignIn, signOutOfGateway } from "./auth.js";
 import { drawChart } from "./chart.js";
 import { ChatView, chatErrorText, createChat } from "./chat.js";
+import { DatabasesPanel } from "./databases.js";
 import { SqlEditor } from "./editor.js";
 import { VirtualGrid } from "./grid.js";
 import { runQuery } from "./query.js";
@@ -53,7 +54,7 @@ async function signedIn(me) {
   $("account-name").textContent = `Signed in as ${me.user.name || me.user.email || me.user.uid}`;
   $("workspace").hidden = false;
   $("conversations").hidden = false;
-  await Promise.all([loadSources(), openConversation(me.conversation_id, { fresh: false })]);
+  await Promise.all([loadSources(), databases.load(), openConversation(me.conversation_id, { fresh: false })]);
   refreshConversations();
 }
 
@@ -90,15 +91,25 @@ const grid = new VirtualGrid($("result"), { label: "Query result" });
 const editor = new SqlEditor($("editor"), { onRun: () => run(), label: "SQL query" });
 grid.clear("Run a query to see its rows here.");
 
-async function loadSources() {
+// A database added in the Databases panel is picked at once (for the editor and the chat); removed, the default comes back.
+const databases = new DatabasesPanel({
+  onChange: (picked) => {
+    page.schemaCache.clear();
+    return loadSources(picked);
+  },
+});
+
+async function loadSources(picked = null) {
   const select = $("source");
   try {
     const reply = await api("/api/sources");
     page.sources = reply.sources;
+    const chosen = picked && reply.sources.some((s) => s.name === picked) ? picked : reply.default;
     select.replaceChildren(
       ...reply.sources.map((s) => {
-        const option = new Option(`${s.name}${s.dialect ? ` (${s.dialect})` : ""}`, s.name);
-        option.selected = s.name === reply.default;
+        const own = s.kind === "connection" ? ", yours" : "";
+        const option = new Option(`${s.name}${s.dialect ? ` (${s.dialect}${own})` : ""}`, s.name);
+        option.selected = s.name === chosen;
         return option;
       }),
     );
