@@ -102,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     admin_url = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     parts = urlsplit(admin_url)
     role, password = asyncio.run(make_reader(admin_url))
-    target = {"dialect": "postgresql", "host": parts.hostname or "127.0.0.1", "port": parts.port or 5432, "database": parts.path.lstrip("/"), "user": role, "password": password, "tls": {"mode": "disable"}}
+    target = {
+        "dialect": "postgresql",
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "database": parts.path.lstrip("/"),
+        "user": role,
+        "password": password,
+        "tls": {"mode": "disable"},
+    }
     query_env = {
         "CONNECTIONS_KEYS": "bench:" + base64.b64encode(os.urandom(32)).decode(),
         "CONNECTIONS_ALLOWED_NETWORKS": "127.0.0.0/8",
@@ -122,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * 60}|{'-' * 12}|{'-' * 24}|")
     print(f"| {'first query on a new connection (pool open + check), ms':<58} | {figures['cold_ms']:>10.1f} | {'warm ' + format(figures['warm_ms'], '.1f'):>22} |")
     print(f"| {'query RSS after 50 connections used, MB':<58} | {figures['rss_after_max_pools_mb']:>10.1f} | {'before ' + format(figures['rss_before_mb'], '.1f'):>22} |")
-    print(f"| {f'query RSS after {args.connections} connections used (peak), MB':<58} | {figures['rss_after_all_mb']:>6.1f} ({figures['rss_peak_mb']:.0f}) | {'before ' + format(figures['rss_before_mb'], '.1f'):>22} |")
+    print(
+        f"| {f'query RSS after {args.connections} connections used (peak), MB':<58} | {figures['rss_after_all_mb']:>6.1f} ({figures['rss_peak_mb']:.0f}) | {'before ' + format(figures['rss_before_mb'], '.1f'):>22} |"
+    )
     return 0
 
 

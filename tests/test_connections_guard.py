@@ -32,10 +32,10 @@ from services.query.service import create_service as create_query
 from services.session.config import SessionConfig
 from services.session.service import create_service as create_session
 from shared.bus import connect, request
-from shared.contracts import ConnectionCreate, ConnectionSettings, ConnectionTls, ConnectionView, Subjects
+from shared.contracts import ConnectionCreate, ConnectionList, ConnectionRecords, ConnectionSettings, ConnectionTls, ConnectionView, Subjects
 from shared.errors import CONNECTION_FAILED, ConfigError, ServiceError
 from tests.conftest import Infra, PostgresReader
-from tests.harness import free_port
+from tests.harness import RedisServer, eventually, free_port
 
 KEYS = "k1:" + base64.b64encode(os.urandom(32)).decode()
 
@@ -163,6 +163,15 @@ class Stack:
         finally:
             await nc.close()
 
+    async def listed(self) -> list[str]:
+        """The names the session service lists for the owner (Redis, or the fallback during an outage)."""
+        nc = await connect(self.nats_url, "test")
+        try:
+            reply = await request(nc, self.subjects.session_connection("list"), ConnectionList(self.owner), timeout=10, reply=ConnectionRecords)
+        finally:
+            await nc.close()
+        return [record.name for record in reply.records]
+
     async def stored(self) -> dict[bytes, bytes]:
         client = aioredis.from_url(self.redis_url)
         try:
@@ -171,13 +180,14 @@ class Stack:
             await client.aclose()
 
 
-async def start_stack(stack: AsyncExitStack, infra: Infra, tmp_path: Path, resolver: Resolver, **env: str) -> Stack:
+async def start_stack(stack: AsyncExitStack, infra: Infra, tmp_path: Path, resolver: Resolver, redis_url: str | None = None, **env: str) -> Stack:
     prefix = f"g{uuid.uuid4().hex[:10]}"
-    base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
+    redis_url = redis_url or infra.redis_url
+    base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "REDIS_URL": redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
     await stack.enter_async_context(create_session(SessionConfig.from_env(base | {"OPS_PORT": str(free_port())})))
     query_env = base | {"OPS_PORT": str(free_port()), "QUERY_SAMPLE_PATH": str(tmp_path / "sample.db"), "CONNECTIONS_KEYS": KEYS} | env
     await stack.enter_async_context(create_query(QueryConfig.from_env(query_env), resolver=resolver))
-    return Stack(Subjects(prefix), infra.nats_url, infra.redis_url, resolver)
+    return Stack(Subjects(prefix), infra.nats_url, redis_url, resolver)
 
 
 @pytest.fixture
@@ -240,3 +250,26 @@ async def test_connection_goes_to_the_address_that_was_checked(infra: Infra, tmp
         # 127.0.0.2 is loopback outside the allowed network: asked again, the name is refused.
         with pytest.raises(ServiceError, match="cannot reach a database at rebind.test"):
             await guard.create(name="again", host="rebind.test", port=parts.port or 5432, user=parts.username or "", password=parts.password or "")
+
+
+async def test_a_connection_added_while_redis_is_down_is_written_back(infra: Infra, tmp_path: Path, pg_reader: PostgresReader, redis_server: RedisServer) -> None:
+    """Records ride the sessions' outage machinery: kept in the JetStream fallback during the outage, then written back."""
+    parts = urlsplit(pg_reader.url)
+    account = {"host": "127.0.0.1", "port": parts.port or 5432, "user": parts.username or "", "password": parts.password or ""}
+    async with AsyncExitStack() as stack:
+        guard = await start_stack(stack, infra, tmp_path, Resolver(), redis_url=redis_server.url, CONNECTIONS_ALLOWED_NETWORKS="127.0.0.1/32")
+        await guard.create(name="before", **account)
+        await asyncio.to_thread(redis_server.kill)
+        during = await guard.create(name="during", **account)
+        assert "during" in await guard.listed()
+        await asyncio.to_thread(redis_server.start)  # same port, empty: nothing persisted
+
+        async def written_back() -> bool:
+            try:
+                return during.id.encode() in await guard.stored()
+            except (OSError, aioredis.RedisError):
+                return False
+
+        await eventually(written_back, "the connection added during the outage is in Redis", timeout=20)
+        assert await guard.listed() == ["during"]
+        assert (parts.password or "").encode() not in (await guard.stored())[during.id.encode()]
