@@ -130,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * 60}|{'-' * 12}|{'-' * 24}|")
     print(f"| {'first query on a new connection (pool open + check), ms':<58} | {figures['cold_ms']:>10.1f} | {'warm ' + format(figures['warm_ms'], '.1f'):>22} |")
     print(f"| {'query RSS after 50 connections used, MB':<58} | {figures['rss_after_max_pools_mb']:>10.1f} | {'before ' + format(figures['rss_before_mb'], '.1f'):>22} |")
-    print(
-        f"| {f'query RSS after {args.connections} connections used (peak), MB':<58} | {figures['rss_after_all_mb']:>6.1f} ({figures['rss_peak_mb']:.0f}) | {'before ' + format(figures['rss_before_mb'], '.1f'):>22} |"
-    )
+    after = f"{figures['rss_after_all_mb']:.1f} ({figures['rss_peak_mb']:.0f})"
+    print(f"| {f'query RSS after {args.connections} connections used (peak), MB':<58} | {after:>10} | {'before ' + format(figures['rss_before_mb'], '.1f'):>22} |")
     return 0
 
 
