@@ -1,10 +1,21 @@
-"""Reading configuration from the environment (and a `.env` file) with errors that name the variable."""
+"""Settings: each declared once, on its config dataclass field, with its variable, default, bound and doc.
+
+    port: int = setting("GATEWAY_PORT", 8080, "the HTTP port", parse=tcp_port)
+
+`load(cls, env)` reads every declared field from the environment (and a `.env` file); a bad
+value fails at start with a ConfigError naming the variable. `declared(cls)` lists the
+declarations, which tests/test_docs.py checks docs/configuration.md against (name, section,
+default). `ServiceSettings` holds what every service reads.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
 from functools import cache
+from typing import Any, ClassVar
 
 from dotenv import load_dotenv
 
@@ -76,10 +87,128 @@ def env_port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def common_nats(env: Mapping[str, str]) -> tuple[str, str]:
-    """NATS_URL and NATS_SUBJECT_PREFIX, which every service reads the same way."""
-    url = env_str(env, "NATS_URL", "nats://127.0.0.1:4222")
-    prefix = env_str(env, "NATS_SUBJECT_PREFIX", "dbgenie")
-    if any(c in prefix for c in " *>") or prefix.startswith(".") or prefix.endswith("."):
-        raise ConfigError(f"NATS_SUBJECT_PREFIX must be a plain subject token path, got {prefix!r}")
-    return url, prefix
+# --- declared settings ------------------------------------------------------------------------
+
+_SETTING = "setting"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, doc and bound, and how its text becomes a value.
+
+    Without `parse`, the field's type decides (str, int, float, bool; `minimum` bounds numbers).
+    `parse(name, text)` reads anything else; it gets only non-empty text. `shown` is the
+    default as docs/configuration.md shows it when it is no plain value (`from discovery`).
+    """
+
+    env: str
+    doc: str
+    minimum: float | None = None
+    parse: Callable[[str, str], Any] | None = None
+    shown: str | None = None
+    default_from: Callable[[Mapping[str, Any]], Any] | None = None
+    """The default from the values read before this one (declaration order), instead of a constant."""
+    keep_empty: bool = False
+    """An explicitly empty value is a value (not the default), taken as it is, unstripped."""
+
+    def read(self, env: Mapping[str, str], kind: Any, default: Any) -> Any:
+        if self.keep_empty:
+            return env[self.env] if self.env in env else default
+        if self.parse is not None:
+            raw = env.get(self.env, "").strip()
+            return self.parse(self.env, raw) if raw else default
+        if kind is bool:
+            return env_bool(env, self.env, default)
+        if kind is int:
+            return env_int(env, self.env, default, minimum=None if self.minimum is None else int(self.minimum))
+        if kind is float:
+            return env_float(env, self.env, default, minimum=self.minimum)
+        return env_str(env, self.env, default)
+
+
+def setting(
+    env: str,
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    parse: Callable[[str, str], Any] | None = None,
+    shown: str | None = None,
+    default_from: Callable[[Mapping[str, Any]], Any] | None = None,
+    keep_empty: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A dataclass field read from `env` by `load`; `secret` keeps it out of the repr."""
+    return field(default=default, repr=not secret, metadata={_SETTING: Setting(env, doc, minimum, parse, shown, default_from, keep_empty)})
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A declared setting: the variable, its default as the docs show it and as the code uses it, and its doc."""
+
+    env: str
+    default: str
+    doc: str
+    value: Any = None
+
+
+def shown_default(value: Any) -> str:
+    """A default as docs/configuration.md writes it: `1`/`0` for booleans, `20` for 20.0, empty for none."""
+    if value is None or (not isinstance(value, (bool, int, float)) and not value):  # "", (), an empty mapping
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def declared(cls: type) -> list[Declared]:
+    """Every setting `cls` declares: its fields' (in order), then the variables it reads into derived fields (`INPUTS`)."""
+    out = []
+    for f in fields(cls):
+        if (s := f.metadata.get(_SETTING)) is not None:
+            out.append(Declared(s.env, s.shown if s.shown is not None else shown_default(f.default), s.doc, f.default))
+    out += [Declared(s.env, s.shown or "", s.doc) for s in getattr(cls, "INPUTS", ())]
+    return out
+
+
+def load[C](cls: type[C], env: Mapping[str, str], **given: Any) -> C:
+    """`cls` with every declared field read from `env`, except those `given` (derived from several variables)."""
+    hints = typing.get_type_hints(cls)
+    values = dict(given)
+    for f in fields(cls):  # type: ignore[arg-type]
+        s = f.metadata.get(_SETTING)
+        if s is None or f.name in values:
+            continue
+        values[f.name] = s.read(env, hints[f.name], s.default_from(values) if s.default_from else f.default)
+    return cls(**values)
+
+
+def read_one(cls: type, name: str, env: Mapping[str, str]) -> Any:
+    """One declared field of `cls` read from `env` (a tool that needs a single setting)."""
+    f: Field[Any] = next(f for f in fields(cls) if f.name == name)
+    return f.metadata[_SETTING].read(env, typing.get_type_hints(cls)[name], f.default)
+
+
+def tcp_port(name: str, raw: str) -> int:
+    """A TCP port; 0 means "disabled" where the caller allows it."""
+    return env_port({name: raw}, name, 0)
+
+
+def subject_token_path(name: str, raw: str) -> str:
+    if any(c in raw for c in " *>") or raw.startswith(".") or raw.endswith("."):
+        raise ConfigError(f"{name} must be a plain subject token path, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """What every service reads: the bus, the subject prefix, the log level and the shutdown grace."""
+
+    INPUTS: ClassVar[tuple[Setting, ...]] = ()
+
+    nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222", "NATS server")
+    subject_prefix: str = setting("NATS_SUBJECT_PREFIX", "dbgenie", "first token of every subject", parse=subject_token_path)
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 20.0, "after SIGTERM, how long in-flight work may finish", minimum=0)

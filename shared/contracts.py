@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from shared.errors import BAD_REQUEST, ServiceError
+from shared.limits import MAX_SQL_CHARS
 
 SESSION_QUEUE = "session"
 QUERY_QUEUE = "query"
@@ -188,7 +189,6 @@ class SessionPong(msgspec.Struct, frozen=True):
 
 # --- query -----------------------------------------------------------------------------
 
-MAX_SQL_CHARS = 100_000
 MAX_WINDOW = 64
 DEFAULT_WINDOW = 8
 QUERY_START_TIMEOUT_S = 5.0
@@ -619,6 +619,12 @@ class ConversationPage(msgspec.Struct):
 
     conversations: list[ConversationInfo]
     next_cursor: str | None = None
+
+
+class ConversationDeleted(msgspec.Struct, frozen=True):
+    """`session.conversation.delete` reply (a conversation that does not exist is `not_found`)."""
+
+    deleted: bool = True
 
 
 class ConversationPatch(msgspec.Struct, frozen=True):

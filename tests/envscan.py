@@ -1,12 +1,15 @@
 """Which environment variables the code reads, found by reading the code (ast), for the deploy and docs tests.
 
 It understands the shared/config.py helpers (`env_str(env, "NAME", default)` ...), shared functions
-that read names themselves (`common_nats`), `os.environ[...]`, `environ.get(...)` and `os.getenv(...)`.
+that read names themselves, `os.environ[...]`, `environ.get(...)` and `os.getenv(...)`; and the settings
+a service declares (`setting("NAME", default, doc)`, shared.config.declared), read from the classes themselves.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -100,7 +103,7 @@ def parse_python(path: Path) -> ast.Module:
 
 @cache
 def shared_env_helpers() -> dict[str, set[str]]:
-    """Functions in shared/ that read env names themselves, e.g. common_nats -> NATS_URL, NATS_SUBJECT_PREFIX."""
+    """Functions in shared/ that read env names themselves, e.g. a helper reading NATS_URL."""
     functions = []
     for path in sorted((ROOT / "shared").glob("*.py")):
         tree = parse_python(path)
@@ -122,13 +125,35 @@ def service_modules(service: str) -> list[ast.Module]:
     return [parse_python(path) for path in paths]
 
 
+def settings_classes(service: str) -> list[type]:
+    """The dataclasses of a service that declare settings (`setting(...)` fields, or the shared ServiceSettings)."""
+    from shared.config import declared
+
+    directory = ROOT / "services" / service
+    out: list[type] = []
+    for path in sorted(directory.rglob("*.py")):
+        text = path.read_text()
+        if "setting(" not in text and "ServiceSettings" not in text:
+            continue
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        out += [value for value in vars(module).values() if isinstance(value, type) and value.__module__ == module.__name__ and dataclasses.is_dataclass(value) and declared(value)]
+    return out
+
+
 @cache
 def code_env(service: str) -> tuple[frozenset[str], dict[str, Any]]:
-    """The env names a service's code reads, and the literal defaults it gives them."""
+    """The env names a service's code reads (declared settings and direct reads), and the defaults it gives them."""
+    from shared.config import declared
+
     names: set[str] = set()
     defaults: dict[str, Any] = {}
     for tree in service_modules(service):
         found, found_defaults = env_reads(tree, shared_env_helpers(), module_constants(tree))
         names |= found
         defaults.update(found_defaults)
+    for cls in settings_classes(service):
+        for item in declared(cls):
+            names.add(item.env)
+            if item.value is not None:
+                defaults[item.env] = str(item.value) if isinstance(item.value, Path) else item.value
     return frozenset(names), defaults

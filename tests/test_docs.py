@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.envscan import ROOT, SERVICES, code_env, env_reads, module_constants, parse_python, shared_env_helpers
+from shared.config import Declared, declared
+from tests.envscan import ROOT, SERVICES, code_env, env_reads, module_constants, parse_python, settings_classes, shared_env_helpers
 
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
@@ -28,6 +29,7 @@ LINK = re.compile(r"(?<!\!)\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\
 IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 TABLE_NAME = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|")
+TABLE_DEFAULT = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|([^|]*)\|")
 DOC_MENTION = re.compile(r"\bdocs/[\w./-]+\.md\b")
 
 
@@ -116,6 +118,29 @@ def table_names(text: str) -> set[str]:
     return {m.group(1) for line in text.splitlines() if (m := TABLE_NAME.match(line))}
 
 
+def table_defaults(text: str) -> dict[str, str]:
+    """Variable -> its default column, without the backticks, in the tables of a section."""
+    return {m.group(1): m.group(2).replace("`", "").strip() for line in text.splitlines() if (m := TABLE_DEFAULT.match(line))}
+
+
+def check_declared_defaults(text: str, service_settings: dict[str, list[Declared]]) -> list[str]:
+    """Each declared setting's default is the one configuration.md shows (in its service's section, else the common one).
+
+    The docs may follow the value with a note in parentheses: `7776000` (90 days).
+    """
+    problems = []
+    by_title = sections(text)
+    common = table_defaults(by_title.get(COMMON_SECTION, ""))
+    for service, title in SERVICE_SECTIONS.items():
+        listed = table_defaults(by_title.get(title, ""))
+        for item in service_settings[service]:
+            shown = listed.get(item.env, common.get(item.env))
+            # A name not listed at all is check_configuration's to report.
+            if shown is not None and shown != item.default and not shown.startswith(f"{item.default} ("):
+                problems.append(f"configuration.md shows {item.env} with default {shown!r}, but services/{service} declares {item.default!r}")
+    return problems
+
+
 def names_read_outside_services() -> dict[str, set[str]]:
     """Variables read by code other than the services: file -> names."""
     out = {}
@@ -172,6 +197,10 @@ def service_env() -> dict[str, frozenset[str]]:
     return {service: code_env(service)[0] for service in SERVICES}
 
 
+def service_settings() -> dict[str, list[Declared]]:
+    return {service: [item for cls in settings_classes(service) for item in declared(cls)] for service in SERVICES}
+
+
 # --- the tests ----------------------------------------------------------------------------------
 
 
@@ -195,6 +224,20 @@ def test_the_readme_is_a_short_front_page_that_links_every_docs_page() -> None:
 
 def test_every_variable_the_code_reads_is_in_the_configuration_reference() -> None:
     assert_no_problems(check_configuration(CONFIGURATION.read_text(), service_env(), names_read_outside_services()))
+
+
+def test_every_declared_default_is_the_one_the_configuration_reference_shows() -> None:
+    assert_no_problems(check_declared_defaults(CONFIGURATION.read_text(), service_settings()))
+
+
+def test_every_service_declares_its_settings_on_one_class() -> None:
+    """The declarations the checks read: each service's config class, with the settings every service shares."""
+    declared_names = {service: {item.env for item in items} for service, items in service_settings().items()}
+    for service in SERVICES:
+        assert {"NATS_URL", "NATS_SUBJECT_PREFIX", "LOG_LEVEL", "SHUTDOWN_GRACE_S"} <= declared_names[service]
+    assert {"GATEWAY_PORT", "AUTH_MODE", "LLM_BASE_URL"} <= declared_names["gateway"]
+    assert {"REDIS_URL", "SESSION_KEY_PREFIX", "CONVERSATION_MAX_MESSAGES"} <= declared_names["session"]
+    assert {"QUERY_DATABASE_URL", "QUERY_MAX_ROWS", "QUERY_SCHEMA_CACHE_S"} <= declared_names["query"]
 
 
 def test_the_scan_finds_what_each_service_reads() -> None:
@@ -260,6 +303,13 @@ def test_configuration_check_catches(breakage: str) -> None:
     assert broken != text
     problems = check_configuration(broken, service_env(), names_read_outside_services())
     assert any(problem in p for p in problems), problems
+
+
+def test_default_check_catches_a_default_changed_on_one_side() -> None:
+    text = CONFIGURATION.read_text()
+    broken = text.replace("| `QUERY_POOL_SIZE` | `5` |", "| `QUERY_POOL_SIZE` | `6` |")
+    assert broken != text
+    assert check_declared_defaults(broken, service_settings()) == ["configuration.md shows QUERY_POOL_SIZE with default '6', but services/query declares '5'"]
 
 
 def test_configuration_check_catches_a_variable_new_code_reads() -> None:

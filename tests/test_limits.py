@@ -17,8 +17,8 @@ from nats.aio.client import Client as NATS
 
 from services.gateway import keys
 from services.gateway.app import create_app
+from services.gateway.clients import Limiter, LimitResult, Window
 from services.gateway.config import GatewayConfig
-from services.gateway.limits import Limiter, LimitResult, Window
 from shared.bus import request
 from shared.errors import ServiceError
 from tests import test_session_service

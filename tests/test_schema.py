@@ -18,11 +18,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncmy
 import asyncpg
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.gateway.schema import describe_schema
+from services.gateway.clients import QueryClient
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
@@ -169,7 +170,7 @@ async def nc(infra: Infra) -> AsyncIterator[NATS]:
 
 
 async def describe(nc: NATS, system: System, source: str | None = None, tables: list[str] | None = None) -> dict[str, Any]:
-    return await describe_schema(nc, Subjects(system.prefix), source, tables, timeout=20.0)
+    return msgspec.to_builtins(await QueryClient(nc, Subjects(system.prefix)).schema(source, tables, timeout=20.0))
 
 
 def by_name(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ import redis
 import structlog
 from nats.aio.msg import Msg
 
-from services.gateway.sessions import SessionReads
+from services.gateway.clients import SessionReads
 from shared.contracts import MAX_SESSION_BATCH, SessionGetMany
 from shared.errors import ServiceError
 from tests.client import browser, login

@@ -13,20 +13,19 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from services.gateway import connections, conversations, handlers, keys, metrics, webapp
+from services.gateway import keys, metrics, webapp
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
+from services.gateway.clients import ConnectionsClient, HistoryClient, Limiter, QueryClient, SessionClient
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
-from services.gateway.limits import Limiter
-from services.gateway.schema import get_schema
-from services.gateway.sessions import SessionClient, SessionCookie
+from services.gateway.routes import setup_routes
+from services.gateway.sessions import SessionCookie
 from services.gateway.sse import client_outcome
-from shared.bus import close, connect, request
+from shared.bus import close, connect
 from shared.contracts import Subjects
 from shared.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServiceError
 from shared.logging import bind_request, setup_logging
-from shared.ops import metrics_handler
 from shared.runtime import stop_event
 
 log = structlog.get_logger(__name__)
@@ -91,29 +90,6 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
     if route not in ("/healthz", "/metrics"):
         log.info("request", status=response.status, duration_ms=round(elapsed * 1000, 2), **({"outcome": outcome} if outcome != "ok" else {}))
     return response
-
-
-async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(http_request: web.Request) -> web.Response:
-    """Ready when accepting traffic, connected to NATS, and a session and a query replica answer."""
-    app = http_request.app
-    nc = app[keys.NATS_CLIENT]
-    subjects = app[keys.SUBJECTS]
-
-    async def answers(subject: str) -> bool:
-        try:
-            await request(nc, subject, {}, timeout=1.0)
-            return True
-        except ServiceError:
-            return False
-
-    session_ok, query_ok = await asyncio.gather(answers(subjects.session_ping), answers(subjects.query_ping))
-    checks = {"accepting": app[keys.LIFECYCLE].accepting, "nats": nc.is_connected, "session": session_ok, "query": query_ok}
-    ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
 def _last_line(exc: BaseException) -> str:
@@ -194,18 +170,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     if config.token_login:
         app.cleanup_ctx.append(token_verifier)
 
-    app.router.add_post("/auth/login", handlers.login)
-    app.router.add_post("/auth/logout", handlers.logout)
-    app.router.add_get("/api/me", handlers.me)
-    app.router.add_post("/api/query", handlers.query)
-    app.router.add_get("/api/schema", get_schema)
-    conversations.setup(app)
-    connections.setup(app)
-    chat.setup(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    app.cleanup_ctx.append(chat.model_client)
     webapp.setup(app)
+    setup_routes(app)
     return app
 
 
@@ -215,6 +182,9 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     app[keys.NATS_CLIENT] = nc
     app[keys.SESSIONS] = SessionClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.LIMITER] = Limiter(nc, app[keys.SUBJECTS], config.session_timeout_s)
+    app[keys.HISTORY] = HistoryClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
+    app[keys.QUERY] = QueryClient(nc, app[keys.SUBJECTS])
+    app[keys.CONNECTIONS] = ConnectionsClient(nc, app[keys.SUBJECTS])
     yield
     await close(nc)
 

@@ -6,19 +6,11 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared.bus import redact_url
-from shared.config import (
-    common_nats,
-    env_bool,
-    env_float,
-    env_int,
-    env_port,
-    env_str,
-    environ,
-)
+from shared.config import ServiceSettings, env_float, environ, load, setting, tcp_port
 from shared.errors import ConfigError
 
 AUTH_MODES = ("dev", "off", "oidc", "firebase")
@@ -32,92 +24,79 @@ _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
+def _lower(_name: str, raw: str) -> str:
+    return raw.lower()
+
+
+def _email_domains(_name: str, raw: str) -> tuple[str, ...]:
+    return tuple(d.lstrip("@").lower() for d in _comma_list(raw))
+
+
+def _networks(name: str, raw: str) -> tuple[Network, ...]:
+    return tuple(_network(name, item) for item in _comma_list(raw))
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(_origin(name, item) for item in _comma_list(raw))
+
+
+def _temperature(name: str, raw: str) -> float:
+    return env_float({name: raw}, name, 0.0, minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig(ServiceSettings):
     """Everything the gateway reads at start-up."""
 
-    nats_url: str
-    """NATS_URL: where the session and query services are reached."""
-    subject_prefix: str
-    """NATS_SUBJECT_PREFIX: the first token of every subject (default `dbgenie`)."""
-    host: str = "0.0.0.0"
-    """GATEWAY_HOST: the address the HTTP server binds."""
-    port: int = 8080
-    """GATEWAY_PORT: the HTTP port."""
-    auth_mode: str = "off"
-    """AUTH_MODE: `oidc` or `firebase` verify ID tokens; `dev` logs in anyone by email; `off` disables login."""
-    oidc_issuer: str = ""
-    """OIDC_ISSUER: the issuer (`iss`) of accepted ID tokens; required with AUTH_MODE=oidc."""
-    oidc_audience: str = ""
-    """OIDC_AUDIENCE: the audience (`aud`, the client id) of accepted ID tokens; required with AUTH_MODE=oidc."""
-    oidc_jwks_url: str = ""
-    """OIDC_JWKS_URL: where the signing keys are; default: `jwks_uri` of the issuer's discovery document."""
-    firebase_project_id: str = ""
-    """FIREBASE_PROJECT_ID: with AUTH_MODE=firebase, the project whose ID tokens are accepted."""
-    firebase_web_config: str = ""
-    """FIREBASE_WEB_CONFIG: the Firebase web app's config object (JSON) for the page's Google sign-in; served by GET /auth/config."""
-    auth_clock_skew_s: int = 60
-    """AUTH_CLOCK_SKEW_S: tolerance in seconds for `exp`, `iat` and `auth_time`."""
-    auth_allowed_email_domains: tuple[str, ...] = ()
-    """AUTH_ALLOWED_EMAIL_DOMAINS: comma list; when set, only these email domains may sign in."""
-    auth_require_verified_email: bool = True
-    """AUTH_REQUIRE_VERIFIED_EMAIL: refuse tokens whose `email_verified` is not true (default 1)."""
-    auth_jwks_cache_min_s: float = 300.0
-    """AUTH_JWKS_CACHE_MIN_S: the shortest time signing keys are cached, whatever Cache-Control says."""
-    auth_jwks_cache_max_s: float = 86400.0
-    """AUTH_JWKS_CACHE_MAX_S: the longest time signing keys are cached, whatever Cache-Control says."""
-    auth_login_rate: tuple[int, int] = (10, 60)
-    """AUTH_LOGIN_RATE: token logins allowed per client IP, e.g. `10/minute`, `100/hour`; `0` turns it off."""
-    trusted_proxies: tuple[Network, ...] = ()
-    """TRUSTED_PROXIES: CIDR list of proxies whose X-Forwarded-For/-Host/-Proto are believed."""
-    allowed_origins: tuple[str, ...] = ()
-    """ALLOWED_ORIGINS: comma list of other origins (`https://app.example.com`) allowed to post with the cookie."""
-    public_origin: str = ""
-    """PUBLIC_ORIGIN: the gateway's own origin as browsers see it; default: from Host (and trusted X-Forwarded-*)."""
-    cookie_name: str = "session"
-    """SESSION_COOKIE_NAME: the cookie holding the session id (Flask's default name)."""
-    cookie_secure: bool = False
-    """COOKIE_SECURE: mark the cookie Secure (set it behind HTTPS)."""
-    use_signer: bool = False
-    """SESSION_USE_SIGNER: sign the sid in the cookie like Flask-Session's use_signer."""
-    secret_key: str = ""
-    """SECRET_KEY: the Flask app's secret key, needed when SESSION_USE_SIGNER is on."""
-    session_lifetime: int = 2678400
-    """SESSION_LIFETIME: cookie Max-Age in seconds; the session service uses the same value for the TTL."""
-    session_timeout_s: float = 2.0
-    """SESSION_REQUEST_TIMEOUT_S: how long a session call over NATS may take."""
-    stream_idle_s: float = 5.0
-    """QUERY_STREAM_IDLE_S: silence from the query service after which a stream ends in an error."""
-    shutdown_grace_s: float = 20.0
-    """SHUTDOWN_GRACE_S: how long in-flight requests and streams may finish after SIGTERM."""
-    client_write_timeout_s: float = 30.0
-    """CLIENT_WRITE_TIMEOUT_S: a client that accepts no bytes of a stream for this long is given up (the stream ends, its query is cancelled)."""
-    log_level: str = "INFO"
-    """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
-    llm_base_url: str = ""
-    """LLM_BASE_URL: an OpenAI-compatible Chat Completions endpoint; empty turns /api/chat off (503)."""
-    llm_api_key: str = field(default="", repr=False)
-    """LLM_API_KEY: the model's API key (never logged); servers without keys accept any value."""
-    llm_model: str = ""
-    """LLM_MODEL: the model name sent with every request; required with LLM_BASE_URL."""
-    llm_timeout_s: float = 60.0
-    """LLM_TIMEOUT_S: longest wait for the model to connect, or between two streamed chunks."""
-    llm_temperature: float | None = None
-    """LLM_TEMPERATURE: sampling temperature; unset leaves the model's default."""
-    llm_max_retries: int = 2
-    """LLM_MAX_RETRIES: the openai SDK's own retries of a failed request, before anything was streamed."""
-    llm_max_steps: int = 8
-    """LLM_MAX_STEPS: model calls per chat turn at most; then the turn ends with a final text."""
-    llm_schema_max_chars: int = 6000
-    """LLM_SCHEMA_MAX_CHARS: the schema overview goes into the system prompt when it is at most this long."""
-    llm_history_max_chars: int = 60000
-    """LLM_HISTORY_MAX_CHARS: the conversation sent to the model; the oldest turns are dropped past it."""
-    chat_quota_per_minute: int = 10
-    """CHAT_QUOTA_PER_MINUTE: chat turns per user per minute (0: no limit)."""
-    chat_quota_per_hour: int = 200
-    """CHAT_QUOTA_PER_HOUR: chat turns per user per hour (0: no limit)."""
-    chat_quota_per_day: int = 1000
-    """CHAT_QUOTA_PER_DAY: chat turns per user per day (0: no limit)."""
+    host: str = setting("GATEWAY_HOST", "0.0.0.0", "the address the HTTP server binds")
+    port: int = setting("GATEWAY_PORT", 8080, "the HTTP port", parse=tcp_port)
+    auth_mode: str = setting("AUTH_MODE", "off", "`oidc` or `firebase` verify ID tokens; `dev` logs in anyone by email; `off` disables login", parse=_lower)
+    oidc_issuer: str = setting("OIDC_ISSUER", "", "the issuer (`iss`) of accepted ID tokens; required with AUTH_MODE=oidc")
+    oidc_audience: str = setting("OIDC_AUDIENCE", "", "the audience (`aud`, the client id) of accepted ID tokens; required with AUTH_MODE=oidc")
+    oidc_jwks_url: str = setting("OIDC_JWKS_URL", "", "where the signing keys are; default: `jwks_uri` of the issuer's discovery document", shown="from discovery")
+    firebase_project_id: str = setting("FIREBASE_PROJECT_ID", "", "with AUTH_MODE=firebase, the project whose ID tokens are accepted")
+    firebase_web_config: str = setting("FIREBASE_WEB_CONFIG", "", "the Firebase web app's config object (JSON) for the page's Google sign-in; served by GET /auth/config")
+    auth_clock_skew_s: int = setting("AUTH_CLOCK_SKEW_S", 60, "tolerance in seconds for `exp`, `iat` and `auth_time`", minimum=0)
+    auth_allowed_email_domains: tuple[str, ...] = setting("AUTH_ALLOWED_EMAIL_DOMAINS", (), "comma list; when set, only these email domains may sign in", parse=_email_domains, shown="any")
+    auth_require_verified_email: bool = setting(
+        "AUTH_REQUIRE_VERIFIED_EMAIL",
+        True,
+        "refuse tokens whose `email_verified` is not true",
+        default_from=lambda values: values["auth_mode"] in TOKEN_MODES,
+        shown="1 in oidc/firebase",
+    )
+    auth_jwks_cache_min_s: float = setting("AUTH_JWKS_CACHE_MIN_S", 300.0, "the shortest time signing keys are cached, whatever Cache-Control says", minimum=0)
+    auth_jwks_cache_max_s: float = setting("AUTH_JWKS_CACHE_MAX_S", 86400.0, "the longest time signing keys are cached, whatever Cache-Control says", minimum=0)
+    auth_login_rate: tuple[int, int] = setting(
+        "AUTH_LOGIN_RATE", (10, 60), "token logins allowed per client IP, e.g. `10/minute`, `100/hour`; `0` turns it off", parse=lambda name, raw: _rate(name, raw), shown="10/minute"
+    )
+    trusted_proxies: tuple[Network, ...] = setting("TRUSTED_PROXIES", (), "CIDR list of proxies whose X-Forwarded-For/-Host/-Proto are believed", parse=_networks)
+    allowed_origins: tuple[str, ...] = setting("ALLOWED_ORIGINS", (), "comma list of other origins (`https://app.example.com`) allowed to post with the cookie", parse=_origins)
+    public_origin: str = setting(
+        "PUBLIC_ORIGIN", "", "the gateway's own origin as browsers see it; default: from Host (and trusted X-Forwarded-*)", parse=lambda name, raw: _origin(name, raw), shown="from the request"
+    )
+    cookie_name: str = setting("SESSION_COOKIE_NAME", "session", "the cookie holding the session id (Flask's default name)")
+    cookie_secure: bool = setting("COOKIE_SECURE", False, "mark the cookie Secure (set it behind HTTPS)")
+    use_signer: bool = setting("SESSION_USE_SIGNER", False, "sign the sid in the cookie like Flask-Session's use_signer")
+    secret_key: str = setting("SECRET_KEY", "", "the Flask app's secret key, needed when SESSION_USE_SIGNER is on", secret=True)
+    session_lifetime: int = setting("SESSION_LIFETIME", 2678400, "cookie Max-Age in seconds; the session service uses the same value for the TTL", minimum=1)
+    session_timeout_s: float = setting("SESSION_REQUEST_TIMEOUT_S", 2.0, "how long a session call over NATS may take", minimum=0.05)
+    stream_idle_s: float = setting("QUERY_STREAM_IDLE_S", 5.0, "silence from the query service after which a stream ends in an error", minimum=0.5)
+    client_write_timeout_s: float = setting(
+        "CLIENT_WRITE_TIMEOUT_S", 30.0, "a client that accepts no bytes of a stream for this long is given up (the stream ends, its query is cancelled)", minimum=0.1
+    )
+    llm_base_url: str = setting("LLM_BASE_URL", "", "an OpenAI-compatible Chat Completions endpoint; empty turns /api/chat off (503)")
+    llm_api_key: str = setting("LLM_API_KEY", "", "the model's API key (never logged); servers without keys accept any value", secret=True)
+    llm_model: str = setting("LLM_MODEL", "", "the model name sent with every request; required with LLM_BASE_URL")
+    llm_timeout_s: float = setting("LLM_TIMEOUT_S", 60.0, "longest wait for the model to connect, or between two streamed chunks", minimum=0.1)
+    llm_temperature: float | None = setting("LLM_TEMPERATURE", None, "sampling temperature; unset leaves the model's default", parse=_temperature, shown="model default")
+    llm_max_retries: int = setting("LLM_MAX_RETRIES", 2, "the openai SDK's own retries of a failed request, before anything was streamed", minimum=0)
+    llm_max_steps: int = setting("LLM_MAX_STEPS", 8, "model calls per chat turn at most; then the turn ends with a final text", minimum=1)
+    llm_schema_max_chars: int = setting("LLM_SCHEMA_MAX_CHARS", 6000, "the schema overview goes into the system prompt when it is at most this long", minimum=0)
+    llm_history_max_chars: int = setting("LLM_HISTORY_MAX_CHARS", 60000, "the conversation sent to the model; the oldest turns are dropped past it", minimum=1000)
+    chat_quota_per_minute: int = setting("CHAT_QUOTA_PER_MINUTE", 10, "chat turns per user per minute (0: no limit)", minimum=0)
+    chat_quota_per_hour: int = setting("CHAT_QUOTA_PER_HOUR", 200, "chat turns per user per hour (0: no limit)", minimum=0)
+    chat_quota_per_day: int = setting("CHAT_QUOTA_PER_DAY", 1000, "chat turns per user per day (0: no limit)", minimum=0)
 
     def __post_init__(self) -> None:
         if self.auth_mode not in AUTH_MODES:
@@ -174,52 +153,7 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
-        env = environ() if env is None else env
-        nats_url, prefix = common_nats(env)
-        auth_mode = env_str(env, "AUTH_MODE", "off").lower()
-        return cls(
-            nats_url=nats_url,
-            subject_prefix=prefix,
-            host=env_str(env, "GATEWAY_HOST", "0.0.0.0"),
-            port=env_port(env, "GATEWAY_PORT", 8080),
-            auth_mode=auth_mode,
-            oidc_issuer=env_str(env, "OIDC_ISSUER", ""),
-            oidc_audience=env_str(env, "OIDC_AUDIENCE", ""),
-            oidc_jwks_url=env_str(env, "OIDC_JWKS_URL", ""),
-            firebase_project_id=env_str(env, "FIREBASE_PROJECT_ID", ""),
-            firebase_web_config=env_str(env, "FIREBASE_WEB_CONFIG", ""),
-            auth_clock_skew_s=env_int(env, "AUTH_CLOCK_SKEW_S", 60, minimum=0),
-            auth_allowed_email_domains=tuple(d.lstrip("@").lower() for d in _comma_list(env_str(env, "AUTH_ALLOWED_EMAIL_DOMAINS", ""))),
-            auth_require_verified_email=env_bool(env, "AUTH_REQUIRE_VERIFIED_EMAIL", auth_mode in TOKEN_MODES),
-            auth_jwks_cache_min_s=env_float(env, "AUTH_JWKS_CACHE_MIN_S", 300.0, minimum=0),
-            auth_jwks_cache_max_s=env_float(env, "AUTH_JWKS_CACHE_MAX_S", 86400.0, minimum=0),
-            auth_login_rate=_rate("AUTH_LOGIN_RATE", env_str(env, "AUTH_LOGIN_RATE", "10/minute")),
-            trusted_proxies=tuple(_network("TRUSTED_PROXIES", item) for item in _comma_list(env_str(env, "TRUSTED_PROXIES", ""))),
-            allowed_origins=tuple(_origin("ALLOWED_ORIGINS", item) for item in _comma_list(env_str(env, "ALLOWED_ORIGINS", ""))),
-            public_origin=_origin("PUBLIC_ORIGIN", public_origin) if (public_origin := env_str(env, "PUBLIC_ORIGIN", "")) else "",
-            cookie_name=env_str(env, "SESSION_COOKIE_NAME", "session"),
-            cookie_secure=env_bool(env, "COOKIE_SECURE", False),
-            use_signer=env_bool(env, "SESSION_USE_SIGNER", False),
-            secret_key=env_str(env, "SECRET_KEY", ""),
-            session_lifetime=env_int(env, "SESSION_LIFETIME", 2678400, minimum=1),
-            session_timeout_s=env_float(env, "SESSION_REQUEST_TIMEOUT_S", 2.0, minimum=0.05),
-            stream_idle_s=env_float(env, "QUERY_STREAM_IDLE_S", 5.0, minimum=0.5),
-            shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
-            client_write_timeout_s=env_float(env, "CLIENT_WRITE_TIMEOUT_S", 30.0, minimum=0.1),
-            log_level=env_str(env, "LOG_LEVEL", "INFO"),
-            llm_base_url=env_str(env, "LLM_BASE_URL", ""),
-            llm_api_key=env_str(env, "LLM_API_KEY", ""),
-            llm_model=env_str(env, "LLM_MODEL", ""),
-            llm_timeout_s=env_float(env, "LLM_TIMEOUT_S", 60.0, minimum=0.1),
-            llm_temperature=env_float(env, "LLM_TEMPERATURE", -1.0, minimum=0) if env.get("LLM_TEMPERATURE", "").strip() else None,
-            llm_max_retries=env_int(env, "LLM_MAX_RETRIES", 2, minimum=0),
-            llm_max_steps=env_int(env, "LLM_MAX_STEPS", 8, minimum=1),
-            llm_schema_max_chars=env_int(env, "LLM_SCHEMA_MAX_CHARS", 6000, minimum=0),
-            llm_history_max_chars=env_int(env, "LLM_HISTORY_MAX_CHARS", 60000, minimum=1000),
-            chat_quota_per_minute=env_int(env, "CHAT_QUOTA_PER_MINUTE", 10, minimum=0),
-            chat_quota_per_hour=env_int(env, "CHAT_QUOTA_PER_HOUR", 200, minimum=0),
-            chat_quota_per_day=env_int(env, "CHAT_QUOTA_PER_DAY", 1000, minimum=0),
-        )
+        return load(cls, environ() if env is None else env)
 
 
 def _comma_list(raw: str) -> list[str]:

@@ -1,15 +1,15 @@
-"""`/api/connections`: each user's own databases (docs/connections.md), and `user_source`, which turns a source name into one of them.
+"""`/api/connections`: each user's own databases (docs/connections.md).
 
 Creating, changing and testing go to the query service (the only one that may see a
 password in the clear, and that holds CONNECTIONS_KEYS); listing, reading and deleting go to
 the session service, which stores the records and never sees a password unsealed. The
-gateway forwards a password once and keeps nothing of it.
+gateway forwards a password once and keeps nothing of it (services/gateway/clients.py,
+ConnectionsClient).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -17,69 +17,32 @@ import msgspec
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.handlers import identity, json_object
-from services.gateway.sources import user_connections
-from shared.bus import request
-from shared.contracts import (
-    CONNECTION_ID_PATTERN,
-    ConnectionChanges,
-    ConnectionCreate,
-    ConnectionDelete,
-    ConnectionDeleted,
-    ConnectionFound,
-    ConnectionGet,
-    ConnectionRef,
-    ConnectionSettings,
-    ConnectionTest,
-    ConnectionTested,
-    ConnectionUpdate,
-    ConnectionView,
-    QueryPong,
-)
+from services.gateway.auth.identity import identity
+from services.gateway.clients import ConnectionsClient
+from services.gateway.handlers import json_object
+from shared.contracts import CONNECTION_ID_PATTERN, ConnectionChanges, ConnectionRef, ConnectionSettings
 from shared.errors import BAD_REQUEST, CONNECTIONS_OFF, NOT_FOUND, ServiceError
-from shared.users import user_id
 
-STORE_TIMEOUT_S = 3.0
-OPEN_TIMEOUT_S = 20.0
-"""How long the gateway waits for a create, change or test: the query service connects, checks the account, then stores."""
-_ENABLED_CACHE_S = 5.0
 _ID = re.compile(CONNECTION_ID_PATTERN)
-_ENABLED = web.AppKey("connections_enabled", list)
 _SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 _SSL_MODES = {"disable": "disable", "allow": "require", "prefer": "require", "require": "require", "verify-ca": "verify-full", "verify-full": "verify-full"}
 
 
-async def owner(http_request: web.Request) -> str:
-    """The signed-in user's id (cookie or bearer); 401 when nobody."""
-    who = await identity(http_request)
-    uid = user_id(who.session)
-    if not uid:
-        raise ServiceError(BAD_REQUEST, "this session has no user id")
-    return uid
-
-
-async def enabled(app: web.Application) -> bool:
-    """Whether the query service holds CONNECTIONS_KEYS (a yes is kept a few seconds; a no is asked again each time)."""
-    until = app[_ENABLED]
-    if time.monotonic() < until[0]:
-        return True
-    pong = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=STORE_TIMEOUT_S, reply=QueryPong)
-    if pong.connections:
-        until[0] = time.monotonic() + _ENABLED_CACHE_S
-    return pong.connections
-
-
-async def _require_enabled(app: web.Application) -> None:
-    if not await enabled(app):
+async def _caller(http_request: web.Request) -> tuple[ConnectionsClient, str]:
+    """The client and the signed-in user's id (401 when nobody); 503 naming CONNECTIONS_KEYS while the feature is off."""
+    uid = (await identity(http_request)).uid
+    client = http_request.app[keys.CONNECTIONS]
+    if not await client.enabled():
         raise ServiceError(CONNECTIONS_OFF, "users' own database connections are off: set CONNECTIONS_KEYS on the query service (docs/connections.md)")
+    return client, uid
 
 
-def _connection_id(http_request: web.Request) -> str:
+def _ref(http_request: web.Request, uid: str) -> ConnectionRef:
     value = http_request.match_info["id"]
     if not _ID.match(value):
         raise ServiceError(NOT_FOUND, "no such connection")
-    return value
+    return ConnectionRef(uid, value)
 
 
 def settings_from_url(name: Any, url: Any) -> dict[str, Any]:
@@ -123,15 +86,12 @@ def _json(value: msgspec.Struct | dict[str, Any], status: int = 200) -> web.Resp
 
 
 async def list_connections(http_request: web.Request) -> web.Response:
-    uid = await owner(http_request)
-    await _require_enabled(http_request.app)
-    records = await user_connections(http_request.app, uid)
-    return _json({"connections": [record.view() for record in records]})
+    client, uid = await _caller(http_request)
+    return _json({"connections": [record.view() for record in await client.list(uid)]})
 
 
 async def create_connection(http_request: web.Request) -> web.Response:
-    uid = await owner(http_request)
-    await _require_enabled(http_request.app)
+    client, uid = await _caller(http_request)
     body = await json_object(http_request)
     if "url" in body:
         extra = set(body) - {"name", "url"}
@@ -140,58 +100,31 @@ async def create_connection(http_request: web.Request) -> web.Response:
         body = settings_from_url(body.get("name"), body["url"])
     settings = _convert(body, ConnectionSettings)
     del body
-    app = http_request.app
-    view = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_connection("create"), ConnectionCreate(uid, settings), timeout=OPEN_TIMEOUT_S, reply=ConnectionView)
-    return _json(view, 201)
+    return _json(await client.create(uid, settings), 201)
 
 
 async def get_connection(http_request: web.Request) -> web.Response:
-    uid = await owner(http_request)
-    await _require_enabled(http_request.app)
-    app = http_request.app
-    found = await request(
-        app[keys.NATS_CLIENT], app[keys.SUBJECTS].session_connection("get"), ConnectionGet(ConnectionRef(uid, _connection_id(http_request))), timeout=STORE_TIMEOUT_S, reply=ConnectionFound
-    )
-    if found.record is None:
+    client, uid = await _caller(http_request)
+    record = await client.get(_ref(http_request, uid))
+    if record is None:
         raise ServiceError(NOT_FOUND, "no such connection")
-    return _json(found.record.view())
+    return _json(record.view())
 
 
 async def patch_connection(http_request: web.Request) -> web.Response:
-    uid = await owner(http_request)
-    await _require_enabled(http_request.app)
-    ref = ConnectionRef(uid, _connection_id(http_request))
+    client, uid = await _caller(http_request)
+    ref = _ref(http_request, uid)
     changes = _convert(await json_object(http_request), ConnectionChanges)
-    app = http_request.app
-    view = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_connection("update"), ConnectionUpdate(ref, changes), timeout=OPEN_TIMEOUT_S, reply=ConnectionView)
-    return _json(view)
+    return _json(await client.update(ref, changes))
 
 
 async def delete_connection(http_request: web.Request) -> web.Response:
-    uid = await owner(http_request)
-    await _require_enabled(http_request.app)
-    app = http_request.app
-    ref = ConnectionRef(uid, _connection_id(http_request))
-    deleted = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].session_connection("delete"), ConnectionDelete(ref), timeout=STORE_TIMEOUT_S, reply=ConnectionDeleted)
-    if not deleted.deleted:
+    client, uid = await _caller(http_request)
+    if not await client.delete(_ref(http_request, uid)):
         raise ServiceError(NOT_FOUND, "no such connection")
     return _json({"deleted": True})
 
 
 async def test_connection(http_request: web.Request) -> web.Response:
-    uid = await owner(http_request)
-    await _require_enabled(http_request.app)
-    app = http_request.app
-    ref = ConnectionRef(uid, _connection_id(http_request))
-    tested = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_connection("test"), ConnectionTest(ref), timeout=OPEN_TIMEOUT_S, reply=ConnectionTested)
-    return _json(tested)
-
-
-def setup(app: web.Application) -> None:
-    app[_ENABLED] = [0.0]  # until when the query service was last seen to hold CONNECTIONS_KEYS
-    app.router.add_get("/api/connections", list_connections)
-    app.router.add_post("/api/connections", create_connection)
-    app.router.add_get("/api/connections/{id}", get_connection)
-    app.router.add_patch("/api/connections/{id}", patch_connection)
-    app.router.add_delete("/api/connections/{id}", delete_connection)
-    app.router.add_post("/api/connections/{id}/test", test_connection)
+    client, uid = await _caller(http_request)
+    return _json(await client.test(_ref(http_request, uid)))

@@ -20,81 +20,20 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from nats.aio.client import Client as NATS
 
 from services.gateway import keys
-from services.gateway.handlers import current_session, json_object
-from shared.bus import request
+from services.gateway.auth.identity import caller_uid, identity
+from services.gateway.handlers import json_object
 from shared.contracts import (
     CONVERSATION_ID_PATTERN,
     TITLE_MAX_CHARS,
-    ConversationAppended,
     ConversationInfo,
-    ConversationLoaded,
-    ConversationPage,
-    Subjects,
-    convert_payload,
 )
-from shared.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, ServiceError
-from shared.users import user_id
+from shared.errors import BAD_REQUEST, NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, ServiceError
 
 GET_MAX_BYTES = 768 * 1024
 """A reload returns the newest messages within this many bytes (a NATS message holds 1 MiB by default)."""
 _ID = re.compile(CONVERSATION_ID_PATTERN)
-
-
-class HistoryClient:
-    """The gateway's client of `session.conversation.*`, one NATS request per call."""
-
-    def __init__(self, nc: NATS, subjects: Subjects, timeout: float) -> None:
-        self._nc = nc
-        self._subjects = subjects
-        self._timeout = timeout
-
-    async def _call[S: msgspec.Struct](self, op: str, payload: dict[str, Any], kind: type[S]) -> S:
-        reply = await request(self._nc, self._subjects.session_conversation(op), payload, timeout=self._timeout)
-        try:
-            return convert_payload(reply, kind)
-        except ServiceError as exc:  # the session service answered something else: its bug, not the caller's
-            raise ServiceError(INTERNAL, f"malformed session.conversation.{op} reply: {exc.message}") from None
-
-    async def load(self, uid: str, conversation_id: str, *, max_bytes: int, min_messages: int = 2) -> ConversationLoaded:
-        payload = {"uid": uid, "id": conversation_id, "max_bytes": max_bytes, "min_messages": min_messages}
-        return await self._call("load", payload, ConversationLoaded)
-
-    async def append(self, uid: str, conversation_id: str, messages: list[dict[str, Any]], replace_last_of: int | None = None) -> ConversationAppended:
-        payload = {"uid": uid, "id": conversation_id, "messages": messages, "replace_last_of": replace_last_of}
-        return await self._call("append", payload, ConversationAppended)
-
-    async def list(self, uid: str, *, limit: int, cursor: str | None) -> ConversationPage:
-        return await self._call("list", {"uid": uid, "limit": limit, "cursor": cursor}, ConversationPage)
-
-    async def create(self, uid: str, conversation_id: str) -> ConversationInfo:
-        return await self._call("create", {"uid": uid, "id": conversation_id}, ConversationInfo)
-
-    async def patch(self, uid: str, conversation_id: str, title: str) -> ConversationInfo:
-        return await self._call("patch", {"uid": uid, "id": conversation_id, "title": title}, ConversationInfo)
-
-    async def delete(self, uid: str, conversation_id: str) -> None:
-        await request(self._nc, self._subjects.session_conversation("delete"), {"uid": uid, "id": conversation_id}, timeout=self._timeout)
-
-
-HISTORY = web.AppKey("history", HistoryClient)
-
-
-def setup(app: web.Application) -> None:
-    """The routes, and the client once NATS is connected (the app's nats cleanup context runs first)."""
-    app.router.add_get("/api/conversations", list_conversations)
-    app.router.add_post("/api/conversations", create_conversation)
-    app.router.add_get("/api/conversations/{id}", get_conversation)
-    app.router.add_patch("/api/conversations/{id}", patch_conversation)
-    app.router.add_delete("/api/conversations/{id}", delete_conversation)
-    app.cleanup_ctx.append(_client)
-
-
-async def _client(app: web.Application) -> Any:
-    app[HISTORY] = HistoryClient(app[keys.NATS_CLIENT], app[keys.SUBJECTS], app[keys.CONFIG].session_timeout_s)
-    yield
 
 
 def iso(ms: int | None) -> str | None:
@@ -106,15 +45,6 @@ def iso(ms: int | None) -> str | None:
 
 def info(item: ConversationInfo) -> dict[str, Any]:
     return {"id": item.id, "title": item.title, "updated_at": iso(item.updated_at)}
-
-
-async def caller_uid(request: web.Request) -> str:
-    """The user id of the session or bearer token; 401 when nobody is signed in."""
-    _, session = await current_session(request)
-    uid = user_id(session)
-    if uid is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
-    return uid
 
 
 def _conversation_id(request: web.Request) -> str:
@@ -131,7 +61,7 @@ async def list_conversations(request: web.Request) -> web.Response:
         raise ServiceError(BAD_REQUEST, "'limit' must be a whole number from 1 to 100")
     cursor = request.query.get("cursor") or None
     try:
-        page = await request.app[HISTORY].list(uid, limit=int(raw_limit), cursor=cursor)
+        page = await request.app[keys.HISTORY].list(uid, limit=int(raw_limit), cursor=cursor)
     except ServiceError as exc:
         if exc.code == BAD_REQUEST:
             raise ServiceError(BAD_REQUEST, "'cursor' is not a cursor this API returned") from None
@@ -142,7 +72,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def get_conversation(request: web.Request) -> web.Response:
     uid = await caller_uid(request)
     cid = _conversation_id(request)
-    loaded = await request.app[HISTORY].load(uid, cid, max_bytes=GET_MAX_BYTES, min_messages=1)
+    loaded = await request.app[keys.HISTORY].load(uid, cid, max_bytes=GET_MAX_BYTES, min_messages=1)
     if not loaded.exists:
         if loaded.partial:
             raise ServiceError(UNAVAILABLE, "conversation history is unavailable while Redis is down; try again shortly")
@@ -167,23 +97,21 @@ async def patch_conversation(request: web.Request) -> web.Response:
         raise ServiceError(BAD_REQUEST, "'title' must be a non-empty string")
     if len(title) > TITLE_MAX_CHARS:
         raise ServiceError(BAD_REQUEST, f"'title' is longer than {TITLE_MAX_CHARS} characters")
-    return web.json_response(info(await request.app[HISTORY].patch(uid, cid, title)))
+    return web.json_response(info(await request.app[keys.HISTORY].patch(uid, cid, title)))
 
 
 async def delete_conversation(request: web.Request) -> web.Response:
     uid = await caller_uid(request)
-    await request.app[HISTORY].delete(uid, _conversation_id(request))
+    await request.app[keys.HISTORY].delete(uid, _conversation_id(request))
     return web.json_response({"deleted": True})
 
 
 async def create_conversation(request: web.Request) -> web.Response:
     """Start a new conversation: its index entry, and (for a cookie session) the session's `conversation_id`."""
-    sid, session = await current_session(request)
-    uid = user_id(session)
-    if uid is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
+    who = await identity(request)
+    uid, sid = who.uid, who.sid
     conversation_id = str(uuid.uuid4())
-    created = await request.app[HISTORY].create(uid, conversation_id)
+    created = await request.app[keys.HISTORY].create(uid, conversation_id)
     if sid is not None:  # one atomic field patch, so concurrent requests lose nothing; a bearer client keeps the id itself
         if await request.app[keys.SESSIONS].patch(sid, {"conversation_id": conversation_id}) is None:
             raise ServiceError(UNAUTHORIZED, "not logged in")

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,18 +13,20 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys, metrics
+from services.gateway.auth.identity import identity
 from services.gateway.auth.limit import check_login_rate
 from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_from_claims
-from services.gateway.auth.web import bearer_token, verifier
+from services.gateway.auth.web import verifier
 from services.gateway.errors import error_response
 from services.gateway.jsonable import jsonable
 from services.gateway.relay import QueryResult, relay
 from services.gateway.sources import user_source
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
-from shared.errors import BAD_REQUEST, BUSY, UNAUTHORIZED, ServiceError
+from shared.errors import BAD_REQUEST, BUSY, ServiceError
+from shared.limits import MAX_SQL_CHARS
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
-from shared.users import signed_in_user, user_id
+from shared.users import signed_in_user
 
 log = structlog.get_logger(__name__)
 
@@ -57,41 +58,6 @@ def text_field(body: dict[str, Any], name: str, *, required: bool, max_chars: in
     if len(value) > max_chars:
         raise ServiceError(BAD_REQUEST, f"'{name}' is longer than {max_chars} characters")
     return value
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is calling: a cookie session (`sid` set) or a verified bearer token (`sid` None, nothing stored)."""
-
-    sid: str | None
-    session: dict[str, Any]
-
-    @property
-    def bearer(self) -> bool:
-        return self.sid is None
-
-
-async def identity(request: web.Request) -> Identity:
-    """The caller: `Authorization: Bearer <ID token>` on /api/*, else the session cookie; 401 when neither."""
-    token = bearer_token(request)
-    if token is not None:
-        claims = await verifier(request).verify(token)
-        check_policy(request.app[keys.CONFIG], claims)
-        user = user_from_claims(claims)
-        structlog.contextvars.bind_contextvars(uid=user["uid"], auth="bearer")
-        return Identity(None, {"user": user, "conversation_id": None})
-    sid = request.app[keys.COOKIE].sid(request)
-    session = await request.app[keys.SESSIONS].get(sid) if sid else None
-    if sid is None or session is None or signed_in_user(session) is None:
-        raise ServiceError(UNAUTHORIZED, "not logged in")
-    structlog.contextvars.bind_contextvars(uid=user_id(session))
-    return Identity(sid, session)
-
-
-async def current_session(request: web.Request) -> tuple[str | None, dict[str, Any]]:
-    """The caller's sid and session map; the sid is None for a bearer request (nothing to write to). 401 when nobody."""
-    who = await identity(request)
-    return who.sid, who.session
 
 
 def public_view(session: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +127,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     """Run execute_query and stream the result as an AI SDK UI message stream."""
     who = await identity(request)
     body = await json_object(request)
-    sql = text_field(body, "sql", required=True, max_chars=100_000)
+    sql = text_field(body, "sql", required=True, max_chars=MAX_SQL_CHARS)
     assert sql is not None
     if not sql.strip():
         raise ServiceError(BAD_REQUEST, "'sql' is empty")
@@ -171,14 +137,14 @@ async def query(request: web.Request) -> web.StreamResponse:
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
     start_error: ServiceError | None = None
     try:
-        connection = await user_source(request.app, user_id(who.session), source)
+        connection = await user_source(request.app, who.uid, source)
         await consumer.start(sql, None if connection else source, connection=connection)
     except ServiceError as exc:
         if exc.code == BUSY:
             raise  # before the stream's headers: a real 503 with Retry-After
         start_error = exc  # any other refusal is an error part of the stream, as before
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
-    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request)
+    stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request, write_timeout_s=config.client_write_timeout_s)
     started = time.monotonic()
     outcome, result = "ok", QueryResult()
     metrics.STREAMS_IN_FLIGHT.inc()

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from services.gateway.clients import ConnectionsClient, HistoryClient, Limiter, QueryClient, SessionClient
 from services.gateway.config import GatewayConfig
-from services.gateway.limits import Limiter
-from services.gateway.sessions import SessionClient, SessionCookie
+from services.gateway.sessions import SessionCookie
 from shared.contracts import Subjects
 
 
@@ -50,3 +50,6 @@ SESSIONS = web.AppKey("sessions", SessionClient)
 COOKIE = web.AppKey("cookie", SessionCookie)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 LIMITER = web.AppKey("limiter", Limiter)
+HISTORY = web.AppKey("history", HistoryClient)
+QUERY = web.AppKey("query", QueryClient)
+CONNECTIONS = web.AppKey("connections", ConnectionsClient)

@@ -9,18 +9,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.gateway import keys
-from shared.bus import request
-from shared.contracts import ConnectionList, ConnectionRecord, ConnectionRecords, ConnectionRef
+from shared.contracts import ConnectionRecord, ConnectionRef
 
-STORE_TIMEOUT_S = 3.0
 DIALECTS = {"postgresql": "postgres", "mysql": "mysql"}
 """A connection's dialect as the query service names its sources' dialects (the SQL guard's names)."""
 
 
 async def user_connections(app: web.Application, uid: str) -> list[ConnectionRecord]:
     """The user's connections, by name (sealed passwords included: opaque here, and never sent on)."""
-    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].session_connection("list"), ConnectionList(uid), timeout=STORE_TIMEOUT_S, reply=ConnectionRecords)
-    return reply.records
+    return await app[keys.CONNECTIONS].list(uid)
 
 
 async def user_source(app: web.Application, uid: str | None, source: str | None) -> ConnectionRef | None:

@@ -11,8 +11,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.gateway import keys
-
 HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache, no-transform",
@@ -99,16 +97,16 @@ class _ProgressWatch:
 class ToolStream:
     """Writes the parts of one tool call; every write waits for the client (TCP backpressure).
 
-    Given the request, a write during which the client accepts no bytes for the gateway's
-    CLIENT_WRITE_TIMEOUT_S aborts the connection and raises ClientStalled, so a client
+    Given the request and `write_timeout_s` (the gateway's CLIENT_WRITE_TIMEOUT_S), a write
+    during which the client accepts no bytes for that long aborts the connection and raises ClientStalled, so a client
     that stops reading cannot hold a stream, and the query behind it, forever; a client
     that reads slowly but steadily is never cut off (see _ProgressWatch).
     """
 
-    def __init__(self, response: web.StreamResponse, message_id: str, tool_call_id: str, *, request: web.Request | None = None) -> None:
+    def __init__(self, response: web.StreamResponse, message_id: str, tool_call_id: str, *, request: web.Request | None = None, write_timeout_s: float | None = None) -> None:
         self._response = response
         self._request = request
-        self._write_timeout_s = request.app[keys.CONFIG].client_write_timeout_s if request is not None else None
+        self._write_timeout_s = write_timeout_s if request is not None else None
         self.message_id = message_id
         self.tool_call_id = tool_call_id
         # Everything of a rows part but the offset and the rows, which the query service pre-encodes.

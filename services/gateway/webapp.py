@@ -14,12 +14,10 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.auth.identity import identity
 from services.gateway.config import GatewayConfig
-from services.gateway.handlers import current_session
 from services.gateway.sources import DIALECTS, user_connections
-from shared.bus import request
 from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
-from shared.users import user_id
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """Where `make` (scripts/build_web.py) writes index.html and assets/."""
@@ -104,25 +102,18 @@ async def auth_config(request: web.Request) -> web.Response:
 
 async def sources(http_request: web.Request) -> web.Response:
     """GET /api/sources: the query sources with their dialects, the caller's own connections, and the default (needs a session)."""
-    _, session = await current_session(http_request)
-    app = http_request.app
-    reply = await request(app[keys.NATS_CLIENT], app[keys.SUBJECTS].query_ping, {}, timeout=SOURCES_TIMEOUT_S)
-    dialects = reply.get("dialects") or {}
-    listed = [{"name": name, "dialect": dialects.get(name), "kind": "operator"} for name in reply.get("sources", [])]
-    uid = user_id(session)
-    if reply.get("connections") and uid:
-        own = await user_connections(app, uid)
+    who = await identity(http_request)
+    reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
+    listed = [{"name": name, "dialect": reply.dialects.get(name), "kind": "operator"} for name in reply.sources]
+    if reply.connections:
+        own = await user_connections(http_request.app, who.uid)
         names = {record.name for record in own}
         listed = [item for item in listed if item["name"] not in names]  # the user's own connection wins a name (services/gateway/sources.py)
         listed += [{"name": record.name, "dialect": DIALECTS[record.dialect], "kind": "connection", "id": record.id} for record in own]
-    return web.json_response({"sources": listed, "default": reply.get("default"), "connections": bool(reply.get("connections"))})
+    return web.json_response({"sources": listed, "default": reply.default, "connections": reply.connections})
 
 
 def setup(app: web.Application) -> None:
-    """Routes and headers of the web app."""
+    """The security headers on every response (the web app's routes are in routes.py)."""
     app[CSP_KEY] = content_security_policy(app[keys.CONFIG])
     app.on_response_prepare.append(security_headers)
-    app.router.add_get("/", index)
-    app.router.add_get("/assets/{name}", asset)
-    app.router.add_get("/auth/config", auth_config)
-    app.router.add_get("/api/sources", sources)

@@ -19,9 +19,10 @@ from typing import TextIO
 import msgspec
 from nats.aio.client import Client as NATS
 
+from services.query.config import QueryConfig
 from services.query.connections.seal import VARIABLE, Keyring
 from shared.bus import close, connect, request
-from shared.config import common_nats, environ
+from shared.config import environ, read_one
 from shared.contracts import ConnectionPut, ConnectionRecords, ConnectionScan, Ok, Subjects
 from shared.errors import CONFLICT, ConfigError, ServiceError
 
@@ -70,8 +71,8 @@ async def amain(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     env = environ()
     try:
-        nats_url, prefix = common_nats(env)
-        keys = Keyring.parse(env.get(VARIABLE, ""))
+        nats_url, prefix = read_one(QueryConfig, "nats_url", env), read_one(QueryConfig, "subject_prefix", env)
+        keys = read_one(QueryConfig, "connections_keys", env)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

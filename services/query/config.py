@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import ClassVar
 
 import orjson
 
 from services.query.connections.address import IPNetwork, parse_networks, parse_ports
 from services.query.connections.seal import Keyring
-from shared.config import common_nats, env_bool, env_float, env_int, env_port, env_str, environ
+from shared.config import ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
 from shared.errors import ConfigError
 
 DEFAULT_SOURCE = "default"
@@ -25,57 +26,72 @@ MAX_ROW_BYTES_LIMIT = 2**24 - 1
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-@dataclass(frozen=True)
-class QueryConfig:
+DATABASE_URL = Setting("QUERY_DATABASE_URL", "the default source's database URL; unset: the sample SQLite database", shown="the sample database")
+SOURCES = Setting("QUERY_SOURCES", "more sources: `name=url` comma list or a JSON object", shown="(none)")
+MAX_CHUNK_BYTES = 768 * 1024
+"""A rows message stays under NATS's max_payload (1 MB)."""
+
+
+def _chunk_bytes(name: str, raw: str) -> int:
+    value = env_int({name: raw}, name, 0, minimum=1024)
+    if value > MAX_CHUNK_BYTES:
+        raise ConfigError(f"{name} must be at most {MAX_CHUNK_BYTES} (NATS messages are capped at 1 MB), got {value}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryConfig(ServiceSettings):
     """Everything the query service reads from its environment (see docs/query.md)."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
-    subject_prefix: str = "dbgenie"
-    # Source name -> database URL; always holds DEFAULT_SOURCE.
+    INPUTS: ClassVar[tuple[Setting, ...]] = (DATABASE_URL, SOURCES)
+
+    # Source name -> database URL; always holds DEFAULT_SOURCE (from QUERY_DATABASE_URL, QUERY_SOURCES or the sample).
     sources: Mapping[str, str] = field(default_factory=dict)
-    # Where the sample SQLite database lives; it is created there when the default source is the sample.
-    sample_path: Path = Path("var/sample.db")
+    sample_path: Path = setting(
+        "QUERY_SAMPLE_PATH", Path("var/sample.db"), "where the sample SQLite database lives; it is created there when the default source is the sample", parse=lambda _n, raw: Path(raw)
+    )
     uses_sample: bool = True
-    # Bounds one query from its start to its last row, database work and streaming together.
-    timeout_s: float = 30.0
-    # Rows beyond this many are not read; the stream ends with truncated=True.
-    max_rows: int = 1_000_000
-    # Preview cells longer than this many characters are cut (strings, and arrays/objects as JSON text).
-    preview_cell_chars: int = 200
-    # Target size of one rows message; every message stays under NATS's max_payload.
-    chunk_bytes: int = 192 * 1024
-    # A stream whose consumer acknowledges nothing for this long is dropped.
-    ack_timeout_s: float = 15.0
-    # Connections per PostgreSQL/MySQL source, and concurrent queries per SQLite source.
-    pool_size: int = 5
-    ops_port: int = 8092
-    log_level: str = "INFO"
-    # On SIGTERM, streams in flight get this long to finish before they are cut off.
-    shutdown_grace_s: float = 20.0
+    timeout_s: float = setting("QUERY_TIMEOUT_S", 30.0, "bounds one query from its start to its last row, database work and streaming together", minimum=0.001)
+    max_rows: int = setting("QUERY_MAX_ROWS", 1_000_000, "rows beyond this many are not read; the stream ends with truncated=True", minimum=1)
+    preview_cell_chars: int = setting("QUERY_PREVIEW_CELL_CHARS", 200, "preview cells longer than this many characters are cut (strings, and arrays/objects as JSON text)", minimum=10)
+    chunk_bytes: int = setting("QUERY_CHUNK_BYTES", 192 * 1024, "target size of one rows message; every message stays under NATS's max_payload", parse=_chunk_bytes)
+    ack_timeout_s: float = setting("QUERY_ACK_TIMEOUT_S", 15.0, "a stream whose consumer acknowledges nothing for this long is dropped", minimum=0.1)
+    pool_size: int = setting("QUERY_POOL_SIZE", 5, "connections per PostgreSQL/MySQL source, and concurrent queries per SQLite source", minimum=1)
+    ops_port: int = setting("OPS_PORT", 8092, "port of /healthz, /readyz and /metrics; 0 disables them", parse=tcp_port)
     # A value / a row larger than this many bytes, as the database sends it, ends the query
     # with an error before it is read (services/query/wire.py, docs/query-values.md).
-    max_cell_bytes: int = 512 * 1024
-    max_row_bytes: int = 1024 * 1024
-    # Queries running at once in this replica; one more is refused with code "busy" (HTTP 503).
-    max_concurrent: int = 8
-    # Serve sources whose database account can do more than read (docs/query-account.md);
-    # a warning is logged on every start while it is on.
-    allow_privileged: bool = False
-    # Source name -> the operator's own read-only functions, (schema or None, name), added to the guard's allow rule.
-    allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = field(default_factory=dict)
-    # Users' own connections (docs/connections.md): off (None) without CONNECTIONS_KEYS.
-    connections_keys: Keyring | None = field(default=None, repr=False)
-    # Private ranges users' connections may reach after all; ports they may use (None: 1-65535).
-    connections_allowed_networks: tuple[IPNetwork, ...] = ()
-    connections_allowed_ports: frozenset[int] | None = None
-    # How long a user's database gets to answer; every unreachable answer waits this long.
-    connections_connect_timeout_s: float = 3.0
-    connections_max_per_user: int = 10
-    # Users' connection pools open in this replica (least recently used closed first), and how long an idle one stays.
-    max_pools: int = 100
-    pool_idle_s: float = 300.0
-    # Queries (and schema reads) one user runs at once on their own connections, in this replica.
-    max_concurrent_per_user: int = 4
+    max_cell_bytes: int = setting("QUERY_MAX_CELL_BYTES", 512 * 1024, "a value larger than this many bytes ends the query with an error before it is read", minimum=1024)
+    max_row_bytes: int = setting("QUERY_MAX_ROW_BYTES", 1024 * 1024, "a row larger than this many bytes ends the query with an error before it is read", minimum=1024)
+    max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is refused with code busy (HTTP 503)", minimum=1)
+    allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
+    allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = setting(
+        "QUERY_ALLOWED_FUNCTIONS",
+        MappingProxyType({}),
+        "source name -> the operator's own read-only functions, added to the guard's allow rule",
+        parse=lambda _n, raw: MappingProxyType(parse_allowed_functions(raw)),
+    )
+    # Users' own connections (docs/connections.md).
+    connections_keys: Keyring | None = setting(
+        "CONNECTIONS_KEYS",
+        None,
+        "`id:base64-32-bytes` entries, comma-separated; the first seals users' database passwords, every one opens; unset: the feature is off",
+        parse=lambda _n, raw: Keyring.parse(raw),
+        shown="(none: users' own connections are off)",
+        secret=True,
+    )
+    connections_allowed_networks: tuple[IPNetwork, ...] = setting(
+        "CONNECTIONS_ALLOWED_NETWORKS", (), "CIDRs users' connections may reach although they are not public", parse=lambda n, raw: parse_networks(raw, n), shown="(none)"
+    )
+    connections_allowed_ports: frozenset[int] | None = setting(
+        "CONNECTIONS_ALLOWED_PORTS", None, "ports users' connections may use (None: 1-65535)", parse=lambda n, raw: parse_ports(raw, n), shown="(every port 1-65535)"
+    )
+    connections_connect_timeout_s: float = setting(
+        "CONNECTIONS_CONNECT_TIMEOUT_S", 3.0, "how long a user's database gets to accept a connection; every unreachable answer waits this long", minimum=0.05
+    )
+    connections_max_per_user: int = setting("CONNECTIONS_MAX_PER_USER", 10, "connections one user may keep", minimum=1)
+    max_pools: int = setting("QUERY_MAX_POOLS", 100, "users' connection pools open in this replica; the least recently used idle one is closed first", minimum=1)
+    pool_idle_s: float = setting("QUERY_POOL_IDLE_S", 300.0, "a user's pool unused this long is closed", minimum=0.05)
+    max_concurrent_per_user: int = setting("QUERY_MAX_CONCURRENT_PER_USER", 4, "queries and schema reads one user runs at once on their own connections, in this replica", minimum=1)
 
     def __post_init__(self) -> None:
         if self.max_cell_bytes > self.max_row_bytes:
@@ -93,10 +109,9 @@ class QueryConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> QueryConfig:
         env = environ() if env is None else env
-        nats_url, prefix = common_nats(env)
-        sample_path = Path(env_str(env, "QUERY_SAMPLE_PATH", "var/sample.db"))
-        database_url = env.get("QUERY_DATABASE_URL", "").strip()
-        sources = parse_sources(env.get("QUERY_SOURCES", ""))
+        sample_path = read_one(cls, "sample_path", env)
+        database_url = env.get(DATABASE_URL.env, "").strip()
+        sources = parse_sources(env.get(SOURCES.env, ""))
         if database_url and DEFAULT_SOURCE in sources:
             raise ConfigError(f"QUERY_SOURCES names a {DEFAULT_SOURCE!r} source and QUERY_DATABASE_URL is set too; keep one")
         uses_sample = not database_url and DEFAULT_SOURCE not in sources
@@ -104,39 +119,7 @@ class QueryConfig:
             sources[DEFAULT_SOURCE] = database_url
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
-        chunk_bytes = env_int(env, "QUERY_CHUNK_BYTES", 192 * 1024, minimum=1024)
-        if chunk_bytes > 768 * 1024:
-            raise ConfigError(f"QUERY_CHUNK_BYTES must be at most {768 * 1024} (NATS messages are capped at 1 MB), got {chunk_bytes}")
-        timeout_s = env_float(env, "QUERY_TIMEOUT_S", 30.0, minimum=0.001)
-        return cls(
-            nats_url=nats_url,
-            subject_prefix=prefix,
-            sources=MappingProxyType(sources),
-            sample_path=sample_path,
-            uses_sample=uses_sample,
-            timeout_s=timeout_s,
-            max_rows=env_int(env, "QUERY_MAX_ROWS", 1_000_000, minimum=1),
-            preview_cell_chars=env_int(env, "QUERY_PREVIEW_CELL_CHARS", 200, minimum=10),
-            chunk_bytes=chunk_bytes,
-            ack_timeout_s=env_float(env, "QUERY_ACK_TIMEOUT_S", 15.0, minimum=0.1),
-            pool_size=env_int(env, "QUERY_POOL_SIZE", 5, minimum=1),
-            ops_port=env_port(env, "OPS_PORT", 8092),
-            log_level=env_str(env, "LOG_LEVEL", "INFO"),
-            shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
-            max_cell_bytes=env_int(env, "QUERY_MAX_CELL_BYTES", 512 * 1024, minimum=1024),
-            max_row_bytes=env_int(env, "QUERY_MAX_ROW_BYTES", 1024 * 1024, minimum=1024),
-            max_concurrent=env_int(env, "QUERY_MAX_CONCURRENT", 8, minimum=1),
-            allow_privileged=env_bool(env, "QUERY_ALLOW_PRIVILEGED", False),
-            allowed_functions=MappingProxyType(parse_allowed_functions(env.get("QUERY_ALLOWED_FUNCTIONS", ""))),
-            connections_keys=Keyring.parse(env.get("CONNECTIONS_KEYS", "")),
-            connections_allowed_networks=parse_networks(env.get("CONNECTIONS_ALLOWED_NETWORKS", "")),
-            connections_allowed_ports=parse_ports(env.get("CONNECTIONS_ALLOWED_PORTS", "")),
-            connections_connect_timeout_s=env_float(env, "CONNECTIONS_CONNECT_TIMEOUT_S", 3.0, minimum=0.05),
-            connections_max_per_user=env_int(env, "CONNECTIONS_MAX_PER_USER", 10, minimum=1),
-            max_pools=env_int(env, "QUERY_MAX_POOLS", 100, minimum=1),
-            pool_idle_s=env_float(env, "QUERY_POOL_IDLE_S", 300.0, minimum=0.05),
-            max_concurrent_per_user=env_int(env, "QUERY_MAX_CONCURRENT_PER_USER", 4, minimum=1),
-        )
+        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample)
 
 
 def parse_sources(raw: str) -> dict[str, str]:

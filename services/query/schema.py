@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from services.query.connections.pools import UserPools
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Catalog, Describes
-from shared.config import env_float, env_int, environ
+from shared.config import environ, load, setting
 from shared.contracts import ConnectionRef, SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
@@ -37,24 +37,14 @@ CACHE_MAX_ENTRIES = 256
 class SchemaConfig:
     """The query service's describe_schema settings."""
 
-    cache_s: float = 30.0
-    """QUERY_SCHEMA_CACHE_S: how long a source's description is reused; 0 reads the catalog every time."""
-    max_tables: int = 200
-    """QUERY_SCHEMA_MAX_TABLES: tables per reply at most."""
-    max_columns: int = 3000
-    """QUERY_SCHEMA_MAX_COLUMNS: columns per reply at most, over all its tables."""
-    timeout_s: float = 10.0
-    """QUERY_SCHEMA_TIMEOUT_S: time limit of one description (all its catalog queries)."""
+    cache_s: float = setting("QUERY_SCHEMA_CACHE_S", 30.0, "how long a source's description is reused; 0 reads the catalog every time", minimum=0)
+    max_tables: int = setting("QUERY_SCHEMA_MAX_TABLES", 200, "tables per reply at most", minimum=1)
+    max_columns: int = setting("QUERY_SCHEMA_MAX_COLUMNS", 3000, "columns per reply at most, over all its tables", minimum=1)
+    timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SchemaConfig:
-        env = environ() if env is None else env
-        return cls(
-            cache_s=env_float(env, "QUERY_SCHEMA_CACHE_S", 30.0, minimum=0),
-            max_tables=env_int(env, "QUERY_SCHEMA_MAX_TABLES", 200, minimum=1),
-            max_columns=env_int(env, "QUERY_SCHEMA_MAX_COLUMNS", 3000, minimum=1),
-            timeout_s=env_float(env, "QUERY_SCHEMA_TIMEOUT_S", 10.0, minimum=0.1),
-        )
+        return load(cls, environ() if env is None else env)
 
 
 def overview(table: SchemaTable) -> SchemaTable:

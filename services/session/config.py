@@ -5,17 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.config import (
-    common_nats,
-    env_bool,
-    env_float,
-    env_int,
-    env_port,
-    env_str,
-    environ,
-)
+from shared.config import ServiceSettings, Setting, environ, load, read_one, setting, tcp_port
 from shared.errors import ConfigError
 
 DEFAULT_LIFETIME_S = 2678400  # 31 days: Flask's PERMANENT_SESSION_LIFETIME, and so Flask-Session's TTL
@@ -73,51 +66,45 @@ def effective_redis_url(url: str, *, force_tls: bool, variable: str = "REDIS_URL
     return url
 
 
+REDIS_INPUTS = (
+    Setting("UPSTASH_REDIS_URL", "Redis URL; wins over `REDIS_URL`"),
+    Setting("REDIS_URL", "Redis URL; neither set = fallback store only (warning)"),
+)
+REDIS_TLS = Setting("REDIS_TLS", "`1` dials `rediss://` whatever the host", shown="0")
+
+
 def redis_target(env: Mapping[str, str]) -> RedisTarget | None:
     """UPSTASH_REDIS_URL (wins) or REDIS_URL, with REDIS_TLS applied; None when neither is set."""
-    force_tls = env_bool(env, "REDIS_TLS", False)
-    for variable in ("UPSTASH_REDIS_URL", "REDIS_URL"):
-        raw = env.get(variable, "").strip()
+    force_tls = REDIS_TLS.read(env, bool, False)
+    for variable in REDIS_INPUTS:
+        raw = env.get(variable.env, "").strip()
         if raw:
-            return RedisTarget(effective_redis_url(raw, force_tls=force_tls, variable=variable), variable)
+            return RedisTarget(effective_redis_url(raw, force_tls=force_tls, variable=variable.env), variable.env)
     return None
 
 
 def key_prefix(env: Mapping[str, str]) -> str:
-    # An explicitly empty prefix is allowed (keys are then the bare sids), so no env_str default here.
-    return env.get("SESSION_KEY_PREFIX", "session:")
+    """SESSION_KEY_PREFIX as the service reads it (for the admin CLI)."""
+    return read_one(SessionConfig, "key_prefix", env)
 
 
-@dataclass(frozen=True)
-class SessionConfig:
+@dataclass(frozen=True, kw_only=True)
+class SessionConfig(ServiceSettings):
     """Everything the session service reads at start-up."""
 
-    nats_url: str
-    """NATS_URL: the bus the gateway sends session calls on."""
-    subject_prefix: str
-    """NATS_SUBJECT_PREFIX: the first token of every subject (default `dbgenie`)."""
+    INPUTS: ClassVar[tuple[Setting, ...]] = (*REDIS_INPUTS, REDIS_TLS)
+
     redis: RedisTarget | None = None
-    """UPSTASH_REDIS_URL (wins) or REDIS_URL, with REDIS_TLS; None runs on the fallback store only."""
-    lifetime_s: int = DEFAULT_LIFETIME_S
-    """SESSION_LIFETIME: seconds a session lives after its last read or write (the Redis TTL)."""
-    key_prefix: str = "session:"
-    """SESSION_KEY_PREFIX: Redis key prefix, the same as Flask-Session's SESSION_KEY_PREFIX."""
-    kv_bucket: str = "sessions"
-    """SESSION_KV_BUCKET: the JetStream key-value bucket replicas share while Redis is down."""
-    memory_max_entries: int = 100_000
-    """SESSION_MEMORY_MAX_ENTRIES: bound of the in-memory store used when NATS has no JetStream."""
-    ops_port: int = 8091
-    """OPS_PORT: port of /healthz, /readyz and /metrics; 0 disables them."""
-    log_level: str = "INFO"
-    """LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
-    shutdown_grace_s: float = 20.0
-    """SHUTDOWN_GRACE_S: how long calls in hand may finish after SIGTERM."""
-    conversation_lifetime_s: int = DEFAULT_CONVERSATION_LIFETIME_S
-    """CONVERSATION_LIFETIME: seconds a conversation lives after its last read or write (default 90 days)."""
-    conversation_max_messages: int = 1000
-    """CONVERSATION_MAX_MESSAGES: messages one conversation may hold; a turn past it is refused."""
-    conversation_max_message_bytes: int = 131072
-    """CONVERSATION_MAX_MESSAGE_BYTES: MessagePack bytes one stored message may take."""
+    """From UPSTASH_REDIS_URL (wins) or REDIS_URL, with REDIS_TLS; None runs on the fallback store only."""
+    lifetime_s: int = setting("SESSION_LIFETIME", DEFAULT_LIFETIME_S, "seconds a session lives after its last read or write (the Redis TTL)", minimum=1)
+    # An explicitly empty prefix is allowed (keys are then the bare sids).
+    key_prefix: str = setting("SESSION_KEY_PREFIX", "session:", "Redis key prefix, the same as Flask-Session's SESSION_KEY_PREFIX", keep_empty=True)
+    kv_bucket: str = setting("SESSION_KV_BUCKET", "sessions", "the JetStream key-value bucket replicas share while Redis is down")
+    memory_max_entries: int = setting("SESSION_MEMORY_MAX_ENTRIES", 100_000, "bound of the in-memory store used when NATS has no JetStream", minimum=1)
+    ops_port: int = setting("OPS_PORT", 8091, "port of /healthz, /readyz and /metrics; 0 disables them", parse=tcp_port)
+    conversation_lifetime_s: int = setting("CONVERSATION_LIFETIME", DEFAULT_CONVERSATION_LIFETIME_S, "seconds a conversation lives after its last read or write (default 90 days)", minimum=1)
+    conversation_max_messages: int = setting("CONVERSATION_MAX_MESSAGES", 1000, "messages one conversation may hold; a turn past it is refused", minimum=2)
+    conversation_max_message_bytes: int = setting("CONVERSATION_MAX_MESSAGE_BYTES", 131072, "MessagePack bytes one stored message may take", minimum=1024)
 
     def __post_init__(self) -> None:
         if not _BUCKET_RE.match(self.kv_bucket):
@@ -128,19 +115,4 @@ class SessionConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SessionConfig:
         env = environ() if env is None else env
-        nats_url, prefix = common_nats(env)
-        return cls(
-            nats_url=nats_url,
-            subject_prefix=prefix,
-            redis=redis_target(env),
-            lifetime_s=env_int(env, "SESSION_LIFETIME", DEFAULT_LIFETIME_S, minimum=1),
-            key_prefix=key_prefix(env),
-            kv_bucket=env_str(env, "SESSION_KV_BUCKET", "sessions"),
-            memory_max_entries=env_int(env, "SESSION_MEMORY_MAX_ENTRIES", 100_000, minimum=1),
-            ops_port=env_port(env, "OPS_PORT", 8091),
-            log_level=env_str(env, "LOG_LEVEL", "INFO"),
-            shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", 20.0, minimum=0),
-            conversation_lifetime_s=env_int(env, "CONVERSATION_LIFETIME", DEFAULT_CONVERSATION_LIFETIME_S, minimum=1),
-            conversation_max_messages=env_int(env, "CONVERSATION_MAX_MESSAGES", 1000, minimum=2),
-            conversation_max_message_bytes=env_int(env, "CONVERSATION_MAX_MESSAGE_BYTES", 131072, minimum=1024),
-        )
+        return load(cls, env, redis=redis_target(env))

@@ -15,6 +15,7 @@ import base64
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,11 @@ from shared.contracts import (
     TITLE_MAX_CHARS,
     ConversationAppend,
     ConversationAppended,
+    ConversationDeleted,
     ConversationInfo,
     ConversationList,
     ConversationLoad,
+    ConversationLoaded,
     ConversationPage,
     ConversationPatch,
     ConversationRef,
@@ -42,16 +45,13 @@ from shared.contracts import (
     TextPart,
 )
 from shared.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, ServiceError
+from shared.limits import check_message_size, conversation_full, has_room
 
 log = structlog.get_logger(__name__)
 
 FALLBACK_PREFIX = "conv."
-TOO_LARGE = "too_large"
-CONVERSATION_FULL = "conversation_full"
 _CURSOR = re.compile(r"^(\d{1,16})~([A-Za-z0-9_-]{1,128})$")
 _SPACE = re.compile(r"\s+")
-
-Reply = dict[str, Any]
 
 
 def fallback_key(uid: str, conversation_id: str) -> str:
@@ -240,7 +240,7 @@ class HistoryStore:
 
     # --- operations -----------------------------------------------------------------------
 
-    async def load(self, req: ConversationLoad, *, recheck: bool = True) -> Reply:
+    async def load(self, req: ConversationLoad, *, recheck: bool = True) -> ConversationLoaded:
         key = fallback_key(req.uid, req.id)
         served, stored = await self._on_redis(key, lambda r: r.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages))
         if served:
@@ -263,41 +263,33 @@ class HistoryStore:
         if entry.replaces:
             before, known = None, True
         loaded = self._loaded(before, entry.messages, partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
-        loaded["exists"] = True
-        if entry.title_mode == "set" or (entry.title_mode == "initial" and not loaded["title"]):
-            loaded["title"] = entry.title
-        loaded["updated_at"] = entry.updated_at
+        loaded.exists = True
+        if entry.title_mode == "set" or (entry.title_mode == "initial" and not loaded.title):
+            loaded.title = entry.title
+        loaded.updated_at = entry.updated_at
         return loaded
 
-    def _loaded(self, stored: Stored | None, outage: list[bytes], *, partial: bool, max_bytes: int, keep: int) -> Reply:
+    def _loaded(self, stored: Stored | None, outage: list[bytes], *, partial: bool, max_bytes: int, keep: int) -> ConversationLoaded:
         raw = _newest([*(stored.messages if stored else []), *outage], max_bytes, keep)
-        return {
-            "exists": stored is not None,
-            "messages": _decode_messages(raw, "redis" if not outage else "fallback"),
-            "total": (stored.total if stored else 0) + len(outage),
-            "title": stored.title if stored else None,
-            "updated_at": stored.updated_at if stored else None,
-            "max_messages": self.limits.max_messages,
-            "max_message_bytes": self.limits.max_message_bytes,
-            "partial": partial,
-        }
+        return ConversationLoaded(
+            exists=stored is not None,
+            messages=_decode_messages(raw, "redis" if not outage else "fallback"),  # the stored maps, sent on as they are
+            total=(stored.total if stored else 0) + len(outage),
+            title=stored.title if stored else None,
+            updated_at=stored.updated_at if stored else None,
+            max_messages=self.limits.max_messages,
+            max_message_bytes=self.limits.max_message_bytes,
+            partial=partial,
+        )
 
     def _encode_messages(self, messages: list[StoredMessage]) -> list[bytes]:
         encoded = [msgspec.msgpack.encode(m) for m in messages]
         for i, (message, raw) in enumerate(zip(messages, encoded, strict=True)):
-            if len(raw) > self.limits.max_message_bytes:
-                raise ServiceError(
-                    TOO_LARGE,
-                    f"message {i} ({message.role}, id {message.id}) is {len(raw)} bytes, more than the {self.limits.max_message_bytes} bytes "
-                    "a stored message may hold (CONVERSATION_MAX_MESSAGE_BYTES)",
-                )
+            check_message_size(f"message {i} ({message.role}, id {message.id})", len(raw), self.limits.max_message_bytes)
         return encoded
 
     def _full(self, held: int) -> ServiceError:
-        return ServiceError(
-            CONVERSATION_FULL,
-            f"this conversation holds {held} messages and may hold at most {self.limits.max_messages} (CONVERSATION_MAX_MESSAGES); start a new conversation",
-        )
+        return conversation_full(held, self.limits.max_messages)
 
     async def append(self, req: ConversationAppend) -> ConversationAppended:
         encoded = self._encode_messages(req.messages)
@@ -320,7 +312,7 @@ class HistoryStore:
                 # A new epoch makes a write-back replace the list again rather than count on what it pushed.
                 entry.messages.pop()
                 entry.epoch = uuid.uuid4().hex
-            if len(entry.messages) + len(encoded) > self.limits.max_messages:
+            if not has_room(len(entry.messages), len(encoded), self.limits.max_messages):
                 raise self._full(len(entry.messages))
             entry.deleted = False
             entry.messages.extend(encoded)
@@ -359,9 +351,9 @@ class HistoryStore:
                 raise ServiceError(NOT_FOUND, "no such conversation")
             return ConversationInfo(id=req.id, title=title, updated_at=result[1])
         loaded = await self.load(ConversationLoad(uid=req.uid, id=req.id, max_bytes=1, min_messages=0))
-        if loaded["partial"] and not loaded["exists"]:
+        if loaded.partial and not loaded.exists:
             raise ServiceError(UNAVAILABLE, "Redis is down and this replica cannot tell whether the conversation exists; try again shortly")
-        if not loaded["exists"]:
+        if not loaded.exists:
             raise ServiceError(NOT_FOUND, "no such conversation")
 
         def change(entry: OutageEntry) -> None:
@@ -409,7 +401,7 @@ class HistoryStore:
 
 
 class HistoryHandlers:
-    """`session.conversation.<op>`: decode the typed request, call the store, time it."""
+    """`session.conversation.<op>`: decode the typed request, call the store, time it; the reply is the store's Struct."""
 
     def __init__(self, store: HistoryStore) -> None:
         self._store = store
@@ -417,40 +409,28 @@ class HistoryHandlers:
     def routes(self) -> dict[str, Any]:
         return {"load": self.load, "append": self.append, "list": self.list, "create": self.create, "patch": self.patch, "delete": self.delete}
 
-    async def _timed(self, op: str, call: Any) -> Reply:
+    async def _timed[R](self, op: str, call: Callable[[], Awaitable[R]]) -> R:
         return await timed_call(f"conversation_{op}", call, "conversation_call")
 
-    async def load(self, req: ConversationLoad, _msg: Msg) -> Reply:
+    async def load(self, req: ConversationLoad, _msg: Msg) -> ConversationLoaded:
         return await self._timed("load", lambda: self._store.load(req))
 
-    async def append(self, req: ConversationAppend, _msg: Msg) -> Reply:
-        async def call() -> Reply:
-            return msgspec.to_builtins(await self._store.append(req))
+    async def append(self, req: ConversationAppend, _msg: Msg) -> ConversationAppended:
+        return await self._timed("append", lambda: self._store.append(req))
 
-        return await self._timed("append", call)
+    async def list(self, req: ConversationList, _msg: Msg) -> ConversationPage:
+        return await self._timed("list", lambda: self._store.list(req))
 
-    async def list(self, req: ConversationList, _msg: Msg) -> Reply:
-        async def call() -> Reply:
-            return msgspec.to_builtins(await self._store.list(req))
+    async def create(self, req: ConversationRef, _msg: Msg) -> ConversationInfo:
+        return await self._timed("create", lambda: self._store.create(req))
 
-        return await self._timed("list", call)
+    async def patch(self, req: ConversationPatch, _msg: Msg) -> ConversationInfo:
+        return await self._timed("patch", lambda: self._store.patch(req))
 
-    async def create(self, req: ConversationRef, _msg: Msg) -> Reply:
-        async def call() -> Reply:
-            return msgspec.to_builtins(await self._store.create(req))
-
-        return await self._timed("create", call)
-
-    async def patch(self, req: ConversationPatch, _msg: Msg) -> Reply:
-        async def call() -> Reply:
-            return msgspec.to_builtins(await self._store.patch(req))
-
-        return await self._timed("patch", call)
-
-    async def delete(self, req: ConversationRef, _msg: Msg) -> Reply:
-        async def call() -> Reply:
+    async def delete(self, req: ConversationRef, _msg: Msg) -> ConversationDeleted:
+        async def call() -> ConversationDeleted:
             if not await self._store.delete(req):
                 raise ServiceError(NOT_FOUND, "no such conversation")
-            return {"deleted": True}
+            return ConversationDeleted()
 
         return await self._timed("delete", call)

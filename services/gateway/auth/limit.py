@@ -8,7 +8,7 @@ from aiohttp import web
 from services.gateway import keys
 from services.gateway.auth.tokens import RetryLater
 from services.gateway.auth.web import client_ip
-from services.gateway.limits import Window
+from services.gateway.clients import Window
 
 log = structlog.get_logger(__name__)
 

@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
-from nats.aio.client import Client as NATS
 
 from services.gateway.chat import prompt
-from services.gateway.schema import describe_schema
-from shared.bus import request
-from shared.contracts import ConnectionRef, Subjects
+from services.gateway.clients import QueryClient
+from shared.contracts import ConnectionRef, SchemaReply
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -51,9 +50,8 @@ class _Entry:
 class PromptContext:
     """System prompts per source, fetched over NATS at most every CACHE_S."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, schema_max_chars: int) -> None:
-        self._nc = nc
-        self._subjects = subjects
+    def __init__(self, query: QueryClient, schema_max_chars: int) -> None:
+        self._query = query
         self._schema_max_chars = schema_max_chars
         self._entries: dict[str | None, _Entry] = {}
         self._renewing: dict[str | None, asyncio.Task[None]] = {}
@@ -78,18 +76,17 @@ class PromptContext:
 
     async def _own_prompt(self, source: str, own: Mapping[str, str], connection: ConnectionRef) -> str:
         ping, overview = await asyncio.gather(
-            request(self._nc, self._subjects.query_ping, {}, timeout=TIMEOUT_S),
-            describe_schema(self._nc, self._subjects, source, None, TIMEOUT_S, connection=connection),
+            self._query.ping(TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S, connection=connection),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
             raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
-        if isinstance(overview, BaseException):
+        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
+        if schema is None:
             log.warning("chat_schema_unavailable", source="connection", error=getattr(overview, "message", type(overview).__name__))
-        names = tuple(str(n) for n in ping.get("sources") or ())
-        dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
-        operator = {name: str(dialects.get(name, "")) for name in names if name not in own}
-        return prompt.system_prompt(operator, source, overview if isinstance(overview, dict) else None, self._schema_max_chars, own)
+        operator = {name: str(ping.dialects.get(name, "")) for name in ping.sources if name not in own}
+        return prompt.system_prompt(operator, source, schema, self._schema_max_chars, own)
 
     async def close(self) -> None:
         """Stop the background fetches still under way."""
@@ -111,16 +108,16 @@ class PromptContext:
 
     async def _fetch(self, source: str | None) -> _Entry:
         ping, overview = await asyncio.gather(
-            request(self._nc, self._subjects.query_ping, {}, timeout=TIMEOUT_S),
-            describe_schema(self._nc, self._subjects, source, None, TIMEOUT_S),
+            self._query.ping(TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
             raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
-        names = tuple(str(n) for n in ping.get("sources") or ())
-        dialects = ping.get("dialects") if isinstance(ping.get("dialects"), dict) else {}
-        default = str(ping.get("default") or (names[0] if names else "default"))
-        schema = overview if isinstance(overview, dict) else None
+        names = tuple(ping.sources)
+        dialects = ping.dialects
+        default = ping.default or (names[0] if names else "default")
+        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
         if schema is None:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))

@@ -1,6 +1,7 @@
-"""HTTP: POST /api/chat (one turn, streamed) and GET /api/quota; `setup(app)` adds both and the model client.
+"""HTTP: POST /api/chat (one turn, streamed) and GET /api/quota, and the model client's cleanup context.
 
-A turn is refused before any model call when the body is malformed (400), there is no
+`chat()` tells a turn in named steps: authenticate, parse, load the context, admit (quota),
+run, record. A turn is refused before any model call when the body is malformed (400), there is no
 session (401), no model is configured (503) or the user is over quota (429). While it runs,
 a client that goes away cancels it: the model request is closed and a running query is
 cancelled in the database.
@@ -13,24 +14,26 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.chat import history, metrics, persist, prompt, tools
+from services.gateway.auth.identity import caller_uid
+from services.gateway.chat import chat_request, metrics, persist, prompt, tools
+from services.gateway.chat.chat_request import ChatRequest
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
 from services.gateway.chat.record import RecordingUIStream
 from services.gateway.chat.turn import TurnStats, run_turn
+from services.gateway.clients import Window
 from services.gateway.config import GatewayConfig
-from services.gateway.conversations import HISTORY, caller_uid
-from services.gateway.limits import LimitResult, Window
 from services.gateway.sources import DIALECTS, user_connections
 from services.gateway.sse import HEADERS, client_outcome
-from shared.contracts import ConnectionRecord, ConnectionRef
+from shared.contracts import ConnectionRecord, ConnectionRef, LimitResult
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 
@@ -43,23 +46,17 @@ QUOTA_EXCEEDED = "quota_exceeded"
 DISCONNECT_POLL_S = 0.1
 
 
-def setup(app: web.Application) -> None:
-    """Routes of the assistant, and the model client when LLM_BASE_URL is set."""
-    app.router.add_post("/api/chat", chat)
-    app.router.add_get("/api/quota", quota)
-    app.cleanup_ctx.append(model_client)
+async def model_client(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the model client and the prompt's context, when LLM_BASE_URL is set."""
     # httpx logs a line per model request at INFO; the turn's own line says what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-async def model_client(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     if not config.llm_base_url:
         yield
         return
     client = ModelClient(config)
     app[MODEL] = client
-    app[CONTEXT] = PromptContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], config.llm_schema_max_chars)
+    app[CONTEXT] = PromptContext(app[keys.QUERY], config.llm_schema_max_chars)
     yield
     await app[CONTEXT].close()
     await client.close()
@@ -84,8 +81,73 @@ async def quota(request: web.Request) -> web.Response:
     return web.json_response(usage(result))
 
 
+async def _disconnected(alive: Callable[[], bool]) -> None:
+    """Return once the client's connection is gone (aiohttp does not cancel handlers for it)."""
+    while alive():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+@dataclass
+class Turn:
+    """One admitted turn: its body, its stored history, what the model is given, and the quota's answer."""
+
+    body: ChatRequest
+    stored: persist.TurnHistory
+    messages: list[dict[str, Any]]
+    dropped: int
+    limit: LimitResult
+    # The caller's own databases by name (services/gateway/sources.py).
+    connections: dict[str, ConnectionRef]
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """POST /api/chat: one assistant turn as a UI message stream."""
+    uid = await caller_uid(request)
+    model = configured_model(request.app)
+    body = await parse(request)
+    system, stored, connections = await load_context(request.app, uid, body)
+    limit = await admit(request.app, uid)
+    if not limit.allowed:
+        return quota_refusal(limit)
+    turns = chat_request.to_model_messages(stored.messages)
+    kept, dropped = chat_request.fit_history(turns, request.app[keys.CONFIG].llm_history_max_chars)
+    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, connections)
+    return await run(request, model, turn)
+
+
+def configured_model(app: web.Application) -> ModelClient:
+    """The model client; 503 when no model is configured."""
+    if MODEL not in app:
+        raise ServiceError(UNAVAILABLE, NOT_CONFIGURED)
+    return app[MODEL]
+
+
+async def parse(request: web.Request) -> ChatRequest:
+    """The posted body, typed; 400 naming what is wrong."""
+    try:
+        return chat_request.parse_request(await request.read())
+    except chat_request.BodyError as exc:
+        raise ServiceError(BAD_REQUEST, str(exc)) from None
+
+
+async def load_context(app: web.Application, uid: str, body: ChatRequest) -> tuple[str, persist.TurnHistory, dict[str, ConnectionRef]]:
+    """The system prompt, the stored history, and the caller's own databases by name.
+
+    The prompt and the history refuse before the quota counts the turn: an unknown source (the
+    prompt is usually kept, so costs nothing) and a full conversation (a load).
+    """
+    own = await own_connections(app, uid)
+    refs = {record.name: ConnectionRef(uid, record.id) for record in own}
+    dialects = {record.name: DIALECTS[record.dialect] for record in own}
+    system, stored = await asyncio.gather(
+        app[CONTEXT].system_prompt(body.source, dialects, refs.get(body.source or "")),
+        persist.prepare(app[keys.HISTORY], uid, body, app[keys.CONFIG].llm_history_max_chars),
+    )
+    return system, stored, refs
+
+
 async def own_connections(app: web.Application, uid: str) -> list[ConnectionRecord]:
-    """The user's own connections, or none when the session service cannot say (the turn goes on with the operator's sources)."""
+    """The user's own databases, or none when the session service cannot say (the turn goes on with the operator's sources)."""
     try:
         return await user_connections(app, uid)
     except ServiceError as exc:
@@ -93,74 +155,49 @@ async def own_connections(app: web.Application, uid: str) -> list[ConnectionReco
         return []
 
 
-async def _disconnected(alive: Callable[[], bool]) -> None:
-    """Return once the client's connection is gone (aiohttp does not cancel handlers for it)."""
-    while alive():
-        await asyncio.sleep(DISCONNECT_POLL_S)
+async def admit(app: web.Application, uid: str) -> LimitResult:
+    """Count the turn against the caller's quota (unless a window is full)."""
+    return await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(app[keys.CONFIG]))
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
-    """POST /api/chat: one assistant turn as a UI message stream."""
-    uid = await caller_uid(request)
+def quota_refusal(limit: LimitResult) -> web.Response:
+    """429 with Retry-After and the caller's usage."""
+    retry = max(1, limit.retry_after or 1)
+    message = f"chat quota used up; try again in {retry} s"
+    return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
+
+
+async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.StreamResponse:
+    """Stream the turn to the client, then record it (partial answer, metrics, log line), however it ended."""
     app = request.app
     config = app[keys.CONFIG]
-    if MODEL not in app:
-        raise ServiceError(UNAVAILABLE, NOT_CONFIGURED)
-    try:
-        body = history.parse_request(await request.read())
-    except history.BodyError as exc:
-        raise ServiceError(BAD_REQUEST, str(exc)) from None
-    # Refusals that must come before the quota counts the turn, looked up together: an unknown
-    # source (the prompt is usually kept, so costs nothing) and a full conversation (a load).
-    own = await own_connections(app, uid)
-    refs = {record.name: ConnectionRef(uid, record.id) for record in own}
-    own_dialects = {record.name: DIALECTS[record.dialect] for record in own}
-    system, stored = await asyncio.gather(
-        app[CONTEXT].system_prompt(body.source, own_dialects, refs.get(body.source or "")),
-        persist.prepare(app[HISTORY], uid, body, config.llm_history_max_chars),
-    )
-    limit = await app[keys.LIMITER].hit(f"quota:{uid}", quota_windows(config))
-    if not limit.allowed:
-        retry = max(1, limit.retry_after or 1)
-        message = f"chat quota used up; try again in {retry} s"
-        return web.json_response({"error": {"code": QUOTA_EXCEEDED, "message": message}, "usage": usage(limit)}, status=429, headers={"Retry-After": str(retry)})
-    turns = history.to_model_messages(stored.messages)
-    kept, dropped = history.fit_history(turns, config.llm_history_max_chars)
-    messages = [{"role": "system", "content": system}, *kept]
-
-    model = app[MODEL]
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     await response.prepare(request)
     # A new assistant message every time: on regenerate, useChat has already removed the old one.
-    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", request, lambda message: persist.save(app[HISTORY], stored, message))
+    ui = RecordingUIStream(response, f"msg_{uuid.uuid4().hex}", request, config.client_write_timeout_s, lambda message: persist.save(app[keys.HISTORY], turn.stored, message))
 
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], ui, body.source, config.stream_idle_s, alive, refs, prompt.tools_for(list(refs)))
+    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], app[keys.QUERY], ui, turn.body.source, config.stream_idle_s, alive, turn.connections, prompt.tools_for(list(turn.connections)))
     stats = TurnStats()
     started = time.monotonic()
-    turn = asyncio.create_task(run_turn(model, ui, ctx, messages, config.llm_max_steps, stats))
+    try:
+        await stream_turn(run_turn(model, ui, ctx, turn.messages, config.llm_max_steps, stats), alive, ui, model, stats)
+    finally:
+        await record(app, model, turn, ui, stats, time.monotonic() - started)
+    return response
+
+
+async def stream_turn(steps: Coroutine[Any, Any, None], alive: Callable[[], bool], ui: RecordingUIStream, model: ModelClient, stats: TurnStats) -> None:
+    """Run the turn's steps until they end or the client goes away (which cancels them); `stats.outcome` says which."""
+    turn = asyncio.create_task(steps)
     gone = asyncio.create_task(_disconnected(alive))
     try:
         await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not turn.done():
             turn.cancel("client_gone")
-        try:
-            await turn
-        except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
-            stats.outcome = client_outcome(exc)
-        except Exception:  # a bug: the stream is under way, so it ends with an error part rather than a 500
-            log.exception("chat_turn_failed")
-            stats.outcome = "internal"
-            with contextlib.suppress(ConnectionResetError):
-                await ui.error("internal error; see the gateway log")
-                await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            stats.outcome = "client_gone"
+        await settle(turn, ui, model, stats)
     except asyncio.CancelledError:  # cut off: the shutdown grace ran out
         turn.cancel()
         stats.outcome = "cancelled"
@@ -169,25 +206,46 @@ async def chat(request: web.Request) -> web.StreamResponse:
         gone.cancel()
         with contextlib.suppress(BaseException):
             await turn
-        if not ui.saved and ui.builder.started:  # a stopped turn keeps its partial answer
-            ui.saved = True
-            with contextlib.suppress(Exception):
-                await asyncio.shield(persist.save(app[HISTORY], stored, ui.builder.message()))
-        elapsed = time.monotonic() - started
-        metrics.TURN_SECONDS.observe(elapsed)
-        log.info(
-            "chat_turn",
-            model=model.model,
-            steps=stats.steps,
-            tool_calls=stats.tool_calls,
-            input_tokens=stats.input_tokens,
-            output_tokens=stats.output_tokens,
-            outcome=stats.outcome,
-            history_turns_dropped=dropped,
-            history_messages=stored.stored,
-            history_partial=stored.partial,
-            quota_local=limit.local,
-            source=body.source,
-            duration_ms=round(elapsed * 1000, 1),
-        )
-    return response
+
+
+async def settle(turn: asyncio.Task[None], ui: RecordingUIStream, model: ModelClient, stats: TurnStats) -> None:
+    """Await the ended (or cancelled) turn and name its outcome; a bug ends the stream with an error part, not a 500."""
+    try:
+        await turn
+    except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+        stats.outcome = client_outcome(exc)
+    except Exception:  # a bug: the stream is under way, so it ends with an error part rather than a 500
+        log.exception("chat_turn_failed")
+        stats.outcome = "internal"
+        with contextlib.suppress(ConnectionResetError):
+            await ui.error("internal error; see the gateway log")
+            await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        stats.outcome = "client_gone"
+
+
+async def record(app: web.Application, model: ModelClient, turn: Turn, ui: RecordingUIStream, stats: TurnStats, elapsed: float) -> None:
+    """Keep a stopped turn's partial answer, and write the turn's metrics and its one log line."""
+    if not ui.saved and ui.builder.started:
+        ui.saved = True
+        with contextlib.suppress(Exception):
+            await asyncio.shield(persist.save(app[keys.HISTORY], turn.stored, ui.builder.message()))
+    metrics.TURN_SECONDS.observe(elapsed)
+    log.info(
+        "chat_turn",
+        model=model.model,
+        steps=stats.steps,
+        tool_calls=stats.tool_calls,
+        input_tokens=stats.input_tokens,
+        output_tokens=stats.output_tokens,
+        outcome=stats.outcome,
+        history_turns_dropped=turn.dropped,
+        history_messages=turn.stored.stored,
+        history_partial=turn.stored.partial,
+        quota_local=turn.limit.local,
+        source=turn.body.source,
+        duration_ms=round(elapsed * 1000, 1),
+    )

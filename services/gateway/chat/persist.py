@@ -16,10 +16,11 @@ import msgspec
 import structlog
 
 from services.gateway.chat import prompt
-from services.gateway.chat.history import ChatRequest, Part, UIMessage
-from services.gateway.conversations import HistoryClient
+from services.gateway.chat.chat_request import ChatRequest, Part, UIMessage
+from services.gateway.clients import HistoryClient
 from shared.contracts import CONVERSATION_ID_PATTERN, ConversationLoaded
 from shared.errors import BAD_REQUEST, ServiceError
+from shared.limits import check_message_size, conversation_full, has_room
 
 log = structlog.get_logger(__name__)
 
@@ -138,18 +139,11 @@ async def prepare(client: HistoryClient, uid: str, body: ChatRequest, history_ma
             turn.to_store = _budgeted([m for m in map(stored_posted, prior) if m is not None])
     if not already:
         user = stored_user(new)
-        if turn.max_message_bytes and _size(user) > turn.max_message_bytes:
-            raise ServiceError(
-                "too_large",
-                f"the message is {_size(user)} bytes, more than the {turn.max_message_bytes} bytes a stored message may hold (CONVERSATION_MAX_MESSAGE_BYTES)",
-            )
+        check_message_size("the message", _size(user), turn.max_message_bytes)
         turn.to_store.append(user)
     held = loaded.total - (1 if turn.replace_last_of else 0)
-    if loaded.max_messages and held + len(turn.to_store) + 1 > loaded.max_messages:
-        raise ServiceError(
-            "conversation_full",
-            f"this conversation holds {loaded.total} messages and may hold at most {loaded.max_messages} (CONVERSATION_MAX_MESSAGES); start a new conversation",
-        )
+    if not has_room(held, len(turn.to_store) + 1, loaded.max_messages):
+        raise conversation_full(loaded.total, loaded.max_messages)
     return turn
 
 

@@ -137,8 +137,8 @@ class MessageBuilder:
 
 
 class RecordingToolStream(ToolStream):
-    def __init__(self, response: web.StreamResponse, message_id: str, call_id: str, request: web.Request, builder: MessageBuilder) -> None:
-        super().__init__(response, message_id, call_id, request=request)
+    def __init__(self, response: web.StreamResponse, message_id: str, call_id: str, request: web.Request, write_timeout_s: float, builder: MessageBuilder) -> None:
+        super().__init__(response, message_id, call_id, request=request, write_timeout_s=write_timeout_s)
         self._builder = builder
 
     async def write(self, part: dict[str, Any]) -> None:
@@ -152,8 +152,8 @@ class RecordingUIStream(UIStream):
     Saving before `finish` means a client that has read the whole turn finds it stored.
     """
 
-    def __init__(self, response: web.StreamResponse, message_id: str, request: web.Request, on_finish: Callable[[dict[str, Any]], Awaitable[str | None]]) -> None:
-        super().__init__(response, message_id, request)
+    def __init__(self, response: web.StreamResponse, message_id: str, request: web.Request, write_timeout_s: float, on_finish: Callable[[dict[str, Any]], Awaitable[str | None]]) -> None:
+        super().__init__(response, message_id, request, write_timeout_s)
         self.builder = MessageBuilder()
         self._on_finish = on_finish
         self.saved = False
@@ -164,7 +164,7 @@ class RecordingUIStream(UIStream):
             self.builder.apply(part)
 
     def tool(self, call_id: str) -> ToolStream:
-        return RecordingToolStream(self._response, self.message_id, call_id, self._request, self.builder)
+        return RecordingToolStream(self._response, self.message_id, call_id, self._request, self._write_timeout_s, self.builder)
 
     async def finish(self, metadata: dict[str, Any]) -> None:
         await self.finish_step()

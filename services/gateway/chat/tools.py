@@ -11,19 +11,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from services.gateway.chat import metrics, prompt
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
+from services.gateway.clients import QueryClient
 from services.gateway.relay import QueryResult, relay
-from services.gateway.schema import describe_schema
 from shared.contracts import ConnectionRef, Subjects
 from shared.errors import ServiceError
+from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
-MAX_SQL_CHARS = 100_000
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ToolContext:
 
     nc: NATS
     subjects: Subjects
+    query: QueryClient
     ui: UIStream
     source: str | None
     stream_idle_s: float
@@ -102,7 +104,7 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
 async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        reply = await describe_schema(ctx.nc, ctx.subjects, source, tables, SCHEMA_TIMEOUT_S, connection=ctx.connections.get(source or ""))
+        reply = msgspec.to_builtins(await ctx.query.schema(source, tables, SCHEMA_TIMEOUT_S, connection=ctx.connections.get(source or "")))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)

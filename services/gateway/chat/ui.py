@@ -17,12 +17,13 @@ from services.gateway.sse import DONE, ToolStream, event
 class UIStream:
     """The parts of one assistant message; every write waits for the client (TCP backpressure), at most CLIENT_WRITE_TIMEOUT_S."""
 
-    def __init__(self, response: web.StreamResponse, message_id: str, request: web.Request) -> None:
+    def __init__(self, response: web.StreamResponse, message_id: str, request: web.Request, write_timeout_s: float) -> None:
         self._response = response
         self._request = request
+        self._write_timeout_s = write_timeout_s
         self.message_id = message_id
         # Every write goes through a ToolStream: the same CLIENT_WRITE_TIMEOUT_S as /api/query.
-        self._out = ToolStream(response, message_id, "", request=request)
+        self._out = ToolStream(response, message_id, "", request=request, write_timeout_s=write_timeout_s)
         self._open: dict[str, str] = {}  # "text" / "reasoning" -> id of the part being streamed
         self._parts = 0
         self.step_open = False
@@ -85,7 +86,7 @@ class UIStream:
 
     def tool(self, call_id: str) -> ToolStream:
         """Outputs, rows and errors of one tool call, written exactly as POST /api/query writes them."""
-        return ToolStream(self._response, self.message_id, call_id, request=self._request)
+        return ToolStream(self._response, self.message_id, call_id, request=self._request, write_timeout_s=self._write_timeout_s)
 
     async def error(self, message: str) -> None:
         await self.close_open()
