@@ -28,12 +28,14 @@ import redis.asyncio as aioredis
 from services.query.config import QueryConfig
 from services.query.connections.address import AddressPolicy, AddressRefused, classify, parse_networks, parse_ports
 from services.query.connections.seal import Keyring
+from services.query.service import QueryService
 from services.query.service import create_service as create_query
 from services.session.config import SessionConfig
 from services.session.service import create_service as create_session
 from shared.bus import connect, request
-from shared.contracts import ConnectionCreate, ConnectionList, ConnectionRecords, ConnectionSettings, ConnectionTls, ConnectionView, Subjects
-from shared.errors import CONNECTION_FAILED, ConfigError, ServiceError
+from shared.contracts import ConnectionCreate, ConnectionList, ConnectionRecords, ConnectionRef, ConnectionSettings, ConnectionTls, ConnectionView, Subjects
+from shared.errors import BUSY, CONNECTION_FAILED, ConfigError, ServiceError
+from shared.stream import StreamConsumer
 from tests.conftest import Infra, PostgresReader
 from tests.harness import RedisServer, eventually, free_port
 
@@ -153,6 +155,7 @@ class Stack:
     nats_url: str
     redis_url: str
     resolver: Resolver
+    query: QueryService
     owner: str = field(default_factory=lambda: f"guard-{uuid.uuid4().hex[:8]}")
 
     async def create(self, **settings: Any) -> ConnectionView:
@@ -186,8 +189,8 @@ async def start_stack(stack: AsyncExitStack, infra: Infra, tmp_path: Path, resol
     base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "REDIS_URL": redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
     await stack.enter_async_context(create_session(SessionConfig.from_env(base | {"OPS_PORT": str(free_port())})))
     query_env = base | {"OPS_PORT": str(free_port()), "QUERY_SAMPLE_PATH": str(tmp_path / "sample.db"), "CONNECTIONS_KEYS": KEYS} | env
-    await stack.enter_async_context(create_query(QueryConfig.from_env(query_env), resolver=resolver))
-    return Stack(Subjects(prefix), infra.nats_url, redis_url, resolver)
+    query = await stack.enter_async_context(create_query(QueryConfig.from_env(query_env), resolver=resolver))
+    return Stack(Subjects(prefix), infra.nats_url, redis_url, resolver, query)
 
 
 @pytest.fixture
@@ -273,3 +276,41 @@ async def test_a_connection_added_while_redis_is_down_is_written_back(infra: Inf
         await eventually(written_back, "the connection added during the outage is in Redis", timeout=20)
         assert await guard.listed() == ["during"]
         assert (parts.password or "").encode() not in (await guard.stored())[during.id.encode()]
+
+
+async def test_each_user_runs_at_most_their_share_of_queries_and_idle_pools_close(infra: Infra, tmp_path: Path, pg_reader: PostgresReader) -> None:
+    """QUERY_MAX_CONCURRENT_PER_USER=1: a second query of the same user is `busy` while the first streams; another user's runs.
+    QUERY_POOL_IDLE_S: once nothing runs, the pools close by themselves."""
+    parts = urlsplit(pg_reader.url)
+    account = {"host": "127.0.0.1", "port": parts.port or 5432, "user": parts.username or "", "password": parts.password or ""}
+    async with AsyncExitStack() as stack:
+        guard = await start_stack(stack, infra, tmp_path, Resolver(), CONNECTIONS_ALLOWED_NETWORKS="127.0.0.1/32", QUERY_MAX_CONCURRENT_PER_USER="1", QUERY_POOL_IDLE_S="0.3")
+        mine = await guard.create(name="mine", **account)
+        other = Stack(guard.subjects, guard.nats_url, guard.redis_url, guard.resolver, guard.query)
+        theirs = await other.create(name="theirs", **account)
+        nc = await connect(guard.nats_url, "test")
+        stack.push_async_callback(nc.close)
+        # Never read: the producer waits for credit, so this query keeps running.
+        holding = StreamConsumer(nc, guard.subjects)
+        await holding.start("SELECT g FROM generate_series(1, 50000000) g", None, connection=ConnectionRef(guard.owner, mine.id))
+        second = StreamConsumer(nc, guard.subjects)
+        with pytest.raises(ServiceError) as busy:
+            await second.start("SELECT 1", None, connection=ConnectionRef(guard.owner, mine.id))
+        assert busy.value.code == BUSY and "QUERY_MAX_CONCURRENT_PER_USER" in busy.value.message
+        ran = StreamConsumer(nc, guard.subjects)
+        await ran.start("SELECT 1 AS one", None, connection=ConnectionRef(other.owner, theirs.id))
+        kinds = [type(message).__name__ async for message in ran.messages()]
+        await ran.close()
+        assert kinds[-1] == "StreamEnd", kinds
+        await holding.close()
+        pools = guard.query.connections.pools
+        assert pools is not None
+
+        async def all_closed() -> bool:
+            return pools.open_count == 0
+
+        await eventually(all_closed, "idle pools closed", timeout=10)
+        again = StreamConsumer(nc, guard.subjects)
+        await again.start("SELECT 2 AS two", None, connection=ConnectionRef(guard.owner, mine.id))
+        assert [type(message).__name__ async for message in again.messages()][-1] == "StreamEnd"
+        await again.close()
