@@ -275,6 +275,53 @@ async def test_rename_and_delete(system: System, infra: Infra, ada: tuple[aiohtt
     assert "unknown source 'new'" in error_of(parts)
 
 
+async def test_a_deleted_connection_closes_its_pools_on_every_replica(system: System, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader, pg_schema: str) -> None:
+    client, _ = ada
+    status, body = await create(client, pg_fields(pg_reader, "shared"))
+    assert status == 201, body
+    second = Service("query", system.service_env("query")).start()
+    try:
+        replicas = [system.services["query"], second]
+
+        def opened(replica: Service) -> bool:
+            return any(e.get("connection") == body["id"] for e in replica.events("user_pool_opened"))
+
+        # Queries go to either replica (one queue group): run them until both hold a pool of this connection.
+        for _ in range(60):
+            if all(opened(replica) for replica in replicas):
+                break
+            _, parts = await run_query(client, f"SELECT count(*) FROM {pg_schema}.planets", source="shared")
+            assert rows_of(parts) == [[2]]
+        assert all(opened(replica) for replica in replicas), "the queries never reached both replicas"
+        async with client.delete(f"/api/connections/{body['id']}") as response:
+            assert response.status == 200
+        for replica in replicas:
+            replica.wait_for_line(lambda line: '"user_pool_closed"' in line and body["id"] in line, timeout=10)
+    finally:
+        assert second.stop() == 0
+
+
+async def test_a_changed_password_is_tested_again_and_a_wrong_one_changes_nothing(system: System, infra: Infra, ada: tuple[aiohttp.ClientSession, str], my_reader: MysqlReader) -> None:
+    client, uid = ada
+    GIVEN_PASSWORDS.add(my_reader.password)
+    async with mariadb_database(my_reader, ("CREATE TABLE t (n INT)", "INSERT INTO t VALUES (5)")) as url:
+        status, body = await create(client, {"name": "m", "url": url + "?sslmode=disable"})
+        assert status == 201, body
+        before = (await stored(infra, uid))[body["id"]]
+        wrong = "wrong-" + uuid.uuid4().hex[:8]
+        GIVEN_PASSWORDS.add(wrong)
+        async with client.patch(f"/api/connections/{body['id']}", json={"password": wrong}) as response:
+            assert response.status == 422
+            assert "refused the user name or password" in (await response.json())["error"]["message"]
+        assert (await stored(infra, uid))[body["id"]] == before
+        async with client.patch(f"/api/connections/{body['id']}", json={"password": my_reader.password}) as response:
+            assert response.status == 200, await response.text()
+        after = (await stored(infra, uid))[body["id"]]
+        assert after.sealed != before.sealed  # sealed again, with a new nonce
+        response, parts = await run_query(client, "SELECT n FROM t", source="m")
+        assert rows_of(parts) == [[5]]
+
+
 async def test_at_most_max_pools_open_and_every_query_answers(system: System, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader, pg_schema: str) -> None:
     client, _ = ada
     names = [f"p{i}" for i in range(5)]
