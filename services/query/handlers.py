@@ -28,7 +28,7 @@ from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
-from shared.contracts import QUERY_OPEN_TIMEOUT_S, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
+from shared.contracts import QUERY_OPEN_TIMEOUT_S, QUERY_START_TIMEOUT_S, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
     BUSY,
     INTERNAL,
@@ -120,7 +120,8 @@ class QueryHandlers:
                 raise connections_off()
             progress.source = "connection"
             try:
-                async with asyncio.timeout(QUERY_OPEN_TIMEOUT_S + self._config.connections_connect_timeout_s):
+                # Within the gateway's QUERY_START_TIMEOUT_S, so that the caller gets this answer, not a timeout.
+                async with asyncio.timeout(min(QUERY_START_TIMEOUT_S - 0.5, QUERY_OPEN_TIMEOUT_S + self._config.connections_connect_timeout_s)):
                     engine = await self._pools.checkout(req.connection)
             except TimeoutError:
                 raise not_answering("of this connection") from None
