@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -314,3 +315,24 @@ async def test_each_user_runs_at_most_their_share_of_queries_and_idle_pools_clos
         await again.start("SELECT 2 AS two", None, connection=ConnectionRef(guard.owner, mine.id))
         assert [type(message).__name__ async for message in again.messages()][-1] == "StreamEnd"
         await again.close()
+
+
+def test_make_run_generates_a_key_once_into_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("run_script", Path(__file__).resolve().parent.parent / "scripts" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(run, "KEY_FILE", tmp_path / "var" / "connections.key")
+    env: dict[str, str] = {}
+    run.connections_key(env)
+    assert "generated a key for users' own database connections into var/connections.key" in capsys.readouterr().out
+    assert (tmp_path / "var" / "connections.key").stat().st_mode & 0o777 == 0o600
+    keys = Keyring.parse(env["CONNECTIONS_KEYS"])
+    assert keys is not None and keys.current == "dev1"
+    again: dict[str, str] = {}
+    run.connections_key(again)
+    assert again == env, "the same key on every start"
+    given = {"CONNECTIONS_KEYS": KEYS}
+    run.connections_key(given)
+    assert given == {"CONNECTIONS_KEYS": KEYS}
