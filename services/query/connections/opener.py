@@ -11,7 +11,6 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import asyncmy.errors
 import asyncpg
@@ -181,7 +180,3 @@ async def _close_quietly(engine: Engine) -> None:
         await engine.close()
     except Exception as exc:
         log.warning("connection_close_failed", source=engine.name, error=type(exc).__name__)
-
-
-def new_target(fields: Any) -> Target:
-    return Target(fields.dialect, fields.host, fields.port, fields.database, fields.user, fields.tls)
