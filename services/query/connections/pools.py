@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from services.query import metrics
 from services.query.engines.base import Engine
 from shared.contracts import ConnectionRef
 from shared.errors import BUSY, NOT_FOUND, ServiceError
@@ -101,6 +102,7 @@ class UserPools:
                     raise
                 pool = _Pool(engine, ref.owner)
                 self._pools[ref.id] = pool
+                metrics.USER_POOLS.set(len(self._pools))
                 log.info("user_pool_opened", connection=ref.id, pools=len(self._pools))
                 return pool
         finally:
@@ -124,7 +126,7 @@ class UserPools:
                 raise ServiceError(BUSY, f"this replica's {self._max_pools} connection pools (QUERY_MAX_POOLS) are all running queries; retry in a moment")
             pool = self._pools.pop(victim)
             log.info("user_pool_evicted", connection=victim, pools=len(self._pools))
-            await _close(pool.engine)
+            await _close(pool.engine, "evicted", len(self._pools))
 
     async def close_connection(self, connection_id: str) -> bool:
         """Close the pool of a deleted or changed connection (queries on it are cut off)."""
@@ -132,7 +134,7 @@ class UserPools:
         if pool is None:
             return False
         log.info("user_pool_closed", connection=connection_id, pools=len(self._pools), in_use=pool.in_use)
-        await _close(pool.engine)
+        await _close(pool.engine, "changed", len(self._pools))
         return True
 
     async def _reap(self) -> None:
@@ -144,7 +146,7 @@ class UserPools:
             for key in idle:
                 pool = self._pools.pop(key)
                 log.info("user_pool_idle_closed", connection=key, pools=len(self._pools))
-                await _close(pool.engine)
+                await _close(pool.engine, "idle", len(self._pools))
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -153,10 +155,14 @@ class UserPools:
                 await self._reaper
         pools, self._pools = list(self._pools.values()), OrderedDict()
         for pool in pools:
-            await _close(pool.engine)
+            await _close(pool.engine, "shutdown", 0)
 
 
-async def _close(engine: Engine) -> None:
+async def _close(engine: Engine, reason: str | None = None, left: int | None = None) -> None:
+    if reason is not None:
+        metrics.USER_POOL_CLOSES.labels(reason).inc()
+    if left is not None:
+        metrics.USER_POOLS.set(left)
     try:
         await engine.close()
     except Exception as exc:
