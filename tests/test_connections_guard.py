@@ -15,6 +15,7 @@ import importlib.util
 import ipaddress
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -336,3 +337,96 @@ def test_make_run_generates_a_key_once_into_var(tmp_path: Path, monkeypatch: pyt
     given = {"CONNECTIONS_KEYS": KEYS}
     run.connections_key(given)
     assert given == {"CONNECTIONS_KEYS": KEYS}
+
+
+def _certificates(tmp_path: Path, host: str) -> tuple[str, Path, Path]:
+    """A CA (its PEM) and a server certificate for `host` that it signed (files for the server)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), cert_path, key_path
+
+
+def _error_response(code: str, message: str) -> bytes:
+    fields = b"".join(kind + value.encode() + b"\0" for kind, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", message))) + b"\0"
+    return b"E" + (len(fields) + 4).to_bytes(4, "big") + fields
+
+
+async def test_verify_full_checks_the_certificate_against_the_host_name_given_not_the_address(infra: Infra, tmp_path: Path) -> None:
+    """The connection goes to 127.0.0.1, yet verify-full checks the certificate against `db.test`, the name the user gave.
+
+    The server is PostgreSQL's wire protocol up to authentication, on loopback: it accepts the
+    SSLRequest, does TLS with a certificate for db.test, reads the startup message and refuses
+    the password (a PostgreSQL with TLS is not among this machine's servers).
+    """
+    ca_pem, cert_path, key_path = _certificates(tmp_path, "db.test")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+
+    async def postgres_until_auth(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readexactly(8)  # SSLRequest
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(server_tls)
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            await reader.readexactly(length - 4)  # the startup message
+            writer.write(_error_response("28P01", 'password authentication failed for user "u"'))
+            await writer.drain()
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass  # the client refused our certificate
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(postgres_until_auth, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    resolver = Resolver({"db.test": [["127.0.0.1"]], "elsewhere.test": [["127.0.0.1"]]})
+    try:
+        async with AsyncExitStack() as stack:
+            guard = await start_stack(stack, infra, tmp_path, resolver, CONNECTIONS_ALLOWED_NETWORKS="127.0.0.1/32")
+            with pytest.raises(ServiceError) as matched:
+                await guard.create(host="db.test", port=port, tls=ConnectionTls("verify-full", ca_pem))
+            assert "refused the user name or password" in matched.value.message  # TLS passed: the server got as far as the password
+            with pytest.raises(ServiceError) as mismatched:
+                await guard.create(host="elsewhere.test", port=port, tls=ConnectionTls("verify-full", ca_pem))
+            assert "TLS (verify-full) failed" in mismatched.value.message and "elsewhere.test" in mismatched.value.message
+            with pytest.raises(ServiceError) as untrusted:
+                await guard.create(host="db.test", port=port, tls=ConnectionTls("verify-full"))
+            assert "TLS (verify-full) failed" in untrusted.value.message
+            assert await guard.stored() == {}
+    finally:
+        server.close()
+        await server.wait_closed()
