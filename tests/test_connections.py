@@ -275,6 +275,17 @@ async def test_rename_and_delete(system: System, infra: Infra, ada: tuple[aiohtt
     assert "unknown source 'new'" in error_of(parts)
 
 
+async def test_the_limit_per_user_is_checked_before_connecting_anywhere(system: System, infra: Infra, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader) -> None:
+    client, uid = ada
+    for i in range(10):  # CONNECTIONS_MAX_PER_USER's default
+        status, body = await create(client, pg_fields(pg_reader, f"n{i}"))
+        assert status == 201, body
+    # A closed port: had the service connected first, the answer would be "cannot reach".
+    status, body = await create(client, pg_fields(pg_reader, "eleventh", port=free_port()))
+    assert status == 409 and "CONNECTIONS_MAX_PER_USER=10" in body["error"]["message"], body
+    assert len(await stored(infra, uid)) == 10
+
+
 async def test_a_deleted_connection_closes_its_pools_on_every_replica(system: System, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader, pg_schema: str) -> None:
     client, _ = ada
     status, body = await create(client, pg_fields(pg_reader, "shared"))

@@ -27,8 +27,10 @@ from shared.contracts import (
     ConnectionCreate,
     ConnectionFound,
     ConnectionGet,
+    ConnectionList,
     ConnectionPut,
     ConnectionRecord,
+    ConnectionRecords,
     ConnectionRef,
     ConnectionSettings,
     ConnectionTest,
@@ -115,6 +117,17 @@ class ConnectionHandlers:
         engine, _ = await self._opener.open(record.name, ref, _target(record), password)
         return engine
 
+    async def _check_room(self, owner: str, name: str) -> None:
+        """Refuse a user at CONNECTIONS_MAX_PER_USER, or a name taken, before connecting anywhere on their behalf.
+
+        The session service checks both again, atomically, when it stores the record.
+        """
+        held = (await request(self._nc, self._subjects.session_connection("list"), ConnectionList(owner), timeout=STORE_TIMEOUT_S, reply=ConnectionRecords)).records
+        if any(record.name == name for record in held):
+            raise ServiceError(CONFLICT, f"you already have a connection named {name!r}")
+        if len(held) >= self._max_per_user:
+            raise ServiceError(CONFLICT, f"you have {len(held)} connections, the most one user may keep (CONNECTIONS_MAX_PER_USER={self._max_per_user}); delete one first")
+
     def _check_name(self, name: str) -> None:
         if name in self._operator_sources:
             raise ServiceError(CONFLICT, f"{name!r} is the name of one of this service's own sources; choose another name")
@@ -125,6 +138,7 @@ class ConnectionHandlers:
         keys = self._keyring()
         settings: ConnectionSettings = req.settings
         self._check_name(settings.name)
+        await self._check_room(req.owner, settings.name)
         ref = ConnectionRef(req.owner, secrets.token_urlsafe(12))
         target = _target(settings)
         version = await self._probe(settings.name, ref, target, settings.password)
