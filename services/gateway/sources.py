@@ -6,10 +6,14 @@ through its owner's requests (the session service finds records only under their
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from services.gateway import keys
 from shared.contracts import ConnectionRecord, ConnectionRef
+from shared.errors import ServiceError
+
+log = structlog.get_logger(__name__)
 
 DIALECTS = {"postgresql": "postgres", "mysql": "mysql"}
 """A connection's dialect as the query service names its sources' dialects (the SQL guard's names)."""
@@ -21,10 +25,19 @@ async def user_connections(app: web.Application, uid: str) -> list[ConnectionRec
 
 
 async def user_source(app: web.Application, uid: str | None, source: str | None) -> ConnectionRef | None:
-    """The caller's own connection named `source`, or None (then `source` is an operator's source, or unknown)."""
+    """The caller's own connection named `source`, or None (then `source` is an operator's source, or unknown).
+
+    When the session service cannot list them, the operator's sources still serve (a user's
+    own name then answers as an unknown source).
+    """
     if not source or not uid:
         return None
-    for record in await user_connections(app, uid):
+    try:
+        records = await user_connections(app, uid)
+    except ServiceError as exc:
+        log.warning("connections_unavailable", error=exc.message)
+        return None
+    for record in records:
         if record.name == source:
             return ConnectionRef(uid, record.id)
     return None
