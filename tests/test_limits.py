@@ -216,6 +216,21 @@ async def test_a_store_already_on_its_fallback_sends_the_limiter_local_at_once(s
     assert replica.metric("session_redis_commands_total", command="evalsha") == 0  # no Redis call was even tried
 
 
+async def test_a_limiter_that_finds_redis_down_sends_the_whole_replica_to_its_fallback(start_replica, infra: Infra, redis_server: RedisServer, nc) -> None:
+    """One outage owner (services/session/outage.py): the limiter's failed call degrades the session store too."""
+    replica = await start_replica(infra.nats_url, redis_server.url)
+    assert (await replica.call(nc, "ping"))["degraded"] is False
+    redis_server.stop()
+
+    result = await limiter(nc, replica).hit(new_key(), [Window("minute", 60, 1)])
+
+    assert result.allowed and result.local
+    assert (await replica.wait_for_event("limiter_local"))["reason"] != "the session store found Redis down"  # the limiter found it
+    await replica.wait_for_event("store_degraded")
+    pong = await replica.call(nc, "ping")
+    assert pong["degraded"] is True and pong["store"] != "redis"
+
+
 async def test_no_redis_configured_counts_locally(start_replica, infra: Infra, nc) -> None:
     replica = await start_replica(infra.nats_url, None)
     key = new_key()

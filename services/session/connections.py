@@ -4,8 +4,8 @@ Redis holds one hash per user, `connections:<uid>`, of record id -> MessagePack
 ConnectionRecord. The password inside is sealed by the query service; this service stores it
 as an opaque blob and never holds the key. While Redis is down, a user's changes are kept as
 one fallback entry (`cx.<base64url uid>`: record id -> record, or None for a deletion), and
-written back once Redis answers again, through the session store's outage machinery, as
-conversation history is (services/session/history.py).
+written back once Redis answers again: every call goes through the session service's one
+outage router (services/session/outage.py), as sessions and conversation history do.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
+from services.session.outage import OutageRouter
 from services.session.redis_store import CorruptSession, RedisUnavailable, classify
-from services.session.store import SessionStore
 from shared.contracts import (
     ConnectionDelete,
     ConnectionDeleted,
@@ -168,32 +168,31 @@ class ConnectionsRedis:
 
 
 class ConnectionStore:
-    """The connection operations, on Redis or (during an outage) on the sessions' fallback."""
+    """The connection operations, each through the outage router: on Redis, or on the user's outage entry in the fallback."""
 
-    def __init__(self, redis: ConnectionsRedis | None, sessions: SessionStore) -> None:
+    def __init__(self, redis: ConnectionsRedis | None, router: OutageRouter) -> None:
         self._redis = redis
-        self._sessions = sessions
-        sessions.add_writer(FALLBACK_PREFIX, self._write_back)
+        self._router = router
+        router.add_writer(FALLBACK_PREFIX, self._write_back)
 
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.close()
 
-    async def _on_redis[R](self, uid: str, call: Callable[[ConnectionsRedis], Awaitable[R]]) -> tuple[bool, R | None]:
-        """(True, result) when Redis served the call; (False, None) when the fallback must."""
-        if self._redis is None or not self._sessions.on_redis:
-            return False, None
-        try:
-            await self._sessions.migrate_first(fallback_key(uid))
-            return True, await call(self._redis)
-        except RedisUnavailable as exc:
-            self._sessions.redis_failed(exc)
-            return False, None
-        except CorruptSession:
-            raise ServiceError(UNAVAILABLE, "this user's stored connections are unreadable (another Redis type under their key)") from None
+    async def _call[R](self, uid: str, on_redis: Callable[[ConnectionsRedis], Awaitable[R]], on_fallback: Callable[[], Awaitable[R]]) -> R:
+        """One operation through the router; the user's fallback entry is written back first while recovering."""
+
+        async def redis_side() -> R:
+            assert self._redis is not None
+            try:
+                return await on_redis(self._redis)
+            except CorruptSession:
+                raise ServiceError(UNAVAILABLE, "this user's stored connections are unreadable (another Redis type under their key)") from None
+
+        return await self._router.call(redis_side, on_fallback, fallback_key(uid))
 
     async def _outage_changes(self, uid: str) -> dict[str, bytes | None]:
-        found = await self._sessions.fallback_call(lambda: self._sessions.fallback.get(fallback_key(uid), touch=False))
+        found = await self._router.fallback.get(fallback_key(uid), touch=False)
         if found is None or found.value is None:
             return {}
         return _changes(found.value)
@@ -201,7 +200,7 @@ class ConnectionStore:
     async def _held(self, uid: str) -> dict[str, ConnectionRecord]:
         """During an outage: what Redis held (if it still reads) with this outage's changes on top."""
         held: dict[str, ConnectionRecord] = {}
-        if self._redis is not None and self._sessions.redis_readable:
+        if self._redis is not None and self._router.redis_readable:
             try:
                 held = await self._redis.all(uid)
             except RedisUnavailable:
@@ -214,45 +213,49 @@ class ConnectionStore:
         return held
 
     async def list(self, uid: str) -> list[ConnectionRecord]:
-        served, records = await self._on_redis(uid, lambda r: r.all(uid))
-        held = records if served and records is not None else await self._held(uid)
+        held = await self._call(uid, lambda r: r.all(uid), lambda: self._held(uid))
         return sorted(held.values(), key=lambda record: (record.name, record.id))
 
     async def get(self, ref: ConnectionRef) -> ConnectionRecord | None:
-        served, record = await self._on_redis(ref.owner, lambda r: r.get(ref))
-        if served:
-            return record
-        return (await self._held(ref.owner)).get(ref.id)
+        async def from_fallback() -> ConnectionRecord | None:
+            return (await self._held(ref.owner)).get(ref.id)
+
+        return await self._call(ref.owner, lambda r: r.get(ref), from_fallback)
 
     async def put(self, put: ConnectionPut) -> None:
         uid = put.record.owner
-        served, _ = await self._on_redis(uid, lambda r: r.put(put))
-        if served:
-            return
-        async with self._sessions.lock(fallback_key(uid)):
-            check_put(await self._held(uid), put)
-            await self._change(uid, put.record.id, _ENCODER.encode(put.record))
+
+        async def from_fallback() -> None:
+            async with self._router.lock(fallback_key(uid)):
+                check_put(await self._held(uid), put)
+                await self._change(uid, put.record.id, _ENCODER.encode(put.record))
+
+        await self._call(uid, lambda r: r.put(put), from_fallback)
 
     async def delete(self, ref: ConnectionRef) -> bool:
-        served, deleted = await self._on_redis(ref.owner, lambda r: r.delete(ref))
-        if served:
-            return bool(deleted)
-        async with self._sessions.lock(fallback_key(ref.owner)):
-            existed = ref.id in await self._held(ref.owner)
-            await self._change(ref.owner, ref.id, None)
-        return existed
+        async def from_fallback() -> bool:
+            async with self._router.lock(fallback_key(ref.owner)):
+                existed = ref.id in await self._held(ref.owner)
+                await self._change(ref.owner, ref.id, None)
+            return existed
+
+        return await self._call(ref.owner, lambda r: r.delete(ref), from_fallback)
 
     async def scan(self, cursor: str, count: int) -> ConnectionRecords:
-        if self._redis is None or not self._sessions.on_redis:
-            raise ServiceError(UNAVAILABLE, "listing every user's connections needs Redis, which is not serving now; try again later")
-        try:
+        """Every user's records, a page at a time (key rotation); needs Redis."""
+
+        async def on_redis() -> ConnectionRecords:
+            assert self._redis is not None
             records, following = await self._redis.scan(int(cursor) if cursor.isdigit() else 0, count)
-        except RedisUnavailable as exc:
-            self._sessions.redis_failed(exc)
-            raise ServiceError(UNAVAILABLE, "Redis failed while listing connections; try again") from None
-        return ConnectionRecords(records=records, cursor=str(following) if following else None)
+            return ConnectionRecords(records=records, cursor=str(following) if following else None)
+
+        async def from_fallback() -> ConnectionRecords:
+            raise ServiceError(UNAVAILABLE, "listing every user's connections needs Redis, which is not serving now; try again later")
+
+        return await self._router.call(on_redis, from_fallback)
 
     async def _change(self, uid: str, record_id: str, value: bytes | None) -> None:
+        """Record one change in the user's outage entry (compare-and-set, so replicas changing it at once lose nothing)."""
         key = fallback_key(uid)
 
         def apply(raw: bytes) -> bytes:
@@ -260,9 +263,10 @@ class ConnectionStore:
             changes[record_id] = value
             return msgpack.packb(changes)
 
-        if await self._sessions.fallback_call(lambda: self._sessions.fallback.update(key, apply)) is None:
-            await self._sessions.fallback_call(lambda: self._sessions.fallback.put(key, msgpack.packb({record_id: value})))
-        self._sessions.changed_in_outage()
+        fallback = self._router.fallback
+        if await fallback.update(key, apply) is None:
+            await fallback.put(key, msgpack.packb({record_id: value}))
+        self._router.changed()
 
     async def _write_back(self, key: str, value: bytes | None, _version: int) -> bool:
         if value is None or self._redis is None:

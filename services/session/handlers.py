@@ -6,7 +6,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 import structlog
@@ -48,8 +47,9 @@ _NO_SESSION = SessionReadResult()
 _GET_OK = CALLS.labels(op="get", outcome="ok")
 
 
-def _session(session: dict[str, Any] | None) -> SessionReply:
-    return SessionReply(NO_SESSION if session is None else msgspec.Raw(encode(session)))
+def _session(stored: bytes | None) -> SessionReply:
+    """The reply carries the stored map's bytes as they are (the store checked that they are a map)."""
+    return SessionReply(NO_SESSION if stored is None else msgspec.Raw(stored))
 
 
 class SessionHandlers:
@@ -102,7 +102,7 @@ class SessionHandlers:
                     log.error("handler_failed", op="get", exc_info=outcome)
                 results[i] = SessionReadResult(error=ErrorBody(INTERNAL, "internal error; see the service log"))
             else:
-                results[i] = SessionReadResult(session=msgspec.Raw(encode(outcome)))
+                results[i] = SessionReadResult(session=msgspec.Raw(outcome))
         self._observe_reads(reads, results, start)
         return _ENCODER.encode(SessionGetManyReply(results=results))
 

@@ -1,7 +1,7 @@
 """Conversation history (`session.conversation.*`): Redis while it answers, the sessions' fallback while it does not.
 
-History rides on the session store's outage machinery instead of a second one: the same
-modes, the same shared JetStream KV fallback, the same probe and write-back loop. While
+History goes through the outage router (services/session/outage.py) like sessions: the
+same modes, the same shared JetStream KV fallback, the same probe and write-back loop. While
 Redis is down, a conversation's changes are kept as one fallback entry (key
 `conv.<base64url uid>.<id>`, never a sid) that only grows: the messages appended during the
 outage, a new title, or a deletion. Write-back pushes those messages after whatever Redis
@@ -26,8 +26,8 @@ from nats.aio.msg import Msg
 
 from services.session.history_redis import ConversationFull, HistoryRedis, Stored
 from services.session.metrics import timed_call
+from services.session.outage import OutageRouter
 from services.session.redis_store import CorruptSession, RedisUnavailable
-from services.session.store import SessionStore
 from shared.codec import encode
 from shared.contracts import (
     TITLE_MAX_CHARS,
@@ -167,23 +167,33 @@ def _newest(raw: list[bytes], max_bytes: int, keep: int) -> list[bytes]:
 
 
 class HistoryStore:
-    """The conversation operations, on Redis or (during an outage) on the sessions' fallback."""
+    """The conversation operations, each through the outage router: on Redis, or on the fallback's outage entries."""
 
-    def __init__(self, redis: HistoryRedis | None, sessions: SessionStore, limits: HistoryLimits) -> None:
+    def __init__(self, redis: HistoryRedis | None, router: OutageRouter, limits: HistoryLimits) -> None:
         self._redis = redis
-        self._sessions = sessions
+        self._router = router
         self.limits = limits
-        sessions.add_writer(FALLBACK_PREFIX, self._write_back)
+        router.add_writer(FALLBACK_PREFIX, self._write_back)
 
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.close()
 
-    def _usable(self) -> bool:
-        return self._redis is not None and self._sessions.on_redis
+    async def _call[R](self, on_redis: Callable[[HistoryRedis], Awaitable[R]], on_fallback: Callable[[], Awaitable[R]], key: str | None) -> R:
+        """One operation through the router; `key` is the conversation's fallback entry, written back first while recovering."""
+
+        async def redis_side() -> R:
+            assert self._redis is not None
+            try:
+                return await on_redis(self._redis)
+            except CorruptSession as exc:  # another Redis type under a history key
+                log.error("conversation_corrupt", error=str(exc))
+                raise ServiceError(UNAVAILABLE, "this conversation's stored data is unreadable (another Redis type under its key)") from None
+
+        return await self._router.call(redis_side, on_fallback, key)
 
     async def _entry(self, key: str) -> OutageEntry | None:
-        found = await self._sessions.fallback_call(lambda: self._sessions.fallback.get(key, touch=False))
+        found = await self._router.fallback.get(key, touch=False)
         if found is None or found.value is None:
             return None
         try:
@@ -192,7 +202,7 @@ class HistoryStore:
             log.warning("conversation_entry_corrupt", error=type(exc).__name__)
             return None
 
-    async def _change(self, uid: str, conversation_id: str, change: Any) -> OutageEntry:
+    async def _change(self, uid: str, conversation_id: str, change: Callable[[OutageEntry], None]) -> OutageEntry:
         """Apply `change(entry)` to the conversation's fallback entry (created when missing) and store it.
 
         An existing entry is changed by compare-and-set, so replicas appending at once lose nothing.
@@ -210,64 +220,51 @@ class HistoryStore:
             changed[:] = [entry]
             return entry.encode()
 
-        async with self._sessions.lock(key):
-            if await self._sessions.fallback_call(lambda: self._sessions.fallback.update(key, apply)) is None:
+        fallback = self._router.fallback
+        async with self._router.lock(key):
+            if await fallback.update(key, apply) is None:
                 entry = OutageEntry(uid, conversation_id, replaces=self._redis is None)
                 change(entry)
                 changed[:] = [entry]
-                await self._sessions.fallback_call(lambda: self._sessions.fallback.put(key, entry.encode()))
-        self._sessions.changed_in_outage()
+                await fallback.put(key, entry.encode())
+        self._router.changed()
         return changed[0]
-
-    async def _on_redis[R](self, key: str | None, call: Any) -> tuple[bool, R | None]:
-        """(True, result) when Redis served the call; (False, None) when it failed and the fallback must.
-
-        `key`: the conversation's fallback entry, written back first while recovering.
-        """
-        if not self._usable():
-            return False, None
-        assert self._redis is not None
-        try:
-            if key is not None:
-                await self._sessions.migrate_first(key)
-            return True, await call(self._redis)
-        except RedisUnavailable as exc:
-            self._sessions.redis_failed(exc)
-            return False, None
-        except CorruptSession as exc:  # another Redis type under a history key
-            log.error("conversation_corrupt", error=str(exc))
-            raise ServiceError(UNAVAILABLE, "this conversation's stored data is unreadable (another Redis type under its key)") from None
 
     # --- operations -----------------------------------------------------------------------
 
     async def load(self, req: ConversationLoad, *, recheck: bool = True) -> ConversationLoaded:
         key = fallback_key(req.uid, req.id)
-        served, stored = await self._on_redis(key, lambda r: r.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages))
-        if served:
+
+        async def on_redis(redis: HistoryRedis) -> ConversationLoaded:
+            stored = await redis.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages)
             return self._loaded(stored, [], partial=False, max_bytes=req.max_bytes, keep=req.min_messages)
-        entry = await self._entry(key)
-        before: Stored | None = None
-        known = False
-        if (entry is None or not entry.replaces) and self._sessions.redis_readable and self._redis is not None:
-            try:
-                before = await self._redis.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages, slide=False)
-                known = True
-            except RedisUnavailable:
-                pass
-        if entry is None:
-            if not known and recheck and await self._sessions.redis_is_back():
-                return await self.load(req, recheck=False)
-            return self._loaded(before, [], partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
-        if entry.deleted:
-            return self._loaded(None, [], partial=False, max_bytes=req.max_bytes, keep=req.min_messages)
-        if entry.replaces:
-            before, known = None, True
-        loaded = self._loaded(before, entry.messages, partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
-        loaded.exists = True
-        if entry.title_mode == "set" or (entry.title_mode == "initial" and not loaded.title):
-            loaded.title = entry.title
-        loaded.updated_at = entry.updated_at
-        return loaded
+
+        async def on_fallback() -> ConversationLoaded:
+            entry = await self._entry(key)
+            before: Stored | None = None
+            known = False
+            if (entry is None or not entry.replaces) and self._router.redis_readable and self._redis is not None:
+                try:
+                    before = await self._redis.load(req.uid, req.id, max_bytes=req.max_bytes, min_messages=req.min_messages, slide=False)
+                    known = True
+                except RedisUnavailable:
+                    pass
+            if entry is None:
+                if not known and recheck and await self._router.redis_is_back():
+                    return await self.load(req, recheck=False)
+                return self._loaded(before, [], partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
+            if entry.deleted:
+                return self._loaded(None, [], partial=False, max_bytes=req.max_bytes, keep=req.min_messages)
+            if entry.replaces:
+                before, known = None, True
+            loaded = self._loaded(before, entry.messages, partial=not known, max_bytes=req.max_bytes, keep=req.min_messages)
+            loaded.exists = True
+            if entry.title_mode == "set" or (entry.title_mode == "initial" and not loaded.title):
+                loaded.title = entry.title
+            loaded.updated_at = entry.updated_at
+            return loaded
+
+        return await self._call(on_redis, on_fallback, key)
 
     def _loaded(self, stored: Stored | None, outage: list[bytes], *, partial: bool, max_bytes: int, keep: int) -> ConversationLoaded:
         raw = _newest([*(stored.messages if stored else []), *outage], max_bytes, keep)
@@ -294,17 +291,13 @@ class HistoryStore:
     async def append(self, req: ConversationAppend) -> ConversationAppended:
         encoded = self._encode_messages(req.messages)
         title = initial_title(req.messages)
-        key = fallback_key(req.uid, req.id)
-        try:
-            served, result = await self._on_redis(
-                key,
-                lambda r: r.append(req.uid, req.id, encoded, max_messages=self.limits.max_messages, replace_last_of=req.replace_last_of, title=title),
-            )
-        except ConversationFull as exc:
-            raise self._full(exc.held) from None
-        if served:
-            assert result is not None
-            return ConversationAppended(total=result[0], updated_at=result[1])
+
+        async def on_redis(redis: HistoryRedis) -> ConversationAppended:
+            try:
+                total, updated_at = await redis.append(req.uid, req.id, encoded, max_messages=self.limits.max_messages, replace_last_of=req.replace_last_of, title=title)
+            except ConversationFull as exc:
+                raise self._full(exc.held) from None
+            return ConversationAppended(total=total, updated_at=updated_at)
 
         def change(entry: OutageEntry) -> None:
             if req.replace_last_of is not None and entry.replaces and len(entry.messages) == req.replace_last_of:
@@ -319,53 +312,65 @@ class HistoryStore:
             if not entry.title_mode and title:
                 entry.title_mode, entry.title = "initial", title
 
-        entry = await self._change(req.uid, req.id, change)
-        log.info("conversation_append_fallback", store=self._sessions.fallback.name, messages=len(encoded), outage_messages=len(entry.messages))
-        return ConversationAppended(total=len(entry.messages), updated_at=entry.updated_at, fallback=True)
+        async def on_fallback() -> ConversationAppended:
+            entry = await self._change(req.uid, req.id, change)
+            log.info("conversation_append_fallback", store=self._router.fallback.name, messages=len(encoded), outage_messages=len(entry.messages))
+            return ConversationAppended(total=len(entry.messages), updated_at=entry.updated_at, fallback=True)
+
+        return await self._call(on_redis, on_fallback, fallback_key(req.uid, req.id))
 
     async def list(self, req: ConversationList) -> ConversationPage:
         after = decode_cursor(req.cursor) if req.cursor else None
-        served, result = await self._on_redis(None, lambda r: r.list(req.uid, limit=req.limit, after=after))
-        if not served:
+
+        async def on_redis(redis: HistoryRedis) -> ConversationPage:
+            items, more = await redis.list(req.uid, limit=req.limit, after=after)
+            conversations = [ConversationInfo(id=cid, title=title, updated_at=updated) for cid, updated, title in items]
+            cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
+            return ConversationPage(conversations=conversations, next_cursor=cursor)
+
+        async def on_fallback() -> ConversationPage:
             raise ServiceError(UNAVAILABLE, "the list of conversations is unavailable while Redis is down; chats go on and are written back")
-        assert result is not None
-        items, more = result
-        conversations = [ConversationInfo(id=cid, title=title, updated_at=updated) for cid, updated, title in items]
-        cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
-        return ConversationPage(conversations=conversations, next_cursor=cursor)
+
+        return await self._call(on_redis, on_fallback, None)
 
     async def create(self, req: ConversationRef) -> ConversationInfo:
-        served, result = await self._on_redis(fallback_key(req.uid, req.id), lambda r: r.create(req.uid, req.id))
-        if served:
-            assert result is not None
-            return ConversationInfo(id=req.id, updated_at=result[0], title=result[1])
-        entry = await self._change(req.uid, req.id, lambda entry: None)
-        return ConversationInfo(id=req.id, updated_at=entry.updated_at, title=entry.title or None)
+        async def on_redis(redis: HistoryRedis) -> ConversationInfo:
+            updated_at, title = await redis.create(req.uid, req.id)
+            return ConversationInfo(id=req.id, updated_at=updated_at, title=title)
+
+        async def on_fallback() -> ConversationInfo:
+            entry = await self._change(req.uid, req.id, lambda entry: None)
+            return ConversationInfo(id=req.id, updated_at=entry.updated_at, title=entry.title or None)
+
+        return await self._call(on_redis, on_fallback, fallback_key(req.uid, req.id))
 
     async def patch(self, req: ConversationPatch) -> ConversationInfo:
         title = clean_title(req.title)
-        served, result = await self._on_redis(fallback_key(req.uid, req.id), lambda r: r.patch(req.uid, req.id, title))
-        if served:
-            assert result is not None
-            if not result[0]:
+
+        async def on_redis(redis: HistoryRedis) -> ConversationInfo:
+            existed, updated_at = await redis.patch(req.uid, req.id, title)
+            if not existed:
                 raise ServiceError(NOT_FOUND, "no such conversation")
-            return ConversationInfo(id=req.id, title=title, updated_at=result[1])
-        loaded = await self.load(ConversationLoad(uid=req.uid, id=req.id, max_bytes=1, min_messages=0))
-        if loaded.partial and not loaded.exists:
-            raise ServiceError(UNAVAILABLE, "Redis is down and this replica cannot tell whether the conversation exists; try again shortly")
-        if not loaded.exists:
-            raise ServiceError(NOT_FOUND, "no such conversation")
+            return ConversationInfo(id=req.id, title=title, updated_at=updated_at)
 
-        def change(entry: OutageEntry) -> None:
-            entry.title_mode, entry.title = "set", title
+        async def on_fallback() -> ConversationInfo:
+            loaded = await self.load(ConversationLoad(uid=req.uid, id=req.id, max_bytes=1, min_messages=0))
+            if loaded.partial and not loaded.exists:
+                raise ServiceError(UNAVAILABLE, "Redis is down and this replica cannot tell whether the conversation exists; try again shortly")
+            if not loaded.exists:
+                raise ServiceError(NOT_FOUND, "no such conversation")
 
-        entry = await self._change(req.uid, req.id, change)
-        return ConversationInfo(id=req.id, title=title, updated_at=entry.updated_at)
+            def change(entry: OutageEntry) -> None:
+                entry.title_mode, entry.title = "set", title
+
+            entry = await self._change(req.uid, req.id, change)
+            return ConversationInfo(id=req.id, title=title, updated_at=entry.updated_at)
+
+        return await self._call(on_redis, on_fallback, fallback_key(req.uid, req.id))
 
     async def delete(self, req: ConversationRef) -> bool:
-        served, existed = await self._on_redis(fallback_key(req.uid, req.id), lambda r: r.delete(req.uid, req.id))
-        if served:
-            return bool(existed)
+        async def on_redis(redis: HistoryRedis) -> bool:
+            return await redis.delete(req.uid, req.id)
 
         def change(entry: OutageEntry) -> None:
             # Recorded even when unknown here: the conversation may exist in Redis and must go there too.
@@ -373,13 +378,16 @@ class HistoryStore:
             entry.title_mode, entry.title = "", ""
             entry.epoch = uuid.uuid4().hex
 
-        await self._change(req.uid, req.id, change)
-        return True
+        async def on_fallback() -> bool:
+            await self._change(req.uid, req.id, change)
+            return True
+
+        return await self._call(on_redis, on_fallback, fallback_key(req.uid, req.id))
 
     # --- write-back -----------------------------------------------------------------------
 
     async def _write_back(self, key: str, value: bytes | None, version: int) -> bool:
-        """Called by the session store's write-back loop for every `conv.` entry."""
+        """Called by the outage router's write-back for every `conv.` entry."""
         if value is None or self._redis is None:
             return True
         try:

@@ -2,15 +2,15 @@
 
 Every window of a call is checked and counted by one Lua script (limit.lua) run with
 EVALSHA, on Redis's own clock, so replicas share the counts and never race: no
-read-then-increment, and a refused call counts nowhere. While Redis cannot be reached,
-each replica counts in its own memory (the reply says `local: true`) and tries Redis
-again after a short pause; the local counts are dropped once Redis answers again.
+read-then-increment, and a refused call counts nowhere. While the outage router
+(services/session/outage.py) finds Redis down, each replica counts in its own memory (the
+reply says `local: true`) until the router's probe finds Redis back; the local counts are
+dropped once Redis answers again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis.exceptions as rex
@@ -19,7 +19,8 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
 from services.session.metrics import LIMIT_CALLS, REDIS_COMMANDS
-from services.session.redis_store import describe
+from services.session.outage import OutageRouter
+from services.session.redis_store import RedisUnavailable, classify, describe
 from shared.contracts import LimitRequest, LimitResult, LimitWindow, WindowUsage
 from shared.errors import BAD_REQUEST, ServiceError
 
@@ -27,8 +28,6 @@ log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "limit:"
 """Counters live under `limit:<key>:<window name>:<window index>`."""
-RETRY_REDIS_S = 0.5
-"""After a failed Redis call, count locally for this long before trying Redis again."""
 LOCAL_MAX_COUNTERS = 100_000
 """Bound of the in-memory counters kept while Redis is down."""
 SCRIPT = (Path(__file__).with_name("limit.lua")).read_text()
@@ -98,15 +97,13 @@ class LocalCounters:
 
 
 class Limits:
-    """Answers `session.limit`: Redis while it answers, this replica's memory while it does not."""
+    """Answers `session.limit`: Redis while the outage router sends calls there, this replica's memory while it does not."""
 
-    def __init__(self, client: Redis | None, *, redis_usable: Callable[[], bool] = lambda: True, retry_redis_s: float = RETRY_REDIS_S) -> None:
+    def __init__(self, client: Redis | None, router: OutageRouter) -> None:
         self._client = client
         self._counted = _CountedClient(client) if client is not None else None
         self._script = client.register_script(SCRIPT) if client is not None else None
-        self._redis_usable = redis_usable
-        self._retry_redis_s = retry_redis_s
-        self._retry_at = 0.0
+        self._router = router
         self._local = LocalCounters()
         self._local_since: float | None = None
 
@@ -128,7 +125,6 @@ class Limits:
             await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
 
     def _go_local(self, reason: str) -> None:
-        self._retry_at = time.monotonic() + self._retry_redis_s
         if self._local_since is None:
             self._local_since = time.monotonic()
             log.warning("limiter_local", reason=reason, consequence="each session replica counts limits on its own until Redis answers")
@@ -145,16 +141,30 @@ class Limits:
             raise ServiceError(BAD_REQUEST, "invalid LimitRequest: window names must be unique - at `$.windows`")
         if self._script is None:
             self._go_local("no Redis is configured")
-        elif not self._redis_usable():
-            self._go_local("the session store found Redis down")
-        elif not self.local or time.monotonic() >= self._retry_at:
+            return self._local_hit(request)
+        reason = "the session store found Redis down"
+
+        async def on_redis() -> LimitResult:
+            nonlocal reason
             try:
                 result = await self._redis_hit(request)
             except (rex.RedisError, OSError, TimeoutError) as exc:
-                self._go_local(describe(exc))
-            else:
-                self._back_on_redis()
-                return result
+                reason = describe(exc)
+                mapped = classify(exc)
+                if isinstance(mapped, RedisUnavailable):
+                    raise mapped from exc  # an outage: the router serves every store from the fallback until Redis is back
+                self._go_local(reason)  # an error reply only the limiter gets: count this call here
+                return self._local_hit(request)
+            self._back_on_redis()
+            return result
+
+        async def on_fallback() -> LimitResult:
+            self._go_local(reason)
+            return self._local_hit(request)
+
+        return await self._router.call(on_redis, on_fallback)
+
+    def _local_hit(self, request: LimitRequest) -> LimitResult:
         return self._local.hit(request.key, request.windows, request.consume)
 
     async def _redis_hit(self, request: LimitRequest) -> LimitResult:

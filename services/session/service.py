@@ -19,8 +19,9 @@ from services.session.handlers import SessionHandlers
 from services.session.history import HistoryHandlers, HistoryLimits, HistoryStore
 from services.session.history_redis import HistoryRedis
 from services.session.limits import Limits
+from services.session.outage import OutageRouter
 from services.session.redis_store import RedisStore, create_client
-from services.session.store import Mode, SessionStore
+from services.session.store import SessionStore
 from shared.bus import Server, close, connect
 from shared.contracts import CONVERSATION_OPS, SESSION_CONNECTION_OPS, SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
@@ -47,21 +48,21 @@ async def open_fallback(nc: NATS, config: SessionConfig) -> Fallback:
         return MemoryFallback(config.memory_max_entries, config.lifetime_s)
 
 
-def build_store(config: SessionConfig, fallback: Fallback) -> SessionStore:
-    redis = None
-    if config.redis is not None:
-        redis = RedisStore(create_client(config.redis), key_prefix=config.key_prefix, lifetime_s=config.lifetime_s)
-        log.info(
-            "session_store",
-            store="redis",
-            target=config.redis.display,
-            tls=config.redis.tls,
-            source=config.redis.source,
-            key_prefix=config.key_prefix,
-            lifetime_s=config.lifetime_s,
-            fallback=fallback.name,
-        )
-    return SessionStore(redis, fallback)
+def session_redis(config: SessionConfig, fallback: Fallback) -> RedisStore | None:
+    """The sessions' Redis (also what the outage router probes), or None when none is configured."""
+    if config.redis is None:
+        return None
+    log.info(
+        "session_store",
+        store="redis",
+        target=config.redis.display,
+        tls=config.redis.tls,
+        source=config.redis.source,
+        key_prefix=config.key_prefix,
+        lifetime_s=config.lifetime_s,
+        fallback=fallback.name,
+    )
+    return RedisStore(create_client(config.redis), key_prefix=config.key_prefix, lifetime_s=config.lifetime_s)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class SessionService:
     config: SessionConfig
     nc: NATS
     store: SessionStore
+    router: OutageRouter
     server: Server
     subjects: Subjects
     accepting: bool = True
@@ -98,25 +100,28 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         nc = await connect(config.nats_url, "session")
         stack.push_async_callback(close, nc)
         fallback = await open_fallback(nc, config)
-        store = build_store(config, fallback)
-        # Before start(): a write-back of an earlier outage may begin there, and must find history's writer.
+        redis = session_redis(config, fallback)
+        router = OutageRouter(redis, fallback)
+        # Every store registers its write-back before start(): a write-back of an earlier outage may begin there.
+        store = SessionStore(redis, router)
         history_limits = HistoryLimits(config.conversation_lifetime_s, config.conversation_max_messages, config.conversation_max_message_bytes)
         history_redis = HistoryRedis(create_client(config.redis, max_connections=32), lifetime_s=config.conversation_lifetime_s) if config.redis else None
-        history = HistoryStore(history_redis, store, history_limits)
-        stack.push_async_callback(history.close)  # after the store's write-back task has stopped
-        connections = ConnectionStore(ConnectionsRedis(create_client(config.redis, max_connections=16)) if config.redis else None, store)
+        history = HistoryStore(history_redis, router, history_limits)
+        stack.push_async_callback(history.close)
+        connections = ConnectionStore(ConnectionsRedis(create_client(config.redis, max_connections=16)) if config.redis else None, router)
         stack.push_async_callback(connections.close)
         stack.push_async_callback(store.close)
-        await store.start()
+        stack.push_async_callback(router.close)  # first: stops the probe and write-back, which use both stores' Redis
+        await router.start()
 
-        limits = Limits(create_client(config.redis, max_connections=16) if config.redis else None, redis_usable=lambda: store.mode is not Mode.FALLBACK)
+        limits = Limits(create_client(config.redis, max_connections=16) if config.redis else None, router)
         stack.push_async_callback(limits.close)
         await limits.load()
 
         subjects = Subjects(config.subject_prefix)
         handlers = SessionHandlers(store)
         server = Server(nc)
-        service = SessionService(config, nc, store, server, subjects)
+        service = SessionService(config, nc, store, router, server, subjects)
         for subject, handler in (
             (subjects.session_get, handlers.get),
             (subjects.session_set, handlers.set),
@@ -136,7 +141,7 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
-        log.info("service_ready", store=store.name, degraded=store.degraded, subject_prefix=config.subject_prefix, ops_port=config.ops_port)
+        log.info("service_ready", store=router.name, degraded=router.degraded, subject_prefix=config.subject_prefix, ops_port=config.ops_port)
         yield service
     log.info("stopped")
 
