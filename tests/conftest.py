@@ -142,6 +142,7 @@ async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
     conn = await asyncpg.connect(databases.postgres)
     try:
         await conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+        await conn.execute(f'GRANT SET ON PARAMETER temp_file_limit TO "{role}"')  # as docs/query-account.md advises
         yield PostgresReader(role, with_account(databases.postgres, role, password), databases.postgres)
     finally:
         await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)

@@ -10,6 +10,7 @@ malformed reply is an `internal` error naming the field, never a KeyError in a h
 * QueryClient: `query.ping` (sources and dialects) and `query.schema` (describe_schema).
 * ConnectionsClient: users' own databases, `session.connection.*` (the records, passwords
   sealed) and `query.connection.*` (create, change, test: the query service opens them).
+* RecentClient: `session.recent.*`, a user's recent queries per source.
 
 The query stream (`query.execute`) has its own consumer, shared/stream.py, used by relay.py.
 The session maps themselves (a session's `data`, a patch's reply) stay open maps: they are
@@ -29,10 +30,12 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from services.gateway.sessions import new_sid
+from shared.access import DEFAULT_SOURCE, unknown_source
 from shared.bus import request, request_bytes
 from shared.codec import decode
 from shared.contracts import (
     MAX_SESSION_BATCH,
+    Caller,
     ConnectionChanges,
     ConnectionCreate,
     ConnectionDelete,
@@ -61,8 +64,12 @@ from shared.contracts import (
     LimitRequest,
     LimitResult,
     LimitWindow,
+    Ok,
     Ping,
     QueryPong,
+    RecentAdd,
+    RecentList,
+    RecentQueries,
     SchemaReply,
     SchemaRequest,
     SessionDelete,
@@ -75,7 +82,7 @@ from shared.contracts import (
     SessionSet,
     Subjects,
 )
-from shared.errors import INTERNAL, UNAVAILABLE, ServiceError
+from shared.errors import INTERNAL, UNAVAILABLE, UNKNOWN_SOURCE, ServiceError
 from shared.logging import current_request_id
 
 log = structlog.get_logger(__name__)
@@ -280,13 +287,42 @@ class QueryClient:
         """The configured sources, the default one, and each one's dialect."""
         return await _call(self._nc, self._subjects.query_ping, Ping(), QueryPong, timeout)
 
-    async def schema(self, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S, *, connection: ConnectionRef | None = None) -> SchemaReply:
-        """The `query.schema` reply for `source` (None: the default source) or the user's `connection`: an overview, or details of `tables`.
+    async def schema(self, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S, *, role: str | None = None, connection: ConnectionRef | None = None) -> SchemaReply:
+        """The `query.schema` reply for `source` (None: the default source) or the user's own `connection`: an overview,
+        or details of `tables`, as the database role `role` may read them (None: the source's account; docs/access.md).
 
-        Raises ServiceError: bad_request, unknown_source, query_timeout, unavailable, timeout.
+        Raises ServiceError: bad_request, unknown_source (naming only `source`), query_timeout, unavailable, timeout.
         """
-        request = SchemaRequest(None if connection else source, list(tables) if tables is not None else None, connection)
-        return await _call(self._nc, self._subjects.query_schema, request, SchemaReply, timeout)
+        if connection is not None:
+            return await _call(self._nc, self._subjects.query_schema, SchemaRequest(None, list(tables) if tables is not None else None, connection=connection), SchemaReply, timeout)
+        request = SchemaRequest(source, list(tables) if tables is not None else None, caller=Caller(role=role) if role else None)
+        try:
+            return await _call(self._nc, self._subjects.query_schema, request, SchemaReply, timeout)
+        except ServiceError as exc:
+            if exc.code == UNKNOWN_SOURCE:  # the query service lists every source; this user may not see them all
+                raise unknown_source(source or DEFAULT_SOURCE) from None
+            raise
+
+
+RECENT_DEFAULT_SOURCE = "default"
+"""The query service's name for the source used when a request names none."""
+
+
+class RecentClient:
+    """The gateway's client of `session.recent.*`: the last RECENT_MAX queries of a user per source."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, timeout: float) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._timeout = timeout
+
+    async def add(self, uid: str, source: str | None, sql: str) -> None:
+        """Record `sql` as the user's newest query on `source` (None: the default source)."""
+        await _call(self._nc, self._subjects.session_recent("add"), RecentAdd(uid, source or RECENT_DEFAULT_SOURCE, sql), Ok, self._timeout)
+
+    async def list(self, uid: str, source: str | None, limit: int) -> RecentQueries:
+        """The user's newest `limit` queries on `source` (None: the default source), newest first."""
+        return await _call(self._nc, self._subjects.session_recent("list"), RecentList(uid, source or RECENT_DEFAULT_SOURCE, limit), RecentQueries, self._timeout)
 
 
 CONNECTION_STORE_TIMEOUT_S = 3.0

@@ -14,10 +14,12 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.auth.identity import identity
+from services.gateway.access import visible_sources
+from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
 from services.gateway.sources import DIALECTS, user_connections
-from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
+from shared.errors import NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, ServiceError
+from shared.users import user_id
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """Where `make` (scripts/build_web.py) writes index.html and assets/."""
@@ -95,22 +97,39 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 
 async def auth_config(request: web.Request) -> web.Response:
-    """GET /auth/config: how the page signs in (no session needed); FIREBASE_WEB_CONFIG under firebase."""
+    """GET /auth/config: how the page signs in (no session needed); FIREBASE_WEB_CONFIG under firebase.
+
+    `chat` says whether a language model is configured (without one the page shows how to set one
+    up); `signed_in` whether the caller has a session, so that a signed-out page need not ask
+    /api/me for a 401 that the browser would log as a failed request.
+    """
     config = request.app[keys.CONFIG]
-    return web.json_response({"auth_mode": config.auth_mode, "firebase": config.firebase_web}, headers={"Cache-Control": "no-store"})
+    try:
+        await current_session(request)
+        signed_in = True
+    except ServiceError as exc:
+        if exc.code != UNAUTHORIZED:
+            raise
+        signed_in = False
+    body = {"auth_mode": config.auth_mode, "firebase": config.firebase_web, "chat": bool(config.llm_base_url), "signed_in": signed_in}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def sources(http_request: web.Request) -> web.Response:
-    """GET /api/sources: the query sources with their dialects, the caller's own connections, and the default (needs a session)."""
-    who = await identity(http_request)
+    """GET /api/sources: the sources this user may use (ACCESS_POLICY), with their dialects and the database
+    role each is used with (null: the source's own account), the user's own databases, and the default (needs a session)."""
+    _, session = await current_session(http_request)
     reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
-    listed = [{"name": name, "dialect": reply.dialects.get(name), "kind": "operator"} for name in reply.sources]
-    if reply.connections:
-        own = await user_connections(http_request.app, who.uid)
+    grants = visible_sources(http_request.app[keys.CONFIG], session, reply.sources)
+    listed = [{"name": name, "dialect": reply.dialects.get(name), "role": grant.role, "kind": "operator"} for name, grant in grants.items()]
+    uid = user_id(session)
+    if reply.connections and uid:
+        own = await user_connections(http_request.app, uid)
         names = {record.name for record in own}
         listed = [item for item in listed if item["name"] not in names]  # the user's own connection wins a name (services/gateway/sources.py)
-        listed += [{"name": record.name, "dialect": DIALECTS[record.dialect], "kind": "connection", "id": record.id} for record in own]
-    return web.json_response({"sources": listed, "default": reply.default, "connections": reply.connections})
+        listed += [{"name": record.name, "dialect": DIALECTS[record.dialect], "role": None, "kind": "connection", "id": record.id} for record in own]
+    default = reply.default if reply.default in grants else None
+    return web.json_response({"sources": listed, "default": default, "connections": reply.connections})
 
 
 def setup(app: web.Application) -> None:

@@ -13,10 +13,10 @@ import orjson
 
 from services.query.connections.address import IPNetwork, parse_networks, parse_ports
 from services.query.connections.seal import Keyring
+from shared.access import DEFAULT_SOURCE, parse_policy
 from shared.config import ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
 from shared.errors import ConfigError
 
-DEFAULT_SOURCE = "default"
 PREVIEW_ROWS = 5
 SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
@@ -37,6 +37,16 @@ def _chunk_bytes(name: str, raw: str) -> int:
     if value > MAX_CHUNK_BYTES:
         raise ConfigError(f"{name} must be at most {MAX_CHUNK_BYTES} (NATS messages are capped at 1 MB), got {value}")
     return value
+
+
+_PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
+
+
+def pg_memory(name: str, value: str, off: str | None = None) -> str:
+    """The variable `name`'s value, checked to be a PostgreSQL memory size as the server writes it (`64MB`, `512kB`, `1GB`; bare numbers are kB)."""
+    if value == off or _PG_MEMORY.match(value):
+        return value
+    raise ConfigError(f"{name} must be a PostgreSQL memory size such as 64MB, 512kB or 1GB{f' (or {off} for no limit)' if off else ''}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +74,12 @@ class QueryConfig(ServiceSettings):
     max_row_bytes: int = setting("QUERY_MAX_ROW_BYTES", 1024 * 1024, "a row larger than this many bytes ends the query with an error before it is read", minimum=1024)
     max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is refused with code busy (HTTP 503)", minimum=1)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
+    # Server-side bounds per statement (docs/query-guard.md#server-side-resources).
+    pg_work_mem: str = setting("QUERY_PG_WORK_MEM", "4MB", "PostgreSQL work_mem set for every statement (memory units as the server writes them)", parse=pg_memory)
+    pg_temp_file_limit: str = setting(
+        "QUERY_PG_TEMP_FILE_LIMIT", "1GB", "PostgreSQL temp_file_limit set for every statement when the role may set it; -1 sets none", parse=lambda n, raw: pg_memory(n, raw, off="-1")
+    )
+    mysql_max_mem_bytes: int = setting("QUERY_MYSQL_MAX_MEM_BYTES", 256 * 1024 * 1024, "MariaDB max_session_mem_used set for every statement, in bytes", minimum=8192)
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = setting(
         "QUERY_ALLOWED_FUNCTIONS",
         MappingProxyType({}),
@@ -92,6 +108,14 @@ class QueryConfig(ServiceSettings):
     max_pools: int = setting("QUERY_MAX_POOLS", 100, "users' connection pools open in this replica; the least recently used idle one is closed first", minimum=1)
     pool_idle_s: float = setting("QUERY_POOL_IDLE_S", 300.0, "a user's pool unused this long is closed", minimum=0.05)
     max_concurrent_per_user: int = setting("QUERY_MAX_CONCURRENT_PER_USER", 4, "queries and schema reads one user runs at once on their own connections, in this replica", minimum=1)
+    roles: Mapping[str, tuple[str, ...]] = setting(
+        "ACCESS_POLICY",
+        MappingProxyType({}),
+        "the gateway's access policy (docs/access.md): each database role it names for a source is checked when that source opens",
+        parse=lambda name, raw: _policy_roles(name, raw),
+        shown="",
+    )
+    allow_activity_views: bool = setting("QUERY_ALLOW_ACTIVITY_VIEWS", False, "let queries read views of other sessions' SQL (pg_stat_activity, the processlists)")
 
     def __post_init__(self) -> None:
         if self.max_cell_bytes > self.max_row_bytes:
@@ -120,6 +144,12 @@ class QueryConfig(ServiceSettings):
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
         return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample)
+
+
+def _policy_roles(name: str, raw: str) -> Mapping[str, tuple[str, ...]]:
+    """ACCESS_POLICY's database roles per source."""
+    policy = parse_policy(raw, name)
+    return MappingProxyType({source: roles for source in policy.rules if (roles := policy.roles(source))})
 
 
 def parse_sources(raw: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
-from shared.contracts import QUERY_OPEN_TIMEOUT_S, QUERY_START_TIMEOUT_S, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
+from shared.contracts import QUERY_OPEN_TIMEOUT_S, QUERY_START_TIMEOUT_S, Caller, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
     BUSY,
     INTERNAL,
@@ -130,6 +130,7 @@ class QueryHandlers:
         engine = self._sources.resolve(req.source)
         progress.source = engine.name
         progress.dialect = engine.dialect
+        self._sources.check_caller(engine, req.caller)
         # Opened first: the guard asks the source's function catalog about every call. Bounded,
         # so that the gateway, which waits QUERY_START_TIMEOUT_S for this reply, gets this one.
         try:
@@ -150,7 +151,7 @@ class QueryHandlers:
             engine = await self._engine(req, progress)
             policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()) if engine.owner is None else frozenset())
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
-            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy)
+            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy, self._config.max_cell_bytes, allow_activity_views=self._config.allow_activity_views)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
             # Checked with no await between here and create_task, so the cap holds exactly.
@@ -163,7 +164,9 @@ class QueryHandlers:
             if isinstance(exc, ServiceError):
                 self._record_failure(progress, exc)
             raise
-        task = asyncio.create_task(self._stream(engine, sql, producer, progress))
+        # A user's own database runs as the account they gave: ACCESS_POLICY roles are the operator's sources' (docs/connections.md).
+        caller = req.caller if engine.owner is None else None
+        task = asyncio.create_task(self._stream(engine, sql, caller, producer, progress))
         self._streams.add(task)
         metrics.STREAMS_IN_FLIGHT.inc()
         task.add_done_callback(lambda done: self._stream_done(done, engine))
@@ -187,10 +190,10 @@ class QueryHandlers:
         if pending:
             await asyncio.wait(pending, timeout=10)
 
-    async def _stream(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+    async def _stream(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         """Run the query to its end, unless the client cancels (which can come while the database
         works, with no send to notice it) or the service shuts down; publish how it ended."""
-        work = asyncio.create_task(self._run_timed(engine, sql, producer, progress))
+        work = asyncio.create_task(self._run_timed(engine, sql, caller, producer, progress))
         gone = asyncio.create_task(producer.cancelled.wait())
         stopped: str | None = None
         try:
@@ -233,18 +236,18 @@ class QueryHandlers:
             metrics.QUERIES.labels(progress.source, INTERNAL).inc()
             await producer.fail(ServiceError(INTERNAL, "internal error in the query service; see its log"))
 
-    async def _run_timed(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+    async def _run_timed(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         try:
             async with asyncio.timeout(self._config.timeout_s):
-                await self._run(engine, sql, producer, progress)
+                await self._run(engine, sql, caller, producer, progress)
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, timeout_message(self._config.timeout_s)) from None
 
-    async def _run(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+    async def _run(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         config = self._config
         if engine.owner is None:
             await self._sources.open(engine)
-        async with engine.query(sql, config.timeout_s) as cursor:
+        async with engine.query(sql, config.timeout_s, caller) as cursor:
             first = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
             encoder = RowEncoder(cursor.columns)
             columns = [ColumnInfo(column.name, column.type) for column in cursor.columns]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,9 @@ import structlog
 
 from services.gateway.chat import prompt
 from services.gateway.clients import QueryClient
+from shared.access import Grant, unknown_source
 from shared.contracts import ConnectionRef, SchemaReply
-from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
+from shared.errors import UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
 
@@ -47,34 +48,44 @@ class _Entry:
         return self.complete and now < self.fetched + CACHE_S + STALE_S
 
 
+_Key = tuple[str, str | None]
+"""A source and the database role its schema is read as (ACCESS_POLICY)."""
+
+
 class PromptContext:
-    """System prompts per source, fetched over NATS at most every CACHE_S."""
+    """System prompts per source and role, fetched over NATS at most every CACHE_S; each lists only the caller's sources."""
 
     def __init__(self, query: QueryClient, schema_max_chars: int) -> None:
         self._query = query
         self._schema_max_chars = schema_max_chars
-        self._entries: dict[str | None, _Entry] = {}
-        self._renewing: dict[str | None, asyncio.Task[None]] = {}
+        self._entries: dict[_Key, _Entry] = {}
+        self._renewing: dict[_Key, asyncio.Task[None]] = {}
 
-    async def system_prompt(self, source: str | None, own: Mapping[str, str] | None = None, connection: ConnectionRef | None = None) -> str:
-        """The system message for a turn on `source` (None: the default); bad_request for an unknown source.
+    async def system_prompt(
+        self, grant: Grant | None, visible: Callable[[Sequence[str]], Collection[str]], own: Mapping[str, str] | None = None, connection: ConnectionRef | None = None, source: str | None = None
+    ) -> str:
+        """The system message for a turn on the granted source; `visible` picks the sources this user may use.
 
-        `own`: the user's own connections (name -> dialect), listed too; `connection`: the one
-        `source` names, whose schema overview is then read for this turn (never cached across users).
-        """
+        `own`: the user's own databases (name -> dialect), listed too; with `connection`, the turn is on
+        the own database named `source` (`grant` None), whose overview is read for it, never cached.
+        unknown_source when the source does not exist."""
         if connection is not None:
-            return await self._own_prompt(source or "", own or {}, connection)
-        entry = self._entries.get(source)
+            return await self._own_prompt(source or "", visible, own or {}, connection)
+        assert grant is not None
+        key = (grant.source, grant.role)
+        entry = self._entries.get(key)
         now = time.monotonic()
         if entry is None or not entry.usable(now):
-            entry = await self._fetch(source)
-        elif not entry.fresh(now) and source not in self._renewing:
-            self._renewing[source] = asyncio.create_task(self._renew(source))
-        if source is not None and source not in entry.sources:
-            raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join([*entry.sources, *(own or {})])}")
-        return prompt.system_prompt(entry.dialects, entry.default, entry.schema, self._schema_max_chars, own)
+            entry = await self._fetch(key)
+        elif not entry.fresh(now) and key not in self._renewing:
+            self._renewing[key] = asyncio.create_task(self._renew(key))
+        if grant.source not in entry.sources:
+            raise unknown_source(grant.source)
+        shown = visible(entry.sources)
+        sources = {name: entry.dialects.get(name, "") for name in entry.sources if name in shown and name not in (own or {})}
+        return prompt.system_prompt(sources, entry.default, entry.schema, self._schema_max_chars, own)
 
-    async def _own_prompt(self, source: str, own: Mapping[str, str], connection: ConnectionRef) -> str:
+    async def _own_prompt(self, source: str, visible: Callable[[Sequence[str]], Collection[str]], own: Mapping[str, str], connection: ConnectionRef) -> str:
         ping, overview = await asyncio.gather(
             self._query.ping(TIMEOUT_S),
             self._query.schema(source, None, TIMEOUT_S, connection=connection),
@@ -85,7 +96,8 @@ class PromptContext:
         schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
         if schema is None:
             log.warning("chat_schema_unavailable", source="connection", error=getattr(overview, "message", type(overview).__name__))
-        operator = {name: str(ping.dialects.get(name, "")) for name in ping.sources if name not in own}
+        shown = visible(ping.sources)
+        operator = {name: str(ping.dialects.get(name, "")) for name in ping.sources if name in shown and name not in own}
         return prompt.system_prompt(operator, source, schema, self._schema_max_chars, own)
 
     async def close(self) -> None:
@@ -94,22 +106,24 @@ class PromptContext:
             task.cancel()
         await asyncio.gather(*self._renewing.values(), return_exceptions=True)
 
-    async def _renew(self, source: str | None) -> None:
+    async def _renew(self, key: _Key) -> None:
+        source = key[0]
         try:
-            entry = await self._fetch(source)
-            if source is not None and source not in entry.sources:  # the source is gone: refuse it from now on
-                self._entries.pop(source, None)
+            entry = await self._fetch(key)
+            if source not in entry.sources:  # the source is gone: refuse it from now on
+                self._entries.pop(key, None)
         except ServiceError as exc:  # the kept prompt serves until STALE_S; then turns wait, and fail, on their own
             log.warning("chat_context_renewal_failed", source=source, error=exc.message)
         except Exception:
             log.exception("chat_context_renewal_failed", source=source)
         finally:
-            self._renewing.pop(source, None)
+            self._renewing.pop(key, None)
 
-    async def _fetch(self, source: str | None) -> _Entry:
+    async def _fetch(self, key: _Key) -> _Entry:
+        source, role = key
         ping, overview = await asyncio.gather(
             self._query.ping(TIMEOUT_S),
-            self._query.schema(source, None, TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S, role=role),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
@@ -122,6 +136,6 @@ class PromptContext:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
         entry = _Entry(time.monotonic(), names, {name: str(dialects.get(name, "")) for name in names}, default, schema, complete=schema is not None)
-        if source is None or source in names:
-            self._entries[source] = entry
+        if source in names:
+            self._entries[key] = entry
         return entry

@@ -22,7 +22,9 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.auth.identity import caller_uid
+from services.gateway.access import caller, source_grant, visible_sources
+from services.gateway.audit import query_audit
+from services.gateway.auth.identity import caller_uid, identity
 from services.gateway.chat import chat_request, metrics, persist, prompt, tools
 from services.gateway.chat.chat_request import ChatRequest
 from services.gateway.chat.context import PromptContext
@@ -96,22 +98,25 @@ class Turn:
     messages: list[dict[str, Any]]
     dropped: int
     limit: LimitResult
-    # The caller's own databases by name (services/gateway/sources.py).
+    session: dict[str, Any]
+    """Who asks: their sources, roles and audit events (services/gateway/access.py)."""
     connections: dict[str, ConnectionRef]
+    """The caller's own databases by name (services/gateway/sources.py)."""
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """POST /api/chat: one assistant turn as a UI message stream."""
-    uid = await caller_uid(request)
+    who = await identity(request)
+    uid = who.uid
     model = configured_model(request.app)
     body = await parse(request)
-    system, stored, connections = await load_context(request.app, uid, body)
+    system, stored, connections = await load_context(request.app, uid, body, who.session)
     limit = await admit(request.app, uid)
     if not limit.allowed:
         return quota_refusal(limit)
     turns = chat_request.to_model_messages(stored.messages)
     kept, dropped = chat_request.fit_history(turns, request.app[keys.CONFIG].llm_history_max_chars)
-    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, connections)
+    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, who.session, connections)
     return await run(request, model, turn)
 
 
@@ -130,17 +135,21 @@ async def parse(request: web.Request) -> ChatRequest:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
 
 
-async def load_context(app: web.Application, uid: str, body: ChatRequest) -> tuple[str, persist.TurnHistory, dict[str, ConnectionRef]]:
-    """The system prompt, the stored history, and the caller's own databases by name.
+async def load_context(app: web.Application, uid: str, body: ChatRequest, session: dict[str, Any]) -> tuple[str, persist.TurnHistory, dict[str, ConnectionRef]]:
+    """The system prompt (listing only the caller's sources and own databases), the stored history, and the own databases by name.
 
-    The prompt and the history refuse before the quota counts the turn: an unknown source (the
-    prompt is usually kept, so costs nothing) and a full conversation (a load).
+    Both refuse before the quota counts the turn: an unknown source or one the caller may not
+    use (the prompt is usually kept, so costs nothing) and a full conversation (a load).
     """
+    config = app[keys.CONFIG]
     own = await own_connections(app, uid)
     refs = {record.name: ConnectionRef(uid, record.id) for record in own}
     dialects = {record.name: DIALECTS[record.dialect] for record in own}
+    connection = refs.get(body.source or "")
+    # The caller's own database is theirs to use (services/gateway/sources.py); an operator's source needs a grant.
+    grant = source_grant(config, session, body.source) if connection is None else None
     system, stored = await asyncio.gather(
-        app[CONTEXT].system_prompt(body.source, dialects, refs.get(body.source or "")),
+        app[CONTEXT].system_prompt(grant, lambda names: visible_sources(config, session, names), dialects, connection, body.source),
         persist.prepare(app[keys.HISTORY], uid, body, app[keys.CONFIG].llm_history_max_chars),
     )
     return system, stored, refs
@@ -179,7 +188,21 @@ async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.Strea
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], app[keys.QUERY], ui, turn.body.source, config.stream_idle_s, alive, turn.connections, prompt.tools_for(list(turn.connections)))
+    session = turn.session
+    ctx = tools.ToolContext(
+        app[keys.NATS_CLIENT],
+        app[keys.SUBJECTS],
+        app[keys.QUERY],
+        ui,
+        turn.body.source,
+        config.stream_idle_s,
+        alive,
+        grant_for=lambda source: source_grant(config, session, source),
+        caller_for=lambda grant: caller(session, grant),
+        audit=lambda source, sql: query_audit(app, session, source, sql, conversation_id=turn.body.id, model=model.model, turn=ui.message_id),
+        connections=turn.connections,
+        tools=prompt.tools_for(list(turn.connections)),
+    )
     stats = TurnStats()
     started = time.monotonic()
     try:

@@ -12,6 +12,7 @@ from services.query.guard import FunctionName, FunctionPolicy, default_policy
 from services.query.privileges import Account
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits
+from shared.contracts import Caller
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class EngineSettings:
     connect_timeout_s: float = 10.0
     # QUERY_MAX_CELL_BYTES / QUERY_MAX_ROW_BYTES, checked as the rows arrive (services/query/wire.py).
     limits: ByteLimits = field(default_factory=ByteLimits)
+    # Server-side bounds per statement (QUERY_PG_WORK_MEM, QUERY_PG_TEMP_FILE_LIMIT, QUERY_MYSQL_MAX_MEM_BYTES).
+    pg_work_mem: str = "4MB"
+    pg_temp_file_limit: str = "1GB"
+    mysql_max_mem_bytes: int = 256 * 1024 * 1024
 
 
 def timeout_message(timeout_s: float) -> str:
@@ -88,17 +93,22 @@ class Engine(ABC):
         """The database server's version (after `open`)."""
         return ""
 
+    async def role_findings(self, role: str) -> list[str]:
+        """Why the account may not run statements as the ACCESS_POLICY role `role` (not granted, or it can
+        do more than read), one phrase each; empty when it may (docs/access.md)."""
+        return [f"role {role!r}: a {self.dialect} source has no database roles"]
+
     def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
         """Which functions the guard lets a query on this source call; `allowed` is the operator's additions."""
         return default_policy(self.dialect, allowed)
 
     @abstractmethod
-    def query(self, sql: str, timeout_s: float) -> AbstractAsyncContextManager[Cursor]:
-        """Run `sql` read-only and yield its cursor (see the class docstring)."""
+    def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AbstractAsyncContextManager[Cursor]:
+        """Run `sql` read-only, as `caller`'s role where it has one, and yield its cursor (see the class docstring)."""
 
-    async def iterate(self, sql: str, timeout_s: float, batch: int = 10_000) -> AsyncIterator[Sequence[Any]]:
+    async def iterate(self, sql: str, timeout_s: float, batch: int = 10_000, caller: Caller | None = None) -> AsyncIterator[Sequence[Any]]:
         """Every row of `sql`, for tests and tools."""
-        async with self.query(sql, timeout_s) as cursor:
+        async with self.query(sql, timeout_s, caller) as cursor:
             while rows := await cursor.fetch(batch):
                 for row in rows:
                     yield row

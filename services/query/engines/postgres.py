@@ -21,10 +21,11 @@ from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.engines.pg_codecs import decode_char, install_codecs
 from services.query.guard import FunctionName, FunctionPolicy, PgCatalog, PgPolicy
-from services.query.privileges import Account, postgres_account
+from services.query.privileges import Account, postgres_account, postgres_role_findings
 from services.query.values import Column
 from services.query.wire import WireGuard, install
 from shared.bus import redact_url
+from shared.contracts import Caller
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -62,6 +63,18 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     # state, so nothing a query did reaches the next one. The pool has already rolled
     # back; with statement_cache_size=0 asyncpg holds no statement DISCARD could drop.
     await conn.execute("DISCARD ALL")
+
+
+async def act_as(conn: asyncpg.Connection, caller: Caller | None) -> None:
+    """Inside the read-only transaction: SET LOCAL ROLE to the caller's role (so its table, column and
+    row privileges apply), and the dbgenie.user_id / dbgenie.email settings that RLS policies read.
+    All three end with the transaction (docs/access.md)."""
+    if caller is None:
+        return
+    if caller.role is None:
+        await conn.fetchrow("SELECT set_config('dbgenie.user_id', $1, true), set_config('dbgenie.email', $2, true)", caller.user_id, caller.email)
+    else:
+        await conn.fetchrow("SELECT set_config('dbgenie.user_id', $1, true), set_config('dbgenie.email', $2, true), set_config('role', $3, true)", caller.user_id, caller.email, caller.role)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -106,6 +119,8 @@ class PostgresEngine(Engine):
         # Read from pg_proc when the pool opens: the guard's allow rule asks it about every call.
         self.catalog: PgCatalog | None = None
         self._policy: PgPolicy | None = None
+        # temp_file_limit is a superuser setting: a reader sets it only when granted SET on it (PostgreSQL 15+).
+        self._temp_file_limit_settable = False
 
     async def open(self) -> None:
         self._pool = asyncpg.create_pool(
@@ -123,11 +138,18 @@ class PostgresEngine(Engine):
         try:
             async with self._pool.acquire() as conn:
                 self.catalog = await PgCatalog.load(conn)
+                self._temp_file_limit_settable = await _may_set_temp_file_limit(conn)
         except BaseException:
             await self.close()
             raise
         self._policy = None
         log.info("function_catalog_loaded", source=self.name, functions=len(self.catalog.functions))
+        if not self._temp_file_limit_settable and self.settings.pg_temp_file_limit != "-1":
+            log.warning(
+                "pg_temp_file_limit_not_settable",
+                source=self.name,
+                hint="GRANT SET ON PARAMETER temp_file_limit TO the source's role (docs/query-account.md); until then a query's temporary files are bounded only by its time",
+            )
 
     def connect_with(self, *, host: str, port: int, user: str, password: str, database: str, ssl: Any) -> None:
         """Connect with these arguments instead of the URL (a user's connection: `host` is the checked address)."""
@@ -161,8 +183,14 @@ class PostgresEngine(Engine):
         async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
             return await asyncio.wait_for(postgres_account(conn), self.settings.connect_timeout_s)
 
+    async def role_findings(self, role: str) -> list[str]:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            return await asyncio.wait_for(postgres_role_findings(conn, role), self.settings.connect_timeout_s)
+
     @asynccontextmanager
-    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+    async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         if self._pool is None:
             raise ServiceError(UNAVAILABLE, "the query service is shutting down")
         try:
@@ -171,11 +199,11 @@ class PostgresEngine(Engine):
             raise ServiceError(UNAVAILABLE, f"no connection to source {self.name!r} came free in time") from None
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
             raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
-        ms = max(1, int(timeout_s * 1000))
         guard = install(conn._transport, self.settings.limits, mysql=False)
         try:
             try:
-                await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
+                await conn.execute(f"BEGIN READ ONLY; {self.statement_settings(timeout_s)}")
+                await act_as(conn, caller)
                 statement = await conn.prepare(sql)
                 if not statement.get_attributes():
                     # COPY, SET, COMMIT, DO, CALL...: refused before they run, whatever the guard said.
@@ -186,6 +214,18 @@ class PostgresEngine(Engine):
             yield PostgresCursor(self, statement, cursor, timeout_s, guard)
         finally:
             await asyncio.shield(self._release(conn))
+
+    def statement_settings(self, timeout_s: float) -> str:
+        """The settings every statement runs under, SET LOCAL so that they end with its transaction: time, memory, temp files."""
+        ms = max(1, int(timeout_s * 1000))
+        settings = [
+            f"SET LOCAL statement_timeout = {ms}",
+            f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}",
+            f"SET LOCAL work_mem = '{self.settings.pg_work_mem}'",
+        ]
+        if self._temp_file_limit_settable and self.settings.pg_temp_file_limit != "-1":
+            settings.append(f"SET LOCAL temp_file_limit = '{self.settings.pg_temp_file_limit}'")
+        return "; ".join(settings)
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
@@ -223,19 +263,28 @@ class PostgresEngine(Engine):
             return ServiceError(QUERY_FAILED, _text(exc))
         return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
-        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)]
+        rows = self.iterate(_PG_TABLES, timeout_s, caller=caller)
+        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in rows]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         oids = catalog.id_list([t.key for t in picked])
-        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
+        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s, caller=caller)]
         foreign_keys = []
         if wanted is not None:
-            async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):
+            async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s, caller=caller):
                 foreign_keys.append((oid, from_columns, catalog.qualified(schema, name, home), to_columns))
         return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
+
+
+async def _may_set_temp_file_limit(conn: asyncpg.Connection) -> bool:
+    """Whether this role may SET temp_file_limit: a superuser, or (PostgreSQL 15+) one granted SET on it."""
+    try:
+        return bool(await conn.fetchval("SELECT current_setting('is_superuser') = 'on' OR has_parameter_privilege('temp_file_limit', 'SET')"))
+    except asyncpg.UndefinedFunctionError:  # before PostgreSQL 15 only a superuser may
+        return bool(await conn.fetchval("SELECT current_setting('is_superuser') = 'on'"))
 
 
 # Catalog queries of `describe`. Only what the role can SELECT (the table, or some of its

@@ -23,6 +23,7 @@ from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits, cell_error, fetch_error, row_error
+from shared.contracts import Caller
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -229,7 +230,7 @@ class SqliteEngine(Engine):
             handle.close()
 
     @asynccontextmanager
-    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+    async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         loop = asyncio.get_running_loop()
         async with self._slots:
             handle = _Handle(self.path, timeout_s, self.settings.limits)
@@ -244,7 +245,7 @@ class SqliteEngine(Engine):
                 self._handles.discard(handle)
                 await asyncio.shield(self._finish(handle))
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from sqlite_master and the table_info pragmas.
 
         Read on a query's handle (read-only file, query_only, the query authorizer plus these
