@@ -33,7 +33,7 @@ def http_ok(url: str) -> bool:
 
 @contextmanager
 def running_stack(sources: dict[str, str], sample_path: Path, query_env: dict[str, str] | None = None, **gateway_env: str) -> Iterator[Stack]:
-    """Start the stack with `sources` as QUERY_SOURCES (dev auth, 300 s query timeout, `query_env` added); stop it all afterwards.
+    """Start the stack with `sources` as QUERY_SOURCES (dev auth, 300 s query timeout, plus `query_env`); stop it all afterwards.
 
     The caller waits for the gateway (`http_ok(f"{stack.base_url}/healthz")`) in whichever way suits its loop.
     """

@@ -16,31 +16,60 @@ import pytest
 
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 
+# Every image the testcontainers fixtures start, and testcontainers' own reaper unless it is turned off.
+IMAGES = {"redis": "redis:7-alpine", "nats": "nats:2.10-alpine", "postgres": "postgres:16-alpine", "mariadb": "mariadb:11"}
 
-def _docker_engine_answers() -> bool:
+
+def _images_needed() -> list[str]:
+    from testcontainers.core.config import testcontainers_config
+
+    return [*IMAGES.values(), *([] if testcontainers_config.ryuk_disabled else [testcontainers_config.ryuk_image])]
+
+
+def choose_infra() -> tuple[str, str | None]:
+    """("testcontainers", None) when a Docker engine answers and has (or can pull) every image; else ("local", why not).
+
+    The reason is None when no Docker engine is configured or answers at all, and a one-line
+    warning when one answered but an image could not be had.
+    """
     if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
-        return False
+        return "local", None
     client = None
     try:
         import docker
+        from docker.errors import ImageNotFound
 
-        client = docker.from_env(timeout=3)
+        client = docker.from_env(timeout=10)
         client.ping()
-        return True
     except Exception:
-        return False
-    finally:
         if client is not None:
             client.close()
+        return "local", None
+    image = ""
+    try:
+        for image in _images_needed():
+            try:
+                client.images.get(image)
+            except ImageNotFound:
+                client.images.pull(image)
+        return "testcontainers", None
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        return "local", f"WARNING: a Docker engine answered but the image {image} cannot be had ({reason}); the tests use local servers instead"
+    finally:
+        client.close()
 
 
-INFRA = "testcontainers" if _docker_engine_answers() else "local"
+INFRA, INFRA_WARNING = choose_infra()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     if INFRA == "testcontainers":
-        return "servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"
-    return "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
+        return ["servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"]
+    local = "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB at TEST_POSTGRES_URL / TEST_MYSQL_URL"
+    if INFRA_WARNING:
+        return [INFRA_WARNING, local]
+    return [local + " (no Docker engine answered)"]
 
 
 @dataclass
@@ -58,7 +87,7 @@ def infra() -> Iterator[Infra]:
         from testcontainers.community.redis import RedisContainer
         from testcontainers.core.container import DockerContainer
 
-        with RedisContainer("redis:7-alpine") as redis, DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222) as nats:
+        with RedisContainer(IMAGES["redis"]) as redis, DockerContainer(IMAGES["nats"]).with_command("-js").with_exposed_ports(4222) as nats:
             from testcontainers.core.waiting_utils import wait_for_logs
 
             wait_for_logs(nats, "Server is ready")
@@ -92,7 +121,7 @@ def databases() -> Iterator[Databases]:
         from testcontainers.community.mysql import MySqlContainer
         from testcontainers.community.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:16-alpine", driver=None) as pg, MySqlContainer("mariadb:11", username="root", password="test") as my:
+        with PostgresContainer(IMAGES["postgres"], driver=None) as pg, MySqlContainer(IMAGES["mariadb"], username="root", password="test") as my:
             dbs = Databases("testcontainers", pg.get_connection_url(), my.get_connection_url())
             print(f"\n[databases] testcontainers: PostgreSQL and MariaDB ({dbs.postgres}, {dbs.mysql})")
             yield dbs

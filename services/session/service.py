@@ -20,6 +20,7 @@ from services.session.history import HistoryHandlers, HistoryLimits, HistoryStor
 from services.session.history_redis import HistoryRedis
 from services.session.limits import Limits
 from services.session.outage import OutageRouter
+from services.session.recent import RecentStore
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import SessionStore
 from shared.bus import Server, close, connect
@@ -118,6 +119,9 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         stack.push_async_callback(limits.close)
         await limits.load()
 
+        recent = RecentStore(create_client(config.redis, max_connections=8) if config.redis else None, router, lifetime_s=config.conversation_lifetime_s)
+        stack.push_async_callback(recent.close)
+
         subjects = Subjects(config.subject_prefix)
         handlers = SessionHandlers(store)
         server = Server(nc)
@@ -129,6 +133,8 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
             (subjects.session_delete, handlers.delete),
             (subjects.session_ping, handlers.ping),
             (subjects.session_limit, limits.handle),
+            (subjects.session_recent("add"), recent.add),
+            (subjects.session_recent("list"), recent.list),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
         await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
