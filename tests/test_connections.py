@@ -119,7 +119,7 @@ async def test_reader_connects_and_queries_run_on_it(system: System, infra: Infr
         assert [c["id"] for c in (await response.json())["connections"]] == [body["id"]]
     async with client.get("/api/sources") as response:
         sources = (await response.json())["sources"]
-    assert {"name": "mine", "dialect": "postgres", "kind": "connection", "id": body["id"]} in sources
+    assert {"name": "mine", "dialect": "postgres", "role": None, "kind": "connection", "id": body["id"]} in sources
 
     response, parts = await run_query(client, f"SELECT name, moons FROM {pg_schema}.planets ORDER BY name", source="mine")
     assert response.status == 200
@@ -151,7 +151,7 @@ async def test_a_chat_turn_runs_on_the_users_connection(system: System, pg_reade
             async with browser(url) as eve:
                 await login(eve, email=f"eve-{uuid.uuid4().hex[:8]}@example.com")
                 refused = await post_chat(eve, [user_message("And for me?")], source="chatdb")
-                assert refused.status == 400 and "unknown source 'chatdb'" in refused.body["error"]["message"]
+                assert refused.status == 404 and "unknown source 'chatdb'" in refused.body["error"]["message"]
     finally:
         await fake.stop()
     first = fake.requests[0]
@@ -245,10 +245,10 @@ async def test_another_users_connection_is_not_found(system: System, ada: tuple[
                 assert response.status == 404, (method, path, await response.text())
         async with eve.get("/api/connections") as response:
             assert (await response.json())["connections"] == []
-        response, parts = await run_query(eve, f"SELECT * FROM {pg_schema}.planets", source="private")
-        assert "unknown source 'private'" in error_of(parts)
+        async with eve.post("/api/query", json={"sql": f"SELECT * FROM {pg_schema}.planets", "source": "private"}) as response:
+            assert response.status == 404 and "unknown source 'private'" in (await response.json())["error"]["message"]
         async with eve.get("/api/schema", params={"source": "private"}) as response:
-            assert response.status == 422
+            assert response.status == 404
     async with client.get(f"/api/connections/{connection}") as response:
         assert response.status == 200 and (await response.json())["name"] == "private"
 
@@ -271,8 +271,8 @@ async def test_rename_and_delete(system: System, infra: Infra, ada: tuple[aiohtt
     # The broadcast reached the query replica, which closed the pool (the delete answers before that may happen).
     query.wait_for_line(lambda line: '"user_pool_closed"' in line and body["id"] in line, timeout=10)
     assert len(query.events("user_pool_closed")) == closed_before + 1
-    response, parts = await run_query(client, "SELECT 1", source="new")
-    assert "unknown source 'new'" in error_of(parts)
+    async with client.post("/api/query", json={"sql": "SELECT 1", "source": "new"}) as response:
+        assert response.status == 404 and "unknown source 'new'" in (await response.json())["error"]["message"]
 
 
 async def test_the_limit_per_user_is_checked_before_connecting_anywhere(system: System, infra: Infra, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader) -> None:

@@ -107,6 +107,9 @@ def tools_for(own_sources: Sequence[str]) -> list[dict[str, Any]]:
     named = ", ".join(own_sources)
     out = []
     for tool in TOOLS:
+        if "source" not in tool["function"].get("parameters", {}).get("properties", {}):
+            out.append(tool)
+            continue
         function = dict(tool["function"])
         parameters = dict(function["parameters"])
         properties = dict(parameters["properties"])
