@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncmy
 import asyncpg
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
+from services.query.config import QueryConfig
+from services.query.service import QueryService
+from services.query.service import create_service as create_query_service
+from services.session.config import SessionConfig
+from services.session.service import SessionService
+from services.session.service import create_service as create_session_service
+from shared.contracts import Subjects
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 
 # Every image the testcontainers fixtures start, and testcontainers' own reaper unless it is turned off.
@@ -299,6 +308,59 @@ def running_system(infra: Infra, tag: str, start: tuple[str, ...] = ("session", 
     finally:
         codes = system.stop()
     assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
+@dataclass
+class InProcess:
+    """Session and query services running in this test process, by their own factories, under one subject prefix."""
+
+    prefix: str
+    env: dict[str, str]
+    session: SessionService | None = None
+    query: QueryService | None = None
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+
+@asynccontextmanager
+async def inprocess_services(infra: Infra, start: tuple[str, ...] = ("session", "query"), **env: str) -> AsyncIterator[InProcess]:
+    """What `running_system` starts as processes, in this process (no ops port): for tests whose subject is not a process.
+
+    `env` adds to or overrides the environment; on exit each service drains and closes.
+    """
+    prefix = f"i{uuid.uuid4().hex[:10]}"
+    base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}", "OPS_PORT": "0"} | env
+    async with AsyncExitStack() as stack:
+        running = InProcess(prefix, base)
+        if "session" in start:
+            running.session = await stack.enter_async_context(create_session_service(SessionConfig.from_env(base)))
+        if "query" in start:
+            running.query = await stack.enter_async_context(create_query_service(QueryConfig.from_env(base)))
+        yield running
+
+
+InProcessFactory = Callable[..., Awaitable[InProcess]]
+
+
+@pytest.fixture
+async def start_inprocess(infra: Infra) -> AsyncIterator[InProcessFactory]:
+    """`await start_inprocess(("query",), **env)`: services in this process, stopped at the end of the test."""
+    async with AsyncExitStack() as stack:
+
+        async def start(services: tuple[str, ...] = ("session", "query"), **env: str) -> InProcess:
+            return await stack.enter_async_context(inprocess_services(infra, services, **env))
+
+        yield start
+
+
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[NATS]:
+    """A NATS client of the test's own on the shared NATS."""
+    client = await nats.connect(infra.nats_url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="module")

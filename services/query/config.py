@@ -39,6 +39,20 @@ def _chunk_bytes(name: str, raw: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class SchemaConfig:
+    """The query service's describe_schema settings."""
+
+    cache_s: float = setting("QUERY_SCHEMA_CACHE_S", 30.0, "how long a source's description is reused; 0 reads the catalog every time", minimum=0)
+    max_tables: int = setting("QUERY_SCHEMA_MAX_TABLES", 200, "tables per reply at most", minimum=1)
+    max_columns: int = setting("QUERY_SCHEMA_MAX_COLUMNS", 3000, "columns per reply at most, over all its tables", minimum=1)
+    timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SchemaConfig:
+        return load(cls, environ() if env is None else env)
+
+
 _PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
 
 
@@ -74,6 +88,7 @@ class QueryConfig(ServiceSettings):
     max_row_bytes: int = setting("QUERY_MAX_ROW_BYTES", 1024 * 1024, "a row larger than this many bytes ends the query with an error before it is read", minimum=1024)
     max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is refused with code busy (HTTP 503)", minimum=1)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
+    schema: SchemaConfig = field(default_factory=SchemaConfig)  # read from the same environment by from_env
     # Server-side bounds per statement (docs/query-guard.md#server-side-resources).
     pg_work_mem: str = setting("QUERY_PG_WORK_MEM", "4MB", "PostgreSQL work_mem set for every statement (memory units as the server writes them)", parse=pg_memory)
     pg_temp_file_limit: str = setting(
@@ -143,7 +158,7 @@ class QueryConfig(ServiceSettings):
             sources[DEFAULT_SOURCE] = database_url
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
-        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample)
+        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample, schema=SchemaConfig.from_env(env))
 
 
 def _policy_roles(name: str, raw: str) -> Mapping[str, tuple[str, ...]]:

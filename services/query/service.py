@@ -46,17 +46,14 @@ class QueryService:
     accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        # False from the stop on; requests already routed here are still served.
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Take no more queries, then give running streams what is left of SHUTDOWN_GRACE_S; later calls do nothing."""
-        if not self.accepting:
+        if not self.server.accepting:
             return
-        self.accepting = False
         deadline = time.monotonic() + self.config.shutdown_grace_s
-        log.info("shutting_down", streams=self.handlers.streams_in_flight, grace_s=self.config.shutdown_grace_s)
-        await self.server.drain(self.config.shutdown_grace_s)
+        await self.server.drain(self.config.shutdown_grace_s, streams=self.handlers.streams_in_flight)
         await self.handlers.shutdown(max(0.0, deadline - time.monotonic()))
 
 
@@ -107,16 +104,17 @@ async def create_service(config: QueryConfig, *, resolver: Resolver | None = Non
         pools.start()
         stack.push_async_callback(pools.close)
         handlers = QueryHandlers(config, nc, sources, subjects, pools)
-        server = Server(nc)
+        server = Server(nc, "query", metadata={"subject_prefix": config.subject_prefix}, description="Read-only SQL on the configured sources")
         service = QueryService(config, nc, sources, handlers, server, subjects, connections)
         for op in QUERY_CONNECTION_OPS:
-            await server.add(subjects.query_connection(op), QUERY_QUEUE, getattr(connections, op))
+            await server.add(subjects.query_connection(op), QUERY_QUEUE, getattr(connections, op), name=f"connection_{op}")
         closed = await nc.subscribe(subjects.query_connection_closed, cb=connections.on_closed)  # every replica: no queue group
         stack.push_async_callback(closed.unsubscribe)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
-        schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env(), pools)
+        schemas = schema.SchemaService(sources, config.schema, pools)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
+        await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile

@@ -76,17 +76,12 @@ class SessionService:
     router: OutageRouter
     server: Server
     subjects: Subjects
-    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Stop taking messages and finish those in hand (within SHUTDOWN_GRACE_S); later calls do nothing."""
-        if not self.accepting:
-            return
-        self.accepting = False
-        log.info("shutting_down", grace_s=self.config.shutdown_grace_s, in_flight=self.server.in_flight)
         await self.server.drain(self.config.shutdown_grace_s)
 
 
@@ -124,7 +119,7 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
 
         subjects = Subjects(config.subject_prefix)
         handlers = SessionHandlers(store)
-        server = Server(nc)
+        server = Server(nc, "session", metadata={"subject_prefix": config.subject_prefix}, description="Sessions, conversation history and quotas")
         service = SessionService(config, nc, store, router, server, subjects)
         for subject, handler in (
             (subjects.session_get, handlers.get),
@@ -140,10 +135,11 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
-            await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
+            await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op], name=f"conversation_{op}")
         connection_handlers = ConnectionHandlers(connections, nc, subjects).routes()
         for op in SESSION_CONNECTION_OPS:
-            await server.add(subjects.session_connection(op), SESSION_QUEUE, connection_handlers[op])
+            await server.add(subjects.session_connection(op), SESSION_QUEUE, connection_handlers[op], name=f"connection_{op}")
+        await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile
