@@ -1091,6 +1091,8 @@ class AuditConnection(_AuditEvent, tag=AUDIT_CONNECTION):
 
     action: Literal["create", "delete"] = "create"
     source: str = ""
+    """The connection's name: what the user names as a `source`."""
+    connection_id: str = ""
 
 
 class AuditErasure(_AuditEvent, tag=AUDIT_ERASURE):
