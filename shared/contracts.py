@@ -63,6 +63,10 @@ class Subjects:
         """`session.conversation.<op>`, op one of CONVERSATION_OPS."""
         return f"{self.prefix}.session.conversation.{op}"
 
+    def session_examples(self, op: str) -> str:
+        """`session.examples.<op>`, op one of EXAMPLE_OPS."""
+        return f"{self.prefix}.session.examples.{op}"
+
     # Query service, queue group "query".
     @property
     def query_execute(self) -> str:
@@ -76,8 +80,25 @@ class Subjects:
     def query_schema(self) -> str:
         return f"{self.prefix}.query.schema"
 
+    @property
+    def query_schema_search(self) -> str:
+        return f"{self.prefix}.query.schema.search"
+
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
+
+    def query_connection(self, op: str) -> str:
+        """`query.connection.<op>`, op one of QUERY_CONNECTION_OPS (queue group "query")."""
+        return f"{self.prefix}.query.connection.{op}"
+
+    @property
+    def query_connection_closed(self) -> str:
+        """Broadcast (no queue group): every query replica closes the pools of the connection named."""
+        return f"{self.prefix}.query.connection.closed"
+
+    def session_connection(self, op: str) -> str:
+        """`session.connection.<op>`, op one of SESSION_CONNECTION_OPS."""
+        return f"{self.prefix}.session.connection.{op}"
 
     # The audit trail: a JetStream stream, published to by the gateway.
     def audit(self, kind: str) -> str:
@@ -224,6 +245,8 @@ class QueryExecute(msgspec.Struct, frozen=True):
     inbox: Annotated[str, msgspec.Meta(max_length=256, pattern=r"^[^\s*>]+$")]  # a subject to publish to, no wildcards
     source: str | None = None
     window: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = DEFAULT_WINDOW
+    # A user's own connection (docs/connections.md) instead of an operator's source.
+    connection: ConnectionRef | None = None
     caller: Caller | None = None
 
 
@@ -240,6 +263,8 @@ class QueryPong(msgspec.Struct, frozen=True):
     sources: list[str]
     default: str
     dialects: dict[str, str]
+    # Whether users may bring their own databases (CONNECTIONS_KEYS is set on the query service).
+    connections: bool = False
 
 
 # Stream messages, published by the query service to the gateway's inbox, and control
@@ -431,6 +456,7 @@ class SchemaRequest(msgspec.Struct, frozen=True):
 
     source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     tables: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]], msgspec.Meta(min_length=1, max_length=50)] | None = None
+    connection: ConnectionRef | None = None
     caller: Caller | None = None
     """The tables are those the caller's role may read."""
 
@@ -442,6 +468,8 @@ class SchemaColumn(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     nullable: bool | msgspec.UnsetType = msgspec.UNSET
     primary_key: bool | msgspec.UnsetType = msgspec.UNSET
+    comment: str | msgspec.UnsetType = msgspec.UNSET
+    """The column's comment in the catalog (details only, when it has one)."""
 
 
 class SchemaReference(msgspec.Struct, frozen=True):
@@ -464,6 +492,8 @@ class SchemaTable(msgspec.Struct, frozen=True, omit_defaults=True):
     columns: list[SchemaColumn]
     foreign_keys: list[SchemaForeignKey] | msgspec.UnsetType = msgspec.UNSET
     row_estimate: int | None | msgspec.UnsetType = msgspec.UNSET
+    comment: str | msgspec.UnsetType = msgspec.UNSET
+    """The table's comment in the catalog (details only, when it has one)."""
 
 
 class SchemaReply(msgspec.Struct, frozen=True):
@@ -474,6 +504,62 @@ class SchemaReply(msgspec.Struct, frozen=True):
     dialect: str
     tables: list[SchemaTable]
     truncated: bool = False
+    note: str | None = None
+
+
+# --- search_schema ---------------------------------------------------------------------
+# `query.schema.search` (queue "query"): the tables of a source most relevant to a question,
+# ranked by a per-source full-text index (services/query/search.py).
+
+SEARCH_QUERY_MAX_CHARS = 2000
+
+
+class SchemaSearchRequest(msgspec.Struct, frozen=True):
+    """`query.schema.search` request: the question or keywords, on `source` (the default one when None)."""
+
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=SEARCH_QUERY_MAX_CHARS)]
+    source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+    caller: Caller | None = None
+    """Only tables the caller's role may read are found."""
+
+
+class SearchColumn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A column of a found table: `values` are a few distinct values of a low-cardinality text column."""
+
+    name: str
+    type: str
+    primary_key: bool = False
+    comment: str | None = None
+    values: list[str] = []
+
+
+class SearchTable(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A found table, with its foreign keys and its rank score (higher is more relevant)."""
+
+    name: str
+    score: float
+    columns: list[SearchColumn]
+    foreign_keys: list[SchemaForeignKey] = []
+    comment: str | None = None
+    row_estimate: int | None = None
+
+
+class JoinPath(msgspec.Struct, frozen=True):
+    """How two found tables join: the chain of `a.x = b.y` conditions along foreign keys (through tables not found, if need be)."""
+
+    tables: list[str]
+    on: list[str]
+
+
+class SchemaSearchReply(msgspec.Struct, frozen=True):
+    """`query.schema.search` reply: the tables best first, the join paths between them, and the index's size."""
+
+    source: str
+    dialect: str
+    tables: list[SearchTable]
+    joins: list[JoinPath]
+    indexed_tables: int
     note: str | None = None
 
 
@@ -540,6 +626,10 @@ class DescribeSchemaPart(_ToolPart, tag="tool-describe_schema"):
     output: Any = msgspec.UNSET
 
 
+class SearchSchemaPart(_ToolPart, tag="tool-search_schema"):
+    output: Any = msgspec.UNSET
+
+
 class ShowChartPart(_ToolPart, tag="tool-show_chart"):
     """A chart the model proposed: the checked spec (type, x, y, title, the query's call id and columns)."""
 
@@ -550,7 +640,7 @@ class RecentQueriesPart(_ToolPart, tag="tool-get_recent_queries"):
     output: Any = msgspec.UNSET
 
 
-MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | ShowChartPart | RecentQueriesPart
+MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | SearchSchemaPart | ShowChartPart | RecentQueriesPart
 """What history keeps of a UIMessage: text, reasoning, steps and tool calls with their summaries; never `data-*` parts."""
 
 
@@ -652,13 +742,269 @@ class ConversationPatch(msgspec.Struct, frozen=True):
     title: Title
 
 
+# --- verified examples -----------------------------------------------------------------
+# `session.examples.<op>` (queue "session"): questions with the SQL that answered them, taught
+# by a person's thumbs-up, kept per source by the session service (services/session/examples.py).
+
+EXAMPLE_OPS = ("propose", "list", "approve", "delete", "similar", "flag")
+ExampleStatus = Literal["pending", "approved"]
+SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ExampleId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]
+EXAMPLE_QUESTION_MAX_CHARS = 4000
+EXAMPLE_NOTE_MAX_CHARS = 2000
+EXAMPLE_SQL_MAX_CHARS = 8000
+"""A longer query is not taught: it would crowd the model's context (LLM_EXAMPLES of them go into every turn like it)."""
+
+
+class Example(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A verified example: `columns` are the result's column names when it was taught (`verify` compares them)."""
+
+    id: str
+    source: str
+    question: str
+    sql: str
+    author: str
+    status: ExampleStatus
+    created_at: int
+    """Milliseconds since the epoch."""
+    columns: list[str] = []
+    model: str | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+    approved_by: str | None = None
+    note: str | None = None
+    """What the person who gave the thumbs-up wrote with it, for the admin who approves it."""
+    flag: str | None = None
+    """Set by `examples verify` when the SQL now fails or its result has other columns; a flagged example is not used."""
+
+
+class ExamplePropose(msgspec.Struct, frozen=True):
+    """`session.examples.propose` request; reply ExampleReply. The same source, question and SQL make the same example."""
+
+    source: SourceName
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_QUESTION_MAX_CHARS)]
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_SQL_MAX_CHARS)]
+    author: UserId
+    approved: bool
+    columns: list[str] = []
+    model: str | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+    note: Annotated[str, msgspec.Meta(max_length=EXAMPLE_NOTE_MAX_CHARS)] | None = None
+
+
+class ExampleRef(msgspec.Struct, frozen=True):
+    """`session.examples.approve` / `delete` request; `by` is who approves."""
+
+    source: SourceName
+    id: ExampleId
+    by: str | None = None
+
+
+class ExampleFlag(msgspec.Struct, frozen=True):
+    """`session.examples.flag` request: set (or, with None, clear) an example's flag."""
+
+    source: SourceName
+    id: ExampleId
+    flag: str | None = None
+
+
+class ExampleList(msgspec.Struct, frozen=True):
+    """`session.examples.list` request: one source's examples, or every source's; reply ExamplesReply."""
+
+    source: SourceName | None = None
+    status: ExampleStatus | None = None
+
+
+class ExampleSimilar(msgspec.Struct, frozen=True):
+    """`session.examples.similar` request: the approved, unflagged examples of `source` most like `question`."""
+
+    source: SourceName
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_QUESTION_MAX_CHARS)]
+    limit: Annotated[int, msgspec.Meta(ge=0, le=20)] = 3
+
+
+class ExampleReply(msgspec.Struct, frozen=True):
+    example: Example
+
+
+class ExamplesReply(msgspec.Struct, frozen=True):
+    examples: list[Example]
+
+
+# --- users' own database connections (docs/connections.md) ------------------------------
+
+QUERY_CONNECTION_OPS = ("create", "update", "test")
+SESSION_CONNECTION_OPS = ("put", "get", "list", "delete", "scan")
+CONNECTION_ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+CONNECTION_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+ConnectionId = Annotated[str, msgspec.Meta(pattern=CONNECTION_ID_PATTERN)]
+ConnectionName = Annotated[str, msgspec.Meta(pattern=CONNECTION_NAME_PATTERN)]
+Dialect = Literal["postgresql", "mysql"]
+TlsMode = Literal["disable", "require", "verify-full"]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+DbName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Password = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class ConnectionRef(msgspec.Struct, frozen=True):
+    """One user's connection: only requests made for `owner` reach it."""
+
+    owner: UserId
+    id: ConnectionId
+
+
+class ConnectionTls(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How to talk TLS to the database; `ca_pem` trusts that CA (else the system's) for verify-full."""
+
+    mode: TlsMode = "require"
+    ca_pem: Annotated[str, msgspec.Meta(max_length=65536)] | None = None
+
+
+class ConnectionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything needed to open a connection; the password in the clear travels only gateway -> query."""
+
+    name: ConnectionName
+    dialect: Dialect
+    host: Host
+    port: Port
+    database: DbName
+    user: DbName
+    password: Password
+    tls: ConnectionTls = ConnectionTls()
+
+
+class ConnectionChanges(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A PATCH: the fields given replace the stored ones."""
+
+    name: ConnectionName | msgspec.UnsetType = msgspec.UNSET
+    host: Host | msgspec.UnsetType = msgspec.UNSET
+    port: Port | msgspec.UnsetType = msgspec.UNSET
+    database: DbName | msgspec.UnsetType = msgspec.UNSET
+    user: DbName | msgspec.UnsetType = msgspec.UNSET
+    password: Password | msgspec.UnsetType = msgspec.UNSET
+    tls: ConnectionTls | msgspec.UnsetType = msgspec.UNSET
+
+
+class ConnectionCreate(msgspec.Struct, frozen=True):
+    """`query.connection.create`: test the settings, seal the password, store; reply ConnectionView."""
+
+    owner: UserId
+    settings: ConnectionSettings
+
+
+class ConnectionUpdate(msgspec.Struct, frozen=True):
+    """`query.connection.update`: apply `changes` (tested again unless only the name changes); reply ConnectionView."""
+
+    ref: ConnectionRef
+    changes: ConnectionChanges
+
+
+class ConnectionTest(msgspec.Struct, frozen=True):
+    """`query.connection.test`: open the stored connection and check its account; reply ConnectionTested."""
+
+    ref: ConnectionRef
+
+
+class ConnectionTested(msgspec.Struct, frozen=True):
+    ok: bool
+    server_version: str
+
+
+class ConnectionView(msgspec.Struct, frozen=True):
+    """What a user is shown of a connection: never the password, sealed or not."""
+
+    id: str
+    name: str
+    dialect: str
+    host: str
+    port: int
+    database: str
+    user: str
+    tls: ConnectionTls
+    server_version: str
+    created_at: str
+
+
+class ConnectionRecord(msgspec.Struct, frozen=True):
+    """A connection as the session service stores it: `sealed` is the AES-GCM password, opaque outside the query service."""
+
+    id: ConnectionId
+    owner: UserId
+    name: ConnectionName
+    dialect: Dialect
+    host: Host
+    port: Port
+    database: DbName
+    user: DbName
+    tls: ConnectionTls
+    server_version: str
+    created_at: str
+    key_id: str
+    sealed: bytes
+
+    def view(self) -> ConnectionView:
+        return ConnectionView(self.id, self.name, self.dialect, self.host, self.port, self.database, self.user, self.tls, self.server_version, self.created_at)
+
+
+class ConnectionPut(msgspec.Struct, frozen=True):
+    """`session.connection.put`: store `record`; reply Ok, or `conflict`/`not_found`/`too_many`.
+
+    `create`: a new id (refused past `max_per_user`); else it replaces a stored record,
+    and, when `expect_sealed` is given, only if the stored blob is still that one.
+    """
+
+    record: ConnectionRecord
+    create: bool
+    max_per_user: Annotated[int, msgspec.Meta(ge=1)] = 10
+    expect_sealed: bytes | None = None
+
+
+class ConnectionGet(msgspec.Struct, frozen=True):
+    """`session.connection.get`: reply ConnectionFound."""
+
+    ref: ConnectionRef
+
+
+class ConnectionFound(msgspec.Struct, frozen=True):
+    record: ConnectionRecord | None = None
+
+
+class ConnectionList(msgspec.Struct, frozen=True):
+    """`session.connection.list`: one user's records, by name; reply ConnectionRecords."""
+
+    owner: UserId
+
+
+class ConnectionRecords(msgspec.Struct, frozen=True):
+    records: list[ConnectionRecord]
+    cursor: str | None = None
+
+
+class ConnectionDelete(msgspec.Struct, frozen=True):
+    """`session.connection.delete`: reply ConnectionDeleted; the service then broadcasts `query_connection_closed`."""
+
+    ref: ConnectionRef
+
+
+class ConnectionDeleted(msgspec.Struct, frozen=True):
+    deleted: bool
+
+
+class ConnectionScan(msgspec.Struct, frozen=True):
+    """`session.connection.scan`: every user's records, a page at a time (key rotation); reply ConnectionRecords."""
+
+    cursor: Annotated[str, msgspec.Meta(max_length=64)] = "0"
+    count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
 # --- recent queries ------------------------------------------------------------------
 # `session.recent.<op>` (queue "session"): the last RECENT_MAX queries a user ran per source,
 # newest first, kept by the session service beside history (docs/session.md).
 
 RECENT_OPS = ("add", "list")
 RECENT_MAX = 50
-SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class RecentAdd(msgspec.Struct, frozen=True):
@@ -745,6 +1091,8 @@ class AuditConnection(_AuditEvent, tag=AUDIT_CONNECTION):
 
     action: Literal["create", "delete"] = "create"
     source: str = ""
+    """The connection's name: what the user names as a `source`."""
+    connection_id: str = ""
 
 
 class AuditErasure(_AuditEvent, tag=AUDIT_ERASURE):

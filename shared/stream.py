@@ -162,12 +162,12 @@ class StreamConsumer:
         self._rows_seen = 0
         self._acked = 0
 
-    async def start(self, sql: str, source: str | None, *, caller: c.Caller | None = None, timeout: float = c.QUERY_START_TIMEOUT_S) -> None:
-        """Subscribe to the inbox and ask a query replica to run `sql` (for `caller`, see docs/access.md); raises ServiceError."""
+    async def start(self, sql: str, source: str | None, *, caller: c.Caller | None = None, connection: c.ConnectionRef | None = None, timeout: float = c.QUERY_START_TIMEOUT_S) -> None:
+        """Subscribe to the inbox and ask a query replica to run `sql` on `source` or the user's `connection` (for `caller`, see docs/access.md); raises ServiceError."""
         inbox = self._nc.new_inbox()
         # No callback: messages wait in the subscription until read; the window bounds them.
         self._sub = await self._nc.subscribe(inbox)
-        req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window, caller=caller)
+        req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window, caller=caller, connection=connection)
         try:
             await request(self._nc, self._subjects.query_execute, req, timeout=timeout, reply=c.QueryAccepted)
         except BaseException:

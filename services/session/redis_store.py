@@ -167,6 +167,30 @@ def create_client(target: RedisTarget, *, max_connections: int = 64) -> Redis:
     return Redis(connection_pool=pool)
 
 
+async def send_once(client: Redis, *args: Any) -> Any:
+    """Run one command that must not run twice (it counts or appends): only what comes before sending it is retried.
+
+    redis-py retries a command after a timeout or a lost connection, yet a command whose reply
+    was late may have run: a second run would count or append again. Here the pool connects and
+    checks the connection (with the client's one quick retry) before a byte of the command is
+    written; the command itself is written and read once, and any failure is raised (the outage
+    router then serves the call from the fallback). A connection that failed mid-command is
+    closed, so a late reply is never read as another command's.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_command(*args)
+        return await client.parse_response(conn, args[0])
+    except rex.ResponseError:
+        raise  # a whole reply was read: the connection is in step
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 def _version_arg(version: int) -> str:
     return f"{version:020d}"
 

@@ -20,6 +20,7 @@ DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "
 
 EXECUTE_QUERY = "execute_query"
 DESCRIBE_SCHEMA = "describe_schema"
+SEARCH_SCHEMA = "search_schema"
 SHOW_CHART = "show_chart"
 GET_RECENT_QUERIES = "get_recent_queries"
 
@@ -65,6 +66,25 @@ TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
+            "name": SEARCH_SCHEMA,
+            "description": (
+                "Find the tables of a source that matter for a question, best first: each with its columns, types, keys, comments and, "
+                "for columns of codes or categories, their values; then how the tables join along foreign keys. Use it before writing SQL "
+                "when the schema is not listed in full here."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "description": "The user's question, or keywords naming what the tables hold."},
+                    "source": {"type": "string", "description": "The source to search; omit for the default source."},
+                },
+                "required": ["query"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
             "name": SHOW_CHART,
             "description": (
                 f"Show the user a chart of the last {EXECUTE_QUERY} result of this answer (the page draws it from every row). "
@@ -99,13 +119,36 @@ TOOLS: list[dict[str, Any]] = [
     },
 ]
 
+
+def tools_for(own_sources: Sequence[str]) -> list[dict[str, Any]]:
+    """TOOLS, with the user's own connections named in the `source` parameters (TOOLS itself when there are none)."""
+    if not own_sources:
+        return TOOLS
+    named = ", ".join(own_sources)
+    out = []
+    for tool in TOOLS:
+        if "source" not in tool["function"].get("parameters", {}).get("properties", {}):
+            out.append(tool)
+            continue
+        function = dict(tool["function"])
+        parameters = dict(function["parameters"])
+        properties = dict(parameters["properties"])
+        source = dict(properties["source"])
+        source["description"] = f"{source['description']} The user's own databases are sources too: {named}."
+        properties["source"] = source
+        parameters["properties"] = properties
+        function["parameters"] = parameters
+        out.append({**tool, "function": function})
+    return out
+
+
 STEP_LIMIT_TEXT = (
     "I stopped here: this question took more than {steps} steps (queries and schema lookups) without a final answer. The results so far are above; ask a narrower question or continue from them."
 )
 
 
-def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[str, Any] | None, max_schema_chars: int) -> str:
-    """The system message: the sources and their dialects, the read-only rule, and the schema when small enough."""
+def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[str, Any] | None, max_schema_chars: int, own: Mapping[str, str] | None = None) -> str:
+    """The system message: the sources and their dialects (`own`: the user's own databases), the read-only rule, and the schema when small enough."""
     lines = [
         "You are DB Genie, an assistant that answers questions about the user's databases by writing and running SQL.",
         "",
@@ -114,6 +157,9 @@ def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[st
     for name, dialect in sources.items():
         marker = " (default)" if name == default else ""
         lines.append(f"- {name}{marker}: {DIALECT_NAMES.get(dialect, dialect or 'unknown dialect')}")
+    for name, dialect in (own or {}).items():
+        marker = " (default)" if name == default else ""
+        lines.append(f"- {name}{marker}: {DIALECT_NAMES.get(dialect, dialect or 'unknown dialect')}, the user's own database")
     lines += [
         "",
         "Rules:",
@@ -128,7 +174,11 @@ def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[st
     if schema and len(schema) <= max_schema_chars:
         lines += ["", f"Schema of {overview.get('source', default) if overview else default} (table: column type, ...):", schema]
     elif overview is not None:
-        lines += ["", f"The schema is too large to list here: call {DESCRIBE_SCHEMA} to see it."]
+        lines += [
+            "",
+            f"The schema is too large to list here. Call {SEARCH_SCHEMA} with the question (or its keywords) first, to find the tables "
+            f"that matter and how they join; call {DESCRIBE_SCHEMA} with table names for more detail. Never guess table names.",
+        ]
     return "\n".join(lines)
 
 
