@@ -187,4 +187,4 @@ async def test_the_query_service_is_discoverable(nc: NATS, start_inprocess: InPr
     assert (ping.name, ping.metadata) == ("query", {"subject_prefix": running.prefix})
     info = ServiceInfo.from_dict(await discover(nc, f"$SRV.INFO.query.{running.query.server.id}"))
     connections = {running.subjects.query_connection(op) for op in QUERY_CONNECTION_OPS}  # users' own databases (docs/connections.md)
-    assert {e.subject for e in info.endpoints} == {running.subjects.query_execute, running.subjects.query_ping, running.subjects.query_schema, *connections}
+    assert {e.subject for e in info.endpoints} == {running.subjects.query_execute, running.subjects.query_ping, running.subjects.query_schema, running.subjects.query_schema_search, *connections}
