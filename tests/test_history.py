@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from services.gateway.chat import prompt
+from services.session.keys import index_key, list_key, titles_key
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
@@ -42,7 +43,7 @@ async def new_conversation(client: Any) -> str:
 
 
 def redis_messages(stack: Stack, uid: str, cid: str) -> list[dict[str, Any]]:
-    return [msgspec.msgpack.decode(raw) for raw in stack.redis.lrange(f"conversation:{uid}:{cid}", 0, -1)]
+    return [msgspec.msgpack.decode(raw) for raw in stack.redis.lrange(list_key(uid, cid), 0, -1)]
 
 
 async def me(client: Any) -> str:
@@ -92,7 +93,7 @@ async def test_a_reload_gives_use_chat_exactly_the_messages_it_showed(stack: Sta
     query_part = next(p for p in kept[3]["parts"] if p["type"] == "tool-execute_query")
     assert len(query_part["output"]["preview"]) == 5 and query_part["output"]["row_count"] == 40
     assert not any(p["type"].startswith("data-") for m in kept for p in m["parts"])
-    assert 0 < stack.redis.pttl(f"conversation:{uid}:{cid}") <= 90 * 86400 * 1000
+    assert 0 < stack.redis.pttl(list_key(uid, cid)) <= 90 * 86400 * 1000
 
 
 async def test_the_full_messages_form_keeps_working_and_starts_the_history(stack: Stack, fake: FakeLLM) -> None:
@@ -180,13 +181,13 @@ async def test_rename_and_delete(stack: Stack, fake: FakeLLM) -> None:
             assert response.status == 200 and (await response.json())["title"] == "Sales 2024"
         async with client.patch(f"/api/conversations/{cid}", json={"title": "x" * 81}) as response:
             assert response.status == 400
-        assert stack.redis.hget(f"conversation_titles:{uid}", cid) == b"Sales 2024"
+        assert stack.redis.hget(titles_key(uid), cid) == b"Sales 2024"
         async with client.delete(f"/api/conversations/{cid}") as response:
             assert response.status == 200
         async with client.delete(f"/api/conversations/{cid}") as response:
             assert response.status == 404
         assert stored_status(await stored(client, cid)) == 404
-    assert stack.redis.zscore(f"conversations:{uid}", cid) is None and stack.redis.hget(f"conversation_titles:{uid}", cid) is None
+    assert stack.redis.zscore(index_key(uid), cid) is None and stack.redis.hget(titles_key(uid), cid) is None
 
 
 def stored_status(result: tuple[int, Any]) -> int:
@@ -201,7 +202,7 @@ async def test_someone_elses_conversation_is_404_and_stays_as_it_was(stack: Stac
             cid = await new_conversation(owner)
             assert (await ask(owner, cid, user("A private question"))).status == 200
         before = redis_messages(stack, owner_uid, cid)
-        title = stack.redis.hget(f"conversation_titles:{owner_uid}", cid)
+        title = stack.redis.hget(titles_key(owner_uid), cid)
         async with signed_in(url) as other:
             other_uid = await me(other)
             assert (await stored(other, cid))[0] == 404
@@ -214,7 +215,7 @@ async def test_someone_elses_conversation_is_404_and_stays_as_it_was(stack: Stac
             # Chatting under the same id starts the other user's own conversation, without the owner's history.
             assert (await ask(other, cid, user("Hello?"))).status == 200
     assert redis_messages(stack, owner_uid, cid) == before and len(before) == 2
-    assert stack.redis.hget(f"conversation_titles:{owner_uid}", cid) == title == b"A private question"
+    assert stack.redis.hget(titles_key(owner_uid), cid) == title == b"A private question"
     assert len(redis_messages(stack, other_uid, cid)) == 2
     assert "A private question" not in json.dumps(fake.requests[1])
 
@@ -309,7 +310,7 @@ async def test_the_session_service_refuses_data_parts_and_rows_naming_the_field(
             assert refused.value.code == "bad_request" and path in refused.value.message
     finally:
         await nc.close()
-    assert stack.redis.exists(f"conversation:{uid}:{cid}", f"conversations:{uid}") == 0, "nothing was stored"
+    assert stack.redis.exists(list_key(uid, cid), index_key(uid)) == 0, "nothing was stored"
 
 
 async def test_the_model_gets_the_newest_history_within_its_limit_while_storage_keeps_all(stack: Stack, fake: FakeLLM) -> None:
