@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.session.keys import index_key, list_key, titles_key
 from services.session.config import RedisTarget
 from services.session.history_redis import HistoryRedis
+from services.session.keys import index_key, list_key, titles_key
 from services.session.redis_store import create_client
 from tests import fake_llm
 from tests.chat_support import gateway, signed_in
