@@ -180,6 +180,10 @@ MAX_WINDOW = 64
 DEFAULT_WINDOW = 8
 QUERY_START_TIMEOUT_S = 5.0
 """How long the gateway waits for the reply to `query.execute`."""
+QUERY_QUEUE_WAIT_MAX_S = 10.0
+"""The most QUERY_QUEUE_WAIT_S may be: the gateway waits this much longer for a request that may queue."""
+QUERY_ADMISSION_TRIES = 3
+"""Tries of `query.execute` the gateway makes: the ones before the last are declined by a busy replica (another may take them); the last may wait in a queue."""
 QUERY_OPEN_TIMEOUT_S = 3.0
 """How long `query.execute` waits for its source to open (connect, check the account, read the
 function catalog) before replying `unavailable` ("the database <source> is not answering"):
@@ -202,6 +206,10 @@ class QueryExecute(msgspec.Struct, frozen=True):
     inbox: Annotated[str, msgspec.Meta(max_length=256, pattern=r"^[^\s*>]+$")]  # a subject to publish to, no wildcards
     source: str | None = None
     window: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = DEFAULT_WINDOW
+    user: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    """Whose query it is: a busy replica's queue takes turns between users."""
+    wait: bool = True
+    """False: a replica with every slot taken declines at once (code busy) rather than queue it."""
 
 
 class QueryAccepted(msgspec.Struct, frozen=True):

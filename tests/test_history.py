@@ -264,7 +264,7 @@ async def test_a_chat_turn_costs_one_redis_command_to_load_and_one_to_append(sta
     # GETEX: the session; EVALSHA: the quota, the history load, the history append. Everything else ran inside those scripts.
     assert changed.pop("getex") == 1
     assert changed.pop("evalsha") == 3
-    inner = {"lrange", "llen", "zscore", "hget", "pexpire", "rpush", "zadd", "hsetnx", "time", "mget", "incr", "expire", "rpop"}
+    inner = {"lrange", "llen", "zscore", "hget", "pexpire", "rpush", "zadd", "hsetnx", "time", "hmget", "hset", "ttl", "expire", "rpop"}
     assert set(changed) <= inner, changed
     assert changed["rpush"] == 2 and changed["lrange"] == 1, changed
 

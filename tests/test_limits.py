@@ -171,8 +171,9 @@ async def test_one_redis_command_per_call(start_replica, infra: Infra, redis_ser
     stats = commandstats(rdb)
     assert stats.pop("evalsha") == 9
     assert set(stats) <= _SCRIPT_INTERNAL, stats  # nothing else reached Redis from outside
-    assert stats["time"] == 9 and stats["mget"] == 9  # inside the script: one clock read, one read of all windows
-    assert stats["incr"] == 15  # three windows for each of the five counted calls
+    assert stats["time"] == 9 and stats["hmget"] == 9  # inside the script: one clock read, one read of all windows
+    assert stats["hset"] == 15  # three windows for each of the five counted calls
+    assert stats["ttl"] == 5 and 1 <= stats.get("expire", 0) <= 5  # the one hash outlives its longest window
     assert replica.metric("session_redis_commands_total", command="evalsha") - sent_before == 9
 
 

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys, metrics
-from services.gateway.auth.identity import current_session, identity
+from services.gateway.auth.identity import identity
 from services.gateway.auth.limit import check_login_rate
 from services.gateway.auth.tokens import MAX_TOKEN_CHARS, check_policy, user_from_claims
 from services.gateway.auth.web import verifier
@@ -124,7 +124,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def query(request: web.Request) -> web.StreamResponse:
     """Run execute_query and stream the result as an AI SDK UI message stream."""
-    await current_session(request)
+    uid = (await identity(request)).uid
     body = await json_object(request)
     sql = text_field(body, "sql", required=True, max_chars=MAX_SQL_CHARS)
     assert sql is not None
@@ -136,7 +136,7 @@ async def query(request: web.Request) -> web.StreamResponse:
     consumer = StreamConsumer(request.app[keys.NATS_CLIENT], request.app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
     start_error: ServiceError | None = None
     try:
-        await consumer.start(sql, source)
+        await consumer.start(sql, source, user=uid)
     except ServiceError as exc:
         if exc.code == BUSY:
             raise  # before the stream's headers: a real 503 with Retry-After

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.query import metrics
+from services.query.admission import Admission
 from services.query.config import PREVIEW_ROWS, QueryConfig
 from services.query.engines import Cursor, Engine, Sources
 from services.query.engines.base import timeout_message
@@ -28,7 +29,6 @@ from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
 from shared.contracts import QUERY_OPEN_TIMEOUT_S, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
-    BUSY,
     INTERNAL,
     QUERY_TIMEOUT,
     UNAVAILABLE,
@@ -78,10 +78,6 @@ def loggable_sql(sql: str) -> str:
     return flat if len(flat) <= LOGGED_SQL_CHARS else flat[:LOGGED_SQL_CHARS] + "…"
 
 
-def busy(limit: int) -> ServiceError:
-    return ServiceError(BUSY, f"this query service replica is running its limit of {limit} queries (QUERY_MAX_CONCURRENT); retry in a moment")
-
-
 def not_answering(source: str) -> ServiceError:
     return ServiceError(UNAVAILABLE, f"the database {source} is not answering; try again")
 
@@ -100,6 +96,7 @@ class QueryHandlers:
         self._sources = sources
         self._subjects = subjects
         self._streams: set[asyncio.Task[None]] = set()
+        self.admission = Admission(config.max_concurrent, config.queue_max, config.queue_wait_s)
         self.accepting = True
 
     @property
@@ -114,9 +111,13 @@ class QueryHandlers:
         started = time.monotonic()
         sql = req.sql
         progress = _Progress(req.source or self._sources.default, sql, started)
+        admitted = False
         try:
             if not self.accepting:
                 raise ServiceError(UNAVAILABLE, "the query service is shutting down; try again")
+            # First, so a declined or queued request holds nothing (no source opened, no subscription).
+            await self.admission.acquire(req.user, wait=req.wait)
+            admitted = True
             engine = self._sources.resolve(req.source)
             progress.source = engine.name
             progress.dialect = engine.dialect
@@ -132,12 +133,11 @@ class QueryHandlers:
             await asyncio.to_thread(check_read_only, sql, engine.dialect, policy)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
-            # Checked with no await between here and create_task, so the cap holds exactly.
-            if len(self._streams) >= self._config.max_concurrent:
-                await producer.close()
-                raise busy(self._config.max_concurrent)
-        except ServiceError as exc:
-            self._record_failure(progress, exc)
+        except BaseException as exc:
+            if admitted:
+                self.admission.release()
+            if isinstance(exc, ServiceError):
+                self._record_failure(progress, exc)
             raise
         task = asyncio.create_task(self._stream(engine, sql, producer, progress))
         self._streams.add(task)
@@ -147,6 +147,7 @@ class QueryHandlers:
 
     def _stream_done(self, task: asyncio.Task[None]) -> None:
         self._streams.discard(task)
+        self.admission.release()
         metrics.STREAMS_IN_FLIGHT.dec()
 
     async def shutdown(self, grace_s: float) -> None:
