@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import time
 import typing
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,8 @@ Handler = Callable[[Any, Msg], Awaitable[Payload]]
 BytesHandler = Callable[[bytes, Msg], Awaitable[bytes]]
 
 
+_UP: weakref.WeakKeyDictionary[NATS, asyncio.Event] = weakref.WeakKeyDictionary()
+"""Per connection made by connect(): set while it is connected, so a caller can await the reconnection."""
 _AUTH_REFUSALS = ("authorization violation", "authentication", "user authentication expired", "account authentication expired")
 
 
@@ -60,12 +63,16 @@ async def connect(url: str, name: str, *, credentials: NatsCredentials | None = 
     client: list[NATS] = []
 
     async def on_disconnected() -> None:
+        if client:
+            _UP[client[0]].clear()
         log.warning("nats_disconnected")
         if client:
             _fail_pending_requests(client[0])
 
     async def on_reconnected() -> None:
-        log.info("nats_reconnected")
+        if client:
+            _UP[client[0]].set()
+        log.info("nats_reconnected", server=str(client[0].connected_url.netloc) if client and client[0].connected_url else None)
 
     deadline = time.monotonic() + connect_deadline_s
     delay = 0.2
@@ -97,6 +104,8 @@ async def connect(url: str, name: str, *, credentials: NatsCredentials | None = 
         try:
             await attempt
             client.append(nc)
+            _UP[nc] = asyncio.Event()
+            _UP[nc].set()
             return nc
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
@@ -104,6 +113,20 @@ async def connect(url: str, name: str, *, credentials: NatsCredentials | None = 
             log.warning("nats_connect_retry", url=shown, error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def wait_connected(nc: NATS, timeout: float) -> bool:
+    """Wait up to `timeout` for a connection made by connect() to be up again (on any server of its list)."""
+    if nc.is_connected:
+        return True
+    up = _UP.get(nc)
+    if up is None:
+        return False
+    try:
+        await asyncio.wait_for(up.wait(), timeout)
+    except TimeoutError:
+        return False
+    return nc.is_connected
 
 
 def _fail_pending_requests(nc: NATS) -> None:

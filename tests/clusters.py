@@ -7,10 +7,12 @@ on the servers' own lines and on `CLUSTER INFO`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -109,6 +111,7 @@ class NatsClusterNode(NatsServer):
     def __init__(self, name: str, cluster_port: int, routes: list[int], *, extra: list[str] | None = None) -> None:
         super().__init__()
         self.cluster_port = cluster_port
+        self.monitor_port = free_port()
         self.argv = [
             nats_server_binary(),
             "-a",
@@ -117,6 +120,8 @@ class NatsClusterNode(NatsServer):
             str(self.port),
             "-n",
             name,
+            "-m",
+            str(self.monitor_port),
             "-js",
             "-sd",
             self.store,
@@ -128,6 +133,11 @@ class NatsClusterNode(NatsServer):
             ",".join(f"nats://127.0.0.1:{p}" for p in routes if p != cluster_port),
             *(extra or []),
         ]
+
+    def client_names(self) -> list[str]:
+        """The names of the clients connected to this node now (its /connz monitoring endpoint)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/connz", timeout=5) as response:
+            return [conn.get("name", "") for conn in json.load(response).get("connections") or []]
 
 
 class NatsCluster:
@@ -148,6 +158,9 @@ class NatsCluster:
         for node in self.nodes:  # JetStream answers once the meta group has a leader
             node.wait_for_line(lambda line: "JetStream cluster new metadata leader" in line or "Self is new JetStream cluster metadata leader" in line, timeout=60)
         return self
+
+    def node_of(self, client_name: str) -> NatsClusterNode:
+        return next(node for node in self.nodes if node.running and client_name in node.client_names())
 
     def cleanup(self) -> None:
         for node in self.nodes:
