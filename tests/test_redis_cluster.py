@@ -179,6 +179,7 @@ async def test_a_killed_master_loses_no_session_and_the_quota_stays_atomic(start
         await asyncio.gather(*load)  # every write was answered (Redis or the fallback)
 
         await asyncio.to_thread(wait_until, cluster.healthy, 30, "the failover")
+        assert victim not in cluster.masters(), "a replica took over the killed master's slots"
         if replica.service.events("store_degraded"):
             await replica.wait_for_event("store_recovered", timeout=60)
         client = cluster.client()
