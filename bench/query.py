@@ -9,7 +9,10 @@ of its own, dropped at the end), in the same run:
 - time to preview: from sending the request to the first `tool-output-available` part with
   `preliminary: true` (target < 100 ms);
 - peak RSS growth of the gateway and query processes during the stream, sampled from
-  /proc/<pid>/status every few milliseconds (target < 64 MB each).
+  /proc/<pid>/status every few milliseconds (target < 64 MB each);
+- CPU seconds per 1,000,000 rows: the raw fetch (this process), the query service, and every
+  process of the stream together (gateway, query, nats-server, this client). On a busy machine
+  the rates follow the share of the cores each side gets; the CPU figures do not.
 
 Each end-to-end run is paired with a raw run just before it, so that both see the same
 load on a shared machine; the table shows medians over --runs pairs (the worst for memory).
@@ -64,6 +67,7 @@ class EndToEnd:
 class Figures:
     engine: str
     raw_rates: list[float] = field(default_factory=list)
+    raw_cpu_s: list[float] = field(default_factory=list)
     runs: list[EndToEnd] = field(default_factory=list)
 
     @property
@@ -78,6 +82,18 @@ class Figures:
     def ratio(self) -> float:
         """Median over runs of end-to-end / raw measured just before it."""
         return statistics.median(r.rate / raw for r, raw in zip(self.runs, self.raw_rates, strict=True))
+
+    @property
+    def best_ratio(self) -> float:
+        return max(r.rate / raw for r, raw in zip(self.runs, self.raw_rates, strict=True))
+
+    def cpu_per_million(self, name: str | None = None) -> float:
+        """Median CPU seconds per 1,000,000 rows: of process `name`, or of all of them."""
+        return statistics.median((r.cpu_s[name] if name else sum(r.cpu_s.values())) * 1e6 / r.rows for r in self.runs)
+
+    @property
+    def raw_cpu_per_million(self) -> float:
+        return statistics.median(cpu * 1e6 / r.rows for r, cpu in zip(self.runs, self.raw_cpu_s, strict=True))
 
     @property
     def preview_ms(self) -> float:
@@ -269,19 +285,25 @@ async def end_to_end(base_url: str, pids: dict[str, int], cpu_pids: dict[str, in
         await login(http, base_url)
         await stream_query(http, base_url, f"{sql} LIMIT 1000", source, 1000)  # warm up: open the pool, touch the code
         for _ in range(runs):
+            raw_started = time.process_time()
             raw_rate = await raw()
             figures.raw_rates.append(raw_rate)
+            figures.raw_cpu_s.append(time.process_time() - raw_started)
             cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
             with RssSampler(pids) as sampler:
                 count, seconds, preview_ms = await stream_query(http, base_url, sql, source, rows)
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
             figures.runs.append(EndToEnd(count, seconds, preview_ms, sampler.growth_mb(), cpu))
-            busy = ", ".join(f"{name} {used / seconds:.0%}" for name, used in cpu.items())
+            busy = ", ".join(f"{name} {used:.2f}s ({used / seconds:.0%})" for name, used in cpu.items())
             print(
-                f"  {figures.engine}: raw {raw_rate:,.0f} rows/s; end to end {count:,} rows in {seconds:.2f}s = {count / seconds:,.0f} rows/s "
-                f"(ratio {count / seconds / raw_rate:.2f}), preview {preview_ms:.1f} ms, rss growth {fmt_mb(sampler.growth_mb())}; CPU busy {busy}",
+                f"  {figures.engine}: raw {raw_rate:,.0f} rows/s, CPU {figures.raw_cpu_s[-1]:.2f}s; end to end {count:,} rows in {seconds:.2f}s = {count / seconds:,.0f} rows/s "
+                f"(ratio {count / seconds / raw_rate:.2f}), preview {preview_ms:.1f} ms, rss growth {fmt_mb(sampler.growth_mb())}; CPU {busy}; load {load_average()}",
                 flush=True,
             )
+
+
+def load_average() -> str:
+    return " ".join(f"{load:.1f}" for load in os.getloadavg())
 
 
 def fmt_mb(values: dict[str, float]) -> str:
@@ -302,6 +324,10 @@ def report(figures: list[Figures]) -> tuple[str, bool]:
     row("raw driver fetch (rows/s)", [f"{f.raw:,.0f}" for f in figures], "")
     row("end to end via gateway (rows/s)", [f"{f.e2e:,.0f}" for f in figures], "")
     row("ratio end to end / raw (paired)", [f"{f.ratio:.2f}" for f in figures], f">= {TARGET_RATIO}")
+    row("ratio, best run", [f"{f.best_ratio:.2f}" for f in figures], "")
+    row("raw driver CPU (s / 1M rows)", [f"{f.raw_cpu_per_million:.2f}" for f in figures], "")
+    row("query service CPU (s / 1M rows)", [f"{f.cpu_per_million('query'):.2f}" for f in figures], "")
+    row("all processes CPU (s / 1M rows)", [f"{f.cpu_per_million():.2f}" for f in figures], "")
     row("time to preview (ms)", [f"{f.preview_ms:.1f}" for f in figures], f"< {TARGET_PREVIEW_MS:g}")
     row("gateway peak RSS growth (MB)", [f"{f.rss_mb('gateway'):.1f}" for f in figures], f"< {TARGET_RSS_MB:g}")
     row("query peak RSS growth (MB)", [f"{f.rss_mb('query'):.1f}" for f in figures], f"< {TARGET_RSS_MB:g}")
@@ -322,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv or [])
 
-    print(f"query bench: {args.rows:,} rows x 5 columns, {args.runs} run(s) per engine, {os.cpu_count()} CPUs shared by everything", flush=True)
+    print(f"query bench: {args.rows:,} rows x 5 columns, {args.runs} run(s) per engine, {os.cpu_count()} CPUs shared by everything; load average {load_average()}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-query-"))
     sqlite_path = workdir / "bench.db"
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -359,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.rmdir()
 
     table, ok = report(list(figures.values()))
-    print()
+    print(f"\nload average at the end: {load_average()}")
     print(table)
     if not ok:
         print("\nsome figures miss their target (see the table)", flush=True)

@@ -75,6 +75,14 @@ class Subjects:
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
 
+    # The audit trail: a JetStream stream, published to by the gateway.
+    def audit(self, kind: str) -> str:
+        return f"{self.prefix}.audit.{kind}"
+
+    @property
+    def audit_all(self) -> str:
+        return f"{self.prefix}.audit.>"
+
 
 # --- common --------------------------------------------------------------------------
 
@@ -191,6 +199,16 @@ well inside QUERY_START_TIMEOUT_S, leaving 2 s for the guard and the reply, so t
 that error rather than its own timeout."""
 
 
+class Caller(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Who a statement runs for (ACCESS_POLICY, docs/access.md): the database role the gateway granted
+    (None: the source's own account), and the user's id and email, which PostgreSQL sources see as
+    `current_setting('dbgenie.user_id')` and `current_setting('dbgenie.email')`."""
+
+    role: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")] | None = None
+    user_id: Annotated[str, msgspec.Meta(max_length=512)] = ""
+    email: Annotated[str, msgspec.Meta(max_length=512)] = ""
+
+
 class QueryExecute(msgspec.Struct, frozen=True):
     """`query.execute` request.
 
@@ -206,8 +224,7 @@ class QueryExecute(msgspec.Struct, frozen=True):
     inbox: Annotated[str, msgspec.Meta(max_length=256, pattern=r"^[^\s*>]+$")]  # a subject to publish to, no wildcards
     source: str | None = None
     window: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = DEFAULT_WINDOW
-    user: Annotated[str, msgspec.Meta(max_length=256)] = ""
-    """Whose query it is: a busy replica's queue takes turns between users."""
+    caller: Caller | None = None
     wait: bool = True
     """False: a replica with every slot taken declines at once (code busy) rather than queue it."""
 
@@ -416,6 +433,8 @@ class SchemaRequest(msgspec.Struct, frozen=True):
 
     source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     tables: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]], msgspec.Meta(min_length=1, max_length=50)] | None = None
+    caller: Caller | None = None
+    """The tables are those the caller's role may read."""
 
 
 class SchemaColumn(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -623,3 +642,70 @@ class ConversationPatch(msgspec.Struct, frozen=True):
     uid: UserId
     id: ConversationId
     title: Title
+
+
+# --- audit trail -----------------------------------------------------------------------
+# Published by the gateway to the JetStream stream AUDIT_STREAM on `<prefix>.audit.<kind>`,
+# each with a JetStream ack and its `id` as the Nats-Msg-Id, so that a retry is not a duplicate.
+
+AUDIT_QUERY = "query"
+AUDIT_SIGN_IN = "sign_in"
+AUDIT_SIGN_OUT = "sign_out"
+AUDIT_CONNECTION = "connection"
+AUDIT_ERASURE = "erasure"
+AuditOutcome = Literal["ok", "refused", "error", "cancelled", "timeout"]
+
+
+class _AuditEvent(msgspec.Struct, frozen=True, tag_field="kind"):
+    id: str
+    """Unique per event: the JetStream message id."""
+    time: float
+    """Seconds since the epoch (the gateway's clock)."""
+    user_id: str
+    email: str | None = None
+    request_id: str | None = None
+
+
+class AuditQuery(_AuditEvent, tag=AUDIT_QUERY):
+    """One query, from POST /api/query or the chat's execute_query (then with conversation, model and turn)."""
+
+    source: str = ""
+    role: str | None = None
+    sql: str = ""
+    outcome: AuditOutcome = "ok"
+    reason: str | None = None
+    """Why it was refused or failed: the error's message."""
+    rows: int = 0
+    bytes: int = 0
+    duration_ms: float = 0.0
+    conversation_id: str | None = None
+    model: str | None = None
+    turn: str | None = None
+    """The assistant message id of the chat turn that ran it."""
+
+
+class AuditSignIn(_AuditEvent, tag=AUDIT_SIGN_IN):
+    """A session was opened (`method`: dev or id_token)."""
+
+    method: str = ""
+
+
+class AuditSignOut(_AuditEvent, tag=AUDIT_SIGN_OUT):
+    """A session was closed by its user."""
+
+
+class AuditConnection(_AuditEvent, tag=AUDIT_CONNECTION):
+    """A user's own connection was created or deleted."""
+
+    action: Literal["create", "delete"] = "create"
+    source: str = ""
+
+
+class AuditErasure(_AuditEvent, tag=AUDIT_ERASURE):
+    """Every conversation and session of `user_id` was erased (on request)."""
+
+    by: str | None = None
+
+
+AuditEvent = AuditQuery | AuditSignIn | AuditSignOut | AuditConnection | AuditErasure
+AUDIT_DECODER: msgspec.msgpack.Decoder[AuditEvent] = msgspec.msgpack.Decoder(AuditEvent)

@@ -186,6 +186,7 @@ async def test_a_bearer_token_serves_api_me_and_query_without_a_cookie_or_sessio
                 assert body == {
                     "user": {"uid": "api-client-7", "email": "ada@example.com", "name": "Ada Lovelace", "picture": "https://example.com/ada.png", "verified": True},
                     "conversation_id": None,
+                    "admin": False,
                 }
 
                 async with client.post("/api/query", json={"sql": "SELECT 41 + 1 AS answer"}, headers=headers) as response:

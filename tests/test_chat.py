@@ -424,12 +424,14 @@ async def test_the_system_prompt_holds_the_schema_overview_only_when_small_enoug
     assert "- pg: PostgreSQL" in system and "- default (default): SQLite" in system
 
 
-async def test_an_unknown_source_is_400_and_costs_no_quota(services: System, fake: FakeLLM) -> None:
+async def test_an_unknown_source_is_404_and_costs_no_quota(services: System, fake: FakeLLM) -> None:
     async with gateway(gateway_env(services, fake, CHAT_QUOTA_PER_MINUTE="1")) as url, signed_in(url) as client:
         refused = await post_chat(client, [user_message("q")], source="nowhere")
         async with client.get("/api/quota") as response:
             quota = await response.json()
-    assert refused.status == 400 and "nowhere" in refused.body["error"]["message"] and "pg" in refused.body["error"]["message"]
+    # 404 as for a source the user may not use (docs/access.md); the message names no other source.
+    assert refused.status == 404 and refused.body["error"]["code"] == "unknown_source"
+    assert "nowhere" in refused.body["error"]["message"] and "pg" not in refused.body["error"]["message"]
     assert quota["minute"]["used"] == 0 and fake.requests == []
 
 

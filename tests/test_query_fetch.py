@@ -63,6 +63,8 @@ async def test_rows_that_grow_85_times_longer_within_a_batch_arrive_whole(infra:
         assert [row[0] for row in rows] == list(range(1, SMALL + LONG + 1))
         assert all(row[1] == "" for row in rows[:SMALL])
         assert all(row[1] == "0" * LONG_CHARS for row in rows[SMALL:])
+        # The end message goes out before the service logs the query: wait for the line.
+        service.wait_for_line(lambda line: '"query_done"' in line, timeout=10)
         done = service.events("query_done")
         assert [event["row_count"] for event in done] == [SMALL + LONG]
     finally:

@@ -158,6 +158,8 @@ async def test_mariadb_values_just_within_the_limits_arrive_whole(my_small: tupl
         ("SELECT zeroblob(300000000)", "QUERY_MAX_ROW_BYTES"),
         ("SELECT a FROM t", "QUERY_MAX_ROW_BYTES"),
         ("SELECT printf('%.*c', 5000, 'x')", "QUERY_MAX_CELL_BYTES"),
+        # 1,400 characters, but 4,200 bytes of UTF-8: counted as bytes, it is over the 4,096-byte limit.
+        ("SELECT replace(printf('%.*c', 1400, 'x'), 'x', '€')", "QUERY_MAX_CELL_BYTES"),
         ("SELECT printf('%.*c', 3000, 'x'), printf('%.*c', 3000, 'y'), printf('%.*c', 3000, 'z')", "QUERY_MAX_ROW_BYTES"),
         (
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) SELECT i, printf('%.*c', 4000, 'x') FROM n",
@@ -169,6 +171,13 @@ async def test_sqlite_refuses_what_is_over_a_limit(lite_small: Engine, sql: str,
     error = await refusal(lite_small, sql, batch=100)
     assert error.code == QUERY_FAILED
     assert variable in error.message
+
+
+async def test_sqlite_values_just_within_the_limits_arrive_whole(lite_small: Engine) -> None:
+    # 2,000 characters of 2-byte UTF-8 are 4,000 bytes: within the cell limit, measured as bytes.
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) SELECT printf('%.*c', 4000, 'x'), replace(printf('%.*c', 2000, 'y'), 'y', 'é'), i FROM n"
+    rows = await read_all(lite_small, sql, batch=2)
+    assert rows == [["x" * 4000, "é" * 2000, i] for i in range(1, 21)]
 
 
 async def _none(count: Awaitable[int]) -> bool:

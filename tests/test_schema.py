@@ -398,7 +398,7 @@ async def test_http_schema_needs_a_session_and_answers_the_reply(shop: System, n
         ("source=a%20b", 400, "bad_request"),
         ("table=orders", 400, "bad_request"),
         ("source=pg&source=my", 400, "bad_request"),
-        ("source=nope", 422, "unknown_source"),
+        ("source=nope", 404, "unknown_source"),
     ],
 )
 async def test_http_bad_parameters_get_our_json_errors(shop: System, query: str, status: int, code: str) -> None:

@@ -26,6 +26,7 @@ from tests.harness import Service, free_port, service_env, wait_until
 from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, launch_args, require_chromium
 
 CHROMIUM = require_chromium()
+WEB_ADMIN = "web-admin@example.com"
 
 BIG = 200_000
 MAX_ROWS = 250_000
@@ -106,6 +107,8 @@ def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPa
         "LLM_API_KEY": "sk-test-web",
         "LLM_MAX_RETRIES": "0",
         "QUERY_MAX_ROWS": str(MAX_ROWS),
+        "ADMIN_EMAILS": WEB_ADMIN,
+        "AUDIT_STREAM": f"AUDIT_web{uuid.uuid4().hex[:8]}",
     }
     with running_system(infra, "web", **env) as system:
         yield system
@@ -414,3 +417,38 @@ def test_the_sidebar_makes_switches_renames_and_deletes_conversations_by_keyboar
     expect(sidebar.get_by_role("button", name="Second question", exact=True)).to_have_count(0)
     assert [c["title"] for c in conversations(page)] == ["Tables, renamed"]
     assert page.request.get(f"/api/conversations/{second}").status == 404
+
+
+# --- the audit view ----------------------------------------------------------------------------------
+
+
+def test_an_admin_sees_the_audit_trail_as_a_filterable_table_and_csv(page: Page, problems: list[str]) -> None:
+    marker = f"audit_{uuid.uuid4().hex[:8]}"
+    email = sign_in(page)
+    expect(page.get_by_role("button", name="Audit trail")).to_be_hidden()  # not an admin
+    run_sql(page, f"SELECT 42 AS {marker}")
+    expect(page.get_by_role("status")).to_have_text("1 row")
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Email").fill(WEB_ADMIN)
+    page.get_by_label("Name").fill("Boss")
+    page.get_by_label("Name").press("Enter")
+    page.get_by_role("button", name="Audit trail").click()
+    page.get_by_label("User").fill(email)
+    page.get_by_label("Kind").select_option("query")
+    table = page.get_by_role("table")
+
+    def listed() -> bool:
+        page.get_by_role("button", name="Show").click()
+        expect(page.get_by_role("status")).not_to_have_text("Loading…")
+        return table.get_by_role("cell", name=f"SELECT 42 AS {marker}").count() == 1
+
+    wait_until(listed, what="the query's audit event in the table")
+    expect(table.get_by_role("row")).to_have_count(2)  # the header and the one query
+    expect(table.get_by_role("cell", name=email)).to_be_visible()
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download CSV").click()
+    download = download_info.value
+    assert download.suggested_filename == "audit.csv"
+    with open(download.path(), newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["kind"], r["email"], r["sql"], r["outcome"], r["rows"]) for r in rows] == [("query", email, f"SELECT 42 AS {marker}", "ok", "1")]

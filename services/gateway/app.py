@@ -14,6 +14,8 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 from aiohttp.web_protocol import RequestHandler
 
 from services.gateway import keys, metrics, webapp
+from services.gateway.access import log_unreachable_sources
+from services.gateway.audit import audit_trail
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
 from services.gateway.clients import HistoryClient, Limiter, QueryClient, SessionClient
@@ -167,6 +169,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[keys.COOKIE] = SessionCookie(config)
     app[keys.LIFECYCLE] = keys.Lifecycle()
     app.cleanup_ctx.append(nats_connection)
+    app.cleanup_ctx.append(audit_trail)
+    app.cleanup_ctx.append(log_unreachable_sources)
     if config.token_login:
         app.cleanup_ctx.append(token_verifier)
 

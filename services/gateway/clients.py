@@ -26,10 +26,12 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from services.gateway.sessions import new_sid
+from shared.access import DEFAULT_SOURCE, unknown_source
 from shared.bus import request, request_bytes, wait_connected
 from shared.codec import decode
 from shared.contracts import (
     MAX_SESSION_BATCH,
+    Caller,
     ConversationAppend,
     ConversationAppended,
     ConversationDeleted,
@@ -57,7 +59,7 @@ from shared.contracts import (
     SessionSet,
     Subjects,
 )
-from shared.errors import INTERNAL, UNAVAILABLE, ServiceError
+from shared.errors import INTERNAL, UNAVAILABLE, UNKNOWN_SOURCE, ServiceError
 from shared.logging import current_request_id
 
 log = structlog.get_logger(__name__)
@@ -283,9 +285,16 @@ class QueryClient:
         """The configured sources, the default one, and each one's dialect."""
         return await _call(self._nc, self._subjects.query_ping, Ping(), QueryPong, timeout)
 
-    async def schema(self, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S) -> SchemaReply:
-        """The `query.schema` reply for `source` (None: the default source): an overview, or details of `tables`.
+    async def schema(self, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S, *, role: str | None = None) -> SchemaReply:
+        """The `query.schema` reply for `source` (None: the default source): an overview, or details of `tables`,
+        as the database role `role` may read them (None: the source's account; docs/access.md).
 
-        Raises ServiceError: bad_request, unknown_source, query_timeout, unavailable, timeout.
+        Raises ServiceError: bad_request, unknown_source (naming only `source`), query_timeout, unavailable, timeout.
         """
-        return await _call(self._nc, self._subjects.query_schema, SchemaRequest(source, list(tables) if tables is not None else None), SchemaReply, timeout)
+        request = SchemaRequest(source, list(tables) if tables is not None else None, caller=Caller(role=role) if role else None)
+        try:
+            return await _call(self._nc, self._subjects.query_schema, request, SchemaReply, timeout)
+        except ServiceError as exc:
+            if exc.code == UNKNOWN_SOURCE:  # the query service lists every source; this user may not see them all
+                raise unknown_source(source or DEFAULT_SOURCE) from None
+            raise

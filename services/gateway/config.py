@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared.access import EMPTY, AccessPolicy, parse_policy
 from shared.bus import redact_url
 from shared.config import ServiceSettings, env_float, environ, load, setting, tcp_port
 from shared.errors import ConfigError
@@ -38,6 +39,16 @@ def _networks(name: str, raw: str) -> tuple[Network, ...]:
 
 def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(_origin(name, item) for item in _comma_list(raw))
+
+
+def _emails(_name: str, raw: str) -> tuple[str, ...]:
+    return tuple(e.lower() for e in _comma_list(raw))
+
+
+def _stream_name(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
+        raise ConfigError(f"{name} must be 1-64 letters, digits, '_' or '-', got {raw!r}")
+    return raw
 
 
 def _temperature(name: str, raw: str) -> float:
@@ -97,6 +108,20 @@ class GatewayConfig(ServiceSettings):
     chat_quota_per_minute: int = setting("CHAT_QUOTA_PER_MINUTE", 10, "chat turns per user per minute (0: no limit)", minimum=0)
     chat_quota_per_hour: int = setting("CHAT_QUOTA_PER_HOUR", 200, "chat turns per user per hour (0: no limit)", minimum=0)
     chat_quota_per_day: int = setting("CHAT_QUOTA_PER_DAY", 1000, "chat turns per user per day (0: no limit)", minimum=0)
+    access_policy: AccessPolicy = setting(
+        "ACCESS_POLICY", EMPTY, "who may use which source, as which database role (JSON, or a path to a JSON or YAML file; docs/access.md)", parse=lambda name, raw: parse_policy(raw, name), shown=""
+    )
+    groups_claim: str = setting("AUTH_GROUPS_CLAIM", "", "the ID-token claim holding the user's groups (e.g. `groups`); kept in the session")
+    admin_emails: tuple[str, ...] = setting("ADMIN_EMAILS", (), "comma list of emails that may read the audit trail (GET /api/audit)", parse=_emails)
+    admin_group: str = setting("ADMIN_GROUP", "", "members of this group may read the audit trail too")
+    audit_stream: str = setting("AUDIT_STREAM", "AUDIT", "the JetStream stream of the audit trail (subjects `<prefix>.audit.>`)", parse=_stream_name)
+    audit_replicas: int = setting(
+        "AUDIT_REPLICAS", 1, "the audit stream's replicas (within a JetStream cluster)", minimum=1, default_from=lambda values: values["nats_js_replicas"], shown="NATS_JS_REPLICAS"
+    )
+    audit_max_age_s: float = setting("AUDIT_MAX_AGE", 365 * 86400.0, "seconds an audit event is kept (0: forever)", minimum=0)
+    audit_max_bytes: int = setting("AUDIT_MAX_BYTES", -1, "the audit stream's size limit in bytes; the oldest events go first (-1: none)", minimum=-1)
+    audit_required: bool = setting("AUDIT_REQUIRED", False, "refuse queries (503) while the audit stream cannot take events, instead of buffering them")
+    audit_buffer: int = setting("AUDIT_BUFFER", 10000, "audit events kept in memory while the stream cannot take them; more are dropped and counted", minimum=1)
 
     def __post_init__(self) -> None:
         if self.auth_mode not in AUTH_MODES:

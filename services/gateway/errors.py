@@ -15,7 +15,7 @@ STATUS = {
     "too_large": 413,
     "conversation_full": 409,
     e.QUERY_REFUSED: 422,
-    e.UNKNOWN_SOURCE: 422,
+    e.UNKNOWN_SOURCE: 404,  # the same for a source the user may not use (services/gateway/access.py)
     e.QUERY_FAILED: 422,
     e.QUERY_TIMEOUT: 504,
     e.UNAVAILABLE: 503,

@@ -25,6 +25,8 @@ class QueryResult:
     columns: list[Any] = field(default_factory=list)
     preview: list[Any] = field(default_factory=list)
     row_count: int = 0
+    bytes: int = 0
+    """JSON bytes of rows relayed."""
     truncated: bool = False
     finished: bool = False
 
@@ -44,6 +46,7 @@ async def relay(consumer: StreamConsumer, stream: ToolStream, result: QueryResul
             case StreamRows(offset=offset, count=count, rows=rows):
                 await stream.rows(offset, rows)
                 result.row_count += count
+                result.bytes += len(rows)
                 metrics.QUERY_ROWS.inc(count)
             case StreamMeta(columns=columns, preview=preview):
                 result.columns, result.preview = [{"name": col.name, "type": col.type} for col in columns], preview

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.gateway import conversations, handlers, probes, webapp
+from services.gateway.audit_http import get_audit
 from services.gateway.chat import handlers as chat
 from services.gateway.schema import get_schema
 from shared.ops import metrics_handler
@@ -21,6 +22,8 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/query", handlers.query)
     router.add_get("/api/schema", get_schema)
     router.add_get("/api/sources", webapp.sources)
+    # The audit trail, for admins (404 for everyone else).
+    router.add_get("/api/audit", get_audit)
     # Conversations and the assistant.
     router.add_get("/api/conversations", conversations.list_conversations)
     router.add_post("/api/conversations", conversations.create_conversation)

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.access import source_grant
 from services.gateway.auth.identity import current_session
 from shared.errors import BAD_REQUEST, ServiceError
 
@@ -35,12 +36,13 @@ def _parameters(query: Any) -> tuple[str | None, list[str] | None]:
 
 async def get_schema(http_request: web.Request) -> web.Response:
     """GET /api/schema?source=&tables=a,b: the describe_schema reply as JSON (needs a session)."""
-    await current_session(http_request)
+    _, session = await current_session(http_request)
     for name in http_request.query:
         if name not in ("source", "tables"):
             raise ServiceError(BAD_REQUEST, f"unknown parameter {name!r}; use 'source' and 'tables'")
     if any(len(http_request.query.getall(name)) > 1 for name in http_request.query):
         raise ServiceError(BAD_REQUEST, "give each parameter once")
     source, tables = _parameters(http_request.query)
-    reply = await http_request.app[keys.QUERY].schema(source, tables)
+    grant = source_grant(http_request.app[keys.CONFIG], session, source)
+    reply = await http_request.app[keys.QUERY].schema(grant.source, tables, role=grant.role)
     return web.json_response(msgspec.to_builtins(reply))

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.gateway import keys
+from services.gateway.access import visible_sources
 from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
 from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
@@ -100,11 +101,13 @@ async def auth_config(request: web.Request) -> web.Response:
 
 
 async def sources(http_request: web.Request) -> web.Response:
-    """GET /api/sources: the query sources with their dialects, and the default (needs a session)."""
-    await current_session(http_request)
+    """GET /api/sources: the sources this user may use (ACCESS_POLICY), with their dialects and the database
+    role each is used with (null: the source's own account), and the default (needs a session)."""
+    _, session = await current_session(http_request)
     reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
-    listed = [{"name": name, "dialect": reply.dialects.get(name)} for name in reply.sources]
-    return web.json_response({"sources": listed, "default": reply.default})
+    grants = visible_sources(http_request.app[keys.CONFIG], session, reply.sources)
+    listed = [{"name": name, "dialect": reply.dialects.get(name), "role": grant.role} for name, grant in grants.items()]
+    return web.json_response({"sources": listed, "default": reply.default if reply.default in grants else None})
 
 
 def setup(app: web.Application) -> None:

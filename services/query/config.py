@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import orjson
 
+from shared.access import DEFAULT_SOURCE, parse_policy
 from shared.config import ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
 from shared.contracts import QUERY_QUEUE_WAIT_MAX_S
 from shared.errors import ConfigError
 
-DEFAULT_SOURCE = "default"
 PREVIEW_ROWS = 5
 SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
@@ -71,6 +71,14 @@ class QueryConfig(ServiceSettings):
         "source name -> the operator's own read-only functions, added to the guard's allow rule",
         parse=lambda _n, raw: MappingProxyType(parse_allowed_functions(raw)),
     )
+    roles: Mapping[str, tuple[str, ...]] = setting(
+        "ACCESS_POLICY",
+        MappingProxyType({}),
+        "the gateway's access policy (docs/access.md): each database role it names for a source is checked when that source opens",
+        parse=lambda name, raw: _policy_roles(name, raw),
+        shown="",
+    )
+    allow_activity_views: bool = setting("QUERY_ALLOW_ACTIVITY_VIEWS", False, "let queries read views of other sessions' SQL (pg_stat_activity, the processlists)")
 
     def __post_init__(self) -> None:
         if self.queue_wait_s > QUERY_QUEUE_WAIT_MAX_S:
@@ -101,6 +109,12 @@ class QueryConfig(ServiceSettings):
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
         return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample)
+
+
+def _policy_roles(name: str, raw: str) -> Mapping[str, tuple[str, ...]]:
+    """ACCESS_POLICY's database roles per source."""
+    policy = parse_policy(raw, name)
+    return MappingProxyType({source: roles for source in policy.rules if (roles := policy.roles(source))})
 
 
 def parse_sources(raw: str) -> dict[str, str]:

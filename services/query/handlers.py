@@ -27,7 +27,7 @@ from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
-from shared.contracts import QUERY_OPEN_TIMEOUT_S, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
+from shared.contracts import QUERY_OPEN_TIMEOUT_S, Caller, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
     INTERNAL,
     QUERY_TIMEOUT,
@@ -121,6 +121,7 @@ class QueryHandlers:
             engine = self._sources.resolve(req.source)
             progress.source = engine.name
             progress.dialect = engine.dialect
+            self._sources.check_caller(engine, req.caller)
             # Opened first: the guard asks the source's function catalog about every call. Bounded,
             # so that the gateway, which waits QUERY_START_TIMEOUT_S for this reply, gets this one.
             try:
@@ -130,7 +131,7 @@ class QueryHandlers:
                 raise not_answering(engine.name) from None
             policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()))
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
-            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy)
+            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy, allow_activity_views=self._config.allow_activity_views)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
         except BaseException as exc:
@@ -139,7 +140,7 @@ class QueryHandlers:
             if isinstance(exc, ServiceError):
                 self._record_failure(progress, exc)
             raise
-        task = asyncio.create_task(self._stream(engine, sql, producer, progress))
+        task = asyncio.create_task(self._stream(engine, sql, req.caller, producer, progress))
         self._streams.add(task)
         metrics.STREAMS_IN_FLIGHT.inc()
         task.add_done_callback(self._stream_done)
@@ -162,10 +163,10 @@ class QueryHandlers:
         if pending:
             await asyncio.wait(pending, timeout=10)
 
-    async def _stream(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+    async def _stream(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         """Run the query to its end, unless the client cancels (which can come while the database
         works, with no send to notice it) or the service shuts down; publish how it ended."""
-        work = asyncio.create_task(self._run_timed(engine, sql, producer, progress))
+        work = asyncio.create_task(self._run_timed(engine, sql, caller, producer, progress))
         gone = asyncio.create_task(producer.cancelled.wait())
         stopped: str | None = None
         try:
@@ -208,17 +209,17 @@ class QueryHandlers:
             metrics.QUERIES.labels(progress.source, INTERNAL).inc()
             await producer.fail(ServiceError(INTERNAL, "internal error in the query service; see its log"))
 
-    async def _run_timed(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+    async def _run_timed(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         try:
             async with asyncio.timeout(self._config.timeout_s):
-                await self._run(engine, sql, producer, progress)
+                await self._run(engine, sql, caller, producer, progress)
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, timeout_message(self._config.timeout_s)) from None
 
-    async def _run(self, engine: Engine, sql: str, producer: StreamProducer, progress: _Progress) -> None:
+    async def _run(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         config = self._config
         await self._sources.open(engine)
-        async with engine.query(sql, config.timeout_s) as cursor:
+        async with engine.query(sql, config.timeout_s, caller) as cursor:
             first = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
             encoder = RowEncoder(cursor.columns)
             columns = [ColumnInfo(column.name, column.type) for column in cursor.columns]

@@ -119,6 +119,20 @@ async def postgres_account(conn: Any) -> Account:
     return Account(name, tuple(findings))
 
 
+async def postgres_role_findings(conn: Any, role: str) -> list[str]:
+    """Why `conn`'s account may not act as the ACCESS_POLICY role `role`: no such role, not granted, or it can do more than read."""
+    user = await conn.fetchval("SELECT current_user")
+    exists = await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", role)
+    if not exists:
+        return [f"role {role!r} does not exist"]
+    if not await conn.fetchval("SELECT pg_has_role(current_user, $1, 'MEMBER')", role):
+        return [f'role {role!r} is not granted to {user!r} (GRANT "{role}" TO "{user}")']
+    async with conn.transaction(readonly=True):
+        await conn.fetchrow("SELECT set_config('role', $1, true)", role)
+        account = await postgres_account(conn)
+    return [f"role {role!r}: {finding}" for finding in account.findings]
+
+
 # --- MySQL / MariaDB ------------------------------------------------------------------------
 
 MYSQL_ALLOWED = frozenset({"SELECT", "SHOW VIEW", "USAGE"})
@@ -176,6 +190,24 @@ def mysql_findings(grants: Sequence[Grant], user: str) -> list[str]:
     return list(dict.fromkeys(findings))
 
 
+async def mysql_role_findings(conn: Any, role: str) -> list[str]:
+    """Why `conn`'s account may not act as the ACCESS_POLICY role `role`: not granted to it, or it holds more than SELECT and SHOW VIEW."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT CURRENT_USER()")
+        user = (await cur.fetchone())[0]
+        try:
+            await cur.execute(f"SET ROLE {quote_role(role)}")
+        except Exception as exc:  # ER_INVALID_ROLE and friends: not granted, or no such role
+            return [f"role {role!r} is not granted to {user!r} ({exc.args[-1] if exc.args else type(exc).__name__})"]
+        try:
+            await cur.execute("SHOW GRANTS")
+            grants, _ = parse_grants(row[0] for row in await cur.fetchall())
+        finally:
+            await cur.execute("SET ROLE NONE")
+    # SHOW GRANTS under a role lists the account's grants and the role's: keep the role's.
+    return [f"role {role!r}: {finding}" for finding in mysql_findings([g for g in grants if not _same_account(g.grantee, user)], user)]
+
+
 async def mysql_account(conn: Any) -> Account:
     """The account of `conn` (an asyncmy connection) and what it holds beyond SELECT and SHOW VIEW."""
     grants, user = await mysql_grants(conn)
@@ -200,7 +232,7 @@ async def mysql_grants(conn: Any) -> tuple[list[Grant], str]:
             if role in seen:
                 continue
             seen.add(role)
-            await cur.execute(f"SET ROLE {_quote(role)}")
+            await cur.execute(f"SET ROLE {quote_role(role)}")
             await cur.execute("SHOW GRANTS")
             role_grants, nested = parse_grants(row[0] for row in await cur.fetchall())
             grants += role_grants
@@ -225,7 +257,7 @@ def _unquote(name: str) -> str:
     return "".join(part.strip("`'") for part in re.split(r"(@)", name))
 
 
-def _quote(role: str) -> str:
+def quote_role(role: str) -> str:
     """A role name for SET ROLE: `name`, or `name`@`host` for MySQL 8's roles."""
     return "@".join("`" + part.replace("`", "``") + "`" for part in role.split("@", 1))
 
@@ -260,6 +292,11 @@ def _split_top_level(text: str) -> list[str]:
 def refusal_message(source: str, account: str, findings: Sequence[str]) -> str:
     shown = "; ".join(findings[:SHOWN_FINDINGS])
     more = f"; and {len(findings) - SHOWN_FINDINGS} more" if len(findings) > SHOWN_FINDINGS else ""
+    if any(finding.startswith("role ") for finding in findings):
+        return (
+            f"source {source!r} is not served: its database account {account!r} cannot safely take every role ACCESS_POLICY names for it ({shown}{more}). "
+            f"Name only roles granted to the account that may only read (see docs/access.md)"
+        )
     return (
         f"source {source!r} is not served: its database account {account!r} can do more than read ({shown}{more}). "
         f"Connect it as a reader role (see {DOCS}), or set QUERY_ALLOW_PRIVILEGED=1 to serve it anyway"

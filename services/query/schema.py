@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Catalog, Describes
 from shared.config import environ, load, setting
-from shared.contracts import SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
+from shared.contracts import Caller, SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -77,25 +77,30 @@ def bound(catalog: Catalog, details: bool, config: SchemaConfig) -> tuple[list[S
     return tables, truncated, "; ".join(notes) or None
 
 
+_Key = tuple[str, str | None, tuple[str, ...] | None]
+"""A description's cache key: source, role, the tables asked for (None: the overview)."""
+
+
 class SchemaService:
     """Serves `query.schema`: one catalog read per source and request at a time, then cached."""
 
     def __init__(self, sources: Sources, config: SchemaConfig) -> None:
         self._sources = sources
         self._config = config
-        self._cache: OrderedDict[tuple[str, tuple[str, ...] | None], tuple[float, SchemaReply]] = OrderedDict()
-        self._reading: dict[tuple[str, tuple[str, ...] | None], asyncio.Future[SchemaReply]] = {}
+        self._cache: OrderedDict[_Key, tuple[float, SchemaReply]] = OrderedDict()
+        self._reading: dict[_Key, asyncio.Future[SchemaReply]] = {}
 
-    async def describe(self, source: str | None, tables: Sequence[str] | None) -> tuple[SchemaReply, bool]:
-        """The reply for one request, and whether it came from the cache."""
+    async def describe(self, source: str | None, tables: Sequence[str] | None, role: str | None = None) -> tuple[SchemaReply, bool]:
+        """The reply for one request (as `role` sees the catalog; None: the source's account), and whether it came from the cache."""
         engine = self._sources.resolve(source)
-        key = (engine.name, tuple(dict.fromkeys(tables)) if tables is not None else None)
+        self._sources.check_caller(engine, Caller(role=role))
+        key = (engine.name, role, tuple(dict.fromkeys(tables)) if tables is not None else None)
         cached = self._cache.get(key)
         if cached is not None and time.monotonic() < cached[0]:
             return cached[1], True
         reading = self._reading.get(key)
         if reading is None:  # concurrent callers of one key share one catalog read
-            reading = asyncio.ensure_future(self._read(engine, key[1]))
+            reading = asyncio.ensure_future(self._read(engine, key[2], role))
             self._reading[key] = reading
             reading.add_done_callback(lambda done: self._read_done(key, done))
         reply = await asyncio.shield(reading)
@@ -106,19 +111,19 @@ class SchemaService:
                 self._cache.popitem(last=False)
         return reply, False
 
-    def _read_done(self, key: tuple[str, tuple[str, ...] | None], done: asyncio.Future[SchemaReply]) -> None:
+    def _read_done(self, key: _Key, done: asyncio.Future[SchemaReply]) -> None:
         self._reading.pop(key, None)
         if not done.cancelled():
             done.exception()  # retrieved here: every caller still waiting gets it raised
 
-    async def _read(self, engine: Engine, tables: tuple[str, ...] | None) -> SchemaReply:
+    async def _read(self, engine: Engine, tables: tuple[str, ...] | None, role: str | None) -> SchemaReply:
         config = self._config
         await self._sources.open(engine)
         if not isinstance(engine, Describes):
             raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
             async with asyncio.timeout(config.timeout_s):
-                catalog = await engine.describe(tables, config.max_tables, config.timeout_s)
+                catalog = await engine.describe(tables, config.max_tables, config.timeout_s, Caller(role=role) if role else None)
         except TimeoutError:
             raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {config.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
         listed, truncated, note = bound(catalog, tables is not None, config)
@@ -128,7 +133,7 @@ class SchemaService:
         """The `query.schema` handler (shared.bus.Server decodes the request)."""
         started = time.monotonic()
         try:
-            reply, cached = await self.describe(request.source, request.tables)
+            reply, cached = await self.describe(request.source, request.tables, request.caller.role if request.caller else None)
         except ServiceError as exc:
             log.info("schema_failed", source=request.source, code=exc.code, message=exc.message, duration_ms=round((time.monotonic() - started) * 1000, 1))
             raise

@@ -72,7 +72,7 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
                 docs="docs/query-account.md",
             )
         limits = ByteLimits(max_cell_bytes=config.max_cell_bytes, max_row_bytes=config.max_row_bytes)
-        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits), allow_privileged=config.allow_privileged)
+        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits), allow_privileged=config.allow_privileged, roles=config.roles)
         stack.push_async_callback(sources.close)
         # Check every source's account now, in the background: queries wait for nothing.
         opening = asyncio.create_task(sources.open_all())

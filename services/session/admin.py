@@ -7,25 +7,32 @@
     python -m services.session.admin delete --prefix P
     python -m services.session.admin delete --user UID    # sign a user out everywhere
     python -m services.session.admin conversations list --user UID
-    python -m services.session.admin erase --user UID     # every conversation and every session of a user
+    python -m services.session.admin erase --user UID     # every conversation and every session of a user (audited when NATS_URL is set)
+    python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
     python -m services.session.admin migrate-keys         # history and quota keys to their one-slot-per-user names
 
-Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service.
+Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service; `audit`
+reads the audit trail (docs/access.md) from NATS_URL, NATS_SUBJECT_PREFIX and AUDIT_STREAM instead.
 Session ids are masked unless --show-sids is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import re
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
 import msgpack
+import msgspec
+import nats
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
@@ -33,8 +40,9 @@ from redis.exceptions import RedisError, ResponseError
 from services.session.config import key_prefix, redis_target
 from services.session.keys import LIMIT_PREFIX, index_key, limit_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
-from shared.config import environ
-from shared.contracts import CONVERSATION_ID_PATTERN
+from shared.audit import AuditFilter, as_record, parse_since, read_events
+from shared.config import ServiceSettings, env_str, environ, read_one
+from shared.contracts import AUDIT_ERASURE, CONVERSATION_ID_PATTERN, AuditErasure, AuditEvent, Subjects
 from shared.errors import ConfigError
 from shared.logging import mask
 from shared.users import user_id
@@ -286,12 +294,80 @@ def parser() -> argparse.ArgumentParser:
     erase = sub.add_parser("erase", help="delete every conversation and every session of a user (erasure on request); safe to repeat")
     erase.add_argument("--user", dest="uid", required=True)
     sub.add_parser("migrate-keys", help="move history and quota keys to their Redis Cluster names ({u:<uid>} hash tags); safe to repeat")
+    audit = sub.add_parser("audit", help="the audit trail (JetStream, docs/access.md): the newest matching events, oldest first")
+    audit.add_argument("--user", help="a user id or email")
+    audit.add_argument("--source")
+    audit.add_argument("--kind", choices=("query", "sign_in", "sign_out", "connection", "erasure"))
+    audit.add_argument("--since", help="an ISO 8601 time (UTC unless it says otherwise) or seconds since the epoch")
+    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--format", choices=("jsonl", "table"), default="table")
     return p
+
+
+def _nats(env: dict[str, str]) -> tuple[str, str]:
+    """NATS_URL and NATS_SUBJECT_PREFIX, read as every service reads them."""
+    return read_one(ServiceSettings, "nats_url", env), read_one(ServiceSettings, "subject_prefix", env)
+
+
+async def _read_audit(env: dict[str, str], wanted: AuditFilter) -> list[AuditEvent]:
+    nats_url, prefix = _nats(env)
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        return await read_events(nc, env_str(env, "AUDIT_STREAM", "AUDIT"), Subjects(prefix), wanted)
+    finally:
+        await nc.close()
+
+
+async def _publish_erasure(env: dict[str, str], uid: str) -> None:
+    nats_url, prefix = _nats(env)
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        event = AuditErasure(id=uuid.uuid4().hex, time=time.time(), user_id=uid, by="admin erase")
+        await nc.jetstream().publish(Subjects(prefix).audit(AUDIT_ERASURE), msgspec.msgpack.encode(event), timeout=5, headers={"Nats-Msg-Id": event.id})
+    finally:
+        await nc.close()
+
+
+def record_erasure(env: dict[str, str], uid: str) -> None:
+    """The erasure's audit event (docs/access.md), when NATS_URL is set; a failure is said, the erasure stands."""
+    if not env.get("NATS_URL"):
+        print("note: NATS_URL is not set, so the erasure is not in the audit trail", file=sys.stderr)
+        return
+    try:
+        asyncio.run(_publish_erasure(env, uid))
+    except Exception as exc:
+        print(f"warning: the erasure is done but not in the audit trail: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def audit(args: argparse.Namespace, env: dict[str, str], out: Any = sys.stdout) -> int:
+    """`admin audit`: print the matching events as JSON lines or a table."""
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"error: --since: {exc}", file=sys.stderr)
+        return 2
+    wanted = AuditFilter(user=args.user, source=args.source, kind=args.kind, since=since, limit=max(1, args.limit))
+    try:
+        found = asyncio.run(_read_audit(env, wanted))
+    except Exception as exc:  # NATS unreachable, no such stream: one clear line
+        print(f"error: cannot read the audit trail: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    for event in found:
+        record = as_record(event)
+        if args.format == "jsonl":
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            when = dt.datetime.fromtimestamp(event.time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            what = f"{record.get('source', '')} {record.get('outcome', '')} {str(record.get('sql', '')).replace(chr(10), ' ')[:80]}".strip()
+            out.write(f"{when}  {record['kind']:<10} {event.email or event.user_id:<30} {what}\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     env = dict(environ())
+    if args.command == "audit":
+        return audit(args, env)
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
         env.pop("UPSTASH_REDIS_URL", None)
@@ -321,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "conversations":
                 return admin.conversations(args.uid.strip())
             if args.command == "erase":
-                return admin.erase(args.uid.strip())
+                code = admin.erase(args.uid.strip())
+                record_erasure(env, args.uid.strip())
+                return code
         if args.uid is not None:
             if not args.uid.strip():
                 print("error: --user needs a user id", file=sys.stderr)

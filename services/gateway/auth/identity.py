@@ -45,7 +45,7 @@ async def identity(request: web.Request) -> Identity:
     if token is not None:
         claims = await verifier(request).verify(token)
         check_policy(request.app[keys.CONFIG], claims)
-        user = user_from_claims(claims)
+        user = user_from_claims(claims, request.app[keys.CONFIG].groups_claim)
         structlog.contextvars.bind_contextvars(uid=user["uid"], auth="bearer")
         return Identity(None, {"user": user, "conversation_id": None})
     sid = request.app[keys.COOKIE].sid(request)

@@ -20,6 +20,7 @@ import structlog
 from jwt import PyJWK
 
 from services.gateway.config import GatewayConfig
+from shared.access import clean_groups
 from shared.errors import UNAUTHORIZED, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -275,14 +276,18 @@ class TokenVerifier:
 _SUB_RULE = f"the token's 'sub' must be a non-empty string of at most {MAX_SUB_CHARS} characters"
 
 
-def user_from_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
-    """The session's user map from verified claims: {uid, email, name, picture, verified}."""
+def user_from_claims(claims: Mapping[str, Any], groups_claim: str = "") -> dict[str, Any]:
+    """The session's user map from verified claims: {uid, email, name, picture, verified}, and `groups`
+    from the claim AUTH_GROUPS_CLAIM names (when set)."""
 
     def text(name: str) -> str | None:
         value = claims.get(name)
         return value if isinstance(value, str) and value else None
 
-    return {"uid": claims["sub"], "email": text("email"), "name": text("name"), "picture": text("picture"), "verified": _email_verified(claims)}
+    user = {"uid": claims["sub"], "email": text("email"), "name": text("name"), "picture": text("picture"), "verified": _email_verified(claims)}
+    if groups_claim:
+        user["groups"] = clean_groups(claims.get(groups_claim))
+    return user
 
 
 def _email_verified(claims: Mapping[str, Any]) -> bool:

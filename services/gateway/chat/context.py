@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
 
 from services.gateway.chat import prompt
 from services.gateway.clients import QueryClient
+from shared.access import Grant, unknown_source
 from shared.contracts import SchemaReply
-from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
+from shared.errors import UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +35,9 @@ TIMEOUT_S = 5.0
 class _Entry:
     fetched: float
     sources: tuple[str, ...]
-    system: str
+    dialects: dict[str, str]
+    default: str
+    schema: dict[str, Any] | None
     complete: bool  # with the schema overview; a prompt without it is fetched again for the next turn
 
     def fresh(self, now: float) -> bool:
@@ -43,26 +48,35 @@ class _Entry:
         return self.complete and now < self.fetched + CACHE_S + STALE_S
 
 
+_Key = tuple[str, str | None]
+"""A source and the database role its schema is read as (ACCESS_POLICY)."""
+
+
 class PromptContext:
-    """System prompts per source, fetched over NATS at most every CACHE_S."""
+    """System prompts per source and role, fetched over NATS at most every CACHE_S; each lists only the caller's sources."""
 
     def __init__(self, query: QueryClient, schema_max_chars: int) -> None:
         self._query = query
         self._schema_max_chars = schema_max_chars
-        self._entries: dict[str | None, _Entry] = {}
-        self._renewing: dict[str | None, asyncio.Task[None]] = {}
+        self._entries: dict[_Key, _Entry] = {}
+        self._renewing: dict[_Key, asyncio.Task[None]] = {}
 
-    async def system_prompt(self, source: str | None) -> str:
-        """The system message for a turn on `source` (None: the default); bad_request for an unknown source."""
-        entry = self._entries.get(source)
+    async def system_prompt(self, grant: Grant, visible: Callable[[Sequence[str]], Collection[str]]) -> str:
+        """The system message for a turn on the granted source; `visible` picks the sources this user may use.
+
+        unknown_source when the source does not exist."""
+        key = (grant.source, grant.role)
+        entry = self._entries.get(key)
         now = time.monotonic()
         if entry is None or not entry.usable(now):
-            entry = await self._fetch(source)
-        elif not entry.fresh(now) and source not in self._renewing:
-            self._renewing[source] = asyncio.create_task(self._renew(source))
-        if source is not None and source not in entry.sources:
-            raise ServiceError(BAD_REQUEST, f"unknown source {source!r}; the sources are {', '.join(entry.sources)}")
-        return entry.system
+            entry = await self._fetch(key)
+        elif not entry.fresh(now) and key not in self._renewing:
+            self._renewing[key] = asyncio.create_task(self._renew(key))
+        if grant.source not in entry.sources:
+            raise unknown_source(grant.source)
+        shown = visible(entry.sources)
+        sources = {name: entry.dialects.get(name, "") for name in entry.sources if name in shown}
+        return prompt.system_prompt(sources, entry.default, entry.schema, self._schema_max_chars)
 
     async def close(self) -> None:
         """Stop the background fetches still under way."""
@@ -70,22 +84,24 @@ class PromptContext:
             task.cancel()
         await asyncio.gather(*self._renewing.values(), return_exceptions=True)
 
-    async def _renew(self, source: str | None) -> None:
+    async def _renew(self, key: _Key) -> None:
+        source = key[0]
         try:
-            entry = await self._fetch(source)
-            if source is not None and source not in entry.sources:  # the source is gone: refuse it from now on
-                self._entries.pop(source, None)
+            entry = await self._fetch(key)
+            if source not in entry.sources:  # the source is gone: refuse it from now on
+                self._entries.pop(key, None)
         except ServiceError as exc:  # the kept prompt serves until STALE_S; then turns wait, and fail, on their own
             log.warning("chat_context_renewal_failed", source=source, error=exc.message)
         except Exception:
             log.exception("chat_context_renewal_failed", source=source)
         finally:
-            self._renewing.pop(source, None)
+            self._renewing.pop(key, None)
 
-    async def _fetch(self, source: str | None) -> _Entry:
+    async def _fetch(self, key: _Key) -> _Entry:
+        source, role = key
         ping, overview = await asyncio.gather(
             self._query.ping(TIMEOUT_S),
-            self._query.schema(source, None, TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S, role=role),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
@@ -97,8 +113,7 @@ class PromptContext:
         if schema is None:
             # Without the overview the model calls describe_schema itself; the turn goes on.
             log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
-        system = prompt.system_prompt({name: str(dialects.get(name, "")) for name in names}, default, schema, self._schema_max_chars)
-        entry = _Entry(time.monotonic(), names, system, complete=schema is not None)
-        if source is None or source in names:
-            self._entries[source] = entry
+        entry = _Entry(time.monotonic(), names, {name: str(dialects.get(name, "")) for name in names}, default, schema, complete=schema is not None)
+        if source in names:
+            self._entries[key] = entry
         return entry

@@ -22,7 +22,9 @@ import structlog
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.auth.identity import caller_uid
+from services.gateway.access import caller, source_grant, visible_sources
+from services.gateway.audit import query_audit
+from services.gateway.auth.identity import caller_uid, identity
 from services.gateway.chat import chat_request, metrics, persist, tools
 from services.gateway.chat.chat_request import ChatRequest
 from services.gateway.chat.context import PromptContext
@@ -95,20 +97,23 @@ class Turn:
     messages: list[dict[str, Any]]
     dropped: int
     limit: LimitResult
+    session: dict[str, Any]
+    """Who asks: their sources, roles and audit events (services/gateway/access.py)."""
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     """POST /api/chat: one assistant turn as a UI message stream."""
-    uid = await caller_uid(request)
+    who = await identity(request)
+    uid = who.uid
     model = configured_model(request.app)
     body = await parse(request)
-    system, stored = await load_context(request.app, uid, body)
+    system, stored = await load_context(request.app, uid, body, who.session)
     limit = await admit(request.app, uid)
     if not limit.allowed:
         return quota_refusal(limit)
     turns = chat_request.to_model_messages(stored.messages)
     kept, dropped = chat_request.fit_history(turns, request.app[keys.CONFIG].llm_history_max_chars)
-    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit)
+    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, who.session)
     return await run(request, model, turn)
 
 
@@ -127,14 +132,16 @@ async def parse(request: web.Request) -> ChatRequest:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
 
 
-async def load_context(app: web.Application, uid: str, body: ChatRequest) -> tuple[str, persist.TurnHistory]:
-    """The system prompt and the stored history, looked up together.
+async def load_context(app: web.Application, uid: str, body: ChatRequest, session: dict[str, Any]) -> tuple[str, persist.TurnHistory]:
+    """The system prompt (listing only the caller's sources) and the stored history, looked up together.
 
-    Both refuse before the quota counts the turn: an unknown source (the prompt is usually
-    kept, so costs nothing) and a full conversation (a load).
+    Both refuse before the quota counts the turn: an unknown source or one the caller may not
+    use (the prompt is usually kept, so costs nothing) and a full conversation (a load).
     """
+    config = app[keys.CONFIG]
+    grant = source_grant(config, session, body.source)
     return await asyncio.gather(
-        app[CONTEXT].system_prompt(body.source),
+        app[CONTEXT].system_prompt(grant, lambda names: visible_sources(config, session, names)),
         persist.prepare(app[keys.HISTORY], uid, body, app[keys.CONFIG].llm_history_max_chars),
     )
 
@@ -163,7 +170,19 @@ async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.Strea
     def alive() -> bool:
         return not (request.transport is None or request.transport.is_closing())
 
-    ctx = tools.ToolContext(app[keys.NATS_CLIENT], app[keys.SUBJECTS], app[keys.QUERY], ui, turn.body.source, config.stream_idle_s, alive)
+    session = turn.session
+    ctx = tools.ToolContext(
+        app[keys.NATS_CLIENT],
+        app[keys.SUBJECTS],
+        app[keys.QUERY],
+        ui,
+        turn.body.source,
+        config.stream_idle_s,
+        alive,
+        grant_for=lambda source: source_grant(config, session, source),
+        caller_for=lambda grant: caller(session, grant),
+        audit=lambda source, sql: query_audit(app, session, source, sql, conversation_id=turn.body.id, model=model.model, turn=ui.message_id),
+    )
     stats = TurnStats()
     started = time.monotonic()
     try:

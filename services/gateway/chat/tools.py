@@ -14,13 +14,16 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
+from services.gateway.audit import QueryAudit
 from services.gateway.chat import metrics, prompt
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
 from services.gateway.clients import QueryClient
 from services.gateway.relay import QueryResult, relay
-from shared.contracts import Subjects
-from shared.errors import ServiceError
+from services.gateway.sse import client_outcome
+from shared.access import Grant, unknown_source
+from shared.contracts import Caller, Subjects
+from shared.errors import UNKNOWN_SOURCE, ServiceError
 from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
 
@@ -29,7 +32,8 @@ SCHEMA_TIMEOUT_S = 10.0
 
 @dataclass
 class ToolContext:
-    """What the tools of one turn share."""
+    """What the tools of one turn share: who asks (`grant_for` decides their sources, `audit` starts a query's
+    audit event) and where the parts go."""
 
     nc: NATS
     subjects: Subjects
@@ -38,6 +42,9 @@ class ToolContext:
     source: str | None
     stream_idle_s: float
     alive: Callable[[], bool]
+    grant_for: Callable[[str | None], Grant]
+    caller_for: Callable[[Grant], Caller]
+    audit: Callable[[str | None, str], QueryAudit]
 
 
 def _optional_str(args: dict[str, Any], name: str) -> str | None:
@@ -79,20 +86,32 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
 
 
 async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | None) -> dict[str, Any]:
-    """Stream the query's preview, rows and output to the client; the model gets the summary only."""
+    """Stream the query's preview, rows and output to the client; the model gets the summary only. One audit event."""
     stream = ctx.ui.tool(call_id)
     consumer = StreamConsumer(ctx.nc, ctx.subjects, idle_timeout_s=ctx.stream_idle_s)
     result = QueryResult()
+    audit = ctx.audit(source, sql)
+    outcome, error = "cancelled", None  # until it ends otherwise: a turn cut off mid-query
     try:
         try:
-            await consumer.start(sql, source)
+            grant = ctx.grant_for(source)
+            audit.source, audit.role = grant.source, grant.role
+            await consumer.start(sql, grant.source, caller=ctx.caller_for(grant))
             await relay(consumer, stream, result, ctx.alive)
+            outcome = "ok"
         except ServiceError as exc:
+            if exc.code == UNKNOWN_SOURCE:
+                exc = unknown_source(audit.source)
+            outcome, error = exc.code, exc
             metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, exc.code).inc()
             await stream.error(exc.message)
             return {"error": exc.message}
+        except ConnectionResetError as exc:
+            outcome = client_outcome(exc)
+            raise
     finally:
         await consumer.close()
+        audit.finish(outcome, result, error)
     metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, "ok").inc()
     return prompt.query_summary(result.output())
 
@@ -100,7 +119,8 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
 async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        reply = msgspec.to_builtins(await ctx.query.schema(source, tables, SCHEMA_TIMEOUT_S))
+        grant = ctx.grant_for(source)
+        reply = msgspec.to_builtins(await ctx.query.schema(grant.source, tables, SCHEMA_TIMEOUT_S, role=grant.role))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)

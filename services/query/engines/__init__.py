@@ -10,9 +10,10 @@ import structlog
 
 from services.query.config import url_scheme
 from services.query.engines.base import Cursor, Engine, EngineSettings
-from services.query.privileges import refusal_message
+from services.query.privileges import Account, refusal_message
 from shared.bus import redact_url
-from shared.errors import UNAVAILABLE, UNKNOWN_SOURCE, ServiceError
+from shared.contracts import Caller
+from shared.errors import QUERY_REFUSED, UNAVAILABLE, UNKNOWN_SOURCE, ServiceError
 
 __all__ = ["Cursor", "Engine", "EngineSettings", "Sources", "create_engine", "engine_class"]
 
@@ -52,13 +53,23 @@ class Sources:
     answers every query with that error (the other sources are served as usual).
     """
 
-    def __init__(self, urls: Mapping[str, str], settings: EngineSettings, default: str = "default", *, allow_privileged: bool = False) -> None:
+    def __init__(
+        self,
+        urls: Mapping[str, str],
+        settings: EngineSettings,
+        default: str = "default",
+        *,
+        allow_privileged: bool = False,
+        roles: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self._engines = {name: create_engine(name, url, settings) for name, url in urls.items()}
         self._opened: dict[str, Engine] = {}
         self._refused: dict[str, tuple[float, ServiceError]] = {}
         self._locks = {name: asyncio.Lock() for name in urls}
         self.default = default
         self.allow_privileged = allow_privileged
+        # ACCESS_POLICY's roles per source: each is checked when the source opens, and only these are taken.
+        self.roles = dict(roles or {})
 
     @property
     def names(self) -> list[str]:
@@ -72,6 +83,19 @@ class Sources:
             raise ServiceError(UNKNOWN_SOURCE, f"unknown source {key!r}; known: {', '.join(self.names)}")
         return engine
 
+    def check_caller(self, engine: Engine, caller: Caller | None) -> None:
+        """Refuse a role that ACCESS_POLICY does not name for this source (the gateway only sends those)."""
+        if caller is not None and caller.role is not None and caller.role not in self.roles.get(engine.name, ()):
+            raise ServiceError(QUERY_REFUSED, f"the role {caller.role!r} is not one ACCESS_POLICY names for source {engine.name!r}")
+
+    async def _findings(self, engine: Engine) -> tuple[Account | None, tuple[str, ...]]:
+        """The account, and everything it or the policy's roles for this source may do beyond reading."""
+        account = await engine.account()
+        findings = list(account.findings) if account is not None else []
+        for role in self.roles.get(engine.name, ()):
+            findings += await engine.role_findings(role)
+        return account, tuple(findings)
+
     async def open(self, engine: Engine) -> Engine:
         if engine.name in self._opened:
             return engine
@@ -83,21 +107,22 @@ class Sources:
                 raise ServiceError(refused[1].code, refused[1].message)
             try:
                 await engine.open()
-                account = await engine.account()
+                account, findings = await self._findings(engine)
             except BaseException as exc:  # cancelled too: a half-opened engine is closed
                 await self._close(engine)
                 if isinstance(exc, ServiceError) or not isinstance(exc, Exception):
                     raise
                 # Not knowing the account's privileges is no better than knowing them bad.
                 raise ServiceError(UNAVAILABLE, f"cannot open source {engine.name!r} ({redact_url(engine.url)}) or check its account: {str(exc) or type(exc).__name__}") from None
-            if account is not None and account.findings:
+            if findings:
+                name = account.name if account is not None else engine.dialect
                 if not self.allow_privileged:
                     await self._close(engine)
-                    error = ServiceError(UNAVAILABLE, refusal_message(engine.name, account.name, account.findings))
+                    error = ServiceError(UNAVAILABLE, refusal_message(engine.name, name, findings))
                     self._refused[engine.name] = (time.monotonic() + REFUSAL_RECHECK_S, error)
-                    log.error("source_refused", source=engine.name, account=account.name, privileges=list(account.findings), docs="docs/query-account.md")
+                    log.error("source_refused", source=engine.name, account=name, privileges=list(findings), docs="docs/query-account.md")
                     raise error
-                log.warning("source_privileged", source=engine.name, account=account.name, privileges=list(account.findings), override="QUERY_ALLOW_PRIVILEGED")
+                log.warning("source_privileged", source=engine.name, account=name, privileges=list(findings), override="QUERY_ALLOW_PRIVILEGED")
             self._refused.pop(engine.name, None)
             self._opened[engine.name] = engine
             log.info("source_opened", source=engine.name, dialect=engine.dialect, url=redact_url(engine.url), account=account.name if account else None)

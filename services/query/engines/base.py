@@ -12,6 +12,7 @@ from services.query.guard import FunctionName, FunctionPolicy, default_policy
 from services.query.privileges import Account
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits
+from shared.contracts import Caller
 
 
 @dataclass(frozen=True)
@@ -81,17 +82,22 @@ class Engine(ABC):
         """
         return None
 
+    async def role_findings(self, role: str) -> list[str]:
+        """Why the account may not run statements as the ACCESS_POLICY role `role` (not granted, or it can
+        do more than read), one phrase each; empty when it may (docs/access.md)."""
+        return [f"role {role!r}: a {self.dialect} source has no database roles"]
+
     def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
         """Which functions the guard lets a query on this source call; `allowed` is the operator's additions."""
         return default_policy(self.dialect, allowed)
 
     @abstractmethod
-    def query(self, sql: str, timeout_s: float) -> AbstractAsyncContextManager[Cursor]:
-        """Run `sql` read-only and yield its cursor (see the class docstring)."""
+    def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AbstractAsyncContextManager[Cursor]:
+        """Run `sql` read-only, as `caller`'s role where it has one, and yield its cursor (see the class docstring)."""
 
-    async def iterate(self, sql: str, timeout_s: float, batch: int = 10_000) -> AsyncIterator[Sequence[Any]]:
+    async def iterate(self, sql: str, timeout_s: float, batch: int = 10_000, caller: Caller | None = None) -> AsyncIterator[Sequence[Any]]:
         """Every row of `sql`, for tests and tools."""
-        async with self.query(sql, timeout_s) as cursor:
+        async with self.query(sql, timeout_s, caller) as cursor:
             while rows := await cursor.fetch(batch):
                 for row in rows:
                     yield row

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from shared.contracts import SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
+from shared.contracts import Caller, SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Catalog:
 class Describes(Protocol):
     """An engine that can describe its source's tables (every engine in services/query/engines)."""
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> Catalog: ...
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> Catalog: ...
 
 
 def pick(tables: Sequence[CatalogTable], wanted: Sequence[str] | None, max_tables: int) -> tuple[list[CatalogTable], list[str]]:

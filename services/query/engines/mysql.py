@@ -25,10 +25,11 @@ from asyncmy.cursors import SSCursor
 
 from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
-from services.query.privileges import Account, mysql_account
+from services.query.privileges import Account, mysql_account, mysql_role_findings, quote_role
 from services.query.values import Column
 from services.query.wire import WireGuard, install
 from shared.bus import redact_url
+from shared.contracts import Caller
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -126,6 +127,15 @@ class MysqlCursor(Cursor):
         return rows
 
 
+async def act_as(conn: Any, caller: Caller | None) -> None:
+    """Inside the read-only transaction: SET ROLE to the caller's role, whose grants then apply beside the
+    account's own (give the account none of its own on the data; docs/access.md). COM_RESET_CONNECTION
+    keeps the current role, so `_reset` sets it to NONE before the connection is reused."""
+    if caller is not None and caller.role is not None:
+        async with conn.cursor() as cur:
+            await cur.execute(f"SET ROLE {quote_role(caller.role)}")
+
+
 class MysqlEngine(Engine):
     """A MySQL or MariaDB source (mysql:// or mariadb:// URL)."""
 
@@ -164,8 +174,15 @@ class MysqlEngine(Engine):
         finally:
             conn.close()
 
+    async def role_findings(self, role: str) -> list[str]:
+        conn = await asyncio.wait_for(asyncmy.connect(connect_timeout=self.settings.connect_timeout_s, **self._params), self.settings.connect_timeout_s)
+        try:
+            return await asyncio.wait_for(mysql_role_findings(conn, role), self.settings.connect_timeout_s)
+        finally:
+            conn.close()
+
     @asynccontextmanager
-    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+    async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         if self._pool is None:
             raise ServiceError(UNAVAILABLE, "the query service is shutting down")
         try:
@@ -180,6 +197,7 @@ class MysqlEngine(Engine):
             guard = install(conn._transport, self.settings.limits, mysql=True)
             try:
                 await self._prepare_session(conn, timeout_s)
+                await act_as(conn, caller)
                 raw = conn.cursor(SSCursor)
                 await raw.execute(sql)
             except (asyncmy.errors.MySQLError, OSError) as exc:
@@ -191,7 +209,7 @@ class MysqlEngine(Engine):
         finally:
             if cursor is not None and cursor.exhausted:
                 finished = True
-            await asyncio.shield(self._release(conn, finished))
+            await asyncio.shield(self._release(conn, finished, had_role=caller is not None and caller.role is not None))
 
     async def _prepare_session(self, conn: Any, timeout_s: float) -> None:
         await conn._execute_command(_COM_SET_OPTION, _MULTI_STATEMENTS_OFF)
@@ -204,11 +222,11 @@ class MysqlEngine(Engine):
             await cur.execute(limit)
             await cur.execute("START TRANSACTION READ ONLY")
 
-    async def _release(self, conn: Any, finished: bool) -> None:
+    async def _release(self, conn: Any, finished: bool, *, had_role: bool = False) -> None:
         """Back to the pool, reset, when the result was read to the end; else KILL QUERY and drop it."""
         if finished and conn.connected:
             try:
-                await asyncio.wait_for(self._reset(conn), self.settings.connect_timeout_s)
+                await asyncio.wait_for(self._reset(conn, had_role), self.settings.connect_timeout_s)
             except Exception as exc:
                 log.warning("mysql_reset_failed", source=self.name, error=_text(exc))
                 conn.close()
@@ -219,17 +237,20 @@ class MysqlEngine(Engine):
             conn.close()
         self._pool.release(conn)
 
-    async def _reset(self, conn: Any) -> None:
+    async def _reset(self, conn: Any, had_role: bool = False) -> None:
         """Nothing the query did outlives it: roll back, free named locks, reset the session.
 
         COM_RESET_CONNECTION (asyncmy has no call for it; MySQL 5.7+, MariaDB 10.2+) clears
         user variables, session variables, temporary tables and prepared statements, and
         keeps the connection's character set. RELEASE_ALL_LOCKS() comes first because not
-        every server version frees GET_LOCK() locks on a reset.
+        every server version frees GET_LOCK() locks on a reset. It keeps the current role
+        (MariaDB 10.11), so a query run as an ACCESS_POLICY role (`had_role`) ends with SET ROLE NONE.
         """
         await conn.rollback()
         async with conn.cursor() as cur:
             await cur.execute("SELECT RELEASE_ALL_LOCKS()")
+            if had_role:
+                await cur.execute("SET ROLE NONE")
         await conn._execute_command(_COM_RESET_CONNECTION, b"")
         await conn._read_ok_packet()
         if not conn.get_autocommit():  # the reset takes the server's default
@@ -264,22 +285,21 @@ class MysqlEngine(Engine):
             return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
         return ServiceError(QUERY_FAILED, _text(exc))
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from information_schema, as this account sees them."""
         listed = [
             catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
-            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s)
+            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s, caller=caller)
         ]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
-        columns = [
-            ((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s)
-        ]
+        rows = self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s, caller=caller)
+        columns = [((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in rows]
         foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
         if wanted is not None:
-            async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s):
+            async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s, caller=caller):
                 entry = foreign_keys.setdefault((schema, table, constraint), ([], catalog.qualified(ref_schema, ref_table, bool(home)), []))
                 entry[0].append(column)
                 entry[2].append(ref_column)

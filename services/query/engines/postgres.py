@@ -21,10 +21,11 @@ from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.engines.pg_codecs import decode_char, install_codecs
 from services.query.guard import FunctionName, FunctionPolicy, PgCatalog, PgPolicy
-from services.query.privileges import Account, postgres_account
+from services.query.privileges import Account, postgres_account, postgres_role_findings
 from services.query.values import Column
 from services.query.wire import WireGuard, install
 from shared.bus import redact_url
+from shared.contracts import Caller
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -62,6 +63,18 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     # state, so nothing a query did reaches the next one. The pool has already rolled
     # back; with statement_cache_size=0 asyncpg holds no statement DISCARD could drop.
     await conn.execute("DISCARD ALL")
+
+
+async def act_as(conn: asyncpg.Connection, caller: Caller | None) -> None:
+    """Inside the read-only transaction: SET LOCAL ROLE to the caller's role (so its table, column and
+    row privileges apply), and the dbgenie.user_id / dbgenie.email settings that RLS policies read.
+    All three end with the transaction (docs/access.md)."""
+    if caller is None:
+        return
+    if caller.role is None:
+        await conn.fetchrow("SELECT set_config('dbgenie.user_id', $1, true), set_config('dbgenie.email', $2, true)", caller.user_id, caller.email)
+    else:
+        await conn.fetchrow("SELECT set_config('dbgenie.user_id', $1, true), set_config('dbgenie.email', $2, true), set_config('role', $3, true)", caller.user_id, caller.email, caller.role)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -151,8 +164,14 @@ class PostgresEngine(Engine):
         async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
             return await asyncio.wait_for(postgres_account(conn), self.settings.connect_timeout_s)
 
+    async def role_findings(self, role: str) -> list[str]:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            return await asyncio.wait_for(postgres_role_findings(conn, role), self.settings.connect_timeout_s)
+
     @asynccontextmanager
-    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+    async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         if self._pool is None:
             raise ServiceError(UNAVAILABLE, "the query service is shutting down")
         try:
@@ -166,6 +185,7 @@ class PostgresEngine(Engine):
         try:
             try:
                 await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
+                await act_as(conn, caller)
                 statement = await conn.prepare(sql)
                 if not statement.get_attributes():
                     # COPY, SET, COMMIT, DO, CALL...: refused before they run, whatever the guard said.
@@ -213,17 +233,18 @@ class PostgresEngine(Engine):
             return ServiceError(QUERY_FAILED, _text(exc))
         return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
-        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in self.iterate(_PG_TABLES, timeout_s)]
+        rows = self.iterate(_PG_TABLES, timeout_s, caller=caller)
+        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in rows]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         oids = catalog.id_list([t.key for t in picked])
-        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s)]
+        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s, caller=caller)]
         foreign_keys = []
         if wanted is not None:
-            async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s):
+            async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s, caller=caller):
                 foreign_keys.append((oid, from_columns, catalog.qualified(schema, name, home), to_columns))
         return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
 

@@ -23,6 +23,7 @@ from services.query.engines import catalog
 from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits, cell_error, fetch_error, row_error
+from shared.contracts import Caller
 from shared.errors import (
     QUERY_FAILED,
     QUERY_REFUSED,
@@ -34,6 +35,8 @@ from shared.errors import (
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
 _DENIED_FUNCTIONS = frozenset({"load_extension", "writefile", "readfile", "edit", "fts3_tokenizer"})
 _STORAGE_CLASS = {int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}
+# The values that count toward the byte limits (numbers and NULL are a few bytes at most).
+_SIZED = frozenset({str, bytes})
 
 
 def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
@@ -123,29 +126,50 @@ def _fetch_bounded(handle: _Handle, n: int, by_bytes: bool) -> tuple[list[Any], 
     """
     assert handle.cursor is not None
     limits = handle.limits
-    cell_limit, row_limit, budget = limits.max_cell_bytes, limits.max_row_bytes, limits.max_fetch_bytes
+    # A row whose strings and blobs come to at most `plain` characters and bytes holds no value
+    # over the cell limit, even as UTF-8 (4 bytes a character at most), and is within the row
+    # limit; its size is then what it counts. Only a longer row is measured value by value.
+    plain = min(limits.max_cell_bytes // 4, limits.max_row_bytes)
+    # By bytes: stop once one more row (at most QUERY_MAX_ROW_BYTES) could pass the budget.
+    stop = limits.max_fetch_bytes - limits.max_row_bytes if by_bytes else limits.max_fetch_bytes
     rows: list[Any] = []
+    append = rows.append
     total = 0
+    # One row at a time (never a batch of rows unmeasured), with as little work per row as can be:
+    # this loop is most of the query service's own CPU for a long result (docs/benchmarks.md).
     for row in islice(handle.cursor, n):
         size = 0
         for value in row:
-            kind = type(value)
-            if kind is str or kind is bytes:
-                length = len(value)
-                if kind is str and length * 4 > cell_limit and not value.isascii():
-                    length = len(value.encode())
-                if length > cell_limit:
-                    raise cell_error(length, limits)
-                size += length
-        if size > row_limit:
-            raise row_error(size, limits)
+            if type(value) in _SIZED:
+                size += len(value)
+        if size > plain:
+            size = _row_size(row, limits)
         total += size
-        if total > budget:
-            raise fetch_error(budget, limits)
-        rows.append(row)
-        if by_bytes and total + row_limit > budget and len(rows) < n:
+        if total > stop:
+            if not by_bytes:
+                raise fetch_error(limits.max_fetch_bytes, limits)
+            append(row)
             return rows, False
+        append(row)
     return rows, len(rows) < n
+
+
+def _row_size(row: Sequence[Any], limits: ByteLimits) -> int:
+    """The bytes of a row's strings (as UTF-8 where that could matter) and blobs; raises over the cell or row limit."""
+    cell_limit = limits.max_cell_bytes
+    size = 0
+    for value in row:
+        kind = type(value)
+        if kind is str or kind is bytes:
+            length = len(value)
+            if kind is str and length * 4 > cell_limit and not value.isascii():
+                length = len(value.encode())
+            if length > cell_limit:
+                raise cell_error(length, limits)
+            size += length
+    if size > limits.max_row_bytes:
+        raise row_error(size, limits)
+    return size
 
 
 def _infer_type(rows: Sequence[Sequence[Any]], index: int) -> str:
@@ -206,7 +230,7 @@ class SqliteEngine(Engine):
             handle.close()
 
     @asynccontextmanager
-    async def query(self, sql: str, timeout_s: float) -> AsyncIterator[Cursor]:
+    async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         loop = asyncio.get_running_loop()
         async with self._slots:
             handle = _Handle(self.path, timeout_s, self.settings.limits)
@@ -221,7 +245,7 @@ class SqliteEngine(Engine):
                 self._handles.discard(handle)
                 await asyncio.shield(self._finish(handle))
 
-    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float) -> catalog.Catalog:
+    async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from sqlite_master and the table_info pragmas.
 
         Read on a query's handle (read-only file, query_only, the query authorizer plus these

@@ -22,6 +22,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.parser import Parser
 from sqlglot.tokens import Token, TokenType
 
+from services.query.guard.activity import check_activity_views
 from services.query.guard.lexing import CANNOT_ANALYSE, cannot_analyse, check_mysql_comments, normalize_postgres, postgres_name
 from services.query.guard.policy import (
     MYSQL_SYNTAX_CALLS,
@@ -113,12 +114,13 @@ _OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
 _TABLESAMPLE_METHODS = frozenset({"bernoulli", "system"})
 
 
-def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None) -> None:
+def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None, *, allow_activity_views: bool = False) -> None:
     """Raise ServiceError unless `sql` is exactly one read-only query in `dialect` whose every call `policy` allows.
 
     `dialect` is a sqlglot dialect name: "postgres", "mysql" or "sqlite". Without a policy,
     PostgreSQL allows no function (its policy comes from the source's catalog), MySQL the
-    reviewed built-ins and SQLite all but its file-system extensions.
+    reviewed built-ins and SQLite all but its file-system extensions. Views of other sessions'
+    SQL are refused unless `allow_activity_views` (guard/activity.py).
     """
     if policy is None:
         policy = default_policy(dialect)
@@ -156,6 +158,8 @@ def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None
             raise ServiceError(QUERY_REFUSED, f"{_ONLY_ONE}: found {describe(node)}")
         if dialect == "mysql" and isinstance(node, exp.PropertyEQ):
             raise ServiceError(QUERY_REFUSED, f"{_ONLY_ONE}: found a variable assignment (:=)")
+    if not allow_activity_views:
+        check_activity_views(tokens, dialect, lambda token: _name(token, dialect)[0])
     _check_calls(statement, tokens, dialect, policy)
 
 

@@ -3,8 +3,8 @@
 // which sets the session cookie.
 import { api } from "./api.js";
 
-export async function devSignIn(email, name) {
-  return api("/auth/login", { method: "POST", body: { email, name } });
+export async function devSignIn(email, name, groups = []) {
+  return api("/auth/login", { method: "POST", body: groups.length ? { email, name, groups } : { email, name } });
 }
 
 export async function googleSignIn(firebaseConfig) {

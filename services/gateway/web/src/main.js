@@ -4,6 +4,7 @@
 import "./csp.js"; // first: settings that keep libraries within the page's CSP
 import { api, ApiError } from "./api.js";
 import { devSignIn, googleSignIn, signOutOfGateway } from "./auth.js";
+import { AuditView } from "./audit.js";
 import { drawChart } from "./chart.js";
 import { ChatView, chatErrorText, createChat } from "./chat.js";
 import { SqlEditor } from "./editor.js";
@@ -51,6 +52,7 @@ async function signedIn(me) {
   $("loading").hidden = true;
   $("account").hidden = false;
   $("account-name").textContent = `Signed in as ${me.user.name || me.user.email || me.user.uid}`;
+  $("open-audit").hidden = !me.admin;
   $("workspace").hidden = false;
   $("conversations").hidden = false;
   await Promise.all([loadSources(), openConversation(me.conversation_id, { fresh: false })]);
@@ -61,7 +63,8 @@ $("dev-login").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("sign-in-error").textContent = "";
   try {
-    await signedIn(await devSignIn($("login-email").value, $("login-name").value));
+    const groups = $("login-groups").value.split(",").map((g) => g.trim()).filter(Boolean);
+    await signedIn(await devSignIn($("login-email").value, $("login-name").value, groups));
   } catch (error) {
     $("sign-in-error").textContent = error.message;
   }
@@ -97,7 +100,8 @@ async function loadSources() {
     page.sources = reply.sources;
     select.replaceChildren(
       ...reply.sources.map((s) => {
-        const option = new Option(`${s.name}${s.dialect ? ` (${s.dialect})` : ""}`, s.name);
+        const details = [s.dialect, s.role ? `as role ${s.role}` : null].filter(Boolean).join(", ");
+        const option = new Option(`${s.name}${details ? ` (${details})` : ""}`, s.name);
         option.selected = s.name === reply.default;
         return option;
       }),
@@ -124,6 +128,19 @@ async function configureEditor() {
 }
 
 $("source").addEventListener("change", configureEditor);
+
+const audit = new AuditView({
+  section: $("audit"),
+  workspace: $("workspace"),
+  form: $("audit-filters"),
+  table: $("audit-table"),
+  status: $("audit-status"),
+  error: $("audit-error"),
+  csv: $("audit-csv"),
+  fields: { user: $("audit-user"), source: $("audit-source"), kind: $("audit-kind"), since: $("audit-since") },
+});
+$("open-audit").addEventListener("click", () => audit.open());
+$("close-audit").addEventListener("click", () => audit.close());
 $("run").addEventListener("click", () => run());
 $("cancel-query").addEventListener("click", () => page.queryAbort && page.queryAbort.abort());
 

@@ -120,7 +120,7 @@ export class ResultStore {
   }
 }
 
-function csvField(text) {
+export function csvField(text) {
   if (text === null) return "";
   return /[",\r\n]/.test(text) || text !== text.trim() ? '"' + text.replaceAll('"', '""') + '"' : text;
 }
