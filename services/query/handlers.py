@@ -116,7 +116,7 @@ class QueryHandlers:
             if not self.accepting:
                 raise ServiceError(UNAVAILABLE, "the query service is shutting down; try again")
             # First, so a declined or queued request holds nothing (no source opened, no subscription).
-            await self.admission.acquire(req.user, wait=req.wait)
+            await self.admission.acquire(req.caller.user_id if req.caller else "", wait=req.wait)
             admitted = True
             engine = self._sources.resolve(req.source)
             progress.source = engine.name
