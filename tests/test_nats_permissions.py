@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import nats
+import nkeys
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -175,3 +176,34 @@ def test_credentials_of_two_kinds_are_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="go together"):
         GatewayConfig.from_env({"NATS_USER": "a"}).nats_credentials  # noqa: B018
     assert GatewayConfig.from_env({}).nats_credentials.options() == {}
+
+
+@pytest.fixture(scope="module")
+def nkey_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsServer, str]]:
+    """A nats-server that knows one user by its nkey, and that user's seed."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    public = nkeys.from_seed(seed.encode()).public_key.decode()
+    config = tmp_path_factory.mktemp("nkey") / "nkey.conf"
+    config.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    server = NatsServer(jetstream=False)
+    server.argv += ["-c", str(config)]
+    server.start()
+    yield server, seed
+    server.cleanup()
+
+
+async def test_an_nkey_seed_or_its_file_connects_and_another_seed_is_refused(nkey_user: tuple[NatsServer, str], tmp_path) -> None:
+    server, seed = nkey_user
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_text(seed)
+    for given in (seed, str(seed_file)):
+        config = GatewayConfig.from_env({"NATS_URL": server.url, "NATS_NKEY_SEED": given})
+        nc = await connect(config.nats_url, "gateway", credentials=config.nats_credentials, connect_deadline_s=5)
+        try:
+            assert nc.is_connected
+        finally:
+            await nc.close()
+    stranger = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    config = GatewayConfig.from_env({"NATS_URL": server.url, "NATS_NKEY_SEED": stranger})
+    with pytest.raises(ConfigError, match="refused the credentials of gateway \\(NATS_NKEY_SEED\\)"):
+        await connect(config.nats_url, "gateway", credentials=config.nats_credentials, connect_deadline_s=5)
