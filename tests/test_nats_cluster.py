@@ -27,8 +27,10 @@ def cluster() -> Iterator[NatsCluster]:
     servers.cleanup()
 
 
-def query_outcome(status: int, parts: list[Any]) -> str:
-    """ok (the whole result), error (an error part with a message), or what went wrong."""
+def query_outcome(status: int, parts: list[Any], refusal: dict[str, Any] | None = None) -> str:
+    """ok (the whole result), error (an error part, or a 503 with a JSON error and Retry-After), or what went wrong."""
+    if status == 503 and refusal is not None:
+        return "error" if refusal.get("error", {}).get("message") else f"503 without a message: {refusal}"
     if status != 200:
         return f"http {status}"
     if any(isinstance(p, dict) and p.get("type") == "tool-output-available" and not p.get("preliminary") for p in parts):
@@ -71,7 +73,8 @@ async def test_losing_the_gateways_node_under_load_fails_no_me_and_no_query_sile
                 while time.monotonic() < stop_at:
                     async with client.post("/api/query", json={"sql": "SELECT 1 AS one"}) as response:
                         parts = [p async for p in events(response)] if response.status == 200 else []
-                        outcomes.append(query_outcome(response.status, parts))
+                        refusal = await response.json() if response.status == 503 and response.headers.get("Retry-After") else None
+                        outcomes.append(query_outcome(response.status, parts, refusal))
 
             async def kill() -> None:
                 node = cluster.node_of("gateway")
