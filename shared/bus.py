@@ -35,7 +35,8 @@ BytesHandler = Callable[[bytes, Msg], Awaitable[bytes]]
 
 _UP: weakref.WeakKeyDictionary[NATS, asyncio.Event] = weakref.WeakKeyDictionary()
 """Per connection made by connect(): set while it is connected, so a caller can await the reconnection."""
-_AUTH_REFUSALS = ("authorization violation", "authentication", "user authentication expired", "account authentication expired")
+_AUTH_REFUSALS = ("authorization violation", "authentication expired", "authentication revoked")
+"""What the server says to credentials it refuses (not "Authentication Timeout", which a retry may cure)."""
 
 
 def servers(url: str) -> list[str]:

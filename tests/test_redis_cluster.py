@@ -23,9 +23,11 @@ from services.session.config import RedisTarget, redis_target
 from services.session.history_redis import HistoryRedis
 from services.session.keys import guard_key, index_key, limit_key, list_key, titles_key
 from services.session.redis_store import create_client
+from tests.client import browser
 from tests.clusters import RedisClusterServers
-from tests.conftest import Infra
+from tests.conftest import Infra, SystemFactory
 from tests.harness import ROOT, wait_until
+from tests.test_session_flask_interop import flask_app
 from tests.test_session_service import new_sid
 from tests.test_session_service import start_replica as start_replica  # noqa: F401 (fixture)
 
@@ -96,6 +98,28 @@ async def test_sessions_rotation_and_coalesced_reads_on_the_cluster(start_replic
         assert crdb.exists(f"session:{new}") == 0
     finally:
         await nc.close()
+
+
+async def test_flask_session_and_the_gateway_share_sessions_on_the_cluster(make_system: SystemFactory, cluster: RedisClusterServers, crdb) -> None:
+    system = make_system(redis_url=cluster.url, start=("session", "gateway"))
+    app = flask_app(cluster.seed_url, use_signer=False)
+    # Flask-Session 0.8 takes only a redis.Redis in SESSION_REDIS; on a cluster the app hands its interface the cluster client.
+    app.session_interface.client = crdb  # type: ignore[attr-defined]
+    legacy = app.test_client()
+    assert legacy.post("/login", json={"uid": "u-cluster", "email": "c@example.com", "name": "Cy"}).status_code == 200
+    cookie = legacy.get_cookie("session")
+    assert cookie is not None and crdb.exists(f"session:{cookie.value}") == 1
+
+    async with browser(system.url) as client:
+        client.cookie_jar.update_cookies({"session": cookie.value})
+        async with client.get("/api/me") as me:
+            assert me.status == 200, await me.text()
+            assert (await me.json())["user"]["uid"] == "u-cluster"
+        async with client.post("/api/conversations") as created:  # a field patch by the gateway, read back by Flask
+            assert created.status == 200, await created.text()
+            conversation_id = (await created.json())["conversation_id"]
+    again = legacy.get("/me")
+    assert again.status_code == 200 and again.get_json()["conversation_id"] == conversation_id
 
 
 async def test_history_scripts_run_on_the_cluster(cluster: RedisClusterServers, crdb) -> None:
