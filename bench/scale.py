@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "32")), help="connections in all (BENCH_CONCURRENCY)")
     p.add_argument("--rounds", type=int, default=3, help="each configuration once per round; the median round is reported")
     p.add_argument("--no-clusters", dest="clusters", action="store_false", help="only one NATS and one Redis (no cluster set-up)")
+    p.add_argument("--streams", default="100,1000", help="concurrent /api/query streams to open at once on each set-up, comma-separated ('' skips them)")
     args = p.parse_args(argv or [])
+    from bench.streams import measure_streams, streams_table  # it imports this module
 
     print(f"scale bench: {args.concurrency} connections, {args.seconds:g}s measured per configuration x {args.rounds} rounds, {os.cpu_count()} CPUs shared by everything", flush=True)
     nats = NatsServer().start()
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         runs = [measure(setup, g, s, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup) for _ in range(args.rounds) for setup, configs in setups for g, s in configs]
+        counts = [int(n) for n in args.streams.split(",") if n.strip()]
+        streams = [run for setup, _ in setups for run in measure_streams(setup.name, setup.nats_url, setup.redis_url, counts)] if counts else []
     finally:
         redis.cleanup()
         nats.cleanup()
@@ -211,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers.cleanup()
     print(f"\n({time.monotonic() - started:.0f} s in all)")
     print(table(runs))
-    return 0 if not any(r.result.errors for r in runs) else 1
+    if streams:
+        print(streams_table(streams))
+    return 0 if not any(r.result.errors for r in runs) and not any(r.failed for r in streams) else 1
 
 
 if __name__ == "__main__":
