@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             if servers is not None:
                 servers.cleanup()
     print(f"\n({time.monotonic() - started:.0f} s in all)")
-    print(table(runs))
+    if runs:
+        print(table(runs))
     if streams:
         print(streams_table(streams))
     return 0 if not any(r.result.errors for r in runs) and not any(r.failed for r in streams) else 1

@@ -63,7 +63,7 @@ async def _open_all(urls: list[str], cookie: str, n: int) -> list[float | None]:
 
 def measure_streams(name: str, nats_url: str, redis_url: str, counts: list[int]) -> list[StreamsRun]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    common = {"NATS_URL": nats_url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0", "LOG_LEVEL": "WARNING"}
+    common = {"NATS_URL": nats_url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
     processes: list[Process] = []
     ports = [free_port() for _ in range(2)]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
@@ -74,7 +74,7 @@ def measure_streams(name: str, nats_url: str, redis_url: str, counts: list[int])
             processes.append(Service("query", service_env(**common, QUERY_QUEUE_MAX="1000", QUERY_QUEUE_WAIT_S="10")).start())
         gateways = []
         for port in ports:
-            env = service_env(**common, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), AUTH_MODE="dev")
+            env = service_env(**common, GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), AUTH_MODE="dev", LOG_LEVEL="WARNING")  # no line per request
             gateways.append(Process("gateway", [sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT).start())
         processes += gateways
         for url in urls:
