@@ -11,7 +11,7 @@ WEB := services/gateway/web
 WEB_BUILT := services/gateway/static/index.html
 WEB_SOURCES := $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
 
-.PHONY: run test lint bench install lock clean web
+.PHONY: run test lint bench fuzz install lock clean web
 
 $(PY):
 	"$$(sh scripts/find-python)" -m venv $(VENV)
@@ -41,6 +41,11 @@ test: lint $(WEB_BUILT)
 
 bench: $(STAMP) $(WEB_BUILT)
 	$(PY) -m bench
+
+# The guard's differential fuzz against the real servers, longer than `make test` runs it
+# (tests/test_query_guard_fuzz.py); GUARD_FUZZ_SEED=n picks another seed.
+fuzz: $(STAMP)
+	GUARD_FUZZ_EXAMPLES=$${GUARD_FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/test_query_guard_fuzz.py -p no:cacheprovider -s -k "not sqlglots_lexer" $(PYTEST_ARGS)
 
 # Resolve every dependency afresh in a clean venv and pin what was installed (not the project itself).
 lock:

@@ -32,8 +32,8 @@ def http_ok(url: str) -> bool:
 
 
 @contextmanager
-def running_stack(sources: dict[str, str], sample_path: Path, **gateway_env: str) -> Iterator[Stack]:
-    """Start the stack with `sources` as QUERY_SOURCES (dev auth, 300 s query timeout); stop it all afterwards.
+def running_stack(sources: dict[str, str], sample_path: Path, query_env: dict[str, str] | None = None, **gateway_env: str) -> Iterator[Stack]:
+    """Start the stack with `sources` as QUERY_SOURCES (dev auth, 300 s query timeout, plus `query_env`); stop it all afterwards.
 
     The caller waits for the gateway (`http_ok(f"{stack.base_url}/healthz")`) in whichever way suits its loop.
     """
@@ -45,7 +45,7 @@ def running_stack(sources: dict[str, str], sample_path: Path, **gateway_env: str
         common = {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
         services.append(Service("session", service_env(**common, REDIS_URL=redis_server.url, SESSION_KV_BUCKET=f"sessions_{prefix}")).start())
         query_sources = ",".join(f"{name}={url}" for name, url in sources.items())
-        query = Service("query", service_env(**common, QUERY_SOURCES=query_sources, QUERY_SAMPLE_PATH=str(sample_path), QUERY_TIMEOUT_S="300")).start()
+        query = Service("query", service_env(**common, QUERY_SOURCES=query_sources, QUERY_SAMPLE_PATH=str(sample_path), QUERY_TIMEOUT_S="300", **(query_env or {}))).start()
         services.append(query)
         port = free_port()
         gateway = Service("gateway", service_env(**common, GATEWAY_PORT=str(port), AUTH_MODE="dev", **gateway_env)).start()

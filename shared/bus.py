@@ -1,22 +1,59 @@
-"""NATS helpers: a connection with reconnect settings, request/reply with clear errors, and serving."""
+"""NATS helpers: a connection with reconnect settings, request/reply with clear errors, and `Server`, one dispatcher for every endpoint.
+
+`Server` is shaped like nats.py's `nats.micro` (`micro/service.py`): each endpoint counts its
+requests, errors and processing time, and each service answers `$SRV.PING`, `$SRV.INFO` and
+`$SRV.STATS` (all services, by name, by id) in the micro JSON format, so `nats micro ls|info|stats`
+and nats.py's `nats.micro` types read them. Every reply of discovery is built with
+`nats.micro`'s own Structs (`ServicePing`, `ServiceInfo`, `ServiceStats`, `EndpointStats`), its
+names and versions are checked by its `ServiceConfig` and `EndpointConfig`, its control
+subjects come from `control_subject`, and an error reply carries its `Nats-Service-Error` and
+`Nats-Service-Error-Code` headers. The dispatcher also observes one Prometheus histogram,
+`bus_request_seconds{subject,outcome}`, so handlers hold no timing code of their own.
+
+Why not `nats.micro.Service` and its `Endpoint` themselves (nats-py 2.16, the newest release):
+
+* `Endpoint._handle_request` awaits the handler inside the subscription's callback, and nats-py
+  runs one subscription's callbacks one after another: one slow Redis call or database
+  query would hold every other request on that subject. Here each message runs in its own
+  task, up to `max_in_flight` at once.
+* It answers an unexpected exception with `repr(error)` in the error header, which would send
+  internals to a caller; our callers also read errors from the MessagePack body
+  (`ErrorReply`), which it leaves empty.
+* `Service.stop()` unsubscribes the endpoints, dropping the messages in hand; a deploy here
+  drains them within SHUTDOWN_GRACE_S.
+* It calls `datetime.utcnow()`, deprecated since Python 3.12 (the test suite turns that
+  warning into an error), and takes its id from the client's private `_nuid`.
+* It has no place for the typed request decoding, the request id bound to the log context,
+  or the Prometheus histogram.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import logging
 import time
 import typing
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 import msgspec
 import nats
 import nats.errors
+import nats.micro.request as micro_request
+import nats.micro.service as micro
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.nuid import NUID
+from prometheus_client import Histogram
 
 from shared.codec import decode_map, encode_message
 from shared.config import NatsCredentials
@@ -31,6 +68,18 @@ Payload = msgspec.Struct | Mapping[str, Any]
 # (or a plain map, for a handler annotated `dict[str, Any]`), and returns its reply.
 Handler = Callable[[Any, Msg], Awaitable[Payload]]
 BytesHandler = Callable[[bytes, Msg], Awaitable[bytes]]
+
+REQUESTS = Histogram(
+    "bus_request_seconds",
+    "NATS requests served, from receipt to reply, by subject and outcome (ok or the error code).",
+    ["subject", "outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+try:
+    SERVICE_VERSION = package_version("dbgenie-services")  # what discovery reports
+except PackageNotFoundError:  # a source tree that was never installed
+    SERVICE_VERSION = "0.0.0"
 
 
 _UP: weakref.WeakKeyDictionary[NATS, asyncio.Event] = weakref.WeakKeyDictionary()
@@ -228,65 +277,155 @@ def request_decoder(handler: Handler) -> Callable[[bytes], Any]:
     return decode
 
 
+@dataclass
+class _Endpoint:
+    """One served subject and what the dispatcher has measured of it, under the names of micro's endpoint stats."""
+
+    name: str
+    subject: str
+    queue_group: str
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time: int = 0  # ns, as micro counts it
+    last_error: str = ""
+    _observers: dict[str, Any] = field(default_factory=dict)
+
+    def observe(self, outcome: str, elapsed_ns: int) -> None:
+        self.num_requests += 1
+        self.processing_time += elapsed_ns
+        child = self._observers.get(outcome)
+        if child is None:  # the labelled series, looked up once per outcome
+            child = self._observers[outcome] = REQUESTS.labels(subject=self.subject, outcome=outcome)
+        child.observe(elapsed_ns / 1e9)
+
+    def stats(self) -> micro.EndpointStats:
+        counted = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        return micro.EndpointStats(**counted, average_processing_time=self.processing_time // self.num_requests if self.num_requests else 0)
+
+
 class Server:
-    """Serves request/reply handlers in queue groups, many messages at once, and drains on stop.
+    """One NATS service: its endpoints in queue groups, many messages at once, measured in one place, discoverable, drained on stop.
 
     Each message is decoded here, with the decoder for the request type its handler
     declares, so a malformed one gets a `bad_request` reply before any handler runs.
+    `start()` answers `$SRV.PING|INFO|STATS` (all, by name, by id) in the micro format.
     """
 
-    def __init__(self, nc: NATS, *, max_in_flight: int = 512) -> None:
+    def __init__(self, nc: NATS, name: str, *, metadata: Mapping[str, str] | None = None, description: str = "", max_in_flight: int = 512) -> None:
+        # nats.micro's ServiceConfig checks the name and version as every micro client expects them.
+        self._config = micro.ServiceConfig(name=name, version=SERVICE_VERSION, description=description, metadata=dict(metadata or {}))
+        self.id = NUID().next().decode()
         self._nc = nc
+        self._started = datetime.now(UTC)
+        self._endpoints: list[_Endpoint] = []
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self.accepting = True  # False from drain() on
 
-    async def add(self, subject: str, queue: str, handler: Handler) -> None:
+    async def readiness(self) -> dict[str, bool]:
+        """The checks of /readyz: not draining, and connected to NATS (requests already routed here are still served)."""
+        return {"accepting": self.accepting, "nats": self._nc.is_connected}
+
+    async def start(self) -> None:
+        """Answer discovery: `$SRV.<VERB>`, `$SRV.<VERB>.<name>` and `$SRV.<VERB>.<name>.<id>`, on every instance (no queue group)."""
+        name = self._config.name
+        for verb, answer in ((micro.ServiceVerb.PING, self.ping), (micro.ServiceVerb.INFO, self.info), (micro.ServiceVerb.STATS, self.stats)):
+            for subject in (micro.control_subject(verb), micro.control_subject(verb, name), micro.control_subject(verb, name, self.id)):
+                self._subs.append(await self._nc.subscribe(subject, cb=self._discovery(answer)))
+        self._started = datetime.now(UTC)
+        await subscribed(self._nc)
+
+    def _discovery(self, answer: Callable[[], Any]) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            await self._reply(msg, json.dumps(answer().to_dict()).encode())
+
+        return on_message
+
+    def ping(self) -> micro.ServicePing:
+        return micro.ServicePing(id=self.id, name=self._config.name, version=self._config.version, metadata=self._config.metadata or {})
+
+    def info(self) -> micro.ServiceInfo:
+        return micro.ServiceInfo(
+            name=self._config.name,
+            id=self.id,
+            version=self._config.version,
+            description=self._config.description,
+            endpoints=[micro.EndpointInfo(name=e.name, subject=e.subject, queue_group=e.queue_group) for e in self._endpoints],
+            metadata=self._config.metadata or {},
+        )
+
+    def stats(self) -> micro.ServiceStats:
+        # micro's STATS wire format writes `started` as naive UTC.
+        started = self._started.replace(tzinfo=None)
+        return micro.ServiceStats(
+            id=self.id,
+            name=self._config.name,
+            version=self._config.version,
+            started=started,
+            endpoints=[e.stats() for e in self._endpoints],
+            metadata=self._config.metadata or {},
+        )
+
+    async def add(self, subject: str, queue: str, handler: Handler, *, name: str | None = None) -> None:
+        """Serve `handler` on `subject`; its endpoint is named `name` (default: the subject's last token)."""
         decode = request_decoder(handler)
-        await self._add(subject, queue, lambda msg: self._handle(msg, handler, decode))
+        await self._add(subject, queue, name, lambda msg: _encoded(handler(decode(msg.data), msg)))
 
-    async def add_bytes(self, subject: str, queue: str, handler: BytesHandler) -> None:
+    async def add_bytes(self, subject: str, queue: str, handler: BytesHandler, *, name: str | None = None) -> None:
         """Serve a handler that decodes the payload and encodes the reply itself (msgspec Structs)."""
-        await self._add(subject, queue, lambda msg: self._handle_bytes(msg, handler))
+        await self._add(subject, queue, name, lambda msg: handler(msg.data, msg))
 
-    async def _add(self, subject: str, queue: str, handle: Callable[[Msg], Awaitable[None]]) -> None:
+    async def _add(self, subject: str, queue: str, name: str | None, call: Callable[[Msg], Awaitable[bytes]]) -> None:
+        # nats.micro's EndpointConfig checks the name and subject as micro clients expect them.
+        config = micro.EndpointConfig(name=name or subject.rsplit(".", 1)[-1], handler=_never_called, subject=subject, queue_group=queue)
+        endpoint = _Endpoint(config.name, subject, queue)
+
         async def on_message(msg: Msg) -> None:
             await self._slots.acquire()
-            task = asyncio.create_task(handle(msg))
+            task = asyncio.create_task(self._dispatch(msg, endpoint, call))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
         self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=on_message))
-        # nats-py sends SUB lazily: flush so the server routes to us before we report ready.
-        await self._nc.flush()
+        self._endpoints.append(endpoint)
+        await subscribed(self._nc)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _handle(self, msg: Msg, handler: Handler, decode: Callable[[bytes], Any]) -> None:
-        await self._dispatch(msg, lambda: _encoded(handler(decode(msg.data), msg)))
-
-    async def _handle_bytes(self, msg: Msg, handler: BytesHandler) -> None:
-        await self._dispatch(msg, lambda: handler(msg.data, msg))
-
-    async def _dispatch(self, msg: Msg, call: Callable[[], Awaitable[bytes]]) -> None:
-        """Bind the request id, run the call, map errors to an error reply, and reply."""
+    async def _dispatch(self, msg: Msg, endpoint: _Endpoint, call: Callable[[Msg], Awaitable[bytes]]) -> None:
+        """Bind the request id, run the call, map errors to an error reply, reply, and measure it."""
+        start = time.perf_counter_ns()
         headers = msg.headers or {}
         bind_request(headers.get(REQUEST_ID_HEADER), subject=msg.subject)
+        error: ServiceError | None = None
         try:
-            reply = await call()
+            reply = await call(msg)
         except ServiceError as exc:
-            reply = _error_reply(exc)
+            error = exc
         except Exception:
             log.exception("handler_failed")
-            reply = _error_reply(ServiceError(INTERNAL, "internal error; see the service log"))
-        await self._reply(msg, reply)
+            error = ServiceError(INTERNAL, "internal error; see the service log")
+        if error is None:
+            await self._reply(msg, reply)
+            outcome = "ok"
+        else:
+            # The error travels in the body (what our clients decode) and in micro's headers (what `nats micro` shows).
+            await self._reply(msg, _error_reply(error), {micro_request.ERROR_HEADER: error.message, micro_request.ERROR_CODE_HEADER: error.code})
+            endpoint.num_errors += 1
+            endpoint.last_error = f"{error.code}:{error.message}"
+            outcome = error.code
+        elapsed_ns = time.perf_counter_ns() - start
+        endpoint.observe(outcome, elapsed_ns)
+        if log.is_enabled_for(logging.DEBUG):
+            log.debug("request_served", endpoint=endpoint.name, outcome=outcome, ms=round(elapsed_ns / 1e6, 3))
 
-    async def _reply(self, msg: Msg, data: bytes) -> None:
+    async def _reply(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> None:
         if msg.reply:
             try:
-                await self._nc.publish(msg.reply, data)
+                await self._nc.publish(msg.reply, data, headers=headers)
             except Exception as exc:  # the caller is gone or NATS is down: nothing more to do
                 log.warning("reply_failed", error=str(exc) or type(exc).__name__)
 
@@ -294,8 +433,12 @@ class Server:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, grace_s: float = 20.0) -> None:
-        """Stop taking messages, then wait (up to `grace_s`) for those in hand to finish."""
+    async def drain(self, grace_s: float = 20.0, **log_fields: Any) -> None:
+        """Stop taking messages (and answering discovery), then wait (up to `grace_s`) for those in hand to finish; later calls do nothing."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        log.info("shutting_down", grace_s=grace_s, in_flight=self.in_flight, **log_fields)
         for sub in self._subs:
             try:
                 await sub.drain()
@@ -305,6 +448,22 @@ class Server:
             done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             for task in pending:
                 task.cancel()
+
+
+async def subscribed(nc: NATS) -> None:
+    """Return once the server has every subscription made so far on `nc`, so it routes to them.
+
+    nats-py sends SUB lazily, from a buffer its flusher task writes, and (2.16) its `flush()`
+    writes the PING straight to the socket, ahead of that buffer: the PONG can come back before
+    the server has seen the SUBs (a request right after then gets "no responders"). The first
+    flush sets the flusher writing the buffer; the second PING goes out behind it.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
+async def _never_called(_: micro_request.Request) -> None:
+    """EndpointConfig wants a micro handler; ours run through Server._dispatch instead."""
 
 
 async def close(nc: NATS, timeout_s: float = 10.0) -> None:

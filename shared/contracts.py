@@ -55,6 +55,10 @@ class Subjects:
     def session_limit(self) -> str:
         return f"{self.prefix}.session.limit"
 
+    def session_recent(self, op: str) -> str:
+        """`session.recent.<op>`, op one of RECENT_OPS."""
+        return f"{self.prefix}.session.recent.{op}"
+
     def session_conversation(self, op: str) -> str:
         """`session.conversation.<op>`, op one of CONVERSATION_OPS."""
         return f"{self.prefix}.session.conversation.{op}"
@@ -542,7 +546,17 @@ class DescribeSchemaPart(_ToolPart, tag="tool-describe_schema"):
     output: Any = msgspec.UNSET
 
 
-MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart
+class ShowChartPart(_ToolPart, tag="tool-show_chart"):
+    """A chart the model proposed: the checked spec (type, x, y, title, the query's call id and columns)."""
+
+    output: Any = msgspec.UNSET
+
+
+class RecentQueriesPart(_ToolPart, tag="tool-get_recent_queries"):
+    output: Any = msgspec.UNSET
+
+
+MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | ShowChartPart | RecentQueriesPart
 """What history keeps of a UIMessage: text, reasoning, steps and tool calls with their summaries; never `data-*` parts."""
 
 
@@ -642,6 +656,44 @@ class ConversationPatch(msgspec.Struct, frozen=True):
     uid: UserId
     id: ConversationId
     title: Title
+
+
+# --- recent queries ------------------------------------------------------------------
+# `session.recent.<op>` (queue "session"): the last RECENT_MAX queries a user ran per source,
+# newest first, kept by the session service beside history (docs/session.md).
+
+RECENT_OPS = ("add", "list")
+RECENT_MAX = 50
+SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class RecentAdd(msgspec.Struct, frozen=True):
+    """`session.recent.add` request: `sql` is the user's newest query on `source` (a repeat moves to the top); reply Ok."""
+
+    uid: UserId
+    source: SourceName
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+
+
+class RecentList(msgspec.Struct, frozen=True):
+    """`session.recent.list` request: the newest `limit` queries of the user on `source`; reply RecentQueries."""
+
+    uid: UserId
+    source: SourceName
+    limit: Annotated[int, msgspec.Meta(ge=1, le=RECENT_MAX)] = RECENT_MAX
+
+
+class RecentQuery(msgspec.Struct, frozen=True):
+    sql: str
+    at: int
+    """When it was last run: milliseconds since the epoch."""
+
+
+class RecentQueries(msgspec.Struct, frozen=True):
+    """`session.recent.list` reply, newest first. `local` while Redis is down and this replica answers from its memory."""
+
+    queries: list[RecentQuery]
+    local: bool = False
 
 
 # --- audit trail -----------------------------------------------------------------------

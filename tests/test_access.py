@@ -316,7 +316,7 @@ def test_under_oidc_a_source_without_a_rule_is_closed_and_in_dev_open() -> None:
     stranger = {"user": {"uid": "v", "email": "v@elsewhere.org"}}
     assert list(visible_sources(oidc, stranger, ["default", "sales"])) == []
     unset = GatewayConfig.from_env({"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://issuer.example.com", "OIDC_AUDIENCE": "app"})
-    assert list(visible_sources(unset, stranger, ["default", "sales"])) == ["default", "sales"]  # no policy: as before policies
+    assert list(visible_sources(unset, session, ["default", "sales"])) == []  # no policy: every source is without a rule, so closed
     closed = GatewayConfig.from_env({"AUTH_MODE": "oidc", "OIDC_ISSUER": "https://issuer.example.com", "OIDC_AUDIENCE": "app", "ACCESS_POLICY": '{"sources": {}}'})
     assert list(visible_sources(closed, session, ["default", "sales"])) == []
 

@@ -177,7 +177,9 @@ async def test_a_bearer_token_serves_api_me_and_query_without_a_cookie_or_sessio
     async with running_issuer() as issuer:
         sessions.start("query")
         try:
-            async with running_gateway(gateway_env(sessions, issuer)) as url, browser(url, origin=None) as client:
+            # Under oidc a source is closed unless the policy grants it (docs/access.md).
+            policy = json.dumps({"sources": {"default": [{"domains": ["example.com"]}]}})
+            async with running_gateway(gateway_env(sessions, issuer, ACCESS_POLICY=policy)) as url, browser(url, origin=None) as client:
                 headers = {"Authorization": f"Bearer {issuer.token('ec-1', sub='api-client-7')}"}
                 async with client.get("/api/me", headers=headers) as me:
                     assert me.status == 200, await me.text()

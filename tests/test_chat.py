@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from services.gateway.chat import prompt
+from services.gateway.chat.handlers import NOT_CONFIGURED
 from tests import fake_llm
 from tests.chat_support import (  # noqa: F401 (fixtures)
     API_KEY,
@@ -79,7 +80,7 @@ async def test_a_text_only_turn_streams_text_parts_and_usage(services: System, f
     assert turn.of("finish")[0]["messageMetadata"] == {"model": fake_llm.MODEL, "usage": {"inputTokens": 50, "outputTokens": 7}, "steps": 1}
     [request] = fake.requests
     assert request["model"] == fake_llm.MODEL and request["stream"] is True
-    assert [t["function"]["name"] for t in request["tools"]] == [prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA]
+    assert [t["function"]["name"] for t in request["tools"]] == [prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA, prompt.SHOW_CHART, prompt.GET_RECENT_QUERIES]
     system, user = request["messages"]
     assert system["role"] == "system" and "pg: PostgreSQL" in system["content"] and "read-only" in system["content"]
     assert user == {"role": "user", "content": "How many customers?"}
@@ -383,7 +384,7 @@ async def test_without_a_model_chat_is_503_and_the_rest_works(services: System) 
     async with gateway(env) as url, signed_in(url) as client:
         async with client.post("/api/chat", json={"id": "c", "messages": [user_message("hi")]}) as response:
             assert response.status == 503
-            assert await response.json() == {"error": {"code": "unavailable", "message": "no language model is configured: set LLM_BASE_URL and LLM_MODEL"}}
+            assert await response.json() == {"error": {"code": "unavailable", "message": NOT_CONFIGURED}}
         async with client.post("/api/query", json={"sql": "SELECT 1"}) as response:
             assert response.status == 200
         async with client.get("/readyz") as response:
@@ -502,3 +503,45 @@ async def test_a_client_that_stops_reading_is_given_up_and_its_query_stopped(ser
 
 async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
+
+
+# --- show_chart --------------------------------------------------------------------------------
+
+CHART_SQL = "SELECT 'north' AS region, 10 AS id, 2.5 AS amount UNION ALL SELECT 'south', 11, 4"
+
+
+async def test_show_chart_of_the_last_result_reaches_the_page_as_a_checked_spec(services: System, fake: FakeLLM) -> None:
+    fake.then(
+        fake_llm.tool_calls(("execute_query", {"sql": CHART_SQL})),
+        fake_llm.tool_calls(("show_chart", {"type": "pie", "x": "region", "y": "amount", "title": "Amount by region"})),
+        fake_llm.text("Here it is."),
+    )
+    turn = await one_turn(services, fake, "Chart the amounts")
+    assert_complete(turn)
+    query_id = next(p["toolCallId"] for p in turn.of("tool-input-available") if p["toolName"] == "execute_query")
+    chart_id = next(p["toolCallId"] for p in turn.of("tool-input-available") if p["toolName"] == "show_chart")
+    [output] = [p["output"] for p in turn.of("tool-output-available") if p["toolCallId"] == chart_id]
+    assert {k: output[k] for k in ("type", "x", "y", "title", "query")} == {"type": "pie", "x": "region", "y": "amount", "title": "Amount by region", "query": query_id}
+    assert [c["name"] for c in output["columns"]] == ["region", "id", "amount"]
+    assert tool_messages(fake.requests[2])[-1] == {"shown": True, "type": "pie", "x": "region", "y": "amount"}
+
+
+@pytest.mark.parametrize(
+    ("proposal", "first_query", "said"),
+    [
+        ({"type": "bar", "x": "region", "y": "region"}, True, "'y' must be a numeric column"),
+        ({"type": "bar", "x": "nope", "y": "amount"}, True, "'x' must name a column of the last query's result (region, id, amount)"),
+        ({"type": "radar", "x": "region", "y": "amount"}, True, "'type' must be one of bar, line, area, scatter, pie"),
+        ({"type": "bar", "x": "region", "y": "amount"}, False, "call execute_query first"),
+    ],
+    ids=["text-y", "unknown-x", "unknown-type", "no-query"],
+)
+async def test_an_invalid_show_chart_is_a_tool_error_the_model_sees_and_nothing_is_drawn(services: System, fake: FakeLLM, proposal: dict[str, Any], first_query: bool, said: str) -> None:
+    replies = [fake_llm.tool_calls(("execute_query", {"sql": CHART_SQL}))] if first_query else []
+    fake.then(*replies, fake_llm.tool_calls(("show_chart", proposal)), fake_llm.text("Sorry."))
+    turn = await one_turn(services, fake, "Chart it")
+    assert_complete(turn)
+    [refused] = turn.of("tool-input-error")
+    assert refused["toolName"] == "show_chart" and said in refused["errorText"]
+    assert not [p for p in turn.of("tool-output-available") if p["toolCallId"] == refused["toolCallId"]]
+    assert said in tool_messages(fake.requests[-1])[-1]["error"]

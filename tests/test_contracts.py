@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import msgspec
-import nats
 import pytest
 import redis
 from nats.aio.client import Client as NATS
@@ -27,13 +25,6 @@ from shared.errors import BAD_REQUEST, INTERNAL, UNAVAILABLE, ServiceError
 from shared.stream import StreamConsumer
 from tests.conftest import Infra, System
 from tests.harness import Service, free_port, service_env
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 async def ask(nc: NATS, subject: str, data: bytes) -> Any:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import msgspec
-import nats
 import orjson
 import pytest
 from aiohttp import web
@@ -24,7 +22,6 @@ from services.gateway.config import GatewayConfig
 from services.gateway.routes import setup_routes
 from shared.contracts import ConversationList, LimitResult, Subjects, WindowUsage
 from shared.errors import INTERNAL, UNAUTHORIZED, ServiceError
-from tests.conftest import Infra
 from tests.envscan import ROOT
 
 API_ROW = re.compile(r"^\|([^|]*)\|")
@@ -90,13 +87,6 @@ def test_a_session_without_a_user_id_is_unauthorized() -> None:
         _ = Identity("sid", {"user": {"email": "a@example.com"}}).uid
     assert caught.value.code == UNAUTHORIZED
     assert Identity(None, {"user": {"uid": "u1"}}).uid == "u1"
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 async def test_a_typed_client_sends_the_request_struct_and_refuses_a_reply_of_the_wrong_shape(nc: NATS) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 
 import aiohttp
@@ -17,7 +18,7 @@ import pytest
 
 from tests.client import browser, login
 from tests.conftest import System, SystemFactory
-from tests.harness import Service, wait_until
+from tests.harness import Service, eventually, wait_until
 
 
 def big_result_sql(rows: int = 5_000_000) -> str:
@@ -281,3 +282,43 @@ async def test_a_slow_but_steady_client_is_not_given_up(make_system: SystemFacto
     assert done["rows"] == rows
     assert gateway.events("query_stream") == [done]  # no client_stalled
     assert not any("Traceback" in line for line in gateway.lines)
+
+
+async def test_a_client_that_hangs_up_while_a_write_waits_is_client_gone_at_info(make_system: SystemFactory) -> None:
+    """The client stops reading (the gateway's writes wait for it), then resets the connection: client_gone, not a 500."""
+    system = make_system(CLIENT_WRITE_TIMEOUT_S="120")
+    gateway, query = system.services["gateway"], system.services["query"]
+    async with browser(system.url) as client:
+        await login(client)
+        cookie = next(c for c in client.cookie_jar if c.key == "session")
+    body = json.dumps({"sql": big_result_sql()}).encode()
+    request = (
+        f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = await asyncio.to_thread(raw_request, system.gateway_port, request, rcvbuf=4096)
+    sock.settimeout(10)
+    assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 200")  # the stream flows, then nobody reads
+    client_port = sock.getsockname()[1]
+
+    async def gateway_waits() -> bool:  # its kernel queue to us holds data we do not take: its next writes wait
+        return await asyncio.to_thread(server_send_queue, system.gateway_port, client_port) > 0
+
+    await eventually(gateway_waits, "the gateway's writes to wait on the client")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset
+    gone = await wait_event(gateway, "query_stream", outcome="client_gone")
+    assert gone["level"] == "info"
+    await wait_event(query, "query_cancelled")
+    assert gateway.events("request_failed") == []
+    assert not any("Traceback" in line for line in gateway.lines)
+
+
+def server_send_queue(server_port: int, client_port: int) -> int:
+    """Bytes the kernel holds unsent on the server's side of one loopback connection (/proc/net/tcp's tx_queue)."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1].split(":"), fields[2].split(":")
+            if int(local[1], 16) == server_port and int(remote[1], 16) == client_port:
+                return int(fields[4].split(":")[0], 16)
+    return 0

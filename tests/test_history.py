@@ -273,7 +273,8 @@ async def test_bearer_clients_keep_history_under_their_token_subject(stack: Stac
     fake.then(fake_llm.text("Hello, API."))
     sub = f"api-{uuid.uuid4().hex[:10]}"
     async with running_issuer() as issuer:
-        env = stack.gateway_env(fake, AUTH_MODE="oidc", OIDC_ISSUER=issuer.url, OIDC_AUDIENCE=AUDIENCE, AUTH_LOGIN_RATE="0")
+        policy = json.dumps({"sources": {"default": [{"domains": ["example.com"]}]}})  # under oidc a source needs a rule
+        env = stack.gateway_env(fake, AUTH_MODE="oidc", OIDC_ISSUER=issuer.url, OIDC_AUDIENCE=AUDIENCE, AUTH_LOGIN_RATE="0", ACCESS_POLICY=policy)
         headers = {"Authorization": f"Bearer {issuer.token(sub=sub)}"}
         async with gateway(env) as url, browser(url, origin=None) as client:
             async with client.post("/api/conversations", headers=headers) as response:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +19,20 @@ from aiohttp.test_utils import TestClient
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewayConfig
-from services.query.config import QueryConfig
-from services.query.service import QueryService
-from services.query.service import create_service as create_query_service
 from services.session.config import SessionConfig
-from services.session.service import SessionService
 from services.session.service import create_service as create_session_service
 from tests.client import events
-from tests.conftest import Infra
+from tests.conftest import Infra, InProcess, inprocess_services
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
 
 
-@dataclass
-class InProcess:
-    """A session and a query service running in this process under one subject prefix."""
-
-    env: dict[str, str]
-    session: SessionService
-    query: QueryService
-
-
 @pytest.fixture(scope="module")
 async def services(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcess]:
-    prefix = f"i{uuid.uuid4().hex[:10]}"
     sample: Path = tmp_path_factory.mktemp("inprocess") / "sample.db"
-    env = {
-        "NATS_URL": infra.nats_url,
-        "NATS_SUBJECT_PREFIX": prefix,
-        "REDIS_URL": infra.redis_url,
-        "SESSION_KV_BUCKET": f"sessions_{prefix}",
-        "QUERY_SAMPLE_PATH": str(sample),
-        "AUTH_MODE": "dev",
-        "OPS_PORT": "0",
-    }
-    async with AsyncExitStack() as stack:
-        session = await stack.enter_async_context(create_session_service(SessionConfig.from_env(env)))
-        query = await stack.enter_async_context(create_query_service(QueryConfig.from_env(env)))
-        yield InProcess(env, session, query)
+    async with inprocess_services(infra, QUERY_SAMPLE_PATH=str(sample)) as running:
+        yield running
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """The limiter (`session.limit`) against real Redis and NATS: windows, atomicity, one command a call, outages.
 
-Each test runs `python -m services.session` replicas on subject prefixes of their own and
-checks the counters in Redis itself; the gateway's `Limiter` is the client.
+Each test runs session services on subject prefixes of their own and checks the counters in
+Redis itself; the gateway's `Limiter` is the client. What one call does is tested against a
+service in this process (`create_service`); replicas and outages against
+`python -m services.session` processes.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from shared.errors import ServiceError
 from tests import test_session_service
 from tests.conftest import Infra
 from tests.harness import RedisServer
-from tests.test_session_service import Replica, commandstats
+from tests.test_session_service import Caller, commandstats
 
-# Fixtures shared with the session service tests: replicas on subject prefixes of their own, a NATS client, Redis.
+# Fixtures shared with the session service tests: replicas on subject prefixes of their own, Redis (the NATS client `nc` is conftest's).
 start_replica = test_session_service.start_replica
-nc = test_session_service.nc
+start_session = test_session_service.start_session
 rdb = test_session_service.rdb
 
 # Run inside the limit script: Redis counts them in commandstats, but they never cross the network.
@@ -40,7 +42,7 @@ def new_key(kind: str = "quota") -> str:
     return f"{kind}:{uuid.uuid4().hex}"
 
 
-def limiter(nc: NATS, replica: Replica) -> Limiter:
+def limiter(nc: NATS, replica: Caller) -> Limiter:
     return Limiter(nc, replica.subjects, timeout=5.0)
 
 
@@ -53,8 +55,8 @@ def counts(rdb: redis.Redis, key: str) -> dict[str, tuple[int, int]]:
     return {name.decode(): tuple(int(part) for part in value.split(b":")) for name, value in rdb.hgetall(limit_key(key)).items()}  # type: ignore[misc]
 
 
-async def test_each_window_counts_and_reports_its_use(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_each_window_counts_and_reports_its_use(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 3), Window("hour", 3600, 100), Window("day", 86400, 0)]
 
@@ -78,8 +80,8 @@ async def test_each_window_counts_and_reports_its_use(start_replica, infra: Infr
     assert 60 < rdb.ttl(limit_key(key)) <= 3601
 
 
-async def test_a_refused_call_counts_in_no_window(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_a_refused_call_counts_in_no_window(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 2), Window("hour", 3600, 10)]
     client = limiter(nc, replica)
@@ -94,8 +96,8 @@ async def test_a_refused_call_counts_in_no_window(start_replica, infra: Infra, r
     assert sorted(n for _, n in counts(rdb, key).values()) == [2, 2]
 
 
-async def test_reading_does_not_count(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_reading_does_not_count(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 1)]
     client = limiter(nc, replica)
@@ -109,8 +111,8 @@ async def test_reading_does_not_count(start_replica, infra: Infra, redis_server:
     assert [n for _, n in counts(rdb, key).values()] == [1]
 
 
-async def test_a_new_window_starts_afresh(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_a_new_window_starts_afresh(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key("login")
     windows = [Window("second", 1, 1)]
     client = limiter(nc, replica)
@@ -126,8 +128,8 @@ async def test_a_new_window_starts_afresh(start_replica, infra: Infra, redis_ser
     assert result.windows["second"].used == 1
 
 
-async def test_concurrent_hits_never_exceed_the_limit(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_concurrent_hits_never_exceed_the_limit(start_session, rdb, nc) -> None:
+    replica = await start_session()
     key = new_key()
     windows = [Window("minute", 60, 10), Window("hour", 3600, 1000)]
     client = limiter(nc, replica)
@@ -155,8 +157,8 @@ async def test_two_replicas_share_one_count(start_replica, infra: Infra, redis_s
     assert all(n > 0 for n in evalsha) and sum(evalsha) == 50
 
 
-async def test_one_redis_command_per_call(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_one_redis_command_per_call(start_session, rdb, nc) -> None:
+    replica = await start_session()
     client = limiter(nc, replica)
     windows = [Window("minute", 60, 5), Window("hour", 3600, 50), Window("day", 86400, 500)]
     await client.hit(new_key(), windows)  # connections are set up before counting
@@ -268,8 +270,8 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-async def test_a_bad_request_is_refused_naming_the_field(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_a_bad_request_is_refused_naming_the_field(start_session, rdb, nc) -> None:
+    replica = await start_session()
 
     for payload, path in BAD_REQUESTS:
         with pytest.raises(ServiceError) as raised:
@@ -281,8 +283,8 @@ async def test_a_bad_request_is_refused_naming_the_field(start_replica, infra: I
     assert (await limiter(nc, replica).hit(new_key(), [Window("m", 60, 1)])).allowed  # and the replica still serves
 
 
-async def test_the_gateway_app_holds_a_limiter(infra: Infra, start_replica, redis_server: RedisServer, aiohttp_client) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_the_gateway_app_holds_a_limiter(infra: Infra, start_session, aiohttp_client) -> None:
+    replica = await start_session()
     config = GatewayConfig.from_env({"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": replica.subjects.prefix})
     app = create_app(config)
     seen: list[LimitResult] = []

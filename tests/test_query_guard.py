@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.query.config import parse_allowed_functions
+from services.query.config import QueryConfig, parse_allowed_functions
 from services.query.guard import FunctionPolicy, PgCatalog, check_read_only, default_policy
 from shared.errors import BAD_REQUEST, QUERY_FAILED, QUERY_REFUSED, ConfigError, ServiceError
 from tests.conftest import Databases
@@ -404,3 +404,47 @@ def test_allowed_functions_for_an_unknown_source_fail_at_start() -> None:
     with pytest.raises(ConfigError) as caught:
         QueryConfig.from_env({"QUERY_DATABASE_URL": "sqlite:///x.db", "QUERY_ALLOWED_FUNCTIONS": "nosuch:f"})
     assert "QUERY_ALLOWED_FUNCTIONS names source 'nosuch'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql", "builder"),
+    [
+        *[
+            (dialect, sql, builder)
+            for dialect in ("mysql", "postgres")
+            for sql, builder in [
+                ("SELECT repeat('ab', 300000)", "repeat()"),
+                ("SELECT lpad('x', 1e9)", "lpad()"),
+                ("SELECT RPAD('x', 600000, '-')", "rpad()"),
+                ("SELECT repeat(repeat('a', 1000), 1000)", "repeat()"),
+                ("SELECT repeat('x', 10000000 + 0)", "repeat()"),
+                ("SELECT lpad('x', (1000 * 1000))", "lpad()"),
+            ]
+        ],
+        ("mysql", "SELECT SPACE(2000000)", "space()"),
+    ],
+)
+def test_a_value_builder_with_literal_sizes_over_the_cell_limit_is_refused(dialect: str, sql: str, builder: str, pg_catalog: PgCatalog) -> None:
+    with pytest.raises(ServiceError) as caught:
+        check_read_only(sql, dialect, policy_for(dialect, pg_catalog), max_value_bytes=512 * 1024)
+    assert caught.value.code == QUERY_REFUSED and builder in caught.value.message and "QUERY_MAX_CELL_BYTES" in caught.value.message
+
+
+@pytest.mark.parametrize("sql", ["SELECT repeat('ab', 3), lpad('x', 10), rpad('x', 600000, '')", "SELECT repeat(name, 1000000) FROM t", "SELECT repeat('x', (SELECT 1000000))"])
+def test_value_builders_within_the_limit_or_of_unknown_size_pass(sql: str) -> None:
+    check_read_only(sql, "mysql", max_value_bytes=512 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [({"QUERY_PG_WORK_MEM": "lots"}, "QUERY_PG_WORK_MEM"), ({"QUERY_PG_TEMP_FILE_LIMIT": "1 GB"}, "QUERY_PG_TEMP_FILE_LIMIT"), ({"QUERY_MYSQL_MAX_MEM_BYTES": "10"}, "QUERY_MYSQL_MAX_MEM_BYTES")],
+)
+def test_a_bad_server_side_bound_stops_the_service_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        QueryConfig.from_env(env)
+    assert variable in str(caught.value)
+
+
+def test_server_side_bounds_are_read_from_the_environment() -> None:
+    config = QueryConfig.from_env({"QUERY_PG_WORK_MEM": "64MB", "QUERY_PG_TEMP_FILE_LIMIT": "-1", "QUERY_MYSQL_MAX_MEM_BYTES": "1048576"})
+    assert (config.pg_work_mem, config.pg_temp_file_limit, config.mysql_max_mem_bytes) == ("64MB", "-1", 1048576)

@@ -424,7 +424,9 @@ async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused
     assert {"load_file", "get_lock", "release_all_locks", "benchmark", "master_pos_wait", "last_insert_id"} <= unreviewed
     slipped = []
     for name in sorted(unreviewed):
-        for sql in (f"SELECT {name}(1)", f"SELECT `{name}`(1)", f"SELECT {name.upper()} (1, 2)"):
+        # Every case, quoted, spaced, and with letters MariaDB's collation folds to ASCII ones (ſ is s, ı is i, K is k).
+        folded = name.replace("s", "\u017f").replace("i", "\u0131").replace("k", "\u212a")
+        for sql in (f"SELECT {name}(1)", f"SELECT `{name}`(1)", f"SELECT {name.upper()} (1, 2)", f"SELECT {name.title()}(1)", f"SELECT `{folded}`(1)", f"SELECT {folded}(1)"):
             try:
                 check_read_only(sql, "mysql")
             except ServiceError as exc:
@@ -433,3 +435,125 @@ async def test_every_mariadb_native_function_not_on_the_reviewed_list_is_refused
             else:
                 slipped.append(sql)
     assert not slipped, "native functions the guard let through:\n" + "\n".join(slipped)
+
+
+# --- Issue 18: what the guard used to refuse, and now runs; server-side resources ---------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT interval '1.5' second(1)::text", [("PT1.5S",)]),
+        ("SELECT COLLATION FOR ('a'::text), collation for ('b' COLLATE \"C\")", [('"default"', '"C"')]),
+        ("SELECT count(*) OVER () FROM generate_series(1, 2) g", [(2,), (2,)]),
+        ("SELECT count(*) FILTER (WHERE g > 1) FROM generate_series(1, 2) g", [(1,)]),
+        ("SELECT s.setseed FROM (SELECT 3 AS setseed) s", [(3,)]),
+        ("WITH c AS (SELECT 4 AS nextval) SELECT c.nextval FROM c", [(4,)]),
+    ],
+)
+async def test_postgres_syntax_the_guard_used_to_refuse_runs(pg_engine: Engine, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    assert await guarded_rows(pg_engine, sql) == expected
+
+
+async def test_a_column_named_like_a_function_is_read_as_the_column(pg_reader: PostgresReader) -> None:
+    """`t.setseed` is the column when the table has one (the server resolves columns first), so it runs."""
+    async with postgres_schema(pg_reader, "CREATE TABLE {s}.seeds AS SELECT 7 AS setseed, 8 AS nextval") as schema:
+        engine = create_engine("pg", pg_reader.url, EngineSettings(pool_size=1))
+        await engine.open()
+        try:
+            assert await guarded_rows(engine, f"SELECT t.setseed, seeds.nextval FROM {schema}.seeds t, {schema}.seeds") == [(7, 8)]
+            with pytest.raises(ServiceError) as caught:  # a subquery without that column: the server would call setseed(x)
+                check_read_only(f"SELECT x.setseed FROM (SELECT 0.5 AS y) x, {schema}.seeds t", "postgres", engine.function_policy())
+            assert caught.value.code == QUERY_REFUSED and "setseed" in caught.value.message
+        finally:
+            await engine.close()
+
+
+async def test_mariadb_json_table_columns_runs(my_engine: Engine) -> None:
+    sql = "SELECT jt.a, jt.b FROM JSON_TABLE('[{\"a\": 1, \"b\": [5]}]', '$[*]' COLUMNS (a INT PATH '$.a', NESTED PATH '$.b[*]' COLUMNS (b INT PATH '$'))) AS jt"
+    assert await guarded_rows(my_engine, sql) == [(1, 5)]
+
+
+async def test_mariadb_text_that_is_not_utf8_is_a_clear_error(my_engine: Engine) -> None:
+    with pytest.raises(ServiceError) as caught:
+        await guarded_rows(my_engine, "SELECT CAST(X'EDA080' AS CHAR)")
+    assert caught.value.code == QUERY_FAILED and "not valid UTF-8" in caught.value.message
+    assert await guarded_rows(my_engine, "SELECT 1") == [(1,)], "the source still serves queries"
+
+
+async def test_txid_current_runs_in_a_read_only_transaction_and_the_refusal_says_so(pg_reader: PostgresReader, pg_engine: Engine) -> None:
+    conn = await asyncpg.connect(pg_reader.url)
+    try:
+        async with conn.transaction(readonly=True):
+            assert await conn.fetchval("SELECT txid_current()") > 0
+    finally:
+        await conn.close()
+    with pytest.raises(ServiceError) as caught:
+        check_read_only("SELECT txid_current()", "postgres", pg_engine.function_policy())
+    assert "even a read-only transaction" in caught.value.message and "refuses it anyway" not in caught.value.message
+
+
+async def test_postgres_statements_run_under_the_configured_work_mem_and_temp_file_limit(pg_items: Reader) -> None:
+    engine = create_engine("pg", pg_items.url, EngineSettings(pool_size=1, pg_work_mem="1234kB", pg_temp_file_limit="2MB"))
+    await engine.open()
+    try:
+        rows = await guarded_rows(engine, "SELECT current_setting('work_mem'), current_setting('temp_file_limit')")
+        assert rows == [("1234kB", "2MB")]
+        with pytest.raises(ServiceError) as caught:  # a sort that spills more than 2 MB to disk is stopped by the server
+            await guarded_rows(engine, "SELECT count(*) FROM (SELECT g, md5(g::text) FROM generate_series(1, 300000) g ORDER BY 2) s")
+        assert caught.value.code == QUERY_FAILED and "temp_file_limit" in caught.value.message
+    finally:
+        await engine.close()
+
+
+async def test_mariadb_statements_run_under_a_memory_bound(my_items: Reader) -> None:
+    engine = create_engine("my", my_items.url, EngineSettings(pool_size=1, mysql_max_mem_bytes=8 * 1024 * 1024))
+    await engine.open()
+    try:
+        assert await guarded_rows(engine, "SELECT @@max_session_mem_used") == [(8 * 1024 * 1024,)]
+        with pytest.raises(ServiceError) as caught:
+            await guarded_rows(engine, "SELECT COUNT(*) FROM (SELECT MD5(seq) AS m FROM seq_1_to_300000 GROUP BY m) AS t")
+        assert caught.value.code == QUERY_FAILED and "max-session-mem-used" in caught.value.message
+    finally:
+        await engine.close()
+
+
+def _spellings(schema: str, name: str) -> list[str]:
+    """Every way a query can name a function: quoted, qualified, Unicode-escaped, and unquoted in another case."""
+    escaped = "".join(f"\\{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\+{ord(c):06X}" for c in name)
+    forms = [_quoted(name), f"{_quoted(schema)}.{_quoted(name)}", f'U&"{escaped}"']
+    if name.isascii() and name.isidentifier() and name == name.lower():
+        forms.append(name.upper())
+    return forms
+
+
+async def test_every_refused_postgres_function_is_refused_under_every_spelling_and_in_column_notation(pg_engine: Engine, databases: Databases) -> None:
+    """The catalog sweep: each pg_proc entry (defaults and VARIADIC counted) is refused however it is called, or allowed."""
+    admin = await asyncpg.connect(databases.postgres)
+    try:
+        rows = await admin.fetch(
+            "SELECT DISTINCT n.nspname, p.proname, p.pronargs - p.pronargdefaults <= 1 AND (p.pronargs >= 1 OR p.provariadic <> 0) AS takes_one"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        )
+    finally:
+        await admin.close()
+    policy = pg_engine.function_policy()
+    slipped, refused = [], 0
+    for row in rows:
+        schema, name = row["nspname"], row["proname"]
+        if policy.refusal(None, name) is None:
+            continue  # allowed by the rule (IMMUTABLE/STABLE, trusted) or on the reviewed list
+        refused += 1
+        statements = [f"SELECT {form}()" for form in _spellings(schema, name)]
+        if row["takes_one"] or name in PG_DENIED:
+            statements += [f"SELECT (1).{_quoted(name)}", f"SELECT x.{_quoted(name)} FROM (SELECT 1 AS y) x"]
+        for sql in statements:
+            try:
+                check_read_only(sql, "postgres", policy)
+            except ServiceError as exc:
+                if exc.code not in (QUERY_REFUSED, QUERY_FAILED):
+                    slipped.append(f"{sql}: {exc.code}")
+            else:
+                slipped.append(sql)
+    assert refused > 200
+    assert not slipped, f"{len(slipped)} calls the guard let through:\n" + "\n".join(slipped[:50])

@@ -237,11 +237,13 @@ async def test_five_concurrent_300_mb_cells_stay_within_the_stated_memory_bound(
                 _, parts = await run_query(client, "SELECT 1", source=source)
                 assert not error_texts(parts)
             idle = peak_rss(query.proc.pid)
+            # Sizes from a subquery, not literal: the guard refuses literal ones before they run
+            # (docs/query-guard.md); these reach the server, and the wire check is what stops them.
             cases = [
-                (None, "SELECT repeat('x', 300000000)"),
+                (None, "SELECT repeat('x', (SELECT 300000000))"),
                 # MariaDB sends nothing over its max_allowed_packet (16 MB here; REPEAT returns NULL beyond it).
-                ("my", "SELECT REPEAT('x', 15000000)"),
-                ("lite", "SELECT zeroblob(300000000)"),
+                ("my", "SELECT REPEAT('x', (SELECT 15000000))"),
+                ("lite", "SELECT zeroblob((SELECT 300000000))"),
             ]
             for source, sql in cases:
                 results = await asyncio.gather(*(run_query(client, sql, source=source) for _ in range(5)))

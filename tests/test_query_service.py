@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
@@ -60,13 +59,6 @@ def service(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     svc = start_query_service(infra, sample, QUERY_SOURCES=f"copy=sqlite:///{sample}", QUERY_MAX_ROWS="150000")
     yield svc
     assert svc.process.stop() == 0, "\n".join(svc.process.lines[-30:])
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 @dataclass

@@ -19,7 +19,6 @@ import aiohttp
 import asyncmy
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -28,7 +27,7 @@ from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
 from tests.client import browser, login
-from tests.conftest import Databases, Infra, System, SystemFactory, running_system
+from tests.conftest import Databases, Infra, InProcess, InProcessFactory, System, SystemFactory, running_system
 from tests.harness import free_port
 
 TAG = uuid.uuid4().hex[:10]
@@ -162,14 +161,7 @@ def shop(infra: Infra, pg: Source, my: Source, lite: Source) -> Iterator[System]
         yield system
 
 
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
-
-
-async def describe(nc: NATS, system: System, source: str | None = None, tables: list[str] | None = None) -> dict[str, Any]:
+async def describe(nc: NATS, system: System | InProcess, source: str | None = None, tables: list[str] | None = None) -> dict[str, Any]:
     return msgspec.to_builtins(await QueryClient(nc, Subjects(system.prefix)).schema(source, tables, timeout=20.0))
 
 
@@ -285,8 +277,8 @@ async def test_a_table_the_role_cannot_read_is_not_listed(shop: System, nc: NATS
 # --- bounds and cache ---------------------------------------------------------------------
 
 
-async def test_a_big_schema_is_cut_with_a_note(make_system: SystemFactory, nc: NATS, pg: Source, lite: Source) -> None:
-    system = make_system(start=("query",), **_sources_env(pg, lite, QUERY_SCHEMA_MAX_TABLES="2", QUERY_SCHEMA_MAX_COLUMNS="6"))
+async def test_a_big_schema_is_cut_with_a_note(start_inprocess: InProcessFactory, nc: NATS, pg: Source, lite: Source) -> None:
+    system = await start_inprocess(("query",), **_sources_env(pg, lite, QUERY_SCHEMA_MAX_TABLES="2", QUERY_SCHEMA_MAX_COLUMNS="6"))
 
     overview = await describe(nc, system)
     details = await describe(nc, system, None, ["orders", "customers", "big_orders", "extra.notes"])
@@ -300,7 +292,7 @@ async def test_a_big_schema_is_cut_with_a_note(make_system: SystemFactory, nc: N
     assert details["truncated"] is True and "showing 2 of 4 tables" in details["note"]
 
 
-async def test_a_description_is_cached_per_source_for_the_configured_time(shop: System, make_system: SystemFactory, nc: NATS, pg: Source) -> None:
+async def test_a_description_is_cached_per_source_for_the_configured_time(shop: System, start_inprocess: InProcessFactory, nc: NATS, pg: Source) -> None:
     table = f"later_{uuid.uuid4().hex[:6]}"
     before = await describe(nc, shop, "pg")
     conn = await asyncpg.connect(pg.admin)
@@ -315,7 +307,7 @@ async def test_a_description_is_cached_per_source_for_the_configured_time(shop: 
         assert [t["name"] for t in (await describe(nc, shop, "pg", [table]))["tables"]] == [table]
 
         # With a short cache the new table shows up once the entry expires (polled with a deadline).
-        short = make_system(start=("query",), **_sources_env(pg, QUERY_SCHEMA_CACHE_S="0.2"))
+        short = await start_inprocess(("query",), **_sources_env(pg, QUERY_SCHEMA_CACHE_S="0.2"))
         await describe(nc, short)
         await conn.execute(f"CREATE TABLE {table}_2 (id int)")
         await conn.execute(f"GRANT SELECT ON {table}_2 TO {urlsplit(pg.url).username}")

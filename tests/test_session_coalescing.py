@@ -29,7 +29,7 @@ from tests.client import browser, login
 from tests.conftest import Infra, SystemFactory
 from tests.harness import RedisServer, wait_until
 from tests.test_hardening_store import redis_with, wait_event
-from tests.test_session_service import commandstats, new_sid, rdb, start_replica  # noqa: F401 - fixtures
+from tests.test_session_service import commandstats, new_sid, rdb, start_replica, start_session  # noqa: F401 - fixtures
 
 LIFETIME = 1000
 SHORT_TTL = 50
@@ -77,14 +77,14 @@ async def test_reads_started_together_go_as_one_message_and_each_gets_its_own_se
         assert [[read.sid for read in batch.reads] for batch in spy.batches] == [sids]
         assert commandstats(rdb) == {"getex": len(sids)}  # one GETEX per read, no MULTI/EXEC
         assert all(SHORT_TTL < rdb.ttl(f"session:{sid}") <= LIFETIME for sid in sids)  # each read slid its own expiry
-        assert replica.metric("session_call_seconds_count", op="get", outcome="ok") == len(sids) + 1
+        assert replica.metric("session_batch_reads_total", outcome="ok") == len(sids) + 1
         assert replica.metric("session_redis_commands_total", command="getex") == len(sids) + 1
     finally:
         await nc.close()
 
 
-async def test_more_reads_than_a_batch_holds_are_split_and_each_answered(start_replica, infra: Infra, redis_server: RedisServer, rdb: redis.Redis) -> None:  # noqa: F811
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_more_reads_than_a_batch_holds_are_split_and_each_answered(start_session, infra: Infra, rdb: redis.Redis) -> None:  # noqa: F811
+    replica = await start_session()
     sids = [new_sid() for _ in range(MAX_SESSION_BATCH + 88)]
     pipe = rdb.pipeline(transaction=False)
     for i, sid in enumerate(sids):
@@ -130,8 +130,8 @@ async def test_a_missing_corrupt_or_bad_sid_fails_alone(start_replica, infra: In
     for sid in (hashed, garbage):  # each read's log line carries the request id of the request it serves
         assert (await replica.wait_for_event("session_corrupt", sid=sid[:6] + "…"))["request_id"] == f"rid-{sid[:8]}"
     assert rdb.type(f"session:{hashed}") == b"hash" and rdb.get(f"session:{garbage}") == b"\xc1not msgpack"  # left for an operator
-    assert replica.metric("session_call_seconds_count", op="get", outcome="bad_request") == 1
-    assert replica.metric("session_call_seconds_count", op="get", outcome="ok") == 6
+    assert replica.metric("session_batch_reads_total", outcome="bad_request") == 1
+    assert replica.metric("session_batch_reads_total", outcome="ok") == 6
 
 
 async def test_many_concurrent_requests_with_distinct_sessions_each_see_their_own_user(make_system: SystemFactory, redis_server: RedisServer, rdb: redis.Redis) -> None:  # noqa: F811
@@ -196,7 +196,7 @@ async def test_redis_killed_before_a_batch_degrades_once_and_the_fallback_answer
             assert all(client.ttl(f"session:{sid}") > SHORT_TTL for sid in during)  # read from Redis again, expiry slid
         finally:
             client.close()
-        assert replica.metric("session_call_seconds_count", op="get", outcome="ok") == 4 * 5
+        assert replica.metric("session_batch_reads_total", outcome="ok") == 4 * 5
     finally:
         await nc.close()
 
@@ -238,8 +238,8 @@ async def test_a_batch_that_finds_redis_read_only_is_read_through_without_slidin
     [(b"\x81\xa5reads\x90", "$.reads"), (b"\x81\xa5reads\x91\x81\xa3sid\x05", "$.reads[0].sid"), (b"\xc1", "not valid MessagePack")],
     ids=["empty", "sid-not-a-string", "not-msgpack"],
 )
-async def test_a_malformed_batch_gets_a_bad_request_naming_the_field(start_replica, infra: Infra, redis_server: RedisServer, payload: bytes, named: str) -> None:  # noqa: F811
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_a_malformed_batch_gets_a_bad_request_naming_the_field(start_session, infra: Infra, payload: bytes, named: str) -> None:  # noqa: F811
+    replica = await start_session()
     nc = await nats.connect(infra.nats_url)
     try:
         reply = msgpack.unpackb((await nc.request(replica.subjects.session_get_many, payload, timeout=5.0)).data)

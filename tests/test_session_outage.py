@@ -19,7 +19,7 @@ import redis
 from shared.errors import ServiceError
 from tests.conftest import Infra
 from tests.harness import NatsServer, RedisServer
-from tests.test_session_service import Replica, nc, new_sid, start_replica  # noqa: F401 - fixtures
+from tests.test_session_service import Replica, new_sid, start_replica  # noqa: F401 - fixtures
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The session service over NATS against real Redis and NATS servers: bytes, TTLs, commands, errors.
 
-Every test talks to `python -m services.session` processes on a subject prefix of its own
-and checks the outcome in Redis itself.
+Every test talks to a session service on a subject prefix of its own and checks the outcome in
+Redis itself. Tests of what a request does run the service in this process (its own factory,
+`create_service`); tests of replicas, restarts, outages and log lines start
+`python -m services.session` processes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import re
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +22,12 @@ import nats
 import pytest
 import redis
 from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
-from tests.conftest import Infra
+from tests.conftest import InProcessFactory
 from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
 from tests.metrics import sample_value
 
@@ -38,15 +41,21 @@ def new_sid() -> str:
 
 
 @dataclass
-class Replica:
-    """One running session service and the subjects it answers on."""
+class Caller:
+    """The subjects of one session service, and a call on them."""
 
-    service: Service
     subjects: Subjects
-    ops_port: int
 
     async def call(self, nc: NATS, op: str, **payload: Any) -> dict[str, Any]:
         return await request(nc, getattr(self.subjects, f"session_{op}"), payload, timeout=5.0)
+
+
+@dataclass
+class Replica(Caller):
+    """One running session service process."""
+
+    service: Service
+    ops_port: int
 
     async def wait_for_event(self, event: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
         def matches(line: str) -> bool:
@@ -79,18 +88,29 @@ def start_replica() -> Iterator[Callable[..., Any]]:
         service = Service("session", service_env(**env))
         started.append(service)
         await asyncio.to_thread(service.start)
-        return Replica(service, Subjects(prefix), ops_port)
+        return Replica(Subjects(prefix), service, ops_port)
 
     yield start
     codes = [service.stop() for service in started]
     assert all(code == 0 for code in codes), f"session replicas exited with {codes}:\n" + "\n".join(started[0].lines[-20:])
 
 
+@dataclass
+class InProcessReplica(Caller):
+    """A session service running in this test's process; its metrics are in this process's registry."""
+
+    def metric(self, name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 @pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
+def start_session(start_inprocess: InProcessFactory, redis_server: RedisServer) -> Callable[..., Awaitable[InProcessReplica]]:
+    """Start a session service in this process on the test's own Redis (stopped at the end of the test)."""
+
+    async def start(**extra: str) -> InProcessReplica:
+        return InProcessReplica((await start_inprocess(("session",), REDIS_URL=redis_server.url, **extra)).subjects)
+
+    return start
 
 
 @pytest.fixture
@@ -108,8 +128,8 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 # --- what lands in Redis ------------------------------------------------------------------
 
 
-async def test_set_stores_a_plain_msgpack_map_with_the_session_lifetime(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url, SESSION_LIFETIME=str(LIFETIME))
+async def test_set_stores_a_plain_msgpack_map_with_the_session_lifetime(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_LIFETIME=str(LIFETIME))
     sid = new_sid()
     data = {"_permanent": True, "user": {"uid": "u-1", "email": "a@example.com", "roles": [], "prefs": {}}, "n": 3, "ratio": 0.5, "raw": b"\x00\xff"}
 
@@ -122,8 +142,8 @@ async def test_set_stores_a_plain_msgpack_map_with_the_session_lifetime(start_re
     assert (await replica.call(nc, "get", sid=sid))["session"] == data
 
 
-async def test_get_slides_the_expiry(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url, SESSION_LIFETIME=str(LIFETIME))
+async def test_get_slides_the_expiry(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_LIFETIME=str(LIFETIME))
     sid = new_sid()
     await replica.call(nc, "set", sid=sid, data={"user": "u-1"})
     rdb.expire(f"session:{sid}", 50)
@@ -132,15 +152,15 @@ async def test_get_slides_the_expiry(start_replica, infra, redis_server, rdb, nc
     assert rdb.ttl(f"session:{sid}") > 50
 
 
-async def test_key_prefix_is_configurable(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url, SESSION_KEY_PREFIX="app1:sess:")
+async def test_key_prefix_is_configurable(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_KEY_PREFIX="app1:sess:")
     sid = new_sid()
     await replica.call(nc, "set", sid=sid, data={"a": 1})
     assert msgspec.msgpack.decode(rdb.get(f"app1:sess:{sid}")) == {"a": 1}
 
 
-async def test_patch_keeps_untouched_fields_byte_for_byte(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url, SESSION_LIFETIME=str(LIFETIME))
+async def test_patch_keeps_untouched_fields_byte_for_byte(start_session, rdb, nc) -> None:
+    replica = await start_session(SESSION_LIFETIME=str(LIFETIME))
     sid = new_sid()
     # Written the way Flask-Session writes it, with types a Lua cmsgpack round trip would change.
     original = {"user": {"uid": "u-1", "roles": [], "prefs": {}}, "f": 1.0, "big": 2**63 - 1, "raw": b"\x00\xff", "gone": 1}
@@ -157,15 +177,15 @@ async def test_patch_keeps_untouched_fields_byte_for_byte(start_replica, infra, 
     assert rdb.ttl(f"session:{sid}") > 50
 
 
-async def test_patch_of_a_missing_session_creates_nothing(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_patch_of_a_missing_session_creates_nothing(start_session, rdb, nc) -> None:
+    replica = await start_session()
     sid = new_sid()
     assert await replica.call(nc, "patch", sid=sid, set={"a": 1}) == {"session": None}
     assert rdb.exists(f"session:{sid}") == 0
 
 
-async def test_login_rotation_deletes_the_old_sid(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_login_rotation_deletes_the_old_sid(start_session, rdb, nc) -> None:
+    replica = await start_session()
     old, new = new_sid(), new_sid()
     await replica.call(nc, "set", sid=old, data={"cart": 1})
 
@@ -175,8 +195,8 @@ async def test_login_rotation_deletes_the_old_sid(start_replica, infra, redis_se
     assert msgspec.msgpack.decode(rdb.get(f"session:{new}")) == {"user": "u-1"}
 
 
-async def test_delete_removes_the_key(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_delete_removes_the_key(start_session, rdb, nc) -> None:
+    replica = await start_session()
     sid = new_sid()
     await replica.call(nc, "set", sid=sid, data={"user": "u-1"})
 
@@ -189,8 +209,8 @@ async def test_delete_removes_the_key(start_replica, infra, redis_server, rdb, n
 # --- one command per call -------------------------------------------------------------------
 
 
-async def test_each_call_is_one_redis_command(start_replica, infra, redis_server, rdb, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_each_call_is_one_redis_command(start_session, rdb, nc) -> None:
+    replica = await start_session()
     sids = [new_sid() for _ in range(10)]
     for sid in sids:  # warm the connection pool so connection set-up is not counted
         await replica.call(nc, "set", sid=sid, data={"user": "u-1"})
@@ -258,8 +278,8 @@ async def test_corrupt_bytes_are_no_session_and_are_logged(start_replica, infra,
         ("delete", {"sid": None}, "invalid SessionDelete: Expected `str`, got `None` - at `$.sid`"),
     ],
 )
-async def test_bad_requests_get_a_clear_bad_request_error(start_replica, infra, redis_server, nc, op: str, payload: dict[str, Any], message: str) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_bad_requests_get_a_clear_bad_request_error(start_session, nc, op: str, payload: dict[str, Any], message: str) -> None:
+    replica = await start_session()
     with pytest.raises(ServiceError) as caught:
         await replica.call(nc, op, **payload)
     assert caught.value.code == "bad_request"
@@ -267,8 +287,8 @@ async def test_bad_requests_get_a_clear_bad_request_error(start_replica, infra, 
     assert (await replica.call(nc, "ping"))["ok"] is True
 
 
-async def test_an_impossible_sid_reads_as_no_session(start_replica, infra, redis_server, nc) -> None:
-    replica = await start_replica(infra.nats_url, redis_server.url)
+async def test_an_impossible_sid_reads_as_no_session(start_session, nc) -> None:
+    replica = await start_session()
     assert await replica.call(nc, "get", sid="not a sid!") == {"session": None}
     assert await replica.call(nc, "delete", sid="../../etc") == {"deleted": False}
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
@@ -27,7 +26,6 @@ from shared import contracts as c
 from shared.codec import decode_map, encode
 from shared.errors import INTERNAL, UNAVAILABLE, ServiceError
 from shared.stream import StreamCancelled, StreamConsumer, StreamProducer
-from tests.conftest import Infra
 
 LOST = "was lost while the message bus reconnected"
 
@@ -47,13 +45,6 @@ def rows(seq: int, offset: int, values: list[list[Any]]) -> bytes:
 
 
 META = wire(c.STREAM_META, columns=[{"name": "i", "type": "integer"}], preview=[[1]])
-
-
-@pytest.fixture
-async def nc(infra: Infra) -> AsyncIterator[NATS]:
-    client = await nats.connect(infra.nats_url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

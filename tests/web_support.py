@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -122,3 +123,14 @@ class ThreadedFakeLLM:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
         self._loop.close()
+
+
+BIG_TABLES = 500
+
+
+def make_big_schema(path: Path, tables: int = BIG_TABLES) -> None:
+    """A SQLite schema of `tables` tables t000, t001, ...: each (but the first) references the one before it and t000."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t000 (id INTEGER PRIMARY KEY, name TEXT)")
+        for i in range(1, tables):
+            db.execute(f"CREATE TABLE t{i:03d} (id INTEGER PRIMARY KEY, prev_id INTEGER REFERENCES t{i - 1:03d}(id), root_id INTEGER REFERENCES t000(id), c{i:03d} TEXT)")

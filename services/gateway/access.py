@@ -1,8 +1,8 @@
 """Which operator sources a user may use, and as which database role: the one place handlers ask.
 
-The policy is ACCESS_POLICY (shared/access.py). Once a policy is set, a source without a rule
-is open in dev mode and closed under AUTH_MODE=firebase|oidc; with no policy at all every
-source is open, as before policies existed (a warning says so at start under firebase/oidc).
+The policy is ACCESS_POLICY (shared/access.py). A source without a rule (every source, when
+no policy is set) is open in dev mode and closed under AUTH_MODE=firebase|oidc: deny by
+default, and the gateway logs once at start which sources nobody can reach.
 A source the user may not use is answered exactly as an unknown one is (404 `unknown_source`),
 so its name is not given away.
 """
@@ -33,7 +33,7 @@ def principal(user: Mapping[str, Any] | str | None) -> Principal:
 
 
 def _open_without_rule(config: GatewayConfig) -> bool:
-    return not config.token_login or not config.access_policy.configured
+    return not config.token_login
 
 
 def source_grant(config: GatewayConfig, session: Mapping[str, Any], source: str | None) -> Grant:
@@ -75,9 +75,7 @@ async def log_unreachable_sources(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: under firebase/oidc, log once which configured sources have no rule, so nobody can reach them."""
     config = app[keys.CONFIG]
     task = None
-    if config.token_login and not config.access_policy.configured:
-        log.warning("access_policy_unset", message=f"AUTH_MODE={config.auth_mode} and no ACCESS_POLICY: every signed-in user may use every source (docs/access.md)")
-    elif config.token_login:
+    if config.token_login:
         task = asyncio.create_task(_check_unreachable(app))
     yield
     if task is not None:

@@ -8,6 +8,7 @@ malformed reply is an `internal` error naming the field, never a KeyError in a h
 * Limiter: `session.limit`, rate limits and quotas shared by every replica.
 * HistoryClient: `session.conversation.*`, a user's conversations.
 * QueryClient: `query.ping` (sources and dialects) and `query.schema` (describe_schema).
+* RecentClient: `session.recent.*`, a user's recent queries per source.
 
 The query stream (`query.execute`) has its own consumer, shared/stream.py, used by relay.py.
 The session maps themselves (a session's `data`, a patch's reply) stay open maps: they are
@@ -45,8 +46,12 @@ from shared.contracts import (
     LimitRequest,
     LimitResult,
     LimitWindow,
+    Ok,
     Ping,
     QueryPong,
+    RecentAdd,
+    RecentList,
+    RecentQueries,
     SchemaReply,
     SchemaRequest,
     SessionDelete,
@@ -298,3 +303,24 @@ class QueryClient:
             if exc.code == UNKNOWN_SOURCE:  # the query service lists every source; this user may not see them all
                 raise unknown_source(source or DEFAULT_SOURCE) from None
             raise
+
+
+RECENT_DEFAULT_SOURCE = "default"
+"""The query service's name for the source used when a request names none."""
+
+
+class RecentClient:
+    """The gateway's client of `session.recent.*`: the last RECENT_MAX queries of a user per source."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, timeout: float) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._timeout = timeout
+
+    async def add(self, uid: str, source: str | None, sql: str) -> None:
+        """Record `sql` as the user's newest query on `source` (None: the default source)."""
+        await _call(self._nc, self._subjects.session_recent("add"), RecentAdd(uid, source or RECENT_DEFAULT_SOURCE, sql), Ok, self._timeout)
+
+    async def list(self, uid: str, source: str | None, limit: int) -> RecentQueries:
+        """The user's newest `limit` queries on `source` (None: the default source), newest first."""
+        return await _call(self._nc, self._subjects.session_recent("list"), RecentList(uid, source or RECENT_DEFAULT_SOURCE, limit), RecentQueries, self._timeout)

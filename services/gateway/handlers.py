@@ -22,6 +22,7 @@ from services.gateway.auth.web import verifier
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response
 from services.gateway.jsonable import jsonable
+from services.gateway.recent import remember
 from services.gateway.relay import QueryResult, relay
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.access import MAX_GROUPS, clean_groups
@@ -29,7 +30,7 @@ from shared.errors import BAD_REQUEST, BUSY, UNKNOWN_SOURCE, ServiceError
 from shared.limits import MAX_SQL_CHARS
 from shared.logging import current_request_id
 from shared.stream import StreamConsumer
-from shared.users import signed_in_user
+from shared.users import signed_in_user, user_id
 
 log = structlog.get_logger(__name__)
 
@@ -138,8 +139,9 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def query(request: web.Request) -> web.StreamResponse:
-    """Run execute_query and stream the result as an AI SDK UI message stream; one audit event per call."""
+    """Run execute_query and stream the result as an AI SDK UI message stream; one audit event per call, and an accepted query joins the caller's recent queries."""
     _, session = await current_session(request)
+    uid = user_id(session)
     body = await json_object(request)
     sql = text_field(body, "sql", required=True, max_chars=MAX_SQL_CHARS)
     assert sql is not None
@@ -168,6 +170,8 @@ async def query(request: web.Request) -> web.StreamResponse:
             audit.finish(exc.code, QueryResult(), exc)
             raise exc from None  # before the stream's headers: a real 404, or 503 with Retry-After
         start_error = exc  # any other refusal is an error part of the stream, as before
+    if start_error is None and uid is not None:
+        await remember(app[keys.RECENT], uid, grant.source, sql)
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request, write_timeout_s=config.client_write_timeout_s)
     outcome, result, error = "ok", QueryResult(), start_error
@@ -183,7 +187,11 @@ async def query(request: web.Request) -> web.StreamResponse:
             outcome, error = exc.code, exc
             await stream.error(exc.message)
         await stream.end()
-    except ConnectionResetError as exc:  # the client went away, or stopped reading (ClientStalled)
+    except ConnectionError as exc:  # the client went away, or stopped reading (ClientStalled)
+        # aiohttp raises a plain ConnectionError("Connection lost") to a write that waited for the
+        # client when the client hangs up; any other ConnectionError is not the client's doing.
+        if not isinstance(exc, ConnectionResetError) and request.transport is not None and not request.transport.is_closing():
+            raise
         outcome = client_outcome(exc)
     except asyncio.CancelledError:  # cut off: the shutdown grace ran out
         outcome = "cancelled"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from services.gateway.clients import HistoryClient, Limiter, QueryClient, SessionClient
+from services.gateway.clients import HistoryClient, Limiter, QueryClient, RecentClient, SessionClient
 from services.gateway.config import GatewayConfig
 from services.gateway.sessions import SessionCookie
 from shared.contracts import Subjects
@@ -52,3 +52,4 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 LIMITER = web.AppKey("limiter", Limiter)
 HISTORY = web.AppKey("history", HistoryClient)
 QUERY = web.AppKey("query", QueryClient)
+RECENT = web.AppKey("recent", RecentClient)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway import conversations, handlers, probes, webapp
+from services.gateway import conversations, handlers, probes, recent, webapp
 from services.gateway.audit_http import get_audit
 from services.gateway.chat import handlers as chat
 from services.gateway.schema import get_schema
@@ -22,6 +22,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/api/query", handlers.query)
     router.add_get("/api/schema", get_schema)
     router.add_get("/api/sources", webapp.sources)
+    router.add_get("/api/recent-queries", recent.get_recent)
     # The audit trail, for admins (404 for everyone else).
     router.add_get("/api/audit", get_audit)
     # Conversations and the assistant.

@@ -32,7 +32,7 @@ class ClientStalled(ConnectionResetError):
     outcome = "client_stalled"
 
 
-def client_outcome(exc: ConnectionResetError) -> str:
+def client_outcome(exc: ConnectionError) -> str:
     """The outcome a stream that lost its client logs: client_stalled or client_gone."""
     return exc.outcome if isinstance(exc, ClientStalled) else "client_gone"
 

@@ -17,7 +17,7 @@ from services.gateway import keys
 from services.gateway.access import visible_sources
 from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
-from shared.errors import NOT_FOUND, UNAVAILABLE, ServiceError
+from shared.errors import NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, ServiceError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """Where `make` (scripts/build_web.py) writes index.html and assets/."""
@@ -95,9 +95,22 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 
 async def auth_config(request: web.Request) -> web.Response:
-    """GET /auth/config: how the page signs in (no session needed); FIREBASE_WEB_CONFIG under firebase."""
+    """GET /auth/config: how the page signs in (no session needed); FIREBASE_WEB_CONFIG under firebase.
+
+    `chat` says whether a language model is configured (without one the page shows how to set one
+    up); `signed_in` whether the caller has a session, so that a signed-out page need not ask
+    /api/me for a 401 that the browser would log as a failed request.
+    """
     config = request.app[keys.CONFIG]
-    return web.json_response({"auth_mode": config.auth_mode, "firebase": config.firebase_web}, headers={"Cache-Control": "no-store"})
+    try:
+        await current_session(request)
+        signed_in = True
+    except ServiceError as exc:
+        if exc.code != UNAUTHORIZED:
+            raise
+        signed_in = False
+    body = {"auth_mode": config.auth_mode, "firebase": config.firebase_web, "chat": bool(config.llm_base_url), "signed_in": signed_in}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def sources(http_request: web.Request) -> web.Response:

@@ -38,6 +38,30 @@ def _chunk_bytes(name: str, raw: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class SchemaConfig:
+    """The query service's describe_schema settings."""
+
+    cache_s: float = setting("QUERY_SCHEMA_CACHE_S", 30.0, "how long a source's description is reused; 0 reads the catalog every time", minimum=0)
+    max_tables: int = setting("QUERY_SCHEMA_MAX_TABLES", 200, "tables per reply at most", minimum=1)
+    max_columns: int = setting("QUERY_SCHEMA_MAX_COLUMNS", 3000, "columns per reply at most, over all its tables", minimum=1)
+    timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SchemaConfig:
+        return load(cls, environ() if env is None else env)
+
+
+_PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
+
+
+def pg_memory(name: str, value: str, off: str | None = None) -> str:
+    """The variable `name`'s value, checked to be a PostgreSQL memory size as the server writes it (`64MB`, `512kB`, `1GB`; bare numbers are kB)."""
+    if value == off or _PG_MEMORY.match(value):
+        return value
+    raise ConfigError(f"{name} must be a PostgreSQL memory size such as 64MB, 512kB or 1GB{f' (or {off} for no limit)' if off else ''}, got {value!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class QueryConfig(ServiceSettings):
     """Everything the query service reads from its environment (see docs/query.md)."""
@@ -65,6 +89,13 @@ class QueryConfig(ServiceSettings):
     queue_max: int = setting("QUERY_QUEUE_MAX", 64, "queries that may wait for a slot in this replica, fair between users; one more is refused with code busy (HTTP 503)", minimum=0)
     queue_wait_s: float = setting("QUERY_QUEUE_WAIT_S", 3.0, f"how long a query may wait for a slot before code busy (HTTP 503); at most {QUERY_QUEUE_WAIT_MAX_S:g}", minimum=0)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
+    schema: SchemaConfig = field(default_factory=SchemaConfig)  # read from the same environment by from_env
+    # Server-side bounds per statement (docs/query-guard.md#server-side-resources).
+    pg_work_mem: str = setting("QUERY_PG_WORK_MEM", "4MB", "PostgreSQL work_mem set for every statement (memory units as the server writes them)", parse=pg_memory)
+    pg_temp_file_limit: str = setting(
+        "QUERY_PG_TEMP_FILE_LIMIT", "1GB", "PostgreSQL temp_file_limit set for every statement when the role may set it; -1 sets none", parse=lambda n, raw: pg_memory(n, raw, off="-1")
+    )
+    mysql_max_mem_bytes: int = setting("QUERY_MYSQL_MAX_MEM_BYTES", 256 * 1024 * 1024, "MariaDB max_session_mem_used set for every statement, in bytes", minimum=8192)
     allowed_functions: Mapping[str, frozenset[tuple[str | None, str]]] = setting(
         "QUERY_ALLOWED_FUNCTIONS",
         MappingProxyType({}),
@@ -108,7 +139,7 @@ class QueryConfig(ServiceSettings):
             sources[DEFAULT_SOURCE] = database_url
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
-        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample)
+        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample, schema=SchemaConfig.from_env(env))
 
 
 def _policy_roles(name: str, raw: str) -> Mapping[str, tuple[str, ...]]:

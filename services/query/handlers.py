@@ -131,7 +131,7 @@ class QueryHandlers:
                 raise not_answering(engine.name) from None
             policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()))
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
-            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy, allow_activity_views=self._config.allow_activity_views)
+            await asyncio.to_thread(check_read_only, sql, engine.dialect, policy, self._config.max_cell_bytes, allow_activity_views=self._config.allow_activity_views)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
         except BaseException as exc:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 
+from services.query.config import SchemaConfig
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Catalog, Describes
-from shared.config import environ, load, setting
 from shared.contracts import Caller, SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
@@ -30,20 +29,6 @@ log = structlog.get_logger(__name__)
 
 CACHE_MAX_ENTRIES = 256
 """Cached replies kept at most (the oldest goes first)."""
-
-
-@dataclass(frozen=True)
-class SchemaConfig:
-    """The query service's describe_schema settings."""
-
-    cache_s: float = setting("QUERY_SCHEMA_CACHE_S", 30.0, "how long a source's description is reused; 0 reads the catalog every time", minimum=0)
-    max_tables: int = setting("QUERY_SCHEMA_MAX_TABLES", 200, "tables per reply at most", minimum=1)
-    max_columns: int = setting("QUERY_SCHEMA_MAX_COLUMNS", 3000, "columns per reply at most, over all its tables", minimum=1)
-    timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SchemaConfig:
-        return load(cls, environ() if env is None else env)
 
 
 def overview(table: SchemaTable) -> SchemaTable:

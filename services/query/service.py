@@ -38,20 +38,16 @@ class QueryService:
     handlers: QueryHandlers
     server: Server
     subjects: Subjects
-    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        # False from the stop on; requests already routed here are still served.
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Take no more queries, then give running streams what is left of SHUTDOWN_GRACE_S; later calls do nothing."""
-        if not self.accepting:
+        if not self.server.accepting:
             return
-        self.accepting = False
         deadline = time.monotonic() + self.config.shutdown_grace_s
-        log.info("shutting_down", streams=self.handlers.streams_in_flight, grace_s=self.config.shutdown_grace_s)
-        await self.server.drain(self.config.shutdown_grace_s)
+        await self.server.drain(self.config.shutdown_grace_s, streams=self.handlers.streams_in_flight)
         await self.handlers.shutdown(max(0.0, deadline - time.monotonic()))
 
 
@@ -72,7 +68,18 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
                 docs="docs/query-account.md",
             )
         limits = ByteLimits(max_cell_bytes=config.max_cell_bytes, max_row_bytes=config.max_row_bytes)
-        sources = Sources(config.sources, EngineSettings(pool_size=config.pool_size, limits=limits), allow_privileged=config.allow_privileged, roles=config.roles)
+        sources = Sources(
+            config.sources,
+            EngineSettings(
+                pool_size=config.pool_size,
+                limits=limits,
+                pg_work_mem=config.pg_work_mem,
+                pg_temp_file_limit=config.pg_temp_file_limit,
+                mysql_max_mem_bytes=config.mysql_max_mem_bytes,
+            ),
+            allow_privileged=config.allow_privileged,
+            roles=config.roles,
+        )
         stack.push_async_callback(sources.close)
         # Check every source's account now, in the background: queries wait for nothing.
         opening = asyncio.create_task(sources.open_all())
@@ -83,12 +90,13 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
 
         stack.push_async_callback(stop_opening)
         handlers = QueryHandlers(config, nc, sources, subjects)
-        server = Server(nc)
+        server = Server(nc, "query", metadata={"subject_prefix": config.subject_prefix}, description="Read-only SQL on the configured sources")
         service = QueryService(config, nc, sources, handlers, server, subjects)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
-        schemas = schema.SchemaService(sources, schema.SchemaConfig.from_env())
+        schemas = schema.SchemaService(sources, config.schema)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
+        await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile

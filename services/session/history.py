@@ -25,7 +25,6 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.session.history_redis import ConversationFull, HistoryRedis, Stored
-from services.session.metrics import timed_call
 from services.session.outage import OutageRouter
 from services.session.redis_store import CorruptSession, RedisUnavailable
 from shared.codec import encode
@@ -409,7 +408,7 @@ class HistoryStore:
 
 
 class HistoryHandlers:
-    """`session.conversation.<op>`: decode the typed request, call the store, time it; the reply is the store's Struct."""
+    """`session.conversation.<op>`: the typed request (decoded and measured by shared.bus.Server) goes to the store; the reply is the store's Struct."""
 
     def __init__(self, store: HistoryStore) -> None:
         self._store = store
@@ -417,28 +416,22 @@ class HistoryHandlers:
     def routes(self) -> dict[str, Any]:
         return {"load": self.load, "append": self.append, "list": self.list, "create": self.create, "patch": self.patch, "delete": self.delete}
 
-    async def _timed[R](self, op: str, call: Callable[[], Awaitable[R]]) -> R:
-        return await timed_call(f"conversation_{op}", call, "conversation_call")
-
     async def load(self, req: ConversationLoad, _msg: Msg) -> ConversationLoaded:
-        return await self._timed("load", lambda: self._store.load(req))
+        return await self._store.load(req)
 
     async def append(self, req: ConversationAppend, _msg: Msg) -> ConversationAppended:
-        return await self._timed("append", lambda: self._store.append(req))
+        return await self._store.append(req)
 
     async def list(self, req: ConversationList, _msg: Msg) -> ConversationPage:
-        return await self._timed("list", lambda: self._store.list(req))
+        return await self._store.list(req)
 
     async def create(self, req: ConversationRef, _msg: Msg) -> ConversationInfo:
-        return await self._timed("create", lambda: self._store.create(req))
+        return await self._store.create(req)
 
     async def patch(self, req: ConversationPatch, _msg: Msg) -> ConversationInfo:
-        return await self._timed("patch", lambda: self._store.patch(req))
+        return await self._store.patch(req)
 
     async def delete(self, req: ConversationRef, _msg: Msg) -> ConversationDeleted:
-        async def call() -> ConversationDeleted:
-            if not await self._store.delete(req):
-                raise ServiceError(NOT_FOUND, "no such conversation")
-            return ConversationDeleted()
-
-        return await self._timed("delete", call)
+        if not await self._store.delete(req):
+            raise ServiceError(NOT_FOUND, "no such conversation")
+        return ConversationDeleted()

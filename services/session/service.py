@@ -19,6 +19,7 @@ from services.session.history import HistoryHandlers, HistoryLimits, HistoryStor
 from services.session.history_redis import HistoryRedis
 from services.session.limits import Limits
 from services.session.outage import OutageRouter
+from services.session.recent import RecentStore
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import SessionStore
 from shared.bus import Server, close, connect
@@ -74,17 +75,12 @@ class SessionService:
     router: OutageRouter
     server: Server
     subjects: Subjects
-    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
-        return {"accepting": self.accepting, "nats": self.nc.is_connected}
+        return await self.server.readiness()
 
     async def drain(self) -> None:
         """Stop taking messages and finish those in hand (within SHUTDOWN_GRACE_S); later calls do nothing."""
-        if not self.accepting:
-            return
-        self.accepting = False
-        log.info("shutting_down", grace_s=self.config.shutdown_grace_s, in_flight=self.server.in_flight)
         await self.server.drain(self.config.shutdown_grace_s)
 
 
@@ -115,9 +111,12 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         stack.push_async_callback(limits.close)
         await limits.load()
 
+        recent = RecentStore(create_client(config.redis, max_connections=8) if config.redis else None, router, lifetime_s=config.conversation_lifetime_s)
+        stack.push_async_callback(recent.close)
+
         subjects = Subjects(config.subject_prefix)
         handlers = SessionHandlers(store)
-        server = Server(nc)
+        server = Server(nc, "session", metadata={"subject_prefix": config.subject_prefix}, description="Sessions, conversation history and quotas")
         service = SessionService(config, nc, store, router, server, subjects)
         for subject, handler in (
             (subjects.session_get, handlers.get),
@@ -126,12 +125,15 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
             (subjects.session_delete, handlers.delete),
             (subjects.session_ping, handlers.ping),
             (subjects.session_limit, limits.handle),
+            (subjects.session_recent("add"), recent.add),
+            (subjects.session_recent("list"), recent.list),
         ):
             await server.add(subject, SESSION_QUEUE, handler)
         await server.add_bytes(subjects.session_get_many, SESSION_QUEUE, handlers.get_many)
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
-            await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op])
+            await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op], name=f"conversation_{op}")
+        await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))
         stack.push_async_callback(service.drain)  # first to run on exit: the ops endpoints still answer meanwhile

@@ -42,7 +42,10 @@ log = structlog.get_logger(__name__)
 
 MODEL = web.AppKey("model", ModelClient)
 CONTEXT = web.AppKey("chat_context", PromptContext)
-NOT_CONFIGURED = "no language model is configured: set LLM_BASE_URL and LLM_MODEL"
+NOT_CONFIGURED = (
+    "no language model is configured: set LLM_BASE_URL and LLM_MODEL (and LLM_API_KEY), e.g. https://api.openai.com/v1 with gpt-4o-mini, "
+    "https://generativelanguage.googleapis.com/v1beta/openai with gemini-2.5-flash, or a local Ollama at http://127.0.0.1:11434/v1"
+)
 QUOTA_EXCEEDED = "quota_exceeded"
 DISCONNECT_POLL_S = 0.1
 
@@ -182,6 +185,8 @@ async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.Strea
         grant_for=lambda source: source_grant(config, session, source),
         caller_for=lambda grant: caller(session, grant),
         audit=lambda source, sql: query_audit(app, session, source, sql, conversation_id=turn.body.id, model=model.model, turn=ui.message_id),
+        uid=turn.stored.uid,
+        recent=app[keys.RECENT],
     )
     stats = TurnStats()
     started = time.monotonic()

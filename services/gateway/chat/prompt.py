@@ -20,6 +20,8 @@ DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "
 
 EXECUTE_QUERY = "execute_query"
 DESCRIBE_SCHEMA = "describe_schema"
+SHOW_CHART = "show_chart"
+GET_RECENT_QUERIES = "get_recent_queries"
 
 # Plain JSON Schema only (no `additionalProperties`, no `strict`): Gemini's OpenAI endpoint refuses more.
 TOOLS: list[dict[str, Any]] = [
@@ -56,6 +58,41 @@ TOOLS: list[dict[str, Any]] = [
                 "properties": {
                     "source": {"type": "string", "description": "The source to describe; omit for the default source."},
                     "tables": {"type": "array", "items": {"type": "string"}, "description": "Table names to describe in detail."},
+                },
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": SHOW_CHART,
+            "description": (
+                f"Show the user a chart of the last {EXECUTE_QUERY} result of this answer (the page draws it from every row). "
+                "`x` and `y` are column names of that result; `y` must be numeric. An invalid proposal comes back as "
+                '{"error": message} and is not drawn.'
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["bar", "line", "area", "scatter", "pie"], "description": "The kind of chart."},
+                    "x": {"type": "string", "description": "The column on the X axis (categories for bar and pie)."},
+                    "y": {"type": "string", "description": "The numeric column on the Y axis (summed per X value for bar and pie)."},
+                    "title": {"type": "string", "description": "A short title."},
+                },
+                "required": ["type", "x", "y"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": GET_RECENT_QUERIES,
+            "description": "The SQL the user ran most recently in their editor on a source, newest first (at most 50), with when each ran.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "source": {"type": "string", "description": "The source; omit for the default source."},
+                    "limit": {"type": "integer", "description": "How many, 1 to 50 (default 10)."},
                 },
             },
         },

@@ -1,4 +1,4 @@
-"""The tools the model can call: `execute_query` (through the query service, as POST /api/query) and `describe_schema`.
+"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema`, `show_chart` and `get_recent_queries`.
 
 Each tool writes its parts to the client and returns what the model gets back: the summary
 of prompt.query_summary / prompt.schema_summary, or `{"error": message}` so that the model
@@ -8,7 +8,8 @@ can correct itself in its next step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -16,18 +17,21 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.audit import QueryAudit
 from services.gateway.chat import metrics, prompt
+from services.gateway.chat.charts import QueryColumns, check_chart
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
-from services.gateway.clients import QueryClient
+from services.gateway.clients import RECENT_DEFAULT_SOURCE, QueryClient, RecentClient
 from services.gateway.relay import QueryResult, relay
 from services.gateway.sse import client_outcome
 from shared.access import Grant, unknown_source
-from shared.contracts import Caller, Subjects
-from shared.errors import UNKNOWN_SOURCE, ServiceError
+from shared.contracts import RECENT_MAX, Caller, Subjects
+from shared.errors import UNAUTHORIZED, UNKNOWN_SOURCE, ServiceError
 from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
 
 SCHEMA_TIMEOUT_S = 10.0
+KNOWN = {t["function"]["name"] for t in prompt.TOOLS}
+RECENT_DEFAULT = 10
 
 
 @dataclass
@@ -45,6 +49,11 @@ class ToolContext:
     grant_for: Callable[[str | None], Grant]
     caller_for: Callable[[Grant], Caller]
     audit: Callable[[str | None, str], QueryAudit]
+    uid: str | None = None
+    """The caller, whose recent queries get_recent_queries reads."""
+    recent: RecentClient | None = None
+    last_query: QueryColumns | None = field(default=None)
+    """The latest execute_query of this turn that returned columns: what show_chart may chart."""
 
 
 def _optional_str(args: dict[str, Any], name: str) -> str | None:
@@ -72,17 +81,47 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
             tables = args.get("tables")
             if tables is not None and not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
                 raise ValueError("'tables' must be a list of table names")
+        elif call.name == prompt.SHOW_CHART:
+            chart = check_chart(args, ctx.last_query)
+        elif call.name == prompt.GET_RECENT_QUERIES:
+            source = _optional_str(args, "source")
+            limit = args.get("limit", RECENT_DEFAULT)
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= RECENT_MAX:
+                raise ValueError(f"'limit' must be a whole number from 1 to {RECENT_MAX}")
         else:
             known = ", ".join(t["function"]["name"] for t in prompt.TOOLS)
             raise ValueError(f"there is no tool named {call.name!r}; the tools are {known}")
     except ValueError as exc:
-        metrics.TOOL_CALLS.labels(call.name if call.name in (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA) else "unknown", "bad_arguments").inc()
+        metrics.TOOL_CALLS.labels(call.name if call.name in KNOWN else "unknown", "bad_arguments").inc()
         await ctx.ui.tool_input_error(call.id, call.name or "unknown", call.arguments, str(exc))
         return {"error": str(exc)}
     await ctx.ui.tool_input_available(call.id, call.name, args)
     if call.name == prompt.EXECUTE_QUERY:
         return await execute_query(ctx, call.id, sql, source or ctx.source)
+    if call.name == prompt.SHOW_CHART:
+        metrics.TOOL_CALLS.labels(prompt.SHOW_CHART, "ok").inc()
+        await ctx.ui.tool(call.id).output(chart, preliminary=False)
+        return {"shown": True, "type": chart["type"], "x": chart["x"], "y": chart["y"]}
+    if call.name == prompt.GET_RECENT_QUERIES:
+        return await _recent_queries(ctx, call.id, source or ctx.source, limit)
     return await _describe_schema(ctx, call.id, source or ctx.source, tables)
+
+
+async def _recent_queries(ctx: ToolContext, call_id: str, source: str | None, limit: int) -> dict[str, Any]:
+    stream = ctx.ui.tool(call_id)
+    try:
+        if ctx.uid is None or ctx.recent is None:
+            raise ServiceError(UNAUTHORIZED, "no signed-in user")
+        reply = await ctx.recent.list(ctx.uid, source, limit)
+    except ServiceError as exc:
+        metrics.TOOL_CALLS.labels(prompt.GET_RECENT_QUERIES, exc.code).inc()
+        await stream.error(exc.message)
+        return {"error": exc.message}
+    metrics.TOOL_CALLS.labels(prompt.GET_RECENT_QUERIES, "ok").inc()
+    queries = [{"sql": q.sql, "ran_at": datetime.fromtimestamp(q.at / 1000, UTC).isoformat(timespec="seconds")} for q in reply.queries]
+    output = {"source": source or RECENT_DEFAULT_SOURCE, "queries": queries}
+    await stream.output(output, preliminary=False)
+    return output
 
 
 async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | None) -> dict[str, Any]:
@@ -113,6 +152,8 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
         await consumer.close()
         audit.finish(outcome, result, error)
     metrics.TOOL_CALLS.labels(prompt.EXECUTE_QUERY, "ok").inc()
+    if result.columns:
+        ctx.last_query = QueryColumns(call_id, result.columns, result.preview)
     return prompt.query_summary(result.output())
 
 

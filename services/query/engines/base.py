@@ -24,6 +24,10 @@ class EngineSettings:
     connect_timeout_s: float = 10.0
     # QUERY_MAX_CELL_BYTES / QUERY_MAX_ROW_BYTES, checked as the rows arrive (services/query/wire.py).
     limits: ByteLimits = field(default_factory=ByteLimits)
+    # Server-side bounds per statement (QUERY_PG_WORK_MEM, QUERY_PG_TEMP_FILE_LIMIT, QUERY_MYSQL_MAX_MEM_BYTES).
+    pg_work_mem: str = "4MB"
+    pg_temp_file_limit: str = "1GB"
+    mysql_max_mem_bytes: int = 256 * 1024 * 1024
 
 
 def timeout_message(timeout_s: float) -> str:

@@ -122,6 +122,8 @@ class MysqlCursor(Cursor):
             rows = await self._cursor.fetchmany(n)
         except (asyncmy.errors.MySQLError, OSError) as exc:
             raise self._guard.refusal or self._engine.error(exc, self._timeout_s) from None
+        except UnicodeDecodeError as exc:
+            raise undecodable_text(exc) from None
         if len(rows) < n:
             self.exhausted = True
         return rows
@@ -146,6 +148,7 @@ class MysqlEngine(Engine):
         self._params = _connect_params(url)
         self._pool: Any = None
         self._mariadb: bool | None = None
+        self._sql_mode: str | None = None
 
     async def open(self) -> None:
         self._pool = await asyncmy.create_pool(
@@ -203,6 +206,8 @@ class MysqlEngine(Engine):
             except (asyncmy.errors.MySQLError, OSError) as exc:
                 finished = guard.refusal is None  # the server answered (an error): nothing is left running
                 raise guard.refusal or self.error(exc, timeout_s) from None
+            except UnicodeDecodeError as exc:  # the first rows are read with the result's metadata
+                raise undecodable_text(exc) from None
             cursor = MysqlCursor(self, raw, timeout_s, guard)
             yield cursor
             finished = cursor.exhausted
@@ -214,13 +219,25 @@ class MysqlEngine(Engine):
     async def _prepare_session(self, conn: Any, timeout_s: float) -> None:
         await conn._execute_command(_COM_SET_OPTION, _MULTI_STATEMENTS_OFF)
         await conn.read_packet()
-        if self._mariadb is None:
-            self._mariadb = "mariadb" in conn.get_server_info().lower()
-        limit = f"SET SESSION max_statement_time = {timeout_s:.3f}" if self._mariadb else f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}"
         async with conn.cursor() as cur:
+            if self._mariadb is None or self._sql_mode is None:
+                self._mariadb = "mariadb" in conn.get_server_info().lower()
+                await cur.execute("SELECT @@GLOBAL.sql_mode")
+                self._sql_mode = lexing_sql_mode(str((await cur.fetchone())[0]))
             await cur.execute("SET SESSION TRANSACTION READ ONLY")
-            await cur.execute(limit)
+            for setting in self.statement_settings(timeout_s):
+                await cur.execute(setting)
             await cur.execute("START TRANSACTION READ ONLY")
+
+    def statement_settings(self, timeout_s: float) -> list[str]:
+        """The session settings every statement runs under: how its text is read, its time and memory."""
+        settings = [f"SET SESSION sql_mode = {_literal(self._sql_mode or '')}"]
+        if self._mariadb:
+            settings.append(f"SET SESSION max_statement_time = {timeout_s:.3f}")
+            settings.append(f"SET SESSION max_session_mem_used = {self.settings.mysql_max_mem_bytes}")
+        else:
+            settings.append(f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}")
+        return settings
 
     async def _release(self, conn: Any, finished: bool, *, had_role: bool = False) -> None:
         """Back to the pool, reset, when the result was read to the end; else KILL QUERY and drop it."""
@@ -330,6 +347,18 @@ ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION
 """
 
 
+# sql_mode flags that change how the server reads the text of a query (quotes, escapes, `||`,
+# a space before `(`, operator precedence, whole other grammars); the guard reads it without them.
+_LEXING_MODES = frozenset(
+    {"ANSI_QUOTES", "NO_BACKSLASH_ESCAPES", "PIPES_AS_CONCAT", "IGNORE_SPACE", "HIGH_NOT_PRECEDENCE", "ANSI", "ORACLE", "MSSQL", "DB2", "POSTGRESQL", "MAXDB", "MYSQL323", "MYSQL40"}
+)
+
+
+def lexing_sql_mode(global_mode: str) -> str:
+    """The server's sql_mode without the flags that would make it read SQL other than as the guard does."""
+    return ",".join(flag for flag in global_mode.split(",") if flag and flag.upper() not in _LEXING_MODES)
+
+
 def _literal(value: str) -> str:
     """A catalog name as a MySQL string literal (names come from the catalog, never from a caller).
 
@@ -337,6 +366,14 @@ def _literal(value: str) -> str:
     which is safe, where an undoubled one could end the literal early in the default mode.
     """
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def undecodable_text(exc: UnicodeDecodeError) -> ServiceError:
+    """A text column whose bytes are not valid UTF-8 (`CAST(X'EDA080' AS CHAR)`): a clear error, as SQLite gives."""
+    return ServiceError(
+        QUERY_FAILED,
+        f"a text value of the result is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); select it as bytes instead (CAST(… AS BINARY) comes back as base64)",
+    )
 
 
 def _text(exc: BaseException) -> str:

@@ -119,6 +119,8 @@ class PostgresEngine(Engine):
         # Read from pg_proc when the pool opens: the guard's allow rule asks it about every call.
         self.catalog: PgCatalog | None = None
         self._policy: PgPolicy | None = None
+        # temp_file_limit is a superuser setting: a reader sets it only when granted SET on it (PostgreSQL 15+).
+        self._temp_file_limit_settable = False
 
     async def open(self) -> None:
         self._pool = asyncpg.create_pool(
@@ -136,11 +138,18 @@ class PostgresEngine(Engine):
         try:
             async with self._pool.acquire() as conn:
                 self.catalog = await PgCatalog.load(conn)
+                self._temp_file_limit_settable = await _may_set_temp_file_limit(conn)
         except BaseException:
             await self.close()
             raise
         self._policy = None
         log.info("function_catalog_loaded", source=self.name, functions=len(self.catalog.functions))
+        if not self._temp_file_limit_settable and self.settings.pg_temp_file_limit != "-1":
+            log.warning(
+                "pg_temp_file_limit_not_settable",
+                source=self.name,
+                hint="GRANT SET ON PARAMETER temp_file_limit TO the source's role (docs/query-account.md); until then a query's temporary files are bounded only by its time",
+            )
 
     def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
         if self.catalog is None:
@@ -180,11 +189,10 @@ class PostgresEngine(Engine):
             raise ServiceError(UNAVAILABLE, f"no connection to source {self.name!r} came free in time") from None
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
             raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
-        ms = max(1, int(timeout_s * 1000))
         guard = install(conn._transport, self.settings.limits, mysql=False)
         try:
             try:
-                await conn.execute(f"BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
+                await conn.execute(f"BEGIN READ ONLY; {self.statement_settings(timeout_s)}")
                 await act_as(conn, caller)
                 statement = await conn.prepare(sql)
                 if not statement.get_attributes():
@@ -196,6 +204,18 @@ class PostgresEngine(Engine):
             yield PostgresCursor(self, statement, cursor, timeout_s, guard)
         finally:
             await asyncio.shield(self._release(conn))
+
+    def statement_settings(self, timeout_s: float) -> str:
+        """The settings every statement runs under, SET LOCAL so that they end with its transaction: time, memory, temp files."""
+        ms = max(1, int(timeout_s * 1000))
+        settings = [
+            f"SET LOCAL statement_timeout = {ms}",
+            f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}",
+            f"SET LOCAL work_mem = '{self.settings.pg_work_mem}'",
+        ]
+        if self._temp_file_limit_settable and self.settings.pg_temp_file_limit != "-1":
+            settings.append(f"SET LOCAL temp_file_limit = '{self.settings.pg_temp_file_limit}'")
+        return "; ".join(settings)
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         assert self._pool is not None
@@ -247,6 +267,14 @@ class PostgresEngine(Engine):
             async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s, caller=caller):
                 foreign_keys.append((oid, from_columns, catalog.qualified(schema, name, home), to_columns))
         return catalog.Catalog(catalog.assemble(picked, columns, foreign_keys), len(listed), unknown)
+
+
+async def _may_set_temp_file_limit(conn: asyncpg.Connection) -> bool:
+    """Whether this role may SET temp_file_limit: a superuser, or (PostgreSQL 15+) one granted SET on it."""
+    try:
+        return bool(await conn.fetchval("SELECT current_setting('is_superuser') = 'on' OR has_parameter_privilege('temp_file_limit', 'SET')"))
+    except asyncpg.UndefinedFunctionError:  # before PostgreSQL 15 only a superuser may
+        return bool(await conn.fetchval("SELECT current_setting('is_superuser') = 'on'"))
 
 
 # Catalog queries of `describe`. Only what the role can SELECT (the table, or some of its

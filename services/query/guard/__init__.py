@@ -23,7 +23,7 @@ from sqlglot.parser import Parser
 from sqlglot.tokens import Token, TokenType
 
 from services.query.guard.activity import check_activity_views
-from services.query.guard.lexing import CANNOT_ANALYSE, cannot_analyse, check_mysql_comments, normalize_postgres, postgres_name
+from services.query.guard.lexing import CANNOT_ANALYSE, cannot_analyse, normalize_mysql, normalize_postgres, postgres_name
 from services.query.guard.policy import (
     MYSQL_SYNTAX_CALLS,
     PG_SYNTAX_CALLS,
@@ -35,6 +35,7 @@ from services.query.guard.policy import (
     PgPolicy,
     SqlitePolicy,
 )
+from services.query.guard.sizes import check_value_sizes
 from shared.errors import BAD_REQUEST, QUERY_FAILED, QUERY_REFUSED, ServiceError
 
 __all__ = ["FunctionName", "FunctionPolicy", "MysqlPolicy", "PgCatalog", "PgPolicy", "SqlitePolicy", "check_read_only", "default_policy", "describe"]
@@ -83,6 +84,9 @@ _REFUSED_NODES: tuple[type[exp.Expression], ...] = (
     exp.Show,
 )
 
+# Each server's own tokenisation, before sqlglot's (guard/lexing.py); SQLite's is sqlglot's.
+_LEXERS = {"postgres": normalize_postgres, "mysql": normalize_mysql}
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}
 
@@ -95,6 +99,7 @@ _GRAMMAR_WORDS = frozenset(
     rows range groups ordinality similar to escape at zone collate operator interval div regexp rlike match against
     mode natural straight_join fetch first next percent ties for both leading trailing placing passing columns path
     default asc desc last nulls symmetric asymmetric current preceding following unbounded exclude end null true false
+    year month day hour minute second
     """.split()
 ) | {"partition by", "group by", "order by", "grouping sets", "within group", "union all", "distinct on", "cluster by", "sort by"}
 # PostgreSQL's reserved keywords: unquoted, one of these before `(` is never a function call.
@@ -114,19 +119,19 @@ _OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
 _TABLESAMPLE_METHODS = frozenset({"bernoulli", "system"})
 
 
-def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None, *, allow_activity_views: bool = False) -> None:
+def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None, max_value_bytes: int | None = None, *, allow_activity_views: bool = False) -> None:
     """Raise ServiceError unless `sql` is exactly one read-only query in `dialect` whose every call `policy` allows.
 
     `dialect` is a sqlglot dialect name: "postgres", "mysql" or "sqlite". Without a policy,
     PostgreSQL allows no function (its policy comes from the source's catalog), MySQL the
-    reviewed built-ins and SQLite all but its file-system extensions. Views of other sessions'
-    SQL are refused unless `allow_activity_views` (guard/activity.py).
+    reviewed built-ins and SQLite all but its file-system extensions. With `max_value_bytes`
+    (QUERY_MAX_CELL_BYTES), a value builder whose literal arguments make a larger value is
+    refused too (guard/sizes.py). Views of other sessions' SQL are refused unless
+    `allow_activity_views` (guard/activity.py).
     """
     if policy is None:
         policy = default_policy(dialect)
-    if dialect == "mysql":
-        check_mysql_comments(sql)
-    text = normalize_postgres(sql) if dialect == "postgres" else sql
+    text = _LEXERS[dialect](sql) if dialect in _LEXERS else sql
     grammar = Dialect.get_or_raise(dialect)
     try:
         tokens = grammar.tokenize(text)
@@ -161,6 +166,8 @@ def check_read_only(sql: str, dialect: str, policy: FunctionPolicy | None = None
     if not allow_activity_views:
         check_activity_views(tokens, dialect, lambda token: _name(token, dialect)[0])
     _check_calls(statement, tokens, dialect, policy)
+    if max_value_bytes is not None:
+        check_value_sizes(statement, max_value_bytes)
 
 
 def default_policy(dialect: str, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
@@ -187,8 +194,15 @@ def _name(token: Token, dialect: str) -> tuple[str, bool]:
 
 
 def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, policy: FunctionPolicy) -> None:
-    """Every `name(` in the token stream is a call to check, unless the AST shows it is an alias's column list."""
+    """Every `name(` in the token stream is a call to check, unless the server reads it as grammar.
+
+    What sqlglot calls a token (a keyword, a type, JSON or collation syntax) does not decide
+    it: a name is grammar only when the server's own keywords say so (`policy.grammar`), or
+    when it looks like grammar and no function of that name exists (`policy.knows`).
+    """
     alias_starts = {node.meta["start"] for node in statement.find_all(exp.Identifier) if isinstance(node.parent, exp.TableAlias) and "start" in node.meta}
+    relations = _relations(statement, dialect)
+    derived = _derived_columns(statement, dialect)
     count = len(tokens)
     run: list[Token] = []
     for i, token in enumerate(tokens):
@@ -210,7 +224,10 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
         before = tokens[i - 1].token_type if i > 0 else None
         calls = i + 1 < count and tokens[i + 1].token_type == TokenType.L_PAREN
         if before == TokenType.DOT and not calls:
-            reason = policy.attribute_refusal(name)
+            qualifier = _name(tokens[i - 2], dialect)[0] if i >= 2 and tokens[i - 2].token_type in _NAME_TOKENS else None
+            if qualifier is not None and name in derived.get(qualifier, ()):
+                continue  # a column of a subquery or CTE the query names
+            reason = policy.attribute_refusal(name, relations.get(qualifier) if qualifier else None)
             if reason:
                 raise ServiceError(QUERY_REFUSED, reason)
             continue
@@ -221,24 +238,84 @@ def _check_calls(statement: exp.Expression, tokens: list[Token], dialect: str, p
                 raise cannot_analyse(f"a call to .{name}() without a schema")
             schema, _ = _name(tokens[i - 2], dialect)
             _refuse_unless_allowed(policy, schema, name)
-        elif token.token_type in _NAME_TOKENS:
-            if token.start in alias_starts:
-                continue
-            if not quoted and dialect == "postgres" and name in _PG_RESERVED:
-                continue
-            if before == TokenType.TABLE_SAMPLE:
-                if name not in _TABLESAMPLE_METHODS:
-                    raise ServiceError(QUERY_REFUSED, f"the TABLESAMPLE method {name} is not allowed (only BERNOULLI and SYSTEM)")
-                continue
-            if not quoted and (name in _syntax_calls(dialect) or (name == "repeatable" and _after_tablesample(tokens, i))):
-                continue
-            _refuse_unless_allowed(policy, None, name)
-        elif not _WORD_TEXT.match(token.text) or name in _GRAMMAR_WORDS or name in _syntax_calls(dialect) or _is_type_modifier(tokens, i):
-            continue  # punctuation such as `, (` or `) (`, or grammar
-        else:
-            _refuse_unless_allowed(policy, None, name)
+            continue
+        word = token.token_type in _NAME_TOKENS or bool(_WORD_TEXT.match(token.text))
+        if not word or token.start in alias_starts:
+            continue  # punctuation such as `, (` or `) (`, or an alias's column list
+        if before == TokenType.TABLE_SAMPLE:
+            if name not in _TABLESAMPLE_METHODS:
+                raise ServiceError(QUERY_REFUSED, f"the TABLESAMPLE method {name} is not allowed (only BERNOULLI and SYSTEM)")
+            continue
+        if not quoted and _is_grammar(tokens, i, name, dialect, policy):
+            continue
+        _refuse_unless_allowed(policy, None, name)
     if run:
         _check_operator(run, policy)
+
+
+def _is_grammar(tokens: list[Token], i: int, name: str, dialect: str, policy: FunctionPolicy) -> bool:
+    """Whether the unquoted `name (` at `i` is grammar to the server (see `_check_calls`)."""
+    if name == "repeatable" and _after_tablesample(tokens, i):
+        return True
+    before = tokens[i - 1].token_type if i > 0 else None
+    if before in (TokenType.R_PAREN, TokenType.STRING):
+        # No call can follow a value directly: `count(*) FILTER (`, `OVER (`, `MATCH (a) AGAINST (`,
+        # `interval '1' second(3)`, JSON_TABLE's `'$' COLUMNS (`.
+        return True
+    looks_like_grammar = tokens[i].token_type not in _NAME_TOKENS or name in _GRAMMAR_WORDS or name in _syntax_calls(dialect) or _is_type_modifier(tokens, i)
+    if dialect == "mysql":
+        # A stored function may take any name but a reserved word or a type (`DATETIME(6)`); native functions are checked by name.
+        return _is_type_modifier(tokens, i) or (looks_like_grammar and policy.grammar(name))
+    if policy.grammar(name) or (dialect == "postgres" and name in _PG_RESERVED):
+        return True
+    return looks_like_grammar and not policy.knows(name)
+
+
+def _derived_columns(statement: exp.Expression, dialect: str) -> dict[str, frozenset[str]]:
+    """The output columns of each aliased subquery and CTE whose select list names them all (no `*`)."""
+    found: dict[str, frozenset[str]] = {}
+    for node in (*statement.find_all(exp.Subquery), *statement.find_all(exp.CTE)):
+        query, alias = node.this, node.args.get("alias")
+        if alias is None or not isinstance(alias.this, exp.Identifier) or not isinstance(query, exp.Select) or alias.columns:
+            continue
+        if any(isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star) for e in query.expressions):
+            continue
+        names = [_identifier_name(e.args["alias"] if isinstance(e, exp.Alias) else e.this, dialect) for e in query.expressions if isinstance(e, (exp.Alias, exp.Column))]
+        key = _identifier_name(alias.this, dialect)
+        found[key] = found[key] & frozenset(names) if key in found else frozenset(names)
+    ctes = {cte.alias_or_name for cte in statement.find_all(exp.CTE)}
+    for table in statement.find_all(exp.Table):  # a table of the same name elsewhere: not sure which one `x.` means
+        alias = table.args.get("alias")
+        if alias is None and table.name in ctes:
+            continue
+        found.pop(_identifier_name(alias.this if alias is not None else table.this, dialect), None)
+    return found
+
+
+def _identifier_name(ident: exp.Expression, dialect: str) -> str:
+    if not isinstance(ident, exp.Identifier):
+        return ""
+    quoted = bool(ident.args.get("quoted"))
+    return postgres_name(ident.name, quoted) if dialect == "postgres" else ident.name.lower()
+
+
+def _relations(statement: exp.Expression, dialect: str) -> dict[str, str]:
+    """Names a query uses for its tables (alias, or the table's own name), each mapped to the table; CTEs left out."""
+    ctes = {cte.alias_or_name for cte in statement.find_all(exp.CTE)}
+    found: dict[str, str | None] = {}
+    for table in statement.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier) or table.name in ctes:
+            continue
+        key = table.alias_or_name
+        if dialect == "postgres":
+            alias = table.args.get("alias")
+            ident = alias.this if alias is not None and isinstance(alias.this, exp.Identifier) else table.this
+            key = postgres_name(ident.name, bool(ident.args.get("quoted")))
+            relation = postgres_name(table.this.name, bool(table.this.args.get("quoted")))
+        else:
+            relation = table.name
+        found[key] = relation if found.get(key, relation) == relation else None
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _syntax_calls(dialect: str) -> frozenset[str]:

@@ -3,8 +3,10 @@
 PostgreSQL: Unicode-escaped identifiers and strings (`U&"…"`, `U&'…'`, optional `UESCAPE`)
 are decoded exactly as the server's scanner does, dollar-quoted strings become plain ones
 and comments (which nest) become spaces; the result says the same thing in a form sqlglot
-reads as the server does. MySQL/MariaDB: executable comments and optimizer hints, which
-the server runs and sqlglot skips, are refused outright.
+reads as the server does. MySQL/MariaDB: the SQL is tokenised by MariaDB's own rules (where
+`--` starts a comment, which characters are white space, how strings and names are quoted)
+and re-spelled for sqlglot; executable comments and optimizer hints, which the server runs
+and sqlglot skips, are refused outright.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _MYSQL_EXECUTABLE = re.compile(r"/\*(?:[Mm]?!|\+)")
 
 
 def check_mysql_comments(sql: str) -> None:
-    """Refuse executable comments, optimizer hints and nested comments (which MySQL does not nest)."""
+    """Refuse executable comments and optimizer hints, anywhere in the text (even inside what looks like a string)."""
     found = _MYSQL_EXECUTABLE.search(sql)
     if found:
         form = found.group(0)
@@ -46,15 +48,140 @@ def check_mysql_comments(sql: str) -> None:
             QUERY_REFUSED,
             f"executable comments ({form} … */) are not allowed: MySQL and MariaDB run their content as SQL, so the guard cannot vouch for it; write the SQL without the comment",
         )
-    start = sql.find("/*")
-    while start != -1:
-        end = sql.find("*/", start + 2)
-        body = sql[start + 2 : end if end != -1 else len(sql)]
-        if "/*" in body:
-            raise cannot_analyse("a comment opens inside another comment (MySQL does not nest comments)")
-        if end == -1:
-            return
-        start = sql.find("/*", end + 2)
+
+
+# The server's white space (my_isspace in its character set): ASCII only. Anything else that
+# Python or sqlglot may call space (U+00A0, U+3000, U+0085, …) is an identifier character
+# to MariaDB, which reads every byte from 0x80 up as part of a name.
+MYSQL_SPACE = frozenset(" \t\n\x0b\x0c\r")
+_MY_WORD = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]+")
+_MY_NUMBER = re.compile(r"0x[0-9A-Fa-f]+|0b[01]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_MY_ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a", "%": "\\%", "_": "\\_"}
+
+
+def mysql_dash_comment(sql: str, i: int) -> bool:
+    """Whether the `--` at `i` starts a comment: MariaDB wants white space or a control character after it."""
+    if i + 2 >= len(sql):
+        return True
+    after = sql[i + 2]
+    return after in MYSQL_SPACE or ord(after) < 32 or after == "\x7f"
+
+
+def normalize_mysql(sql: str) -> str:
+    """`sql` re-spelled so that sqlglot reads the tokens MariaDB reads (sql_mode pinned by the engine, see mysql.py).
+
+    Comments become spaces, strings and quoted names a canonical spelling, names with
+    characters beyond ASCII backquoted, `--` that is not a comment two separate minus signs.
+    What the server's lexer would read in a way this one cannot be sure of (a control
+    character, a NUL, a name starting with a digit, a quoted variable name) is refused.
+    """
+    check_mysql_comments(sql)
+    if "\x00" in sql:
+        raise cannot_analyse("the SQL holds a NUL character")
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in MYSQL_SPACE:
+            out.append(c)
+            i += 1
+        elif c == "#" or (sql.startswith("--", i) and mysql_dash_comment(sql, i)):
+            end = sql.find("\n", i)
+            i = n if end == -1 else end
+            out.append(" ")
+        elif sql.startswith("--", i):
+            out.append("- ")  # `--1` is minus minus one: never let sqlglot see `--`
+            i += 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end == -1:
+                raise cannot_analyse("a /* comment is not closed")
+            if "/*" in sql[i + 2 : end]:
+                raise cannot_analyse("a comment opens inside another comment (MySQL does not nest comments)")
+            out.append(" ")
+            i = end + 2
+        elif c in "'\"":
+            value, i = _mysql_string(sql, i)
+            out.append(_plain_mysql_string(value))
+        elif c == "`":
+            end = _quoted_end(sql, i, "`")
+            name = sql[i + 1 : end - 1].replace("``", "`")
+            if not name:
+                raise cannot_analyse("a zero-length quoted name (``)")
+            out.append("`" + name.replace("`", "``") + "`")
+            i = end
+        elif c in "xXbB" and sql.startswith("'", i + 1):
+            end = sql.find("'", i + 2)
+            digits = sql[i + 2 : end] if end != -1 else None
+            allowed = _HEX if c in "xX" else frozenset("01")
+            if digits is None or not set(digits) <= allowed:
+                raise cannot_analyse(f"a {c.upper()}'…' literal must hold only {'hex' if c in 'xX' else 'binary'} digits and be closed")
+            out.append(sql[i : end + 1])
+            i = end + 1
+        elif c.isascii() and c.isdigit() or (c == "." and i + 1 < n and sql[i + 1].isascii() and sql[i + 1].isdigit() and not _after_name(out)):
+            number = _MY_NUMBER.match(sql, i)
+            assert number is not None
+            i = number.end()
+            if i < n and _MY_WORD.match(sql, i) and not sql[i].isdigit():
+                raise cannot_analyse(f"{sql[number.start() : i + 1]!r}…: MySQL reads a name that starts with digits")
+            out.append(number.group(0))
+        elif _MY_WORD.match(c):
+            word = _MY_WORD.match(sql, i)
+            assert word is not None
+            text = word.group(0)
+            out.append(text if text.isascii() else "`" + text + "`")
+            i = word.end()
+        elif c == "@":
+            if i + 1 < n and sql[i + 1] in "'\"`":
+                raise cannot_analyse("a quoted variable name (@'…')")
+            out.append(c)
+            i += 1
+        elif c == "\\":
+            if not sql.startswith("\\N", i):
+                raise cannot_analyse("a backslash outside a string")
+            out.append(" NULL ")
+            i += 2
+        elif ord(c) < 32 or c == "\x7f":
+            raise cannot_analyse(f"the control character {c!r} outside a string")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _after_name(out: list[str]) -> bool:
+    """`t.5`, `f().5`: after a name or a closing parenthesis a dot qualifies, it does not start a number."""
+    last = out[-1][-1:] if out else ""
+    return last in ("`", ")") or bool(last and _MY_WORD.fullmatch(last))
+
+
+def _mysql_string(sql: str, i: int) -> tuple[str, int]:
+    """The value of the '…' or "…" string at `i` (backslash escapes and doubled quotes), and where it ends."""
+    quote = sql[i]
+    out: list[str] = []
+    j, n = i + 1, len(sql)
+    while j < n:
+        c = sql[j]
+        if c == "\\":
+            if j + 1 >= n:
+                break
+            nxt = sql[j + 1]
+            out.append(_MY_ESCAPES.get(nxt, nxt))
+            j += 2
+        elif c == quote:
+            if sql.startswith(quote, j + 1):
+                out.append(quote)
+                j += 2
+            else:
+                return "".join(out), j + 1
+        else:
+            out.append(c)
+            j += 1
+    raise cannot_analyse("a string is not closed")
+
+
+def _plain_mysql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -121,6 +248,14 @@ def normalize_postgres(sql: str) -> str:
                 end = _escape_string_end(sql, j)
                 out.append(sql[i:end])
                 i = end
+            elif word.lower() == "collation" and (call := _collation_for(sql, j)):
+                # `COLLATION FOR (x)` is the server's grammar for pg_catalog.pg_collation_for(x); sqlglot cannot read it.
+                out.append("pg_catalog.pg_collation_for")
+                i = call
+            elif not word.isascii():
+                # A name to the server (bytes from 0x80 up are name characters, U+00A0 included); no keyword is one.
+                out.append('"' + word.translate(_ASCII_LOWER).replace('"', '""') + '"')
+                i = j
             else:
                 out.append(word)
                 i = j
@@ -128,6 +263,16 @@ def normalize_postgres(sql: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
+
+
+def _collation_for(sql: str, i: int) -> int | None:
+    """After the word COLLATION ending at `i`: where the `(` of a following `FOR (` is, if there is one."""
+    j = _skip_space(sql, i)
+    word = _WORD.match(sql, j)
+    if word is None or sql[j : word.end()].lower() != "for":
+        return None
+    k = _skip_space(sql, word.end())
+    return k if sql.startswith("(", k) else None
 
 
 def _line_end(sql: str, i: int) -> int:

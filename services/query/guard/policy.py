@@ -26,8 +26,18 @@ class FunctionPolicy(Protocol):
     def refusal(self, schema: str | None, name: str) -> str | None:
         """None when `schema.name(…)` (or `name(…)` when schema is None) may run; else the reason, naming it."""
 
-    def attribute_refusal(self, name: str) -> str | None:
-        """For `x.name` (PostgreSQL's column notation for `name(x)`): None, or why that call may not run."""
+    def attribute_refusal(self, name: str, relation: str | None = None) -> str | None:
+        """For `x.name` (PostgreSQL's column notation for `name(x)`): None, or why that call may not run.
+
+        `relation`: the table `x` names in the query's FROM, when the guard can tell; a column
+        of that name in it is what the server reads, never the function.
+        """
+
+    def grammar(self, name: str) -> bool:
+        """True when `name (`, unquoted and unqualified, is grammar to the server and never a function call."""
+
+    def knows(self, name: str) -> bool:
+        """Whether some function of this name may exist on the server (always True where the guard cannot know)."""
 
     def operator_refusal(self, operator: str) -> str | None:
         """None when the operator may run; else why not."""
@@ -39,8 +49,14 @@ class FunctionPolicy(Protocol):
 class CallsOnly:
     """For an engine where only function calls can reach outside the query: attributes, operators and types pass."""
 
-    def attribute_refusal(self, name: str) -> str | None:
+    def attribute_refusal(self, name: str, relation: str | None = None) -> str | None:
         return None
+
+    def grammar(self, name: str) -> bool:
+        return False
+
+    def knows(self, name: str) -> bool:
+        return True
 
     def operator_refusal(self, operator: str) -> str | None:
         return None
@@ -86,6 +102,8 @@ _SIGNALS = "signals another backend (cancels or terminates its query)"
 _LOCKS = "takes a lock that outlives the query"
 _SESSION = "changes the session's state, which outlives the query"
 _TYPE_IO = "runs the input function of a type named at run time"
+# PostgreSQL 15 runs it inside a READ ONLY transaction too: it spends a transaction ID, which is server state.
+_XID = "assigns the transaction a permanent ID, which even a read-only transaction may do (it uses up transaction IDs, server-wide state)"
 PG_DENIED: Mapping[str, str] = {
     "query_to_xml": _RUNS_SQL,
     "query_to_xmlschema": _RUNS_SQL,
@@ -124,8 +142,8 @@ PG_DENIED: Mapping[str, str] = {
     "nextval": _SESSION,
     "setval": _SESSION,
     "pg_notify": _SESSION,
-    "txid_current": "assigns the transaction an ID (the read-only transaction refuses it anyway)",
-    "pg_current_xact_id": "assigns the transaction an ID (the read-only transaction refuses it anyway)",
+    "txid_current": _XID,
+    "pg_current_xact_id": _XID,
     "pg_input_is_valid": _TYPE_IO,
     "pg_input_error_info": _TYPE_IO,
 }
@@ -196,7 +214,7 @@ _VOLATILITY = {"i": "IMMUTABLE", "s": "STABLE", "v": "VOLATILE"}
 
 CATALOG_SQL = """
 SELECT p.oid::int8 AS oid, n.nspname, p.proname, p.provolatile::text AS volatility, p.prokind::text AS kind,
-       l.lanname, p.pronargs::int AS nargs,
+       l.lanname, p.pronargs::int AS nargs, p.pronargdefaults::int AS nargdefaults, p.provariadic <> 0 AS variadic,
        (p.proargtypes::oid[] && ARRAY['cstring'::regtype::oid, 'internal'::regtype::oid]) AS type_io,
        (SELECT array_agg(s::int8) FROM pg_aggregate a,
                unnest(ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
@@ -207,6 +225,15 @@ SELECT p.oid::int8 AS oid, n.nspname, p.proname, p.provolatile::text AS volatili
   JOIN pg_language l ON l.oid = p.prolang
 """
 OPERATORS_SQL = "SELECT oprname, oprcode::oid::int8 AS code FROM pg_operator WHERE oprcode <> 0"
+# The server's own keywords: R (reserved) and C (column name) ones before `(` are grammar, never a call.
+KEYWORDS_SQL = "SELECT word, catcode::text AS category FROM pg_get_keywords()"
+# Columns that share a name with a function: `t.name` is then the column, where t is that table.
+COLUMNS_SQL = """
+SELECT c.relname::text AS relation, array_agg(DISTINCT a.attname::text) AS columns
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+ WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attname IN (SELECT proname FROM pg_proc)
+ GROUP BY c.relname, c.oid
+"""
 TYPES_SQL = """
 SELECT t.typname, t.typinput::oid::int8 AS input,
        (SELECT array_agg(c.castfunc::int8) FROM pg_cast c WHERE c.casttarget = t.oid AND c.castfunc <> 0) AS casts
@@ -227,6 +254,12 @@ class PgFunction:
     nargs: int
     type_io: bool
     support: tuple[int, ...] = ()
+    nargdefaults: int = 0
+    variadic: bool = False
+
+    def takes_one(self) -> bool:
+        """Whether `f(x)`, hence `x.f`, can resolve to it: counting defaults and a VARIADIC parameter."""
+        return self.nargs - self.nargdefaults <= 1 and (self.nargs >= 1 or self.variadic)
 
 
 def _denied(name: str) -> str | None:
@@ -245,16 +278,22 @@ class PgCatalog:
     functions: list[PgFunction]
     operators: list[tuple[str, int]] = field(default_factory=list)
     types: list[tuple[str, int, tuple[int, ...]]] = field(default_factory=list)
+    keywords: Mapping[str, str] = field(default_factory=dict)
+    # relation name -> its columns named like a function, one entry per relation of that name
+    columns: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
     @classmethod
     async def load(cls, conn: Any) -> PgCatalog:
         """Read the catalog through an asyncpg connection."""
         functions = [
-            PgFunction(r["oid"], r["nspname"], r["proname"], r["volatility"], r["kind"], r["lanname"], r["nargs"], r["type_io"], tuple(r["support"] or ())) for r in await conn.fetch(CATALOG_SQL)
+            PgFunction(r["oid"], r["nspname"], r["proname"], r["volatility"], r["kind"], r["lanname"], r["nargs"], r["type_io"], tuple(r["support"] or ()), r["nargdefaults"], r["variadic"])
+            for r in await conn.fetch(CATALOG_SQL)
         ]
         operators = [(r["oprname"], r["code"]) for r in await conn.fetch(OPERATORS_SQL)]
         types = [(r["typname"], r["input"], tuple(r["casts"] or ())) for r in await conn.fetch(TYPES_SQL)]
-        return cls(functions, operators, types)
+        keywords = {r["word"]: r["category"] for r in await conn.fetch(KEYWORDS_SQL)}
+        columns = [(r["relation"], frozenset(r["columns"])) for r in await conn.fetch(COLUMNS_SQL)]
+        return cls(functions, operators, types, keywords, columns)
 
     def policy(self, allowed: Iterable[FunctionName] = ()) -> PgPolicy:
         return PgPolicy(self, frozenset(allowed))
@@ -270,6 +309,11 @@ class PgPolicy:
         for f in catalog.functions:
             self._by_name.setdefault(f.name, []).append(f)
         self._cache: dict[FunctionName, str | None] = {}
+        self._keywords = catalog.keywords
+        # A column every relation of that name has (the guard cannot tell which schema's table the query reads).
+        self._columns: dict[str, frozenset[str]] = {}
+        for relation, columns in catalog.columns:
+            self._columns[relation] = self._columns[relation] & columns if relation in self._columns else columns
         self._unsafe_operators: dict[str, str] = {}
         for name, code in catalog.operators:
             f = self._by_oid.get(code)
@@ -340,11 +384,19 @@ class PgPolicy:
                 return f"the function {shown} is not allowed: {where} {reason}"
         return None
 
-    def attribute_refusal(self, name: str) -> str | None:
-        if not any(f.nargs == 1 for f in self._by_name.get(name, ())):
+    def attribute_refusal(self, name: str, relation: str | None = None) -> str | None:
+        if relation is not None and name in self._columns.get(relation, ()):
+            return None
+        if _denied(name) is None and not any(f.takes_one() for f in self._by_name.get(name, ())):
             return None
         reason = self.refusal(None, name)
-        return f"{reason} (x.{name} calls {name}(x))" if reason else None
+        return f"{reason} (x.{name} calls {name}(x) unless x has a column {name})" if reason else None
+
+    def grammar(self, name: str) -> bool:
+        return self._keywords.get(name) in ("R", "C")
+
+    def knows(self, name: str) -> bool:
+        return name in self._by_name
 
     def operator_refusal(self, operator: str) -> str | None:
         for name, reason in self._unsafe_operators.items():
@@ -410,8 +462,36 @@ MYSQL_ALLOWED = frozenset(
 MYSQL_SYNTAX_CALLS = frozenset({"values", "exists", "any", "all", "some", "row", "interval", "match", "against", "in"})
 
 
+# MariaDB's reserved words: unquoted, one of these is never the name of a called function.
+MARIADB_RESERVED = frozenset(
+    """
+    accessible add all alter analyze and as asc asensitive before between bigint binary blob both by call cascade case
+    change char character check collate column condition constraint continue convert create cross current_date
+    current_role current_time current_timestamp current_user cursor databases day_hour day_microsecond day_minute
+    day_second dec decimal declare default delayed delete desc describe deterministic distinct distinctrow div double
+    drop dual each else elseif enclosed escaped except exists exit explain false fetch float float4 float8 for force
+    foreign from fulltext grant group having high_priority hour_microsecond hour_minute hour_second if ignore in index
+    infile inner inout insensitive insert int int1 int2 int3 int4 int8 integer intersect interval into is iterate join
+    key keys kill leading leave left like limit linear lines load localtime localtimestamp lock long longblob longtext
+    loop low_priority match maxvalue mediumblob mediumint mediumtext middleint minute_microsecond minute_second mod
+    modifies natural not no_write_to_binlog null numeric offset on optimize optionally or order out outer outfile over
+    partition precision primary procedure purge range read reads read_write real recursive references regexp release
+    rename repeat replace require resignal restrict return returning revoke right rlike row_number rows schemas
+    second_microsecond select sensitive separator set show signal smallint spatial specific sql sqlexception sqlstate
+    sqlwarning sql_big_result sql_calc_found_rows sql_small_result ssl starting straight_join table terminated then
+    tinyblob tinyint tinytext to trailing trigger true undo union unique unlock unsigned update usage use using
+    utc_date utc_time utc_timestamp values varbinary varchar varcharacter varying when where while with write xor
+    year_month zerofill
+    """.split()
+)
+
+
 class MysqlPolicy(CallsOnly):
     """The reviewed built-ins plus the operator's QUERY_ALLOWED_FUNCTIONS for this source."""
+
+    def grammar(self, name: str) -> bool:
+        # The server's grammar takes these before `(`: reserved words, and ROW/EXISTS/ANY… forms.
+        return name.lower() in MARIADB_RESERVED or name.lower() in MYSQL_SYNTAX_CALLS
 
     def __init__(self, allowed: Iterable[FunctionName] = ()) -> None:
         self._allowed = frozenset((s.lower() if s else None, n.lower()) for s, n in allowed)
@@ -421,6 +501,9 @@ class MysqlPolicy(CallsOnly):
         if (schema_l, name_l) in self._allowed or (schema_l is not None and (None, name_l) in self._allowed):
             return None
         shown = _display(schema, name)
+        if not name.isascii():
+            # MariaDB matches function names under its own case folding (ſleep is SLEEP to it), not Python's.
+            return f"the function {shown} has letters beyond ASCII in its name; the server matches such names by rules the guard does not repeat"
         if schema is None and name_l in MYSQL_ALLOWED:
             return None
         if schema is None and name_l in _MYSQL_REASONS:

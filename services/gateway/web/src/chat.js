@@ -2,6 +2,7 @@
 // POST /api/chat, and a small renderer of its messages. The rows of each execute_query call come
 // as transient data-query-rows parts, which the SDK hands to onData and does not keep: they are
 // collected here per tool call, so that "Open in editor" shows them without another request.
+// Every tool card ends in a final state: done, failed, or interrupted when the turn ended first.
 import { AbstractChat, DefaultChatTransport } from "ai";
 import { renderMarkdown } from "./markdown.js";
 import { ResultStore } from "./results.js";
@@ -84,21 +85,42 @@ function el(tag, className, text) {
   return node;
 }
 
-const STATES = {
-  "input-streaming": "Writing the query…",
-  "input-available": "Running…",
-  "output-error": "Failed",
-};
+function button(text, onClick, label) {
+  const node = el("button", "", text);
+  node.type = "button";
+  if (label) node.setAttribute("aria-label", label);
+  node.addEventListener("click", onClick);
+  return node;
+}
 
-function toolState(part) {
+const plural = (n, word) => `${n.toLocaleString("en")} ${word}${n === 1 ? "" : "s"}`;
+
+/** The name of a tool part's tool, or null for other parts. */
+export function toolNameOf(part) {
+  if (part.type === "dynamic-tool") return part.toolName;
+  return part.type.startsWith("tool-") ? part.type.slice(5) : null;
+}
+
+function doneText(name, out) {
+  if (name === "execute_query") return `${plural(out.row_count, "row")}${out.truncated ? " (truncated)" : ""}`;
+  if (name === "describe_schema") return `Described ${plural((out.tables || []).length, "table")}${out.truncated ? " (cut)" : ""}`;
+  if (name === "show_chart") return `Chart: ${out.title || `${out.y} by ${out.x}`}`;
+  if (name === "get_recent_queries") return `${plural((out.queries || []).length, "recent query")}`.replace("querys", "queries");
+  return "Done";
+}
+
+/** The state line of a tool card. `live` is false once the turn has ended: a call still open then was interrupted. */
+export function toolState(part, name, live) {
   if (part.state === "output-available") {
     const out = part.output || {};
-    if (part.preliminary || out.row_count === undefined) return { text: "Receiving rows…", className: "" };
-    const n = out.row_count;
-    return { text: `${n.toLocaleString("en")} row${n === 1 ? "" : "s"}${out.truncated ? " (truncated)" : ""}`, className: "done" };
+    const receiving = part.preliminary || (name === "execute_query" && out.row_count === undefined);
+    if (!receiving) return { text: doneText(name, out), className: "done" };
+    if (live) return { text: "Receiving rows…", className: "" };
+    return { text: "Interrupted: the answer ended before the result was complete", className: "failed" };
   }
   if (part.state === "output-error") return { text: `Failed: ${part.errorText || "error"}`, className: "failed" };
-  return { text: STATES[part.state] || part.state, className: "" };
+  if (!live) return { text: "Interrupted: the answer ended before this call finished", className: "failed" };
+  return { text: part.state === "input-streaming" ? "Writing the call…" : "Running…", className: "" };
 }
 
 function previewTable(output) {
@@ -124,37 +146,67 @@ function previewTable(output) {
   return table;
 }
 
-function queryCard(part, openInEditor) {
+function stateLine(part, name, live) {
+  const state = toolState(part, name, live);
+  return el("p", `state ${state.className}`, state.text);
+}
+
+function queryCard(part, actions, live) {
   const card = el("article", "tool-card");
   const sqlText = (part.input && part.input.sql) || "";
   card.setAttribute("aria-label", "execute_query");
   card.append(el("p", "who", "execute_query"));
   const pre = el("pre");
   pre.append(el("code", "", sqlText));
-  card.append(pre);
-  const state = toolState(part);
-  card.append(el("p", `state ${state.className}`, state.text));
+  card.append(pre, stateLine(part, "execute_query", live));
   if (part.state === "output-available" && part.output && part.output.columns) {
     card.append(previewTable(part.output));
-    const open = el("button", "", "Open in editor");
-    open.type = "button";
+    const open = button("Open in editor", () => actions.openInEditor(part));
     open.disabled = part.preliminary === true;
-    open.addEventListener("click", () => openInEditor(part));
     card.append(open);
   }
   return card;
 }
 
-function otherToolCard(part, name) {
+function schemaCard(part, live) {
+  const card = el("article", "tool-card");
+  card.setAttribute("aria-label", "describe_schema");
+  card.append(el("p", "who", "describe_schema"), stateLine(part, "describe_schema", live));
+  if (part.state === "output-available" && part.output) {
+    const list = el("ul", "schema-tables");
+    for (const table of part.output.tables || []) {
+      const columns = (table.columns || []).map((c) => c.name).join(", ");
+      const item = el("li");
+      item.append(el("code", "", table.name), document.createTextNode(columns ? `: ${columns}` : ""));
+      list.append(item);
+    }
+    card.append(list);
+  }
+  return card;
+}
+
+function chartCard(part, actions, live) {
+  const card = el("article", "tool-card");
+  card.setAttribute("aria-label", "show_chart");
+  card.append(el("p", "who", "show_chart"), stateLine(part, "show_chart", live));
+  if (part.state === "output-available" && part.output) {
+    const holder = el("div", "chart");
+    card.append(holder);
+    actions.drawChart(holder, part.output);
+  }
+  return card;
+}
+
+function otherToolCard(part, name, live) {
   const card = el("details", "tool-card");
-  const summary = el("summary", "", `${name}: ${toolState(part).text}`);
+  const summary = el("summary", "", `${name}: ${toolState(part, name, live).text}`);
   const pre = el("pre");
   pre.textContent = JSON.stringify(part.state === "output-available" ? part.output : part.input, null, 1) || "";
   card.append(summary, pre);
   return card;
 }
 
-function renderPart(part, message, openInEditor, index, openDetails) {
+function renderPart(part, message, actions, index, openDetails, live) {
   if (part.type === "text") {
     if (message.role === "user") return el("p", "", part.text);
     const div = el("div", "markdown");
@@ -168,10 +220,12 @@ function renderPart(part, message, openInEditor, index, openDetails) {
     details.append(el("summary", "", "Reasoning"), el("p", "", part.text));
     return details;
   }
-  const toolName = part.type === "dynamic-tool" ? part.toolName : part.type.startsWith("tool-") ? part.type.slice(5) : null;
-  if (toolName === "execute_query") return queryCard(part, openInEditor);
+  const toolName = toolNameOf(part);
+  if (toolName === "execute_query") return queryCard(part, actions, live);
+  if (toolName === "describe_schema") return schemaCard(part, live);
+  if (toolName === "show_chart") return chartCard(part, actions, live);
   if (toolName) {
-    const card = otherToolCard(part, toolName);
+    const card = otherToolCard(part, toolName, live);
     card.open = openDetails.has(index);
     card.dataset.index = String(index);
     return card;
@@ -179,12 +233,31 @@ function renderPart(part, message, openInEditor, index, openDetails) {
   return null;
 }
 
-/** Renders the chat's messages into `container`, redrawing only the messages that changed. */
+/** A message as plain text for the clipboard: its text, and the SQL of its queries. */
+export function messageText(message) {
+  const out = [];
+  for (const part of message.parts) {
+    if (part.type === "text") out.push(part.text);
+    else if (toolNameOf(part) === "execute_query" && part.input && part.input.sql) out.push(part.input.sql);
+  }
+  return out.join("\n\n");
+}
+
+/** Renders the chat's messages into `container`, redrawing only the messages that changed.
+ *
+ * `actions`: openInEditor(part), drawChart(container, spec), copy(message), regenerate(), stop().
+ */
 export class ChatView {
-  constructor(container, openInEditor) {
+  constructor(container, actions) {
     this.container = container;
-    this.openInEditor = openInEditor;
-    this.drawn = new Map(); // message id -> {message, node}
+    this.actions = actions;
+    this.drawn = new Map(); // message id -> {message, live, node}
+    this.bar = el("div", "answer-actions");
+    this.bar.setAttribute("role", "group");
+    this.bar.setAttribute("aria-label", "Last answer");
+    this.stopButton = button("Stop", () => this.actions.stop());
+    this.regenerateButton = button("Regenerate", () => this.actions.regenerate());
+    this.bar.append(this.stopButton, this.regenerateButton);
   }
 
   reset() {
@@ -192,7 +265,8 @@ export class ChatView {
     this.container.replaceChildren();
   }
 
-  render(messages) {
+  /** Draw `messages`; `busy` while the chat is submitting or streaming (the last message is then live). */
+  render(messages, busy = false) {
     const stick = this.container.scrollHeight - this.container.scrollTop - this.container.clientHeight < 40;
     const keep = new Set(messages.map((m) => m.id));
     for (const [id, entry] of this.drawn) {
@@ -202,12 +276,13 @@ export class ChatView {
       }
     }
     let previous = null;
-    for (const message of messages) {
+    messages.forEach((message, i) => {
+      const live = busy && i === messages.length - 1;
       let entry = this.drawn.get(message.id);
-      if (!entry || entry.message !== message) {
-        const node = this._message(message, entry ? entry.node : null);
+      if (!entry || entry.message !== message || entry.live !== live) {
+        const node = this._message(message, entry ? entry.node : null, live);
         if (entry) entry.node.replaceWith(node);
-        entry = { message, node };
+        entry = { message, live, node };
         this.drawn.set(message.id, entry);
       }
       const expected = previous ? previous.nextElementSibling : this.container.firstElementChild;
@@ -216,18 +291,37 @@ export class ChatView {
         else this.container.prepend(entry.node);
       }
       previous = entry.node;
+    });
+    // Stop and regenerate sit under the last answer: stop while it streams, regenerate once it ended.
+    const last = messages[messages.length - 1];
+    if (last && (busy || last.role === "assistant")) {
+      this.stopButton.hidden = !busy;
+      this.regenerateButton.hidden = busy;
+      if (previous.nextElementSibling !== this.bar) previous.after(this.bar);
+    } else {
+      this.bar.remove();
     }
     if (stick) this.container.scrollTop = this.container.scrollHeight;
   }
 
-  _message(message, old) {
+  _message(message, old, live) {
     const openDetails = new Set();
     if (old) for (const details of old.querySelectorAll("details[open]")) openDetails.add(Number(details.dataset.index));
     const node = el("article", `message ${message.role}`);
+    const who = message.role === "user" ? "You" : "DB Genie";
     node.setAttribute("aria-label", message.role === "user" ? "You" : "Assistant");
-    node.append(el("p", "who", message.role === "user" ? "You" : "DB Genie"));
+    const header = el("div", "message-head");
+    header.append(el("p", "who", who));
+    if (!live) {
+      const copy = button("Copy", async () => {
+        copy.textContent = (await this.actions.copy(message)) ? "Copied" : "Copy failed";
+      });
+      copy.className = "copy";
+      header.append(copy);
+    }
+    node.append(header);
     message.parts.forEach((part, index) => {
-      const child = renderPart(part, message, this.openInEditor, index, openDetails);
+      const child = renderPart(part, message, this.actions, index, openDetails, live);
       if (child) node.append(child);
     });
     return node;

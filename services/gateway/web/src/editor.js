@@ -41,6 +41,20 @@ const theme = EditorView.theme({
   ".cm-gutters": { color: "#57606a", backgroundColor: "#f6f8fa" },
 });
 
+// Typing over (or deleting) a selection is done by CodeMirror, not by the browser: Chrome's own
+// editing command re-creates the removed line with its computed style as an inline `style`
+// attribute, which the page's CSP refuses (and reports) on every select-all-and-type.
+const REPLACED_BY_EDITOR = new Set(["insertText", "insertReplacementText", "deleteContentBackward", "deleteContentForward", "deleteByCut"]);
+const replaceSelection = EditorView.domEventHandlers({
+  beforeinput(event, view) {
+    if (view.state.selection.main.empty || !REPLACED_BY_EDITOR.has(event.inputType) || view.composing) return false;
+    event.preventDefault();
+    const text = event.inputType.startsWith("insert") ? event.data || (event.dataTransfer && event.dataTransfer.getData("text/plain")) || "" : "";
+    view.dispatch({ ...view.state.replaceSelection(text), userEvent: text ? "input.type" : "delete.selection", scrollIntoView: true });
+    return true;
+  },
+});
+
 export class SqlEditor {
   constructor(host, { onRun, label }) {
     const root = host.attachShadow({ mode: "open" });
@@ -75,6 +89,7 @@ export class SqlEditor {
           ),
           keymap.of([...closeBracketsKeymap, ...defaultKeymap, ...historyKeymap, ...completionKeymap, indentWithTab]),
           EditorView.contentAttributes.of({ "aria-label": label }),
+          replaceSelection,
           theme,
           EditorView.lineWrapping,
         ],
@@ -91,6 +106,13 @@ export class SqlEditor {
   }
 
   focus() {
+    this.view.focus();
+  }
+
+  /** Put `text` where the cursor is (replacing the selection), then focus the editor. */
+  insert(text) {
+    const { from, to } = this.view.state.selection.main;
+    this.view.dispatch({ changes: { from, to, insert: text }, selection: { anchor: from + text.length } });
     this.view.focus();
   }
 

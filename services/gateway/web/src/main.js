@@ -5,12 +5,14 @@ import "./csp.js"; // first: settings that keep libraries within the page's CSP
 import { api, ApiError } from "./api.js";
 import { devSignIn, googleSignIn, signOutOfGateway } from "./auth.js";
 import { AuditView } from "./audit.js";
-import { drawChart } from "./chart.js";
-import { ChatView, chatErrorText, createChat } from "./chat.js";
+import { CHART_TYPES, columnKinds, defaultSpec, drawChart, pngBlob, svgMarkup } from "./chart.js";
+import { ChatView, chatErrorText, createChat, messageText } from "./chat.js";
 import { SqlEditor } from "./editor.js";
 import { VirtualGrid } from "./grid.js";
 import { runQuery } from "./query.js";
+import { RecentPicker } from "./recent.js";
 import { csvBlob, ResultStore } from "./results.js";
+import { SchemaPanel } from "./schema_panel.js";
 
 const $ = (id) => document.getElementById(id);
 const number = (n) => n.toLocaleString("en");
@@ -55,8 +57,12 @@ async function signedIn(me) {
   $("open-audit").hidden = !me.admin;
   $("workspace").hidden = false;
   $("conversations").hidden = false;
-  await Promise.all([loadSources(), openConversation(me.conversation_id, { fresh: false })]);
-  refreshConversations();
+  $("no-model").hidden = Boolean(page.config.chat);
+  $("chat-input").disabled = !page.config.chat;
+  // The history is asked for only when the conversation has some: a new one would answer 404.
+  await Promise.all([loadSources(), refreshConversations()]);
+  const known = page.conversations.some((c) => c.id === me.conversation_id);
+  await openConversation(me.conversation_id, { fresh: !known });
 }
 
 $("dev-login").addEventListener("submit", async (event) => {
@@ -92,6 +98,8 @@ $("sign-out").addEventListener("click", async () => {
 const grid = new VirtualGrid($("result"), { label: "Query result" });
 const editor = new SqlEditor($("editor"), { onRun: () => run(), label: "SQL query" });
 grid.clear("Run a query to see its rows here.");
+const recent = new RecentPicker($("recent"), { api, onPick: (sql) => { editor.text = sql; editor.focus(); } });
+const schemaPanel = new SchemaPanel($("schema-panel"), { api, insert: (text) => editor.insert(text) });
 
 async function loadSources() {
   const select = $("source");
@@ -125,7 +133,19 @@ async function configureEditor() {
     }
   }
   editor.configure(source ? source.dialect : null, schema);
+  recent.load(name);
+  if ($("schema-panel").open) schemaPanel.show(name, schema);
 }
+
+$("schema-panel").addEventListener("toggle", () => {
+  const name = $("source").value;
+  if ($("schema-panel").open && schemaPanel.source !== name) {
+    performance.mark("schema-open"); // bench.web: to schema-first-paint and schema-keys-loaded
+    $("schema-panel").dataset.keysLoaded = "false";
+    // Not fetched yet: configureEditor shows it when it arrives, since the panel is open.
+    if (page.schemaCache.has(name)) schemaPanel.show(name, page.schemaCache.get(name));
+  }
+});
 
 $("source").addEventListener("change", configureEditor);
 
@@ -198,6 +218,7 @@ async function run() {
       },
     });
     performance.mark("query-done");
+    recent.load($("source").value);
     if (shown !== store) grid.show(store);
     grid.refresh();
     showResult(store, { running: false });
@@ -216,60 +237,102 @@ async function run() {
   }
 }
 
-$("download-csv").addEventListener("click", () => {
-  if (!page.result) return;
-  const url = URL.createObjectURL(csvBlob(page.result));
-  const link = document.createElement("a");
-  link.href = url;
-  link.download = "result.csv";
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
-});
+$("download-csv").addEventListener("click", () => page.result && download(csvBlob(page.result), "result.csv"));
 
 function fillChartControls(store) {
   const x = $("chart-x");
   const y = $("chart-y");
-  const width = store.width;
-  const names = Array.from({ length: width }, (_, c) => (store.columns[c] ? store.columns[c].name : `column ${c + 1}`));
-  const numeric = names.map((_, c) => store.isNumeric(c));
-  x.replaceChildren(...names.map((name, c) => new Option(name, String(c))));
-  y.replaceChildren(...names.flatMap((name, c) => (numeric[c] ? [new Option(name, String(c))] : [])));
-  const firstNumeric = numeric.indexOf(true);
-  const otherNumeric = numeric.indexOf(true, firstNumeric + 1);
-  if (otherNumeric >= 0) {
-    x.value = String(firstNumeric);
-    y.value = String(otherNumeric);
-  } else if (firstNumeric >= 0) {
-    x.value = String(firstNumeric === 0 && width > 1 ? 1 : 0);
-    y.value = String(firstNumeric);
-  }
-  x.disabled = width === 0;
-  y.disabled = firstNumeric < 0;
+  const kinds = columnKinds(store);
+  const names = kinds.map((_, c) => (store.columns[c] ? store.columns[c].name : `column ${c + 1}`));
+  x.replaceChildren(...names.map((name) => new Option(name, name)));
+  y.replaceChildren(...names.flatMap((name, c) => (kinds[c] === "number" ? [new Option(name, name)] : [])));
+  const spec = defaultSpec(store);
+  x.value = spec.x || "";
+  if (spec.y) y.value = spec.y;
+  $("chart-type").value = spec.type;
+  x.disabled = names.length === 0;
+  y.disabled = !spec.y;
+  $("chart-type").disabled = !spec.y;
   redrawChart();
 }
 
 function redrawChart() {
-  const y = $("chart-y");
   const chart = $("chart");
+  const y = $("chart-y");
+  let svg = null;
   if (!page.result || y.disabled || y.value === "") {
     chart.replaceChildren();
-    const note = document.createElement("p");
-    note.className = "hint";
-    note.textContent = page.result ? "No numeric column to chart." : "";
-    chart.append(note);
-    return;
+    if (page.result) {
+      const note = document.createElement("p");
+      note.className = "hint";
+      note.textContent = "No numeric column to chart.";
+      chart.append(note);
+    }
+  } else {
+    performance.mark("chart-start");
+    svg = drawChart(chart, page.result, { type: $("chart-type").value, x: $("chart-x").value, y: y.value, title: "" });
+    performance.measure("chart-draw", "chart-start"); // read by bench.web
   }
-  drawChart(chart, page.result, Number($("chart-x").value), Number(y.value));
+  page.chartSvg = svg;
+  $("chart-png").disabled = !svg;
+  $("chart-svg").disabled = !svg;
 }
 
-$("chart-x").addEventListener("change", redrawChart);
-$("chart-y").addEventListener("change", redrawChart);
+for (const id of ["chart-type", "chart-x", "chart-y"]) $(id).addEventListener("change", redrawChart);
+
+function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+$("chart-svg").addEventListener("click", () => page.chartSvg && download(new Blob([svgMarkup(page.chartSvg)], { type: "image/svg+xml" }), "chart.svg"));
+$("chart-png").addEventListener("click", async () => {
+  if (!page.chartSvg) return;
+  try {
+    download(await pngBlob(page.chartSvg), "chart.png");
+  } catch (error) {
+    $("query-error").textContent = `PNG: ${error.message}`;
+  }
+});
+
+/** A chart the model proposed (show_chart), drawn from the rows its query streamed to this tab. */
+function drawProposedChart(container, spec) {
+  const store = page.chatRows.get(spec.query);
+  if (!store) {
+    const note = document.createElement("p");
+    note.className = "hint";
+    note.textContent = "The rows of this chart are no longer in this tab: open its query in the editor and run it to chart it.";
+    container.append(note);
+    return;
+  }
+  if (!store.columns.length && spec.columns) store.columns = spec.columns;
+  drawChart(container, store, { type: CHART_TYPES.includes(spec.type) ? spec.type : "bar", x: spec.x, y: spec.y, title: spec.title || "" });
+}
 
 // --- chat ----------------------------------------------------------------------------------------
 
-const chatView = new ChatView($("messages"), openInEditor);
+async function copyMessage(message) {
+  try {
+    await navigator.clipboard.writeText(messageText(message));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const chatView = new ChatView($("messages"), {
+  openInEditor,
+  drawChart: drawProposedChart,
+  copy: copyMessage,
+  regenerate: () => page.chat && page.chat.regenerate(),
+  stop: () => page.chat && page.chat.stop(),
+});
 let renderScheduled = false;
 
 function chatChanged(chat) {
@@ -278,10 +341,9 @@ function chatChanged(chat) {
   requestAnimationFrame(() => {
     renderScheduled = false;
     const current = page.chat;
-    chatView.render(current.messages);
     const busy = current.status === "submitted" || current.status === "streaming";
-    $("chat-stop").disabled = !busy;
-    $("chat-send").disabled = busy;
+    chatView.render(current.messages, busy);
+    $("chat-send").disabled = busy || !page.config.chat;
     $("chat-error").textContent = current.error ? chatErrorText(current.error) : "";
   });
 }
@@ -351,7 +413,6 @@ $("chat-input").addEventListener("keydown", (event) => {
   }
 });
 
-$("chat-stop").addEventListener("click", () => page.chat && page.chat.stop());
 
 // --- conversations sidebar -----------------------------------------------------------------------
 
@@ -469,6 +530,10 @@ $("new-conversation").addEventListener("click", async () => {
 
 async function start() {
   page.config = await api("/auth/config");
+  if (!page.config.signed_in) {
+    showSignIn();
+    return;
+  }
   try {
     await signedIn(await api("/api/me"));
   } catch (error) {

@@ -114,18 +114,70 @@ export class ResultStore {
     return t === "" ? NaN : Number(t);
   }
 
+  /**
+   * Sums of column `yc` (its finite numbers) per text of column `xc` (NULL as "NULL"), over every
+   * row, chunk by chunk: the first `limit` keys in the order they come, and how many rows had another key.
+   */
+  sumBy(xc, yc, limit) {
+    const sums = new Map();
+    const byLength = new Map(); // text keys by length: once `limit` keys are known, other rows are matched without making strings
+    let dropped = 0;
+    const known = (text, start, end) => {
+      const candidates = byLength.get(end - start);
+      if (candidates) for (const key of candidates) if (text.startsWith(key, start)) return key;
+      return null;
+    };
+    for (const chunk of this.chunks) {
+      const xcol = chunk.cols[xc];
+      const ycol = chunk.cols[yc];
+      for (let i = 0; i < chunk.count; i++) {
+        let y;
+        if (ycol.nulls && ycol.nulls[i]) continue;
+        if (ycol.kind === NUM) y = ycol.values[i];
+        else y = Number(ycol.text.slice(i ? ycol.ends[i - 1] : 0, ycol.ends[i]));
+        if (!Number.isFinite(y)) continue;
+        let key;
+        if (xcol.nulls && xcol.nulls[i]) key = "NULL";
+        else if (xcol.kind === NUM) key = String(xcol.values[i]);
+        else {
+          const start = i ? xcol.ends[i - 1] : 0;
+          const end = xcol.ends[i];
+          key = sums.size < limit ? xcol.text.slice(start, end) : known(xcol.text, start, end);
+          if (key === null) {
+            dropped++;
+            continue;
+          }
+        }
+        const sum = sums.get(key);
+        if (sum !== undefined) sums.set(key, sum + y);
+        else if (sums.size < limit) {
+          sums.set(key, y);
+          if (xcol.kind !== NUM) byLength.set(key.length, [...(byLength.get(key.length) || []), key]);
+        } else dropped++;
+      }
+    }
+    return { sums, dropped };
+  }
+
   /** Whether every received cell of column `c` is a number or NULL. */
   isNumeric(c) {
     return this.chunks.length > 0 && this.chunks.every((chunk) => chunk.cols[c].kind === NUM);
   }
 }
 
+// CSV injection (OWASP, "CSV Injection"): a spreadsheet runs a cell that begins with = + - @, a
+// tab or a carriage return as a formula. Such a cell is quoted and gets a leading single quote,
+// which spreadsheets show as text. Plain numbers ("-2", "1e+21") are no formula and stay exact.
+const FORMULA_START = /^[=+\-@\t\r]/;
+const PLAIN_NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
 export function csvField(text) {
   if (text === null) return "";
+  if (FORMULA_START.test(text) && !PLAIN_NUMBER.test(text)) return `"'${text.replaceAll('"', '""')}"`;
   return /[",\r\n]/.test(text) || text !== text.trim() ? '"' + text.replaceAll('"', '""') + '"' : text;
 }
 
-/** The received rows as RFC 4180 CSV (CRLF line ends), header first, built in pieces into a Blob. */
+/** The received rows as RFC 4180 CSV (CRLF line ends), header first, formula-like cells neutralised, built in pieces into a Blob. */
 export function csvBlob(store) {
   const width = store.width;
   const names = store.columns.length ? store.columns.map((col) => col.name) : Array.from({ length: width }, (_, i) => `column${i + 1}`);
