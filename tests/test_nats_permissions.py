@@ -28,7 +28,8 @@ from tests.conftest import SystemFactory
 from tests.harness import ROOT, NatsServer, Process, free_port, service_env
 
 CONFIG = ROOT / "deploy" / "nats" / "authorization.conf"
-PASSWORDS = {name: uuid.uuid4().hex for name in ("gateway", "session", "query")}
+# nats-server parses a variable's value as a config value: a password must not start with a digit (see the config's note).
+PASSWORDS = {name: "p" + uuid.uuid4().hex for name in ("gateway", "session", "query")}
 
 
 @pytest.fixture(scope="module")
