@@ -1,11 +1,11 @@
-"""`make bench`: run every benchmark part in turn (session, query, scale, chat, web, messages, audit); `python -m bench session` runs one."""
+"""`make bench`: run every benchmark part in turn (session, query, scale, chat, web, messages, audit, connections); `python -m bench session` runs one."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-PARTS = ("session", "query", "scale", "chat", "web", "messages", "audit")
+PARTS = ("session", "query", "scale", "chat", "web", "messages", "audit", "connections")
 
 
 def main() -> int:

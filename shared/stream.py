@@ -162,8 +162,8 @@ class StreamConsumer:
         self._rows_seen = 0
         self._acked = 0
 
-    async def start(self, sql: str, source: str | None, *, caller: c.Caller | None = None, timeout: float = c.QUERY_START_TIMEOUT_S) -> None:
-        """Subscribe to the inbox and ask a query replica to run `sql` (for `caller`, see docs/access.md); raises ServiceError.
+    async def start(self, sql: str, source: str | None, *, caller: c.Caller | None = None, connection: c.ConnectionRef | None = None, timeout: float = c.QUERY_START_TIMEOUT_S) -> None:
+        """Subscribe to the inbox and ask a query replica to run `sql` on `source` or the user's `connection` (for `caller`, see docs/access.md); raises ServiceError.
 
         A replica with every slot taken declines the first tries (NATS's queue group then hands
         the next try to a replica picked afresh); the last try may wait in a replica's queue,
@@ -175,7 +175,7 @@ class StreamConsumer:
         try:
             for attempt in range(c.QUERY_ADMISSION_TRIES):
                 last = attempt == c.QUERY_ADMISSION_TRIES - 1
-                req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window, caller=caller, wait=last)
+                req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window, caller=caller, connection=connection, wait=last)
                 try:
                     await request(self._nc, self._subjects.query_execute, req, timeout=timeout + (c.QUERY_QUEUE_WAIT_MAX_S if last else 0), reply=c.QueryAccepted)
                     return

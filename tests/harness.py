@@ -187,7 +187,7 @@ class RedisServer(Process):
 
 def service_env(**overrides: str) -> dict[str, str]:
     """The environment a service process gets: this one, minus our own settings, plus overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBG_", "QUERY_", "SESSION_", "GATEWAY_", "REDIS_", "UPSTASH_", "AUTH_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBG_", "QUERY_", "SESSION_", "GATEWAY_", "REDIS_", "UPSTASH_", "AUTH_", "CONNECTIONS_"))}
     env.pop("NATS_URL", None)
     env.update({"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
     env.update(overrides)

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
 from shared.bus import SERVICE_VERSION, Server, request
+from shared.contracts import QUERY_CONNECTION_OPS
 from shared.errors import ServiceError
 from shared.ops import build_ops_app
 from tests.conftest import InProcessFactory
@@ -169,6 +170,7 @@ async def test_the_session_service_is_discoverable_with_every_endpoint(nc: NATS,
     endpoints = {e.name: e.subject for e in info.endpoints}
     assert endpoints["get"] == subjects.session_get and endpoints["get_many"] == subjects.session_get_many
     assert endpoints["conversation_load"] == subjects.session_conversation("load")
+    assert endpoints["connection_get"] == subjects.session_connection("get")
     assert all(e.queue_group == "session" for e in info.endpoints)
 
     with pytest.raises(ServiceError, match=r"\$\.sid"):  # refused before any handler runs
@@ -184,4 +186,5 @@ async def test_the_query_service_is_discoverable(nc: NATS, start_inprocess: InPr
     ping = ServicePing.from_dict(await discover(nc, f"$SRV.PING.query.{running.query.server.id}"))
     assert (ping.name, ping.metadata) == ("query", {"subject_prefix": running.prefix})
     info = ServiceInfo.from_dict(await discover(nc, f"$SRV.INFO.query.{running.query.server.id}"))
-    assert {e.subject for e in info.endpoints} == {running.subjects.query_execute, running.subjects.query_ping, running.subjects.query_schema}
+    connections = {running.subjects.query_connection(op) for op in QUERY_CONNECTION_OPS}  # users' own databases (docs/connections.md)
+    assert {e.subject for e in info.endpoints} == {running.subjects.query_execute, running.subjects.query_ping, running.subjects.query_schema, *connections}

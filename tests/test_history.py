@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import nats
 import pytest
+import redis
 
 from services.gateway.chat import prompt
 from services.session.keys import index_key, list_key, titles_key
@@ -29,8 +30,9 @@ from tests.auth_issuer import AUDIENCE, running_issuer
 from tests.chat_support import gateway, signed_in
 from tests.client import browser
 from tests.fake_llm import FakeLLM, Stream
-from tests.harness import eventually
+from tests.harness import RedisServer, eventually
 from tests.history_support import MAX_MESSAGE_BYTES, MAX_MESSAGES, Stack, ask, commandstats, fake_fixture, send, stack_fixture, stored, user  # noqa: F401 (fixtures)
+from tests.redis_proxy import redis_proxy
 from tests.test_chat_ai_sdk import ai_sdk, read_with_ai_sdk  # noqa: F401 (ai_sdk is a fixture)
 
 
@@ -324,3 +326,21 @@ async def test_the_model_gets_the_newest_history_within_its_limit_while_storage_
     assert len(body["messages"]) == 8
     last = [m["content"][:10] for m in fake.requests[-1]["messages"] if m["role"] == "user"]
     assert last[-1] == "Question 3" and 1 <= len(last) < 4, last
+
+
+async def test_an_append_whose_reply_was_lost_is_not_sent_again(start_inprocess, redis_server: RedisServer, nc: nats.NATS) -> None:
+    """The append script ran in Redis but its reply never came: its message is pushed once, and the call is served from the fallback."""
+    uid, cid = f"u-{uuid.uuid4().hex[:8]}", "c1"
+    rdb = redis.Redis.from_url(redis_server.url)
+    async with redis_proxy(redis_server.port) as proxy:
+        subject = (await start_inprocess(("session",), REDIS_URL=proxy.url)).subjects.session_conversation("append")
+        assert (await request(nc, subject, {"uid": uid, "id": cid, "messages": [user("first")]}))["total"] == 1
+
+        proxy.hold_reply_to("EVALSHA", every=True)  # a retry's reply too, and a write-back's: none can complete meanwhile
+        reply = await request(nc, subject, {"uid": uid, "id": cid, "messages": [user("second")]}, timeout=10)
+
+        assert proxy.dropped.is_set()
+        texts = [msgspec.msgpack.decode(raw)["parts"][0]["text"] for raw in rdb.lrange(f"conversation:{uid}:{cid}", 0, -1)]
+        assert texts == ["first", "second"]  # pushed once: the lost reply's script was not run again
+        assert reply["fallback"] is True  # a timeout is an outage: the router switched to the fallback, as before
+    rdb.close()

@@ -65,9 +65,9 @@ async def test_erase_deletes_every_conversation_and_session_of_a_user_and_only_t
 
             erased = admin(private_stack, "erase", "--user", uid)
             assert erased.returncode == 0, erased.stderr
-            assert f"erased 2 conversations and 1 session of user {uid}" in erased.stdout
+            assert f"erased 2 conversations, 0 connections and 1 session of user {uid}" in erased.stdout
             again = admin(private_stack, "erase", "--user", uid)
-            assert again.returncode == 0 and f"erased 0 conversations and 0 sessions of user {uid}" in again.stdout
+            assert again.returncode == 0 and f"erased 0 conversations, 0 connections and 0 sessions of user {uid}" in again.stdout
 
             async with gone.get("/api/me") as response:
                 assert response.status == 401, "signed out everywhere"

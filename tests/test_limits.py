@@ -27,7 +27,8 @@ from shared.errors import ServiceError
 from tests import test_session_service
 from tests.conftest import Infra
 from tests.harness import RedisServer
-from tests.test_session_service import Caller, commandstats
+from tests.redis_proxy import redis_proxy
+from tests.test_session_service import Caller, InProcessReplica, commandstats
 
 # Fixtures shared with the session service tests: replicas on subject prefixes of their own, Redis (the NATS client `nc` is conftest's).
 start_replica = test_session_service.start_replica
@@ -155,6 +156,24 @@ async def test_two_replicas_share_one_count(start_replica, infra: Infra, redis_s
     # Both replicas served some of them, and each call was one EVALSHA.
     evalsha = [replica.metric("session_redis_commands_total", command="evalsha") for replica in (a, b)]
     assert all(n > 0 for n in evalsha) and sum(evalsha) == 50
+
+
+async def test_a_count_whose_reply_was_lost_is_not_sent_again(start_inprocess, redis_server: RedisServer, rdb, nc) -> None:
+    """The limit script ran in Redis but its reply never came: the call counts once there, and the replica serves it from its fallback."""
+    async with redis_proxy(redis_server.port) as proxy:
+        replica = InProcessReplica((await start_inprocess(("session",), REDIS_URL=proxy.url)).subjects)
+        client = limiter(nc, replica)
+        key = new_key()
+        windows = [Window("minute", 60, 10)]
+        assert (await client.hit(key, windows)).windows["minute"].used == 1
+
+        proxy.hold_reply_to("EVALSHA")
+        result = await client.hit(key, windows)
+
+        assert proxy.held.is_set()
+        assert sum(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == 2  # one count per call: the lost reply was not resent
+        assert result.allowed and result.local  # a timeout is an outage: the router switched to the fallback, as before
+        assert commandstats(rdb)["evalsha"] == 2
 
 
 async def test_one_redis_command_per_call(start_session, rdb, nc) -> None:

@@ -115,3 +115,31 @@ def _is_json_object(text: str) -> bool:
         return isinstance(json.loads(text), dict)
     except ValueError:
         return False
+
+
+def test_a_logged_traceback_carries_no_local_variables() -> None:
+    """A password in a local variable (a database URL being opened) must not reach the log with the traceback."""
+    program = """
+import structlog
+from shared.logging import setup_logging
+
+setup_logging("demo")
+log = structlog.get_logger()
+
+def open_database(password):
+    url = "postgresql://reader:" + password + "@db/app"
+    raise ConnectionError("cannot connect")
+
+try:
+    open_database("s3cret-in-a-local")
+except ConnectionError:
+    log.exception("open_failed")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, cwd=ROOT, env=env, timeout=60, check=False)
+    [line] = [json.loads(raw) for raw in done.stderr.decode().splitlines()]
+    assert line["event"] == "open_failed"
+    frames = line["exception"][0]["frames"]
+    assert [frame["name"] for frame in frames] == ["<module>", "open_database"]
+    assert all("locals" not in frame for frame in frames)
+    assert "s3cret-in-a-local" not in done.stderr.decode()

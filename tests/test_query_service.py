@@ -171,6 +171,7 @@ async def test_ping_names_the_sources(service: QueryService, nc: NATS) -> None:
         "sources": ["copy", "default"],
         "default": "default",
         "dialects": {"copy": "sqlite", "default": "sqlite"},
+        "connections": False,  # no CONNECTIONS_KEYS: users' own databases are off
     }
 
 

@@ -8,20 +8,26 @@ screenshot under var/test-artifacts.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
 import io
 import json
+import os
 import re
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
 
 from tests import fake_llm
-from tests.conftest import Infra, System, running_system
+from tests.conftest import Databases, Infra, System, running_system
 from tests.harness import Service, free_port, service_env, wait_until
 from tests.web_support import ThreadedFakeLLM, axe_violations, ensure_built, launch_args, require_chromium
 
@@ -107,6 +113,9 @@ def system(infra: Infra, model: ThreadedFakeLLM, tmp_path_factory: pytest.TempPa
         "LLM_API_KEY": "sk-test-web",
         "LLM_MAX_RETRIES": "0",
         "QUERY_MAX_ROWS": str(MAX_ROWS),
+        # Users' own databases (test_a_database_added_in_the_panel_...): on, and loopback allowed, as the test's database is local.
+        "CONNECTIONS_KEYS": "k1:" + base64.b64encode(os.urandom(32)).decode(),
+        "CONNECTIONS_ALLOWED_NETWORKS": "127.0.0.0/8",
         "ADMIN_EMAILS": WEB_ADMIN,
         "AUDIT_STREAM": f"AUDIT_web{uuid.uuid4().hex[:8]}",
     }
@@ -453,3 +462,73 @@ def test_an_admin_sees_the_audit_trail_as_a_filterable_table_and_csv(page: Page,
     with open(download.path(), newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["kind"], r["email"], r["sql"], r["outcome"], r["rows"]) for r in rows] == [("query", email, f"SELECT 42 AS {marker}", "ok", "1")]
+
+
+# --- the Databases panel ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_database(databases: Databases) -> Iterator[dict[str, str]]:
+    """A PostgreSQL reader role with a password and a schema of its own, made in a thread (sync Playwright holds this one's loop)."""
+    suffix = uuid.uuid4().hex[:10]
+    role, password, schema = f"web_ro_{suffix}", uuid.uuid4().hex, f"web_{suffix}"
+
+    async def admin(*statements: str) -> None:
+        conn = await asyncpg.connect(databases.postgres)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    def run(*statements: str) -> None:
+        failure: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _capture(failure, lambda: asyncio.run(admin(*statements))))
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    run(
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}'",
+        f"CREATE SCHEMA {schema}",
+        f"CREATE TABLE {schema}.stars (name text)",
+        f"INSERT INTO {schema}.stars VALUES ('Sun'), ('Vega'), ('Sirius')",
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    )
+    parts = urlsplit(databases.postgres)
+    yield {"host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432), "database": parts.path.lstrip("/"), "user": role, "password": password, "schema": schema}
+    run(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'", f"DROP SCHEMA {schema} CASCADE", f"DROP ROLE {role}")
+
+
+def _capture(failure: list[BaseException], call: Any) -> None:
+    try:
+        call()
+    except BaseException as exc:
+        failure.append(exc)
+
+
+def test_a_database_added_in_the_panel_is_picked_and_queried(page: Page, problems: list[str], own_database: dict[str, str]) -> None:
+    sign_in(page)
+    page.get_by_text("Databases", exact=True).click()
+    page.get_by_label("Alias").fill("stars")
+    page.get_by_label("Engine").select_option("postgresql")
+    page.get_by_label("Host").fill(own_database["host"])
+    page.get_by_label("Port").fill(own_database["port"])
+    page.get_by_label("Database", exact=True).fill(own_database["database"])
+    page.get_by_label("Login").fill(own_database["user"])
+    page.get_by_label("Password").fill(own_database["password"])
+    page.get_by_label("TLS").select_option("disable")
+    page.get_by_role("button", name="Test and add").click()
+    expect(page.locator("#database-status")).to_contain_text("Connected to stars")
+    expect(page.get_by_label("Password")).to_have_value("")
+    expect(page.get_by_role("list", name="Your databases").get_by_role("listitem")).to_have_count(1)
+    expect(page.locator("#source")).to_have_value("stars")
+    run_sql(page, f"SELECT name FROM {own_database['schema']}.stars ORDER BY name")
+    expect(page.get_by_role("status")).to_have_text("3 rows")
+    grid = page.get_by_role("grid", name="Query result")
+    expect(grid.locator('[role="row"][aria-rowindex="2"]').get_by_role("gridcell")).to_have_text(["Sirius"])
+    page.get_by_role("button", name="Remove database stars").click()
+    expect(page.get_by_role("list", name="Your databases").get_by_role("listitem")).to_have_count(0)
+    expect(page.locator("#source")).to_have_value("default")

@@ -139,7 +139,7 @@ async def test_the_page_learns_the_dev_sign_in_and_lists_the_sources_once_signed
         await login(client)
         async with client.get("/api/sources") as response:
             assert response.status == 200
-            assert await response.json() == {"sources": [{"name": "default", "dialect": "sqlite", "role": None}], "default": "default"}
+            assert await response.json() == {"sources": [{"name": "default", "dialect": "sqlite", "role": None, "kind": "operator"}], "default": "default", "connections": False}
 
 
 async def test_under_firebase_the_page_gets_the_web_config_and_the_csp_lets_google_sign_in_through(services: System) -> None:

@@ -8,6 +8,8 @@ malformed reply is an `internal` error naming the field, never a KeyError in a h
 * Limiter: `session.limit`, rate limits and quotas shared by every replica.
 * HistoryClient: `session.conversation.*`, a user's conversations.
 * QueryClient: `query.ping` (sources and dialects) and `query.schema` (describe_schema).
+* ConnectionsClient: users' own databases, `session.connection.*` (the records, passwords
+  sealed) and `query.connection.*` (create, change, test: the query service opens them).
 * RecentClient: `session.recent.*`, a user's recent queries per source.
 
 The query stream (`query.execute`) has its own consumer, shared/stream.py, used by relay.py.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +36,21 @@ from shared.codec import decode
 from shared.contracts import (
     MAX_SESSION_BATCH,
     Caller,
+    ConnectionChanges,
+    ConnectionCreate,
+    ConnectionDelete,
+    ConnectionDeleted,
+    ConnectionFound,
+    ConnectionGet,
+    ConnectionList,
+    ConnectionRecord,
+    ConnectionRecords,
+    ConnectionRef,
+    ConnectionSettings,
+    ConnectionTest,
+    ConnectionTested,
+    ConnectionUpdate,
+    ConnectionView,
     ConversationAppend,
     ConversationAppended,
     ConversationDeleted,
@@ -290,12 +308,14 @@ class QueryClient:
         """The configured sources, the default one, and each one's dialect."""
         return await _call(self._nc, self._subjects.query_ping, Ping(), QueryPong, timeout)
 
-    async def schema(self, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S, *, role: str | None = None) -> SchemaReply:
-        """The `query.schema` reply for `source` (None: the default source): an overview, or details of `tables`,
-        as the database role `role` may read them (None: the source's account; docs/access.md).
+    async def schema(self, source: str | None, tables: Sequence[str] | None, timeout: float = SCHEMA_TIMEOUT_S, *, role: str | None = None, connection: ConnectionRef | None = None) -> SchemaReply:
+        """The `query.schema` reply for `source` (None: the default source) or the user's own `connection`: an overview,
+        or details of `tables`, as the database role `role` may read them (None: the source's account; docs/access.md).
 
         Raises ServiceError: bad_request, unknown_source (naming only `source`), query_timeout, unavailable, timeout.
         """
+        if connection is not None:
+            return await _call(self._nc, self._subjects.query_schema, SchemaRequest(None, list(tables) if tables is not None else None, connection=connection), SchemaReply, timeout)
         request = SchemaRequest(source, list(tables) if tables is not None else None, caller=Caller(role=role) if role else None)
         try:
             return await _call(self._nc, self._subjects.query_schema, request, SchemaReply, timeout)
@@ -324,3 +344,55 @@ class RecentClient:
     async def list(self, uid: str, source: str | None, limit: int) -> RecentQueries:
         """The user's newest `limit` queries on `source` (None: the default source), newest first."""
         return await _call(self._nc, self._subjects.session_recent("list"), RecentList(uid, source or RECENT_DEFAULT_SOURCE, limit), RecentQueries, self._timeout)
+
+
+CONNECTION_STORE_TIMEOUT_S = 3.0
+CONNECTION_OPEN_TIMEOUT_S = 20.0
+"""A create, change or test: the query service resolves, connects, checks the account, then stores."""
+_ENABLED_CACHE_S = 5.0
+
+
+class ConnectionsClient:
+    """Users' own databases (docs/connections.md): records from the session service, opening through the query service.
+
+    The password travels only in `create`/`update`, to the query service; nothing here keeps it.
+    """
+
+    def __init__(self, nc: NATS, subjects: Subjects) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._enabled_until = 0.0
+
+    async def enabled(self) -> bool:
+        """Whether the query service holds CONNECTIONS_KEYS (a yes is kept a few seconds, a no is asked again)."""
+        if time.monotonic() < self._enabled_until:
+            return True
+        pong = await _call(self._nc, self._subjects.query_ping, Ping(), QueryPong, CONNECTION_STORE_TIMEOUT_S)
+        if pong.connections:
+            self._enabled_until = time.monotonic() + _ENABLED_CACHE_S
+        return pong.connections
+
+    async def _session[S: msgspec.Struct](self, op: str, payload: msgspec.Struct, kind: type[S]) -> S:
+        return await _call(self._nc, self._subjects.session_connection(op), payload, kind, CONNECTION_STORE_TIMEOUT_S)
+
+    async def _query[S: msgspec.Struct](self, op: str, payload: msgspec.Struct, kind: type[S]) -> S:
+        return await _call(self._nc, self._subjects.query_connection(op), payload, kind, CONNECTION_OPEN_TIMEOUT_S)
+
+    async def list(self, uid: str) -> list[ConnectionRecord]:
+        """The user's records by name (their sealed passwords are opaque here and never sent on)."""
+        return (await self._session("list", ConnectionList(uid), ConnectionRecords)).records
+
+    async def get(self, ref: ConnectionRef) -> ConnectionRecord | None:
+        return (await self._session("get", ConnectionGet(ref), ConnectionFound)).record
+
+    async def delete(self, ref: ConnectionRef) -> bool:
+        return (await self._session("delete", ConnectionDelete(ref), ConnectionDeleted)).deleted
+
+    async def create(self, uid: str, settings: ConnectionSettings) -> ConnectionView:
+        return await self._query("create", ConnectionCreate(uid, settings), ConnectionView)
+
+    async def update(self, ref: ConnectionRef, changes: ConnectionChanges) -> ConnectionView:
+        return await self._query("update", ConnectionUpdate(ref, changes), ConnectionView)
+
+    async def test(self, ref: ConnectionRef) -> ConnectionTested:
+        return await self._query("test", ConnectionTest(ref), ConnectionTested)

@@ -22,6 +22,9 @@ STATUS = {
     e.BUSY: 503,
     e.TIMEOUT: 504,
     e.INTERNAL: 500,
+    e.CONFLICT: 409,
+    e.CONNECTION_FAILED: 422,
+    e.CONNECTIONS_OFF: 503,
 }
 
 RETRY_AFTER_S = "1"

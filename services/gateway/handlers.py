@@ -24,6 +24,7 @@ from services.gateway.errors import error_response
 from services.gateway.jsonable import jsonable
 from services.gateway.recent import remember
 from services.gateway.relay import QueryResult, relay
+from services.gateway.sources import user_source
 from services.gateway.sse import HEADERS, ToolStream, client_outcome
 from shared.access import MAX_GROUPS, clean_groups
 from shared.errors import BAD_REQUEST, BUSY, UNKNOWN_SOURCE, ServiceError
@@ -155,23 +156,29 @@ async def query(request: web.Request) -> web.StreamResponse:
     consumer = StreamConsumer(app[keys.NATS_CLIENT], app[keys.SUBJECTS], idle_timeout_s=config.stream_idle_s)
     start_error: ServiceError | None = None
     try:
-        grant = source_grant(config, session, source)
-        audit.source, audit.role = grant.source, grant.role
+        # The caller's own database (services/gateway/sources.py) is theirs to use; an operator's source needs a grant.
+        connection = await user_source(app, uid, source)
+        grant = source_grant(config, session, source) if connection is None else None
+        target = grant.source if grant is not None else source
+        audit.source, audit.role = target, grant.role if grant is not None else None
         await app[AUDIT].check_writable()
     except ServiceError as exc:  # 404 for a source this user may not use; 503 when AUDIT_REQUIRED and the trail is down
         audit.finish(exc.code, QueryResult(), exc)
         raise
     try:
-        await consumer.start(sql, grant.source, caller=caller(session, grant))
+        if grant is None:
+            await consumer.start(sql, None, connection=connection)
+        else:
+            await consumer.start(sql, grant.source, caller=caller(session, grant))
     except ServiceError as exc:
         if exc.code == UNKNOWN_SOURCE:
-            exc = unknown_source(grant.source)  # the query service's message lists every source
+            exc = unknown_source(target)  # the query service's message lists every source
         if exc.code in (BUSY, UNKNOWN_SOURCE):
             audit.finish(exc.code, QueryResult(), exc)
             raise exc from None  # before the stream's headers: a real 404, or 503 with Retry-After
         start_error = exc  # any other refusal is an error part of the stream, as before
     if start_error is None and uid is not None:
-        await remember(app[keys.RECENT], uid, grant.source, sql)
+        await remember(app[keys.RECENT], uid, target, sql)
     response = web.StreamResponse(headers={**HEADERS, "X-Request-Id": current_request_id() or ""})
     stream = ToolStream(response, f"msg_{uuid.uuid4().hex}", f"call_{uuid.uuid4().hex}", request=request, write_timeout_s=config.client_write_timeout_s)
     outcome, result, error = "ok", QueryResult(), start_error

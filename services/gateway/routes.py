@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway import conversations, handlers, probes, recent, webapp
+from services.gateway import connections, conversations, handlers, probes, recent, webapp
 from services.gateway.audit_http import get_audit
 from services.gateway.chat import handlers as chat
 from services.gateway.schema import get_schema
@@ -23,6 +23,13 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/api/schema", get_schema)
     router.add_get("/api/sources", webapp.sources)
     router.add_get("/api/recent-queries", recent.get_recent)
+    # The user's own databases (docs/connections.md).
+    router.add_get("/api/connections", connections.list_connections)
+    router.add_post("/api/connections", connections.create_connection)
+    router.add_get("/api/connections/{id}", connections.get_connection)
+    router.add_patch("/api/connections/{id}", connections.patch_connection)
+    router.add_delete("/api/connections/{id}", connections.delete_connection)
+    router.add_post("/api/connections/{id}/test", connections.test_connection)
     # The audit trail, for admins (404 for everyone else).
     router.add_get("/api/audit", get_audit)
     # Conversations and the assistant.

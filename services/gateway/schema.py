@@ -11,7 +11,9 @@ from aiohttp import web
 from services.gateway import keys
 from services.gateway.access import source_grant
 from services.gateway.auth.identity import current_session
+from services.gateway.sources import user_source
 from shared.errors import BAD_REQUEST, ServiceError
+from shared.users import user_id
 
 MAX_TABLES_ASKED = 50
 _SOURCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -43,6 +45,10 @@ async def get_schema(http_request: web.Request) -> web.Response:
     if any(len(http_request.query.getall(name)) > 1 for name in http_request.query):
         raise ServiceError(BAD_REQUEST, "give each parameter once")
     source, tables = _parameters(http_request.query)
-    grant = source_grant(http_request.app[keys.CONFIG], session, source)
-    reply = await http_request.app[keys.QUERY].schema(grant.source, tables, role=grant.role)
+    connection = await user_source(http_request.app, user_id(session), source)
+    if connection is not None:  # the caller's own database (services/gateway/sources.py)
+        reply = await http_request.app[keys.QUERY].schema(source, tables, connection=connection)
+    else:
+        grant = source_grant(http_request.app[keys.CONFIG], session, source)
+        reply = await http_request.app[keys.QUERY].schema(grant.source, tables, role=grant.role)
     return web.json_response(msgspec.to_builtins(reply))

@@ -17,7 +17,9 @@ from services.gateway import keys
 from services.gateway.access import visible_sources
 from services.gateway.auth.identity import current_session
 from services.gateway.config import GatewayConfig
+from services.gateway.sources import DIALECTS, user_connections
 from shared.errors import NOT_FOUND, UNAUTHORIZED, UNAVAILABLE, ServiceError
+from shared.users import user_id
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """Where `make` (scripts/build_web.py) writes index.html and assets/."""
@@ -115,12 +117,19 @@ async def auth_config(request: web.Request) -> web.Response:
 
 async def sources(http_request: web.Request) -> web.Response:
     """GET /api/sources: the sources this user may use (ACCESS_POLICY), with their dialects and the database
-    role each is used with (null: the source's own account), and the default (needs a session)."""
+    role each is used with (null: the source's own account), the user's own databases, and the default (needs a session)."""
     _, session = await current_session(http_request)
     reply = await http_request.app[keys.QUERY].ping(SOURCES_TIMEOUT_S)
     grants = visible_sources(http_request.app[keys.CONFIG], session, reply.sources)
-    listed = [{"name": name, "dialect": reply.dialects.get(name), "role": grant.role} for name, grant in grants.items()]
-    return web.json_response({"sources": listed, "default": reply.default if reply.default in grants else None})
+    listed = [{"name": name, "dialect": reply.dialects.get(name), "role": grant.role, "kind": "operator"} for name, grant in grants.items()]
+    uid = user_id(session)
+    if reply.connections and uid:
+        own = await user_connections(http_request.app, uid)
+        names = {record.name for record in own}
+        listed = [item for item in listed if item["name"] not in names]  # the user's own connection wins a name (services/gateway/sources.py)
+        listed += [{"name": record.name, "dialect": DIALECTS[record.dialect], "role": None, "kind": "connection", "id": record.id} for record in own]
+    default = reply.default if reply.default in grants else None
+    return web.json_response({"sources": listed, "default": default, "connections": reply.connections})
 
 
 def setup(app: web.Application) -> None:

@@ -11,6 +11,8 @@ from typing import ClassVar
 
 import orjson
 
+from services.query.connections.address import IPNetwork, parse_networks, parse_ports
+from services.query.connections.seal import Keyring
 from shared.access import DEFAULT_SOURCE, parse_policy
 from shared.config import ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
 from shared.contracts import QUERY_QUEUE_WAIT_MAX_S
@@ -102,6 +104,28 @@ class QueryConfig(ServiceSettings):
         "source name -> the operator's own read-only functions, added to the guard's allow rule",
         parse=lambda _n, raw: MappingProxyType(parse_allowed_functions(raw)),
     )
+    # Users' own connections (docs/connections.md).
+    connections_keys: Keyring | None = setting(
+        "CONNECTIONS_KEYS",
+        None,
+        "`id:base64-32-bytes` entries, comma-separated; the first seals users' database passwords, every one opens; unset: the feature is off",
+        parse=lambda _n, raw: Keyring.parse(raw),
+        shown="(none: users' own connections are off)",
+        secret=True,
+    )
+    connections_allowed_networks: tuple[IPNetwork, ...] = setting(
+        "CONNECTIONS_ALLOWED_NETWORKS", (), "CIDRs users' connections may reach although they are not public", parse=lambda n, raw: parse_networks(raw, n), shown="(none)"
+    )
+    connections_allowed_ports: frozenset[int] | None = setting(
+        "CONNECTIONS_ALLOWED_PORTS", None, "ports users' connections may use (None: 1-65535)", parse=lambda n, raw: parse_ports(raw, n), shown="(every port 1-65535)"
+    )
+    connections_connect_timeout_s: float = setting(
+        "CONNECTIONS_CONNECT_TIMEOUT_S", 3.0, "how long a user's database gets to accept a connection; every unreachable answer waits this long", minimum=0.05
+    )
+    connections_max_per_user: int = setting("CONNECTIONS_MAX_PER_USER", 10, "connections one user may keep", minimum=1)
+    max_pools: int = setting("QUERY_MAX_POOLS", 100, "users' connection pools open in this replica; the least recently used idle one is closed first", minimum=1)
+    pool_idle_s: float = setting("QUERY_POOL_IDLE_S", 300.0, "a user's pool unused this long is closed", minimum=0.05)
+    max_concurrent_per_user: int = setting("QUERY_MAX_CONCURRENT_PER_USER", 4, "queries and schema reads one user runs at once on their own connections, in this replica", minimum=1)
     roles: Mapping[str, tuple[str, ...]] = setting(
         "ACCESS_POLICY",
         MappingProxyType({}),

@@ -22,12 +22,14 @@ from nats.aio.msg import Msg
 from services.query import metrics
 from services.query.admission import Admission
 from services.query.config import PREVIEW_ROWS, QueryConfig
+from services.query.connections.handlers import connections_off
+from services.query.connections.pools import UserPools
 from services.query.engines import Cursor, Engine, Sources
 from services.query.engines.base import timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
-from shared.contracts import QUERY_OPEN_TIMEOUT_S, Caller, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
+from shared.contracts import QUERY_OPEN_TIMEOUT_S, QUERY_START_TIMEOUT_S, Caller, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
     INTERNAL,
     QUERY_TIMEOUT,
@@ -90,11 +92,12 @@ SHUTTING_DOWN = "the query service is shutting down"
 class QueryHandlers:
     """Serves query.execute and query.ping, and keeps track of the streams it started."""
 
-    def __init__(self, config: QueryConfig, nc: NATS, sources: Sources, subjects: Subjects) -> None:
+    def __init__(self, config: QueryConfig, nc: NATS, sources: Sources, subjects: Subjects, pools: UserPools) -> None:
         self._config = config
         self._nc = nc
         self._sources = sources
         self._subjects = subjects
+        self._pools = pools
         self._streams: set[asyncio.Task[None]] = set()
         self.admission = Admission(config.max_concurrent, config.queue_max, config.queue_wait_s)
         self.accepting = True
@@ -105,12 +108,40 @@ class QueryHandlers:
 
     async def ping(self, _req: Ping, _msg: Msg) -> QueryPong:
         dialects = {name: self._sources.resolve(name).dialect for name in self._sources.names}
-        return QueryPong(ok=True, sources=self._sources.names, default=self._sources.default, dialects=dialects)
+        return QueryPong(ok=True, sources=self._sources.names, default=self._sources.default, dialects=dialects, connections=self._config.connections_keys is not None)
+
+    async def _engine(self, req: QueryExecute, progress: _Progress) -> Engine:
+        """The opened engine of the request's source or of the user's own connection (checked out until the stream ends)."""
+        if req.connection is not None:
+            if self._config.connections_keys is None:
+                raise connections_off()
+            progress.source = "connection"
+            try:
+                # Within the gateway's QUERY_START_TIMEOUT_S, so that the caller gets this answer, not a timeout.
+                async with asyncio.timeout(min(QUERY_START_TIMEOUT_S - 0.5, QUERY_OPEN_TIMEOUT_S + self._config.connections_connect_timeout_s)):
+                    engine = await self._pools.checkout(req.connection)
+            except TimeoutError:
+                raise not_answering("of this connection") from None
+            progress.dialect = engine.dialect
+            return engine
+        engine = self._sources.resolve(req.source)
+        progress.source = engine.name
+        progress.dialect = engine.dialect
+        self._sources.check_caller(engine, req.caller)
+        # Opened first: the guard asks the source's function catalog about every call. Bounded,
+        # so that the gateway, which waits QUERY_START_TIMEOUT_S for this reply, gets this one.
+        try:
+            async with asyncio.timeout(QUERY_OPEN_TIMEOUT_S):
+                await self._sources.open(engine)
+        except TimeoutError:
+            raise not_answering(engine.name) from None
+        return engine
 
     async def execute(self, req: QueryExecute, _msg: Msg) -> QueryAccepted:
         started = time.monotonic()
         sql = req.sql
         progress = _Progress(req.source or self._sources.default, sql, started)
+        engine: Engine | None = None
         admitted = False
         try:
             if not self.accepting:
@@ -118,18 +149,8 @@ class QueryHandlers:
             # First, so a declined or queued request holds nothing (no source opened, no subscription).
             await self.admission.acquire(req.caller.user_id if req.caller else "", wait=req.wait)
             admitted = True
-            engine = self._sources.resolve(req.source)
-            progress.source = engine.name
-            progress.dialect = engine.dialect
-            self._sources.check_caller(engine, req.caller)
-            # Opened first: the guard asks the source's function catalog about every call. Bounded,
-            # so that the gateway, which waits QUERY_START_TIMEOUT_S for this reply, gets this one.
-            try:
-                async with asyncio.timeout(QUERY_OPEN_TIMEOUT_S):
-                    await self._sources.open(engine)
-            except TimeoutError:
-                raise not_answering(engine.name) from None
-            policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()))
+            engine = await self._engine(req, progress)
+            policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()) if engine.owner is None else frozenset())
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
             await asyncio.to_thread(check_read_only, sql, engine.dialect, policy, self._config.max_cell_bytes, allow_activity_views=self._config.allow_activity_views)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
@@ -137,19 +158,25 @@ class QueryHandlers:
         except BaseException as exc:
             if admitted:
                 self.admission.release()
+            if engine is not None and engine.owner is not None:
+                self._pools.checkin(engine)
             if isinstance(exc, ServiceError):
                 self._record_failure(progress, exc)
             raise
-        task = asyncio.create_task(self._stream(engine, sql, req.caller, producer, progress))
+        # A user's own database runs as the account they gave: ACCESS_POLICY roles are the operator's sources' (docs/connections.md).
+        caller = req.caller if engine.owner is None else None
+        task = asyncio.create_task(self._stream(engine, sql, caller, producer, progress))
         self._streams.add(task)
         metrics.STREAMS_IN_FLIGHT.inc()
-        task.add_done_callback(self._stream_done)
+        task.add_done_callback(lambda done: self._stream_done(done, engine))
         return QueryAccepted(accepted=True)
 
-    def _stream_done(self, task: asyncio.Task[None]) -> None:
+    def _stream_done(self, task: asyncio.Task[None], engine: Engine) -> None:
         self._streams.discard(task)
         self.admission.release()
         metrics.STREAMS_IN_FLIGHT.dec()
+        if engine.owner is not None:
+            self._pools.checkin(engine)
 
     async def shutdown(self, grace_s: float) -> None:
         """Take no more queries; give running streams `grace_s` to finish, then cut them off."""
@@ -218,7 +245,8 @@ class QueryHandlers:
 
     async def _run(self, engine: Engine, sql: str, caller: Caller | None, producer: StreamProducer, progress: _Progress) -> None:
         config = self._config
-        await self._sources.open(engine)
+        if engine.owner is None:
+            await self._sources.open(engine)
         async with engine.query(sql, config.timeout_s, caller) as cursor:
             first = await cursor.fetch(min(FIRST_FETCH_ROWS, config.max_rows))
             encoder = RowEncoder(cursor.columns)
@@ -287,7 +315,7 @@ class QueryHandlers:
     def _record_failure(self, progress: _Progress, exc: ServiceError) -> None:
         log.info("query_failed", code=exc.code, message=exc.message, **progress.fields())
         # Only configured names become label values; a request's own string must not.
-        source = progress.source if progress.source in self._sources.names else "unknown"
+        source = progress.source if progress.source in self._sources.names or progress.source == "connection" else "unknown"
         metrics.QUERIES.labels(source, exc.code).inc()
         if progress.row_count:
             metrics.ROWS.labels(source).inc(progress.row_count)

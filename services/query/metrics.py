@@ -20,3 +20,5 @@ FIRST_ROWS = Histogram(
 ROWS = Counter("query_rows_total", "Rows streamed, by source", ["source"])
 BYTES = Counter("query_row_bytes_total", "Bytes of row JSON streamed, by source", ["source"])
 STREAMS_IN_FLIGHT = Gauge("query_streams_in_flight", "Query streams running")
+USER_POOLS = Gauge("query_user_pools", "Pools of users' own connections open in this replica (at most QUERY_MAX_POOLS)")
+USER_POOL_CLOSES = Counter("query_user_pool_closes_total", "Pools of users' own connections closed, by reason", ["reason"])

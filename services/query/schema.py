@@ -20,9 +20,10 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.query.config import SchemaConfig
+from services.query.connections.pools import UserPools
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Catalog, Describes
-from shared.contracts import Caller, SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
+from shared.contracts import Caller, ConnectionRef, SchemaColumn, SchemaReply, SchemaRequest, SchemaTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -69,14 +70,26 @@ _Key = tuple[str, str | None, tuple[str, ...] | None]
 class SchemaService:
     """Serves `query.schema`: one catalog read per source and request at a time, then cached."""
 
-    def __init__(self, sources: Sources, config: SchemaConfig) -> None:
+    def __init__(self, sources: Sources, config: SchemaConfig, pools: UserPools | None = None) -> None:
         self._sources = sources
         self._config = config
+        self._pools = pools
         self._cache: OrderedDict[_Key, tuple[float, SchemaReply]] = OrderedDict()
         self._reading: dict[_Key, asyncio.Future[SchemaReply]] = {}
 
-    async def describe(self, source: str | None, tables: Sequence[str] | None, role: str | None = None) -> tuple[SchemaReply, bool]:
-        """The reply for one request (as `role` sees the catalog; None: the source's account), and whether it came from the cache."""
+    async def describe(self, source: str | None, tables: Sequence[str] | None, role: str | None = None, connection: ConnectionRef | None = None) -> tuple[SchemaReply, bool]:
+        """The reply for one request (as `role` sees the catalog; None: the source's account), and whether it came from the cache.
+
+        `connection`: a user's own database, read each time as its own account (checked out, so it counts against the user's cap).
+        """
+        if connection is not None:
+            if self._pools is None:
+                raise ServiceError(UNAVAILABLE, "users' connections are not served here")
+            engine = await self._pools.checkout(connection)
+            try:
+                return await self._read(engine, tuple(dict.fromkeys(tables)) if tables is not None else None, None), False
+            finally:
+                self._pools.checkin(engine)
         engine = self._sources.resolve(source)
         self._sources.check_caller(engine, Caller(role=role))
         key = (engine.name, role, tuple(dict.fromkeys(tables)) if tables is not None else None)
@@ -103,7 +116,8 @@ class SchemaService:
 
     async def _read(self, engine: Engine, tables: tuple[str, ...] | None, role: str | None) -> SchemaReply:
         config = self._config
-        await self._sources.open(engine)
+        if engine.owner is None:
+            await self._sources.open(engine)
         if not isinstance(engine, Describes):
             raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
@@ -118,7 +132,7 @@ class SchemaService:
         """The `query.schema` handler (shared.bus.Server decodes the request)."""
         started = time.monotonic()
         try:
-            reply, cached = await self.describe(request.source, request.tables, request.caller.role if request.caller else None)
+            reply, cached = await self.describe(request.source, request.tables, request.caller.role if request.caller else None, request.connection)
         except ServiceError as exc:
             log.info("schema_failed", source=request.source, code=exc.code, message=exc.message, duration_ms=round((time.monotonic() - started) * 1000, 1))
             raise

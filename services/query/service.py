@@ -14,13 +14,17 @@ from nats.aio.client import Client as NATS
 
 from services.query import schema
 from services.query.config import QueryConfig
+from services.query.connections.address import AddressPolicy, Resolver
+from services.query.connections.handlers import ConnectionHandlers
+from services.query.connections.opener import Opener
+from services.query.connections.pools import UserPools
 from services.query.engines import EngineSettings, Sources
 from services.query.handlers import QueryHandlers
 from services.query.sample import ensure_sample
 from services.query.wire import ByteLimits
 from shared.bus import Server, connect, redact_url
 from shared.bus import close as close_nats
-from shared.contracts import QUERY_QUEUE, Subjects
+from shared.contracts import QUERY_CONNECTION_OPS, QUERY_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -38,6 +42,8 @@ class QueryService:
     handlers: QueryHandlers
     server: Server
     subjects: Subjects
+    connections: ConnectionHandlers
+    accepting: bool = True
 
     async def readiness(self) -> dict[str, bool]:
         return await self.server.readiness()
@@ -52,8 +58,11 @@ class QueryService:
 
 
 @asynccontextmanager
-async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
-    """Connect, subscribe and serve the ops endpoints; drain and release everything on exit, in one AsyncExitStack."""
+async def create_service(config: QueryConfig, *, resolver: Resolver | None = None) -> AsyncIterator[QueryService]:
+    """Connect, subscribe and serve the ops endpoints; drain and release everything on exit, in one AsyncExitStack.
+
+    `resolver` replaces the system's name resolution for users' connections (tests of the SSRF guard).
+    """
     if config.uses_sample:
         await asyncio.to_thread(ensure_sample, config.sample_path)
     subjects = Subjects(config.subject_prefix)
@@ -89,12 +98,21 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
             await asyncio.gather(opening, return_exceptions=True)
 
         stack.push_async_callback(stop_opening)
-        handlers = QueryHandlers(config, nc, sources, subjects)
+        connections = user_connections(config, nc, subjects, limits, resolver)
+        pools = UserPools(connections.load, max_pools=config.max_pools, idle_s=config.pool_idle_s, max_per_user=config.max_concurrent_per_user)
+        connections.pools = pools
+        pools.start()
+        stack.push_async_callback(pools.close)
+        handlers = QueryHandlers(config, nc, sources, subjects, pools)
         server = Server(nc, "query", metadata={"subject_prefix": config.subject_prefix}, description="Read-only SQL on the configured sources")
-        service = QueryService(config, nc, sources, handlers, server, subjects)
+        service = QueryService(config, nc, sources, handlers, server, subjects, connections)
+        for op in QUERY_CONNECTION_OPS:
+            await server.add(subjects.query_connection(op), QUERY_QUEUE, getattr(connections, op), name=f"connection_{op}")
+        closed = await nc.subscribe(subjects.query_connection_closed, cb=connections.on_closed)  # every replica: no queue group
+        stack.push_async_callback(closed.unsubscribe)
         await server.add(subjects.query_execute, QUERY_QUEUE, handlers.execute)
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
-        schemas = schema.SchemaService(sources, config.schema)
+        schemas = schema.SchemaService(sources, config.schema, pools)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
         await server.start()  # discovery last: a service found there serves every endpoint
 
@@ -105,9 +123,18 @@ async def create_service(config: QueryConfig) -> AsyncIterator[QueryService]:
             subject_prefix=config.subject_prefix,
             sources={name: redact_url(url) for name, url in config.sources.items()},
             ops_port=config.ops_port,
+            connections="on" if connections.enabled else "off (CONNECTIONS_KEYS is not set)",
         )
         yield service
     log.info("stopped")
+
+
+def user_connections(config: QueryConfig, nc: NATS, subjects: Subjects, limits: ByteLimits, resolver: Resolver | None) -> ConnectionHandlers:
+    """The handlers of users' own connections, with their SSRF guard and their engines' settings."""
+    policy = AddressPolicy(config.connections_allowed_networks, config.connections_allowed_ports)
+    settings = EngineSettings(pool_size=config.pool_size, connect_timeout_s=config.connections_connect_timeout_s, limits=limits)
+    opener = Opener(policy, settings, config.connections_connect_timeout_s, resolver)
+    return ConnectionHandlers(nc, subjects, config.connections_keys, opener, operator_sources=frozenset(config.sources), max_per_user=config.connections_max_per_user)
 
 
 async def serve(config: QueryConfig, stop: asyncio.Event) -> None:

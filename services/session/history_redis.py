@@ -23,6 +23,8 @@ from services.session.limits import _CountedClient
 from services.session.redis_store import WRITEBACK_GUARD_TTL_S, classify, close_client
 
 LUA = Path(__file__).with_name("lua")
+SENT_ONCE = frozenset({"append", "delete"})
+"""Scripts never sent twice: a second run would append again, or answer that the conversation it just deleted was not there."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,14 @@ class HistoryRedis:
     def __init__(self, client: Redis, *, lifetime_s: int) -> None:
         self._client = client
         self._counted = _CountedClient(client)
+        self._once = _CountedClient(client, once=True)
         self._lifetime_ms = lifetime_s * 1000
         self._scripts = {path.stem.removeprefix("conversation_"): client.register_script(path.read_text()) for path in sorted(LUA.glob("conversation_*.lua"))}
 
     async def _call(self, name: str, keys: list[str], args: list[str | bytes | int]) -> object:
         try:
-            return await self._scripts[name](keys=keys, args=args, client=self._counted)  # type: ignore[arg-type]
+            client = self._once if name in SENT_ONCE else self._counted
+            return await self._scripts[name](keys=keys, args=args, client=client)  # type: ignore[arg-type]
         except (rex.RedisError, OSError, TimeoutError) as exc:
             mapped = classify(exc)
             if mapped is not None:

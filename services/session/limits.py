@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from services.session.keys import limit_key
 from services.session.metrics import LIMIT_CALLS, REDIS_COMMANDS
 from services.session.outage import OutageRouter
-from services.session.redis_store import RedisUnavailable, classify, close_client, describe
+from services.session.redis_store import RedisUnavailable, classify, close_client, describe, send_once
 from shared.contracts import LimitRequest, LimitResult, LimitWindow, WindowUsage
 from shared.errors import BAD_REQUEST, ServiceError
 
@@ -34,15 +34,21 @@ SCRIPT = (Path(__file__).with_name("limit.lua")).read_text()
 
 
 class _CountedClient:
-    """The two commands redis-py's Script sends, counted in session_redis_commands_total."""
+    """The two commands redis-py's Script sends, counted in session_redis_commands_total.
 
-    def __init__(self, client: Redis) -> None:
+    With `once`, EVALSHA is never sent twice (redis_store.send_once): for scripts that count or append.
+    """
+
+    def __init__(self, client: Redis, *, once: bool = False) -> None:
         self._client = client
+        self._once = once
         self._evalsha = REDIS_COMMANDS.labels(command="evalsha")
         self._script_load = REDIS_COMMANDS.labels(command="script_load")
 
     async def evalsha(self, sha: str, numkeys: int, *args: object) -> object:
         self._evalsha.inc()
+        if self._once:
+            return await send_once(self._client, "EVALSHA", sha, numkeys, *args)
         return await self._client.evalsha(sha, numkeys, *args)  # type: ignore[arg-type]
 
     async def script_load(self, source: str) -> str:
@@ -101,7 +107,7 @@ class Limits:
 
     def __init__(self, client: Redis | None, router: OutageRouter) -> None:
         self._client = client
-        self._counted = _CountedClient(client) if client is not None else None
+        self._counted = _CountedClient(client, once=True) if client is not None else None
         self._script = client.register_script(SCRIPT) if client is not None else None
         self._router = router
         self._local = LocalCounters()

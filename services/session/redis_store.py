@@ -184,6 +184,68 @@ def create_client(target: RedisTarget, *, max_connections: int = 64) -> Redis:
     return Redis(connection_pool=pool)
 
 
+async def send_once(client: Redis, *args: Any) -> Any:
+    """Run one command that must not run twice (it counts or appends): only what comes before sending it is retried.
+
+    redis-py retries a command after a timeout or a lost connection, yet a command whose reply
+    was late may have run: a second run would count or append again. Here the pool connects and
+    checks the connection (with the client's one quick retry) before a byte of the command is
+    written; the command itself is written and read once, and any failure is raised (the outage
+    router then serves the call from the fallback). A connection that failed mid-command is
+    closed, so a late reply is never read as another command's.
+    """
+    if isinstance(client, RedisCluster):
+        return await _send_once_to_node(client, *args)
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_command(*args)
+        return await client.parse_response(conn, args[0])
+    except rex.ResponseError:
+        raise  # a whole reply was read: the connection is in step
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def _send_once_to_node(client: RedisCluster, *args: Any) -> Any:
+    """send_once on a Redis Cluster: to the master of the first key's slot (an EVALSHA's KEYS are all in one slot).
+
+    A MOVED or ASK reply (a failover or resharding) is raised like any error, never followed:
+    the script may not run twice. The client then reads the slots afresh, so the next call
+    goes to the new master.
+    """
+    command = str(args[0]).upper()
+    key = args[3] if command in ("EVALSHA", "EVAL") else args[1]
+    node = client.get_node_from_key(key)
+    conn = node.acquire_connection()
+    try:
+        await conn.connect()  # with the client's own quick retry, before a byte of the command is written
+        await conn.send_command(*args)
+        return await node.parse_response(conn, command)
+    except (rex.MovedError, rex.AskError):
+        await _read_slots_again(client)
+        raise
+    except rex.ResponseError:
+        raise  # a whole reply was read: the connection is in step
+    except BaseException:
+        await conn.disconnect()
+        await _read_slots_again(client)
+        raise
+    finally:
+        node.release(conn)
+
+
+async def _read_slots_again(client: RedisCluster) -> None:
+    """Best effort: learn the cluster's masters again after a node failed or a slot moved."""
+    try:
+        await client.nodes_manager.initialize()
+    except (rex.RedisError, OSError, TimeoutError):
+        pass  # no node answers yet: the next failing call reads them again
+
+
 def _version_arg(version: int) -> str:
     return f"{version:020d}"
 

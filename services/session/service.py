@@ -13,6 +13,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from services.session.config import SessionConfig
+from services.session.connections import ConnectionHandlers, ConnectionsRedis, ConnectionStore
 from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
 from services.session.history import HistoryHandlers, HistoryLimits, HistoryStore
@@ -23,7 +24,7 @@ from services.session.recent import RecentStore
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import SessionStore
 from shared.bus import Server, close, connect
-from shared.contracts import CONVERSATION_OPS, SESSION_QUEUE, Subjects
+from shared.contracts import CONVERSATION_OPS, SESSION_CONNECTION_OPS, SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -103,6 +104,8 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         history_redis = HistoryRedis(create_client(config.redis, max_connections=32), lifetime_s=config.conversation_lifetime_s) if config.redis else None
         history = HistoryStore(history_redis, router, history_limits)
         stack.push_async_callback(history.close)
+        connections = ConnectionStore(ConnectionsRedis(create_client(config.redis, max_connections=16)) if config.redis else None, router)
+        stack.push_async_callback(connections.close)
         stack.push_async_callback(store.close)
         stack.push_async_callback(router.close)  # first: stops the probe and write-back, which use both stores' Redis
         await router.start()
@@ -133,6 +136,9 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
             await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op], name=f"conversation_{op}")
+        connection_handlers = ConnectionHandlers(connections, nc, subjects).routes()
+        for op in SESSION_CONNECTION_OPS:
+            await server.add(subjects.session_connection(op), SESSION_QUEUE, connection_handlers[op], name=f"connection_{op}")
         await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import structlog
 from services.gateway.chat import prompt
 from services.gateway.clients import QueryClient
 from shared.access import Grant, unknown_source
-from shared.contracts import SchemaReply
+from shared.contracts import ConnectionRef, SchemaReply
 from shared.errors import UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -61,10 +61,17 @@ class PromptContext:
         self._entries: dict[_Key, _Entry] = {}
         self._renewing: dict[_Key, asyncio.Task[None]] = {}
 
-    async def system_prompt(self, grant: Grant, visible: Callable[[Sequence[str]], Collection[str]]) -> str:
+    async def system_prompt(
+        self, grant: Grant | None, visible: Callable[[Sequence[str]], Collection[str]], own: Mapping[str, str] | None = None, connection: ConnectionRef | None = None, source: str | None = None
+    ) -> str:
         """The system message for a turn on the granted source; `visible` picks the sources this user may use.
 
+        `own`: the user's own databases (name -> dialect), listed too; with `connection`, the turn is on
+        the own database named `source` (`grant` None), whose overview is read for it, never cached.
         unknown_source when the source does not exist."""
+        if connection is not None:
+            return await self._own_prompt(source or "", visible, own or {}, connection)
+        assert grant is not None
         key = (grant.source, grant.role)
         entry = self._entries.get(key)
         now = time.monotonic()
@@ -75,8 +82,23 @@ class PromptContext:
         if grant.source not in entry.sources:
             raise unknown_source(grant.source)
         shown = visible(entry.sources)
-        sources = {name: entry.dialects.get(name, "") for name in entry.sources if name in shown}
-        return prompt.system_prompt(sources, entry.default, entry.schema, self._schema_max_chars)
+        sources = {name: entry.dialects.get(name, "") for name in entry.sources if name in shown and name not in (own or {})}
+        return prompt.system_prompt(sources, entry.default, entry.schema, self._schema_max_chars, own)
+
+    async def _own_prompt(self, source: str, visible: Callable[[Sequence[str]], Collection[str]], own: Mapping[str, str], connection: ConnectionRef) -> str:
+        ping, overview = await asyncio.gather(
+            self._query.ping(TIMEOUT_S),
+            self._query.schema(source, None, TIMEOUT_S, connection=connection),
+            return_exceptions=True,
+        )
+        if isinstance(ping, BaseException):
+            raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
+        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
+        if schema is None:
+            log.warning("chat_schema_unavailable", source="connection", error=getattr(overview, "message", type(overview).__name__))
+        shown = visible(ping.sources)
+        operator = {name: str(ping.dialects.get(name, "")) for name in ping.sources if name in shown and name not in own}
+        return prompt.system_prompt(operator, source, schema, self._schema_max_chars, own)
 
     async def close(self) -> None:
         """Stop the background fetches still under way."""

@@ -25,7 +25,7 @@ from services.gateway import keys
 from services.gateway.access import caller, source_grant, visible_sources
 from services.gateway.audit import query_audit
 from services.gateway.auth.identity import caller_uid, identity
-from services.gateway.chat import chat_request, metrics, persist, tools
+from services.gateway.chat import chat_request, metrics, persist, prompt, tools
 from services.gateway.chat.chat_request import ChatRequest
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
@@ -33,8 +33,9 @@ from services.gateway.chat.record import RecordingUIStream
 from services.gateway.chat.turn import TurnStats, run_turn
 from services.gateway.clients import Window
 from services.gateway.config import GatewayConfig
+from services.gateway.sources import DIALECTS, user_connections
 from services.gateway.sse import HEADERS, client_outcome
-from shared.contracts import LimitResult
+from shared.contracts import ConnectionRecord, ConnectionRef, LimitResult
 from shared.errors import BAD_REQUEST, UNAVAILABLE, ServiceError
 from shared.logging import current_request_id
 
@@ -102,6 +103,8 @@ class Turn:
     limit: LimitResult
     session: dict[str, Any]
     """Who asks: their sources, roles and audit events (services/gateway/access.py)."""
+    connections: dict[str, ConnectionRef]
+    """The caller's own databases by name (services/gateway/sources.py)."""
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -110,13 +113,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     uid = who.uid
     model = configured_model(request.app)
     body = await parse(request)
-    system, stored = await load_context(request.app, uid, body, who.session)
+    system, stored, connections = await load_context(request.app, uid, body, who.session)
     limit = await admit(request.app, uid)
     if not limit.allowed:
         return quota_refusal(limit)
     turns = chat_request.to_model_messages(stored.messages)
     kept, dropped = chat_request.fit_history(turns, request.app[keys.CONFIG].llm_history_max_chars)
-    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, who.session)
+    turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, who.session, connections)
     return await run(request, model, turn)
 
 
@@ -135,18 +138,33 @@ async def parse(request: web.Request) -> ChatRequest:
         raise ServiceError(BAD_REQUEST, str(exc)) from None
 
 
-async def load_context(app: web.Application, uid: str, body: ChatRequest, session: dict[str, Any]) -> tuple[str, persist.TurnHistory]:
-    """The system prompt (listing only the caller's sources) and the stored history, looked up together.
+async def load_context(app: web.Application, uid: str, body: ChatRequest, session: dict[str, Any]) -> tuple[str, persist.TurnHistory, dict[str, ConnectionRef]]:
+    """The system prompt (listing only the caller's sources and own databases), the stored history, and the own databases by name.
 
     Both refuse before the quota counts the turn: an unknown source or one the caller may not
     use (the prompt is usually kept, so costs nothing) and a full conversation (a load).
     """
     config = app[keys.CONFIG]
-    grant = source_grant(config, session, body.source)
-    return await asyncio.gather(
-        app[CONTEXT].system_prompt(grant, lambda names: visible_sources(config, session, names)),
+    own = await own_connections(app, uid)
+    refs = {record.name: ConnectionRef(uid, record.id) for record in own}
+    dialects = {record.name: DIALECTS[record.dialect] for record in own}
+    connection = refs.get(body.source or "")
+    # The caller's own database is theirs to use (services/gateway/sources.py); an operator's source needs a grant.
+    grant = source_grant(config, session, body.source) if connection is None else None
+    system, stored = await asyncio.gather(
+        app[CONTEXT].system_prompt(grant, lambda names: visible_sources(config, session, names), dialects, connection, body.source),
         persist.prepare(app[keys.HISTORY], uid, body, app[keys.CONFIG].llm_history_max_chars),
     )
+    return system, stored, refs
+
+
+async def own_connections(app: web.Application, uid: str) -> list[ConnectionRecord]:
+    """The user's own databases, or none when the session service cannot say (the turn goes on with the operator's sources)."""
+    try:
+        return await user_connections(app, uid)
+    except ServiceError as exc:
+        log.warning("chat_connections_unavailable", error=exc.message)
+        return []
 
 
 async def admit(app: web.Application, uid: str) -> LimitResult:
@@ -187,6 +205,8 @@ async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.Strea
         audit=lambda source, sql: query_audit(app, session, source, sql, conversation_id=turn.body.id, model=model.model, turn=ui.message_id),
         uid=turn.stored.uid,
         recent=app[keys.RECENT],
+        connections=turn.connections,
+        tools=prompt.tools_for(list(turn.connections)),
     )
     stats = TurnStats()
     started = time.monotonic()

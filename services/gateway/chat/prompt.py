@@ -99,13 +99,36 @@ TOOLS: list[dict[str, Any]] = [
     },
 ]
 
+
+def tools_for(own_sources: Sequence[str]) -> list[dict[str, Any]]:
+    """TOOLS, with the user's own connections named in the `source` parameters (TOOLS itself when there are none)."""
+    if not own_sources:
+        return TOOLS
+    named = ", ".join(own_sources)
+    out = []
+    for tool in TOOLS:
+        if "source" not in tool["function"].get("parameters", {}).get("properties", {}):
+            out.append(tool)
+            continue
+        function = dict(tool["function"])
+        parameters = dict(function["parameters"])
+        properties = dict(parameters["properties"])
+        source = dict(properties["source"])
+        source["description"] = f"{source['description']} The user's own databases are sources too: {named}."
+        properties["source"] = source
+        parameters["properties"] = properties
+        function["parameters"] = parameters
+        out.append({**tool, "function": function})
+    return out
+
+
 STEP_LIMIT_TEXT = (
     "I stopped here: this question took more than {steps} steps (queries and schema lookups) without a final answer. The results so far are above; ask a narrower question or continue from them."
 )
 
 
-def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[str, Any] | None, max_schema_chars: int) -> str:
-    """The system message: the sources and their dialects, the read-only rule, and the schema when small enough."""
+def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[str, Any] | None, max_schema_chars: int, own: Mapping[str, str] | None = None) -> str:
+    """The system message: the sources and their dialects (`own`: the user's own databases), the read-only rule, and the schema when small enough."""
     lines = [
         "You are DB Genie, an assistant that answers questions about the user's databases by writing and running SQL.",
         "",
@@ -114,6 +137,9 @@ def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[st
     for name, dialect in sources.items():
         marker = " (default)" if name == default else ""
         lines.append(f"- {name}{marker}: {DIALECT_NAMES.get(dialect, dialect or 'unknown dialect')}")
+    for name, dialect in (own or {}).items():
+        marker = " (default)" if name == default else ""
+        lines.append(f"- {name}{marker}: {DIALECT_NAMES.get(dialect, dialect or 'unknown dialect')}, the user's own database")
     lines += [
         "",
         "Rules:",

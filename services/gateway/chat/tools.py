@@ -7,7 +7,7 @@ can correct itself in its next step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from services.gateway.clients import RECENT_DEFAULT_SOURCE, QueryClient, RecentC
 from services.gateway.relay import QueryResult, relay
 from services.gateway.sse import client_outcome
 from shared.access import Grant, unknown_source
-from shared.contracts import RECENT_MAX, Caller, Subjects
+from shared.contracts import RECENT_MAX, Caller, ConnectionRef, Subjects
 from shared.errors import UNAUTHORIZED, UNKNOWN_SOURCE, ServiceError
 from shared.limits import MAX_SQL_CHARS
 from shared.stream import StreamConsumer
@@ -54,6 +54,9 @@ class ToolContext:
     recent: RecentClient | None = None
     last_query: QueryColumns | None = field(default=None)
     """The latest execute_query of this turn that returned columns: what show_chart may chart."""
+    # The user's own databases by name (services/gateway/sources.py), and the tools as the model sees them.
+    connections: Mapping[str, ConnectionRef] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=lambda: prompt.TOOLS)
 
 
 def _optional_str(args: dict[str, Any], name: str) -> str | None:
@@ -133,9 +136,14 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
     outcome, error = "cancelled", None  # until it ends otherwise: a turn cut off mid-query
     try:
         try:
-            grant = ctx.grant_for(source)
-            audit.source, audit.role = grant.source, grant.role
-            await consumer.start(sql, grant.source, caller=ctx.caller_for(grant))
+            connection = ctx.connections.get(source or "")
+            if connection is not None:  # the user's own database: theirs to use, as its own account
+                audit.source, audit.role = source, None
+                await consumer.start(sql, None, connection=connection)
+            else:
+                grant = ctx.grant_for(source)
+                audit.source, audit.role = grant.source, grant.role
+                await consumer.start(sql, grant.source, caller=ctx.caller_for(grant))
             await relay(consumer, stream, result, ctx.alive)
             outcome = "ok"
         except ServiceError as exc:
@@ -160,8 +168,12 @@ async def execute_query(ctx: ToolContext, call_id: str, sql: str, source: str | 
 async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, tables: list[str] | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        grant = ctx.grant_for(source)
-        reply = msgspec.to_builtins(await ctx.query.schema(grant.source, tables, SCHEMA_TIMEOUT_S, role=grant.role))
+        connection = ctx.connections.get(source or "")
+        if connection is not None:
+            reply = msgspec.to_builtins(await ctx.query.schema(source, tables, SCHEMA_TIMEOUT_S, connection=connection))
+        else:
+            grant = ctx.grant_for(source)
+            reply = msgspec.to_builtins(await ctx.query.schema(grant.source, tables, SCHEMA_TIMEOUT_S, role=grant.role))
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, exc.code).inc()
         await stream.error(exc.message)

@@ -45,7 +45,7 @@ async def run_turn(model: ModelClient, ui: UIStream, ctx: tools.ToolContext, mes
         for _ in range(max_steps):
             stats.steps += 1
             await ui.start_step()
-            end = await _stream_step(model, ui, messages)
+            end = await _stream_step(model, ui, messages, ctx.tools)
             stats.input_tokens += end.input_tokens
             stats.output_tokens += end.output_tokens
             if not end.tool_calls:
@@ -74,8 +74,8 @@ async def run_turn(model: ModelClient, ui: UIStream, ctx: tools.ToolContext, mes
     await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
 
 
-async def _stream_step(model: ModelClient, ui: UIStream, messages: list[dict[str, Any]]) -> StepEnd:
-    async with contextlib.aclosing(model.step(messages, prompt.TOOLS)) as events:
+async def _stream_step(model: ModelClient, ui: UIStream, messages: list[dict[str, Any]], tool_list: list[dict[str, Any]]) -> StepEnd:
+    async with contextlib.aclosing(model.step(messages, tool_list)) as events:
         async for item in events:
             match item:
                 case TextDelta(text=text):

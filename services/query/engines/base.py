@@ -64,6 +64,9 @@ class Engine(ABC):
     """
 
     dialect: ClassVar[str]  # the sqlglot dialect the guard parses with
+    # Set for a user's own connection (services/query/connections): whose it is, and its record id.
+    owner: str | None = None
+    connection_id: str | None = None
 
     def __init__(self, name: str, url: str, settings: EngineSettings) -> None:
         self.name = name
@@ -85,6 +88,10 @@ class Engine(ABC):
         read-only by this service whatever the file's permissions (see docs/query-account.md).
         """
         return None
+
+    async def server_version(self) -> str:
+        """The database server's version (after `open`)."""
+        return ""
 
     async def role_findings(self, role: str) -> list[str]:
         """Why the account may not run statements as the ACCESS_POLICY role `role` (not granted, or it can

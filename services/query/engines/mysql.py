@@ -160,6 +160,22 @@ class MysqlEngine(Engine):
             **self._params,
         )
 
+    def connect_with(self, *, host: str, port: int, user: str, password: str, database: str, ssl: Any) -> None:
+        """Connect with these arguments instead of the URL (a user's connection: `host` is the checked address)."""
+        self._params = {**self._params, "host": host, "port": port, "user": user, "password": password, "db": database}
+        self._params.pop("ssl", None)
+        if ssl is not None:
+            self._params["ssl"] = ssl
+
+    async def server_version(self) -> str:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        conn = await asyncio.wait_for(self._pool.acquire(), self.settings.connect_timeout_s)
+        try:
+            return str(conn.get_server_info())
+        finally:
+            self._pool.release(conn)
+
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

@@ -114,7 +114,7 @@ class PostgresEngine(Engine):
         super().__init__(name, url, settings)
         if url.lower().startswith("postgres://"):
             url = "postgresql://" + url.split("://", 1)[1]
-        self._dsn = url
+        self._connect: dict[str, Any] = {"dsn": url}
         self._pool: asyncpg.Pool | None = None
         # Read from pg_proc when the pool opens: the guard's allow rule asks it about every call.
         self.catalog: PgCatalog | None = None
@@ -124,7 +124,7 @@ class PostgresEngine(Engine):
 
     async def open(self) -> None:
         self._pool = asyncpg.create_pool(
-            self._dsn,
+            **self._connect,
             min_size=0,
             max_size=self.settings.pool_size,
             statement_cache_size=0,  # every query is new SQL; do not keep them prepared
@@ -150,6 +150,16 @@ class PostgresEngine(Engine):
                 source=self.name,
                 hint="GRANT SET ON PARAMETER temp_file_limit TO the source's role (docs/query-account.md); until then a query's temporary files are bounded only by its time",
             )
+
+    def connect_with(self, *, host: str, port: int, user: str, password: str, database: str, ssl: Any) -> None:
+        """Connect with these arguments instead of the URL (a user's connection: `host` is the checked address)."""
+        self._connect = {"host": host, "port": port, "user": user, "password": password, "database": database, "ssl": ssl}
+
+    async def server_version(self) -> str:
+        if self._pool is None:
+            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+        async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            return str(conn.get_settings().server_version)
 
     def function_policy(self, allowed: Iterable[FunctionName] = ()) -> FunctionPolicy:
         if self.catalog is None:

@@ -7,6 +7,7 @@ import { devSignIn, googleSignIn, signOutOfGateway } from "./auth.js";
 import { AuditView } from "./audit.js";
 import { CHART_TYPES, columnKinds, defaultSpec, drawChart, pngBlob, svgMarkup } from "./chart.js";
 import { ChatView, chatErrorText, createChat, messageText } from "./chat.js";
+import { DatabasesPanel } from "./databases.js";
 import { SqlEditor } from "./editor.js";
 import { VirtualGrid } from "./grid.js";
 import { runQuery } from "./query.js";
@@ -60,7 +61,7 @@ async function signedIn(me) {
   $("no-model").hidden = Boolean(page.config.chat);
   $("chat-input").disabled = !page.config.chat;
   // The history is asked for only when the conversation has some: a new one would answer 404.
-  await Promise.all([loadSources(), refreshConversations()]);
+  await Promise.all([loadSources(), databases.load(), refreshConversations()]);
   const known = page.conversations.some((c) => c.id === me.conversation_id);
   await openConversation(me.conversation_id, { fresh: !known });
 }
@@ -101,16 +102,25 @@ grid.clear("Run a query to see its rows here.");
 const recent = new RecentPicker($("recent"), { api, onPick: (sql) => { editor.text = sql; editor.focus(); } });
 const schemaPanel = new SchemaPanel($("schema-panel"), { api, insert: (text) => editor.insert(text) });
 
-async function loadSources() {
+// A database added in the Databases panel is picked at once (for the editor and the chat); removed, the default comes back.
+const databases = new DatabasesPanel({
+  onChange: (picked) => {
+    page.schemaCache.clear();
+    return loadSources(picked);
+  },
+});
+
+async function loadSources(picked = null) {
   const select = $("source");
   try {
     const reply = await api("/api/sources");
     page.sources = reply.sources;
+    const chosen = picked && reply.sources.some((s) => s.name === picked) ? picked : reply.default;
     select.replaceChildren(
       ...reply.sources.map((s) => {
-        const details = [s.dialect, s.role ? `as role ${s.role}` : null].filter(Boolean).join(", ");
+        const details = [s.dialect, s.role ? `as role ${s.role}` : null, s.kind === "connection" ? "yours" : null].filter(Boolean).join(", ");
         const option = new Option(`${s.name}${details ? ` (${details})` : ""}`, s.name);
-        option.selected = s.name === reply.default;
+        option.selected = s.name === chosen;
         return option;
       }),
     );
