@@ -217,6 +217,7 @@ async def _send_once_to_node(client: RedisCluster, *args: Any) -> Any:
     the script may not run twice. The client then reads the slots afresh, so the next call
     goes to the new master.
     """
+    await client.initialize()  # the slots are read at the first command; done once
     command = str(args[0]).upper()
     key = args[3] if command in ("EVALSHA", "EVAL") else args[1]
     node = client.get_node_from_key(key)
