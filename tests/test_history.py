@@ -340,7 +340,7 @@ async def test_an_append_whose_reply_was_lost_is_not_sent_again(start_inprocess,
         reply = await request(nc, subject, {"uid": uid, "id": cid, "messages": [user("second")]}, timeout=10)
 
         assert proxy.dropped.is_set()
-        texts = [msgspec.msgpack.decode(raw)["parts"][0]["text"] for raw in rdb.lrange(f"conversation:{uid}:{cid}", 0, -1)]
+        texts = [msgspec.msgpack.decode(raw)["parts"][0]["text"] for raw in rdb.lrange(list_key(uid, cid), 0, -1)]
         assert texts == ["first", "second"]  # pushed once: the lost reply's script was not run again
         assert reply["fallback"] is True  # a timeout is an outage: the router switched to the fallback, as before
     rdb.close()
