@@ -11,7 +11,7 @@ WEB := services/gateway/web
 WEB_BUILT := services/gateway/static/index.html
 WEB_SOURCES := $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
 
-.PHONY: run test lint bench fuzz install lock clean web
+.PHONY: run test lint bench fuzz install lock clean web eval
 
 $(PY):
 	"$$(sh scripts/find-python)" -m venv $(VENV)
@@ -60,3 +60,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache services/gateway/static $(WEB)/node_modules
+
+# Execution accuracy of the configured model (LLM_BASE_URL, LLM_MODEL, LLM_API_KEY) on the bundled questions: docs/accuracy.md.
+eval: $(STAMP)
+	$(PY) -m evals $(EVAL_ARGS)

@@ -1,11 +1,11 @@
-"""`make bench`: run every benchmark part in turn (session, query, scale, chat, web, messages, audit, connections); `python -m bench session` runs one."""
+"""`make bench`: run every benchmark part in turn (session, query, scale, chat, web, messages, audit, connections, search); `python -m bench session` runs one."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-PARTS = ("session", "query", "scale", "chat", "web", "messages", "audit", "connections")
+PARTS = ("session", "query", "scale", "chat", "web", "messages", "audit", "connections", "search")
 
 
 def main() -> int:

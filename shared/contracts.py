@@ -63,6 +63,10 @@ class Subjects:
         """`session.conversation.<op>`, op one of CONVERSATION_OPS."""
         return f"{self.prefix}.session.conversation.{op}"
 
+    def session_examples(self, op: str) -> str:
+        """`session.examples.<op>`, op one of EXAMPLE_OPS."""
+        return f"{self.prefix}.session.examples.{op}"
+
     # Query service, queue group "query".
     @property
     def query_execute(self) -> str:
@@ -75,6 +79,10 @@ class Subjects:
     @property
     def query_schema(self) -> str:
         return f"{self.prefix}.query.schema"
+
+    @property
+    def query_schema_search(self) -> str:
+        return f"{self.prefix}.query.schema.search"
 
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
@@ -466,6 +474,8 @@ class SchemaColumn(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     nullable: bool | msgspec.UnsetType = msgspec.UNSET
     primary_key: bool | msgspec.UnsetType = msgspec.UNSET
+    comment: str | msgspec.UnsetType = msgspec.UNSET
+    """The column's comment in the catalog (details only, when it has one)."""
 
 
 class SchemaReference(msgspec.Struct, frozen=True):
@@ -488,6 +498,8 @@ class SchemaTable(msgspec.Struct, frozen=True, omit_defaults=True):
     columns: list[SchemaColumn]
     foreign_keys: list[SchemaForeignKey] | msgspec.UnsetType = msgspec.UNSET
     row_estimate: int | None | msgspec.UnsetType = msgspec.UNSET
+    comment: str | msgspec.UnsetType = msgspec.UNSET
+    """The table's comment in the catalog (details only, when it has one)."""
 
 
 class SchemaReply(msgspec.Struct, frozen=True):
@@ -498,6 +510,62 @@ class SchemaReply(msgspec.Struct, frozen=True):
     dialect: str
     tables: list[SchemaTable]
     truncated: bool = False
+    note: str | None = None
+
+
+# --- search_schema ---------------------------------------------------------------------
+# `query.schema.search` (queue "query"): the tables of a source most relevant to a question,
+# ranked by a per-source full-text index (services/query/search.py).
+
+SEARCH_QUERY_MAX_CHARS = 2000
+
+
+class SchemaSearchRequest(msgspec.Struct, frozen=True):
+    """`query.schema.search` request: the question or keywords, on `source` (the default one when None)."""
+
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=SEARCH_QUERY_MAX_CHARS)]
+    source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+    caller: Caller | None = None
+    """Only tables the caller's role may read are found."""
+
+
+class SearchColumn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A column of a found table: `values` are a few distinct values of a low-cardinality text column."""
+
+    name: str
+    type: str
+    primary_key: bool = False
+    comment: str | None = None
+    values: list[str] = []
+
+
+class SearchTable(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A found table, with its foreign keys and its rank score (higher is more relevant)."""
+
+    name: str
+    score: float
+    columns: list[SearchColumn]
+    foreign_keys: list[SchemaForeignKey] = []
+    comment: str | None = None
+    row_estimate: int | None = None
+
+
+class JoinPath(msgspec.Struct, frozen=True):
+    """How two found tables join: the chain of `a.x = b.y` conditions along foreign keys (through tables not found, if need be)."""
+
+    tables: list[str]
+    on: list[str]
+
+
+class SchemaSearchReply(msgspec.Struct, frozen=True):
+    """`query.schema.search` reply: the tables best first, the join paths between them, and the index's size."""
+
+    source: str
+    dialect: str
+    tables: list[SearchTable]
+    joins: list[JoinPath]
+    indexed_tables: int
     note: str | None = None
 
 
@@ -564,6 +632,10 @@ class DescribeSchemaPart(_ToolPart, tag="tool-describe_schema"):
     output: Any = msgspec.UNSET
 
 
+class SearchSchemaPart(_ToolPart, tag="tool-search_schema"):
+    output: Any = msgspec.UNSET
+
+
 class ShowChartPart(_ToolPart, tag="tool-show_chart"):
     """A chart the model proposed: the checked spec (type, x, y, title, the query's call id and columns)."""
 
@@ -574,7 +646,7 @@ class RecentQueriesPart(_ToolPart, tag="tool-get_recent_queries"):
     output: Any = msgspec.UNSET
 
 
-MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | ShowChartPart | RecentQueriesPart
+MessagePart = TextPart | ReasoningPart | StepStartPart | ExecuteQueryPart | DescribeSchemaPart | SearchSchemaPart | ShowChartPart | RecentQueriesPart
 """What history keeps of a UIMessage: text, reasoning, steps and tool calls with their summaries; never `data-*` parts."""
 
 
@@ -674,6 +746,96 @@ class ConversationPatch(msgspec.Struct, frozen=True):
     uid: UserId
     id: ConversationId
     title: Title
+
+
+# --- verified examples -----------------------------------------------------------------
+# `session.examples.<op>` (queue "session"): questions with the SQL that answered them, taught
+# by a person's thumbs-up, kept per source by the session service (services/session/examples.py).
+
+EXAMPLE_OPS = ("propose", "list", "approve", "delete", "similar", "flag")
+ExampleStatus = Literal["pending", "approved"]
+SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ExampleId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{1,64}$")]
+EXAMPLE_QUESTION_MAX_CHARS = 4000
+EXAMPLE_NOTE_MAX_CHARS = 2000
+EXAMPLE_SQL_MAX_CHARS = 8000
+"""A longer query is not taught: it would crowd the model's context (LLM_EXAMPLES of them go into every turn like it)."""
+
+
+class Example(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A verified example: `columns` are the result's column names when it was taught (`verify` compares them)."""
+
+    id: str
+    source: str
+    question: str
+    sql: str
+    author: str
+    status: ExampleStatus
+    created_at: int
+    """Milliseconds since the epoch."""
+    columns: list[str] = []
+    model: str | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+    approved_by: str | None = None
+    note: str | None = None
+    """What the person who gave the thumbs-up wrote with it, for the admin who approves it."""
+    flag: str | None = None
+    """Set by `examples verify` when the SQL now fails or its result has other columns; a flagged example is not used."""
+
+
+class ExamplePropose(msgspec.Struct, frozen=True):
+    """`session.examples.propose` request; reply ExampleReply. The same source, question and SQL make the same example."""
+
+    source: SourceName
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_QUESTION_MAX_CHARS)]
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_SQL_MAX_CHARS)]
+    author: UserId
+    approved: bool
+    columns: list[str] = []
+    model: str | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+    note: Annotated[str, msgspec.Meta(max_length=EXAMPLE_NOTE_MAX_CHARS)] | None = None
+
+
+class ExampleRef(msgspec.Struct, frozen=True):
+    """`session.examples.approve` / `delete` request; `by` is who approves."""
+
+    source: SourceName
+    id: ExampleId
+    by: str | None = None
+
+
+class ExampleFlag(msgspec.Struct, frozen=True):
+    """`session.examples.flag` request: set (or, with None, clear) an example's flag."""
+
+    source: SourceName
+    id: ExampleId
+    flag: str | None = None
+
+
+class ExampleList(msgspec.Struct, frozen=True):
+    """`session.examples.list` request: one source's examples, or every source's; reply ExamplesReply."""
+
+    source: SourceName | None = None
+    status: ExampleStatus | None = None
+
+
+class ExampleSimilar(msgspec.Struct, frozen=True):
+    """`session.examples.similar` request: the approved, unflagged examples of `source` most like `question`."""
+
+    source: SourceName
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=EXAMPLE_QUESTION_MAX_CHARS)]
+    limit: Annotated[int, msgspec.Meta(ge=0, le=20)] = 3
+
+
+class ExampleReply(msgspec.Struct, frozen=True):
+    example: Example
+
+
+class ExamplesReply(msgspec.Struct, frozen=True):
+    examples: list[Example]
 
 
 # --- users' own database connections (docs/connections.md) ------------------------------
@@ -849,7 +1011,6 @@ class ConnectionScan(msgspec.Struct, frozen=True):
 
 RECENT_OPS = ("add", "list")
 RECENT_MAX = 50
-SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class RecentAdd(msgspec.Struct, frozen=True):
@@ -936,6 +1097,8 @@ class AuditConnection(_AuditEvent, tag=AUDIT_CONNECTION):
 
     action: Literal["create", "delete"] = "create"
     source: str = ""
+    """The connection's name: what the user names as a `source`."""
+    connection_id: str = ""
 
 
 class AuditErasure(_AuditEvent, tag=AUDIT_ERASURE):

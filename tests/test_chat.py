@@ -80,7 +80,7 @@ async def test_a_text_only_turn_streams_text_parts_and_usage(services: System, f
     assert turn.of("finish")[0]["messageMetadata"] == {"model": fake_llm.MODEL, "usage": {"inputTokens": 50, "outputTokens": 7}, "steps": 1}
     [request] = fake.requests
     assert request["model"] == fake_llm.MODEL and request["stream"] is True
-    assert [t["function"]["name"] for t in request["tools"]] == [prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA, prompt.SHOW_CHART, prompt.GET_RECENT_QUERIES]
+    assert [t["function"]["name"] for t in request["tools"]] == [prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA, prompt.SEARCH_SCHEMA, prompt.SHOW_CHART, prompt.GET_RECENT_QUERIES]
     system, user = request["messages"]
     assert system["role"] == "system" and "pg: PostgreSQL" in system["content"] and "read-only" in system["content"]
     assert user == {"role": "user", "content": "How many customers?"}

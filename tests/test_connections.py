@@ -20,17 +20,19 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import msgspec
+import nats
 import pytest
 import redis.asyncio as aioredis
 
 from services.gateway.chat import prompt
-from shared.contracts import ConnectionRecord
+from shared.audit import AuditFilter, read_events
+from shared.contracts import AuditConnection, ConnectionRecord, Subjects
 from tests import fake_llm
 from tests.chat_support import gateway, post_chat, user_message
 from tests.client import browser, login, run_query
 from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, running_system
 from tests.fake_llm import FakeLLM
-from tests.harness import ROOT, RedisServer, Service, free_port, service_env
+from tests.harness import ROOT, RedisServer, Service, eventually, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
 
 KEY_1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
@@ -42,6 +44,7 @@ ENV = {
     "CONNECTIONS_ALLOWED_NETWORKS": "127.0.0.0/8",
     "CONNECTIONS_CONNECT_TIMEOUT_S": "1",
     "QUERY_MAX_POOLS": "2",
+    "AUDIT_STREAM": f"AUDIT_CN_{uuid.uuid4().hex[:8]}",
 }
 
 
@@ -273,6 +276,32 @@ async def test_rename_and_delete(system: System, infra: Infra, ada: tuple[aiohtt
     assert len(query.events("user_pool_closed")) == closed_before + 1
     async with client.post("/api/query", json={"sql": "SELECT 1", "source": "new"}) as response:
         assert response.status == 404 and "unknown source 'new'" in (await response.json())["error"]["message"]
+
+
+async def test_creating_and_deleting_a_connection_each_leave_one_audit_event(system: System, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader) -> None:
+    client, uid = ada
+    status, body = await create(client, pg_fields(pg_reader, "audited"))
+    assert status == 201
+    async with client.delete(f"/api/connections/{body['id']}") as response:
+        assert response.status == 200
+    async with client.delete(f"/api/connections/{body['id']}") as response:
+        assert response.status == 404  # nothing deleted: no event either
+
+    async def events() -> list[Any]:
+        nc = await nats.connect(system.nats_url)
+        try:
+            return await read_events(nc, ENV["AUDIT_STREAM"], Subjects(system.prefix), AuditFilter(user=uid, kind="connection"))
+        finally:
+            await nc.close()
+
+    async def both() -> bool:
+        return len(await events()) >= 2
+
+    await eventually(both, "the connection's audit events", timeout=15)
+    found = await events()
+    assert [(e.action, e.source, e.connection_id) for e in found] == [("create", "audited", body["id"]), ("delete", "audited", body["id"])]
+    assert all(isinstance(e, AuditConnection) and e.email and e.email.startswith("ada-") for e in found)
+    assert not any(password in msgspec.json.encode(e).decode() for e in found for password in GIVEN_PASSWORDS)
 
 
 async def test_the_limit_per_user_is_checked_before_connecting_anywhere(system: System, infra: Infra, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader) -> None:

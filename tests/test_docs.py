@@ -21,7 +21,7 @@ CONFIGURATION = DOCS / "configuration.md"
 COMMON_SECTION = "Every service"
 SERVICE_SECTIONS = {"gateway": "Gateway", "session": "Session service", "query": "Query service"}
 # Code outside services/ that reads variables a user may set: the shared helpers, make run, benchmarks, test fixtures.
-OTHER_READERS = ("shared/*.py", "scripts/*.py", "bench/*.py", "tests/conftest.py", "tests/harness.py")
+OTHER_READERS = ("shared/*.py", "scripts/*.py", "bench/*.py", "evals/*.py", "tests/conftest.py", "tests/harness.py")
 # Files whose comments point readers at docs/*.md.
 DOC_REFERRERS = ("services/**/*.py", "shared/*.py", "deploy/**/*.yaml", "Dockerfile", "docker-compose.yml", "Makefile", "pyproject.toml")
 

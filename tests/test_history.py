@@ -261,11 +261,13 @@ async def test_a_chat_turn_costs_one_redis_command_to_load_and_one_to_append(sta
     assert counted_after - counted_before == 3, "session_redis_commands_total counts them too"
     changed = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
     changed.pop("info", None)
-    for setup in ("hello", "client|setinfo", "client|setname", "select", "auth"):  # a pooled connection opened meanwhile
+    for setup in ("hello", "client|setinfo", "client|setname", "select", "auth", "ping"):  # a pooled connection opened (or health-checked) meanwhile
         changed.pop(setup, None)
-    # GETEX: the session; EVALSHA: the quota, the history load, the history append. Everything else ran inside those scripts.
+    # GETEX: the session; EVALSHA: the quota, the history load, the history append; HGETALL: the source's verified
+    # examples (docs/accuracy.md) and the user's own connections. Everything else ran inside those scripts.
     assert changed.pop("getex") == 1
     assert changed.pop("evalsha") == 3
+    assert changed.pop("hgetall") == 2
     inner = {"lrange", "llen", "zscore", "hget", "pexpire", "rpush", "zadd", "hsetnx", "time", "hmget", "hset", "ttl", "expire", "rpop"}
     assert set(changed) <= inner, changed
     assert changed["rpush"] == 2 and changed["lrange"] == 1, changed

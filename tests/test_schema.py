@@ -71,6 +71,8 @@ async def pg(databases: Databases) -> AsyncIterator[Source]:
                 CREATE TABLE extra.notes (customer_id int, region text, body text,
                     FOREIGN KEY (customer_id) REFERENCES public.customers (id));
                 CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
+                COMMENT ON TABLE orders IS 'Orders placed';
+                COMMENT ON COLUMN orders.total IS 'Total in EUR';
                 INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 40) g;
                 INSERT INTO orders (customer_id, total) SELECT 1 + g % 40, g FROM generate_series(1, 300) g;
                 ANALYZE customers; ANALYZE orders;
@@ -106,6 +108,7 @@ async def my(databases: Databases) -> AsyncIterator[Source]:
                 f"CREATE TABLE {db}.customers (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL, email VARCHAR(200)) ENGINE=InnoDB",
                 f"""CREATE TABLE {db}.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, customer_id INT NOT NULL, total DECIMAL(12,2),
                     FOREIGN KEY (customer_id) REFERENCES {db}.customers (id)) ENGINE=InnoDB""",
+                f"ALTER TABLE {db}.orders COMMENT = 'Orders placed', MODIFY total DECIMAL(12,2) COMMENT 'Total in EUR'",
                 f"CREATE TABLE {db}.secrets (id INT PRIMARY KEY, api_key TEXT) ENGINE=InnoDB",
                 f"CREATE TABLE {other}.notes (id INT PRIMARY KEY, body TEXT) ENGINE=InnoDB",
                 f"CREATE VIEW {db}.big_orders AS SELECT * FROM {db}.orders WHERE total > 100",
@@ -137,7 +140,10 @@ def lite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
     conn = sqlite3.connect(path)
     conn.executescript("""
         CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT);
-        CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers, total REAL);
+        CREATE TABLE orders ( -- Orders placed
+            id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers,
+            total REAL -- Total in EUR
+        );
         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
     """)
     conn.executemany("INSERT INTO customers (name) VALUES (?)", [(f"c{i}",) for i in range(40)])
@@ -221,6 +227,16 @@ async def test_details_have_nullability_keys_foreign_keys_and_a_row_estimate(sho
     # PostgreSQL's reltuples and MariaDB's TABLE_ROWS after ANALYZE; SQLite counts a small file.
     assert orders["row_estimate"] == 300 and tables["customers"]["row_estimate"] == 40
     assert reply["truncated"] is False and reply["note"] is None
+
+
+@pytest.mark.parametrize("source", ["pg", "my", None])
+async def test_details_carry_the_catalogs_comments(shop: System, nc: NATS, source: str | None) -> None:
+    """PostgreSQL COMMENT ON, MariaDB COMMENT, and SQLite's `-- comments` in the CREATE statement (search_schema indexes them)."""
+    tables = by_name(await describe(nc, shop, source, ["orders", "customers"]))
+    assert tables["orders"]["comment"] == "Orders placed"
+    comments = {c["name"]: c["comment"] for c in tables["orders"]["columns"] if "comment" in c}
+    assert comments == {"total": "Total in EUR"}
+    assert "comment" not in tables["customers"] and all("comment" not in c for c in tables["customers"]["columns"])
 
 
 async def test_details_name_tables_outside_the_default_schema_qualified(shop: System, nc: NATS) -> None:

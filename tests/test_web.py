@@ -429,6 +429,38 @@ def test_the_sidebar_makes_switches_renames_and_deletes_conversations_by_keyboar
     assert page.request.get(f"/api/conversations/{second}").status == 404
 
 
+def test_a_thumbs_up_teaches_the_answer_and_a_thumbs_down_saves_nothing(page: Page, problems: list[str], fake: ThreadedFakeLLM) -> None:
+    """Dev sign-in needs no approval: the 👍 answer's SQL is in the next similar question's system prompt."""
+    sql = "SELECT count(*) AS customers FROM customers WHERE country = 'SE'"
+    fake.then(
+        fake_llm.tool_calls(("execute_query", {"sql": sql})),
+        fake_llm.text("189 customers are in Sweden."),
+        fake_llm.text("I do not know."),
+        fake_llm.text("Still 189."),
+    )
+    sign_in(page)
+    messages = page.get_by_role("log", name="Conversation messages")
+    ask(page, "How many Swedish customers are there?")
+    expect(messages.get_by_text("189 customers are in Sweden.")).to_be_visible()
+    answer = messages.get_by_role("article", name="Assistant").first
+    answer.get_by_role("button", name="Good answer").click()
+    expect(answer.get_by_text("Thanks: this answer is now a verified example.")).to_be_visible()
+    expect(answer.get_by_role("button", name="Good answer")).to_be_disabled()
+
+    ask(page, "What is the meaning of life?")
+    second = messages.get_by_role("article", name="Assistant").nth(1)
+    expect(second.get_by_text("I do not know.")).to_be_visible()
+    assert sql not in fake.fake.requests[-1]["messages"][0]["content"]  # unrelated question: no example
+    second.get_by_role("button", name="Bad answer").click()
+    expect(second.get_by_text("Thanks for the feedback.")).to_be_visible()
+
+    ask(page, "Number of customers from Sweden?")
+    expect(messages.get_by_text("Still 189.")).to_be_visible()
+    system = fake.fake.requests[-1]["messages"][0]["content"]
+    assert "Verified examples" in system and f"SQL: {sql}" in system and "How many Swedish customers are there?" in system
+    assert "meaning of life" not in system  # the 👎 answer taught nothing
+
+
 # --- the audit view ----------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from services.gateway.access import log_unreachable_sources
 from services.gateway.audit import audit_trail
 from services.gateway.auth.web import csrf, token_verifier
 from services.gateway.chat import handlers as chat
-from services.gateway.clients import ConnectionsClient, HistoryClient, Limiter, QueryClient, RecentClient, SessionClient
+from services.gateway.clients import ConnectionsClient, ExamplesClient, HistoryClient, Limiter, QueryClient, RecentClient, SessionClient
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import error_response, from_service_error
 from services.gateway.routes import setup_routes
@@ -188,6 +188,7 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     app[keys.LIMITER] = Limiter(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.HISTORY] = HistoryClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.QUERY] = QueryClient(nc, app[keys.SUBJECTS])
+    app[keys.EXAMPLES] = ExamplesClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.RECENT] = RecentClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.CONNECTIONS] = ConnectionsClient(nc, app[keys.SUBJECTS])
     yield

@@ -31,7 +31,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.relay import QueryResult
 from shared.access import DEFAULT_SOURCE
 from shared.audit import event_kind, stream_config
-from shared.contracts import AuditEvent, AuditQuery, AuditSignIn, AuditSignOut, Subjects
+from shared.contracts import AuditConnection, AuditEvent, AuditQuery, AuditSignIn, AuditSignOut, Subjects
 from shared.errors import QUERY_REFUSED, QUERY_TIMEOUT, TIMEOUT, UNAVAILABLE, UNKNOWN_SOURCE, ServiceError
 from shared.logging import current_request_id
 from shared.users import signed_in_user, user_id
@@ -230,7 +230,7 @@ def query_audit(app: web.Application, session: Mapping[str, Any], source: str | 
     return QueryAudit(app[AUDIT], user_id(session) or "", email if isinstance(email, str) else None, source or DEFAULT_SOURCE, sql, **chat)
 
 
-def record_session_event(app: web.Application, event: type[AuditSignIn] | type[AuditSignOut], user: Mapping[str, Any] | str | None, **fields: Any) -> None:
-    """A sign-in or sign-out event for `user` (a session's user map)."""
+def record_session_event(app: web.Application, event: type[AuditSignIn] | type[AuditSignOut] | type[AuditConnection], user: Mapping[str, Any] | str | None, **fields: Any) -> None:
+    """A sign-in, sign-out or connection event for `user` (a session's user map)."""
     email = user.get("email") if isinstance(user, Mapping) else None
     app[AUDIT].record(event(id=new_event_id(), time=time.time(), user_id=user_id(user) or "", email=email if isinstance(email, str) else None, request_id=current_request_id(), **fields))

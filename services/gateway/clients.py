@@ -7,7 +7,9 @@ malformed reply is an `internal` error naming the field, never a KeyError in a h
   `session.patch`, `session.delete`, `session.ping`.
 * Limiter: `session.limit`, rate limits and quotas shared by every replica.
 * HistoryClient: `session.conversation.*`, a user's conversations.
-* QueryClient: `query.ping` (sources and dialects) and `query.schema` (describe_schema).
+* QueryClient: `query.ping` (sources and dialects), `query.schema` (describe_schema) and
+  `query.schema.search` (search_schema).
+* ExamplesClient: `session.examples.*`, the verified examples of each source.
 * ConnectionsClient: users' own databases, `session.connection.*` (the records, passwords
   sealed) and `query.connection.*` (create, change, test: the query service opens them).
 * RecentClient: `session.recent.*`, a user's recent queries per source.
@@ -61,6 +63,11 @@ from shared.contracts import (
     ConversationPage,
     ConversationPatch,
     ConversationRef,
+    Example,
+    ExamplePropose,
+    ExampleReply,
+    ExampleSimilar,
+    ExamplesReply,
     LimitRequest,
     LimitResult,
     LimitWindow,
@@ -72,6 +79,8 @@ from shared.contracts import (
     RecentQueries,
     SchemaReply,
     SchemaRequest,
+    SchemaSearchReply,
+    SchemaSearchRequest,
     SessionDelete,
     SessionDeleted,
     SessionGetMany,
@@ -92,6 +101,8 @@ Window = LimitWindow
 
 SCHEMA_TIMEOUT_S = 15.0
 """How long the gateway waits for a description (the query service stops at QUERY_SCHEMA_TIMEOUT_S, 10 s by default)."""
+SEARCH_TIMEOUT_S = 20.0
+"""A source's first search waits for its catalog (QUERY_SCHEMA_TIMEOUT_S, 10 s by default), not for the value samples."""
 
 
 async def _call[R: msgspec.Struct](nc: NATS, subject: str, payload: msgspec.Struct, reply: type[R], timeout: float) -> R:
@@ -324,18 +335,47 @@ class QueryClient:
                 raise unknown_source(source or DEFAULT_SOURCE) from None
             raise
 
+    async def search(self, query: str, source: str | None, limit: int, timeout: float = SEARCH_TIMEOUT_S, *, role: str | None = None) -> SchemaSearchReply:
+        """The `query.schema.search` reply: `source`'s tables most relevant to `query`, best first, with join paths,
+        only tables the database role `role` may read (None: the source's account; docs/access.md).
 
-RECENT_DEFAULT_SOURCE = "default"
-"""The query service's name for the source used when a request names none."""
+        Raises ServiceError: bad_request, unknown_source (naming only `source`), query_timeout, unavailable, timeout.
+        """
+        request = SchemaSearchRequest(query=query, source=source, limit=limit, caller=Caller(role=role) if role else None)
+        try:
+            return await _call(self._nc, self._subjects.query_schema_search, request, SchemaSearchReply, timeout)
+        except ServiceError as exc:
+            if exc.code == UNKNOWN_SOURCE:
+                raise unknown_source(source or DEFAULT_SOURCE) from None
+            raise
 
 
-class RecentClient:
-    """The gateway's client of `session.recent.*`: the last RECENT_MAX queries of a user per source."""
+class _SessionOps:
+    """A client of one group of `session.*` requests, each with the same time limit."""
 
     def __init__(self, nc: NATS, subjects: Subjects, timeout: float) -> None:
         self._nc = nc
         self._subjects = subjects
         self._timeout = timeout
+
+
+class ExamplesClient(_SessionOps):
+    """The gateway's client of `session.examples.*`: propose one (a thumbs-up), and the approved ones like a question."""
+
+    async def propose(self, proposal: ExamplePropose) -> Example:
+        return (await _call(self._nc, self._subjects.session_examples("propose"), proposal, ExampleReply, self._timeout)).example
+
+    async def similar(self, source: str, question: str, limit: int) -> list[Example]:
+        request = ExampleSimilar(source=source, question=question, limit=limit)
+        return (await _call(self._nc, self._subjects.session_examples("similar"), request, ExamplesReply, self._timeout)).examples
+
+
+RECENT_DEFAULT_SOURCE = "default"
+"""The query service's name for the source used when a request names none."""
+
+
+class RecentClient(_SessionOps):
+    """The gateway's client of `session.recent.*`: the last RECENT_MAX queries of a user per source."""
 
     async def add(self, uid: str, source: str | None, sql: str) -> None:
         """Record `sql` as the user's newest query on `source` (None: the default source)."""

@@ -104,6 +104,15 @@ class GatewayConfig(ServiceSettings):
     llm_max_retries: int = setting("LLM_MAX_RETRIES", 2, "the openai SDK's own retries of a failed request, before anything was streamed", minimum=0)
     llm_max_steps: int = setting("LLM_MAX_STEPS", 8, "model calls per chat turn at most; then the turn ends with a final text", minimum=1)
     llm_schema_max_chars: int = setting("LLM_SCHEMA_MAX_CHARS", 6000, "the schema overview goes into the system prompt when it is at most this long", minimum=0)
+    llm_schema_search_max_chars: int = setting("LLM_SCHEMA_SEARCH_MAX_CHARS", 8000, "a search_schema result the model gets is at most this long (the least relevant tables are left out)", minimum=500)
+    llm_examples: int = setting("LLM_EXAMPLES", 3, "approved verified examples like the question put into the model's context per turn; 0 none", minimum=0)
+    examples_require_approval: bool = setting(
+        "EXAMPLES_REQUIRE_APPROVAL",
+        False,
+        "a thumbs-up proposes an example that an admin must approve before it is used",
+        default_from=lambda values: values["auth_mode"] in TOKEN_MODES,
+        shown="1 in oidc/firebase",
+    )
     llm_history_max_chars: int = setting("LLM_HISTORY_MAX_CHARS", 60000, "the conversation sent to the model; the oldest turns are dropped past it", minimum=1000)
     chat_quota_per_minute: int = setting("CHAT_QUOTA_PER_MINUTE", 10, "chat turns per user per minute (0: no limit)", minimum=0)
     chat_quota_per_hour: int = setting("CHAT_QUOTA_PER_HOUR", 200, "chat turns per user per hour (0: no limit)", minimum=0)

@@ -17,11 +17,13 @@ import msgspec
 from aiohttp import web
 
 from services.gateway import keys
-from services.gateway.auth.identity import identity
+from services.gateway.audit import record_session_event
+from services.gateway.auth.identity import Identity, identity
 from services.gateway.clients import ConnectionsClient
 from services.gateway.handlers import json_object
-from shared.contracts import CONNECTION_ID_PATTERN, ConnectionChanges, ConnectionRef, ConnectionSettings
+from shared.contracts import CONNECTION_ID_PATTERN, AuditConnection, ConnectionChanges, ConnectionRef, ConnectionSettings
 from shared.errors import BAD_REQUEST, CONNECTIONS_OFF, NOT_FOUND, ServiceError
+from shared.users import signed_in_user
 
 _ID = re.compile(CONNECTION_ID_PATTERN)
 _SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
@@ -31,11 +33,17 @@ _SSL_MODES = {"disable": "disable", "allow": "require", "prefer": "require", "re
 
 async def _caller(http_request: web.Request) -> tuple[ConnectionsClient, str]:
     """The client and the signed-in user's id (401 when nobody); 503 naming CONNECTIONS_KEYS while the feature is off."""
-    uid = (await identity(http_request)).uid
+    client, who = await _caller_identity(http_request)
+    return client, who.uid
+
+
+async def _caller_identity(http_request: web.Request) -> tuple[ConnectionsClient, Identity]:
+    who = await identity(http_request)
+    who.uid  # noqa: B018 - 401 for a session without a user id, before anything else
     client = http_request.app[keys.CONNECTIONS]
     if not await client.enabled():
         raise ServiceError(CONNECTIONS_OFF, "users' own database connections are off: set CONNECTIONS_KEYS on the query service (docs/connections.md)")
-    return client, uid
+    return client, who
 
 
 def _ref(http_request: web.Request, uid: str) -> ConnectionRef:
@@ -91,7 +99,7 @@ async def list_connections(http_request: web.Request) -> web.Response:
 
 
 async def create_connection(http_request: web.Request) -> web.Response:
-    client, uid = await _caller(http_request)
+    client, who = await _caller_identity(http_request)
     body = await json_object(http_request)
     if "url" in body:
         extra = set(body) - {"name", "url"}
@@ -100,7 +108,9 @@ async def create_connection(http_request: web.Request) -> web.Response:
         body = settings_from_url(body.get("name"), body["url"])
     settings = _convert(body, ConnectionSettings)
     del body
-    return _json(await client.create(uid, settings), 201)
+    created = await client.create(who.uid, settings)
+    _audit(http_request, who, "create", created.id, created.name)
+    return _json(created, 201)
 
 
 async def get_connection(http_request: web.Request) -> web.Response:
@@ -119,10 +129,18 @@ async def patch_connection(http_request: web.Request) -> web.Response:
 
 
 async def delete_connection(http_request: web.Request) -> web.Response:
-    client, uid = await _caller(http_request)
-    if not await client.delete(_ref(http_request, uid)):
+    client, who = await _caller_identity(http_request)
+    ref = _ref(http_request, who.uid)
+    record = await client.get(ref)  # for the audit trail's name
+    if record is None or not await client.delete(ref):
         raise ServiceError(NOT_FOUND, "no such connection")
+    _audit(http_request, who, "delete", record.id, record.name)
     return _json({"deleted": True})
+
+
+def _audit(http_request: web.Request, who: Identity, action: str, connection_id: str, name: str) -> None:
+    """One audit event per connection created or deleted (docs/access.md, the audit trail)."""
+    record_session_event(http_request.app, AuditConnection, signed_in_user(who.session), action=action, connection_id=connection_id, source=name)
 
 
 async def test_connection(http_request: web.Request) -> web.Response:

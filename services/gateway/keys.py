@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from services.gateway.clients import ConnectionsClient, HistoryClient, Limiter, QueryClient, RecentClient, SessionClient
+from services.gateway.clients import ConnectionsClient, ExamplesClient, HistoryClient, Limiter, QueryClient, RecentClient, SessionClient
 from services.gateway.config import GatewayConfig
 from services.gateway.sessions import SessionCookie
 from shared.contracts import Subjects
@@ -52,5 +52,6 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 LIMITER = web.AppKey("limiter", Limiter)
 HISTORY = web.AppKey("history", HistoryClient)
 QUERY = web.AppKey("query", QueryClient)
+EXAMPLES = web.AppKey("examples", ExamplesClient)
 RECENT = web.AppKey("recent", RecentClient)
 CONNECTIONS = web.AppKey("connections", ConnectionsClient)

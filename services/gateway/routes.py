@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway import connections, conversations, handlers, probes, recent, webapp
+from services.gateway import connections, conversations, feedback, handlers, probes, recent, webapp
 from services.gateway.audit_http import get_audit
 from services.gateway.chat import handlers as chat
 from services.gateway.schema import get_schema
@@ -40,6 +40,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_delete("/api/conversations/{id}", conversations.delete_conversation)
     router.add_post("/api/chat", chat.chat)
     router.add_get("/api/quota", chat.quota)
+    router.add_post("/api/feedback", feedback.post_feedback)
     # Operations.
     router.add_get("/healthz", probes.healthz)
     router.add_get("/readyz", probes.readyz)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 
-from services.query import schema
+from services.query import schema, search
 from services.query.config import QueryConfig
 from services.query.connections.address import AddressPolicy, Resolver
 from services.query.connections.handlers import ConnectionHandlers
@@ -114,6 +114,9 @@ async def create_service(config: QueryConfig, *, resolver: Resolver | None = Non
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
         schemas = schema.SchemaService(sources, config.schema, pools)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
+        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), config.schema, config.allowed_functions, config.timeout_s)
+        stack.push_async_callback(searches.close)
+        await server.add(subjects.query_schema_search, QUERY_QUEUE, searches.handle)
         await server.start()  # discovery last: a service found there serves every endpoint
 
         await stack.enter_async_context(serve_ops("0.0.0.0", config.ops_port, service.readiness))

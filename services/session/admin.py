@@ -11,6 +11,7 @@
     python -m services.session.admin erase --user UID     # every conversation, connection and session of a user (audited when NATS_URL is set)
     python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
     python -m services.session.admin migrate-keys         # history and quota keys to their one-slot-per-user names
+    python -m services.session.admin examples list|approve|delete|verify   # verified examples, over NATS
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service; `audit`
 reads the audit trail (docs/access.md) from NATS_URL, NATS_SUBJECT_PREFIX and AUDIT_STREAM instead.
@@ -38,6 +39,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
+from services.session import examples_admin
 from services.session.config import key_prefix, redis_target
 from services.session.connections import decode_records, hash_key
 from services.session.keys import LIMIT_PREFIX, index_key, limit_key, list_key, titles_key
@@ -314,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     erase = sub.add_parser("erase", help="delete every conversation, connection and session of a user (erasure on request); safe to repeat")
     erase.add_argument("--user", dest="uid", required=True)
     sub.add_parser("migrate-keys", help="move history and quota keys to their Redis Cluster names ({u:<uid>} hash tags); safe to repeat")
+    examples_admin.add_parser(sub)
     audit = sub.add_parser("audit", help="the audit trail (JetStream, docs/access.md): the newest matching events, oldest first")
     audit.add_argument("--user", help="a user id or email")
     audit.add_argument("--source")
@@ -386,6 +389,8 @@ def audit(args: argparse.Namespace, env: dict[str, str], out: Any = sys.stdout) 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     env = dict(environ())
+    if args.command == "examples":
+        return examples_admin.main(args, env)
     if args.command == "audit":
         return audit(args, env)
     if args.redis_url:

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 
 from services.session.config import SessionConfig
 from services.session.connections import ConnectionHandlers, ConnectionsRedis, ConnectionStore
+from services.session.examples import ExampleHandlers, ExampleStore
 from services.session.fallback import Fallback, KvFallback, MemoryFallback
 from services.session.handlers import SessionHandlers
 from services.session.history import HistoryHandlers, HistoryLimits, HistoryStore
@@ -24,7 +25,7 @@ from services.session.recent import RecentStore
 from services.session.redis_store import RedisStore, create_client
 from services.session.store import SessionStore
 from shared.bus import Server, close, connect
-from shared.contracts import CONVERSATION_OPS, SESSION_CONNECTION_OPS, SESSION_QUEUE, Subjects
+from shared.contracts import CONVERSATION_OPS, EXAMPLE_OPS, SESSION_CONNECTION_OPS, SESSION_QUEUE, Subjects
 from shared.logging import setup_logging
 from shared.ops import serve_ops
 from shared.runtime import stop_event
@@ -136,6 +137,11 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
         history_handlers = HistoryHandlers(history).routes()
         for op in CONVERSATION_OPS:
             await server.add(subjects.session_conversation(op), SESSION_QUEUE, history_handlers[op], name=f"conversation_{op}")
+        examples = ExampleStore(create_client(config.redis, max_connections=8) if config.redis else None, router)
+        stack.push_async_callback(examples.close)
+        example_handlers = ExampleHandlers(examples).routes()
+        for op in EXAMPLE_OPS:
+            await server.add(subjects.session_examples(op), SESSION_QUEUE, example_handlers[op], name=f"examples_{op}")
         connection_handlers = ConnectionHandlers(connections, nc, subjects).routes()
         for op in SESSION_CONNECTION_OPS:
             await server.add(subjects.session_connection(op), SESSION_QUEUE, connection_handlers[op], name=f"connection_{op}")

@@ -111,6 +111,8 @@ def _tool_result(name: str, part: Part) -> Any:
         return prompt.query_summary(part.output)
     if name == prompt.DESCRIBE_SCHEMA:
         return prompt.schema_summary(part.output)
+    if name == prompt.SEARCH_SCHEMA and isinstance(part.output, dict):
+        return part.output  # already within LLM_SCHEMA_SEARCH_MAX_CHARS
     text = orjson.dumps(part.output, default=str).decode()
     return part.output if len(text) <= OTHER_TOOL_MAX_CHARS else {"note": "output cut", "start": text[:OTHER_TOOL_MAX_CHARS]}
 

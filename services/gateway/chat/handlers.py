@@ -25,7 +25,7 @@ from services.gateway import keys
 from services.gateway.access import caller, source_grant, visible_sources
 from services.gateway.audit import query_audit
 from services.gateway.auth.identity import caller_uid, identity
-from services.gateway.chat import chat_request, metrics, persist, prompt, tools
+from services.gateway.chat import chat_request, examples, metrics, persist, prompt, tools
 from services.gateway.chat.chat_request import ChatRequest
 from services.gateway.chat.context import PromptContext
 from services.gateway.chat.model import ModelClient
@@ -119,6 +119,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return quota_refusal(limit)
     turns = chat_request.to_model_messages(stored.messages)
     kept, dropped = chat_request.fit_history(turns, request.app[keys.CONFIG].llm_history_max_chars)
+    if (body.source or "") not in connections:  # examples are an operator source's; load_context has refused one this user may not use
+        system += await examples.for_turn(request.app, source_grant(request.app[keys.CONFIG], who.session, body.source).source, stored.messages)
     turn = Turn(body, stored, [{"role": "system", "content": system}, *kept], dropped, limit, who.session, connections)
     return await run(request, model, turn)
 
@@ -203,6 +205,7 @@ async def run(request: web.Request, model: ModelClient, turn: Turn) -> web.Strea
         grant_for=lambda source: source_grant(config, session, source),
         caller_for=lambda grant: caller(session, grant),
         audit=lambda source, sql: query_audit(app, session, source, sql, conversation_id=turn.body.id, model=model.model, turn=ui.message_id),
+        search_max_chars=config.llm_schema_search_max_chars,
         uid=turn.stored.uid,
         recent=app[keys.RECENT],
         connections=turn.connections,

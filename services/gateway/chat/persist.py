@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 POSTED_HISTORY_MAX_BYTES = 512 * 1024
 """A full `messages` post starting a conversation is stored back to this many bytes (newest first)."""
 LOAD_MAX_BYTES = 768 * 1024
-KEPT_TOOLS = (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA)
+KEPT_TOOLS = (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA, prompt.SEARCH_SCHEMA)
 _ID = re.compile(CONVERSATION_ID_PATTERN)
 
 

@@ -20,6 +20,7 @@ DIALECT_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "
 
 EXECUTE_QUERY = "execute_query"
 DESCRIBE_SCHEMA = "describe_schema"
+SEARCH_SCHEMA = "search_schema"
 SHOW_CHART = "show_chart"
 GET_RECENT_QUERIES = "get_recent_queries"
 
@@ -59,6 +60,25 @@ TOOLS: list[dict[str, Any]] = [
                     "source": {"type": "string", "description": "The source to describe; omit for the default source."},
                     "tables": {"type": "array", "items": {"type": "string"}, "description": "Table names to describe in detail."},
                 },
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": SEARCH_SCHEMA,
+            "description": (
+                "Find the tables of a source that matter for a question, best first: each with its columns, types, keys, comments and, "
+                "for columns of codes or categories, their values; then how the tables join along foreign keys. Use it before writing SQL "
+                "when the schema is not listed in full here."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "description": "The user's question, or keywords naming what the tables hold."},
+                    "source": {"type": "string", "description": "The source to search; omit for the default source."},
+                },
+                "required": ["query"],
             },
         },
     },
@@ -154,7 +174,11 @@ def system_prompt(sources: Mapping[str, str], default: str, overview: Mapping[st
     if schema and len(schema) <= max_schema_chars:
         lines += ["", f"Schema of {overview.get('source', default) if overview else default} (table: column type, ...):", schema]
     elif overview is not None:
-        lines += ["", f"The schema is too large to list here: call {DESCRIBE_SCHEMA} to see it."]
+        lines += [
+            "",
+            f"The schema is too large to list here. Call {SEARCH_SCHEMA} with the question (or its keywords) first, to find the tables "
+            f"that matter and how they join; call {DESCRIBE_SCHEMA} with table names for more detail. Never guess table names.",
+        ]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema`, `show_chart` and `get_recent_queries`.
+"""The tools the model can call: `execute_query` (through the query service, as POST /api/query), `describe_schema`, `search_schema`, `show_chart` and `get_recent_queries`.
 
 Each tool writes its parts to the client and returns what the model gets back: the summary
 of prompt.query_summary / prompt.schema_summary, or `{"error": message}` so that the model
@@ -16,7 +16,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from services.gateway.audit import QueryAudit
-from services.gateway.chat import metrics, prompt
+from services.gateway.chat import metrics, prompt, search
 from services.gateway.chat.charts import QueryColumns, check_chart
 from services.gateway.chat.model import ToolCall, parse_arguments
 from services.gateway.chat.ui import UIStream
@@ -54,6 +54,7 @@ class ToolContext:
     recent: RecentClient | None = None
     last_query: QueryColumns | None = field(default=None)
     """The latest execute_query of this turn that returned columns: what show_chart may chart."""
+    search_max_chars: int = 8000
     # The user's own databases by name (services/gateway/sources.py), and the tools as the model sees them.
     connections: Mapping[str, ConnectionRef] = field(default_factory=dict)
     tools: list[dict[str, Any]] = field(default_factory=lambda: prompt.TOOLS)
@@ -79,6 +80,12 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
             if len(sql) > MAX_SQL_CHARS:
                 raise ValueError(f"'sql' is longer than {MAX_SQL_CHARS} characters")
             source = _optional_str(args, "source")
+        elif call.name == prompt.SEARCH_SCHEMA:
+            source = _optional_str(args, "source")
+            query = args.get("query")
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError("'query' must be a non-empty string: the question, or keywords")
+            query = query[: search.MAX_QUERY_CHARS]
         elif call.name == prompt.DESCRIBE_SCHEMA:
             source = _optional_str(args, "source")
             tables = args.get("tables")
@@ -101,6 +108,8 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
     await ctx.ui.tool_input_available(call.id, call.name, args)
     if call.name == prompt.EXECUTE_QUERY:
         return await execute_query(ctx, call.id, sql, source or ctx.source)
+    if call.name == prompt.SEARCH_SCHEMA:
+        return await _search_schema(ctx, call.id, query, source or ctx.source)
     if call.name == prompt.SHOW_CHART:
         metrics.TOOL_CALLS.labels(prompt.SHOW_CHART, "ok").inc()
         await ctx.ui.tool(call.id).output(chart, preliminary=False)
@@ -181,3 +190,18 @@ async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, t
     metrics.TOOL_CALLS.labels(prompt.DESCRIBE_SCHEMA, "ok").inc()
     await stream.output(reply, preliminary=False)
     return prompt.schema_summary(reply)
+
+
+async def _search_schema(ctx: ToolContext, call_id: str, query: str, source: str | None) -> dict[str, Any]:
+    stream = ctx.ui.tool(call_id)
+    try:
+        grant = ctx.grant_for(source)
+        reply = await ctx.query.search(query, grant.source, search.SEARCH_LIMIT, role=grant.role)
+    except ServiceError as exc:
+        metrics.TOOL_CALLS.labels(prompt.SEARCH_SCHEMA, exc.code).inc()
+        await stream.error(exc.message)
+        return {"error": exc.message}
+    metrics.TOOL_CALLS.labels(prompt.SEARCH_SCHEMA, "ok").inc()
+    result = search.render(reply, ctx.search_max_chars)
+    await stream.output(result, preliminary=False)
+    return result

@@ -71,7 +71,10 @@ async def run_turn(model: ModelClient, ui: UIStream, ctx: tools.ToolContext, mes
     except ModelError as exc:
         stats.outcome = exc.outcome
         await ui.error(exc.message)
-    await ui.finish({"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps})
+    metadata: dict[str, Any] = {"model": model.model, "usage": {"inputTokens": stats.input_tokens, "outputTokens": stats.output_tokens}, "steps": stats.steps}
+    if ctx.source:  # the source a rated answer ran on (POST /api/feedback)
+        metadata["source"] = ctx.source
+    await ui.finish(metadata)
 
 
 async def _stream_step(model: ModelClient, ui: UIStream, messages: list[dict[str, Any]], tool_list: list[dict[str, Any]]) -> StepEnd:

@@ -11,6 +11,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
+
 from shared.contracts import Caller, SchemaColumn, SchemaForeignKey, SchemaReference, SchemaTable
 
 
@@ -24,6 +26,7 @@ class CatalogTable:
     """As shown: schema-qualified unless it is in the connection's default schema."""
     row_estimate: int | None = None
     view: bool = False
+    comment: str | None = None
 
 
 @dataclass
@@ -77,18 +80,19 @@ def id_list(ids: Sequence[int]) -> str:
 
 def assemble(
     picked: Sequence[CatalogTable],
-    columns: Sequence[tuple[Any, str, str, bool, bool]],
+    columns: Sequence[tuple[Any, str, str, bool, bool] | tuple[Any, str, str, bool, bool, str | None]],
     foreign_keys: Sequence[tuple[Any, list[str], str, list[str]]] = (),
 ) -> list[SchemaTable]:
     """Full details of `picked`, in its order, from catalog rows keyed by CatalogTable.key.
 
-    `columns`: (key, name, type, nullable, primary key); `foreign_keys`: (key, columns,
+    `columns`: (key, name, type, nullable, primary key[, comment]); `foreign_keys`: (key, columns,
     referenced table as shown, referenced columns).
     """
     cols: dict[Hashable, list[SchemaColumn]] = {}
-    for key, name, type_, nullable, primary_key in columns:
-        cols.setdefault(key, []).append(SchemaColumn(name=name, type=type_ or "", nullable=bool(nullable), primary_key=bool(primary_key)))
+    for key, name, type_, nullable, primary_key, *rest in columns:
+        comment = rest[0] if rest and rest[0] else msgspec.UNSET
+        cols.setdefault(key, []).append(SchemaColumn(name=name, type=type_ or "", nullable=bool(nullable), primary_key=bool(primary_key), comment=comment))
     fks: dict[Hashable, list[SchemaForeignKey]] = {}
     for key, from_columns, table, to_columns in foreign_keys:
         fks.setdefault(key, []).append(SchemaForeignKey(columns=list(from_columns), references=SchemaReference(table=table, columns=list(to_columns))))
-    return [SchemaTable(name=t.name, columns=cols.get(t.key, []), foreign_keys=fks.get(t.key, []), row_estimate=t.row_estimate) for t in picked]
+    return [SchemaTable(name=t.name, columns=cols.get(t.key, []), foreign_keys=fks.get(t.key, []), row_estimate=t.row_estimate, comment=t.comment or msgspec.UNSET) for t in picked]

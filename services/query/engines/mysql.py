@@ -321,15 +321,17 @@ class MysqlEngine(Engine):
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from information_schema, as this account sees them."""
         listed = [
-            catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view))
-            async for schema, name, home, estimate, view in self.iterate(_MY_TABLES, timeout_s, caller=caller)
+            catalog.CatalogTable((schema, name), catalog.qualified(schema, name, bool(home)), None if estimate is None else int(estimate), bool(view), None if view else comment or None)
+            async for schema, name, home, estimate, view, comment in self.iterate(_MY_TABLES, timeout_s, caller=caller)
         ]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         pairs = "(" + ", ".join(f"({_literal(t.key[0])}, {_literal(t.key[1])})" for t in picked) + ")"
-        rows = self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s, caller=caller)
-        columns = [((schema, table), name, type_, bool(nullable), bool(primary_key)) async for schema, table, name, type_, nullable, primary_key in rows]
+        columns = [
+            ((schema, table), name, type_, bool(nullable), bool(primary_key), comment or None)
+            async for schema, table, name, type_, nullable, primary_key, comment in self.iterate(_MY_COLUMNS.format(pairs=pairs), timeout_s, caller=caller)
+        ]
         foreign_keys: dict[tuple[str, str, str], tuple[list[str], str, list[str]]] = {}
         if wanted is not None:
             async for schema, table, constraint, column, ref_schema, ref_table, ref_column, home in self.iterate(_MY_FOREIGN_KEYS.format(pairs=pairs), timeout_s, caller=caller):
@@ -343,13 +345,13 @@ class MysqlEngine(Engine):
 # Catalog queries of `describe`. information_schema lists only what the account holds a
 # privilege on; TABLE_ROWS is InnoDB's estimate (NULL for views).
 _MY_TABLES = """
-SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_SCHEMA = DATABASE(), TABLE_ROWS, TABLE_TYPE = 'VIEW'
+SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_SCHEMA = DATABASE(), TABLE_ROWS, TABLE_TYPE = 'VIEW', TABLE_COMMENT
 FROM information_schema.TABLES
 WHERE TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys') AND TABLE_TYPE <> 'SEQUENCE'
 ORDER BY TABLE_SCHEMA = DATABASE() DESC, TABLE_SCHEMA, TABLE_NAME
 """
 _MY_COLUMNS = """
-SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI'
+SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE = 'YES', COLUMN_KEY = 'PRI', COLUMN_COMMENT
 FROM information_schema.COLUMNS
 WHERE (TABLE_SCHEMA, TABLE_NAME) IN {pairs}
 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION

@@ -266,12 +266,12 @@ class PostgresEngine(Engine):
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""
         rows = self.iterate(_PG_TABLES, timeout_s, caller=caller)
-        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view) async for oid, schema, name, home, estimate, view in rows]
+        listed = [catalog.CatalogTable(oid, catalog.qualified(schema, name, home), estimate, view, comment) async for oid, schema, name, home, estimate, view, comment in rows]
         picked, unknown = catalog.pick(listed, wanted, max_tables)
         if not picked:
             return catalog.Catalog([], len(listed), unknown)
         oids = catalog.id_list([t.key for t in picked])
-        columns = [(oid, name, type_, nullable, primary_key) async for oid, name, type_, nullable, primary_key in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s, caller=caller)]
+        columns = [row async for row in self.iterate(_PG_COLUMNS.format(oids=oids), timeout_s, caller=caller)]
         foreign_keys = []
         if wanted is not None:
             async for oid, from_columns, schema, name, home, to_columns in self.iterate(_PG_FOREIGN_KEYS.format(oids=oids), timeout_s, caller=caller):
@@ -292,7 +292,7 @@ async def _may_set_temp_file_limit(conn: asyncpg.Connection) -> bool:
 _PG_TABLES = """
 SELECT c.oid::int8, n.nspname::text, c.relname::text, n.nspname = current_schema() AS home,
        CASE WHEN c.relkind IN ('r', 'm', 'f') AND c.reltuples >= 0 THEN c.reltuples::int8 END,
-       c.relkind IN ('v', 'm')
+       c.relkind IN ('v', 'm'), pg_catalog.obj_description(c.oid, 'pg_class')
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
   AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
@@ -302,7 +302,7 @@ ORDER BY home DESC, n.nspname, c.relname
 """
 _PG_COLUMNS = """
 SELECT a.attrelid::int8, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
-       COALESCE(a.attnum = ANY (i.indkey), false)
+       COALESCE(a.attnum = ANY (i.indkey), false), pg_catalog.col_description(a.attrelid, a.attnum)
 FROM pg_catalog.pg_attribute a
 LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
 WHERE a.attrelid IN {oids} AND a.attnum > 0 AND NOT a.attisdropped

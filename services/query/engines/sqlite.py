@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -272,7 +273,30 @@ COUNT_ROWS_MAX_BYTES = 16 * 1024 * 1024
 """`describe` counts the rows of asked-for tables only in a SQLite file at most this big."""
 _CATALOG_PRAGMAS = frozenset({"table_info", "foreign_key_list"})
 # The whole file is readable, so every table and view is listed.
-_LITE_TABLES = "SELECT rowid, name, type FROM sqlite_master WHERE type IN ('table', 'view') AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
+_LITE_TABLES = "SELECT rowid, name, type, sql FROM sqlite_master WHERE type IN ('table', 'view') AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
+_COMMENTED_LINE = re.compile(r"^\s*[`\"\[]?([A-Za-z_][\w$]*)")
+_NOT_COLUMNS = frozenset({"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"})
+
+
+def sql_comments(sql: str | None) -> tuple[str | None, dict[str, str]]:
+    """SQLite keeps no comments in its catalog, but keeps the CREATE statement as written: its `--` comments.
+
+    A comment on the CREATE line, or on lines of their own before the first column, is the
+    table's; one at the end of a column's line is that column's.
+    """
+    table: list[str] = []
+    columns: dict[str, str] = {}
+    for number, line in enumerate((sql or "").splitlines()):
+        code, dashes, comment = line.partition("--")
+        comment = comment.strip()
+        if not dashes or not comment:
+            continue
+        match = _COMMENTED_LINE.match(code)
+        if number == 0 or (not code.strip() and not columns):
+            table.append(comment)
+        elif match and match.group(1).upper() not in _NOT_COLUMNS:
+            columns[match.group(1)] = comment
+    return (" ".join(table) or None), columns
 
 
 def _authorize_catalog(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
@@ -290,7 +314,11 @@ def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int
     conn = handle.conn
     assert conn is not None
     conn.set_authorizer(_authorize_catalog)
-    listed = [catalog.CatalogTable(rowid, name, None, kind == "view") for rowid, name, kind in conn.execute(_LITE_TABLES)]
+    listed = []
+    column_comments: dict[int, dict[str, str]] = {}
+    for rowid, name, kind, sql in conn.execute(_LITE_TABLES):
+        table_comment, column_comments[rowid] = sql_comments(sql)
+        listed.append(catalog.CatalogTable(rowid, name, None, kind == "view", table_comment))
     picked, unknown = catalog.pick(listed, wanted, max_tables)
 
     def table_info(table: str) -> list[Any]:
@@ -301,7 +329,7 @@ def _read_catalog(handle: _Handle, wanted: Sequence[str] | None, max_tables: int
         for _cid, name, type_, notnull, _default, pk in table_info(t.name):
             # An INTEGER PRIMARY KEY is the rowid, which is never NULL.
             nullable = not notnull and not (pk and type_.upper() == "INTEGER")
-            columns.append((t.key, name, type_, nullable, pk > 0))
+            columns.append((t.key, name, type_, nullable, pk > 0, column_comments[t.key].get(name)))
     foreign_keys: list[tuple[Any, list[str], str, list[str]]] = []
     if wanted is not None:
         for t in picked:

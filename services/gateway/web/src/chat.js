@@ -245,12 +245,14 @@ export function messageText(message) {
 
 /** Renders the chat's messages into `container`, redrawing only the messages that changed.
  *
- * `actions`: openInEditor(part), drawChart(container, spec), copy(message), regenerate(), stop().
+ * `actions`: openInEditor(part), drawChart(container, spec), copy(message), regenerate(), stop(), and
+ * rate(message, "up" | "down"), which posts a rating and resolves to POST /api/feedback's reply (docs/accuracy.md).
  */
 export class ChatView {
   constructor(container, actions) {
     this.container = container;
     this.actions = actions;
+    this.rated = new Map(); // message id -> what the rating did, kept across redraws
     this.drawn = new Map(); // message id -> {message, live, node}
     this.bar = el("div", "answer-actions");
     this.bar.setAttribute("role", "group");
@@ -324,6 +326,37 @@ export class ChatView {
       const child = renderPart(part, message, this.actions, index, openDetails, live);
       if (child) node.append(child);
     });
+    // Once the answer is finished (its metadata came with the stream's end, or from history).
+    if (message.role === "assistant" && this.actions.rate && message.metadata && message.metadata.steps !== undefined) node.append(this._feedback(message));
     return node;
+  }
+
+  _feedback(message) {
+    const row = el("div", "feedback");
+    const status = el("span", "feedback-status", this.rated.get(message.id) || "");
+    status.setAttribute("aria-live", "polite");
+    const buttons = [["up", "👍", "Good answer"], ["down", "👎", "Bad answer"]].map(([rating, label, title]) => {
+      const button = el("button", "feedback-button", label);
+      button.type = "button";
+      button.title = title;
+      button.setAttribute("aria-label", title);
+      button.disabled = this.rated.has(message.id);
+      button.addEventListener("click", async () => {
+        for (const b of buttons) b.disabled = true;
+        try {
+          const reply = await this.actions.rate(message, rating);
+          const example = reply && reply.example;
+          const text = !example ? "Thanks for the feedback." : example.status === "approved" ? "Thanks: this answer is now a verified example." : "Thanks: this answer is proposed as an example, pending approval.";
+          this.rated.set(message.id, text);
+          status.textContent = text;
+        } catch (error) {
+          status.textContent = `Feedback failed: ${error.message}`;
+          for (const b of buttons) b.disabled = false;
+        }
+      });
+      return button;
+    });
+    row.append(...buttons, status);
+    return row;
   }
 }

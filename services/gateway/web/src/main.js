@@ -342,7 +342,13 @@ const chatView = new ChatView($("messages"), {
   copy: copyMessage,
   regenerate: () => page.chat && page.chat.regenerate(),
   stop: () => page.chat && page.chat.stop(),
+  rate: rateAnswer,
 });
+
+/** 👍 or 👎 on an answer of the open conversation: POST /api/feedback. */
+function rateAnswer(message, rating) {
+  return api("/api/feedback", { method: "POST", body: { conversation_id: page.chat.id, message_id: message.id, rating } });
+}
 let renderScheduled = false;
 
 function chatChanged(chat) {
