@@ -181,12 +181,21 @@ class KvFallback:
         raise FallbackUnavailable(f"session {mask(sid)} changed {_CAS_ATTEMPTS} times while being patched")
 
     async def pending(self) -> list[str]:
+        """The keys that hold an entry to write back, from one STREAM.INFO request (it has a timeout).
+
+        Not `KeyValue.keys()`: its watcher waits for a message marked as the last one, and never
+        returns when that message is purged before it is delivered, as `remove` does while a
+        peer (or a call moving its own entry back) lists the bucket. A subject whose last message
+        is a delete marker (its purge failed) or an unreadable entry holds nothing to write back,
+        so it is left out: the write-back would otherwise wait for it until the bucket's TTL.
+        The server lists at most 100,000 subjects per request; the write-back asks again.
+        """
         try:
-            return await self._kv.keys()
-        except jse.NoKeysError:
-            return []
+            info = await self._js.stream_info(self._stream, subjects_filter=self._subject_prefix + ">")
         except _KV_ERRORS as exc:
-            raise FallbackUnavailable(f"JetStream KV keys failed: {type(exc).__name__}: {exc}") from exc
+            raise FallbackUnavailable(f"JetStream KV listing failed: {type(exc).__name__}: {exc}") from exc
+        keys = [subject.removeprefix(self._subject_prefix) for subject in info.state.subjects or {}]
+        return [key for key in keys if await self._read(key) is not None]
 
     async def remove(self, sid: str, version: int) -> bool:
         """Remove the entry if it is still at `version`; False when it changed meanwhile.
