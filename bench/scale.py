@@ -1,7 +1,9 @@
-"""`python -m bench.scale`: GET /api/me throughput with 1 versus 2 session replicas and 1 versus 2 gateways.
+"""`python -m bench.scale`: GET /api/me throughput with 1 to 3 session replicas and 1 or 2 gateways, on one NATS and Redis and on clusters.
 
 Every configuration runs on one private nats-server and redis-server (127.0.0.1, free
-ports) under its own subject prefix, and gets the same bounded load from bench/loadgen.py
+ports) under its own subject prefix, then (the cluster set-up) two gateways with 1, 2 and 3
+session replicas on a 3-node NATS JetStream cluster and a 3-master + 3-replica Redis Cluster
+(tests/clusters.py), in the same run. Each gets the same bounded load from bench/loadgen.py
 (its own processes; with two gateways the connections are split between them). Beside
 req/s, p50 and p99 it prints the CPU each role used and the CPU each request cost, because
 on a small machine the figures say more about where the cores went than about scaling.
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.loadgen import LoadResult, run_load
+from tests.clusters import NatsCluster, RedisClusterServers
 from tests.harness import (
     ROOT,
     NatsServer,
@@ -33,14 +36,27 @@ from tests.harness import (
     wait_until,
 )
 
-CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2))  # (gateways, session replicas)
+CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2), (2, 3))  # (gateways, session replicas) on one NATS and one Redis
+CLUSTER_CONFIGS = ((2, 1), (2, 2), (2, 3))  # on the NATS and Redis clusters
 ROLES = ("gateway", "session", "nats", "redis", "loadgen")
 SHOWN = (*ROLES, "other")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
+class Setup:
+    """Where NATS and Redis are, and their processes (whose CPU is counted)."""
+
+    name: str
+    nats_url: str
+    redis_url: str
+    nats: list[Process]
+    redis: list[Process]
+
+
+@dataclass
 class Run:
+    setup: str
     gateways: int
     sessions: int
     result: LoadResult
@@ -48,7 +64,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.gateways} gateway{'s' if self.gateways > 1 else ''}, {self.sessions} session"
+        return f"{self.setup}: {self.gateways} gateway{'s' if self.gateways > 1 else ''}, {self.sessions} session"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -95,10 +111,10 @@ def load(urls: list[str], cookie: str, concurrency: int, seconds: float) -> Load
     return merged
 
 
-def measure(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int, *, concurrency: int, seconds: float, warmup_s: float) -> Run:
+def measure(setup: Setup, gateways: int, sessions: int, *, concurrency: int, seconds: float, warmup_s: float) -> Run:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    common = {"NATS_URL": nats.url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
-    session_env = service_env(**common, REDIS_URL=redis.url, SESSION_KV_BUCKET=f"sessions_{prefix}")
+    common = {"NATS_URL": setup.nats_url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0"}
+    session_env = service_env(**common, REDIS_URL=setup.redis_url, SESSION_KV_BUCKET=f"sessions_{prefix}")
     ports = [free_port() for _ in range(gateways)]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     processes: list[Process] = []
@@ -114,7 +130,7 @@ def measure(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int, 
         cookie = login(urls[0])
         load(urls, cookie, concurrency, warmup_s)
 
-        roles: dict[str, list[Process]] = {"gateway": [p for p in processes if p.name == "gateway"], "session": [p for p in processes if p.name == "session"], "nats": [nats], "redis": [redis]}
+        roles: dict[str, list[Process]] = {"gateway": [p for p in processes if p.name == "gateway"], "session": [p for p in processes if p.name == "session"], "nats": setup.nats, "redis": setup.redis}
 
         def snapshot() -> dict[str, float]:
             cpu = {role: sum(cpu_seconds(p.proc.pid) for p in procs if p.proc) for role, procs in roles.items()}
@@ -133,22 +149,22 @@ def measure(nats: NatsServer, redis: RedisServer, gateways: int, sessions: int, 
     used = {role: after[role] - before[role] for role in (*ROLES, "machine")}
     # Whatever else ran on the machine meanwhile (another job, the benchmark driver itself).
     used["other"] = max(0.0, used.pop("machine") - sum(used[role] for role in ROLES))
-    run = Run(gateways, sessions, result, used)
+    run = Run(setup.name, gateways, sessions, result, used)
     print(f"  {run.label}: {json.dumps(result.summary())}, CPU s {json.dumps({k: round(v, 2) for k, v in used.items()})}", flush=True)
     return run
 
 
 def table(runs: list[Run]) -> str:
     """One line per configuration: its median round by req/s, so one disturbed round does not move it."""
-    width = 24
+    width = 34
     lines = [
         f"{'GET /api/me':<{width}}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'failed':>8}   CPU % of one core (CPU ms per request)",
         f"{'':<{width}}{'':>32}   " + " / ".join(SHOWN) + "          req/s of every round",
     ]
-    by_config: dict[tuple[int, int], list[Run]] = {}
+    by_config: dict[tuple[str, int, int], list[Run]] = {}
     for run in runs:
-        by_config.setdefault((run.gateways, run.sessions), []).append(run)
-    rps: dict[tuple[int, int], float] = {}
+        by_config.setdefault((run.setup, run.gateways, run.sessions), []).append(run)
+    rps: dict[tuple[str, int, int], float] = {}
     for config, same in by_config.items():
         median = sorted(same, key=lambda r: r.result.rps)[len(same) // 2]
         r = median.result
@@ -156,8 +172,13 @@ def table(runs: list[Run]) -> str:
         shares = " / ".join(f"{100 * median.cpu_s[role] / r.duration_s:.0f} ({1000 * median.cpu_s[role] / max(r.requests, 1):.2f})" for role in SHOWN)
         rounds = ", ".join(f"{x.result.rps:,.0f}" for x in same)
         lines.append(f"{median.label:<{width}}{r.rps:>8,.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>8}   {shares}   ({rounds})")
-    base = rps[(1, 1)]
-    lines.append(f"throughput relative to 1 gateway + 1 session: 2 sessions x{rps[(1, 2)] / base:.2f}, 2 gateways x{rps[(2, 1)] / base:.2f}, 2 gateways + 2 sessions x{rps[(2, 2)] / base:.2f}")
+    base = rps[("single", 1, 1)]
+    ratios = {label: rps[("single", *config)] / base for label, config in (("2 sessions", (1, 2)), ("2 gateways", (2, 1)), ("2 gateways + 2 sessions", (2, 2)))}
+    lines.append("throughput relative to 1 gateway + 1 session: " + ", ".join(f"{label} x{ratio:.2f}" for label, ratio in ratios.items()))
+    for sessions in (1, 2, 3):
+        single, cluster = rps.get(("single", 2, sessions)), rps.get(("cluster", 2, sessions))
+        if single and cluster:
+            lines.append(f"2 gateways + {sessions} session: clusters x{cluster / single:.2f} of one NATS and one Redis")
     return "\n".join(lines)
 
 
@@ -167,20 +188,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per configuration and round")
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONCURRENCY", "32")), help="connections in all (BENCH_CONCURRENCY)")
     p.add_argument("--rounds", type=int, default=3, help="each configuration once per round; the median round is reported")
+    p.add_argument("--no-clusters", dest="clusters", action="store_false", help="only one NATS and one Redis (no cluster set-up)")
+    p.add_argument("--streams", default="100,1000", help="concurrent /api/query streams to open at once on each set-up, comma-separated ('' skips them)")
     args = p.parse_args(argv or [])
+    from bench.streams import measure_streams, streams_table  # it imports this module
 
     print(f"scale bench: {args.concurrency} connections, {args.seconds:g}s measured per configuration x {args.rounds} rounds, {os.cpu_count()} CPUs shared by everything", flush=True)
     nats = NatsServer().start()
     redis = RedisServer().start()
+    nats_cluster = NatsCluster().start() if args.clusters else None
+    redis_cluster = RedisClusterServers().start() if args.clusters else None
+    setups = [(Setup("single", nats.url, redis.url, [nats], [redis]), CONFIGS)]
+    if nats_cluster and redis_cluster:
+        cluster = Setup("cluster", nats_cluster.url, redis_cluster.url, list(nats_cluster.nodes), list(redis_cluster.nodes))
+        setups.append((cluster, CLUSTER_CONFIGS))
     started = time.monotonic()
     try:
-        runs = [measure(nats, redis, g, s, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup) for _ in range(args.rounds) for g, s in CONFIGS]
+        runs = [measure(setup, g, s, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup) for _ in range(args.rounds) for setup, configs in setups for g, s in configs]
+        counts = [int(n) for n in args.streams.split(",") if n.strip()]
+        streams = [run for setup, _ in setups for run in measure_streams(setup.name, setup.nats_url, setup.redis_url, counts)] if counts else []
     finally:
-        redis.stop()
+        redis.cleanup()
         nats.cleanup()
+        for servers in (nats_cluster, redis_cluster):
+            if servers is not None:
+                servers.cleanup()
     print(f"\n({time.monotonic() - started:.0f} s in all)")
-    print(table(runs))
-    return 0 if not any(r.result.errors for r in runs) else 1
+    if runs:
+        print(table(runs))
+    if streams:
+        print(streams_table(streams))
+    return 0 if not any(r.result.errors for r in runs) and not any(r.failed for r in streams) else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import json
 import logging
 import time
 import typing
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -55,8 +56,9 @@ from nats.nuid import NUID
 from prometheus_client import Histogram
 
 from shared.codec import decode_map, encode_message
+from shared.config import NatsCredentials
 from shared.contracts import ErrorBody, ErrorReply
-from shared.errors import BAD_REQUEST, INTERNAL, TIMEOUT, UNAVAILABLE, ServiceError
+from shared.errors import BAD_REQUEST, INTERNAL, TIMEOUT, UNAVAILABLE, ConfigError, ServiceError
 from shared.logging import REQUEST_ID_HEADER, bind_request, current_request_id
 
 log = structlog.get_logger(__name__)
@@ -80,32 +82,55 @@ except PackageNotFoundError:  # a source tree that was never installed
     SERVICE_VERSION = "0.0.0"
 
 
-async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> NATS:
-    """Connect to NATS, retrying the first connection until `connect_deadline_s`.
+_UP: weakref.WeakKeyDictionary[NATS, asyncio.Event] = weakref.WeakKeyDictionary()
+"""Per connection made by connect(): set while it is connected, so a caller can await the reconnection."""
+_AUTH_REFUSALS = ("authorization violation", "authentication expired", "authentication revoked")
+"""What the server says to credentials it refuses (not "Authentication Timeout", which a retry may cure)."""
 
-    After that, nats-py reconnects forever every half second, so a NATS restart costs
-    at most a moment once the server is back.
+
+def servers(url: str) -> list[str]:
+    """NATS_URL as nats-py's server list: one URL, or a cluster's URLs separated by commas."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+async def connect(url: str, name: str, *, credentials: NatsCredentials | None = None, connect_deadline_s: float = 60.0) -> NATS:
+    """Connect to NATS (any server of the list in `url`), retrying the first connection until `connect_deadline_s`.
+
+    After that, nats-py reconnects forever across the servers every half second, so a NATS
+    restart or the loss of one cluster node costs at most a moment. Credentials the server
+    refuses are a ConfigError at once: retrying them would never succeed.
     """
+    credentials = credentials or NatsCredentials()
+    shown = ",".join(redact_url(u) for u in servers(url))
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+        text = str(exc) or type(exc).__name__
+        if not client and not refused.done() and any(word in text.lower() for word in _AUTH_REFUSALS):
+            refused.set_result(text)
+        log.warning("nats_error", error=text)
 
     client: list[NATS] = []
 
     async def on_disconnected() -> None:
+        if client:
+            _UP[client[0]].clear()
         log.warning("nats_disconnected")
         if client:
             _fail_pending_requests(client[0])
 
     async def on_reconnected() -> None:
-        log.info("nats_reconnected")
+        if client:
+            _UP[client[0]].set()
+        log.info("nats_reconnected", server=str(client[0].connected_url.netloc) if client and client[0].connected_url else None)
 
     deadline = time.monotonic() + connect_deadline_s
     delay = 0.2
     while True:
-        try:
-            nc = await nats.connect(
-                servers=[url],
+        nc = NATS()
+        attempt = asyncio.ensure_future(
+            nc.connect(
+                servers=servers(url),
                 name=name,
                 connect_timeout=2,
                 reconnect_time_wait=0.5,
@@ -117,15 +142,41 @@ async def connect(url: str, name: str, *, connect_deadline_s: float = 60.0) -> N
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 drain_timeout=30,
+                inbox_prefix=f"_INBOX.{name}",  # replies to this service only: deploy/nats/authorization.conf grants each its own
+                **credentials.options(),
             )
+        )
+        await asyncio.wait({attempt, refused}, return_when=asyncio.FIRST_COMPLETED)
+        if refused.done() and not attempt.done():
+            attempt.cancel()
+            await close(nc, 1.0)
+            raise ConfigError(f"NATS at {shown} refused the credentials of {name} ({credentials.kind}): {refused.result()}")
+        try:
+            await attempt
             client.append(nc)
+            _UP[nc] = asyncio.Event()
+            _UP[nc].set()
             return nc
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
-                raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
-            log.warning("nats_connect_retry", url=redact_url(url), error=str(exc) or type(exc).__name__)
+                raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {shown}: {exc}") from exc
+            log.warning("nats_connect_retry", url=shown, error=str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def wait_connected(nc: NATS, timeout: float) -> bool:
+    """Wait up to `timeout` for a connection made by connect() to be up again (on any server of its list)."""
+    if nc.is_connected:
+        return True
+    up = _UP.get(nc)
+    if up is None:
+        return False
+    try:
+        await asyncio.wait_for(up.wait(), timeout)
+    except TimeoutError:
+        return False
+    return nc.is_connected
 
 
 def _fail_pending_requests(nc: NATS) -> None:

@@ -208,7 +208,63 @@ class ServiceSettings:
 
     INPUTS: ClassVar[tuple[Setting, ...]] = ()
 
-    nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222", "NATS server")
+    nats_url: str = setting("NATS_URL", "nats://127.0.0.1:4222", "NATS server, or a comma-separated list of a cluster's servers")
+    nats_creds: str = setting("NATS_CREDS", "", "credentials file (JWT and nkey seed) this service connects to NATS with")
+    nats_user: str = setting("NATS_USER", "", "NATS user name (with `NATS_PASSWORD`)")
+    nats_password: str = setting("NATS_PASSWORD", "", "NATS password of `NATS_USER`", secret=True)
+    nats_nkey_seed: str = setting("NATS_NKEY_SEED", "", "NATS nkey seed: a seed file, or the seed itself (`SU...`)", secret=True)
+    nats_js_replicas: int = setting("NATS_JS_REPLICAS", 1, "replicas of the JetStream buckets and streams a service creates (3 on a NATS cluster)", minimum=1)
     subject_prefix: str = setting("NATS_SUBJECT_PREFIX", "dbgenie", "first token of every subject", parse=subject_token_path)
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 20.0, "after SIGTERM, how long in-flight work may finish", minimum=0)
+
+    @property
+    def nats_credentials(self) -> NatsCredentials:
+        """The one kind of NATS credentials set (none, a creds file, a user and password, or an nkey seed)."""
+        return NatsCredentials.read(self)
+
+
+@dataclass(frozen=True)
+class NatsCredentials:
+    """How a service proves itself to NATS: nothing (a server without authorization), or exactly one kind of credential."""
+
+    creds_file: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+    nkey_seed: str = field(default="", repr=False)
+
+    @property
+    def kind(self) -> str:
+        """What identifies the service, for logs: none, NATS_CREDS, NATS_USER or NATS_NKEY_SEED."""
+        if self.creds_file:
+            return "NATS_CREDS"
+        if self.user:
+            return "NATS_USER"
+        return "NATS_NKEY_SEED" if self.nkey_seed else "none"
+
+    @classmethod
+    def read(cls, config: ServiceSettings) -> NatsCredentials:
+        kinds = [name for name, value in (("NATS_CREDS", config.nats_creds), ("NATS_USER", config.nats_user), ("NATS_NKEY_SEED", config.nats_nkey_seed)) if value]
+        if len(kinds) > 1:
+            raise ConfigError(f"set one kind of NATS credentials, not {' and '.join(kinds)}")
+        if bool(config.nats_user) != bool(config.nats_password):
+            raise ConfigError("NATS_USER and NATS_PASSWORD go together: set both or neither")
+        if config.nats_creds and not os.access(config.nats_creds, os.R_OK):
+            raise ConfigError(f"NATS_CREDS names no readable file: {config.nats_creds}")
+        seed = config.nats_nkey_seed
+        if seed and not seed.startswith("SU"):
+            if not os.access(seed, os.R_OK):
+                raise ConfigError("NATS_NKEY_SEED is neither a user seed (SU...) nor a readable seed file")
+        return cls(config.nats_creds, config.nats_user, config.nats_password, seed)
+
+    def options(self) -> dict[str, Any]:
+        """nats-py's connect() keyword arguments for these credentials."""
+        if self.creds_file:
+            return {"user_credentials": self.creds_file}
+        if self.user:
+            return {"user": self.user, "password": self.password}
+        if self.nkey_seed.startswith("SU"):
+            return {"nkeys_seed_str": self.nkey_seed}
+        if self.nkey_seed:
+            return {"nkeys_seed": self.nkey_seed}
+        return {}

@@ -213,6 +213,10 @@ MAX_WINDOW = 64
 DEFAULT_WINDOW = 8
 QUERY_START_TIMEOUT_S = 5.0
 """How long the gateway waits for the reply to `query.execute`."""
+QUERY_QUEUE_WAIT_MAX_S = 10.0
+"""The most QUERY_QUEUE_WAIT_S may be: the gateway waits this much longer for a request that may queue."""
+QUERY_ADMISSION_TRIES = 3
+"""Tries of `query.execute` the gateway makes: the ones before the last are declined by a busy replica (another may take them); the last may wait in a queue."""
 QUERY_OPEN_TIMEOUT_S = 3.0
 """How long `query.execute` waits for its source to open (connect, check the account, read the
 function catalog) before replying `unavailable` ("the database <source> is not answering"):
@@ -248,6 +252,8 @@ class QueryExecute(msgspec.Struct, frozen=True):
     # A user's own connection (docs/connections.md) instead of an operator's source.
     connection: ConnectionRef | None = None
     caller: Caller | None = None
+    wait: bool = True
+    """False: a replica with every slot taken declines at once (code busy) rather than queue it."""
 
 
 class QueryAccepted(msgspec.Struct, frozen=True):

@@ -23,7 +23,7 @@ from nats.aio.subscription import Subscription
 from shared import contracts as c
 from shared.bus import request, request_headers
 from shared.codec import encode_message
-from shared.errors import INTERNAL, UNAVAILABLE, ServiceError
+from shared.errors import BUSY, INTERNAL, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
 
@@ -163,13 +163,25 @@ class StreamConsumer:
         self._acked = 0
 
     async def start(self, sql: str, source: str | None, *, caller: c.Caller | None = None, connection: c.ConnectionRef | None = None, timeout: float = c.QUERY_START_TIMEOUT_S) -> None:
-        """Subscribe to the inbox and ask a query replica to run `sql` on `source` or the user's `connection` (for `caller`, see docs/access.md); raises ServiceError."""
+        """Subscribe to the inbox and ask a query replica to run `sql` on `source` or the user's `connection` (for `caller`, see docs/access.md); raises ServiceError.
+
+        A replica with every slot taken declines the first tries (NATS's queue group then hands
+        the next try to a replica picked afresh); the last try may wait in a replica's queue,
+        fair between users, and only its `busy` reaches the caller.
+        """
         inbox = self._nc.new_inbox()
         # No callback: messages wait in the subscription until read; the window bounds them.
         self._sub = await self._nc.subscribe(inbox)
-        req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window, caller=caller, connection=connection)
         try:
-            await request(self._nc, self._subjects.query_execute, req, timeout=timeout, reply=c.QueryAccepted)
+            for attempt in range(c.QUERY_ADMISSION_TRIES):
+                last = attempt == c.QUERY_ADMISSION_TRIES - 1
+                req = c.QueryExecute(sql=sql, source=source, stream_id=self.stream_id, inbox=inbox, window=self._window, caller=caller, connection=connection, wait=last)
+                try:
+                    await request(self._nc, self._subjects.query_execute, req, timeout=timeout + (c.QUERY_QUEUE_WAIT_MAX_S if last else 0), reply=c.QueryAccepted)
+                    return
+                except ServiceError as exc:
+                    if exc.code != BUSY or last:
+                        raise
         except BaseException:
             await self.close()
             raise

@@ -26,7 +26,8 @@ from tests.envscan import callee, code_env, literal, parse_python, service_modul
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "k8s" / "base"
 DEV = ROOT / "deploy" / "k8s" / "overlays" / "dev"
-RENDERS = {"base": BASE, "dev": DEV}
+CLUSTER = ROOT / "deploy" / "k8s" / "overlays" / "cluster"
+RENDERS = {"base": BASE, "dev": DEV, "cluster": CLUSTER}
 SERVICES = ("gateway", "session", "query")
 
 # The contract the services are written to: the variable naming the port that serves
@@ -381,7 +382,7 @@ def check_scaling(docs: Docs, min_replicas: int) -> list[str]:
 def check_routing(docs: Docs) -> list[str]:
     """Services select pods and reach a declared container port; Ingress backends name Services and ports."""
     problems = []
-    pods = [(d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"]["containers"]) for d in docs if d["kind"] == "Deployment"]
+    pods = [(d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"]["containers"]) for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     for svc in (d for d in docs if d["kind"] == "Service"):
         name = svc["metadata"]["name"]
         selected = [containers for labels, containers in pods if _labels_match(svc["spec"].get("selector", {}), labels)]

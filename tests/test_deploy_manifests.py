@@ -330,3 +330,20 @@ def test_dockerfile_check_catches(breakage: str) -> None:
 
 def test_dockerfile_check_catches_a_source_the_dockerignore_excludes() -> None:
     assert check_dockerfile((ROOT / "Dockerfile").read_text(), [*dockerignore_patterns(), "services"]) != []
+
+
+def test_cluster_overlay_runs_three_routed_jetstream_nats_nodes_and_points_every_service_at_all_of_them() -> None:
+    docs = rendered("cluster")
+    nats = find(docs, "StatefulSet", "nats")
+    assert nats is not None and nats["spec"]["replicas"] == 3 and nats["spec"]["serviceName"] == "nats-headless"
+    config = find(docs, "ConfigMap", "nats-config")
+    assert config is not None
+    conf = config["data"]["nats.conf"]
+    routes = re.findall(r"nats://(nats-\d)\.nats-headless:6222", conf)
+    assert sorted(routes) == ["nats-0", "nats-1", "nats-2"] and "jetstream" in conf and "store_dir: /data" in conf
+    common = find(docs, "ConfigMap", "dbgenie-common")
+    assert common is not None
+    assert sorted(re.findall(r"nats://(nats-\d)\.nats-headless:4222", common["data"]["NATS_URL"])) == ["nats-0", "nats-1", "nats-2"]
+    assert common["data"]["NATS_JS_REPLICAS"] == "3"
+    session = find(docs, "Secret", "dbgenie-session")
+    assert session is not None and session["stringData"]["REDIS_URL"].startswith("redis+cluster://")

@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from services.gateway.chat import prompt
+from services.session.keys import index_key, list_key, titles_key
 from shared.bus import request
 from shared.contracts import Subjects
 from shared.errors import ServiceError
@@ -44,7 +45,7 @@ async def new_conversation(client: Any) -> str:
 
 
 def redis_messages(stack: Stack, uid: str, cid: str) -> list[dict[str, Any]]:
-    return [msgspec.msgpack.decode(raw) for raw in stack.redis.lrange(f"conversation:{uid}:{cid}", 0, -1)]
+    return [msgspec.msgpack.decode(raw) for raw in stack.redis.lrange(list_key(uid, cid), 0, -1)]
 
 
 async def me(client: Any) -> str:
@@ -94,7 +95,7 @@ async def test_a_reload_gives_use_chat_exactly_the_messages_it_showed(stack: Sta
     query_part = next(p for p in kept[3]["parts"] if p["type"] == "tool-execute_query")
     assert len(query_part["output"]["preview"]) == 5 and query_part["output"]["row_count"] == 40
     assert not any(p["type"].startswith("data-") for m in kept for p in m["parts"])
-    assert 0 < stack.redis.pttl(f"conversation:{uid}:{cid}") <= 90 * 86400 * 1000
+    assert 0 < stack.redis.pttl(list_key(uid, cid)) <= 90 * 86400 * 1000
 
 
 async def test_the_full_messages_form_keeps_working_and_starts_the_history(stack: Stack, fake: FakeLLM) -> None:
@@ -182,13 +183,13 @@ async def test_rename_and_delete(stack: Stack, fake: FakeLLM) -> None:
             assert response.status == 200 and (await response.json())["title"] == "Sales 2024"
         async with client.patch(f"/api/conversations/{cid}", json={"title": "x" * 81}) as response:
             assert response.status == 400
-        assert stack.redis.hget(f"conversation_titles:{uid}", cid) == b"Sales 2024"
+        assert stack.redis.hget(titles_key(uid), cid) == b"Sales 2024"
         async with client.delete(f"/api/conversations/{cid}") as response:
             assert response.status == 200
         async with client.delete(f"/api/conversations/{cid}") as response:
             assert response.status == 404
         assert stored_status(await stored(client, cid)) == 404
-    assert stack.redis.zscore(f"conversations:{uid}", cid) is None and stack.redis.hget(f"conversation_titles:{uid}", cid) is None
+    assert stack.redis.zscore(index_key(uid), cid) is None and stack.redis.hget(titles_key(uid), cid) is None
 
 
 def stored_status(result: tuple[int, Any]) -> int:
@@ -203,7 +204,7 @@ async def test_someone_elses_conversation_is_404_and_stays_as_it_was(stack: Stac
             cid = await new_conversation(owner)
             assert (await ask(owner, cid, user("A private question"))).status == 200
         before = redis_messages(stack, owner_uid, cid)
-        title = stack.redis.hget(f"conversation_titles:{owner_uid}", cid)
+        title = stack.redis.hget(titles_key(owner_uid), cid)
         async with signed_in(url) as other:
             other_uid = await me(other)
             assert (await stored(other, cid))[0] == 404
@@ -216,7 +217,7 @@ async def test_someone_elses_conversation_is_404_and_stays_as_it_was(stack: Stac
             # Chatting under the same id starts the other user's own conversation, without the owner's history.
             assert (await ask(other, cid, user("Hello?"))).status == 200
     assert redis_messages(stack, owner_uid, cid) == before and len(before) == 2
-    assert stack.redis.hget(f"conversation_titles:{owner_uid}", cid) == title == b"A private question"
+    assert stack.redis.hget(titles_key(owner_uid), cid) == title == b"A private question"
     assert len(redis_messages(stack, other_uid, cid)) == 2
     assert "A private question" not in json.dumps(fake.requests[1])
 
@@ -267,7 +268,7 @@ async def test_a_chat_turn_costs_one_redis_command_to_load_and_one_to_append(sta
     assert changed.pop("getex") == 1
     assert changed.pop("evalsha") == 3
     assert changed.pop("hgetall") == 2
-    inner = {"lrange", "llen", "zscore", "hget", "pexpire", "rpush", "zadd", "hsetnx", "time", "mget", "incr", "expire", "rpop"}
+    inner = {"lrange", "llen", "zscore", "hget", "pexpire", "rpush", "zadd", "hsetnx", "time", "hmget", "hset", "ttl", "expire", "rpop"}
     assert set(changed) <= inner, changed
     assert changed["rpush"] == 2 and changed["lrange"] == 1, changed
 
@@ -314,7 +315,7 @@ async def test_the_session_service_refuses_data_parts_and_rows_naming_the_field(
             assert refused.value.code == "bad_request" and path in refused.value.message
     finally:
         await nc.close()
-    assert stack.redis.exists(f"conversation:{uid}:{cid}", f"conversations:{uid}") == 0, "nothing was stored"
+    assert stack.redis.exists(list_key(uid, cid), index_key(uid)) == 0, "nothing was stored"
 
 
 async def test_the_model_gets_the_newest_history_within_its_limit_while_storage_keeps_all(stack: Stack, fake: FakeLLM) -> None:
@@ -341,7 +342,7 @@ async def test_an_append_whose_reply_was_lost_is_not_sent_again(start_inprocess,
         reply = await request(nc, subject, {"uid": uid, "id": cid, "messages": [user("second")]}, timeout=10)
 
         assert proxy.dropped.is_set()
-        texts = [msgspec.msgpack.decode(raw)["parts"][0]["text"] for raw in rdb.lrange(f"conversation:{uid}:{cid}", 0, -1)]
+        texts = [msgspec.msgpack.decode(raw)["parts"][0]["text"] for raw in rdb.lrange(list_key(uid, cid), 0, -1)]
         assert texts == ["first", "second"]  # pushed once: the lost reply's script was not run again
         assert reply["fallback"] is True  # a timeout is an outage: the router switched to the fallback, as before
     rdb.close()

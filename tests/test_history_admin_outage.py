@@ -19,6 +19,7 @@ import redis
 
 from services.session.config import RedisTarget
 from services.session.history_redis import HistoryRedis
+from services.session.keys import index_key, list_key, titles_key
 from services.session.redis_store import create_client
 from tests import fake_llm
 from tests.chat_support import gateway, signed_in
@@ -72,9 +73,9 @@ async def test_erase_deletes_every_conversation_and_session_of_a_user_and_only_t
                 assert response.status == 401, "signed out everywhere"
             assert (await stored(stays, kept))[0] == 200
     rdb = private_stack.redis
-    left = [k for k in rdb.scan_iter(match=f"*{uid}*") if not k.startswith(b"limit:quota:")]  # quota counters expire with their window
+    left = [k for k in rdb.scan_iter(match=f"*{uid}*") if not k.startswith(b"limit:")]  # quota counters expire with their window
     assert left == [], "nothing of the erased user's history or sessions is left in Redis"
-    assert len(redis_messages(private_stack, other, kept)) == 2 and rdb.zscore(f"conversations:{other}", kept) is not None
+    assert len(redis_messages(private_stack, other, kept)) == 2 and rdb.zscore(index_key(other), kept) is not None
 
 
 async def test_a_redis_outage_mid_conversation_loses_nothing(private_stack: Stack, fake: FakeLLM) -> None:
@@ -135,14 +136,14 @@ async def test_write_back_pushes_each_outage_message_once(redis_server: RedisSer
         assert not await write(11, "e1", [b"m1", b"m2", b"m3"])  # the same version again: skipped
         assert not await write(9, "e1", [b"m1"])  # an older version: skipped
         assert await write(12, "e2", [b"m4"])  # a new entry (a later outage)
-        assert rdb.lrange(f"conversation:{uid}:{cid}", 0, -1) == [b"m0", b"m1", b"m2", b"m3", b"m4"]
-        assert rdb.hget(f"conversation_titles:{uid}", cid) == b"Before", "an initial title never replaces one"
+        assert rdb.lrange(list_key(uid, cid), 0, -1) == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+        assert rdb.hget(titles_key(uid), cid) == b"Before", "an initial title never replaces one"
 
         assert await write(13, "e3", [b"n1"], replaces=True)  # deleted, then written again, during an outage
-        assert rdb.lrange(f"conversation:{uid}:{cid}", 0, -1) == [b"n1"]
-        assert rdb.hget(f"conversation_titles:{uid}", cid) == b"During"
+        assert rdb.lrange(list_key(uid, cid), 0, -1) == [b"n1"]
+        assert rdb.hget(titles_key(uid), cid) == b"During"
         assert await write(14, "e4", [], replaces=True, deleted=True)
-        assert rdb.exists(f"conversation:{uid}:{cid}") == 0 and rdb.zscore(f"conversations:{uid}", cid) is None
+        assert rdb.exists(list_key(uid, cid)) == 0 and rdb.zscore(index_key(uid), cid) is None
     finally:
         await store.close()
         rdb.close()

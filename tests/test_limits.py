@@ -21,6 +21,7 @@ from services.gateway import keys
 from services.gateway.app import create_app
 from services.gateway.clients import Limiter, LimitResult, Window
 from services.gateway.config import GatewayConfig
+from services.session.keys import limit_key
 from shared.bus import request
 from shared.errors import ServiceError
 from tests import test_session_service
@@ -35,7 +36,7 @@ start_session = test_session_service.start_session
 rdb = test_session_service.rdb
 
 # Run inside the limit script: Redis counts them in commandstats, but they never cross the network.
-_SCRIPT_INTERNAL = {"time", "mget", "incr", "expire"}
+_SCRIPT_INTERNAL = {"time", "hmget", "hset", "ttl", "expire"}
 
 
 def new_key(kind: str = "quota") -> str:
@@ -48,6 +49,11 @@ def limiter(nc: NATS, replica: Caller) -> Limiter:
 
 def redis_now(rdb: redis.Redis) -> int:
     return int(rdb.time()[0])
+
+
+def counts(rdb: redis.Redis, key: str) -> dict[str, tuple[int, int]]:
+    """Each window's (index, count) in the one hash the limiter keeps for `key`."""
+    return {name.decode(): tuple(int(part) for part in value.split(b":")) for name, value in rdb.hgetall(limit_key(key)).items()}  # type: ignore[misc]
 
 
 async def test_each_window_counts_and_reports_its_use(start_session, rdb, nc) -> None:
@@ -65,13 +71,14 @@ async def test_each_window_counts_and_reports_its_use(start_session, rdb, nc) ->
     assert second.windows["day"].used == 0 and second.windows["day"].limit == 0  # off: not counted
     assert 0 < second.windows["minute"].resets_in <= 60
     assert 0 < second.windows["hour"].resets_in <= 3600
-    # Fixed windows on Redis's clock: `limit:<key>:<name>:<index>`, expiring after the window.
+    # Fixed windows on Redis's clock, in one hash `limit:{u:<uid>}:quota` (one cluster slot) that outlives the longest window.
+    assert limit_key(key) == "limit:{u:" + key.removeprefix("quota:") + "}:quota"
     now = redis_now(rdb)
+    stored = counts(rdb, key)
+    assert set(stored) == {"minute", "hour"}  # the day window is off: not counted
     for name, seconds in (("minute", 60), ("hour", 3600)):
-        counter = next(k for k in (f"limit:{key}:{name}:{i}" for i in (now // seconds, (now - 1) // seconds)) if rdb.exists(k))
-        assert rdb.get(counter) == b"2"
-        assert 0 < rdb.ttl(counter) <= seconds + 1
-    assert not rdb.keys(f"limit:{key}:day:*")
+        assert stored[name][0] in (now // seconds, (now - 1) // seconds) and stored[name][1] == 2
+    assert 60 < rdb.ttl(limit_key(key)) <= 3601
 
 
 async def test_a_refused_call_counts_in_no_window(start_session, rdb, nc) -> None:
@@ -87,7 +94,7 @@ async def test_a_refused_call_counts_in_no_window(start_session, rdb, nc) -> Non
     assert refused.windows["minute"].used == 2 and refused.windows["hour"].used == 2
     assert refused.retry_after is not None and 0 < refused.retry_after <= 60
     assert refused.retry_after == refused.windows["minute"].resets_in
-    assert sorted(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == [2, 2]
+    assert sorted(n for _, n in counts(rdb, key).values()) == [2, 2]
 
 
 async def test_reading_does_not_count(start_session, rdb, nc) -> None:
@@ -102,7 +109,7 @@ async def test_reading_does_not_count(start_session, rdb, nc) -> None:
 
     assert before.allowed and before.windows["minute"].used == 0
     assert not after.allowed and after.windows["minute"].used == 1 and after.retry_after is not None
-    assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [1]
+    assert [n for _, n in counts(rdb, key).values()] == [1]
 
 
 async def test_a_new_window_starts_afresh(start_session, rdb, nc) -> None:
@@ -132,7 +139,7 @@ async def test_concurrent_hits_never_exceed_the_limit(start_session, rdb, nc) ->
 
     assert sum(r.allowed for r in results) == 10
     assert sorted(r.windows["minute"].used for r in results if r.allowed) == list(range(1, 11))
-    assert sorted(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == [10, 10]
+    assert sorted(n for _, n in counts(rdb, key).values()) == [10, 10]
 
 
 async def test_two_replicas_share_one_count(start_replica, infra: Infra, redis_server: RedisServer, rdb, nc) -> None:
@@ -145,7 +152,7 @@ async def test_two_replicas_share_one_count(start_replica, infra: Infra, redis_s
 
     assert sum(r.allowed for r in results) == 10
     assert not any(r.local for r in results)
-    assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [10]
+    assert [n for _, n in counts(rdb, key).values()] == [10]
     # Both replicas served some of them, and each call was one EVALSHA.
     evalsha = [replica.metric("session_redis_commands_total", command="evalsha") for replica in (a, b)]
     assert all(n > 0 for n in evalsha) and sum(evalsha) == 50
@@ -164,7 +171,7 @@ async def test_a_count_whose_reply_was_lost_is_not_sent_again(start_inprocess, r
         result = await client.hit(key, windows)
 
         assert proxy.held.is_set()
-        assert sum(int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")) == 2  # one count per call: the lost reply was not resent
+        assert sum(n for _, n in counts(rdb, key).values()) == 2  # one count per call: the lost reply was not resent
         assert result.allowed and result.local  # a timeout is an outage: the router switched to the fallback, as before
         assert commandstats(rdb)["evalsha"] == 2
 
@@ -185,8 +192,9 @@ async def test_one_redis_command_per_call(start_session, rdb, nc) -> None:
     stats = commandstats(rdb)
     assert stats.pop("evalsha") == 9
     assert set(stats) <= _SCRIPT_INTERNAL, stats  # nothing else reached Redis from outside
-    assert stats["time"] == 9 and stats["mget"] == 9  # inside the script: one clock read, one read of all windows
-    assert stats["incr"] == 15  # three windows for each of the five counted calls
+    assert stats["time"] == 9 and stats["hmget"] == 9  # inside the script: one clock read, one read of all windows
+    assert stats["hset"] == 15  # three windows for each of the five counted calls
+    assert stats["ttl"] == 5 and 1 <= stats.get("expire", 0) <= 5  # the one hash outlives its longest window
     assert replica.metric("session_redis_commands_total", command="evalsha") - sent_before == 9
 
 
@@ -208,6 +216,7 @@ async def test_redis_down_counts_locally_per_replica_and_says_so(start_replica, 
         assert [r.windows["minute"].used for r in results] == [1, 2, 3, 3, 3]
         assert results[-1].retry_after is not None
     for replica in (a, b):
+        await replica.wait_for_event("limiter_local")  # the line may still be on its way from the process
         assert len(replica.service.events("limiter_local")) == 1  # once per degradation, not per call
 
     # Redis back (empty: the test server keeps nothing on disk): counting returns there.
@@ -221,7 +230,7 @@ async def test_redis_down_counts_locally_per_replica_and_says_so(start_replica, 
     await a.wait_for_event("limiter_redis")
     back = await limiter(nc, a).hit(key, windows)
     assert back.allowed and not back.local and back.windows["minute"].used == 1
-    assert [int(rdb.get(k)) for k in rdb.keys(f"limit:{key}:*")] == [1]
+    assert [n for _, n in counts(rdb, key).values()] == [1]
 
 
 async def test_a_store_already_on_its_fallback_sends_the_limiter_local_at_once(start_replica, infra: Infra, redis_server: RedisServer, nc) -> None:

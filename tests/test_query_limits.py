@@ -284,7 +284,7 @@ async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make
         started = await admin.fetchval("SELECT clock_timestamp()")
     finally:
         await admin.close()
-    system = make_system(QUERY_DATABASE_URL=pg_reader.url, QUERY_MAX_CONCURRENT="1")
+    system = make_system(QUERY_DATABASE_URL=pg_reader.url, QUERY_MAX_CONCURRENT="1", QUERY_QUEUE_MAX="0")  # no queue: past the one slot is 503
     async with browser(system.url) as reader, browser(system.url) as other:
         await login(reader)
         await login(other, email="grace@example.com", name="Grace")
@@ -297,7 +297,7 @@ async def test_a_full_replica_answers_503_with_retry_after_and_runs_nothing(make
                 assert refused.headers["Retry-After"].isdigit()
                 body = await refused.json()
             assert body["error"]["code"] == "busy"
-            assert "QUERY_MAX_CONCURRENT" in body["error"]["message"]
+            assert "QUERY_MAX_CONCURRENT" in body["error"]["message"] and "QUERY_QUEUE_MAX" in body["error"]["message"]
             # By effect: the refused query never reached the database. The one backend this
             # system opened is the holder's, still running its query; a second query would
             # have needed a second connection.

@@ -182,7 +182,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 
 async def nats_connection(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    nc = await connect(config.nats_url, "gateway")
+    nc = await connect(config.nats_url, "gateway", credentials=config.nats_credentials)
     app[keys.NATS_CLIENT] = nc
     app[keys.SESSIONS] = SessionClient(nc, app[keys.SUBJECTS], config.session_timeout_s)
     app[keys.LIMITER] = Limiter(nc, app[keys.SUBJECTS], config.session_timeout_s)

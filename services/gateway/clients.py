@@ -33,7 +33,7 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.sessions import new_sid
 from shared.access import DEFAULT_SOURCE, unknown_source
-from shared.bus import request, request_bytes
+from shared.bus import request, request_bytes, wait_connected
 from shared.codec import decode
 from shared.contracts import (
     MAX_SESSION_BATCH,
@@ -114,6 +114,8 @@ async def _call[R: msgspec.Struct](nc: NATS, subject: str, payload: msgspec.Stru
 _READS = msgspec.msgpack.Encoder()
 _REPLY = msgspec.msgpack.Decoder(SessionGetManyReply)
 MAX_BATCHES_IN_FLIGHT = 2
+READ_RETRY_S = 3.0
+"""How long a session read is asked again while the bus reconnects (a NATS cluster node gone)."""
 
 
 class _Read:
@@ -155,6 +157,25 @@ class SessionReads:
             loop.call_soon(self._send_waiting, context=contextvars.Context())
         return await future
 
+    async def _request(self, data: bytes) -> bytes:
+        """`session.get_many`, asked again while the bus moves to another server (reads are idempotent).
+
+        A NATS cluster node going away drops the replies in flight; within READ_RETRY_S the
+        client is on another node and the session service subscribed there again, so the read
+        is answered instead of failing a request that a moment later would have worked.
+        """
+        deadline = asyncio.get_running_loop().time() + READ_RETRY_S
+        pause = 0.05
+        while True:
+            try:
+                return await request_bytes(self._nc, self._subject, data, timeout=self._timeout)
+            except ServiceError as exc:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if exc.code != UNAVAILABLE or remaining <= 0 or not await wait_connected(self._nc, remaining):
+                    raise
+                await asyncio.sleep(pause)  # connected, but the session service may still be subscribing again
+                pause = min(pause * 2, 0.4)
+
     def _send_waiting(self) -> None:
         self._scheduled = False
         while self._waiting and self._in_flight < self._max_in_flight:
@@ -171,7 +192,7 @@ class SessionReads:
     async def _send(self, batch: list[_Read]) -> None:
         try:
             data = _READS.encode(SessionGetMany([SessionRead(read.sid, read.request_id) for read in batch]))
-            reply = _REPLY.decode(await request_bytes(self._nc, self._subject, data, timeout=self._timeout))
+            reply = _REPLY.decode(await self._request(data))
             if reply.error is not None:
                 raise ServiceError(reply.error.code, reply.error.message)
             if len(reply.results) != len(batch):

@@ -124,7 +124,9 @@ class GatewayConfig(ServiceSettings):
     admin_emails: tuple[str, ...] = setting("ADMIN_EMAILS", (), "comma list of emails that may read the audit trail (GET /api/audit)", parse=_emails)
     admin_group: str = setting("ADMIN_GROUP", "", "members of this group may read the audit trail too")
     audit_stream: str = setting("AUDIT_STREAM", "AUDIT", "the JetStream stream of the audit trail (subjects `<prefix>.audit.>`)", parse=_stream_name)
-    audit_replicas: int = setting("AUDIT_REPLICAS", 1, "the audit stream's replicas (within a JetStream cluster)", minimum=1)
+    audit_replicas: int = setting(
+        "AUDIT_REPLICAS", 1, "the audit stream's replicas (within a JetStream cluster)", minimum=1, default_from=lambda values: values["nats_js_replicas"], shown="NATS_JS_REPLICAS"
+    )
     audit_max_age_s: float = setting("AUDIT_MAX_AGE", 365 * 86400.0, "seconds an audit event is kept (0: forever)", minimum=0)
     audit_max_bytes: int = setting("AUDIT_MAX_BYTES", -1, "the audit stream's size limit in bytes; the oldest events go first (-1: none)", minimum=-1)
     audit_required: bool = setting("AUDIT_REQUIRED", False, "refuse queries (503) while the audit stream cannot take events, instead of buffering them")

@@ -15,6 +15,7 @@ from services.query.connections.address import IPNetwork, parse_networks, parse_
 from services.query.connections.seal import Keyring
 from shared.access import DEFAULT_SOURCE, parse_policy
 from shared.config import ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
+from shared.contracts import QUERY_QUEUE_WAIT_MAX_S
 from shared.errors import ConfigError
 
 PREVIEW_ROWS = 5
@@ -86,7 +87,9 @@ class QueryConfig(ServiceSettings):
     # with an error before it is read (services/query/wire.py, docs/query-values.md).
     max_cell_bytes: int = setting("QUERY_MAX_CELL_BYTES", 512 * 1024, "a value larger than this many bytes ends the query with an error before it is read", minimum=1024)
     max_row_bytes: int = setting("QUERY_MAX_ROW_BYTES", 1024 * 1024, "a row larger than this many bytes ends the query with an error before it is read", minimum=1024)
-    max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is refused with code busy (HTTP 503)", minimum=1)
+    max_concurrent: int = setting("QUERY_MAX_CONCURRENT", 8, "queries running at once in this replica; one more is declined (another replica takes it) or waits in the queue", minimum=1)
+    queue_max: int = setting("QUERY_QUEUE_MAX", 64, "queries that may wait for a slot in this replica, fair between users; one more is refused with code busy (HTTP 503)", minimum=0)
+    queue_wait_s: float = setting("QUERY_QUEUE_WAIT_S", 3.0, f"how long a query may wait for a slot before code busy (HTTP 503); at most {QUERY_QUEUE_WAIT_MAX_S:g}", minimum=0)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
     schema: SchemaConfig = field(default_factory=SchemaConfig)  # read from the same environment by from_env
     # Server-side bounds per statement (docs/query-guard.md#server-side-resources).
@@ -133,6 +136,8 @@ class QueryConfig(ServiceSettings):
     allow_activity_views: bool = setting("QUERY_ALLOW_ACTIVITY_VIEWS", False, "let queries read views of other sessions' SQL (pg_stat_activity, the processlists)")
 
     def __post_init__(self) -> None:
+        if self.queue_wait_s > QUERY_QUEUE_WAIT_MAX_S:
+            raise ConfigError(f"QUERY_QUEUE_WAIT_S must be at most {QUERY_QUEUE_WAIT_MAX_S:g} (the gateway waits no longer), got {self.queue_wait_s:g}")
         if self.max_cell_bytes > self.max_row_bytes:
             raise ConfigError(f"QUERY_MAX_CELL_BYTES ({self.max_cell_bytes}) must not be more than QUERY_MAX_ROW_BYTES ({self.max_row_bytes})")
         if self.max_row_bytes > MAX_ROW_BYTES_LIMIT:

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.query import metrics
+from services.query.admission import Admission
 from services.query.config import PREVIEW_ROWS, QueryConfig
 from services.query.connections.handlers import connections_off
 from services.query.connections.pools import UserPools
@@ -30,7 +31,6 @@ from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
 from shared.contracts import QUERY_OPEN_TIMEOUT_S, QUERY_START_TIMEOUT_S, Caller, ColumnInfo, Ping, QueryAccepted, QueryExecute, QueryPong, Subjects
 from shared.errors import (
-    BUSY,
     INTERNAL,
     QUERY_TIMEOUT,
     UNAVAILABLE,
@@ -80,10 +80,6 @@ def loggable_sql(sql: str) -> str:
     return flat if len(flat) <= LOGGED_SQL_CHARS else flat[:LOGGED_SQL_CHARS] + "…"
 
 
-def busy(limit: int) -> ServiceError:
-    return ServiceError(BUSY, f"this query service replica is running its limit of {limit} queries (QUERY_MAX_CONCURRENT); retry in a moment")
-
-
 def not_answering(source: str) -> ServiceError:
     return ServiceError(UNAVAILABLE, f"the database {source} is not answering; try again")
 
@@ -103,6 +99,7 @@ class QueryHandlers:
         self._subjects = subjects
         self._pools = pools
         self._streams: set[asyncio.Task[None]] = set()
+        self.admission = Admission(config.max_concurrent, config.queue_max, config.queue_wait_s)
         self.accepting = True
 
     @property
@@ -145,20 +142,22 @@ class QueryHandlers:
         sql = req.sql
         progress = _Progress(req.source or self._sources.default, sql, started)
         engine: Engine | None = None
+        admitted = False
         try:
             if not self.accepting:
                 raise ServiceError(UNAVAILABLE, "the query service is shutting down; try again")
+            # First, so a declined or queued request holds nothing (no source opened, no subscription).
+            await self.admission.acquire(req.caller.user_id if req.caller else "", wait=req.wait)
+            admitted = True
             engine = await self._engine(req, progress)
             policy = engine.function_policy(self._config.allowed_functions.get(engine.name, frozenset()) if engine.owner is None else frozenset())
             # In a thread: parsing a long statement then only slows the loop, it does not stop it.
             await asyncio.to_thread(check_read_only, sql, engine.dialect, policy, self._config.max_cell_bytes, allow_activity_views=self._config.allow_activity_views)
             producer = StreamProducer(self._nc, self._subjects, req, ack_timeout_s=self._config.ack_timeout_s)
             await producer.open()
-            # Checked with no await between here and create_task, so the cap holds exactly.
-            if len(self._streams) >= self._config.max_concurrent:
-                await producer.close()
-                raise busy(self._config.max_concurrent)
         except BaseException as exc:
+            if admitted:
+                self.admission.release()
             if engine is not None and engine.owner is not None:
                 self._pools.checkin(engine)
             if isinstance(exc, ServiceError):
@@ -174,6 +173,7 @@ class QueryHandlers:
 
     def _stream_done(self, task: asyncio.Task[None], engine: Engine) -> None:
         self._streams.discard(task)
+        self.admission.release()
         metrics.STREAMS_IN_FLIGHT.dec()
         if engine.owner is not None:
             self._pools.checkin(engine)

@@ -67,7 +67,7 @@ async def create_service(config: QueryConfig, *, resolver: Resolver | None = Non
         await asyncio.to_thread(ensure_sample, config.sample_path)
     subjects = Subjects(config.subject_prefix)
     async with AsyncExitStack() as stack:
-        nc = await connect(config.nats_url, "query")
+        nc = await connect(config.nats_url, "query", credentials=config.nats_credentials)
         stack.push_async_callback(close_nats, nc)
         if config.allow_privileged:
             log.warning(

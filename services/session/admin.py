@@ -10,6 +10,7 @@
     python -m services.session.admin connections list --user UID   # a user's own databases (never a password)
     python -m services.session.admin erase --user UID     # every conversation, connection and session of a user (audited when NATS_URL is set)
     python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
+    python -m services.session.admin migrate-keys         # history and quota keys to their one-slot-per-user names
     python -m services.session.admin examples list|approve|delete|verify   # verified examples, over NATS
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service; `audit`
@@ -35,12 +36,13 @@ import msgpack
 import msgspec
 import nats
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisError, ResponseError
 
 from services.session import examples_admin
 from services.session.config import key_prefix, redis_target
 from services.session.connections import decode_records, hash_key
-from services.session.history_redis import index_key, list_key, titles_key
+from services.session.keys import LIMIT_PREFIX, index_key, limit_key, list_key, titles_key
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.audit import AuditFilter, as_record, parse_since, read_events
 from shared.config import ServiceSettings, env_str, environ, read_one
@@ -167,6 +169,57 @@ class Admin:
         )
         return 0
 
+    def migrate_keys(self) -> int:
+        """Move history and quota keys from their names before the `{u:<uid>}` hash tags to the new ones; safe to repeat.
+
+        A key already at its new name (written by the service since) wins over the old one,
+        which is then dropped. DUMP/RESTORE rather than RENAME: on a Redis Cluster the two
+        names may live on different nodes.
+        """
+        moved = {"conversation": 0, "index": 0, "titles": 0, "limit": 0}
+        for key in self._legacy("conversation:*"):
+            uid, _, cid = key.removeprefix("conversation:").rpartition(":")
+            if uid and _CONVERSATION_ID.match(cid):
+                moved["conversation"] += self._move(key, list_key(uid, cid))
+        for key in self._legacy("conversations:*"):
+            moved["index"] += self._move(key, index_key(key.removeprefix("conversations:")))
+        for key in self._legacy("conversation_titles:*"):
+            moved["titles"] += self._move(key, titles_key(key.removeprefix("conversation_titles:")))
+        for key in self._legacy(LIMIT_PREFIX + "*"):
+            limited, name, index = key.removeprefix(LIMIT_PREFIX).rsplit(":", 2) if key.count(":") >= 3 else ("", "", "")
+            if limited and index.isdigit():
+                moved["limit"] += self._move_counter(key, limit_key(limited), name, int(index))
+        self._print(json.dumps({"migrated": moved}))
+        return 0
+
+    def _legacy(self, pattern: str) -> list[str]:
+        """Keys matching `pattern` that carry no hash tag: the names written before the migration."""
+        return sorted(k.decode(errors="replace") for k in self._client.scan_iter(match=pattern, count=SCAN_COUNT) if b"{" not in k)
+
+    def _move(self, old: str, new: str) -> int:
+        dumped, pttl = self._client.dump(old), self._client.pttl(old)
+        if dumped is None:
+            return 0  # gone meanwhile (expired, or moved by a concurrent run)
+        try:
+            self._client.restore(new, max(pttl, 0), dumped)
+        except ResponseError as exc:
+            if "BUSYKEY" not in str(exc):
+                raise
+        self._client.delete(old)
+        return 1
+
+    def _move_counter(self, old: str, new: str, name: str, index: int) -> int:
+        count, ttl = self._client.get(old), self._client.ttl(old)
+        if count is None:
+            return 0
+        current = self._client.hget(new, name)
+        if current is None or int(current.split(b":")[0]) < index:
+            self._client.hset(new, name, f"{index}:{int(count)}")
+        if ttl > 0 and self._client.ttl(new) < ttl:
+            self._client.expire(new, ttl)
+        self._client.delete(old)
+        return 1
+
     def delete_user(self, uid: str) -> int:
         """Delete every session whose user id is `uid`: SCAN, GET in batches, decode, delete the matches."""
         total = self._delete_user_sessions(uid)
@@ -187,7 +240,8 @@ class Admin:
 
     def _delete_user_batch(self, uid: str, keys: list[bytes]) -> int:
         matches = []
-        for key, raw in zip(keys, self._client.mget(keys), strict=True):
+        values = self._client.mget_nonatomic(keys) if isinstance(self._client, RedisCluster) else self._client.mget(keys)
+        for key, raw in zip(keys, values, strict=True):
             session = _decode(raw) if raw is not None else None
             if isinstance(session, dict) and user_id(session) == uid:
                 matches.append(key)
@@ -261,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     connections_list.add_argument("--user", dest="uid", required=True)
     erase = sub.add_parser("erase", help="delete every conversation, connection and session of a user (erasure on request); safe to repeat")
     erase.add_argument("--user", dest="uid", required=True)
+    sub.add_parser("migrate-keys", help="move history and quota keys to their Redis Cluster names ({u:<uid>} hash tags); safe to repeat")
     examples_admin.add_parser(sub)
     audit = sub.add_parser("audit", help="the audit trail (JetStream, docs/access.md): the newest matching events, oldest first")
     audit.add_argument("--user", help="a user id or email")
@@ -349,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if target is None:
         print("error: set REDIS_URL or UPSTASH_REDIS_URL (or pass --redis-url)", file=sys.stderr)
         return 2
-    client = Redis.from_url(target.url, socket_connect_timeout=5, socket_timeout=10)
+    client: Redis = (RedisCluster if target.cluster else Redis).from_url(target.url, socket_connect_timeout=5, socket_timeout=10)  # type: ignore[assignment]
     admin = Admin(client, key_prefix(env), show_sids=args.show_sids)
     try:
         if args.command == "list":
@@ -358,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             return admin.count()
         if args.command == "show":
             return admin.show(args.sid)
+        if args.command == "migrate-keys":
+            return admin.migrate_keys()
         if args.command in ("conversations", "connections", "erase"):
             if not args.uid.strip():
                 print("error: --user needs a user id", file=sys.stderr)

@@ -24,6 +24,8 @@ class RedisTarget:
     """The URL to connect to, after the Upstash / REDIS_TLS rewrite; may hold a password."""
     source: str
     """The variable it came from: UPSTASH_REDIS_URL or REDIS_URL."""
+    cluster: bool = False
+    """Redis Cluster (REDIS_CLUSTER=1 or a `redis+cluster://` URL): redis-py's cluster client."""
 
     @property
     def tls(self) -> bool:
@@ -51,10 +53,13 @@ def effective_redis_url(url: str, *, force_tls: bool, variable: str = "REDIS_URL
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
         raise ConfigError(f"{variable} is not a valid URL: {exc}") from None
+    if parts.scheme in ("redis+cluster", "rediss+cluster"):
+        parts = parts._replace(scheme=parts.scheme.removesuffix("+cluster"))
+        url = urlunsplit(parts)
     if parts.scheme in ("http", "https"):
         raise ConfigError(f"{variable} must be a redis:// or rediss:// URL, not the HTTP REST URL")
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{variable} must start with redis://, rediss:// or unix://, got {parts.scheme or 'no'} scheme")
+        raise ConfigError(f"{variable} must start with redis://, rediss://, redis+cluster:// or unix://, got {parts.scheme or 'no'} scheme")
     if parts.scheme == "unix":
         if force_tls:
             raise ConfigError(f"REDIS_TLS=1 cannot apply to the unix socket in {variable}")
@@ -71,15 +76,21 @@ REDIS_INPUTS = (
     Setting("REDIS_URL", "Redis URL; neither set = fallback store only (warning)"),
 )
 REDIS_TLS = Setting("REDIS_TLS", "`1` dials `rediss://` whatever the host", shown="0")
+REDIS_CLUSTER = Setting("REDIS_CLUSTER", "`1`: the URL names one node of a Redis Cluster (as does a `redis+cluster://` URL)", shown="0")
 
 
 def redis_target(env: Mapping[str, str]) -> RedisTarget | None:
     """UPSTASH_REDIS_URL (wins) or REDIS_URL, with REDIS_TLS applied; None when neither is set."""
     force_tls = REDIS_TLS.read(env, bool, False)
+    cluster = REDIS_CLUSTER.read(env, bool, False)
     for variable in REDIS_INPUTS:
         raw = env.get(variable.env, "").strip()
         if raw:
-            return RedisTarget(effective_redis_url(raw, force_tls=force_tls, variable=variable.env), variable.env)
+            cluster = cluster or urlsplit(raw).scheme.endswith("+cluster")
+            url = effective_redis_url(raw, force_tls=force_tls, variable=variable.env)
+            if cluster and url.startswith("unix://"):
+                raise ConfigError(f"REDIS_CLUSTER=1 needs a redis:// or rediss:// URL in {variable.env}, not a unix socket")
+            return RedisTarget(url, variable.env, cluster)
     return None
 
 
@@ -92,7 +103,7 @@ def key_prefix(env: Mapping[str, str]) -> str:
 class SessionConfig(ServiceSettings):
     """Everything the session service reads at start-up."""
 
-    INPUTS: ClassVar[tuple[Setting, ...]] = (*REDIS_INPUTS, REDIS_TLS)
+    INPUTS: ClassVar[tuple[Setting, ...]] = (*REDIS_INPUTS, REDIS_TLS, REDIS_CLUSTER)
 
     redis: RedisTarget | None = None
     """From UPSTASH_REDIS_URL (wins) or REDIS_URL, with REDIS_TLS; None runs on the fallback store only."""

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
 from services.session.outage import OutageRouter
-from services.session.redis_store import CorruptSession, RedisUnavailable, classify
+from services.session.redis_store import CorruptSession, RedisUnavailable, classify, close_client
 from shared.contracts import (
     ConnectionDelete,
     ConnectionDeleted,
@@ -164,7 +164,7 @@ class ConnectionsRedis:
         return records, int(next_cursor)
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)
+        await close_client(self._client)
 
 
 class ConnectionStore:

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
 from services.session.outage import OutageRouter
-from services.session.redis_store import RedisUnavailable, classify
+from services.session.redis_store import RedisUnavailable, classify, close_client
 from shared.contracts import (
     Example,
     ExampleFlag,
@@ -113,7 +113,7 @@ class ExampleStore:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
+            await close_client(self._client)
 
     async def _get(self, source: str, eid: str) -> Example | None:
         raw = await self._redis().hget(source_key(source), eid)

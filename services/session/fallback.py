@@ -94,8 +94,8 @@ class KvFallback:
         self._by = replica_name()
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, lifetime_s: int) -> KvFallback:
-        """Bind to the bucket, creating it (history 1, TTL = session lifetime) if it is missing."""
+    async def open(cls, js: JetStreamContext, bucket: str, lifetime_s: int, *, replicas: int = 1) -> KvFallback:
+        """Bind to the bucket, creating it (history 1, TTL = session lifetime, NATS_JS_REPLICAS copies) if it is missing."""
         try:
             kv = await js.key_value(bucket)
         except jse.BucketNotFoundError:
@@ -106,6 +106,7 @@ class KvFallback:
                 ttl=float(lifetime_s),
                 storage=StorageType.FILE,
                 direct=True,
+                replicas=replicas,
             )
             kv = await js.create_key_value(config)  # idempotent when another replica races us with the same config
         else:

@@ -2,10 +2,11 @@
 
 Keys, per user id:
 
-* `conversation:<uid>:<id>`: a list of MessagePack UIMessages, oldest first;
-* `conversations:<uid>`: a sorted set of conversation ids scored by last update (ms, Redis's clock);
-* `conversation_titles:<uid>`: a hash of conversation id to title.
+* `conversation:{u:<uid>}:<id>`: a list of MessagePack UIMessages, oldest first;
+* `conversations:{u:<uid>}`: a sorted set of conversation ids scored by last update (ms, Redis's clock);
+* `conversation_titles:{u:<uid>}`: a hash of conversation id to title.
 
+The `{u:<uid>}` hash tag puts them in one Redis Cluster slot (services/session/keys.py).
 All three slide to CONVERSATION_LIFETIME on every read and write of the conversation.
 """
 
@@ -17,24 +18,13 @@ from pathlib import Path
 import redis.exceptions as rex
 from redis.asyncio import Redis
 
+from services.session.keys import guard_key, index_key, list_key, titles_key
 from services.session.limits import _CountedClient
-from services.session.redis_store import WRITEBACK_GUARD_PREFIX, WRITEBACK_GUARD_TTL_S, classify
+from services.session.redis_store import WRITEBACK_GUARD_TTL_S, classify, close_client
 
 LUA = Path(__file__).with_name("lua")
 SENT_ONCE = frozenset({"append", "delete"})
 """Scripts never sent twice: a second run would append again, or answer that the conversation it just deleted was not there."""
-
-
-def list_key(uid: str, conversation_id: str) -> str:
-    return f"conversation:{uid}:{conversation_id}"
-
-
-def index_key(uid: str) -> str:
-    return f"conversations:{uid}"
-
-
-def titles_key(uid: str) -> str:
-    return f"conversation_titles:{uid}"
 
 
 @dataclass(frozen=True)
@@ -142,7 +132,7 @@ class HistoryRedis:
         messages: list[bytes],
     ) -> bool:
         """Apply one conversation's outage entry; False when a newer version was already applied."""
-        keys = [*self._keys(uid, conversation_id), WRITEBACK_GUARD_PREFIX + list_key(uid, conversation_id)]
+        keys = [*self._keys(uid, conversation_id), guard_key(list_key(uid, conversation_id))]
         args: list[str | bytes | int] = [
             f"{version:020d}",
             epoch,
@@ -158,4 +148,4 @@ class HistoryRedis:
         return bool(await self._call("writeback", keys, args))
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)  # the pool was passed in: aclose() alone leaves it open
+        await close_client(self._client)

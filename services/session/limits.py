@@ -1,7 +1,8 @@
 """Rate limits and quotas (`session.limit`): fixed windows counted in Redis, one command per call.
 
 Every window of a call is checked and counted by one Lua script (limit.lua) run with
-EVALSHA, on Redis's own clock, so replicas share the counts and never race: no
+EVALSHA on one hash per limiter key (`limit:{u:<uid>}:quota`, `limit:{login:<ip>}`: one
+Redis Cluster slot), on Redis's own clock, so replicas share the counts and never race: no
 read-then-increment, and a refused call counts nowhere. While the outage router
 (services/session/outage.py) finds Redis down, each replica counts in its own memory (the
 reply says `local: true`) until the router's probe finds Redis back; the local counts are
@@ -18,16 +19,15 @@ import structlog
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
+from services.session.keys import limit_key
 from services.session.metrics import LIMIT_CALLS, REDIS_COMMANDS
 from services.session.outage import OutageRouter
-from services.session.redis_store import RedisUnavailable, classify, describe, send_once
+from services.session.redis_store import RedisUnavailable, classify, close_client, describe, send_once
 from shared.contracts import LimitRequest, LimitResult, LimitWindow, WindowUsage
 from shared.errors import BAD_REQUEST, ServiceError
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "limit:"
-"""Counters live under `limit:<key>:<window name>:<window index>`."""
 LOCAL_MAX_COUNTERS = 100_000
 """Bound of the in-memory counters kept while Redis is down."""
 SCRIPT = (Path(__file__).with_name("limit.lua")).read_text()
@@ -128,7 +128,7 @@ class Limits:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
+            await close_client(self._client)
 
     def _go_local(self, reason: str) -> None:
         if self._local_since is None:
@@ -175,11 +175,10 @@ class Limits:
 
     async def _redis_hit(self, request: LimitRequest) -> LimitResult:
         assert self._script is not None
-        keys = [f"{KEY_PREFIX}{request.key}:{w.name}" for w in request.windows]
-        args: list[int] = [1 if request.consume else 0]
+        args: list[str | int] = [1 if request.consume else 0]
         for w in request.windows:
-            args += [w.seconds, w.limit]
-        reply = await self._script(keys=keys, args=args, client=self._counted)  # type: ignore[arg-type]
+            args += [w.name, w.seconds, w.limit]
+        reply = await self._script(keys=[limit_key(request.key)], args=args, client=self._counted)  # type: ignore[arg-type]
         assert isinstance(reply, list) and len(reply) == 1 + 2 * len(request.windows), reply
         return _result(request.windows, [int(v) for v in reply[1::2]], [int(v) for v in reply[2::2]], reply[0] == 1, local=False)
 

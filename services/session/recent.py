@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from services.session.metrics import REDIS_COMMANDS
 from services.session.outage import OutageRouter
-from services.session.redis_store import RedisUnavailable, classify, describe
+from services.session.redis_store import RedisUnavailable, classify, close_client, describe
 from shared.contracts import RECENT_MAX, Ok, RecentAdd, RecentList, RecentQueries, RecentQuery
 
 log = structlog.get_logger(__name__)
@@ -65,7 +65,7 @@ class RecentStore:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose(close_connection_pool=True)
+            await close_client(self._client)
 
     def _key(self, uid: str, source: str) -> str:
         return f"{KEY_PREFIX}{uid}:{source}"

@@ -16,17 +16,18 @@ from typing import Any
 
 import redis.exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
 from services.session.config import RedisTarget
+from services.session.keys import WRITEBACK_GUARD_PREFIX, guard_key
 from services.session.metrics import REDIS_COMMANDS
 
-WRITEBACK_GUARD_PREFIX = "dbgenie:session-writeback:"
-"""Keys that order concurrent write-backs of one session after an outage (short TTL)."""
 WRITEBACK_GUARD_TTL_S = 60
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 1024
 PROBE_KEY = WRITEBACK_GUARD_PREFIX + "probe"
 """Written while Redis is degraded to learn whether it takes writes again (same ACL key pattern as the guards)."""
 
@@ -150,8 +151,24 @@ def create_client(target: RedisTarget, *, max_connections: int = 64) -> Redis:
     """A client tuned for a remote Redis (Upstash): short timeouts, one quick retry, health checks.
 
     A dead or unreachable Redis is noticed within about a second, so calls switch to the
-    fallback store quickly instead of waiting on redis-py's default backoff.
+    fallback store quickly instead of waiting on redis-py's default backoff. For a Redis
+    Cluster it is redis-py's cluster client (typed as Redis: it takes the same commands).
     """
+    if target.cluster:
+        cluster = RedisCluster.from_url(
+            target.url,
+            # redis-py's cluster pool never waits for a free connection: past its bound a call fails
+            # (and would read as an outage), so each node's pool is bounded only against a runaway.
+            max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE,
+            socket_connect_timeout=0.45,
+            socket_timeout=0.45,
+            socket_keepalive=True,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            client_name="dbgenie-session",
+            require_full_coverage=False,  # keep serving the slots still covered while a master fails over
+        )
+        return cluster  # type: ignore[return-value]
     pool = BlockingConnectionPool.from_url(
         target.url,
         max_connections=max_connections,
@@ -177,6 +194,8 @@ async def send_once(client: Redis, *args: Any) -> Any:
     router then serves the call from the fallback). A connection that failed mid-command is
     closed, so a late reply is never read as another command's.
     """
+    if isinstance(client, RedisCluster):
+        return await _send_once_to_node(client, *args)
     pool = client.connection_pool
     conn = await pool.get_connection()
     try:
@@ -191,6 +210,43 @@ async def send_once(client: Redis, *args: Any) -> Any:
         await pool.release(conn)
 
 
+async def _send_once_to_node(client: RedisCluster, *args: Any) -> Any:
+    """send_once on a Redis Cluster: to the master of the first key's slot (an EVALSHA's KEYS are all in one slot).
+
+    A MOVED or ASK reply (a failover or resharding) is raised like any error, never followed:
+    the script may not run twice. The client then reads the slots afresh, so the next call
+    goes to the new master.
+    """
+    await client.initialize()  # the slots are read at the first command; done once
+    command = str(args[0]).upper()
+    key = args[3] if command in ("EVALSHA", "EVAL") else args[1]
+    node = client.get_node_from_key(key)
+    conn = node.acquire_connection()
+    try:
+        await conn.connect()  # with the client's own quick retry, before a byte of the command is written
+        await conn.send_command(*args)
+        return await node.parse_response(conn, command)
+    except (rex.MovedError, rex.AskError):
+        await _read_slots_again(client)
+        raise
+    except rex.ResponseError:
+        raise  # a whole reply was read: the connection is in step
+    except BaseException:
+        await conn.disconnect()
+        await _read_slots_again(client)
+        raise
+    finally:
+        node.release(conn)
+
+
+async def _read_slots_again(client: RedisCluster) -> None:
+    """Best effort: learn the cluster's masters again after a node failed or a slot moved."""
+    try:
+        await client.nodes_manager.initialize()
+    except (rex.RedisError, OSError, TimeoutError):
+        pass  # no node answers yet: the next failing call reads them again
+
+
 def _version_arg(version: int) -> str:
     return f"{version:020d}"
 
@@ -200,6 +256,7 @@ class RedisStore:
 
     def __init__(self, client: Redis, *, key_prefix: str, lifetime_s: int) -> None:
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._prefix = key_prefix
         self._lifetime = lifetime_s
         self._counters = {name: REDIS_COMMANDS.labels(command=name) for name in ("getex", "get", "set", "del", "evalsha", "script_load", "ping")}
@@ -261,6 +318,8 @@ class RedisStore:
                 return [await self.get(sids[0])]
             except (CorruptSession, rex.ResponseError) as exc:
                 return [exc]
+        if self._cluster:
+            return await self._get_many_cluster(sids)
         self._counters["getex"].inc(len(sids))
         getex = self._getex_tail
         packed = b"".join(b"*4\r\n$5\r\nGETEX\r\n$%d\r\n%b%b" % (len(key), key, getex) for key in (self._prefix_bytes + sid.encode() for sid in sids))
@@ -278,13 +337,32 @@ class RedisStore:
             raise
         return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
 
+    async def _get_many_cluster(self, sids: Sequence[str]) -> list[bytes | None | Exception]:
+        """The pipeline of GETEX on a Redis Cluster: redis-py's cluster pipeline sends one batch per node."""
+        self._counters["getex"].inc(len(sids))
+        pipe = self._client.pipeline(transaction=False)
+        for sid in sids:
+            pipe.getex(self.key(sid), ex=self._lifetime)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            mapped = classify(exc)
+            if mapped is not None:
+                raise mapped from exc
+            raise
+        return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
+
     async def peek(self, sid: str) -> bytes | None:
         """GET: read the session without sliding its expiry (which a Redis refusing writes would refuse)."""
         return await self._run("get", self._client.get(self.key(sid)))
 
     async def set(self, sid: str, value: bytes, replace_sid: str | None = None) -> None:
         """SET EX, or one script that also deletes `replace_sid` (login rotation)."""
-        if replace_sid and replace_sid != sid:
+        if replace_sid and replace_sid != sid and self._cluster:
+            # The two sessions hash to different slots: SET the new one, then DEL the old one.
+            await self._run("set", self._client.set(self.key(sid), value, ex=self._lifetime))
+            await self._run("del", self._client.delete(self.key(replace_sid)))
+        elif replace_sid and replace_sid != sid:
             await self._script(self._rotate, [self.key(sid), self.key(replace_sid)], [value, self._lifetime])
         else:
             await self._run("set", self._client.set(self.key(sid), value, ex=self._lifetime))
@@ -311,13 +389,21 @@ class RedisStore:
 
     async def write_back(self, sid: str, value: bytes | None, version: int) -> bool:
         """Apply one outage change (a value, or None for a deletion); False if a newer one was already applied."""
-        keys = [self.key(sid), WRITEBACK_GUARD_PREFIX + self.key(sid)]
+        keys = [self.key(sid), guard_key(self.key(sid))]
         args: list[str | bytes | int] = [_version_arg(version), self._lifetime, WRITEBACK_GUARD_TTL_S]
         args += ["1", value] if value is not None else ["0"]
         return bool(await self._script(self._writeback, keys, args))
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)  # the pool was passed in, so aclose() alone leaves it open
+        await close_client(self._client)
+
+
+async def close_client(client: Redis) -> None:
+    """Close a client and its pool: a pool passed in stays open after a plain aclose(); a cluster client owns its pools."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)
 
 
 async def _pipelined(conn: Connection, packed: bytes, count: int) -> list[object]:

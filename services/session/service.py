@@ -38,7 +38,7 @@ async def open_fallback(nc: NATS, config: SessionConfig) -> Fallback:
     js = nc.jetstream(timeout=2.0)
     try:
         await js.account_info()
-        return await KvFallback.open(js, config.kv_bucket, config.lifetime_s)
+        return await KvFallback.open(js, config.kv_bucket, config.lifetime_s, replicas=config.nats_js_replicas)
     except (jse.Error, nats.errors.Error, TimeoutError) as exc:
         log.warning(
             "jetstream_unavailable",
@@ -94,7 +94,7 @@ async def create_service(config: SessionConfig) -> AsyncIterator[SessionService]
     whether start-up finished or failed half-way.
     """
     async with AsyncExitStack() as stack:
-        nc = await connect(config.nats_url, "session")
+        nc = await connect(config.nats_url, "session", credentials=config.nats_credentials)
         stack.push_async_callback(close, nc)
         fallback = await open_fallback(nc, config)
         redis = session_redis(config, fallback)
