@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.gateway.chat import prompt
+from services.session.connections import hash_key
 from shared.audit import AuditFilter, read_events
 from shared.contracts import AuditConnection, ConnectionRecord, Subjects
 from tests import fake_llm
@@ -88,7 +89,7 @@ def pg_fields(reader: PostgresReader, name: str, **extra: Any) -> dict[str, Any]
 async def stored(infra: Infra | str, uid: str) -> dict[str, ConnectionRecord]:
     client = aioredis.from_url(infra if isinstance(infra, str) else infra.redis_url)
     try:
-        raw = await client.hgetall(f"connections:{uid}")
+        raw = await client.hgetall(hash_key(uid))
     finally:
         await client.aclose()
     return {k.decode(): msgspec.msgpack.decode(v, type=ConnectionRecord) for k, v in raw.items()}

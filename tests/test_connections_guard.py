@@ -33,6 +33,7 @@ from services.query.connections.seal import Keyring
 from services.query.service import QueryService
 from services.query.service import create_service as create_query
 from services.session.config import SessionConfig
+from services.session.connections import hash_key
 from services.session.service import create_service as create_session
 from shared.bus import connect, request
 from shared.contracts import ConnectionCreate, ConnectionList, ConnectionRecords, ConnectionRef, ConnectionSettings, ConnectionTls, ConnectionView, Subjects
@@ -180,7 +181,7 @@ class Stack:
     async def stored(self) -> dict[bytes, bytes]:
         client = aioredis.from_url(self.redis_url)
         try:
-            return await client.hgetall(f"connections:{self.owner}")
+            return await client.hgetall(hash_key(self.owner))
         finally:
             await client.aclose()
 

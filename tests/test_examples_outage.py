@@ -13,6 +13,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from services.session.examples import source_key
 from shared.bus import request
 from shared.errors import ServiceError
 from tests import test_session_service
@@ -47,6 +48,6 @@ async def test_an_examples_call_that_finds_redis_down_sends_the_replica_to_its_f
     assert again_stored["id"] == example["id"]
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        assert await client.hexists(f"examples:{source}", example["id"])
+        assert await client.hexists(source_key(source), example["id"])
     finally:
         await client.aclose()

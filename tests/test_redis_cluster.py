@@ -21,8 +21,27 @@ import redis
 from services.gateway.clients import Limiter, SessionReads, Window
 from services.session.config import RedisTarget, redis_target
 from services.session.history_redis import HistoryRedis
-from services.session.keys import guard_key, index_key, limit_key, list_key, titles_key
+from services.session.keys import EXAMPLES_SOURCES_KEY, connections_key, examples_key, guard_key, index_key, limit_key, list_key, titles_key
 from services.session.redis_store import create_client
+from shared.bus import request
+from shared.contracts import (
+    ConnectionDelete,
+    ConnectionDeleted,
+    ConnectionList,
+    ConnectionPut,
+    ConnectionRecord,
+    ConnectionRecords,
+    ConnectionRef,
+    ConnectionScan,
+    ConnectionTls,
+    ExampleList,
+    ExamplePropose,
+    ExampleRef,
+    ExampleReply,
+    ExampleSimilar,
+    ExamplesReply,
+)
+from shared.errors import ServiceError
 from tests.client import browser
 from tests.clusters import RedisClusterServers
 from tests.conftest import Infra, SystemFactory
@@ -181,6 +200,92 @@ def test_the_migration_moves_history_and_quota_keys_once(cluster: RedisClusterSe
     again = subprocess.run([sys.executable, "-m", "services.session.admin", "migrate-keys"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and '"conversation": 0' in again.stdout and '"limit": 0' in again.stdout
     assert crdb.lrange(list_key(uid, cid), 0, -1) == [b"m0", b"m1"]
+
+
+def record(uid: str, rid: str, name: str) -> ConnectionRecord:
+    return ConnectionRecord(rid, uid, name, "postgresql", "db.example.com", 5432, "app", "reader", ConnectionTls(), "15", "2026-01-01T00:00:00Z", "k1", b"sealed-" + rid.encode())
+
+
+async def test_examples_propose_approve_use_and_delete_on_the_cluster(start_replica, infra: Infra, cluster: RedisClusterServers, crdb) -> None:  # noqa: F811
+    replica = await start_replica(infra.nats_url, cluster.url)
+    nc = await nats.connect(infra.nats_url)
+    source = f"src-{uuid.uuid4().hex[:8]}"
+    assert crdb.keyslot(examples_key(source)) == crdb.keyslot(EXAMPLES_SOURCES_KEY)
+
+    async def call[R](op: str, payload: object, reply: type[R]) -> R:
+        return await request(nc, replica.subjects.session_examples(op), payload, timeout=5.0, reply=reply)  # type: ignore[arg-type, type-var]
+
+    try:
+        question, sql = "how many orders were shipped last week", "SELECT count(*) FROM orders WHERE shipped_at > now() - interval '7 days'"
+        proposed = (await call("propose", ExamplePropose(source, question, sql, author="u-1", approved=False), ExampleReply)).example
+        assert proposed.status == "pending" and crdb.hexists(examples_key(source), proposed.id)
+        assert crdb.sismember(EXAMPLES_SOURCES_KEY, source)  # written in the same MULTI, on one node
+        assert (await call("similar", ExampleSimilar(source, "orders shipped last week"), ExamplesReply)).examples == []  # pending: not used yet
+        approved = (await call("approve", ExampleRef(source, proposed.id, by="admin"), ExampleReply)).example
+        assert approved.status == "approved" and approved.approved_by == "admin"
+        used = (await call("similar", ExampleSimilar(source, "how many orders shipped last week"), ExamplesReply)).examples
+        assert [e.sql for e in used] == [sql]
+        listed = (await call("list", ExampleList(), ExamplesReply)).examples
+        assert [e.id for e in listed if e.source == source] == [proposed.id]
+        await call("delete", ExampleRef(source, proposed.id), dict)  # type: ignore[arg-type]
+        assert not crdb.hexists(examples_key(source), proposed.id)
+        assert (await call("list", ExampleList(source=source), ExamplesReply)).examples == []
+    finally:
+        await nc.close()
+
+
+async def test_connections_create_list_scan_and_delete_on_the_cluster(start_replica, infra: Infra, cluster: RedisClusterServers, crdb) -> None:  # noqa: F811
+    replica = await start_replica(infra.nats_url, cluster.url)
+    nc = await nats.connect(infra.nats_url)
+    run = uuid.uuid4().hex[:8]
+    uids = [f"u-{run}-{i}" for i in range(12)]
+    assert len({cluster.master_of(connections_key(uid)).port for uid in uids}) == 3  # the users' records lie on every master
+    assert crdb.keyslot(connections_key(uids[0])) == crdb.keyslot(index_key(uids[0]))  # the user's one slot
+
+    async def call[R](op: str, payload: object, reply: type[R]) -> R:
+        return await request(nc, replica.subjects.session_connection(op), payload, timeout=5.0, reply=reply)  # type: ignore[arg-type, type-var]
+
+    try:
+        for uid in uids:
+            await call("put", ConnectionPut(record(uid, "c1", "main"), create=True), dict)  # type: ignore[arg-type]
+        await call("put", ConnectionPut(record(uids[0], "c2", "other"), create=True), dict)  # type: ignore[arg-type]
+        with pytest.raises(ServiceError) as taken:  # the WATCH/MULTI check, on the user's node
+            await call("put", ConnectionPut(record(uids[0], "c3", "main"), create=True), dict)  # type: ignore[arg-type]
+        assert taken.value.code == "conflict" and crdb.hlen(connections_key(uids[0])) == 2
+        listed = await call("list", ConnectionList(uids[0]), ConnectionRecords)
+        assert [(r.id, r.name) for r in listed.records] == [("c1", "main"), ("c2", "other")]
+
+        seen: list[tuple[str, str]] = []
+        cursor, pages = "0", 0
+        while cursor is not None:  # every primary, a page at a time
+            page = await call("scan", ConnectionScan(cursor=cursor, count=5), ConnectionRecords)
+            seen += [(r.owner, r.id) for r in page.records if r.owner.startswith(f"u-{run}-")]
+            cursor, pages = page.cursor, pages + 1  # type: ignore[assignment]
+        assert sorted(seen) == sorted([(uid, "c1") for uid in uids] + [(uids[0], "c2")]) and pages >= 3
+
+        deleted = await call("delete", ConnectionDelete(ConnectionRef(uids[0], "c1")), ConnectionDeleted)
+        assert deleted.deleted and crdb.hkeys(connections_key(uids[0])) == [b"c2"]
+    finally:
+        await nc.close()
+
+
+def test_the_migration_moves_connections_and_examples_once(cluster: RedisClusterServers, crdb) -> None:
+    uid, source = f"u-{uuid.uuid4().hex[:8]}", f"src-{uuid.uuid4().hex[:8]}"
+    crdb.hset(f"connections:{uid}", mapping={"c1": b"old-1", "c2": b"old-2"})
+    crdb.hset(connections_key(uid), "c2", b"new-2")  # written by the service since the deploy: it wins
+    crdb.hset(f"examples:{source}", mapping={"e1": b"example-1"})
+    crdb.sadd("examples:sources", source)
+
+    env = {**os.environ, "REDIS_URL": cluster.url}
+    first = subprocess.run([sys.executable, "-m", "services.session.admin", "migrate-keys"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert crdb.hgetall(connections_key(uid)) == {b"c1": b"old-1", b"c2": b"new-2"}
+    assert crdb.hgetall(examples_key(source)) == {b"e1": b"example-1"} and crdb.sismember(EXAMPLES_SOURCES_KEY, source)
+    assert crdb.exists(f"connections:{uid}", f"examples:{source}", "examples:sources") == 0
+
+    again = subprocess.run([sys.executable, "-m", "services.session.admin", "migrate-keys"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and '"connections": 0' in again.stdout and '"examples": 0' in again.stdout
+    assert crdb.hgetall(connections_key(uid)) == {b"c1": b"old-1", b"c2": b"new-2"}
 
 
 async def test_a_killed_master_loses_no_session_and_the_quota_stays_atomic(start_replica, infra: Infra, cluster: RedisClusterServers) -> None:  # noqa: F811

@@ -10,7 +10,7 @@
     python -m services.session.admin connections list --user UID   # a user's own databases (never a password)
     python -m services.session.admin erase --user UID     # every conversation, connection and session of a user (audited when NATS_URL is set)
     python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
-    python -m services.session.admin migrate-keys         # history and quota keys to their one-slot-per-user names
+    python -m services.session.admin migrate-keys         # history, quota, connection and example keys to their one-slot names
     python -m services.session.admin examples list|approve|delete|verify   # verified examples, over NATS
 
 Reads UPSTASH_REDIS_URL / REDIS_URL, REDIS_TLS and SESSION_KEY_PREFIX like the service; `audit`
@@ -42,7 +42,19 @@ from redis.exceptions import RedisError, ResponseError
 from services.session import examples_admin
 from services.session.config import key_prefix, redis_target
 from services.session.connections import decode_records, hash_key
-from services.session.keys import LIMIT_PREFIX, index_key, limit_key, list_key, titles_key
+from services.session.keys import (
+    EXAMPLES_SOURCES_KEY,
+    LEGACY_CONNECTIONS_PREFIX,
+    LEGACY_EXAMPLES_PREFIX,
+    LEGACY_EXAMPLES_SOURCES_KEY,
+    LIMIT_PREFIX,
+    connections_key,
+    examples_key,
+    index_key,
+    limit_key,
+    list_key,
+    titles_key,
+)
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.audit import AuditFilter, as_record, parse_since, read_events
 from shared.config import ServiceSettings, env_str, environ, read_one
@@ -170,13 +182,15 @@ class Admin:
         return 0
 
     def migrate_keys(self) -> int:
-        """Move history and quota keys from their names before the `{u:<uid>}` hash tags to the new ones; safe to repeat.
+        """Move history, quota, connection and example keys from their names before the hash tags to the new ones; safe to repeat.
 
-        A key already at its new name (written by the service since) wins over the old one,
-        which is then dropped. DUMP/RESTORE rather than RENAME: on a Redis Cluster the two
-        names may live on different nodes.
+        A history key already at its new name (written by the service since) wins over the old
+        one, which is then dropped. DUMP/RESTORE rather than RENAME: on a Redis Cluster the two
+        names may live on different nodes. Connection and example hashes (and the set of
+        sources) are merged field by field instead, a field at the new name winning, so a
+        record written since the deploy is kept and none written before it is lost.
         """
-        moved = {"conversation": 0, "index": 0, "titles": 0, "limit": 0}
+        moved = {"conversation": 0, "index": 0, "titles": 0, "limit": 0, "connections": 0, "examples": 0}
         for key in self._legacy("conversation:*"):
             uid, _, cid = key.removeprefix("conversation:").rpartition(":")
             if uid and _CONVERSATION_ID.match(cid):
@@ -189,6 +203,15 @@ class Admin:
             limited, name, index = key.removeprefix(LIMIT_PREFIX).rsplit(":", 2) if key.count(":") >= 3 else ("", "", "")
             if limited and index.isdigit():
                 moved["limit"] += self._move_counter(key, limit_key(limited), name, int(index))
+        for key in self._legacy(LEGACY_CONNECTIONS_PREFIX + "*"):
+            moved["connections"] += self._merge_hash(key, connections_key(key.removeprefix(LEGACY_CONNECTIONS_PREFIX)))
+        for key in self._legacy(LEGACY_EXAMPLES_PREFIX + "*"):
+            if key == LEGACY_EXAMPLES_SOURCES_KEY:
+                moved["examples"] += self._merge_set(key, EXAMPLES_SOURCES_KEY)
+            elif self._client.type(key) == b"hash":
+                source = key.removeprefix(LEGACY_EXAMPLES_PREFIX)
+                self._client.sadd(EXAMPLES_SOURCES_KEY, source)  # first: a run stopped after the merge still lists the source
+                moved["examples"] += self._merge_hash(key, examples_key(source))
         self._print(json.dumps({"migrated": moved}))
         return 0
 
@@ -205,6 +228,23 @@ class Admin:
         except ResponseError as exc:
             if "BUSYKEY" not in str(exc):
                 raise
+        self._client.delete(old)
+        return 1
+
+    def _merge_hash(self, old: str, new: str) -> int:
+        if self._client.type(old) != b"hash":
+            return 0  # gone meanwhile, or not one of ours: left alone
+        for field, value in self._client.hgetall(old).items():
+            self._client.hsetnx(new, field, value)
+        self._client.delete(old)
+        return 1
+
+    def _merge_set(self, old: str, new: str) -> int:
+        if self._client.type(old) != b"set":
+            return 0
+        members = self._client.smembers(old)
+        if members:
+            self._client.sadd(new, *members)
         self._client.delete(old)
         return 1
 

@@ -1,7 +1,7 @@
 """Users' database connections (`session.connection.*`): Redis while it answers, the sessions' fallback while it does not.
 
-Redis holds one hash per user, `connections:<uid>`, of record id -> MessagePack
-ConnectionRecord. The password inside is sealed by the query service; this service stores it
+Redis holds one hash per user, `connections:{u:<uid>}` (the user's hash tag, as their history
+has: services/session/keys.py), of record id -> MessagePack ConnectionRecord. The password inside is sealed by the query service; this service stores it
 as an opaque blob and never holds the key. While Redis is down, a user's changes are kept as
 one fallback entry (`cx.<base64url uid>`: record id -> record, or None for a deletion), and
 written back once Redis answers again: every call goes through the session service's one
@@ -21,7 +21,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from services.session.keys import connections_key as hash_key
 from services.session.outage import OutageRouter
 from services.session.redis_store import CorruptSession, RedisUnavailable, classify, close_client
 from shared.contracts import (
@@ -43,13 +45,9 @@ from shared.errors import CONFLICT, NOT_FOUND, UNAVAILABLE, ServiceError
 log = structlog.get_logger(__name__)
 
 FALLBACK_PREFIX = "cx."
-KEY_PREFIX = "connections:"
+KEY_PREFIX = "connections:{u:"
 _DECODER = msgspec.msgpack.Decoder(ConnectionRecord)
 _ENCODER = msgspec.msgpack.Encoder()
-
-
-def hash_key(uid: str) -> str:
-    return f"{KEY_PREFIX}{uid}"
 
 
 def fallback_key(uid: str) -> str:
@@ -155,13 +153,35 @@ class ConnectionsRedis:
 
         await self._run(write)
 
-    async def scan(self, cursor: int, count: int) -> tuple[list[ConnectionRecord], int]:
-        next_cursor, keys = await self._run(lambda: self._client.scan(cursor, match=f"{KEY_PREFIX}*", count=count, _type="HASH"))
+    async def scan(self, cursor: str, count: int) -> tuple[list[ConnectionRecord], str | None]:
+        """One page of every user's records, and the cursor of the next page (None: done).
+
+        On a single Redis the cursor is SCAN's. On a Redis Cluster it is `<primary>@<cursor>`:
+        the primaries are scanned one after another, in the order of their names.
+        """
+        match = KEY_PREFIX + "*"  # `{` is no glob character
+        if isinstance(self._client, RedisCluster):
+            keys, following = await self._scan_cluster(self._client, cursor, match, count)
+        else:
+            raw_cursor, keys = await self._run(lambda: self._client.scan(int(cursor) if cursor.isdigit() else 0, match=match, count=count, _type="HASH"))
+            following = str(raw_cursor) if int(raw_cursor) else None
         records: list[ConnectionRecord] = []
         for key in keys:
             held = await self._run(lambda key=key: self._client.hgetall(key))
             records.extend(decode_records(held).values())
-        return records, int(next_cursor)
+        return records, following
+
+    async def _scan_cluster(self, client: RedisCluster, cursor: str, match: str, count: int) -> tuple[list[bytes], str | None]:
+        names = sorted(node.name for node in client.get_primaries())
+        name, _, position = cursor.rpartition("@") if "@" in cursor else (names[0] if names else "", "", "0")
+        if name not in names or not position.isdigit():
+            raise ServiceError(UNAVAILABLE, "the Redis Cluster's primaries changed during this scan (or the cursor is not one of its); start again")
+        cursors, keys = await self._run(lambda: client.scan(int(position), match=match, count=count, _type="HASH", target_nodes=client.get_node(node_name=name)))
+        after = int(cursors[name])
+        if after:
+            return keys, f"{name}@{after}"
+        later = names.index(name) + 1
+        return keys, f"{names[later]}@0" if later < len(names) else None
 
     async def close(self) -> None:
         await close_client(self._client)
@@ -246,8 +266,8 @@ class ConnectionStore:
 
         async def on_redis() -> ConnectionRecords:
             assert self._redis is not None
-            records, following = await self._redis.scan(int(cursor) if cursor.isdigit() else 0, count)
-            return ConnectionRecords(records=records, cursor=str(following) if following else None)
+            records, following = await self._redis.scan(cursor, count)
+            return ConnectionRecords(records=records, cursor=following)
 
         async def from_fallback() -> ConnectionRecords:
             raise ServiceError(UNAVAILABLE, "listing every user's connections needs Redis, which is not serving now; try again later")

@@ -4,8 +4,11 @@ A person's thumbs-up on an answer proposes one (the gateway's POST /api/feedback
 EXAMPLES_REQUIRE_APPROVAL it waits, `pending`, for an admin's approval. Nothing else ever
 writes one. Keys:
 
-* `examples:<source>`: a hash of example id to the MessagePack Example;
-* `examples:sources`: the set of sources that have examples.
+* `examples:{examples}:source:<source>`: a hash of example id to the MessagePack Example;
+* `examples:{examples}:sources`: the set of sources that have examples.
+
+They share one hash tag (services/session/keys.py), so the MULTI that writes an example and
+its source runs on one Redis Cluster node.
 
 An example's id is a hash of its source, question and SQL, so a second thumbs-up on the
 same answer does not make a second example. Examples do not expire. Every operation goes
@@ -28,6 +31,8 @@ import structlog
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
+from services.session.keys import EXAMPLES_SOURCES_KEY as SOURCES_KEY
+from services.session.keys import examples_key as source_key
 from services.session.outage import OutageRouter
 from services.session.redis_store import RedisUnavailable, classify, close_client
 from shared.contracts import (
@@ -46,7 +51,6 @@ from shared.words import similarity
 
 log = structlog.get_logger(__name__)
 
-SOURCES_KEY = "examples:sources"
 MAX_PER_SOURCE = 500
 """Examples kept per source at most; a proposal past it is refused."""
 MIN_SIMILARITY = 0.4
@@ -54,10 +58,6 @@ MIN_SIMILARITY = 0.4
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Example)
-
-
-def source_key(source: str) -> str:
-    return f"examples:{source}"
 
 
 def example_id(source: str, question: str, sql: str) -> str:
