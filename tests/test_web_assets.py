@@ -133,7 +133,7 @@ async def test_every_response_carries_a_strict_csp_and_the_security_headers(serv
 async def test_the_page_learns_the_dev_sign_in_and_lists_the_sources_once_signed_in(services: System) -> None:
     async with running_gateway(services.env) as url, browser(url) as client:
         async with client.get("/auth/config") as response:
-            assert await response.json() == {"auth_mode": "dev", "firebase": None, "chat": False, "signed_in": False}
+            assert await response.json() == {"auth_mode": "dev", "firebase": None, "chat": False, "signed_in": False, "connections": False}
         async with client.get("/api/sources") as response:
             assert response.status == 401
         await login(client)
@@ -145,7 +145,7 @@ async def test_the_page_learns_the_dev_sign_in_and_lists_the_sources_once_signed
 async def test_under_firebase_the_page_gets_the_web_config_and_the_csp_lets_google_sign_in_through(services: System) -> None:
     env = {**services.env, "AUTH_MODE": "firebase", "FIREBASE_PROJECT_ID": "dbgenie-test", "FIREBASE_WEB_CONFIG": json.dumps(FIREBASE_WEB)}
     async with running_gateway(env) as url, browser(url) as client, client.get("/auth/config") as response:
-        assert await response.json() == {"auth_mode": "firebase", "firebase": FIREBASE_WEB, "chat": False, "signed_in": False}
+        assert await response.json() == {"auth_mode": "firebase", "firebase": FIREBASE_WEB, "chat": False, "signed_in": False, "connections": False}
         policy = csp(response.headers["Content-Security-Policy"])
     assert policy["script-src"] == ["'self'", "https://apis.google.com"]
     assert "https://identitytoolkit.googleapis.com" in policy["connect-src"] and "https://securetoken.googleapis.com" in policy["connect-src"]

@@ -101,7 +101,8 @@ async def auth_config(request: web.Request) -> web.Response:
 
     `chat` says whether a language model is configured (without one the page shows how to set one
     up); `signed_in` whether the caller has a session, so that a signed-out page need not ask
-    /api/me for a 401 that the browser would log as a failed request.
+    /api/me for a 401 that the browser would log as a failed request; `connections` whether users
+    may add their own databases, so that the page need not ask /api/connections for a 503.
     """
     config = request.app[keys.CONFIG]
     try:
@@ -111,7 +112,11 @@ async def auth_config(request: web.Request) -> web.Response:
         if exc.code != UNAUTHORIZED:
             raise
         signed_in = False
-    body = {"auth_mode": config.auth_mode, "firebase": config.firebase_web, "chat": bool(config.llm_base_url), "signed_in": signed_in}
+    try:
+        connections = await request.app[keys.CONNECTIONS].enabled()
+    except ServiceError:  # the query service does not answer: the panel says the feature is off
+        connections = False
+    body = {"auth_mode": config.auth_mode, "firebase": config.firebase_web, "chat": bool(config.llm_base_url), "signed_in": signed_in, "connections": connections}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

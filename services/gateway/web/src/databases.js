@@ -31,11 +31,16 @@ export class DatabasesPanel {
       $("database-form").hidden = false;
       this.show(reply.connections);
     } catch (error) {
-      $("database-list").replaceChildren();
-      $("database-form").hidden = true;
-      $("databases-off").hidden = false;
-      $("databases-off").textContent = error.code === "connections_off" ? "Connecting your own databases is not enabled on this server." : `Databases: ${error.message}`;
+      this.off(error.code === "connections_off" ? undefined : `Databases: ${error.message}`);
     }
+  }
+
+  // The feature is off on this server (GET /auth/config says so, or the API answered connections_off).
+  off(message = "Connecting your own databases is not enabled on this server.") {
+    $("database-list").replaceChildren();
+    $("database-form").hidden = true;
+    $("databases-off").hidden = false;
+    $("databases-off").textContent = message;
   }
 
   show(connections) {

@@ -61,7 +61,7 @@ async function signedIn(me) {
   $("no-model").hidden = Boolean(page.config.chat);
   $("chat-input").disabled = !page.config.chat;
   // The history is asked for only when the conversation has some: a new one would answer 404.
-  await Promise.all([loadSources(), databases.load(), refreshConversations()]);
+  await Promise.all([loadSources(), page.config.connections ? databases.load() : databases.off(), refreshConversations()]);
   const known = page.conversations.some((c) => c.id === me.conversation_id);
   await openConversation(me.conversation_id, { fresh: !known });
 }
