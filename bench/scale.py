@@ -7,6 +7,8 @@ session replicas on a 3-node NATS JetStream cluster and a 3-master + 3-replica R
 (its own processes; with two gateways the connections are split between them). Beside
 req/s, p50 and p99 it prints the CPU each role used and the CPU each request cost, because
 on a small machine the figures say more about where the cores went than about scaling.
+Then, on each set-up, concurrent `/api/query` streams (`--streams`) and chat turns against a
+slow fake model (`--turns`), from bench/streams.py.
 """
 
 from __future__ import annotations
@@ -190,10 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="each configuration once per round; the median round is reported")
     p.add_argument("--no-clusters", dest="clusters", action="store_false", help="only one NATS and one Redis (no cluster set-up)")
     p.add_argument("--streams", default="100,1000", help="concurrent /api/query streams to open at once on each set-up, comma-separated ('' skips them)")
+    p.add_argument("--turns", type=int, default=200, help="concurrent /api/chat turns against a slow fake model on each set-up (0 skips them)")
+    p.add_argument("--chat-chunks", type=int, default=40, help="text deltas the fake model streams per turn")
+    p.add_argument("--chat-delay-ms", type=float, default=50.0, help="the fake model's delay before each delta")
     args = p.parse_args(argv or [])
-    from bench.streams import measure_streams, streams_table  # it imports this module
+    from bench.streams import ChatLoad, measure_chat, measure_streams, streams_table  # it imports this module
 
-    print(f"scale bench: {args.concurrency} connections, {args.seconds:g}s measured per configuration x {args.rounds} rounds, {os.cpu_count()} CPUs shared by everything", flush=True)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"scale bench: {args.concurrency} connections, {args.seconds:g}s measured per configuration x {args.rounds} rounds, {os.cpu_count()} CPUs shared, load average {load}", flush=True)
     nats = NatsServer().start()
     redis = RedisServer().start()
     nats_cluster = NatsCluster().start() if args.clusters else None
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [measure(setup, g, s, concurrency=args.concurrency, seconds=args.seconds, warmup_s=args.warmup) for _ in range(args.rounds) for setup, configs in setups for g, s in configs]
         counts = [int(n) for n in args.streams.split(",") if n.strip()]
         streams = [run for setup, _ in setups for run in measure_streams(setup.name, setup.nats_url, setup.redis_url, counts)] if counts else []
+        slow = ChatLoad(args.chat_chunks, args.chat_delay_ms / 1000)
+        streams += [measure_chat(setup.name, setup.nats_url, setup.redis_url, args.turns, slow) for setup, _ in setups] if args.turns else []
     finally:
         redis.cleanup()
         nats.cleanup()
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(runs))
     if streams:
         print(streams_table(streams))
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0 if not any(r.result.errors for r in runs) and not any(r.failed for r in streams) else 1
 
 

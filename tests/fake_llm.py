@@ -23,11 +23,15 @@ MODEL = "fake-gpt"
 
 @dataclass
 class Stream:
-    """A 200 streamed reply: these chunks, then `[DONE]` (or, with `hang`, nothing more until the client leaves)."""
+    """A 200 streamed reply: these chunks, then `[DONE]` (or, with `hang`, nothing more until the client leaves).
+
+    `delay_s` waits that long before each chunk, as a slow model does between tokens.
+    """
 
     chunks: list[dict[str, Any]]
     hang: bool = False
     done: bool = True
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -78,15 +82,15 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
     }
 
 
-def text(*pieces: str, usage: tuple[int, int] = (50, 7), reasoning: Sequence[str] = ()) -> Stream:
-    """The model answering in text, streamed piece by piece, as OpenAI streams it."""
+def text(*pieces: str, usage: tuple[int, int] = (50, 7), reasoning: Sequence[str] = (), delay_s: float = 0.0) -> Stream:
+    """The model answering in text, streamed piece by piece, as OpenAI streams it (`delay_s` before each chunk)."""
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     chunks = [_chunk(cid, {"role": "assistant", "content": "", "refusal": None})]
     chunks += [_chunk(cid, {"reasoning_content": r}) for r in reasoning]
     chunks += [_chunk(cid, {"content": p}) for p in pieces]
     chunks.append(_chunk(cid, {}, "stop"))
     chunks.append(_chunk(cid, None, usage=_usage(*usage)))
-    return Stream(chunks)
+    return Stream(chunks, delay_s=delay_s)
 
 
 def tool_calls(*calls: tuple[str, dict[str, Any] | str], usage: tuple[int, int] = (80, 20), finish_reason: str = "tool_calls", index: bool = True, same_index: bool = False) -> Stream:
@@ -170,10 +174,12 @@ class FakeLLM:
                 case Hang():
                     await asyncio.Event().wait()
                     raise AssertionError("unreachable")
-                case Stream(chunks=chunks, hang=hang, done=done):
+                case Stream(chunks=chunks, hang=hang, done=done, delay_s=delay_s):
                     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
                     await response.prepare(request)
                     for chunk in chunks:
+                        if delay_s:
+                            await asyncio.sleep(delay_s)
                         await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                     if hang:
                         self.streaming.set()
