@@ -45,7 +45,7 @@ from shared.errors import ServiceError
 from tests.client import browser
 from tests.clusters import RedisClusterServers
 from tests.conftest import Infra, SystemFactory
-from tests.harness import ROOT, wait_until
+from tests.harness import ROOT, eventually, wait_until
 from tests.test_session_flask_interop import flask_app
 from tests.test_session_service import new_sid
 from tests.test_session_service import start_replica as start_replica  # noqa: F401 (fixture)
@@ -319,6 +319,13 @@ async def test_a_killed_master_loses_no_session_and_the_quota_stays_atomic(start
         assert missing == [], f"{len(missing)} of {len(written)} sessions lost"
 
         limiter = Limiter(nc, replica.subjects, timeout=5.0)
+        warm = f"quota:{uuid.uuid4().hex}"
+
+        async def counting_on_redis() -> bool:
+            # The replica may notice the failover only now (a MOVED or a lost node): wait until it counts on Redis again.
+            return not (await limiter.hit(warm, [Window("minute", 60, 10_000)])).local
+
+        await eventually(counting_on_redis, "the replica to count on Redis again", timeout=60)
         key = f"quota:{uuid.uuid4().hex}"
         results = await asyncio.gather(*(limiter.hit(key, [Window("minute", 60, 10)]) for _ in range(40)))
         assert sum(r.allowed for r in results) == 10 and not any(r.local for r in results)

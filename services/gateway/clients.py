@@ -162,7 +162,8 @@ class SessionReads:
 
         A NATS cluster node going away drops the replies in flight; within READ_RETRY_S the
         client is on another node and the session service subscribed there again, so the read
-        is answered instead of failing a request that a moment later would have worked.
+        is answered instead of failing a request that a moment later would have worked. With a
+        single NATS server there is no other node to move to: the read fails at once (503).
         """
         deadline = asyncio.get_running_loop().time() + READ_RETRY_S
         pause = 0.05
@@ -171,7 +172,7 @@ class SessionReads:
                 return await request_bytes(self._nc, self._subject, data, timeout=self._timeout)
             except ServiceError as exc:
                 remaining = deadline - asyncio.get_running_loop().time()
-                if exc.code != UNAVAILABLE or remaining <= 0 or not await wait_connected(self._nc, remaining):
+                if exc.code != UNAVAILABLE or remaining <= 0 or len(self._nc.servers) < 2 or not await wait_connected(self._nc, remaining):
                     raise
                 await asyncio.sleep(pause)  # connected, but the session service may still be subscribing again
                 pause = min(pause * 2, 0.4)
