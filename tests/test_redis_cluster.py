@@ -294,16 +294,18 @@ async def test_a_killed_master_loses_no_session_and_the_quota_stays_atomic(start
     victim = cluster.master_of(f"session:{new_sid()}")
     written: dict[str, int] = {}
     try:
+        flowing = asyncio.Event()
 
         async def writer(n: int) -> None:
             for i in range(40):
                 sid = f"load-{n}-{i}-{uuid.uuid4().hex}"
                 await replica.call(nc, "set", sid=sid, data={"n": i})
                 written[sid] = i
+                if len(written) >= 40:
+                    flowing.set()
 
         load = [asyncio.create_task(writer(n)) for n in range(8)]
-        while len(written) < 40:  # kill under load, once writes are flowing
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(flowing.wait(), 60)  # kill under load, once writes are flowing
         victim.kill()
         await asyncio.gather(*load)  # every write was answered (Redis or the fallback)
 
