@@ -321,15 +321,16 @@ async def test_a_killed_master_loses_no_session_and_the_quota_stays_atomic(start
         assert missing == [], f"{len(missing)} of {len(written)} sessions lost"
 
         limiter = Limiter(nc, replica.subjects, timeout=5.0)
-        warm = f"quota:{uuid.uuid4().hex}"
+        key = f"quota:{uuid.uuid4().hex}"
+        windows = [Window("minute", 60, 10)]
 
         async def counting_on_redis() -> bool:
-            # The replica may notice the failover only now (a MOVED or a lost node): wait until it counts on Redis again.
-            return not (await limiter.hit(warm, [Window("minute", 60, 10_000)])).local
+            # The replica may notice the failover only now (a MOVED or a lost node): wait until it
+            # reads this very key's slot on Redis again (consume=False counts nothing).
+            return not (await limiter.hit(key, windows, consume=False)).local
 
         await eventually(counting_on_redis, "the replica to count on Redis again", timeout=60)
-        key = f"quota:{uuid.uuid4().hex}"
-        results = await asyncio.gather(*(limiter.hit(key, [Window("minute", 60, 10)]) for _ in range(40)))
+        results = await asyncio.gather(*(limiter.hit(key, windows) for _ in range(40)))
         assert sum(r.allowed for r in results) == 10 and not any(r.local for r in results)
     finally:
         await nc.close()
