@@ -59,16 +59,21 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-async def test_a_client_that_stops_reading_is_given_up_and_its_query_cancelled(make_system: SystemFactory) -> None:
-    system = make_system(CLIENT_WRITE_TIMEOUT_S="1")
-    gateway, query = system.services["gateway"], system.services["query"]
+async def query_request(system: System, sql: str, *, close: bool = False) -> bytes:
+    """A raw `POST /api/query` of `sql` with a fresh user's session cookie, as the tests' own sockets send it."""
     async with browser(system.url) as client:
         await login(client)
         cookie = next(c for c in client.cookie_jar if c.key == "session")
-    body = json.dumps({"sql": big_result_sql()}).encode()
-    request = (
-        f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    body = json.dumps({"sql": sql}).encode()
+    connection = "Connection: close\r\n" if close else ""
+    headers = f"Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\n{connection}Content-Length: {len(body)}"
+    return f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n\r\n".encode() + body
+
+
+async def test_a_client_that_stops_reading_is_given_up_and_its_query_cancelled(make_system: SystemFactory) -> None:
+    system = make_system(CLIENT_WRITE_TIMEOUT_S="1")
+    gateway, query = system.services["gateway"], system.services["query"]
+    request = await query_request(system, big_result_sql())
     sock = await asyncio.to_thread(raw_request, system.gateway_port, request, rcvbuf=4096)
     try:
         stalled = await wait_event(gateway, "query_stream", outcome="client_stalled")
@@ -188,13 +193,7 @@ async def test_json_with_or_without_a_utf8_charset_is_accepted(system: System, c
 async def test_a_client_that_leaves_before_the_answer_starts_is_client_gone_at_info(make_system: SystemFactory) -> None:
     system = make_system(start=("session", "query", "gateway"))
     gateway = system.services["gateway"]
-    async with browser(system.url) as client:
-        await login(client)
-        cookie = next(c for c in client.cookie_jar if c.key == "session")
-    body = json.dumps({"sql": "SELECT 1"}).encode()
-    request = (
-        f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = await query_request(system, "SELECT 1")
     for _ in range(5):  # the gateway is still looking up the session when the connection is reset
         sock = await asyncio.to_thread(raw_request, system.gateway_port, request)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close with RST
@@ -258,13 +257,8 @@ async def test_a_slow_but_steady_client_is_not_given_up(make_system: SystemFacto
     """CLIENT_WRITE_TIMEOUT_S counts time without progress: a client that keeps taking bytes, however slowly, gets every row."""
     system = make_system(CLIENT_WRITE_TIMEOUT_S="1")
     gateway = system.services["gateway"]
-    async with browser(system.url) as client:
-        await login(client)
-        cookie = next(c for c in client.cookie_jar if c.key == "session")
     rows = 60_000  # about 13 MB of rows parts: far more than the socket buffers and the slow phase take
-    body = json.dumps({"sql": big_result_sql(rows)}).encode()
-    headers = f"Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nConnection: close\r\nContent-Length: {len(body)}"
-    request = f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n\r\n".encode() + body
+    request = await query_request(system, big_result_sql(rows), close=True)
     sock = await asyncio.to_thread(raw_request, system.gateway_port, request, rcvbuf=4096)
     try:
         slow, rest = await asyncio.to_thread(read_slowly_then_fully, sock, 3.0)  # three times the timeout
@@ -288,13 +282,7 @@ async def test_a_client_that_hangs_up_while_a_write_waits_is_client_gone_at_info
     """The client stops reading (the gateway's writes wait for it), then resets the connection: client_gone, not a 500."""
     system = make_system(CLIENT_WRITE_TIMEOUT_S="120")
     gateway, query = system.services["gateway"], system.services["query"]
-    async with browser(system.url) as client:
-        await login(client)
-        cookie = next(c for c in client.cookie_jar if c.key == "session")
-    body = json.dumps({"sql": big_result_sql()}).encode()
-    request = (
-        f"POST /api/query HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nCookie: session={cookie.value}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = await query_request(system, big_result_sql())
     sock = await asyncio.to_thread(raw_request, system.gateway_port, request, rcvbuf=4096)
     sock.settimeout(10)
     assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 200")  # the stream flows, then nobody reads
