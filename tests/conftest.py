@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import secrets
 import uuid
@@ -23,7 +24,7 @@ from services.session.config import SessionConfig
 from services.session.service import SessionService
 from services.session.service import create_service as create_session_service
 from shared.contracts import Subjects
-from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+from tests.harness import ROOT, NatsServer, RedisServer, Service, free_port, service_env
 
 # Every image the testcontainers fixtures start, and testcontainers' own reaper unless it is turned off.
 IMAGES = {"redis": "redis:7-alpine", "nats": "nats:2.10-alpine", "postgres": "postgres:16-alpine", "mariadb": "mariadb:11"}
@@ -70,6 +71,17 @@ def choose_infra() -> tuple[str, str | None]:
 
 
 INFRA, INFRA_WARNING = choose_infra()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Byte-compile our own code once, so each of the many service processes the tests start loads it instead of compiling it.
+
+    Under PYTHONDONTWRITEBYTECODE (set on some machines) no process would ever keep what it compiled,
+    and every service start would compile its modules afresh. The .pyc files land in __pycache__
+    (git-ignored) and are checked against the source's mtime as usual.
+    """
+    for package in ("services", "shared", "scripts"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -251,6 +263,16 @@ class System:
         self.services[name] = svc
         return svc
 
+    def start_all(self, names: tuple[str, ...]) -> None:
+        """Start the services side by side (none waits for another to be up), then wait until each is ready."""
+        launched = []
+        for name in names:
+            svc = Service(name, self.service_env(name)).launch()
+            self.services[name] = svc
+            launched.append(svc)
+        for svc in launched:
+            svc.ready()
+
     def restart(self, name: str) -> Service:
         old = self.services[name]
         assert old.stop() == 0, f"{name} did not exit cleanly on SIGTERM:\n" + "\n".join(old.lines[-30:])
@@ -279,8 +301,7 @@ def make_system(infra: Infra) -> Iterator[SystemFactory]:
         base.update(env)
         system = System(base["NATS_URL"], redis, prefix, free_port(), base)
         built.append(system)
-        for name in start:
-            system.start(name)
+        system.start_all(start)
         return system
 
     yield build
@@ -302,8 +323,7 @@ def running_system(infra: Infra, tag: str, start: tuple[str, ...] = ("session", 
     base = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "AUTH_MODE": "dev", "REDIS_URL": infra.redis_url, "SESSION_KV_BUCKET": f"sessions_{prefix}"}
     system = System(infra.nats_url, infra.redis_url, prefix, free_port(), base | env)
     try:
-        for name in start:
-            system.start(name)
+        system.start_all(start)
         yield system
     finally:
         codes = system.stop()

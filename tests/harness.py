@@ -202,6 +202,14 @@ class Service(Process):
 
     def start(self, timeout: float = 60.0) -> Service:
         super().start()
+        return self.ready(timeout)
+
+    def launch(self) -> Service:
+        """Start the process without waiting: start several, then wait for each with `ready`."""
+        super().start()
+        return self
+
+    def ready(self, timeout: float = 60.0) -> Service:
         self.wait_for_line(lambda line: '"service_ready"' in line, timeout=timeout)
         return self
 

@@ -96,7 +96,7 @@ async def test_a_query_replica_killed_mid_stream_ends_the_stream_in_tool_output_
 
 async def test_a_nats_restart_mid_stream_never_yields_a_result_with_missing_rows(make_system: SystemFactory, nats_server: NatsServer) -> None:
     """Rows lost across a NATS restart end the stream in tool-output-error; it never looks complete with a hole."""
-    n = 1_000_000
+    n = 250_000  # still streaming when NATS is killed after its first 20 parts; a complete one is read to the end, so no bigger
     system = make_system(nats_url=nats_server.url)
     outcomes = []
     async with browser(system.url) as client:

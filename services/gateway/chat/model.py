@@ -13,13 +13,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx2
-import openai
-from openai import AsyncOpenAI, DefaultAioHttpClient
+
+if TYPE_CHECKING:  # imported where a model client is made: half of the gateway's start, for a feature that may be off
+    import httpx2
+    import openai
 
 from services.gateway.chat import metrics
 from services.gateway.config import GatewayConfig
@@ -147,6 +148,8 @@ class ModelClient:
         self._timeout_s = config.llm_timeout_s
         host = urlsplit(config.llm_base_url)
         self._where = f"{host.scheme}://{host.hostname}{f':{host.port}' if host.port else ''}"
+        from openai import AsyncOpenAI, DefaultAioHttpClient
+
         self._client = AsyncOpenAI(
             base_url=config.llm_base_url,
             # Local servers (Ollama, llama.cpp) take no key, but the SDK insists on one.
@@ -163,6 +166,9 @@ class ModelClient:
 
     async def step(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> AsyncIterator[StepEvent]:
         """One streamed completion: deltas as they come, then a StepEnd; raises ModelError."""
+        import httpx2
+        import openai
+
         body: dict[str, Any] = {
             "model": self.model,
             "messages": list(messages),
