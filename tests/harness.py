@@ -168,7 +168,9 @@ class RedisServer(Process):
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-")
+        # A replica's sync starts at once: by default a master waits 5 s for more replicas to share one diskless transfer.
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "", "--appendonly", "no", "--logfile", ""]
+        argv += ["--repl-diskless-sync-delay", "0"]
         super().__init__("redis-server", argv)
 
     @property
