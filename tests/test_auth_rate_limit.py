@@ -21,10 +21,12 @@ async def login(url: str, token: str, headers: dict[str, str] | None = None) -> 
 async def test_the_login_rate_is_shared_by_two_gateway_replicas(make_system: SystemFactory, redis_server: RedisServer) -> None:
     async with running_issuer() as issuer:
         env = {"AUTH_MODE": "oidc", "OIDC_ISSUER": issuer.url, "OIDC_AUDIENCE": AUDIENCE, "AUTH_LOGIN_RATE": RATE, "TRUSTED_PROXIES": "127.0.0.1/32"}
-        system = make_system(redis_url=redis_server.url, start=("session", "gateway"), **env)
+        system = make_system(redis_url=redis_server.url, start=(), **env)
         second_port = free_port()
-        second = Service("gateway", system.service_env("gateway", GATEWAY_PORT=str(second_port))).start()
+        second = Service("gateway", system.service_env("gateway", GATEWAY_PORT=str(second_port))).launch()
         try:
+            system.start_all(("session", "gateway"))  # beside the second gateway
+            second.ready()
             replicas = [system.url, f"http://127.0.0.1:{second_port}"]
             statuses = [(await login(replicas[n % 2], issuer.token()))[0] for n in range(5)]
             assert statuses == [200] * 5
