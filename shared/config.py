@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from dotenv import load_dotenv
 
@@ -202,8 +202,16 @@ def subject_token_path(name: str, raw: str) -> str:
     return raw
 
 
+class FromEnv:
+    """A settings dataclass's `from_env(env)`: `load` from `env`, or from the process environment (and `.env`)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        return load(cls, environ() if env is None else env)
+
+
 @dataclass(frozen=True, kw_only=True)
-class ServiceSettings:
+class ServiceSettings(FromEnv):
     """What every service reads: the bus, the subject prefix, the log level and the shutdown grace."""
 
     INPUTS: ClassVar[tuple[Setting, ...]] = ()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from shared.access import EMPTY, AccessPolicy, parse_policy
 from shared.bus import redact_url
-from shared.config import ServiceSettings, env_float, environ, load, setting, tcp_port
+from shared.config import ServiceSettings, env_float, setting, tcp_port
 from shared.errors import ConfigError
 
 AUTH_MODES = ("dev", "off", "oidc", "firebase")
@@ -178,10 +177,6 @@ class GatewayConfig(ServiceSettings):
     @property
     def discovery_url(self) -> str:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
-        return load(cls, environ() if env is None else env)
 
 
 def _comma_list(raw: str) -> list[str]:
