@@ -39,26 +39,22 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return _env_number(env, name, default, int, "an integer", minimum)
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float | None = None) -> float:
+    return _env_number(env, name, default, float, "a number", minimum)
+
+
+def _env_number[N: (int, float)](env: Mapping[str, str], name: str, default: N, kind: type[N], noun: str, minimum: float | None) -> N:
+    """`name` read as `kind` (the default when unset or blank), at least `minimum`; else a ConfigError naming the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name} must be {noun}, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
