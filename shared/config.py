@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from dotenv import load_dotenv
 
@@ -39,30 +39,29 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return _env_number(env, name, default, int, "an integer", minimum)
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float | None = None) -> float:
+    return _env_number(env, name, default, float, "a number", minimum)
+
+
+def _env_number[N: (int, float)](env: Mapping[str, str], name: str, default: N, kind: type[N], noun: str, minimum: float | None) -> N:
+    """`name` read as `kind` (the default when unset or blank), at least `minimum`; else a ConfigError naming the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name} must be {noun}, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
 
+
+DEFAULT_SUBJECT_PREFIX = "dbgenie"
+"""NATS_SUBJECT_PREFIX when unset: the first token of every subject."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -202,8 +201,16 @@ def subject_token_path(name: str, raw: str) -> str:
     return raw
 
 
+class FromEnv:
+    """A settings dataclass's `from_env(env)`: `load` from `env`, or from the process environment (and `.env`)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        return load(cls, environ() if env is None else env)
+
+
 @dataclass(frozen=True, kw_only=True)
-class ServiceSettings:
+class ServiceSettings(FromEnv):
     """What every service reads: the bus, the subject prefix, the log level and the shutdown grace."""
 
     INPUTS: ClassVar[tuple[Setting, ...]] = ()
@@ -214,7 +221,7 @@ class ServiceSettings:
     nats_password: str = setting("NATS_PASSWORD", "", "NATS password of `NATS_USER`", secret=True)
     nats_nkey_seed: str = setting("NATS_NKEY_SEED", "", "NATS nkey seed: a seed file, or the seed itself (`SU...`)", secret=True)
     nats_js_replicas: int = setting("NATS_JS_REPLICAS", 1, "replicas of the JetStream buckets and streams a service creates (3 on a NATS cluster)", minimum=1)
-    subject_prefix: str = setting("NATS_SUBJECT_PREFIX", "dbgenie", "first token of every subject", parse=subject_token_path)
+    subject_prefix: str = setting("NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX, "first token of every subject", parse=subject_token_path)
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 20.0, "after SIGTERM, how long in-flight work may finish", minimum=0)
 

@@ -9,7 +9,7 @@ success Struct or an `ErrorReply`. The request id travels in the `Dbg-Request-Id
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, overload
 
 import msgspec
 
@@ -20,6 +20,22 @@ SESSION_QUEUE = "session"
 QUERY_QUEUE = "query"
 
 
+class _Subject:
+    """One subject under the Subjects' prefix: `session_get = _Subject("session.get")` reads `<prefix>.session.get`."""
+
+    __slots__ = ("suffix",)
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    @overload
+    def __get__(self, subjects: None, owner: type) -> _Subject: ...
+    @overload
+    def __get__(self, subjects: Subjects, owner: type | None = None) -> str: ...
+    def __get__(self, subjects: Subjects | None, owner: type | None = None) -> str | _Subject:
+        return self if subjects is None else f"{subjects.prefix}.{self.suffix}"
+
+
 @dataclass(frozen=True)
 class Subjects:
     """All subjects under one prefix (`NATS_SUBJECT_PREFIX`, default `dbgenie`)."""
@@ -27,33 +43,13 @@ class Subjects:
     prefix: str = "dbgenie"
 
     # Session service, queue group "session".
-    @property
-    def session_get(self) -> str:
-        return f"{self.prefix}.session.get"
-
-    @property
-    def session_get_many(self) -> str:
-        return f"{self.prefix}.session.get_many"
-
-    @property
-    def session_set(self) -> str:
-        return f"{self.prefix}.session.set"
-
-    @property
-    def session_patch(self) -> str:
-        return f"{self.prefix}.session.patch"
-
-    @property
-    def session_delete(self) -> str:
-        return f"{self.prefix}.session.delete"
-
-    @property
-    def session_ping(self) -> str:
-        return f"{self.prefix}.session.ping"
-
-    @property
-    def session_limit(self) -> str:
-        return f"{self.prefix}.session.limit"
+    session_get = _Subject("session.get")
+    session_get_many = _Subject("session.get_many")
+    session_set = _Subject("session.set")
+    session_patch = _Subject("session.patch")
+    session_delete = _Subject("session.delete")
+    session_ping = _Subject("session.ping")
+    session_limit = _Subject("session.limit")
 
     def session_recent(self, op: str) -> str:
         """`session.recent.<op>`, op one of RECENT_OPS."""
@@ -67,22 +63,15 @@ class Subjects:
         """`session.examples.<op>`, op one of EXAMPLE_OPS."""
         return f"{self.prefix}.session.examples.{op}"
 
+    def session_connection(self, op: str) -> str:
+        """`session.connection.<op>`, op one of SESSION_CONNECTION_OPS."""
+        return f"{self.prefix}.session.connection.{op}"
+
     # Query service, queue group "query".
-    @property
-    def query_execute(self) -> str:
-        return f"{self.prefix}.query.execute"
-
-    @property
-    def query_ping(self) -> str:
-        return f"{self.prefix}.query.ping"
-
-    @property
-    def query_schema(self) -> str:
-        return f"{self.prefix}.query.schema"
-
-    @property
-    def query_schema_search(self) -> str:
-        return f"{self.prefix}.query.schema.search"
+    query_execute = _Subject("query.execute")
+    query_ping = _Subject("query.ping")
+    query_schema = _Subject("query.schema")
+    query_schema_search = _Subject("query.schema.search")
 
     def query_control(self, stream_id: str) -> str:
         return f"{self.prefix}.query.control.{stream_id}"
@@ -91,22 +80,14 @@ class Subjects:
         """`query.connection.<op>`, op one of QUERY_CONNECTION_OPS (queue group "query")."""
         return f"{self.prefix}.query.connection.{op}"
 
-    @property
-    def query_connection_closed(self) -> str:
-        """Broadcast (no queue group): every query replica closes the pools of the connection named."""
-        return f"{self.prefix}.query.connection.closed"
-
-    def session_connection(self, op: str) -> str:
-        """`session.connection.<op>`, op one of SESSION_CONNECTION_OPS."""
-        return f"{self.prefix}.session.connection.{op}"
+    # Broadcast (no queue group): every query replica closes the pools of the connection named.
+    query_connection_closed = _Subject("query.connection.closed")
 
     # The audit trail: a JetStream stream, published to by the gateway.
     def audit(self, kind: str) -> str:
         return f"{self.prefix}.audit.{kind}"
 
-    @property
-    def audit_all(self) -> str:
-        return f"{self.prefix}.audit.>"
+    audit_all = _Subject("audit.>")
 
 
 # --- common --------------------------------------------------------------------------

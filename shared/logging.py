@@ -81,13 +81,18 @@ def setup_logging(service: str, level: str = "INFO") -> None:
 
 
 class _LineBuffer:
-    """JSON log lines written once per turn of the event loop: one write() for the lines of many requests.
+    """JSON log lines written together at most every FLUSH_AFTER_S: one write() for the lines of many requests.
 
-    Under load a turn of the loop serves many requests, and a write() per line was the
-    largest single cost of a request in the gateway. Lines logged outside a running loop
-    (start-up, other threads) and every error line are written at once; `flush_logs()`
-    (called on exit) writes what is left. So a line waits at most until the loop turns.
+    A write() per line was the largest single cost of a request in the gateway, and a write()
+    per turn of the event loop still cost 8 % of its CPU under load (docs/benchmarks.md).
+    Lines logged outside a running loop (start-up, other threads) and every error line are
+    written at once, after the lines held before them; MAX_LINES held lines are written at
+    once too; `flush_logs()` (called on exit) writes what is left. So a line waits at most
+    FLUSH_AFTER_S.
     """
+
+    FLUSH_AFTER_S = 0.05
+    MAX_LINES = 1000
 
     _instances: list[_LineBuffer] = []
 
@@ -111,16 +116,17 @@ class _LineBuffer:
     def msg(self, message: bytes) -> None:
         with self._lock:
             self._lines.append(message)
-            if self._scheduled:
+            if self._scheduled and len(self._lines) < self.MAX_LINES:
                 return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None and threading.current_thread() is threading.main_thread():
-                self._scheduled = True
-                loop.call_soon(self.flush)
-                return
+            if not self._scheduled:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    loop = None
+                if loop is not None and threading.current_thread() is threading.main_thread():
+                    self._scheduled = True
+                    loop.call_later(self.FLUSH_AFTER_S, self.flush)
+                    return
         self.flush()
 
     def msg_now(self, message: bytes) -> None:

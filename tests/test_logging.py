@@ -1,4 +1,4 @@
-"""The JSON log lines of a service: every line arrives whole, those of one event-loop turn in one write, errors at once,
+"""The JSON log lines of a service: every line arrives whole, those of a flush interval in one write, errors at once,
 and the records of its libraries' stdlib loggers in the same JSON."""
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ class CountingStream(io.BytesIO):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[bytes] = []
+        self.written = asyncio.Event()
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self.writes.append(bytes(data))
+        self.written.set()
         return super().write(data)
 
 
@@ -35,18 +37,28 @@ async def callbacks_scheduled_so_far() -> None:
     await done
 
 
-async def test_lines_of_one_loop_turn_are_one_write_and_errors_go_at_once() -> None:
+async def test_lines_of_several_loop_turns_are_one_write_and_errors_go_at_once() -> None:
     stream = CountingStream()
     buffer = _LineBuffer(stream)
     for i in range(3):
         buffer.info(f'{{"n": {i}}}'.encode())
-    assert stream.writes == []  # held until the loop turns
-    await callbacks_scheduled_so_far()
+        await callbacks_scheduled_so_far()  # the loop turns between the lines
+    assert stream.writes == []  # held until the flush interval ends
+    await asyncio.wait_for(stream.written.wait(), 10)
     assert stream.writes == [b'{"n": 0}\n{"n": 1}\n{"n": 2}\n']
 
     buffer.info(b'{"n": 3}')
     buffer.error(b'{"n": 4}')  # an error line is written at once, after the lines before it
     assert stream.writes[1:] == [b'{"n": 3}\n{"n": 4}\n']
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    stream = CountingStream()
+    buffer = _LineBuffer(stream)
+    for i in range(buffer.MAX_LINES):
+        buffer.info(f'{{"n": {i}}}'.encode())
+    assert len(stream.writes) == 1
+    assert stream.writes[0].count(b"\n") == buffer.MAX_LINES
 
 
 def test_outside_a_loop_a_line_is_written_at_once() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.access import EMPTY, AccessPolicy, parse_policy
+from shared.audit import DEFAULT_STREAM, default_stream, stream_name
 from shared.bus import redact_url
-from shared.config import ServiceSettings, env_float, environ, load, setting, tcp_port
+from shared.config import ServiceSettings, env_float, setting, tcp_port
 from shared.errors import ConfigError
 
 AUTH_MODES = ("dev", "off", "oidc", "firebase")
@@ -23,6 +24,11 @@ _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _on_with_tokens(env: str, default: bool, doc: str) -> Any:
+    """A switch whose default is on when sign-in is by ID token (AUTH_MODE oidc or firebase), off otherwise."""
+    return setting(env, default, doc, default_from=lambda values: values["auth_mode"] in TOKEN_MODES, shown="1 in oidc/firebase")
 
 
 def _lower(_name: str, raw: str) -> str:
@@ -45,12 +51,6 @@ def _emails(_name: str, raw: str) -> tuple[str, ...]:
     return tuple(e.lower() for e in _comma_list(raw))
 
 
-def _stream_name(name: str, raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
-        raise ConfigError(f"{name} must be 1-64 letters, digits, '_' or '-', got {raw!r}")
-    return raw
-
-
 def _temperature(name: str, raw: str) -> float:
     return env_float({name: raw}, name, 0.0, minimum=0)
 
@@ -69,13 +69,7 @@ class GatewayConfig(ServiceSettings):
     firebase_web_config: str = setting("FIREBASE_WEB_CONFIG", "", "the Firebase web app's config object (JSON) for the page's Google sign-in; served by GET /auth/config")
     auth_clock_skew_s: int = setting("AUTH_CLOCK_SKEW_S", 60, "tolerance in seconds for `exp`, `iat` and `auth_time`", minimum=0)
     auth_allowed_email_domains: tuple[str, ...] = setting("AUTH_ALLOWED_EMAIL_DOMAINS", (), "comma list; when set, only these email domains may sign in", parse=_email_domains, shown="any")
-    auth_require_verified_email: bool = setting(
-        "AUTH_REQUIRE_VERIFIED_EMAIL",
-        True,
-        "refuse tokens whose `email_verified` is not true",
-        default_from=lambda values: values["auth_mode"] in TOKEN_MODES,
-        shown="1 in oidc/firebase",
-    )
+    auth_require_verified_email: bool = _on_with_tokens("AUTH_REQUIRE_VERIFIED_EMAIL", True, "refuse tokens whose `email_verified` is not true")
     auth_jwks_cache_min_s: float = setting("AUTH_JWKS_CACHE_MIN_S", 300.0, "the shortest time signing keys are cached, whatever Cache-Control says", minimum=0)
     auth_jwks_cache_max_s: float = setting("AUTH_JWKS_CACHE_MAX_S", 86400.0, "the longest time signing keys are cached, whatever Cache-Control says", minimum=0)
     auth_login_rate: tuple[int, int] = setting(
@@ -106,13 +100,7 @@ class GatewayConfig(ServiceSettings):
     llm_schema_max_chars: int = setting("LLM_SCHEMA_MAX_CHARS", 6000, "the schema overview goes into the system prompt when it is at most this long", minimum=0)
     llm_schema_search_max_chars: int = setting("LLM_SCHEMA_SEARCH_MAX_CHARS", 8000, "a search_schema result the model gets is at most this long (the least relevant tables are left out)", minimum=500)
     llm_examples: int = setting("LLM_EXAMPLES", 3, "approved verified examples like the question put into the model's context per turn; 0 none", minimum=0)
-    examples_require_approval: bool = setting(
-        "EXAMPLES_REQUIRE_APPROVAL",
-        False,
-        "a thumbs-up proposes an example that an admin must approve before it is used",
-        default_from=lambda values: values["auth_mode"] in TOKEN_MODES,
-        shown="1 in oidc/firebase",
-    )
+    examples_require_approval: bool = _on_with_tokens("EXAMPLES_REQUIRE_APPROVAL", False, "a thumbs-up proposes an example that an admin must approve before it is used")
     llm_history_max_chars: int = setting("LLM_HISTORY_MAX_CHARS", 60000, "the conversation sent to the model; the oldest turns are dropped past it", minimum=1000)
     chat_quota_per_minute: int = setting("CHAT_QUOTA_PER_MINUTE", 10, "chat turns per user per minute (0: no limit)", minimum=0)
     chat_quota_per_hour: int = setting("CHAT_QUOTA_PER_HOUR", 200, "chat turns per user per hour (0: no limit)", minimum=0)
@@ -123,7 +111,13 @@ class GatewayConfig(ServiceSettings):
     groups_claim: str = setting("AUTH_GROUPS_CLAIM", "", "the ID-token claim holding the user's groups (e.g. `groups`); kept in the session")
     admin_emails: tuple[str, ...] = setting("ADMIN_EMAILS", (), "comma list of emails that may read the audit trail (GET /api/audit)", parse=_emails)
     admin_group: str = setting("ADMIN_GROUP", "", "members of this group may read the audit trail too")
-    audit_stream: str = setting("AUDIT_STREAM", "AUDIT", "the JetStream stream of the audit trail (subjects `<prefix>.audit.>`)", parse=_stream_name)
+    audit_stream: str = setting(
+        "AUDIT_STREAM",
+        DEFAULT_STREAM,
+        "the JetStream stream of the audit trail (subjects `<prefix>.audit.>`); default: `AUDIT`, or `AUDIT_<prefix>` under another NATS_SUBJECT_PREFIX",
+        parse=stream_name,
+        default_from=lambda values: default_stream(values["subject_prefix"]),
+    )
     audit_replicas: int = setting(
         "AUDIT_REPLICAS", 1, "the audit stream's replicas (within a JetStream cluster)", minimum=1, default_from=lambda values: values["nats_js_replicas"], shown="NATS_JS_REPLICAS"
     )
@@ -184,10 +178,6 @@ class GatewayConfig(ServiceSettings):
     @property
     def discovery_url(self) -> str:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
-        return load(cls, environ() if env is None else env)
 
 
 def _comma_list(raw: str) -> list[str]:

@@ -14,7 +14,7 @@ import orjson
 from services.query.connections.address import IPNetwork, parse_networks, parse_ports
 from services.query.connections.seal import Keyring
 from shared.access import DEFAULT_SOURCE, parse_policy
-from shared.config import ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
+from shared.config import FromEnv, ServiceSettings, Setting, env_int, environ, load, read_one, setting, tcp_port
 from shared.contracts import QUERY_QUEUE_WAIT_MAX_S
 from shared.errors import ConfigError
 
@@ -41,17 +41,13 @@ def _chunk_bytes(name: str, raw: str) -> int:
 
 
 @dataclass(frozen=True)
-class SchemaConfig:
+class SchemaConfig(FromEnv):
     """The query service's describe_schema settings."""
 
     cache_s: float = setting("QUERY_SCHEMA_CACHE_S", 30.0, "how long a source's description is reused; 0 reads the catalog every time", minimum=0)
     max_tables: int = setting("QUERY_SCHEMA_MAX_TABLES", 200, "tables per reply at most", minimum=1)
     max_columns: int = setting("QUERY_SCHEMA_MAX_COLUMNS", 3000, "columns per reply at most, over all its tables", minimum=1)
     timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SchemaConfig:
-        return load(cls, environ() if env is None else env)
 
 
 _PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")

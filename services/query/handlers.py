@@ -25,7 +25,7 @@ from services.query.config import PREVIEW_ROWS, QueryConfig
 from services.query.connections.handlers import connections_off
 from services.query.connections.pools import UserPools
 from services.query.engines import Cursor, Engine, Sources
-from services.query.engines.base import timeout_message
+from services.query.engines.base import SHUTTING_DOWN, timeout_message
 from services.query.guard import check_read_only
 from services.query.values import RowEncoder
 from services.query.wire import FETCH_ROWS_AT_LIMIT
@@ -86,7 +86,6 @@ def not_answering(source: str) -> ServiceError:
 
 # Why a stream's work was stopped before it finished (the message of the cancellation).
 CLIENT_GONE = "the client cancelled the stream"
-SHUTTING_DOWN = "the query service is shutting down"
 
 
 class QueryHandlers:

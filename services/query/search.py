@@ -40,7 +40,7 @@ from services.query.config import SchemaConfig
 from services.query.engines import Engine, Sources
 from services.query.engines.catalog import Describes
 from services.query.guard import FunctionName, FunctionPolicy, check_read_only
-from shared.config import environ, load, setting
+from shared.config import FromEnv, setting
 from shared.contracts import Caller, JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
 from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 from shared.words import terms, words
@@ -73,16 +73,12 @@ _TEXT_TYPE = re.compile(r"char|text|string|enum|clob|name", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(FromEnv):
     """The query service's search_schema settings; the refresh period and the catalog's time limit are describe_schema's (SchemaConfig)."""
 
     max_tables: int = setting("QUERY_SCHEMA_INDEX_MAX_TABLES", 5000, "tables indexed per source at most (the first in catalog order)", minimum=1)
     sample_values: int = setting("QUERY_SCHEMA_SAMPLE_VALUES", 8, "a text column with at most this many distinct values in its first rows has them kept; 0 samples none", minimum=0)
     sample_s: float = setting("QUERY_SCHEMA_SAMPLE_S", 20.0, "time one index build may spend sampling values; the tables not reached by then have none", minimum=0)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SearchConfig:
-        return load(cls, environ() if env is None else env)
 
 
 def _is_text(type_: str) -> bool:

@@ -154,33 +154,26 @@ def create_client(target: RedisTarget, *, max_connections: int = 64) -> Redis:
     fallback store quickly instead of waiting on redis-py's default backoff. For a Redis
     Cluster it is redis-py's cluster client (typed as Redis: it takes the same commands).
     """
+    # Two attempts (one retry) of 0.45 s each: a Redis that stops answering is left within a second.
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 0.45,
+        "socket_timeout": 0.45,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        "client_name": "dbgenie-session",
+    }
     if target.cluster:
         cluster = RedisCluster.from_url(
             target.url,
             # redis-py's cluster pool never waits for a free connection: past its bound a call fails
             # (and would read as an outage), so each node's pool is bounded only against a runaway.
             max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE,
-            socket_connect_timeout=0.45,
-            socket_timeout=0.45,
-            socket_keepalive=True,
-            health_check_interval=10,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            client_name="dbgenie-session",
             require_full_coverage=False,  # keep serving the slots still covered while a master fails over
+            **options,
         )
         return cluster  # type: ignore[return-value]
-    pool = BlockingConnectionPool.from_url(
-        target.url,
-        max_connections=max_connections,
-        timeout=1.0,  # waiting for a free connection
-        # Two attempts (one retry) of 0.45 s each: a Redis that stops answering is left within a second.
-        socket_connect_timeout=0.45,
-        socket_timeout=0.45,
-        socket_keepalive=True,
-        health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-        client_name="dbgenie-session",
-    )
+    pool = BlockingConnectionPool.from_url(target.url, max_connections=max_connections, timeout=1.0, **options)  # timeout: waiting for a free connection
     return Redis(connection_pool=pool)
 
 
@@ -247,6 +240,11 @@ async def _read_slots_again(client: RedisCluster) -> None:
         pass  # no node answers yet: the next failing call reads them again
 
 
+def _classified(replies: list[Any]) -> list[bytes | None | Exception]:
+    """A batch's replies, each error one as a store call would raise it for that command alone."""
+    return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
+
+
 def _version_arg(version: int) -> str:
     return f"{version:020d}"
 
@@ -271,8 +269,9 @@ class RedisStore:
     def key(self, sid: str) -> str:
         return self._prefix + sid
 
-    async def _run(self, command: str, call):  # type: ignore[no-untyped-def]
-        self._counters[command].inc()
+    async def _run(self, command: str, call, count: int = 1):  # type: ignore[no-untyped-def]
+        """Await `call` (`count` commands named `command`), raising a Redis failure as classify() maps it."""
+        self._counters[command].inc(count)
         try:
             return await call
         except rex.NoScriptError:
@@ -320,37 +319,25 @@ class RedisStore:
                 return [exc]
         if self._cluster:
             return await self._get_many_cluster(sids)
-        self._counters["getex"].inc(len(sids))
         getex = self._getex_tail
         packed = b"".join(b"*4\r\n$5\r\nGETEX\r\n$%d\r\n%b%b" % (len(key), key, getex) for key in (self._prefix_bytes + sid.encode() for sid in sids))
+        return _classified(await self._run("getex", self._send_packed(packed, len(sids)), count=len(sids)))
+
+    async def _send_packed(self, packed: bytes, count: int) -> list[Any]:
+        """Write `count` packed commands on one pooled connection and read their replies (with the client's retry)."""
         pool = self._client.connection_pool
+        conn = await pool.get_connection()
         try:
-            conn = await pool.get_connection()
-            try:
-                replies = await conn.retry.call_with_retry(lambda: _pipelined(conn, packed, len(sids)), lambda _: conn.disconnect())
-            finally:
-                await pool.release(conn)
-        except (rex.RedisError, OSError, TimeoutError) as exc:
-            mapped = classify(exc)
-            if mapped is not None:
-                raise mapped from exc
-            raise
-        return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
+            return await conn.retry.call_with_retry(lambda: _pipelined(conn, packed, count), lambda _: conn.disconnect())
+        finally:
+            await pool.release(conn)
 
     async def _get_many_cluster(self, sids: Sequence[str]) -> list[bytes | None | Exception]:
         """The pipeline of GETEX on a Redis Cluster: redis-py's cluster pipeline sends one batch per node."""
-        self._counters["getex"].inc(len(sids))
         pipe = self._client.pipeline(transaction=False)
         for sid in sids:
             pipe.getex(self.key(sid), ex=self._lifetime)
-        try:
-            replies = await pipe.execute(raise_on_error=False)
-        except (rex.RedisError, OSError, TimeoutError) as exc:
-            mapped = classify(exc)
-            if mapped is not None:
-                raise mapped from exc
-            raise
-        return [(classify(reply) or reply) if isinstance(reply, Exception) else reply for reply in replies]
+        return _classified(await self._run("getex", pipe.execute(raise_on_error=False), count=len(sids)))
 
     async def peek(self, sid: str) -> bytes | None:
         """GET: read the session without sliding its expiry (which a Redis refusing writes would refuse)."""

@@ -21,7 +21,7 @@ import structlog
 from services.gateway.chat import prompt
 from services.gateway.clients import QueryClient
 from shared.access import Grant, unknown_source
-from shared.contracts import ConnectionRef, SchemaReply
+from shared.contracts import ConnectionRef, QueryPong, SchemaReply
 from shared.errors import UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -86,19 +86,25 @@ class PromptContext:
         return prompt.system_prompt(sources, entry.default, entry.schema, self._schema_max_chars, own)
 
     async def _own_prompt(self, source: str, visible: Callable[[Sequence[str]], Collection[str]], own: Mapping[str, str], connection: ConnectionRef) -> str:
+        ping, schema = await self._ping_and_overview(source, "connection", connection=connection)
+        shown = visible(ping.sources)
+        operator = {name: str(ping.dialects.get(name, "")) for name in ping.sources if name in shown and name not in own}
+        return prompt.system_prompt(operator, source, schema, self._schema_max_chars, own)
+
+    async def _ping_and_overview(self, source: str, log_source: str, *, role: str | None = None, connection: ConnectionRef | None = None) -> tuple[QueryPong, Any]:
+        """The query service's sources and `source`'s schema overview, asked at once. No answer to the ping fails the turn;
+        without the overview (None) the model calls describe_schema itself and the turn goes on."""
         ping, overview = await asyncio.gather(
             self._query.ping(TIMEOUT_S),
-            self._query.schema(source, None, TIMEOUT_S, connection=connection),
+            self._query.schema(source, None, TIMEOUT_S, role=role, connection=connection),
             return_exceptions=True,
         )
         if isinstance(ping, BaseException):
             raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
-        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
-        if schema is None:
-            log.warning("chat_schema_unavailable", source="connection", error=getattr(overview, "message", type(overview).__name__))
-        shown = visible(ping.sources)
-        operator = {name: str(ping.dialects.get(name, "")) for name in ping.sources if name in shown and name not in own}
-        return prompt.system_prompt(operator, source, schema, self._schema_max_chars, own)
+        if isinstance(overview, SchemaReply):
+            return ping, msgspec.to_builtins(overview)
+        log.warning("chat_schema_unavailable", source=log_source, error=getattr(overview, "message", type(overview).__name__))
+        return ping, None
 
     async def close(self) -> None:
         """Stop the background fetches still under way."""
@@ -121,20 +127,10 @@ class PromptContext:
 
     async def _fetch(self, key: _Key) -> _Entry:
         source, role = key
-        ping, overview = await asyncio.gather(
-            self._query.ping(TIMEOUT_S),
-            self._query.schema(source, None, TIMEOUT_S, role=role),
-            return_exceptions=True,
-        )
-        if isinstance(ping, BaseException):
-            raise ping if isinstance(ping, ServiceError) else ServiceError(UNAVAILABLE, "the query service did not answer")
+        ping, schema = await self._ping_and_overview(source, source, role=role)
         names = tuple(ping.sources)
         dialects = ping.dialects
         default = ping.default or (names[0] if names else "default")
-        schema = msgspec.to_builtins(overview) if isinstance(overview, SchemaReply) else None
-        if schema is None:
-            # Without the overview the model calls describe_schema itself; the turn goes on.
-            log.warning("chat_schema_unavailable", source=source, error=getattr(overview, "message", type(overview).__name__))
         entry = _Entry(time.monotonic(), names, {name: str(dialects.get(name, "")) for name in names}, default, schema, complete=schema is not None)
         if source in names:
             self._entries[key] = entry

@@ -24,99 +24,70 @@ SEARCH_SCHEMA = "search_schema"
 SHOW_CHART = "show_chart"
 GET_RECENT_QUERIES = "get_recent_queries"
 
+
+def _function(name: str, description: str, properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+    """One tool in the OpenAI `tools` format: a function whose parameters are an object of `properties`."""
+    parameters: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = list(required)
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
 # Plain JSON Schema only (no `additionalProperties`, no `strict`): Gemini's OpenAI endpoint refuses more.
 TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": EXECUTE_QUERY,
-            "description": (
-                "Run one read-only SQL statement (SELECT, WITH ... SELECT, EXPLAIN) on a source and get a summary of the result: "
-                f"the columns, the first {PREVIEW_ROWS} rows, the row count and whether the result was cut at the row limit. "
-                'The user sees every row in their SQL editor; you only see the summary. On failure you get {"error": message}: '
-                "fix the SQL and try again."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "sql": {"type": "string", "description": "One read-only statement in the source's SQL dialect."},
-                    "source": {"type": "string", "description": "The source to query; omit for the default source."},
-                },
-                "required": ["sql"],
-            },
+    _function(
+        EXECUTE_QUERY,
+        "Run one read-only SQL statement (SELECT, WITH ... SELECT, EXPLAIN) on a source and get a summary of the result: "
+        f"the columns, the first {PREVIEW_ROWS} rows, the row count and whether the result was cut at the row limit. "
+        'The user sees every row in their SQL editor; you only see the summary. On failure you get {"error": message}: '
+        "fix the SQL and try again.",
+        {
+            "sql": {"type": "string", "description": "One read-only statement in the source's SQL dialect."},
+            "source": {"type": "string", "description": "The source to query; omit for the default source."},
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": DESCRIBE_SCHEMA,
-            "description": (
-                "Describe a source's schema. Without `tables`: every table with its columns and types. With `tables`: "
-                "their columns (name, type, nullable, primary key), foreign keys and estimated row counts."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "source": {"type": "string", "description": "The source to describe; omit for the default source."},
-                    "tables": {"type": "array", "items": {"type": "string"}, "description": "Table names to describe in detail."},
-                },
-            },
+        required=["sql"],
+    ),
+    _function(
+        DESCRIBE_SCHEMA,
+        "Describe a source's schema. Without `tables`: every table with its columns and types. With `tables`: "
+        "their columns (name, type, nullable, primary key), foreign keys and estimated row counts.",
+        {
+            "source": {"type": "string", "description": "The source to describe; omit for the default source."},
+            "tables": {"type": "array", "items": {"type": "string"}, "description": "Table names to describe in detail."},
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": SEARCH_SCHEMA,
-            "description": (
-                "Find the tables of a source that matter for a question, best first: each with its columns, types, keys, comments and, "
-                "for columns of codes or categories, their values; then how the tables join along foreign keys. Use it before writing SQL "
-                "when the schema is not listed in full here."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "query": {"type": "string", "description": "The user's question, or keywords naming what the tables hold."},
-                    "source": {"type": "string", "description": "The source to search; omit for the default source."},
-                },
-                "required": ["query"],
-            },
+    ),
+    _function(
+        SEARCH_SCHEMA,
+        "Find the tables of a source that matter for a question, best first: each with its columns, types, keys, comments and, "
+        "for columns of codes or categories, their values; then how the tables join along foreign keys. Use it before writing SQL "
+        "when the schema is not listed in full here.",
+        {
+            "query": {"type": "string", "description": "The user's question, or keywords naming what the tables hold."},
+            "source": {"type": "string", "description": "The source to search; omit for the default source."},
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": SHOW_CHART,
-            "description": (
-                f"Show the user a chart of the last {EXECUTE_QUERY} result of this answer (the page draws it from every row). "
-                "`x` and `y` are column names of that result; `y` must be numeric. An invalid proposal comes back as "
-                '{"error": message} and is not drawn.'
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "type": {"type": "string", "enum": ["bar", "line", "area", "scatter", "pie"], "description": "The kind of chart."},
-                    "x": {"type": "string", "description": "The column on the X axis (categories for bar and pie)."},
-                    "y": {"type": "string", "description": "The numeric column on the Y axis (summed per X value for bar and pie)."},
-                    "title": {"type": "string", "description": "A short title."},
-                },
-                "required": ["type", "x", "y"],
-            },
+        required=["query"],
+    ),
+    _function(
+        SHOW_CHART,
+        f"Show the user a chart of the last {EXECUTE_QUERY} result of this answer (the page draws it from every row). "
+        "`x` and `y` are column names of that result; `y` must be numeric. An invalid proposal comes back as "
+        '{"error": message} and is not drawn.',
+        {
+            "type": {"type": "string", "enum": ["bar", "line", "area", "scatter", "pie"], "description": "The kind of chart."},
+            "x": {"type": "string", "description": "The column on the X axis (categories for bar and pie)."},
+            "y": {"type": "string", "description": "The numeric column on the Y axis (summed per X value for bar and pie)."},
+            "title": {"type": "string", "description": "A short title."},
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": GET_RECENT_QUERIES,
-            "description": "The SQL the user ran most recently in their editor on a source, newest first (at most 50), with when each ran.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "source": {"type": "string", "description": "The source; omit for the default source."},
-                    "limit": {"type": "integer", "description": "How many, 1 to 50 (default 10)."},
-                },
-            },
+        required=["type", "x", "y"],
+    ),
+    _function(
+        GET_RECENT_QUERIES,
+        "The SQL the user ran most recently in their editor on a source, newest first (at most 50), with when each ran.",
+        {
+            "source": {"type": "string", "description": "The source; omit for the default source."},
+            "limit": {"type": "integer", "description": "How many, 1 to 50 (default 10)."},
         },
-    },
+    ),
 ]
 
 

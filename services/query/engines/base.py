@@ -12,7 +12,9 @@ from services.query.guard import FunctionName, FunctionPolicy, default_policy
 from services.query.privileges import Account
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits
+from shared.bus import redact_url
 from shared.contracts import Caller
+from shared.errors import UNAVAILABLE, ServiceError
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,14 @@ class EngineSettings:
     pg_work_mem: str = "4MB"
     pg_temp_file_limit: str = "1GB"
     mysql_max_mem_bytes: int = 256 * 1024 * 1024
+
+
+SHUTTING_DOWN = "the query service is shutting down"
+
+
+def shutting_down() -> ServiceError:
+    """What a source answers once `close()` has begun."""
+    return ServiceError(UNAVAILABLE, SHUTTING_DOWN)
 
 
 def timeout_message(timeout_s: float) -> str:
@@ -72,6 +82,18 @@ class Engine(ABC):
         self.name = name
         self.url = url
         self.settings = settings
+
+    def no_free_connection(self) -> ServiceError:
+        """A query waited for a pooled connection longer than it may."""
+        return ServiceError(UNAVAILABLE, f"no connection to source {self.name!r} came free in time")
+
+    def cannot_connect(self, reason: str) -> ServiceError:
+        """Opening a connection for a query failed; the URL is shown without its password."""
+        return ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {reason}")
+
+    def lost_connection(self, reason: str) -> ServiceError:
+        """A query's connection broke under it (the server went away, the network failed)."""
+        return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {reason}")
 
     @abstractmethod
     async def open(self) -> None:

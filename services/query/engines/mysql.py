@@ -24,19 +24,12 @@ import structlog
 from asyncmy.cursors import SSCursor
 
 from services.query.engines import catalog
-from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.base import Cursor, Engine, EngineSettings, shutting_down, timeout_message
 from services.query.privileges import Account, mysql_account, mysql_role_findings, quote_role
 from services.query.values import Column
 from services.query.wire import WireGuard, install
-from shared.bus import redact_url
 from shared.contracts import Caller
-from shared.errors import (
-    QUERY_FAILED,
-    QUERY_REFUSED,
-    QUERY_TIMEOUT,
-    UNAVAILABLE,
-    ServiceError,
-)
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, ServiceError
 
 log = structlog.get_logger(__name__)
 
@@ -169,7 +162,7 @@ class MysqlEngine(Engine):
 
     async def server_version(self) -> str:
         if self._pool is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         conn = await asyncio.wait_for(self._pool.acquire(), self.settings.connect_timeout_s)
         try:
             return str(conn.get_server_info())
@@ -203,13 +196,13 @@ class MysqlEngine(Engine):
     @asynccontextmanager
     async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         if self._pool is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         try:
             conn = await asyncio.wait_for(self._pool.acquire(), min(timeout_s, self.settings.connect_timeout_s))
         except TimeoutError:
-            raise ServiceError(UNAVAILABLE, f"no connection to source {self.name!r} came free in time") from None
+            raise self.no_free_connection() from None
         except (asyncmy.errors.MySQLError, OSError) as exc:
-            raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
+            raise self.cannot_connect(_text(exc)) from None
         finished = False
         cursor: MysqlCursor | None = None
         try:
@@ -313,9 +306,9 @@ class MysqlEngine(Engine):
             # KILL QUERY from another session: ours only ever hits a query already left.
             return ServiceError(QUERY_FAILED, f"cancelled by the database: {_text(exc)}")
         if isinstance(exc, asyncmy.errors.OperationalError) and code is not None and code >= 2000:
-            return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+            return self.lost_connection(_text(exc))
         if isinstance(exc, OSError):
-            return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+            return self.lost_connection(_text(exc))
         return ServiceError(QUERY_FAILED, _text(exc))
 
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:

@@ -18,21 +18,14 @@ import asyncpg
 import structlog
 
 from services.query.engines import catalog
-from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.base import Cursor, Engine, EngineSettings, shutting_down, timeout_message
 from services.query.engines.pg_codecs import decode_char, install_codecs
 from services.query.guard import FunctionName, FunctionPolicy, PgCatalog, PgPolicy
 from services.query.privileges import Account, postgres_account, postgres_role_findings
 from services.query.values import Column
 from services.query.wire import WireGuard, install
-from shared.bus import redact_url
 from shared.contracts import Caller
-from shared.errors import (
-    QUERY_FAILED,
-    QUERY_REFUSED,
-    QUERY_TIMEOUT,
-    UNAVAILABLE,
-    ServiceError,
-)
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 log = structlog.get_logger(__name__)
 
@@ -157,7 +150,7 @@ class PostgresEngine(Engine):
 
     async def server_version(self) -> str:
         if self._pool is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
             return str(conn.get_settings().server_version)
 
@@ -179,26 +172,26 @@ class PostgresEngine(Engine):
 
     async def account(self) -> Account:
         if self._pool is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
             return await asyncio.wait_for(postgres_account(conn), self.settings.connect_timeout_s)
 
     async def role_findings(self, role: str) -> list[str]:
         if self._pool is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
             return await asyncio.wait_for(postgres_role_findings(conn, role), self.settings.connect_timeout_s)
 
     @asynccontextmanager
     async def query(self, sql: str, timeout_s: float, caller: Caller | None = None) -> AsyncIterator[Cursor]:
         if self._pool is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         try:
             conn = await self._pool.acquire(timeout=min(timeout_s, self.settings.connect_timeout_s))
         except TimeoutError:
-            raise ServiceError(UNAVAILABLE, f"no connection to source {self.name!r} came free in time") from None
+            raise self.no_free_connection() from None
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            raise ServiceError(UNAVAILABLE, f"cannot connect to source {self.name!r} ({redact_url(self.url)}): {_text(exc)}") from None
+            raise self.cannot_connect(_text(exc)) from None
         guard = install(conn._transport, self.settings.limits, mysql=False)
         try:
             try:
@@ -261,7 +254,7 @@ class PostgresEngine(Engine):
             return ServiceError(QUERY_REFUSED, f"PostgreSQL refused the statement (the source's account may not do this): {_text(exc)}")
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
             return ServiceError(QUERY_FAILED, _text(exc))
-        return ServiceError(UNAVAILABLE, f"lost the connection to source {self.name!r}: {_text(exc)}")
+        return self.lost_connection(_text(exc))
 
     async def describe(self, wanted: Sequence[str] | None, max_tables: int, timeout_s: float, caller: Caller | None = None) -> catalog.Catalog:
         """Tables (all, up to `max_tables`, or those `wanted`) from pg_catalog, as this role may read them."""

@@ -23,17 +23,11 @@ import msgspec
 
 from services.query.config import sqlite_path
 from services.query.engines import catalog
-from services.query.engines.base import Cursor, Engine, EngineSettings, timeout_message
+from services.query.engines.base import Cursor, Engine, EngineSettings, shutting_down, timeout_message
 from services.query.values import Column, RowEncoder
 from services.query.wire import ByteLimits, cell_error, fetch_error, row_error
 from shared.contracts import Caller
-from shared.errors import (
-    QUERY_FAILED,
-    QUERY_REFUSED,
-    QUERY_TIMEOUT,
-    UNAVAILABLE,
-    ServiceError,
-)
+from shared.errors import QUERY_FAILED, QUERY_REFUSED, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
 _DENIED_FUNCTIONS = frozenset({"load_extension", "writefile", "readfile", "edit", "fts3_tokenizer"})
@@ -215,7 +209,7 @@ class SqliteEngine(Engine):
     async def _run(self, handle: _Handle, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` in a worker; if this task is cancelled meanwhile, interrupt SQLite."""
         if self._executor is None:
-            raise ServiceError(UNAVAILABLE, "the query service is shutting down")
+            raise shutting_down()
         future = self._executor.submit(fn, *args)
         handle.pending = future
         try:

@@ -359,6 +359,8 @@ function chatChanged(chat) {
     const current = page.chat;
     const busy = current.status === "submitted" || current.status === "streaming";
     chatView.render(current.messages, busy);
+    // Enabled only once a chat exists (the HTML starts it disabled): a Send pressed while the
+    // conversations still load would otherwise be dropped with the question left in the box.
     $("chat-send").disabled = busy || !page.config.chat;
     $("chat-error").textContent = current.error ? chatErrorText(current.error) : "";
   });
