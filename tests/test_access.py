@@ -622,6 +622,7 @@ async def test_a_jetstream_restart_mid_run_loses_no_audit_event(
     prefix = f"accr{uuid.uuid4().hex[:8]}"
     env = setup.env | {"NATS_URL": nats_server.url, "NATS_SUBJECT_PREFIX": prefix, "SESSION_KV_BUCKET": f"sessions_{prefix}", "AUDIT_STREAM": "AUDIT"}
     env["QUERY_SAMPLE_PATH"] = str(tmp_path / "sample.db")
+    env["QUERY_STREAM_IDLE_S"] = "2"  # the stream cut by the restart ends after two missed heartbeats, not the default 5 s
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(create_session_service(SessionConfig.from_env(env)))
         query_service = await stack.enter_async_context(create_query_service(QueryConfig.from_env(env)))
