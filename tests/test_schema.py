@@ -28,7 +28,7 @@ from shared.contracts import Subjects
 from shared.errors import ServiceError
 from tests.client import browser, login
 from tests.conftest import Databases, Infra, InProcess, InProcessFactory, System, SystemFactory, running_system
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
 
 TAG = uuid.uuid4().hex[:10]
 
@@ -347,7 +347,9 @@ async def test_a_source_that_cannot_be_reached_gets_an_error_reply(make_system: 
         assert name in raised.value.message or "does not exist" in raised.value.message
         assert "s3cret-pw" not in raised.value.message
     assert by_name(await describe(nc, system))  # the service still serves the others
-    failed = system.services["query"].events("schema_failed")
+    query = system.services["query"]
+    await asyncio.to_thread(wait_until, lambda: len(query.events("schema_failed")) >= 2, 10, "two schema_failed lines")  # lines are held up to 50 ms
+    failed = query.events("schema_failed")
     assert [(e["source"], e["code"]) for e in failed] == [("down", "unavailable"), ("gone", "unavailable")]
     assert "s3cret-pw" not in "\n".join(system.services["query"].lines)  # the password is in no log line
 
