@@ -31,7 +31,7 @@ from shared.contracts import AuditConnection, ConnectionRecord, Subjects
 from tests import fake_llm
 from tests.chat_support import gateway, post_chat, user_message
 from tests.client import browser, login, run_query
-from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, running_system
+from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, postgres_reader, running_system
 from tests.fake_llm import FakeLLM
 from tests.harness import ROOT, RedisServer, Service, eventually, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
@@ -400,8 +400,8 @@ def query_admin(system: System, keys: str, *args: str) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-m", "services.query.admin", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def session_admin(system: System, *args: str) -> subprocess.CompletedProcess[str]:
-    env = service_env(REDIS_URL=system.redis_url or "")
+def session_admin(system: System, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = service_env(REDIS_URL=system.redis_url or "", **env_vars)
     return subprocess.run([sys.executable, "-m", "services.session.admin", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
@@ -452,6 +452,35 @@ async def test_keys_off_rotation_and_a_missing_key(make_system: SystemFactory, r
         erased = session_admin(system, "erase", "--user", uid)
         assert "1 connection" in erased.stdout, erased.stdout
         assert await stored(redis_url, uid) == {}
+
+
+async def test_erase_closes_the_pools_of_the_erased_connections(system: System, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader, pg_schema: str) -> None:
+    """`admin erase` with NATS_URL tells the query replicas to close the erased connections' pools: the database sees their sessions end."""
+    client, uid = ada
+    async with postgres_reader(pg_reader.admin_url) as own:  # a role of this test's only: its sessions are the pool's
+        await own.grant(pg_schema)
+        status, body = await create(client, pg_fields(own, "erased"))
+        assert status == 201, body
+        response, parts = await run_query(client, f"SELECT count(*) FROM {pg_schema}.planets", source="erased")
+        assert rows_of(parts) == [[2]]
+        admin = await asyncpg.connect(pg_reader.admin_url)
+        try:
+
+            async def sessions() -> int:
+                return int(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", own.role))
+
+            assert await sessions() > 0, "the query replica holds the connection's pool"
+            erased = session_admin(system, "erase", "--user", uid, NATS_URL=system.nats_url, NATS_SUBJECT_PREFIX=system.prefix)
+            assert erased.returncode == 0 and "1 connection" in erased.stdout, erased.stdout + erased.stderr
+            assert not erased.stderr, erased.stderr
+
+            async def closed() -> bool:
+                return await sessions() == 0
+
+            await eventually(closed, "the erased connection's pool closed (QUERY_POOL_IDLE_S is 300 s here)", timeout=15)
+        finally:
+            await admin.close()
+    system.services["query"].wait_for_line(lambda line: '"user_pool_closed"' in line and body["id"] in line, timeout=10)
 
 
 async def test_no_password_stored_or_logged(system: System, infra: Infra) -> None:
