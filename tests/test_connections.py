@@ -167,6 +167,33 @@ async def test_a_chat_turn_runs_on_the_users_connection(system: System, pg_reade
     assert len(fake.requests) == 2
 
 
+async def test_search_schema_searches_the_users_connection_for_its_owner_only(system: System, pg_reader: PostgresReader, pg_schema: str) -> None:
+    """The model's search_schema finds the tables of the user's own database; another user naming it gets an unknown source, and nothing of its schema."""
+    search = (prompt.SEARCH_SCHEMA, {"query": "planets and their moons", "source": "searchdb"})
+    fake = await FakeLLM().then(fake_llm.tool_calls(search), fake_llm.text("Found them."), fake_llm.tool_calls(search), fake_llm.text("Not yours.")).start()
+    env = {"NATS_URL": system.nats_url, "NATS_SUBJECT_PREFIX": system.prefix, "LLM_BASE_URL": fake.base_url, "LLM_MODEL": fake_llm.MODEL, "LLM_API_KEY": "sk-test"}
+    try:
+        async with gateway(env) as url, browser(url) as client:
+            await login(client, email=f"search-{uuid.uuid4().hex[:8]}@example.com")
+            status, body = await create(client, pg_fields(pg_reader, "searchdb"))
+            assert status == 201, body
+            turn = await post_chat(client, [user_message("Where are the planets?")], source="searchdb")
+            assert turn.status == 200, turn.body
+            async with browser(url) as eve:
+                await login(eve, email=f"eve-{uuid.uuid4().hex[:8]}@example.com")
+                theirs = await post_chat(eve, [user_message("Where are the planets?")])
+                assert theirs.status == 200, theirs.body
+    finally:
+        await fake.stop()
+    found = json.loads(fake.requests[1]["messages"][-1]["content"])
+    assert found["tables"][0] == f"{pg_schema}.planets", found
+    assert "moons" in found["schema"], found["schema"]
+    refused = json.loads(fake.requests[3]["messages"][-1]["content"])
+    assert refused["error"].startswith("unknown source 'searchdb'"), refused
+    assert theirs.of("tool-output-error")[0]["errorText"] == refused["error"]
+    assert pg_schema not in json.dumps(fake.requests[2]) + json.dumps(fake.requests[3])
+
+
 async def test_mariadb_reader_by_url(system: System, ada: tuple[aiohttp.ClientSession, str], my_reader: MysqlReader) -> None:
     client, _ = ada
     GIVEN_PASSWORDS.add(my_reader.password)
