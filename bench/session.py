@@ -81,6 +81,10 @@ class Side:
         return 1e6 * used / self.requests if self.requests else float("nan")
 
 
+GOAL_CPU_RATIO = 0.3
+GOAL_RPS_RATIO = 3.0
+
+
 def commandstats(client: redis.Redis) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items() if k.removeprefix("cmdstat_") not in _NOT_COUNTED}
 
@@ -145,6 +149,9 @@ def table(ours: Side, ref: Side) -> str:
         ratio = f"{a / b:.2f}x" if b and a == a and b == b else "-"
         cells = [fmt.format(x) if x == x else "-" for x in (a, b)]
         lines.append(f"{label:<{width}} {cells[0]:>20} {cells[1]:>22} {ratio:>13}")
+    cpu_ratio, rps_ratio = ours.cpu_us() / ref.cpu_us(), ours.median.rps / ref.median.rps
+    met = cpu_ratio <= GOAL_CPU_RATIO and rps_ratio >= GOAL_RPS_RATIO
+    lines.append(f"issue 21's goal, CPU <= {GOAL_CPU_RATIO}x Flask's with requests/s >= {GOAL_RPS_RATIO:g}x in the same run: {'met' if met else 'NOT met'} ({cpu_ratio:.2f}x, {rps_ratio:.2f}x)")
     lines.append(f"requests/s of each round: ours {', '.join(f'{r.result.rps:,.0f}' for r in ours.rounds)}; flask {', '.join(f'{r.result.rps:,.0f}' for r in ref.rounds)}")
     lines.append("load average (1 min / 5 min) after each round: " + "; ".join(f"ours {a.load}, flask {b.load}" for a, b in zip(ours.rounds, ref.rounds, strict=False)))
     return "\n".join(lines)

@@ -1,24 +1,64 @@
-"""The audit trail's JetStream stream: how it is declared, and how events are read back (filtered).
+"""The audit trail's JetStream stream: its name, how it is declared, and how events are read back (filtered).
 
 The gateway publishes to it (services/gateway/audit.py); `GET /api/audit` and the
-`admin audit` command read it through `read_events`.
+`admin audit` command read it through `read_events`. Both name it the same way:
+AUDIT_STREAM, else `default_stream(NATS_SUBJECT_PREFIX)`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from shared.config import DEFAULT_SUBJECT_PREFIX, env_str
 from shared.contracts import AUDIT_DECODER, AuditEvent, Subjects
+from shared.errors import ConfigError
 
 MAX_READ = 10_000
 """At most this many events in one read (the newest of those that match)."""
 FETCH_BATCH = 256
 FETCH_TIMEOUT_S = 1.0
+
+DEFAULT_STREAM = "AUDIT"
+"""The audit stream under the default subject prefix."""
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def default_stream(prefix: str) -> str:
+    """The audit stream of a subject prefix when AUDIT_STREAM is unset: `AUDIT` for the default prefix, else `AUDIT_<prefix>`.
+
+    Deployments sharing one NATS under different prefixes then each own a stream (a stream name
+    has one owner, with one set of subjects). A prefix with characters a stream name cannot hold
+    (`.`) has them turned into `_` and gets a short hash of itself, so `a.b` and `a_b` stay apart.
+    """
+    if prefix == DEFAULT_SUBJECT_PREFIX:
+        return DEFAULT_STREAM
+    safe = _UNSAFE.sub("_", prefix)
+    name = f"{DEFAULT_STREAM}_{safe}"
+    if safe != prefix or len(name) > 64:
+        name = f"{DEFAULT_STREAM}_{safe[:48]}_{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
+    return name
+
+
+def stream_name(name: str, raw: str) -> str:
+    """A JetStream stream name read from variable `name`; a ConfigError naming it otherwise."""
+    if not _STREAM_NAME.fullmatch(raw):
+        raise ConfigError(f"{name} must be 1-64 letters, digits, '_' or '-', got {raw!r}")
+    return raw
+
+
+def read_stream(env: Mapping[str, str], prefix: str) -> str:
+    """The audit stream as the gateway names it: AUDIT_STREAM when set, else the prefix's default stream."""
+    raw = env_str(env, "AUDIT_STREAM", "")
+    return stream_name("AUDIT_STREAM", raw) if raw else default_stream(prefix)
 
 
 def stream_config(name: str, subjects: Subjects, *, replicas: int = 1, max_age_s: float = 0, max_bytes: int = -1) -> StreamConfig:

@@ -60,6 +60,9 @@ def _env_number[N: (int, float)](env: Mapping[str, str], name: str, default: N, 
     return value
 
 
+DEFAULT_SUBJECT_PREFIX = "dbgenie"
+"""NATS_SUBJECT_PREFIX when unset: the first token of every subject."""
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -218,7 +221,7 @@ class ServiceSettings(FromEnv):
     nats_password: str = setting("NATS_PASSWORD", "", "NATS password of `NATS_USER`", secret=True)
     nats_nkey_seed: str = setting("NATS_NKEY_SEED", "", "NATS nkey seed: a seed file, or the seed itself (`SU...`)", secret=True)
     nats_js_replicas: int = setting("NATS_JS_REPLICAS", 1, "replicas of the JetStream buckets and streams a service creates (3 on a NATS cluster)", minimum=1)
-    subject_prefix: str = setting("NATS_SUBJECT_PREFIX", "dbgenie", "first token of every subject", parse=subject_token_path)
+    subject_prefix: str = setting("NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX, "first token of every subject", parse=subject_token_path)
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 20.0, "after SIGTERM, how long in-flight work may finish", minimum=0)
 

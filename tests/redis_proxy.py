@@ -40,6 +40,11 @@ class RedisProxy:
         self._hold = b"$%d\r\n%b\r\n" % (len(name), name)
         self._every = every
 
+    def release(self) -> None:
+        """Stop holding replies: connections opened from now on are relayed whole (a held one stays silent)."""
+        self._hold = None
+        self._every = False
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
 

@@ -36,7 +36,7 @@ from services.query.engines import EngineSettings, Sources
 from services.query.service import create_service as create_query_service
 from services.session.config import SessionConfig
 from services.session.service import create_service as create_session_service
-from shared.audit import AuditFilter, read_events
+from shared.audit import AuditFilter, default_stream, read_events, read_stream
 from shared.contracts import AuditQuery, AuditSignIn, Caller, Subjects
 from shared.errors import ConfigError, ServiceError
 from tests import fake_llm
@@ -547,6 +547,57 @@ async def test_the_audit_trail_is_for_admins_only_and_filters(setup: Setup, gate
 
 async def _nonempty(fetch: Callable[[], Awaitable[list[Any]]]) -> bool:
     return bool(await fetch())
+
+
+async def test_two_prefixes_on_one_nats_each_keep_their_own_audit_trail(nats_server: NatsServer, infra: Infra, aiohttp_client: ClientFactory, aiohttp_server: ServerFactory) -> None:
+    """Without AUDIT_STREAM each subject prefix names its own stream: both gateways store their events, and each reads back only its own."""
+    tag = uuid.uuid4().hex[:6]
+    prefixes = [f"aud{tag}", f"aud{tag}.two"]  # the second holds a '.', which no stream name may
+    assert [default_stream("dbgenie"), default_stream(prefixes[0])] == ["AUDIT", f"AUDIT_{prefixes[0]}"]
+    common = {"NATS_URL": nats_server.url, "REDIS_URL": infra.redis_url, "AUTH_MODE": "dev", "ADMIN_EMAILS": ADMIN, "OPS_PORT": "0"}
+    envs = [common | {"NATS_SUBJECT_PREFIX": prefix, "SESSION_KV_BUCKET": f"sessions_{tag}{i}"} for i, prefix in enumerate(prefixes)]
+    async with AsyncExitStack() as stack:
+        admins = []
+        for i, env in enumerate(envs):
+            await stack.enter_async_context(create_session_service(SessionConfig.from_env(env)))
+            gw = Gateway(await aiohttp_server(create_app(GatewayConfig.from_env(env))), aiohttp_client)
+            admins.append(await gw.user(ADMIN, [], uid=f"admin-{tag}-{i}"))
+
+        async def sign_ins(i: int) -> list[str]:
+            async with admins[i].get("/api/audit?kind=sign_in") as response:
+                assert response.status == 200, await response.text()
+                return [event["user_id"] for event in (await response.json())["events"]]
+
+        for i in range(2):
+            await eventually(lambda i=i: _nonempty(lambda: sign_ins(i)), f"the sign-in on gateway {i}")
+            assert await sign_ins(i) == [f"admin-{tag}-{i}"]
+
+    # In JetStream itself: one stream per prefix, each on its own prefix's subjects and holding its own event.
+    nc = await nats.connect(nats_server.url)
+    try:
+        streams = {info.config.name: info.config.subjects for info in await nc.jetstream().streams_info()}
+        assert {name: subjects for name, subjects in streams.items() if name.startswith("AUDIT")} == {default_stream(p): [f"{p}.audit.>"] for p in prefixes}
+        for i, prefix in enumerate(prefixes):
+            stored = await read_events(nc, default_stream(prefix), Subjects(prefix), AuditFilter(kind="sign_in"))
+            assert [e.user_id for e in stored] == [f"admin-{tag}-{i}"]
+    finally:
+        await nc.close()
+    # The operator's command finds the second trail from NATS_URL and NATS_SUBJECT_PREFIX alone.
+    env = service_env(NATS_URL=nats_server.url, NATS_SUBJECT_PREFIX=prefixes[1])
+    command = [sys.executable, "-m", "services.session.admin", "audit", "--kind", "sign_in", "--format", "jsonl"]
+    process = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert [json.loads(line)["user_id"] for line in out.decode().splitlines()] == [f"admin-{tag}-1"]
+
+
+def test_an_explicit_audit_stream_wins_over_the_prefix_and_a_bad_one_is_refused_naming_it() -> None:
+    env = {"NATS_SUBJECT_PREFIX": "acme", "AUDIT_STREAM": "MINE"}
+    assert GatewayConfig.from_env(env).audit_stream == read_stream(env, "acme") == "MINE"
+    assert GatewayConfig.from_env({"NATS_SUBJECT_PREFIX": "acme"}).audit_stream == read_stream({}, "acme") == "AUDIT_acme"
+    for read in (lambda: GatewayConfig.from_env({"AUDIT_STREAM": "A.B"}), lambda: read_stream({"AUDIT_STREAM": "A.B"}, "acme")):
+        with pytest.raises(ConfigError, match="AUDIT_STREAM must be 1-64 letters"):
+            read()
 
 
 async def test_with_audit_required_and_the_stream_gone_a_query_gets_503_and_runs_nowhere(setup: Setup, aiohttp_client: ClientFactory, aiohttp_server: ServerFactory) -> None:

@@ -346,3 +346,28 @@ async def test_an_append_whose_reply_was_lost_is_not_sent_again(start_inprocess,
         assert texts == ["first", "second"]  # pushed once: the lost reply's script was not run again
         assert reply["fallback"] is True  # a timeout is an outage: the router switched to the fallback, as before
     rdb.close()
+
+
+async def test_an_append_whose_reply_was_lost_is_stored_once_after_the_write_back(start_inprocess, redis_server: RedisServer, nc: nats.NATS) -> None:
+    """The append ran in Redis, its reply was lost, so the call also went to the fallback: the write-back must not push it again."""
+    uid, cid = f"u-{uuid.uuid4().hex[:8]}", "c1"
+    rdb = redis.Redis.from_url(redis_server.url)
+    first, second, third = user("first"), user("second"), user("third")
+    async with redis_proxy(redis_server.port) as proxy:
+        subjects = (await start_inprocess(("session",), REDIS_URL=proxy.url)).subjects
+        append, load = subjects.session_conversation("append"), subjects.session_conversation("load")
+        assert (await request(nc, append, {"uid": uid, "id": cid, "messages": [first]}))["total"] == 1
+
+        proxy.hold_reply_to("EVALSHA", every=True)
+        assert (await request(nc, append, {"uid": uid, "id": cid, "messages": [second]}, timeout=10))["fallback"] is True
+        assert (await request(nc, append, {"uid": uid, "id": cid, "messages": [third]}, timeout=10))["fallback"] is True  # still the outage
+
+        proxy.release()  # Redis answers again: the probe finds it, and the conversation's fallback entry is written back
+
+        async def back_on_redis() -> bool:
+            return not (await request(nc, load, {"uid": uid, "id": cid}, timeout=10))["partial"]  # a load on Redis writes its entry back first
+
+        await eventually(back_on_redis, "the session service back on Redis")
+        ids = [msgspec.msgpack.decode(raw)["id"] for raw in rdb.lrange(list_key(uid, cid), 0, -1)]
+    rdb.close()
+    assert ids == [first["id"], second["id"], third["id"]], "each message once, in order"

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.access import EMPTY, AccessPolicy, parse_policy
+from shared.audit import DEFAULT_STREAM, default_stream, stream_name
 from shared.bus import redact_url
 from shared.config import ServiceSettings, env_float, setting, tcp_port
 from shared.errors import ConfigError
@@ -48,12 +49,6 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
 
 def _emails(_name: str, raw: str) -> tuple[str, ...]:
     return tuple(e.lower() for e in _comma_list(raw))
-
-
-def _stream_name(name: str, raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
-        raise ConfigError(f"{name} must be 1-64 letters, digits, '_' or '-', got {raw!r}")
-    return raw
 
 
 def _temperature(name: str, raw: str) -> float:
@@ -116,7 +111,13 @@ class GatewayConfig(ServiceSettings):
     groups_claim: str = setting("AUTH_GROUPS_CLAIM", "", "the ID-token claim holding the user's groups (e.g. `groups`); kept in the session")
     admin_emails: tuple[str, ...] = setting("ADMIN_EMAILS", (), "comma list of emails that may read the audit trail (GET /api/audit)", parse=_emails)
     admin_group: str = setting("ADMIN_GROUP", "", "members of this group may read the audit trail too")
-    audit_stream: str = setting("AUDIT_STREAM", "AUDIT", "the JetStream stream of the audit trail (subjects `<prefix>.audit.>`)", parse=_stream_name)
+    audit_stream: str = setting(
+        "AUDIT_STREAM",
+        DEFAULT_STREAM,
+        "the JetStream stream of the audit trail (subjects `<prefix>.audit.>`); default: `AUDIT`, or `AUDIT_<prefix>` under another NATS_SUBJECT_PREFIX",
+        parse=stream_name,
+        default_from=lambda values: default_stream(values["subject_prefix"]),
+    )
     audit_replicas: int = setting(
         "AUDIT_REPLICAS", 1, "the audit stream's replicas (within a JetStream cluster)", minimum=1, default_from=lambda values: values["nats_js_replicas"], shown="NATS_JS_REPLICAS"
     )

@@ -56,8 +56,8 @@ from services.session.keys import (
     titles_key,
 )
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
-from shared.audit import AuditFilter, as_record, parse_since, read_events
-from shared.config import ServiceSettings, env_str, environ, read_one
+from shared.audit import AuditFilter, as_record, parse_since, read_events, read_stream
+from shared.config import ServiceSettings, environ, read_one
 from shared.contracts import AUDIT_ERASURE, CONVERSATION_ID_PATTERN, AuditErasure, AuditEvent, ConnectionRef, Subjects
 from shared.errors import ConfigError
 from shared.logging import mask
@@ -380,7 +380,7 @@ async def _read_audit(env: dict[str, str], wanted: AuditFilter) -> list[AuditEve
     nats_url, prefix = _nats(env)
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
     try:
-        return await read_events(nc, env_str(env, "AUDIT_STREAM", "AUDIT"), Subjects(prefix), wanted)
+        return await read_events(nc, read_stream(env, prefix), Subjects(prefix), wanted)
     finally:
         await nc.close()
 

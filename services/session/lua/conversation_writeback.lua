@@ -9,7 +9,10 @@
 --
 -- Entries only grow during an outage, so the guard remembers how many of this epoch's messages
 -- were pushed: a newer version of the same entry pushes only the rest, and an older or the same
--- version is skipped. Returns 1 when applied, 0 when a newer version was already written back.
+-- version is skipped. A message already among the list's last entries (its last N + 16, N the
+-- messages to push) is not pushed again: an append that ran in Redis but whose reply was lost was
+-- also taken by the fallback, and the bytes are the same (one encoding serves both), id included.
+-- Returns 1 when applied, 0 when a newer version was already written back.
 local seen = redis.call('GET', KEYS[4])
 local pushed = 0
 if seen then
@@ -28,8 +31,18 @@ else
     redis.call('DEL', KEYS[1])
     redis.call('HDEL', KEYS[3], id)
   end
-  for i = 10 + pushed, #ARGV do
-    redis.call('RPUSH', KEYS[1], ARGV[i])
+  local first = 10 + pushed
+  local held = {}
+  if first <= #ARGV then
+    for _, message in ipairs(redis.call('LRANGE', KEYS[1], -(#ARGV - first + 1 + 16), -1)) do
+      held[message] = true
+    end
+  end
+  for i = first, #ARGV do
+    if not held[ARGV[i]] then
+      redis.call('RPUSH', KEYS[1], ARGV[i])
+      held[ARGV[i]] = true
+    end
   end
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
