@@ -163,7 +163,7 @@ class Admin:
     def erase(self, uid: str) -> list[str]:
         """Erasure on request: every conversation (lists, index, titles), every connection and every session of `uid`. Idempotent.
 
-        Returns the ids of the connections erased, whose pools the query replicas are then told to close (`closed_pools`).
+        Returns the ids of the connections erased, whose pools the query replicas are then told to close (record_erasure).
         """
         ids = {cid.decode() for cid in self._client.zrange(index_key(uid), 0, -1)}
         # Lists whose index entry is gone too. Ids never hold ':', so another user whose id
