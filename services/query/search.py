@@ -403,8 +403,10 @@ class SchemaSearch:
         return building
 
     def _built(self, key: IndexKey, done: asyncio.Task[SchemaIndex]) -> None:
-        if self._building.get(key) is not done:
-            return  # forgotten while it ran (forget() settled its waiters): its index is not kept
+        if self._building.get(key) is not done:  # forgotten while it ran (forget() let its waiters go): its index is not kept
+            if not done.cancelled():
+                done.exception()  # retrieved: a build that failed meanwhile is not reported as never retrieved
+            return
         del self._building[key]
         first = self._first.pop(key, None)
         if first is not None and not first.done():
