@@ -151,5 +151,5 @@ async def serve(config: QueryConfig, stop: asyncio.Event) -> None:
 
 async def main() -> None:
     config = QueryConfig.from_env()
-    setup_logging("query", config.log_level)
+    setup_logging("query", config.log_level, config.log_flush_ms)
     await serve(config, stop_event())
