@@ -34,12 +34,13 @@ import uvloop
 from aiohttp import web
 
 from bench.query import build_sqlite, login, stream_query
+from bench.stack import service_env
 from services.gateway.app import create_app
 from services.gateway.audit import AUDIT
 from services.gateway.config import GatewayConfig
 from shared.contracts import AuditEvent
 from shared.logging import setup_logging
-from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+from tests.harness import NatsServer, RedisServer, Service, free_port
 
 ROWS = 100_000
 GOAL_RATIO = 0.05

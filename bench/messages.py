@@ -26,7 +26,8 @@ import msgpack
 import nats
 import redis
 
-from tests.harness import NatsServer, RedisServer, Service, service_env
+from bench.stack import service_env
+from tests.harness import NatsServer, RedisServer, Service
 
 SESSION = {"_permanent": True, "user": {"uid": "u-1", "email": "bench@example.com", "name": "Bench", "roles": ["user"]}, "conversation_id": "c-1", "csrf": "x" * 43}
 

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.loadgen import LoadResult, run_load
+from bench.stack import service_env
 from tests.clusters import NatsCluster, RedisClusterServers
 from tests.harness import (
     ROOT,
@@ -34,7 +35,6 @@ from tests.harness import (
     Service,
     free_port,
     http_status,
-    service_env,
     wait_until,
 )
 

@@ -23,6 +23,7 @@ import redis
 
 from bench.cpu import load_average, snapshot, tree
 from bench.loadgen import LoadResult, run_load
+from bench.stack import service_env
 from tests.harness import (
     ROOT,
     NatsServer,
@@ -30,7 +31,6 @@ from tests.harness import (
     RedisServer,
     Service,
     free_port,
-    service_env,
     wait_until,
 )
 

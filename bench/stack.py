@@ -9,7 +9,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness import NatsServer, RedisServer, Service, free_port, service_env
+from tests.harness import NatsServer, RedisServer, Service, free_port
+from tests.harness import service_env as test_service_env
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    """The tests' service environment with production log flushing: LOG_FLUSH_MS at its default unless given."""
+    env = test_service_env(**overrides)
+    if "LOG_FLUSH_MS" not in overrides:
+        env.pop("LOG_FLUSH_MS", None)
+    return env
 
 
 @dataclass(frozen=True)

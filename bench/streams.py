@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench.scale import cpu_seconds, login
+from bench.stack import service_env
 from tests import fake_llm
 from tests.fake_llm import FakeLLM
-from tests.harness import ROOT, Process, Service, free_port, http_status, service_env, wait_until
+from tests.harness import ROOT, Process, Service, free_port, http_status, wait_until
 
 SQL = "SELECT 1 AS one, 'a small result' AS what"
 

@@ -223,6 +223,7 @@ class ServiceSettings(FromEnv):
     nats_js_replicas: int = setting("NATS_JS_REPLICAS", 1, "replicas of the JetStream buckets and streams a service creates (3 on a NATS cluster)", minimum=1)
     subject_prefix: str = setting("NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX, "first token of every subject", parse=subject_token_path)
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_flush_ms: int = setting("LOG_FLUSH_MS", 50, "how long log lines below ERROR may be held to go out in one write; 0: written at each turn of the event loop", minimum=0)
     shutdown_grace_s: float = setting("SHUTDOWN_GRACE_S", 20.0, "after SIGTERM, how long in-flight work may finish", minimum=0)
 
     @property

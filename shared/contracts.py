@@ -502,13 +502,15 @@ SEARCH_QUERY_MAX_CHARS = 2000
 
 
 class SchemaSearchRequest(msgspec.Struct, frozen=True):
-    """`query.schema.search` request: the question or keywords, on `source` (the default one when None)."""
+    """`query.schema.search` request: the question or keywords, on `source` (the default one when None) or the user's own `connection`."""
 
     query: Annotated[str, msgspec.Meta(min_length=1, max_length=SEARCH_QUERY_MAX_CHARS)]
     source: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
     caller: Caller | None = None
     """Only tables the caller's role may read are found."""
+    connection: ConnectionRef | None = None
+    """A user's own database, searched as its own account; only its owner's requests reach it."""
 
 
 class SearchColumn(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -25,7 +25,7 @@ DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.Ex
 """structlog's `dict_tracebacks` without the frames' local variables: a local may hold a database password."""
 
 
-def setup_logging(service: str, level: str = "INFO") -> None:
+def setup_logging(service: str, level: str = "INFO", flush_ms: int = 50) -> None:
     """Configure structlog and the stdlib root logger once per process.
 
     structlog's own lines and the records of the stdlib loggers that libraries use (aiohttp,
@@ -33,7 +33,8 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     lines off a TTY, with tracebacks as data (`dict_tracebacks`, without local variables), and
     the console renderer (plain tracebacks, no locals) on a TTY. structlog renders its own lines; stdlib records go through
     `structlog.stdlib.ProcessorFormatter`, with the shared processors as its pre-chain. Off a
-    TTY both go into one `_LineBuffer`, written once per turn of the event loop.
+    TTY both go into one `_LineBuffer`, written at most `flush_ms` apart (LOG_FLUSH_MS; 0: once
+    per turn of the event loop).
     """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
 
@@ -58,7 +59,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     else:
         render = [structlog.processors.StackInfoRenderer(), DICT_TRACEBACKS, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
         foreign_render = [DICT_TRACEBACKS, structlog.processors.JSONRenderer(serializer=_json_text)]
-        buffer = _LineBuffer.open(sys.stderr.buffer)
+        buffer = _LineBuffer.open(sys.stderr.buffer, flush_ms / 1000)
         logger_factory = buffer.factory
         handler = _BufferHandler(buffer)  # stdlib lines join structlog's in one buffer, so their order holds
     structlog.configure(
@@ -81,31 +82,31 @@ def setup_logging(service: str, level: str = "INFO") -> None:
 
 
 class _LineBuffer:
-    """JSON log lines written together at most every FLUSH_AFTER_S: one write() for the lines of many requests.
+    """JSON log lines written together at most `flush_after_s` apart: one write() for the lines of many requests.
 
     A write() per line was the largest single cost of a request in the gateway, and a write()
     per turn of the event loop still cost 8 % of its CPU under load (docs/benchmarks.md).
     Lines logged outside a running loop (start-up, other threads) and every error line are
     written at once, after the lines held before them; MAX_LINES held lines are written at
     once too; `flush_logs()` (called on exit) writes what is left. So a line waits at most
-    FLUSH_AFTER_S.
+    `flush_after_s`; with 0, until the loop turns.
     """
 
-    FLUSH_AFTER_S = 0.05
     MAX_LINES = 1000
 
     _instances: list[_LineBuffer] = []
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, flush_after_s: float = 0.05) -> None:
+        self.flush_after_s = flush_after_s
         self._stream = stream
         self._lines: list[bytes] = []
         self._scheduled = False
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, stream: BinaryIO) -> _LineBuffer:
+    def open(cls, stream: BinaryIO, flush_after_s: float = 0.05) -> _LineBuffer:
         """A buffer that `flush_logs()` empties on exit."""
-        buffer = cls(stream)
+        buffer = cls(stream, flush_after_s)
         cls._instances.append(buffer)
         return buffer
 
@@ -125,7 +126,10 @@ class _LineBuffer:
                     loop = None
                 if loop is not None and threading.current_thread() is threading.main_thread():
                     self._scheduled = True
-                    loop.call_later(self.FLUSH_AFTER_S, self.flush)
+                    if self.flush_after_s > 0:
+                        loop.call_later(self.flush_after_s, self.flush)
+                    else:
+                        loop.call_soon(self.flush)
                     return
         self.flush()
 

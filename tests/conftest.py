@@ -185,19 +185,26 @@ class PostgresReader:
             await conn.close()
 
 
-@pytest.fixture(scope="session")
-async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
-    """A PostgreSQL reader role of this test session (unique name), dropped at the end."""
+@asynccontextmanager
+async def postgres_reader(admin_url: str) -> AsyncIterator[PostgresReader]:
+    """A PostgreSQL reader role of a unique name, its sessions ended and the role dropped at the end."""
     role, password = f"dbg_reader_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
-    conn = await asyncpg.connect(databases.postgres)
+    conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
         await conn.execute(f'GRANT SET ON PARAMETER temp_file_limit TO "{role}"')  # as docs/query-account.md advises
-        yield PostgresReader(role, with_account(databases.postgres, role, password), databases.postgres)
+        yield PostgresReader(role, with_account(admin_url, role, password), admin_url)
     finally:
         await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
         await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
+    """A PostgreSQL reader role of this test session."""
+    async with postgres_reader(databases.postgres) as reader:
+        yield reader
 
 
 @dataclass

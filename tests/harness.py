@@ -191,7 +191,8 @@ def service_env(**overrides: str) -> dict[str, str]:
     """The environment a service process gets: this one, minus our own settings, plus overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBG_", "QUERY_", "SESSION_", "GATEWAY_", "REDIS_", "UPSTASH_", "AUTH_", "CONNECTIONS_"))}
     env.pop("NATS_URL", None)
-    env.update({"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+    # Tests read a service's log right after what it logs: lines go out at each loop turn, not up to 50 ms later.
+    env.update({"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", "LOG_FLUSH_MS": "0"})
     env.update(overrides)
     return env
 

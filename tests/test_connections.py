@@ -31,7 +31,7 @@ from shared.contracts import AuditConnection, ConnectionRecord, Subjects
 from tests import fake_llm
 from tests.chat_support import gateway, post_chat, user_message
 from tests.client import browser, login, run_query
-from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, running_system
+from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, postgres_reader, running_system
 from tests.fake_llm import FakeLLM
 from tests.harness import ROOT, RedisServer, Service, eventually, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
@@ -165,6 +165,33 @@ async def test_a_chat_turn_runs_on_the_users_connection(system: System, pg_reade
     [query_tool] = [t for t in first["tools"] if t["function"]["name"] == prompt.EXECUTE_QUERY]
     assert "chatdb" in query_tool["function"]["parameters"]["properties"]["source"]["description"]
     assert len(fake.requests) == 2
+
+
+async def test_search_schema_searches_the_users_connection_for_its_owner_only(system: System, pg_reader: PostgresReader, pg_schema: str) -> None:
+    """The model's search_schema finds the tables of the user's own database; another user naming it gets an unknown source, and nothing of its schema."""
+    search = (prompt.SEARCH_SCHEMA, {"query": "planets and their moons", "source": "searchdb"})
+    fake = await FakeLLM().then(fake_llm.tool_calls(search), fake_llm.text("Found them."), fake_llm.tool_calls(search), fake_llm.text("Not yours.")).start()
+    env = {"NATS_URL": system.nats_url, "NATS_SUBJECT_PREFIX": system.prefix, "LLM_BASE_URL": fake.base_url, "LLM_MODEL": fake_llm.MODEL, "LLM_API_KEY": "sk-test"}
+    try:
+        async with gateway(env) as url, browser(url) as client:
+            await login(client, email=f"search-{uuid.uuid4().hex[:8]}@example.com")
+            status, body = await create(client, pg_fields(pg_reader, "searchdb"))
+            assert status == 201, body
+            turn = await post_chat(client, [user_message("Where are the planets?")], source="searchdb")
+            assert turn.status == 200, turn.body
+            async with browser(url) as eve:
+                await login(eve, email=f"eve-{uuid.uuid4().hex[:8]}@example.com")
+                theirs = await post_chat(eve, [user_message("Where are the planets?")])
+                assert theirs.status == 200, theirs.body
+    finally:
+        await fake.stop()
+    found = json.loads(fake.requests[1]["messages"][-1]["content"])
+    assert found["tables"][0] == f"{pg_schema}.planets", found
+    assert "moons" in found["schema"], found["schema"]
+    refused = json.loads(fake.requests[3]["messages"][-1]["content"])
+    assert refused["error"].startswith("unknown source 'searchdb'"), refused
+    assert theirs.of("tool-output-error")[0]["errorText"] == refused["error"]
+    assert pg_schema not in json.dumps(fake.requests[2]) + json.dumps(fake.requests[3])
 
 
 async def test_mariadb_reader_by_url(system: System, ada: tuple[aiohttp.ClientSession, str], my_reader: MysqlReader) -> None:
@@ -378,10 +405,10 @@ async def test_at_most_max_pools_open_and_every_query_answers(system: System, ad
     def opened() -> list[dict[str, Any]]:
         return [e for e in _events_since(query, start) if e.get("event") == "user_pool_opened"]
 
-    async def ten() -> bool:  # the service holds log lines up to 50 ms before it writes them
+    async def all_logged() -> bool:  # the service writes its held log lines within 50 ms, not at once
         return len(opened()) >= 10
 
-    await eventually(ten, "ten user_pool_opened lines")
+    await eventually(all_logged, "a user_pool_opened line for every query")
     assert len(opened()) == 10  # each use after four others finds its pool evicted
     assert max(e["pools"] for e in opened()) <= 2
     admin = await asyncpg.connect(pg_reader.admin_url)
@@ -407,8 +434,8 @@ def query_admin(system: System, keys: str, *args: str) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-m", "services.query.admin", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def session_admin(system: System, *args: str) -> subprocess.CompletedProcess[str]:
-    env = service_env(REDIS_URL=system.redis_url or "")
+def session_admin(system: System, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = service_env(REDIS_URL=system.redis_url or "", **env_vars)
     return subprocess.run([sys.executable, "-m", "services.session.admin", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
@@ -459,6 +486,35 @@ async def test_keys_off_rotation_and_a_missing_key(make_system: SystemFactory, r
         erased = session_admin(system, "erase", "--user", uid)
         assert "1 connection" in erased.stdout, erased.stdout
         assert await stored(redis_url, uid) == {}
+
+
+async def test_erase_closes_the_pools_of_the_erased_connections(system: System, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader, pg_schema: str) -> None:
+    """`admin erase` with NATS_URL tells the query replicas to close the erased connections' pools: the database sees their sessions end."""
+    client, uid = ada
+    async with postgres_reader(pg_reader.admin_url) as own:  # a role of this test's only: its sessions are the pool's
+        await own.grant(pg_schema)
+        status, body = await create(client, pg_fields(own, "erased"))
+        assert status == 201, body
+        response, parts = await run_query(client, f"SELECT count(*) FROM {pg_schema}.planets", source="erased")
+        assert rows_of(parts) == [[2]]
+        admin = await asyncpg.connect(pg_reader.admin_url)
+        try:
+
+            async def sessions() -> int:
+                return int(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", own.role))
+
+            assert await sessions() > 0, "the query replica holds the connection's pool"
+            erased = session_admin(system, "erase", "--user", uid, NATS_URL=system.nats_url, NATS_SUBJECT_PREFIX=system.prefix)
+            assert erased.returncode == 0 and "1 connection" in erased.stdout, erased.stdout + erased.stderr
+            assert not erased.stderr, erased.stderr
+
+            async def closed() -> bool:
+                return await sessions() == 0
+
+            await eventually(closed, "the erased connection's pool closed (QUERY_POOL_IDLE_S is 300 s here)", timeout=15)
+        finally:
+            await admin.close()
+    system.services["query"].wait_for_line(lambda line: '"user_pool_closed"' in line and body["id"] in line, timeout=10)
 
 
 async def test_no_password_stored_or_logged(system: System, infra: Infra) -> None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from services.query.config import QueryConfig
 from services.query.connections.address import AddressPolicy, AddressRefused, classify, parse_networks, parse_ports
@@ -36,11 +37,25 @@ from services.session.config import SessionConfig
 from services.session.connections import hash_key
 from services.session.service import create_service as create_session
 from shared.bus import connect, request
-from shared.contracts import ConnectionCreate, ConnectionList, ConnectionRecords, ConnectionRef, ConnectionSettings, ConnectionTls, ConnectionView, Subjects
-from shared.errors import BUSY, CONNECTION_FAILED, ConfigError, ServiceError
+from shared.contracts import (
+    ConnectionChanges,
+    ConnectionCreate,
+    ConnectionList,
+    ConnectionRecords,
+    ConnectionRef,
+    ConnectionSettings,
+    ConnectionTls,
+    ConnectionUpdate,
+    ConnectionView,
+    SchemaSearchReply,
+    SchemaSearchRequest,
+    Subjects,
+)
+from shared.errors import BUSY, CONNECTION_FAILED, NOT_FOUND, ConfigError, ServiceError
 from shared.stream import StreamConsumer
-from tests.conftest import Infra, PostgresReader
+from tests.conftest import Infra, MysqlReader, PostgresReader
 from tests.harness import RedisServer, eventually, free_port
+from tests.readers import mariadb_database
 
 KEYS = "k1:" + base64.b64encode(os.urandom(32)).decode()
 
@@ -317,6 +332,53 @@ async def test_each_user_runs_at_most_their_share_of_queries_and_idle_pools_clos
         await again.start("SELECT 2 AS two", None, connection=ConnectionRef(guard.owner, mine.id))
         assert [type(message).__name__ async for message in again.messages()][-1] == "StreamEnd"
         await again.close()
+
+
+async def test_search_schema_reaches_a_users_connection_for_its_owner_only_and_a_change_drops_its_index(infra: Infra, tmp_path: Path, my_reader: MysqlReader) -> None:
+    """`query.schema.search` on a user's connection: another user's request with its id is not found and opens nothing;
+    once the connection is changed (another database), the search reads the new one, not the index of the old.
+    With QUERY_SCHEMA_CONNECTION_INDEXES=1, searching another connection drops the first one's index."""
+    crates = ("CREATE TABLE alpha_crates (id INT PRIMARY KEY, colour VARCHAR(10))", "INSERT INTO alpha_crates VALUES (1, 'red'), (2, 'blue')")
+    async with AsyncExitStack() as stack:
+        first = urlsplit(await stack.enter_async_context(mariadb_database(my_reader, crates)))
+        guard = await start_stack(stack, infra, tmp_path, Resolver(), CONNECTIONS_ALLOWED_NETWORKS="127.0.0.1/32", QUERY_SCHEMA_CONNECTION_INDEXES="1")
+        account = {"dialect": "mysql", "host": "127.0.0.1", "port": first.port or 3306, "user": my_reader.user, "password": my_reader.password}
+        view = await guard.create(name="crates", database=first.path.lstrip("/"), **account)
+        nc = await connect(guard.nats_url, "test")
+        stack.push_async_callback(nc.close)
+        pools = guard.query.connections.pools
+        assert pools is not None
+
+        async def search(owner: str, connection: str = view.id) -> SchemaSearchReply:
+            ask = SchemaSearchRequest(query="crates colour", connection=ConnectionRef(owner, connection))
+            return await request(nc, guard.subjects.query_schema_search, ask, timeout=30, reply=SchemaSearchReply)
+
+        with pytest.raises(ServiceError) as before:
+            await search("eve")
+        assert before.value.code == NOT_FOUND and pools.open_count == 0  # nothing opened for eve
+        mine = await search(guard.owner)
+        assert (mine.source, [t.name for t in mine.tables]) == ("crates", ["alpha_crates"])
+        with pytest.raises(ServiceError) as after:
+            await search("eve")  # the owner's index and pool are there now: still not eve's
+        assert after.value.code == NOT_FOUND and after.value.message == before.value.message and pools.open_count == 1
+
+        # Made now, so that the first index could not see it (the account reads every database granted to it).
+        second = urlsplit(await stack.enter_async_context(mariadb_database(my_reader, ("CREATE TABLE beta_crates (id INT PRIMARY KEY, colour VARCHAR(10))",))))
+        changes = ConnectionChanges(database=second.path.lstrip("/"))
+        await request(nc, guard.subjects.query_connection("update"), ConnectionUpdate(ConnectionRef(guard.owner, view.id), changes), timeout=30, reply=ConnectionView)
+
+        async def pool_closed() -> bool:
+            return pools.open_count == 0
+
+        await eventually(pool_closed, "the changed connection's pool closed by the broadcast")
+        changed = await search(guard.owner)  # well within QUERY_SCHEMA_CACHE_S of the first index
+        assert "beta_crates" in [t.name for t in changed.tables]  # the new database's own tables are unqualified
+
+        other = await guard.create(name="others", database=first.path.lstrip("/"), **account)
+        with structlog.testing.capture_logs() as logs:
+            assert "alpha_crates" in [t.name for t in (await search(guard.owner, other.id)).tables]
+        dropped = [e for e in logs if e["event"] == "schema_index_dropped"]
+        assert [(e["connection"], e["reason"]) for e in dropped] == [(view.id, "QUERY_SCHEMA_CONNECTION_INDEXES")]
 
 
 def test_make_run_generates_a_key_once_into_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,6 +52,17 @@ async def test_lines_of_several_loop_turns_are_one_write_and_errors_go_at_once()
     assert stream.writes[1:] == [b'{"n": 3}\n{"n": 4}\n']
 
 
+async def test_with_no_flush_interval_the_lines_of_one_loop_turn_are_one_write() -> None:
+    """LOG_FLUSH_MS=0, as the tests' services run: held only until the loop turns."""
+    stream = CountingStream()
+    buffer = _LineBuffer(stream, flush_after_s=0)
+    for i in range(3):
+        buffer.info(f'{{"n": {i}}}'.encode())
+    assert stream.writes == []
+    await callbacks_scheduled_so_far()
+    assert stream.writes == [b'{"n": 0}\n{"n": 1}\n{"n": 2}\n']
+
+
 async def test_a_full_buffer_is_written_at_once() -> None:
     stream = CountingStream()
     buffer = _LineBuffer(stream)

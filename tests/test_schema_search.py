@@ -8,9 +8,12 @@ fake model (tests/fake_llm.py) scripting the calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import sqlite3
 import tracemalloc
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,9 +27,10 @@ from evals.harness import load_questions, schema_recall
 from services.gateway.chat import prompt
 from services.gateway.chat.search import render
 from services.query import search as search_module
+from services.query.config import QueryConfig, SchemaConfig, SearchConfig
 from services.query.engines import EngineSettings, Sources
-from services.query.schema import SchemaConfig
-from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch, SearchConfig
+from services.query.search import INDEX_MEMORY_BOUND, SchemaIndex, SchemaSearch
+from services.query.service import create_service
 from shared.bus import request
 from shared.contracts import SchemaSearchReply, SchemaSearchRequest, Subjects
 from tests import fake_llm
@@ -169,6 +173,24 @@ async def test_a_turn_searches_the_schema_then_queries_the_tables_found(services
     assert outputs[0]["output"] == found  # the person sees what the model saw
     assert outputs[1]["output"]["row_count"] == 1 and turn.rows() == [[19]]
     assert turn.text() == "19 invoices are overdue."
+
+
+async def test_the_search_settings_come_from_the_config_the_service_is_built_with(infra: Infra, enterprise_db: Path) -> None:
+    """The factory's config, not the process environment, sets search_schema's limits (as tests and embedders build it)."""
+    assert "QUERY_SCHEMA_INDEX_MAX_TABLES" not in os.environ
+    prefix = f"sc{uuid.uuid4().hex[:10]}"
+    env = {"NATS_URL": infra.nats_url, "NATS_SUBJECT_PREFIX": prefix, "OPS_PORT": "0", "QUERY_DATABASE_URL": f"sqlite:///{enterprise_db}"}
+    assert QueryConfig.from_env(env | {"QUERY_SCHEMA_INDEX_MAX_TABLES": "7"}).search.max_tables == 7
+    config = dataclasses.replace(QueryConfig.from_env(env), search=SearchConfig(max_tables=3, sample_values=0))
+    async with create_service(config):
+        nc = await nats.connect(infra.nats_url)
+        try:
+            ask = SchemaSearchRequest(query="invoices", limit=5)
+            reply = await request(nc, Subjects(prefix).query_schema_search, ask, timeout=30, reply=SchemaSearchReply)
+        finally:
+            await nc.close()
+    assert reply.indexed_tables == 3
+    assert f"searched 3 of {len(enterprise.table_names())} tables (QUERY_SCHEMA_INDEX_MAX_TABLES)" in (reply.note or "")
 
 
 # --- PostgreSQL and MariaDB sources ----------------------------------------------------

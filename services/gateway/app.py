@@ -197,7 +197,7 @@ async def nats_connection(app: web.Application) -> AsyncIterator[None]:
 
 async def main() -> None:
     config = GatewayConfig.from_env()
-    setup_logging("gateway", config.log_level)
+    setup_logging("gateway", config.log_level, config.log_flush_ms)
     stop = stop_event()
     app = create_app(config)
     # Shutdown waits for in-flight requests itself (below); aiohttp's own wait only cuts off the rest.

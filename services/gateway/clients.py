@@ -336,12 +336,14 @@ class QueryClient:
                 raise unknown_source(source or DEFAULT_SOURCE) from None
             raise
 
-    async def search(self, query: str, source: str | None, limit: int, timeout: float = SEARCH_TIMEOUT_S, *, role: str | None = None) -> SchemaSearchReply:
-        """The `query.schema.search` reply: `source`'s tables most relevant to `query`, best first, with join paths,
-        only tables the database role `role` may read (None: the source's account; docs/access.md).
+    async def search(self, query: str, source: str | None, limit: int, timeout: float = SEARCH_TIMEOUT_S, *, role: str | None = None, connection: ConnectionRef | None = None) -> SchemaSearchReply:
+        """The `query.schema.search` reply: the tables of `source` or of the user's own `connection` most relevant to
+        `query`, best first, with join paths, only tables the database role `role` may read (None: the source's account; docs/access.md).
 
-        Raises ServiceError: bad_request, unknown_source (naming only `source`), query_timeout, unavailable, timeout.
+        Raises ServiceError: bad_request, unknown_source (naming only `source`), not_found (a connection deleted meanwhile), query_timeout, unavailable, timeout.
         """
+        if connection is not None:
+            return await _call(self._nc, self._subjects.query_schema_search, SchemaSearchRequest(query=query, limit=limit, connection=connection), SchemaSearchReply, timeout)
         request = SchemaSearchRequest(query=query, source=source, limit=limit, caller=Caller(role=role) if role else None)
         try:
             return await _call(self._nc, self._subjects.query_schema_search, request, SchemaSearchReply, timeout)

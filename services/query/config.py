@@ -50,6 +50,18 @@ class SchemaConfig(FromEnv):
     timeout_s: float = setting("QUERY_SCHEMA_TIMEOUT_S", 10.0, "time limit of one description (all its catalog queries)", minimum=0.1)
 
 
+@dataclass(frozen=True)
+class SearchConfig(FromEnv):
+    """The query service's search_schema settings; the refresh period and the catalog's time limit are describe_schema's (SchemaConfig)."""
+
+    max_tables: int = setting("QUERY_SCHEMA_INDEX_MAX_TABLES", 5000, "tables indexed per source at most (the first in catalog order)", minimum=1)
+    sample_values: int = setting("QUERY_SCHEMA_SAMPLE_VALUES", 8, "a text column with at most this many distinct values in its first rows has them kept; 0 samples none", minimum=0)
+    sample_s: float = setting("QUERY_SCHEMA_SAMPLE_S", 20.0, "time one index build may spend sampling values; the tables not reached by then have none", minimum=0)
+    connection_indexes: int = setting(
+        "QUERY_SCHEMA_CONNECTION_INDEXES", 4, "indexes of users' own connections kept in this replica (the least recently used is dropped first), and built at once", minimum=1
+    )
+
+
 _PG_MEMORY = re.compile(r"^[1-9][0-9]{0,9}(kB|MB|GB|TB)?$")
 
 
@@ -88,6 +100,7 @@ class QueryConfig(ServiceSettings):
     queue_wait_s: float = setting("QUERY_QUEUE_WAIT_S", 3.0, f"how long a query may wait for a slot before code busy (HTTP 503); at most {QUERY_QUEUE_WAIT_MAX_S:g}", minimum=0)
     allow_privileged: bool = setting("QUERY_ALLOW_PRIVILEGED", False, "serve sources whose database account can do more than read (docs/query-account.md); a warning is logged on every start")
     schema: SchemaConfig = field(default_factory=SchemaConfig)  # read from the same environment by from_env
+    search: SearchConfig = field(default_factory=SearchConfig)  # likewise
     # Server-side bounds per statement (docs/query-guard.md#server-side-resources).
     pg_work_mem: str = setting("QUERY_PG_WORK_MEM", "4MB", "PostgreSQL work_mem set for every statement (memory units as the server writes them)", parse=pg_memory)
     pg_temp_file_limit: str = setting(
@@ -159,7 +172,7 @@ class QueryConfig(ServiceSettings):
             sources[DEFAULT_SOURCE] = database_url
         elif uses_sample:
             sources[DEFAULT_SOURCE] = sqlite_url(sample_path)
-        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample, schema=SchemaConfig.from_env(env))
+        return load(cls, env, sources=MappingProxyType(sources), sample_path=sample_path, uses_sample=uses_sample, schema=SchemaConfig.from_env(env), search=SearchConfig.from_env(env))
 
 
 def _policy_roles(name: str, raw: str) -> Mapping[str, tuple[str, ...]]:

@@ -20,6 +20,13 @@ searches use the old one. A rebuild samples only the
 tables that are new or changed, for VALUES_REFRESH_S; then every table again. An index of
 INDEX_MEMORY_BOUND bytes holds 5,000 tables of a dozen columns (tests/test_schema_search.py
 checks it, bench/search.py times it).
+
+A user's own connection (docs/connections.md) is searched as describe_schema describes it:
+only its owner's requests reach it (UserPools checks out its pool for that owner first), and
+its index is read and sampled as the connection's own account. Its index lives no longer
+than its pool (it is dropped when the connection is changed or deleted, and when the pool
+closes); at most QUERY_SCHEMA_CONNECTION_INDEXES are kept, the least recently used dropped
+first, and as many built at once.
 """
 
 from __future__ import annotations
@@ -28,21 +35,22 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from services.query.config import SchemaConfig
+from services.query.config import SchemaConfig, SearchConfig
+from services.query.connections.pools import UserPools
 from services.query.engines import Engine, Sources
+from services.query.engines.base import shutting_down
 from services.query.engines.catalog import Describes
 from services.query.guard import FunctionName, FunctionPolicy, check_read_only
-from shared.config import FromEnv, setting
-from shared.contracts import Caller, JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
-from shared.errors import QUERY_TIMEOUT, UNAVAILABLE, ServiceError
+from shared.contracts import Caller, ConnectionRef, JoinPath, SchemaSearchReply, SchemaSearchRequest, SchemaTable, SearchColumn, SearchTable
+from shared.errors import NOT_FOUND, QUERY_TIMEOUT, UNAVAILABLE, ServiceError
 from shared.words import terms, words
 
 log = structlog.get_logger(__name__)
@@ -67,18 +75,16 @@ MAX_JOIN_EDGES = 3
 """Join paths longer than this (through tables not found) are not given."""
 # Field weights of bm25: table name, column names, comments, values.
 _WEIGHTS = (10.0, 3.0, 2.0, 1.5)
-IndexKey = tuple[str, str | None]
-"""An index's key: the source, and the database role it was read as (None: the source's account)."""
+IndexKey = tuple[str, str | None] | ConnectionRef
+"""An index's key: the source and the database role it was read as (None: the source's account), or a user's own connection."""
 _TEXT_TYPE = re.compile(r"char|text|string|enum|clob|name", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class SearchConfig(FromEnv):
-    """The query service's search_schema settings; the refresh period and the catalog's time limit are describe_schema's (SchemaConfig)."""
-
-    max_tables: int = setting("QUERY_SCHEMA_INDEX_MAX_TABLES", 5000, "tables indexed per source at most (the first in catalog order)", minimum=1)
-    sample_values: int = setting("QUERY_SCHEMA_SAMPLE_VALUES", 8, "a text column with at most this many distinct values in its first rows has them kept; 0 samples none", minimum=0)
-    sample_s: float = setting("QUERY_SCHEMA_SAMPLE_S", 20.0, "time one index build may spend sampling values; the tables not reached by then have none", minimum=0)
+def _log_fields(key: IndexKey) -> dict[str, str | None]:
+    """What a log line says of an index: a user's connection by its id only (never its name or host)."""
+    if isinstance(key, ConnectionRef):
+        return {"connection": key.id}
+    return {"source": key[0], "role": key[1]}
 
 
 def _is_text(type_: str) -> bool:
@@ -295,7 +301,7 @@ async def sample_values(
 
 
 class SchemaSearch:
-    """Serves `query.schema.search`: an index per source, built on first use and rebuilt past QUERY_SCHEMA_CACHE_S."""
+    """Serves `query.schema.search`: an index per source (and role) or user's connection, built on first use and rebuilt past QUERY_SCHEMA_CACHE_S."""
 
     def __init__(
         self,
@@ -304,39 +310,85 @@ class SchemaSearch:
         schema: SchemaConfig,
         allowed_functions: Mapping[str, frozenset[FunctionName]] | None = None,
         query_timeout_s: float = 30.0,
+        pools: UserPools | None = None,
     ) -> None:
         self._sources = sources
         self._config = config
         self._schema = schema
         self._allowed = allowed_functions or {}
         self._query_timeout_s = query_timeout_s
+        self._pools = pools
         self._indexes: dict[IndexKey, SchemaIndex] = {}
         self._samples: dict[IndexKey, Samples] = {}
         self._building: dict[IndexKey, asyncio.Task[SchemaIndex]] = {}
         self._first: dict[IndexKey, asyncio.Future[SchemaIndex]] = {}
+        # Users' connections' indexes, least recently used first, and the builds of them running at once.
+        self._connections: OrderedDict[ConnectionRef, None] = OrderedDict()
+        self._connection_builds = asyncio.Semaphore(config.connection_indexes)
+        if pools is not None:
+            pools.on_close(self.forget)
 
     def _resolve(self, source: str | None, role: str | None) -> tuple[Engine, IndexKey]:
         engine = self._sources.resolve(source)
         self._sources.check_caller(engine, Caller(role=role))  # only a role ACCESS_POLICY names for this source
         return engine, (engine.name, role)
 
-    async def index(self, source: str | None, role: str | None = None) -> SchemaIndex:
-        """The index of `source` as database role `role` reads it (None: the source's account): the one
-        there (a rebuild starts when it is old), else the first one.
+    async def index(self, source: str | None, role: str | None = None, connection: ConnectionRef | None = None) -> SchemaIndex:
+        """The index of `source` as database role `role` reads it (None: the source's account), or of the user's own
+        `connection`: the one there (a rebuild starts when it is old), else the first one.
 
         A source's first index comes as soon as its catalog is read, without values; the build
         goes on sampling them, and its full index replaces the first one when it is done.
         """
+        if connection is not None:
+            return await self._connection_index(connection)
         engine, key = self._resolve(source, role)
+        return await self._serve(key, lambda: self._start(engine, key))
+
+    async def _connection_index(self, ref: ConnectionRef) -> SchemaIndex:
+        """A user's connection's index. Its pool is checked out for `ref`'s owner first: another user's id is not
+        found, and nothing is opened or read for it. A build started here holds that checkout until it ends."""
+        if self._pools is None:
+            raise ServiceError(UNAVAILABLE, "users' connections are not served here")
+        pools = self._pools
+        engine = await pools.checkout(ref)
+        handed = False
+
+        def start() -> asyncio.Task[SchemaIndex]:
+            nonlocal handed
+            building = self._building.get(ref)
+            if building is None:
+                building = self._start(engine, ref)
+                building.add_done_callback(lambda _: pools.checkin(engine))
+                handed = True
+            return building
+
+        try:
+            if ref in self._connections:
+                self._connections.move_to_end(ref)
+            return await self._serve(ref, start)
+        finally:
+            if not handed:
+                pools.checkin(engine)
+
+    async def _serve(self, key: IndexKey, start: Callable[[], asyncio.Task[SchemaIndex]]) -> SchemaIndex:
         current = self._indexes.get(key)
         if current is not None and time.monotonic() < current.built + self._schema.cache_s:
             return current
-        building = self._start(engine, key)
+        building = start()
         if current is not None:
             return current  # served while the new one is built
         first = self._first.setdefault(key, asyncio.get_running_loop().create_future())
         await asyncio.wait((building, first), return_when=asyncio.FIRST_COMPLETED)  # neither is cancelled if this caller is
-        return first.result() if first.done() and not first.cancelled() else building.result()
+        if first.done() and not first.cancelled():
+            return first.result()
+        if not building.done():  # forget() let the waiters go: its build ends at its next step
+            await asyncio.wait((building,))
+        if building.cancelled():
+            if isinstance(key, ConnectionRef):
+                raise ServiceError(NOT_FOUND, "the connection was changed or deleted while its schema was read; ask again")
+            raise shutting_down()
+        return building.result()
 
     async def rebuild(self, source: str | None, role: str | None = None) -> SchemaIndex:
         """Build `source`'s index (as `role`) now, sharing a build under way, and use it from now on."""
@@ -351,23 +403,61 @@ class SchemaSearch:
         return building
 
     def _built(self, key: IndexKey, done: asyncio.Task[SchemaIndex]) -> None:
-        name = key[0]
-        self._building.pop(key, None)
+        if self._building.get(key) is not done:  # forgotten while it ran (forget() let its waiters go): its index is not kept
+            if not done.cancelled():
+                done.exception()  # retrieved: a build that failed meanwhile is not reported as never retrieved
+            return
+        del self._building[key]
         first = self._first.pop(key, None)
         if first is not None and not first.done():
             first.cancel()  # the build ended before its first index: its callers get its result or error
         if done.cancelled():
             return
         if done.exception() is not None:
-            log.warning("schema_index_failed", source=name, role=key[1], error=getattr(done.exception(), "message", type(done.exception()).__name__))
+            log.warning("schema_index_failed", **_log_fields(key), error=getattr(done.exception(), "message", type(done.exception()).__name__))
             return
-        self._indexes[key] = done.result()  # the old one is closed when the last search on it lets it go
+        self._keep(key, done.result())  # the old one is closed when the last search on it lets it go
+
+    def _keep(self, key: IndexKey, index: SchemaIndex) -> None:
+        self._indexes[key] = index
+        if not isinstance(key, ConnectionRef):
+            return
+        self._connections[key] = None
+        self._connections.move_to_end(key)
+        while len(self._connections) > self._config.connection_indexes:
+            oldest = next(iter(self._connections))
+            self._drop(oldest)
+            log.info("schema_index_dropped", connection=oldest.id, reason="QUERY_SCHEMA_CONNECTION_INDEXES")
+
+    def _drop(self, key: ConnectionRef) -> None:
+        """Let a user's connection's index go (a search still using it keeps it until it is done)."""
+        self._connections.pop(key, None)
+        self._indexes.pop(key, None)
+        self._samples.pop(key, None)
+
+    def forget(self, connection_id: str) -> None:
+        """Drop a user's connection's index, and stop its build: its pool closed (changed, deleted, idle or evicted)."""
+        for key in [k for k in (*self._indexes, *self._building) if isinstance(k, ConnectionRef) and k.id == connection_id]:
+            self._drop(key)
+            building = self._building.pop(key, None)
+            if building is not None:
+                building.cancel()
+            first = self._first.pop(key, None)
+            if first is not None and not first.done():
+                first.cancel()
 
     async def _build(self, engine: Engine, key: IndexKey) -> SchemaIndex:
+        if isinstance(key, ConnectionRef):
+            async with self._connection_builds:
+                return await self._build_now(engine, key, None, frozenset())
+        return await self._build_now(engine, key, key[1], self._allowed.get(engine.name, frozenset()))
+
+    async def _build_now(self, engine: Engine, key: IndexKey, role: str | None, allowed: frozenset[FunctionName]) -> SchemaIndex:
         started = time.monotonic()
         config = self._config
-        caller = Caller(role=key[1]) if key[1] else None
-        await self._sources.open(engine)
+        caller = Caller(role=role) if role else None
+        if engine.owner is None:
+            await self._sources.open(engine)
         if not isinstance(engine, Describes):
             raise ServiceError(UNAVAILABLE, f"source {engine.name!r} ({engine.dialect}) cannot describe its schema")
         try:
@@ -380,18 +470,17 @@ class SchemaSearch:
             raise ServiceError(QUERY_TIMEOUT, f"reading the catalog of {engine.name!r} took longer than {self._schema.timeout_s:g}s (QUERY_SCHEMA_TIMEOUT_S)") from None
         if key not in self._indexes:  # searches need not wait for the values: a first index without them
             first = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, {}, listed.total)
-            self._indexes[key] = first
+            self._keep(key, first)
             waiting = self._first.pop(key, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(first)
-        policy = engine.function_policy(self._allowed.get(engine.name, frozenset()))
+        policy = engine.function_policy(allowed)
         samples = await sample_values(engine, catalog.tables, policy, config, self._query_timeout_s, self._samples.get(key), caller)
         self._samples[key] = samples
         index = await asyncio.to_thread(SchemaIndex.build, engine.name, engine.dialect, catalog.tables, samples.values, listed.total)
         log.info(
             "schema_indexed",
-            source=engine.name,
-            role=key[1],
+            **_log_fields(key),
             tables=len(index.names),
             of=listed.total,
             sampled_columns=len(samples.values),
@@ -407,15 +496,17 @@ class SchemaSearch:
         for index in self._indexes.values():
             index.close()
         self._indexes.clear()
+        self._connections.clear()
 
     async def handle(self, request: SchemaSearchRequest, _msg: Msg) -> SchemaSearchReply:
         """The `query.schema.search` handler (shared.bus.Server decodes the request)."""
         started = time.monotonic()
+        where: dict[str, str | None] = {"connection": request.connection.id} if request.connection is not None else {"source": request.source}
         try:
-            index = await self.index(request.source, request.caller.role if request.caller else None)
+            index = await self.index(request.source, request.caller.role if request.caller else None, request.connection)
             reply = index.search(request.query, request.limit)  # milliseconds, even at 5,000 tables
         except ServiceError as exc:
-            log.info("schema_search_failed", source=request.source, code=exc.code, message=exc.message)
+            log.info("schema_search_failed", **where, code=exc.code, message=exc.message)
             raise
-        log.info("schema_searched", source=reply.source, found=len(reply.tables), indexed=reply.indexed_tables, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        log.info("schema_searched", **where, found=len(reply.tables), indexed=reply.indexed_tables, duration_ms=round((time.monotonic() - started) * 1000, 1))
         return reply

@@ -114,7 +114,7 @@ async def create_service(config: QueryConfig, *, resolver: Resolver | None = Non
         await server.add(subjects.query_ping, QUERY_QUEUE, handlers.ping)
         schemas = schema.SchemaService(sources, config.schema, pools)
         await server.add(subjects.query_schema, QUERY_QUEUE, schemas.handle)
-        searches = search.SchemaSearch(sources, search.SearchConfig.from_env(), config.schema, config.allowed_functions, config.timeout_s)
+        searches = search.SchemaSearch(sources, config.search, config.schema, config.allowed_functions, config.timeout_s, pools)
         stack.push_async_callback(searches.close)
         await server.add(subjects.query_schema_search, QUERY_QUEUE, searches.handle)
         await server.start()  # discovery last: a service found there serves every endpoint
@@ -151,5 +151,5 @@ async def serve(config: QueryConfig, stop: asyncio.Event) -> None:
 
 async def main() -> None:
     config = QueryConfig.from_env()
-    setup_logging("query", config.log_level)
+    setup_logging("query", config.log_level, config.log_flush_ms)
     await serve(config, stop_event())

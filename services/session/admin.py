@@ -8,7 +8,7 @@
     python -m services.session.admin delete --user UID    # sign a user out everywhere
     python -m services.session.admin conversations list --user UID
     python -m services.session.admin connections list --user UID   # a user's own databases (never a password)
-    python -m services.session.admin erase --user UID     # every conversation, connection and session of a user (audited when NATS_URL is set)
+    python -m services.session.admin erase --user UID     # every conversation, connection and session of a user (audited, and the connections' pools closed, when NATS_URL is set)
     python -m services.session.admin audit --user EMAIL --source S --since 2026-01-01 --format jsonl
     python -m services.session.admin migrate-keys         # history, quota, connection and example keys to their one-slot names
     python -m services.session.admin examples list|approve|delete|verify   # verified examples, over NATS
@@ -58,7 +58,7 @@ from services.session.keys import (
 from services.session.redis_store import WRITEBACK_GUARD_PREFIX
 from shared.audit import AuditFilter, as_record, parse_since, read_events, read_stream
 from shared.config import ServiceSettings, environ, read_one
-from shared.contracts import AUDIT_ERASURE, CONVERSATION_ID_PATTERN, AuditErasure, AuditEvent, Subjects
+from shared.contracts import AUDIT_ERASURE, CONVERSATION_ID_PATTERN, AuditErasure, AuditEvent, ConnectionRef, Subjects
 from shared.errors import ConfigError
 from shared.logging import mask
 from shared.users import user_id
@@ -160,8 +160,11 @@ class Admin:
         self._print(f"{len(records)} connection{'s' if len(records) != 1 else ''} of user {uid}")
         return 0
 
-    def erase(self, uid: str) -> int:
-        """Erasure on request: every conversation (lists, index, titles), every connection and every session of `uid`. Idempotent."""
+    def erase(self, uid: str) -> list[str]:
+        """Erasure on request: every conversation (lists, index, titles), every connection and every session of `uid`. Idempotent.
+
+        Returns the ids of the connections erased, whose pools the query replicas are then told to close (record_erasure).
+        """
         ids = {cid.decode() for cid in self._client.zrange(index_key(uid), 0, -1)}
         # Lists whose index entry is gone too. Ids never hold ':', so another user whose id
         # starts with this one plus ':' is never matched.
@@ -170,7 +173,8 @@ class Admin:
             cid = key.decode(errors="replace")[len(prefix) :]
             if _CONVERSATION_ID.match(cid):
                 ids.add(cid)
-        connections = self._client.hlen(hash_key(uid))
+        connection_ids = sorted(field.decode(errors="replace") for field in self._client.hkeys(hash_key(uid)))
+        connections = len(connection_ids)
         keys = [*(list_key(uid, cid) for cid in sorted(ids)), index_key(uid), titles_key(uid), hash_key(uid)]
         for start in range(0, len(keys), SCAN_COUNT):
             self._client.unlink(*keys[start : start + SCAN_COUNT])
@@ -179,7 +183,7 @@ class Admin:
             f"erased {len(ids)} conversation{'s' if len(ids) != 1 else ''}, {connections} connection{'s' if connections != 1 else ''} "
             f"and {sessions} session{'s' if sessions != 1 else ''} of user {uid}"
         )
-        return 0
+        return connection_ids
 
     def migrate_keys(self) -> int:
         """Move history, quota, connection and example keys from their names before the hash tags to the new ones; safe to repeat.
@@ -381,25 +385,32 @@ async def _read_audit(env: dict[str, str], wanted: AuditFilter) -> list[AuditEve
         await nc.close()
 
 
-async def _publish_erasure(env: dict[str, str], uid: str) -> None:
+async def _publish_erasure(env: dict[str, str], uid: str, connection_ids: list[str]) -> None:
     nats_url, prefix = _nats(env)
+    subjects = Subjects(prefix)
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
     try:
+        # As a deletion through the API does (services/session/connections.py): every query replica closes the pools it holds.
+        for connection_id in connection_ids:
+            await nc.publish(subjects.query_connection_closed, msgspec.msgpack.encode(ConnectionRef(uid, connection_id)))
+        await nc.flush(timeout=5)
         event = AuditErasure(id=uuid.uuid4().hex, time=time.time(), user_id=uid, by="admin erase")
-        await nc.jetstream().publish(Subjects(prefix).audit(AUDIT_ERASURE), msgspec.msgpack.encode(event), timeout=5, headers={"Nats-Msg-Id": event.id})
+        await nc.jetstream().publish(subjects.audit(AUDIT_ERASURE), msgspec.msgpack.encode(event), timeout=5, headers={"Nats-Msg-Id": event.id})
     finally:
         await nc.close()
 
 
-def record_erasure(env: dict[str, str], uid: str) -> None:
-    """The erasure's audit event (docs/access.md), when NATS_URL is set; a failure is said, the erasure stands."""
+def record_erasure(env: dict[str, str], uid: str, connection_ids: list[str]) -> None:
+    """When NATS_URL is set: close the erased connections' pools on every query replica, and record the erasure's audit
+    event (docs/access.md). A failure is said; the erasure stands."""
     if not env.get("NATS_URL"):
-        print("note: NATS_URL is not set, so the erasure is not in the audit trail", file=sys.stderr)
+        pools = f"; query replicas close the pools of its {len(connection_ids)} connection(s) only once idle (QUERY_POOL_IDLE_S)" if connection_ids else ""
+        print(f"note: NATS_URL is not set, so the erasure is not in the audit trail{pools}", file=sys.stderr)
         return
     try:
-        asyncio.run(_publish_erasure(env, uid))
+        asyncio.run(_publish_erasure(env, uid, connection_ids))
     except Exception as exc:
-        print(f"warning: the erasure is done but not in the audit trail: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"warning: the erasure is done, but its connections' pools may stay open until idle and it is not in the audit trail: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def audit(args: argparse.Namespace, env: dict[str, str], out: Any = sys.stdout) -> int:
@@ -464,9 +475,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "connections":
                 return admin.connections(args.uid.strip())
             if args.command == "erase":
-                code = admin.erase(args.uid.strip())
-                record_erasure(env, args.uid.strip())
-                return code
+                erased = admin.erase(args.uid.strip())
+                record_erasure(env, args.uid.strip(), erased)
+                return 0
         if args.uid is not None:
             if not args.uid.strip():
                 print("error: --user needs a user id", file=sys.stderr)

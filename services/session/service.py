@@ -162,5 +162,5 @@ async def serve(config: SessionConfig, stop: asyncio.Event) -> None:
 
 async def main() -> None:
     config = SessionConfig.from_env()
-    setup_logging("session", config.log_level)
+    setup_logging("session", config.log_level, config.log_flush_ms)
     await serve(config, stop_event())

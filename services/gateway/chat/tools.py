@@ -195,8 +195,12 @@ async def _describe_schema(ctx: ToolContext, call_id: str, source: str | None, t
 async def _search_schema(ctx: ToolContext, call_id: str, query: str, source: str | None) -> dict[str, Any]:
     stream = ctx.ui.tool(call_id)
     try:
-        grant = ctx.grant_for(source)
-        reply = await ctx.query.search(query, grant.source, search.SEARCH_LIMIT, role=grant.role)
+        connection = ctx.connections.get(source or "")
+        if connection is not None:  # the user's own database, as describe_schema reads it
+            reply = await ctx.query.search(query, source, search.SEARCH_LIMIT, connection=connection)
+        else:
+            grant = ctx.grant_for(source)
+            reply = await ctx.query.search(query, grant.source, search.SEARCH_LIMIT, role=grant.role)
     except ServiceError as exc:
         metrics.TOOL_CALLS.labels(prompt.SEARCH_SCHEMA, exc.code).inc()
         await stream.error(exc.message)

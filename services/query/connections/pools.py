@@ -46,10 +46,19 @@ class UserPools:
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str], None]] = []
 
     @property
     def open_count(self) -> int:
         return len(self._pools)
+
+    def on_close(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(connection_id)` whenever a connection's pool closes here, or a changed or deleted connection's close is asked for."""
+        self._listeners.append(listener)
+
+    def _closed(self, connection_id: str) -> None:
+        for listener in self._listeners:
+            listener(connection_id)
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap(), name="user-pools-reaper")
@@ -126,10 +135,12 @@ class UserPools:
                 raise ServiceError(BUSY, f"this replica's {self._max_pools} connection pools (QUERY_MAX_POOLS) are all running queries; retry in a moment")
             pool = self._pools.pop(victim)
             log.info("user_pool_evicted", connection=victim, pools=len(self._pools))
+            self._closed(victim)
             await _close(pool.engine, "evicted", len(self._pools))
 
     async def close_connection(self, connection_id: str) -> bool:
         """Close the pool of a deleted or changed connection (queries on it are cut off)."""
+        self._closed(connection_id)  # also when no pool is open here: what was read through an earlier one is stale too
         pool = self._pools.pop(connection_id, None)
         if pool is None:
             return False
@@ -146,6 +157,7 @@ class UserPools:
             for key in idle:
                 pool = self._pools.pop(key)
                 log.info("user_pool_idle_closed", connection=key, pools=len(self._pools))
+                self._closed(key)
                 await _close(pool.engine, "idle", len(self._pools))
 
     async def close(self) -> None:
