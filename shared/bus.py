@@ -170,8 +170,12 @@ async def wait_connected(nc: NATS, timeout: float) -> bool:
     if nc.is_connected:
         return True
     up = _UP.get(nc)
-    if up is None:
+    if up is None or nc.is_closed or nc.is_draining:
         return False
+    if up.is_set():
+        # nats-py is already reconnecting but has not yet called on_disconnected (which clears
+        # the event): without this the wait ended at once and a read failed with 503 in that gap.
+        up.clear()
     try:
         await asyncio.wait_for(up.wait(), timeout)
     except TimeoutError:

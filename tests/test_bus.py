@@ -22,11 +22,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
-from shared.bus import SERVICE_VERSION, Server, request
+from shared.bus import _UP, SERVICE_VERSION, Server, connect, request, wait_connected
 from shared.contracts import QUERY_CONNECTION_OPS
 from shared.errors import ServiceError
 from shared.ops import build_ops_app
 from tests.conftest import InProcessFactory
+from tests.harness import NatsServer, eventually
 from tests.metrics import sample_value
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -188,3 +189,28 @@ async def test_the_query_service_is_discoverable(nc: NATS, start_inprocess: InPr
     info = ServiceInfo.from_dict(await discover(nc, f"$SRV.INFO.query.{running.query.server.id}"))
     connections = {running.subjects.query_connection(op) for op in QUERY_CONNECTION_OPS}  # users' own databases (docs/connections.md)
     assert {e.subject for e in info.endpoints} == {running.subjects.query_execute, running.subjects.query_ping, running.subjects.query_schema, running.subjects.query_schema_search, *connections}
+
+
+async def test_a_wait_begun_before_the_disconnect_callback_lasts_until_the_client_is_on_another_server() -> None:
+    """nats-py marks the client reconnecting before it calls the disconnect callback; a session read
+    waiting in that gap must wait for the next server, not give up at once (a 503 in a cluster)."""
+    first, second = NatsServer().start(), NatsServer()  # the second comes up only once the first is gone
+    nc = await connect(f"{first.url},{second.url}", "wait-test")
+    try:
+        assert first.proc is not None
+        first.proc.kill()
+        await eventually(lambda: _now(not nc.is_connected), "the client noticing the dead server")
+        _UP[nc].set()  # as it still is in the gap before on_disconnected runs
+        waiting = asyncio.create_task(wait_connected(nc, 30))
+        await asyncio.sleep(0)  # the wait has begun
+        await asyncio.to_thread(second.start)
+        assert await waiting
+        assert nc.is_connected and nc.connected_url is not None and nc.connected_url.port == second.port
+    finally:
+        await nc.close()
+        first.cleanup()
+        second.cleanup()
+
+
+async def _now(value: bool) -> bool:
+    return value
