@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,7 +28,29 @@ from scripts.servers import nats_server_binary, redis_server_binary
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
+    """A loopback port free now, below the ephemeral range where the kernel picks the local ports
+    of outgoing connections: a server started on it a moment later cannot find it taken by a
+    client socket ("Address already in use"), as a port from bind(0) could be."""
+    high = _ephemeral_low()
+    for _ in range(50):
+        port = _PORTS.randrange(max(1024, high - 12000), high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
