@@ -24,7 +24,7 @@ from services.session.config import SessionConfig
 from services.session.service import SessionService
 from services.session.service import create_service as create_session_service
 from shared.contracts import Subjects
-from tests.harness import ROOT, NatsServer, RedisServer, Service, free_port, service_env
+from tests.harness import ROOT, NatsServer, PostgresCluster, RedisServer, Service, free_port, service_env
 
 # Every image the testcontainers fixtures start, and testcontainers' own reaper unless it is turned off.
 IMAGES = {"redis": "redis:7-alpine", "nats": "nats:2.10-alpine", "postgres": "postgres:16-alpine", "mariadb": "mariadb:11"}
@@ -205,6 +205,16 @@ async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
     """A PostgreSQL reader role of this test session."""
     async with postgres_reader(databases.postgres) as reader:
         yield reader
+
+
+@pytest.fixture(scope="session")
+def scram_postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster that checks passwords, unlike the shared one (it trusts loopback): stopped and removed at the end."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()
 
 
 @dataclass

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -208,6 +210,84 @@ class RedisServer(Process):
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster that checks passwords (scram-sha-256 for every connection), on a free loopback port.
+
+    For the one thing the shared local server cannot show: it trusts loopback, so any password
+    works there. initdb and pg_ctl come from PG_BINDIR, else `pg_config --bindir`, else PATH.
+    PostgreSQL refuses to run as root: under root they run as the `postgres` OS user (the owner
+    of Debian's server), which then owns the temporary directory holding the data, the socket
+    and the server's log.
+    """
+
+    OS_USER = "postgres"
+    SUPERUSER = "postgres"
+
+    def __init__(self) -> None:
+        self.bindir = _postgres_bindir()
+        self.port = free_port()
+        self.password = secrets.token_hex(16)
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-scram-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self._owner: tuple[int, int] | None = None  # uid, gid the tools run as, when not ours
+        if os.geteuid() == 0:
+            try:
+                account = pwd.getpwnam(self.OS_USER)
+            except KeyError:
+                raise RuntimeError(f"PostgreSQL will not run as root, and there is no {self.OS_USER!r} OS user to run it as") from None
+            os.chown(self.dir, account.pw_uid, account.pw_gid)
+            self._owner = account.pw_uid, account.pw_gid
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://{self.SUPERUSER}:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        argv = [str(self.bindir / tool), *args]
+        if self._owner is None:
+            done = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, timeout=120)
+        else:
+            uid, gid = self._owner
+            done = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, timeout=120, user=uid, group=gid, extra_groups=[])
+        if done.returncode != 0:
+            server_log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{tool} {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}{server_log}")
+
+    def start(self) -> PostgresCluster:
+        password_file = self.dir / "superuser-password"
+        password_file.write_text(self.password + "\n")
+        if self._owner is not None:
+            os.chown(password_file, *self._owner)
+        try:
+            self._run("initdb", "-D", str(self.data), "--auth=scram-sha-256", "-U", self.SUPERUSER, f"--pwfile={password_file}", "-E", "UTF8", "--no-sync")
+        finally:
+            password_file.unlink()
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", "60", "start")
+        return self
+
+    def cleanup(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _postgres_bindir() -> Path:
+    """Where initdb and pg_ctl are: PG_BINDIR, else `pg_config --bindir`, else the directory of initdb on PATH."""
+    candidates = [os.environ.get("PG_BINDIR", "")]
+    if pg_config := shutil.which("pg_config"):
+        candidates.append(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30).stdout.strip())
+    if initdb := shutil.which("initdb"):
+        candidates.append(str(Path(initdb).resolve().parent))
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "initdb").is_file() and (Path(candidate) / "pg_ctl").is_file():
+            return Path(candidate)
+    raise RuntimeError("no initdb and pg_ctl of PostgreSQL found (set PG_BINDIR, or put pg_config or initdb on PATH; Debian: apt-get install postgresql)")
 
 
 def service_env(**overrides: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from tests.chat_support import gateway, post_chat, user_message
 from tests.client import browser, login, run_query
 from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, postgres_reader, running_system
 from tests.fake_llm import FakeLLM
-from tests.harness import ROOT, RedisServer, Service, eventually, free_port, service_env
+from tests.harness import ROOT, PostgresCluster, RedisServer, Service, eventually, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
 
 KEY_1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
@@ -226,6 +226,40 @@ async def test_wrong_password_refused_and_nothing_stored(system: System, infra: 
     assert status == 422, body
     assert "refused the user name or password" in body["error"]["message"]
     assert await stored(infra, uid) == {}
+
+
+@pytest.fixture(scope="module")
+async def scram_reader(scram_postgres: PostgresCluster) -> AsyncIterator[PostgresReader]:
+    """A reader role on the private cluster that checks passwords (the shared PostgreSQL trusts loopback)."""
+    async with postgres_reader(scram_postgres.admin_url) as reader:
+        yield reader
+
+
+async def test_wrong_password_on_postgresql_is_named_and_nothing_stored(system: System, infra: Infra, ada: tuple[aiohttp.ClientSession, str], scram_reader: PostgresReader) -> None:
+    """On a PostgreSQL that checks passwords: a wrong one gets 422 naming the password (not "cannot reach"), stores nothing and
+    shows in no log line; the right one, to the same host and port, then connects."""
+    client, uid = ada
+    wrong = "not-the-password-" + uuid.uuid4().hex[:8]
+    GIVEN_PASSWORDS.add(wrong)
+    gateway_lines = len(system.services["gateway"].lines)
+    status, body = await create(client, pg_fields(scram_reader, "scram", password=wrong))
+    assert status == 422, body
+    assert body["error"]["code"] == "connection_failed"
+    assert body["error"]["message"] == f"the database refused the user name or password for {scram_reader.role!r}"
+    assert await stored(infra, uid) == {}
+
+    # The gateway's line for this request comes after the query service answered it: every line of the attempt is out by then.
+    def refused_here(line: str) -> bool:
+        event = json.loads(line) if line.startswith("{") else {}
+        return event.get("event") == "request" and event.get("path") == "/api/connections" and event.get("uid") == uid and event.get("status") == 422
+
+    system.services["gateway"].wait_for_line(refused_here, start=gateway_lines, timeout=10)
+    for name, service in system.services.items():
+        assert not any(wrong in line for line in service.lines), f"the wrong password is in the {name} log"
+
+    status, body = await create(client, pg_fields(scram_reader, "scram"))
+    assert status == 201, body
+    assert list(await stored(infra, uid)) == [body["id"]]
 
 
 async def test_verify_full_against_a_server_without_tls(system: System, infra: Infra, ada: tuple[aiohttp.ClientSession, str], pg_reader: PostgresReader) -> None:
