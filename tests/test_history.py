@@ -113,6 +113,58 @@ async def test_the_full_messages_form_keeps_working_and_starts_the_history(stack
     assert [m["content"] for m in fake.requests[1]["messages"] if m["role"] == "user"] == ["One?", "Two?", "Three?"]
 
 
+async def test_posted_show_chart_and_recent_queries_parts_reach_the_model_in_every_later_turn(stack: Stack, fake: FakeLLM) -> None:
+    """A full `messages` post holding the model's earlier show_chart and get_recent_queries calls: the model sees each call
+    and what it got back, in that turn and (from the stored history) in the next one, as it does execute_query's."""
+    fake.then(fake_llm.text("A bar chart, from your recent query."), fake_llm.text("Still a bar chart."))
+    cid = f"chat{uuid.uuid4().hex[:8]}"
+    columns = [{"name": "country", "type": "text"}, {"name": "total", "type": "numeric"}]
+    chart = {"type": "bar", "x": "country", "y": "total", "title": "Spend by country", "query": "call_q", "columns": columns}
+    recent = {"source": "sample", "queries": [{"sql": "SELECT country, sum(amount) AS total FROM orders GROUP BY country", "ran_at": "2026-12-01T10:00:00+00:00"}]}
+    answer = {
+        "id": "a1",
+        "role": "assistant",
+        "parts": [
+            {"type": "step-start"},
+            {"type": "tool-get_recent_queries", "toolCallId": "call_r", "state": "output-available", "input": {"limit": 1}, "output": recent},
+            {"type": "step-start"},
+            {
+                "type": "tool-execute_query",
+                "toolCallId": "call_q",
+                "state": "output-available",
+                "input": {"sql": recent["queries"][0]["sql"]},
+                "output": {"columns": columns, "preview": [["UK", 105.0], ["US", 210.5]], "row_count": 2, "truncated": False},
+            },
+            {"type": "data-query-rows", "data": {"toolCallId": "call_q", "offset": 0, "rows": [["UK", 105.0], ["US", 210.5]]}},
+            {"type": "step-start"},
+            {"type": "tool-show_chart", "toolCallId": "call_c", "state": "output-available", "input": {"type": "bar", "x": "country", "y": "total"}, "output": chart},
+            {"type": "step-start"},
+            {"type": "text", "text": "Here is the chart.", "state": "done"},
+        ],
+    }
+    first_question = user("Chart my last query.")
+    async with gateway(stack.gateway_env(fake)) as url, signed_in(url) as client:
+        first = await send(client, {"id": cid, "messages": [first_question, answer, user("What kind of chart was it?")], "trigger": "submit-message"})
+        second = await ask(client, cid, user("And the source?"))
+        _, body = await stored(client, cid)
+    assert first.status == second.status == 200
+    assert len(fake.requests) == 2
+    for turn, sent in enumerate(fake.requests, 1):
+        messages = sent["messages"]
+        calls = {c["id"]: c["function"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls", ())}
+        results = {m["tool_call_id"]: json.loads(m["content"]) for m in messages if m["role"] == "tool"}
+        assert list(calls) == ["call_r", "call_q", "call_c"], f"turn {turn}: the model was not given every earlier tool call"
+        assert calls["call_r"] == {"name": prompt.GET_RECENT_QUERIES, "arguments": json.dumps({"limit": 1}, separators=(",", ":"))}
+        assert results["call_r"] == recent
+        assert calls["call_c"] == {"name": prompt.SHOW_CHART, "arguments": json.dumps({"type": "bar", "x": "country", "y": "total"}, separators=(",", ":"))}
+        assert results["call_c"] == {"shown": True, "type": "bar", "x": "country", "y": "total"}, "what the model got when it called show_chart"
+    # History keeps the parts as the page drew them: a reload draws the chart again.
+    kept = body["messages"][1]["parts"]
+    assert [p["type"] for p in kept if p["type"].startswith("tool-")] == ["tool-get_recent_queries", "tool-execute_query", "tool-show_chart"]
+    assert next(p for p in kept if p["type"] == "tool-show_chart")["output"] == chart
+    assert next(p for p in kept if p["type"] == "tool-get_recent_queries")["output"] == recent
+
+
 async def test_regenerate_replaces_the_last_assistant_message(stack: Stack, fake: FakeLLM) -> None:
     fake.then(fake_llm.text("First answer."), fake_llm.text("Better answer."))
     async with gateway(stack.gateway_env(fake)) as url, signed_in(url) as client:

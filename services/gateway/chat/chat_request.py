@@ -113,6 +113,8 @@ def _tool_result(name: str, part: Part) -> Any:
         return prompt.schema_summary(part.output)
     if name == prompt.SEARCH_SCHEMA and isinstance(part.output, dict):
         return part.output  # already within LLM_SCHEMA_SEARCH_MAX_CHARS
+    if name == prompt.SHOW_CHART:
+        return prompt.chart_summary(part.output)
     text = orjson.dumps(part.output, default=str).decode()
     return part.output if len(text) <= OTHER_TOOL_MAX_CHARS else {"note": "output cut", "start": text[:OTHER_TOOL_MAX_CHARS]}
 

@@ -27,7 +27,8 @@ log = structlog.get_logger(__name__)
 POSTED_HISTORY_MAX_BYTES = 512 * 1024
 """A full `messages` post starting a conversation is stored back to this many bytes (newest first)."""
 LOAD_MAX_BYTES = 768 * 1024
-KEPT_TOOLS = (prompt.EXECUTE_QUERY, prompt.DESCRIBE_SCHEMA, prompt.SEARCH_SCHEMA)
+KEPT_TOOLS = tuple(tool["function"]["name"] for tool in prompt.TOOLS)
+"""Every tool the model can call: a later turn's model sees each call it made, and what it got back."""
 _ID = re.compile(CONVERSATION_ID_PATTERN)
 
 
@@ -74,8 +75,13 @@ def _stored_part(part: Part) -> dict[str, Any] | None:
         if getattr(part, key) is not None:
             kept[key] = getattr(part, key)
     if part.state == "output-available":
-        kept["output"] = prompt.query_summary(part.output) if name == prompt.EXECUTE_QUERY else prompt.schema_summary(part.output)
-        if "error" in kept["output"]:
+        if name == prompt.EXECUTE_QUERY:
+            kept["output"] = prompt.query_summary(part.output)
+        elif name in (prompt.DESCRIBE_SCHEMA, prompt.SEARCH_SCHEMA):
+            kept["output"] = prompt.schema_summary(part.output)
+        else:  # a chart the page draws again on reload, recent queries: kept as shown (chat_request cuts what the model sees)
+            kept["output"] = part.output
+        if isinstance(kept["output"], dict) and "error" in kept["output"]:
             return None
     return kept
 

@@ -203,6 +203,13 @@ def schema_summary(output: Any) -> Any:
     return {**output, "tables": tables, "truncated": True, "note": f"cut to {len(tables)} tables; ask for specific tables"}
 
 
+def chart_summary(chart: Any) -> dict[str, Any]:
+    """What the model gets of a show_chart it made: that it is shown, and as what (the page has the rest)."""
+    if not isinstance(chart, Mapping):
+        return {"error": "no chart"}
+    return {"shown": True, "type": chart.get("type"), "x": chart.get("x"), "y": chart.get("y")}
+
+
 def tool_message(call_id: str, result: Any) -> dict[str, Any]:
     """A tool result as the model's `tool` message."""
     return {"role": "tool", "tool_call_id": call_id, "content": orjson.dumps(result).decode()}

@@ -113,7 +113,7 @@ async def run(ctx: ToolContext, call: ToolCall) -> dict[str, Any]:
     if call.name == prompt.SHOW_CHART:
         metrics.TOOL_CALLS.labels(prompt.SHOW_CHART, "ok").inc()
         await ctx.ui.tool(call.id).output(chart, preliminary=False)
-        return {"shown": True, "type": chart["type"], "x": chart["x"], "y": chart["y"]}
+        return prompt.chart_summary(chart)
     if call.name == prompt.GET_RECENT_QUERIES:
         return await _recent_queries(ctx, call.id, source or ctx.source, limit)
     return await _describe_schema(ctx, call.id, source or ctx.source, tables)
