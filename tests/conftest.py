@@ -207,9 +207,24 @@ async def pg_reader(databases: Databases) -> AsyncIterator[PostgresReader]:
         yield reader
 
 
+@dataclass
+class PasswordPostgres:
+    """A PostgreSQL that checks passwords: `admin_url` connects as its superuser."""
+
+    admin_url: str
+
+
 @pytest.fixture(scope="session")
-def scram_postgres() -> Iterator[PostgresCluster]:
-    """A private PostgreSQL cluster that checks passwords, unlike the shared one (it trusts loopback): stopped and removed at the end."""
+def scram_postgres(databases: Databases) -> Iterator[PostgresCluster | PasswordPostgres]:
+    """A PostgreSQL that checks passwords, unlike the shared local one (it trusts loopback).
+
+    Under testcontainers, the PostgreSQL container already does (the official image asks for
+    scram-sha-256 over TCP); otherwise a private cluster of the local PostgreSQL binaries,
+    stopped and removed at the end.
+    """
+    if databases.kind == "testcontainers":
+        yield PasswordPostgres(databases.postgres)
+        return
     cluster = PostgresCluster()
     try:
         yield cluster.start()

@@ -31,7 +31,7 @@ from shared.contracts import AuditConnection, ConnectionRecord, Subjects
 from tests import fake_llm
 from tests.chat_support import gateway, post_chat, user_message
 from tests.client import browser, login, run_query
-from tests.conftest import Infra, MysqlReader, PostgresReader, System, SystemFactory, postgres_reader, running_system
+from tests.conftest import Infra, MysqlReader, PasswordPostgres, PostgresReader, System, SystemFactory, postgres_reader, running_system
 from tests.fake_llm import FakeLLM
 from tests.harness import ROOT, PostgresCluster, RedisServer, Service, eventually, free_port, service_env
 from tests.readers import mariadb_database, postgres_schema
@@ -229,7 +229,7 @@ async def test_wrong_password_refused_and_nothing_stored(system: System, infra: 
 
 
 @pytest.fixture(scope="module")
-async def scram_reader(scram_postgres: PostgresCluster) -> AsyncIterator[PostgresReader]:
+async def scram_reader(scram_postgres: PostgresCluster | PasswordPostgres) -> AsyncIterator[PostgresReader]:
     """A reader role on the private cluster that checks passwords (the shared PostgreSQL trusts loopback)."""
     async with postgres_reader(scram_postgres.admin_url) as reader:
         yield reader
