@@ -12,12 +12,12 @@ only in the CREATE statement, where the query service reads them (`-- ...`).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import sqlite3
 import sys
-import tempfile
 from pathlib import Path
+
+from services.query.sample import build_in_place
 
 # (table, comment, rows, [(column, type, comment, generator)]); `id INTEGER PRIMARY KEY` comes first in every table.
 # Generators: fk:<table>, choice:a|b|c, person, company, money:lo:hi, int:lo:hi, date, code:<prefix>, email, city, country, word:<a|b>, pct.
@@ -658,15 +658,7 @@ def _value(generator: str, rng: random.Random, row: int, counts: dict[str, int])
 
 def build(path: Path) -> None:
     """Write the database to `path` (under a temporary name, renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".enterprise-", suffix=".db", dir=path.parent)
-    os.close(fd)
-    try:
-        _build(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    build_in_place(path, _build, prefix=".enterprise-")
 
 
 def ensure(path: Path) -> Path:

@@ -13,6 +13,7 @@ import os
 import random
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -72,17 +73,22 @@ def ensure_sample(path: Path) -> bool:
     """Create the sample database at `path` unless a file is already there; True when created."""
     if path.exists():
         return False
+    build_in_place(path, _build, prefix=".sample-")
+    log.info("sample_database_created", path=str(path))
+    return True
+
+
+def build_in_place(path: Path, build: Callable[[Path], None], *, prefix: str) -> None:
+    """Run `build` on a temporary file beside `path`, then rename it into place: a reader never sees half a database."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".sample-", suffix=".db", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".db", dir=path.parent)
     os.close(fd)
     try:
-        _build(Path(tmp))
+        build(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("sample_database_created", path=str(path))
-    return True
 
 
 def _build(path: Path) -> None:
