@@ -155,7 +155,12 @@ class UserPools:
             now = time.monotonic()
             idle = [key for key, pool in self._pools.items() if pool.in_use == 0 and now - pool.last_used >= self._idle_s]
             for key in idle:
-                pool = self._pools.pop(key)
+                # Asked again: while an earlier pool of the list closed, this one may have been
+                # closed elsewhere (deleted, evicted) or checked out again.
+                pool = self._pools.get(key)
+                if pool is None or pool.in_use or time.monotonic() - pool.last_used < self._idle_s:
+                    continue
+                del self._pools[key]
                 log.info("user_pool_idle_closed", connection=key, pools=len(self._pools))
                 self._closed(key)
                 await _close(pool.engine, "idle", len(self._pools))
