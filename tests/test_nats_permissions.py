@@ -21,10 +21,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.gateway.config import GatewayConfig
-from shared.bus import connect
+from shared.bus import connect, subscribed
 from shared.errors import ConfigError
 from tests.client import browser, login, run_query
-from tests.conftest import SystemFactory
+from tests.conftest import System, SystemFactory
 from tests.harness import ROOT, NatsServer, Process, free_port, service_env
 
 CONFIG = ROOT / "deploy" / "nats" / "authorization.conf"
@@ -81,10 +81,8 @@ async def clients(auth_nats: NatsServer) -> AsyncIterator[dict[str, tuple[NATS, 
         await client.close()
 
 
-async def test_every_service_runs_with_its_own_credentials(auth_nats: NatsServer, make_system: SystemFactory) -> None:
-    system = make_system(nats_url=auth_nats.url, start=(), NATS_SUBJECT_PREFIX="dbgenie")
-    for name in ("session", "query", "gateway"):
-        system.start(name, **credentials(name))
+async def assert_serves_without_nats_errors(system: System) -> None:
+    """A sign-in, `/api/me` and `SELECT 1` go through `system`, and no service logged a NATS error."""
     async with browser(system.url) as client:
         await login(client)
         async with client.get("/api/me") as response:
@@ -93,6 +91,13 @@ async def test_every_service_runs_with_its_own_credentials(auth_nats: NatsServer
         assert response.status == 200 and any(p.get("type") == "data-rows" or "rows" in str(p) for p in parts if isinstance(p, dict)), parts
     for name, service in system.services.items():
         assert not service.events("nats_error"), (name, service.events("nats_error"))
+
+
+async def test_every_service_runs_with_its_own_credentials(auth_nats: NatsServer, make_system: SystemFactory) -> None:
+    system = make_system(nats_url=auth_nats.url, start=(), NATS_SUBJECT_PREFIX="dbgenie")
+    for name in ("session", "query", "gateway"):
+        system.start(name, **credentials(name))
+    await assert_serves_without_nats_errors(system)
 
 
 def collect(into: list[bytes]) -> Callable[[Msg], Awaitable[None]]:
@@ -106,7 +111,7 @@ async def test_each_services_forbidden_publish_is_refused(clients) -> None:
     watcher, _ = clients["session"]  # the session service may read dbgenie.session.>
     seen: list[bytes] = []
     await watcher.subscribe("dbgenie.session.get", cb=collect(seen))
-    await watcher.flush()
+    await subscribed(watcher)
 
     query, query_errors = clients["query"]
     await query.publish("dbgenie.session.get", b"forged by query")
@@ -145,7 +150,7 @@ async def test_each_services_forbidden_subscribe_is_refused(clients) -> None:
         await msg.respond(b"pong")
 
     await session.subscribe("dbgenie.session.ping", cb=pong)
-    await session.flush()
+    await subscribed(session)
     reply = await gateway.request("dbgenie.session.ping", b"", timeout=5)
     assert reply.data == b"pong" and reply.subject.startswith("_INBOX.gateway.")
     assert stolen == [], "neither the query service nor the gateway read a session request or reply"
