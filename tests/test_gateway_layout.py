@@ -20,6 +20,7 @@ from services.gateway.chat.handlers import QUOTA_EXCEEDED, quota_refusal
 from services.gateway.clients import HistoryClient
 from services.gateway.config import GatewayConfig
 from services.gateway.routes import setup_routes
+from shared.bus import subscribed
 from shared.contracts import ConversationList, LimitResult, Subjects, WindowUsage
 from shared.errors import INTERNAL, UNAUTHORIZED, ServiceError
 from tests.envscan import ROOT
@@ -98,7 +99,7 @@ async def test_a_typed_client_sends_the_request_struct_and_refuses_a_reply_of_th
         await msg.respond(msgspec.msgpack.encode({"conversations": "not a list"}))
 
     await nc.subscribe(subjects.session_conversation("list"), cb=answer)
-    await nc.flush()
+    await subscribed(nc)
     with pytest.raises(ServiceError) as caught:
         await HistoryClient(nc, subjects, timeout=5.0).list("u1", limit=7, cursor=None)
     assert caught.value.code == INTERNAL

@@ -23,6 +23,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.gateway.clients import SessionReads
+from shared.bus import subscribed
 from shared.contracts import MAX_SESSION_BATCH, SessionGetMany
 from shared.errors import ServiceError
 from tests.client import browser, login
@@ -52,7 +53,7 @@ class Spy:
 async def spy_on(nc: nats.NATS, subject: str) -> Spy:
     spy = Spy()
     await nc.subscribe(subject, cb=spy.on_message)
-    await nc.flush()
+    await subscribed(nc)
     return spy
 
 

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared import contracts as c
+from shared.bus import subscribed
 from shared.codec import decode_map, encode
 from shared.errors import INTERNAL, UNAVAILABLE, ServiceError
 from shared.stream import StreamCancelled, StreamConsumer, StreamProducer
@@ -66,12 +67,12 @@ class ScriptedReplica:
         async def on_execute(msg: Msg) -> None:
             req = decode_map(msg.data)
             self.subs.append(await self.nc.subscribe(self.subjects.query_control(req["stream_id"]), cb=self._on_control))
-            await self.nc.flush()
+            await subscribed(self.nc)
             await self.requests.put(req)
             await msg.respond(encode({"accepted": True}))
 
         self.subs.append(await self.nc.subscribe(self.subjects.query_execute, cb=on_execute))
-        await self.nc.flush()
+        await subscribed(self.nc)
 
     async def _on_control(self, msg: Msg) -> None:
         await self.controls.put(decode_map(msg.data))
@@ -184,7 +185,7 @@ class FakeConsumer:
     async def open(self) -> None:
         self.inbox = self.nc.new_inbox()
         self.sub = await self.nc.subscribe(self.inbox)
-        await self.nc.flush()
+        await subscribed(self.nc)
 
     def request(self) -> dict[str, Any]:
         return {"sql": "SELECT 1", "source": None, "stream_id": self.stream_id, "inbox": self.inbox, "window": self.window}
@@ -295,7 +296,7 @@ async def relayed_stream(nc: NATS, subjects: c.Subjects, replica: ScriptedReplic
             await nc.publish(req["inbox"], msg.data)
 
     relay_sub = await nc.subscribe(relay_inbox, cb=relay)
-    await nc.flush()
+    await subscribed(nc)
     # The scripted replica's own control subscription would take the acks too; the producer has its own.
     producer = StreamProducer(nc, subjects, c.QueryExecute(**{**req, "inbox": relay_inbox}), heartbeat_s=0.05)
     await producer.open()
